@@ -1,0 +1,76 @@
+//! Storage backends: where repository objects live.
+//!
+//! A backend stores whole, write-once objects under slash-separated keys
+//! (`config`, `data/ab/abcd…`, `index/…`, `snapshots/…`, `locks/…`). The trait is
+//! shaped for object stores: no rename, no append, no compare-and-swap, and
+//! listings may lag behind writes. Everything the repository format needs is
+//! expressed with these five operations, so an S3 or Swift backend fits
+//! without a format change. Decorators (retry, dry-run, rate limit) wrap a
+//! `Box<dyn Backend>` rather than special-casing callers.
+
+pub mod local;
+
+use std::fmt;
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full key, e.g. `data/ab/ab12…`.
+    pub key: String,
+    pub size: u64,
+}
+
+/// Errors a backend reports. `NotFound` is separate because callers act on it
+/// (a missing pack is damage, a missing lock is fine).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {key}: {message}")]
+    Other {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl BackendError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound(_))
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A store of immutable whole objects.
+///
+/// Contract every implementation keeps:
+/// - `put` makes the object visible atomically: a reader sees all of it or
+///   nothing (never a prefix), even if the writer is killed mid-way.
+/// - Objects are never modified in place; the repository writes a key at most
+///   once with given content (content-addressed or random names), so a
+///   repeated `put` of the same key with the same bytes is harmless.
+/// - `list(prefix)` returns every object whose key starts with `prefix`
+///   (recursively); it may miss very recent writes on eventually consistent
+///   stores, so callers never conclude absence from a listing alone.
+/// - `delete` of a missing object succeeds.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A human-readable location, for messages (`/srv/repo`, `s3:https://…/bucket`).
+    /// Never contains credentials.
+    fn location(&self) -> String;
+    fn put(&self, key: &str, data: &[u8]) -> BackendResult<()>;
+    fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
+    /// `length` bytes from `offset`; a range past the end is an error.
+    fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>>;
+    /// Size of an object, or `NotFound`.
+    fn size(&self, key: &str) -> BackendResult<u64>;
+    fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>>;
+    fn delete(&self, key: &str) -> BackendResult<()>;
+}

@@ -1,0 +1,2 @@
+//! imgarc: a content-addressed, deduplicating archiver for VM images.
+pub mod backend;
