@@ -9,7 +9,7 @@
 use crate::backend::Backend;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const LOCK_TTL_SECS: i64 = 30 * 60;
 
@@ -36,11 +36,31 @@ fn process_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// A held lock; removed from the repository when dropped.
+/// Holders refresh their lock this often, well inside `LOCK_TTL_SECS`.
+const REFRESH_SECS: u64 = 5 * 60;
+
+/// A held lock; refreshed in the background, removed when dropped.
 #[derive(Debug)]
 pub struct Lock {
     backend: Arc<dyn Backend>,
-    key: String,
+    key: Arc<Mutex<String>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str) -> Result<String> {
+    let now = chrono::Utc::now();
+    let info = LockInfo {
+        hostname: crate::util::hostname(),
+        pid: std::process::id(),
+        time: crate::util::now_rfc3339(),
+        expires: (now + chrono::Duration::seconds(LOCK_TTL_SECS)).to_rfc3339(),
+        exclusive,
+        purpose: purpose.to_string(),
+    };
+    let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
+    backend.put(&key, &serde_json::to_vec_pretty(&info)?)?;
+    Ok(key)
 }
 
 impl Lock {
@@ -61,24 +81,30 @@ impl Lock {
                 );
             }
         }
-        let now = chrono::Utc::now();
-        let info = LockInfo {
-            hostname: crate::util::hostname(),
-            pid: std::process::id(),
-            time: crate::util::now_rfc3339(),
-            expires: (now + chrono::Duration::seconds(LOCK_TTL_SECS)).to_rfc3339(),
-            exclusive,
-            purpose: purpose.to_string(),
-        };
-        let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
-        backend.put(&key, &serde_json::to_vec_pretty(&info)?)?;
-        Ok(Lock { backend, key })
+        let key = Arc::new(Mutex::new(write_lock(&*backend, exclusive, purpose)?));
+        // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (b2, k2, purpose) = (backend.clone(), key.clone(), purpose.to_string());
+        let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(std::time::Duration::from_secs(REFRESH_SECS)) {
+                if let Ok(new_key) = write_lock(&*b2, exclusive, &purpose) {
+                    let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
+                    let _ = b2.delete(&old);
+                }
+            }
+        })?;
+        Ok(Lock { backend, key, stop: Some(stop), refresher: Some(refresher) })
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = self.backend.delete(&self.key);
+        drop(self.stop.take());
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
+        let _ = self.backend.delete(&key);
     }
 }
 
