@@ -172,3 +172,34 @@ pub fn decide(declared: Option<&str>, detected: &Detected) -> Result<FormatKind,
         Some(d) => Err(FormatError::Mismatch { declared: d.name().into(), detected: detected.kind.name().into() }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let mut b = vec![0u8; 65536];
+        assert_eq!(detect(&b).kind, FormatKind::Raw);
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        assert_eq!(detect(&b).info, "MBR boot sector");
+        for (magic, kind) in [(&b"QFI\xfb"[..], FormatKind::Qcow2), (b"KDMV", FormatKind::Vmdk), (b"conectix", FormatKind::Vhd), (b"vhdxfile", FormatKind::Vhdx), (b"LUKS\xba\xbe", FormatKind::Luks), (b"QED\0", FormatKind::Qed)] {
+            let mut b = vec![0u8; 4096];
+            b[..magic.len()].copy_from_slice(magic);
+            assert_eq!(detect(&b).kind, kind);
+        }
+        assert_eq!(detect(&[]).kind, FormatKind::Raw);
+        assert_eq!(detect(b"QF").kind, FormatKind::Raw);
+    }
+
+    #[test]
+    fn declared_rules() {
+        let q = detect(b"QFI\xfb\0\0\0\x03");
+        assert_eq!(decide(Some("RAW"), &q), Ok(FormatKind::Raw));
+        assert!(matches!(decide(Some("vhd"), &q), Err(FormatError::Mismatch { .. })));
+        let r = detect(&[0u8; 100]);
+        assert!(matches!(check_declared(Some("qcow2"), &r), Err(FormatError::Mismatch { .. })));
+        assert_eq!(decide(Some("ami"), &r), Ok(FormatKind::Raw));
+    }
+}

@@ -129,14 +129,28 @@ pub(crate) fn unzstd(input: &[u8], out: &mut [u8]) -> Option<Inflated> {
     }
     // One-shot decompression writes straight into `out` and fails if the frame would produce
     // more than `out.len()` bytes, so no window or output allocation depends on the input.
-    let mut d = zstd::bulk::Decompressor::new().ok()?;
-    let n = d.decompress_to_buffer(&input[..exact], out).ok()?;
+    thread_local!(static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) });
+    let n = DCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Decompressor::new().ok();
+        }
+        c.as_mut()?.decompress_to_buffer(&input[..exact], out).ok()
+    })?;
     Some(Inflated { exact_len: Some(exact), full: n == out.len() })
 }
 
 /// zstd compression as qemu (default level 3, no checksum) with the linked libzstd.
 pub fn zstd_qemu(input: &[u8], limit: usize) -> Option<Vec<u8>> {
-    let v = zstd::bulk::compress(input, 3).ok()?;
+    // One compression context per thread: creating one per cluster costs more than the work.
+    thread_local!(static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) });
+    let v = CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(3).ok();
+        }
+        c.as_mut()?.compress(input).ok()
+    })?;
     (v.len() <= limit).then_some(v)
 }
 
@@ -146,5 +160,49 @@ pub(crate) fn recompress(codec: u8, input: &[u8], limit: usize) -> Option<Vec<u8
         CODEC_ZLIB => deflate_qemu(input, limit),
         CODEC_ZSTD => zstd_qemu(input, limit),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zlib_roundtrip_and_exact_length() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 7 % 251) as u8).collect();
+        let c = deflate_qemu(&data, 65535).unwrap();
+        let mut padded = c.clone();
+        padded.extend_from_slice(&[0xaa; 300]); // next stream's bytes follow in a real image
+        let mut out = vec![0u8; 65536];
+        let r = inflate_raw(&padded, &mut out).unwrap();
+        assert_eq!(r.exact_len, Some(c.len()));
+        assert!(r.full && out == data);
+    }
+
+    #[test]
+    fn decompression_is_capped_at_one_cluster() {
+        // Two clusters of zeros compress to a tiny stream: decompressing into one cluster
+        // must stop there (no bomb), and it is not a clean end of stream.
+        let c = deflate_qemu(&vec![0u8; 131072], 65535).unwrap();
+        let mut out = vec![0u8; 65536];
+        let r = inflate_raw(&c, &mut out).unwrap();
+        assert!(r.full && r.exact_len.is_none());
+        let z = zstd_qemu(&vec![0u8; 131072], 65535).unwrap();
+        assert!(unzstd(&z, &mut out).is_none());
+    }
+
+    #[test]
+    fn incompressible_data_does_not_fit() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let data: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(deflate_qemu(&data, 65535).is_none());
+        assert!(zlib_version().starts_with("1."), "not stock zlib: {}", zlib_version());
     }
 }

@@ -224,3 +224,30 @@ pub fn parse(head: &[u8], file_len: Option<u64>) -> Result<Header, Qcow2Error> {
     }
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2() -> Vec<u8> {
+        let mut b = vec![0u8; 512];
+        b[..4].copy_from_slice(MAGIC);
+        b[4..8].copy_from_slice(&2u32.to_be_bytes());
+        b[20..24].copy_from_slice(&16u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+        b[40..48].copy_from_slice(&0x30000u64.to_be_bytes());
+        b[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn minimal_v2() {
+        let h = parse(&v2(), Some(0x50000)).unwrap();
+        assert_eq!((h.version, h.cluster_size(), h.refcount_order, h.l2_span()), (2, 65536, 4, 512 << 20));
+        // L1 beyond a short file.
+        assert!(parse(&v2(), Some(0x30000)).unwrap_err().to_string().contains("l1_table_offset"));
+        assert!(matches!(parse(&v2()[..50], None), Err(Qcow2Error::NotQcow2(_))));
+    }
+}

@@ -294,3 +294,79 @@ impl SegList {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Recipe {
+        Recipe {
+            file_len: 512 + 1000 + 65536 + 300 + 7,
+            cluster_bits: 16,
+            virtual_size: 1 << 30,
+            flags: 0,
+            segments: vec![
+                Segment::Literal { len: 512, lit_off: 0 },
+                Segment::Zero { len: 1000 },
+                Segment::Guest { len: 65536, guest_off: 1 << 20 },
+                Segment::Compressed { len: 300, guest_off: 0, codec: 1 }, // backwards guest delta
+                Segment::Literal { len: 7, lit_off: 100_000 },             // forward literal delta
+            ],
+        }
+    }
+
+    #[test]
+    fn roundtrip_all_segment_kinds() {
+        let r = sample();
+        let enc = r.encode();
+        assert_eq!(&enc[..4], RECIPE_MAGIC);
+        assert_eq!(Recipe::decode(&enc).unwrap(), r);
+        assert_eq!(r.literal_len(), 100_007);
+    }
+
+    #[test]
+    fn every_truncation_and_bitflip_is_an_error_or_valid() {
+        let enc = sample().encode();
+        for n in 0..enc.len() {
+            assert!(Recipe::decode(&enc[..n]).is_err(), "prefix {n} accepted");
+        }
+        for i in 0..enc.len() {
+            for b in 0..8 {
+                let mut e = enc.clone();
+                e[i] ^= 1 << b;
+                if let Ok(r) = Recipe::decode(&e) {
+                    assert_eq!(r.segments.iter().map(|s| s.len()).sum::<u64>(), r.file_len);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_tiling_and_fields() {
+        let mut r = sample();
+        r.file_len += 1;
+        assert!(Recipe::decode(&r.encode()).unwrap_err().to_string().contains("cover"));
+        let mut r = sample();
+        r.segments[3] = Segment::Compressed { len: 300, guest_off: 5, codec: 1 };
+        assert!(Recipe::decode(&r.encode()).is_err());
+        let mut r = sample();
+        r.segments[3] = Segment::Compressed { len: 300, guest_off: 0, codec: 9 };
+        assert!(Recipe::decode(&r.encode()).is_err());
+        let mut r = sample();
+        r.virtual_size = 1000;
+        assert!(Recipe::decode(&r.encode()).is_err());
+    }
+
+    #[test]
+    fn seglist_merges_and_detects_gaps() {
+        let mut s = SegList::default();
+        s.push(10, Segment::Zero { len: 5 });
+        s.push(0, Segment::Literal { len: 4, lit_off: 0 });
+        s.push(4, Segment::Literal { len: 6, lit_off: 4 });
+        let v = s.finish(15).unwrap();
+        assert_eq!(v, vec![Segment::Literal { len: 10, lit_off: 0 }, Segment::Zero { len: 5 }]);
+        let mut s = SegList::default();
+        s.push(1, Segment::Zero { len: 5 });
+        assert!(s.finish(6).is_err());
+    }
+}
