@@ -13,6 +13,7 @@ pub mod chunking;
 pub mod cli;
 pub mod commands;
 pub mod digest;
+pub mod format;
 pub mod ids;
 pub mod index;
 pub mod progress;
