@@ -41,11 +41,7 @@ pub struct DamagedChunkReport {
 }
 
 /// For each id in `ids`, the snapshots (id, name) whose streams reference it.
-pub fn snapshots_using(
-    repo: &Repository,
-    index: &Index,
-    ids: &[Id],
-) -> Result<HashMap<Id, Vec<(Id, String)>>> {
+pub fn snapshots_using(repo: &Repository, index: &Index, ids: &[Id]) -> Result<HashMap<Id, Vec<(Id, String)>>> {
     let wanted: HashSet<Id> = ids.iter().copied().collect();
     let mut out: HashMap<Id, Vec<(Id, String)>> = HashMap::new();
     for row in index.snapshot_rows()? {
@@ -62,12 +58,7 @@ pub fn snapshots_using(
     Ok(out)
 }
 
-pub fn check(
-    repo: &Repository,
-    index: &mut Index,
-    opts: &CheckOptions,
-    progress: &ProgressBar,
-) -> Result<CheckReport> {
+pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress: &ProgressBar) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // chunk → (pack, problem) for every copy found bad.
     let mut damaged: BTreeMap<Id, (Option<Id>, String)> = BTreeMap::new();
@@ -83,19 +74,13 @@ pub fn check(
         };
         let problem = match actual {
             None => Some("pack is missing".to_string()),
-            Some(a) if a != *size => Some(format!(
-                "pack is {a} bytes, the index says {size} (truncated or damaged)"
-            )),
+            Some(a) if a != *size => Some(format!("pack is {a} bytes, the index says {size} (truncated or damaged)")),
             Some(_) => None,
         };
         if let Some(problem) = problem {
-            report
-                .errors
-                .push(format!("pack {}: {problem}", pack.to_hex()));
+            report.errors.push(format!("pack {}: {problem}", pack.to_hex()));
             for e in index.pack_entries(pack)? {
-                damaged
-                    .entry(e.id)
-                    .or_insert((Some(*pack), problem.clone()));
+                damaged.entry(e.id).or_insert((Some(*pack), problem.clone()));
             }
             index.remove_pack(pack)?;
         }
@@ -115,8 +100,7 @@ pub fn check(
         if opts.read_data_fraction < 1.0 {
             use rand::seq::SliceRandom;
             packs.shuffle(&mut rand::thread_rng());
-            let n =
-                ((packs.len() as f64 * opts.read_data_fraction).ceil() as usize).min(packs.len());
+            let n = ((packs.len() as f64 * opts.read_data_fraction).ceil() as usize).min(packs.len());
             packs.truncate(n);
         }
         progress.set_length(packs.iter().map(|p| p.1).sum());
@@ -126,11 +110,7 @@ pub fn check(
             report.packs_read += 1;
             report.blobs_verified += expected.len() as u64;
             for (id, problem) in bad {
-                report.errors.push(format!(
-                    "chunk {} in pack {}: {problem}",
-                    id.to_hex(),
-                    pack.short()
-                ));
+                report.errors.push(format!("chunk {} in pack {}: {problem}", id.to_hex(), pack.short()));
                 index.remove_location(&id, pack)?;
                 damaged.entry(id).or_insert((Some(*pack), problem));
             }
@@ -147,20 +127,14 @@ pub fn check(
         let refs = match index.referenced_ids(repo, &snap) {
             Ok(r) => r,
             Err(e) => {
-                report.errors.push(format!(
-                    "snapshot {} ({}): cannot read its extent lists: {e:#}",
-                    row.id.to_hex(),
-                    row.name
-                ));
+                report.errors.push(format!("snapshot {} ({}): cannot read its extent lists: {e:#}", row.id.to_hex(), row.name));
                 continue;
             }
         };
         let ids: Vec<Id> = refs.into_iter().collect();
         let present = index.contains_many(&ids)?;
         for id in ids.iter().filter(|id| !present.contains(id)) {
-            damaged
-                .entry(*id)
-                .or_insert((None, "not stored in any pack".into()));
+            damaged.entry(*id).or_insert((None, "not stored in any pack".into()));
         }
     }
 
@@ -171,24 +145,12 @@ pub fn check(
         let still_present = index.contains_many(&ids)?;
         for (id, (pack, problem)) in damaged {
             if still_present.contains(&id) {
-                report.warnings.push(format!(
-                    "chunk {} had a bad copy ({problem}) but another copy is intact",
-                    id.to_hex()
-                ));
+                report.warnings.push(format!("chunk {} had a bad copy ({problem}) but another copy is intact", id.to_hex()));
                 continue;
             }
-            let snaps: Vec<String> = users
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .map(|(s, n)| format!("{} ({n})", s.to_hex()))
-                .collect();
+            let snaps: Vec<String> = users.get(&id).into_iter().flatten().map(|(s, n)| format!("{} ({n})", s.to_hex())).collect();
             if !snaps.is_empty() {
-                report.errors.push(format!(
-                    "chunk {} is lost ({problem}); affected snapshots: {}",
-                    id.to_hex(),
-                    snaps.join(", ")
-                ));
+                report.errors.push(format!("chunk {} is lost ({problem}); affected snapshots: {}", id.to_hex(), snaps.join(", ")));
             }
             report.damaged_chunks.push(DamagedChunkReport {
                 chunk: id.to_hex(),
@@ -206,12 +168,7 @@ pub fn check(
 fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Vec<(Id, String)> {
     let bytes = match repo.backend().get(&pack_key(pack)) {
         Ok(b) => b,
-        Err(e) => {
-            return expected
-                .iter()
-                .map(|x| (x.id, format!("cannot read pack: {e}")))
-                .collect()
-        }
+        Err(e) => return expected.iter().map(|x| (x.id, format!("cannot read pack: {e}"))).collect(),
     };
     if Id::of(&bytes) != *pack {
         // The pack's name is its hash: some byte changed. Find which blobs.
@@ -239,10 +196,8 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Vec<(Id,
         .par_iter()
         .filter_map(|e| {
             let end = (e.offset + e.stored_len as u64) as usize;
-            let r = bytes
-                .get(e.offset as usize..end)
-                .ok_or_else(|| anyhow::anyhow!("outside the pack"))
-                .and_then(|s| pack::decode_blob(e, s));
+            let r =
+                bytes.get(e.offset as usize..end).ok_or_else(|| anyhow::anyhow!("outside the pack")).and_then(|s| pack::decode_blob(e, s));
             r.err().map(|err| (e.id, format!("{err:#}")))
         })
         .collect()

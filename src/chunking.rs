@@ -51,10 +51,7 @@ impl GuestChunker {
     pub fn new(params: ChunkerParams, hole_block: u32) -> Self {
         let bits = v2020::logarithm2(params.avg_size);
         let level = params.normalization;
-        let masks = (
-            v2020::MASKS[(bits + level) as usize],
-            v2020::MASKS[(bits - level) as usize],
-        );
+        let masks = (v2020::MASKS[(bits + level) as usize], v2020::MASKS[(bits - level) as usize]);
         GuestChunker {
             params,
             masks,
@@ -137,28 +134,12 @@ impl GuestChunker {
     /// A cut is only final once `max_size` bytes are buffered (or the run ended),
     /// so chunk boundaries never depend on how the input was split into pieces.
     fn cut_run(&mut self, last: bool, out: &mut dyn FnMut(Chunk)) {
-        let (min, avg, max) = (
-            self.params.min_size as usize,
-            self.params.avg_size as usize,
-            self.params.max_size as usize,
-        );
+        let (min, avg, max) = (self.params.min_size as usize, self.params.avg_size as usize, self.params.max_size as usize);
         let mut pos = 0;
         while pos < self.run.len() && (last || self.run.len() - pos >= max) {
-            let (_, len) = v2020::cut(
-                &self.run[pos..],
-                min,
-                avg,
-                max,
-                self.masks.0,
-                self.masks.1,
-                self.masks.0 << 1,
-                self.masks.1 << 1,
-            );
+            let (_, len) = v2020::cut(&self.run[pos..], min, avg, max, self.masks.0, self.masks.1, self.masks.0 << 1, self.masks.1 << 1);
             let len = len.max(1).min(self.run.len() - pos);
-            out(Chunk {
-                offset: self.run_start + pos as u64,
-                data: self.run[pos..pos + len].to_vec(),
-            });
+            out(Chunk { offset: self.run_start + pos as u64, data: self.run[pos..pos + len].to_vec() });
             pos += len;
         }
         if pos > 0 {
@@ -209,20 +190,14 @@ mod tests {
             rebuilt[*off as usize..*off as usize + d.len()].copy_from_slice(d);
         }
         assert_eq!(rebuilt, disk);
-        assert!(chunks
-            .iter()
-            .all(|(off, d)| *off + d.len() as u64 <= 128 * 1024 || *off >= 384 * 1024));
+        assert!(chunks.iter().all(|(off, d)| *off + d.len() as u64 <= 128 * 1024 || *off >= 384 * 1024));
     }
 
     #[test]
     fn same_chunks_however_the_input_is_split() {
         let disk = pseudo_random(700_000, 3);
         let whole = chunks_of(&[(0, &disk)]);
-        let pieces: Vec<(u64, &[u8])> = disk
-            .chunks(4096 + 17)
-            .enumerate()
-            .map(|(i, p)| ((i * (4096 + 17)) as u64, p))
-            .collect();
+        let pieces: Vec<(u64, &[u8])> = disk.chunks(4096 + 17).enumerate().map(|(i, p)| ((i * (4096 + 17)) as u64, p)).collect();
         assert_eq!(chunks_of(&pieces), whole);
     }
 

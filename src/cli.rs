@@ -7,11 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "imgarc",
-    version,
-    about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)"
-)]
+#[command(name = "imgarc", version, about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -77,6 +73,15 @@ pub struct ArchiveArgs {
     /// Whole-file digests to compute and record, e.g. md5,sha512,sha256
     #[arg(long, value_delimiter = ',')]
     pub digest: Vec<String>,
+    /// The format the image is declared as (raw, qcow2, …); a declared raw image is never decomposed
+    #[arg(long)]
+    pub disk_format: Option<String>,
+    /// Archive a QCOW2 image with a backing file as opaque bytes instead of refusing it
+    #[arg(long)]
+    pub allow_backing_file_opaque: bool,
+    /// Archive a QCOW2 image with an external data file as opaque bytes instead of refusing it
+    #[arg(long)]
+    pub allow_data_file_opaque: bool,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +104,12 @@ pub struct RestoreArgs {
     /// Output file, or - for standard output
     #[arg(short, long)]
     pub output: String,
+    /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
+    #[arg(long, value_parser = ["raw", "qcow2"])]
+    pub disk_format: Option<String>,
+    /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
+    #[arg(long, requires = "disk_format")]
+    pub compress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -145,10 +156,7 @@ pub struct DemoArgs {
 
 impl GlobalArgs {
     pub fn output(&self) -> Output {
-        Output {
-            json: self.json,
-            quiet: self.quiet,
-        }
+        Output { json: self.json, quiet: self.quiet }
     }
 }
 
@@ -160,10 +168,7 @@ pub fn run() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             if out.json && e.downcast_ref::<commands::AlreadyReported>().is_none() {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": false, "error": format!("{e:#}") })
-                );
+                println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
             }
             eprintln!("imgarc: error: {e:#}");
             1

@@ -20,16 +20,9 @@ pub enum Piece {
 /// Parses `md5,sha512` into canonical names, refusing unknown ones.
 pub fn parse_list(s: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for name in s
-        .split(',')
-        .map(|x| x.trim().to_ascii_lowercase())
-        .filter(|x| !x.is_empty())
-    {
+    for name in s.split(',').map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()) {
         if !SUPPORTED.contains(&name.as_str()) {
-            bail!(
-                "unknown digest {name:?} (supported: {})",
-                SUPPORTED.join(", ")
-            );
+            bail!("unknown digest {name:?} (supported: {})", SUPPORTED.join(", "));
         }
         if !out.contains(&name) {
             out.push(name);
@@ -136,10 +129,7 @@ mod tests {
         d.feed(Piece::Data(data, 0..3));
         let out = d.finish().unwrap();
         assert_eq!(out["md5"], "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(
-            out["sha256"],
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(out["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let d = Digesters::start(&["md5".to_string()]);
         d.feed(Piece::Zeros(3));
         let a = d.finish().unwrap();

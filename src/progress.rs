@@ -30,11 +30,7 @@ impl Output {
         } else {
             "{msg} {spinner} {bytes} {bytes_per_sec}"
         };
-        pb.set_style(
-            ProgressStyle::with_template(template)
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
         pb.set_message(what.to_string());
         pb
     }

@@ -16,30 +16,18 @@ pub struct OpenedSource {
 
 pub fn open(spec: &str) -> Result<OpenedSource> {
     if spec == "-" {
-        return Ok(OpenedSource {
-            reader: Box::new(std::io::stdin()),
-            size: None,
-            source: Source::Stdin,
-            default_name: "stdin".into(),
-        });
+        return Ok(OpenedSource { reader: Box::new(std::io::stdin()), size: None, source: Source::Stdin, default_name: "stdin".into() });
     }
     let path = std::path::Path::new(spec);
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {spec}"))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {spec}"))?;
+    let meta = file.metadata().with_context(|| format!("cannot stat {spec}"))?;
     anyhow::ensure!(!meta.is_dir(), "{spec} is a directory, not an image file");
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     Ok(OpenedSource {
         reader: Box::new(file),
         size: meta.is_file().then(|| meta.len()),
-        source: Source::File {
-            path: abs.display().to_string(),
-        },
-        default_name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.to_string()),
+        source: Source::File { path: abs.display().to_string() },
+        default_name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string()),
     })
 }
 

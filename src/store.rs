@@ -41,33 +41,24 @@ pub struct ChunkStore<'a> {
 }
 
 impl<'a> ChunkStore<'a> {
-    pub fn new(
-        repo: &Repository,
-        index: &'a Index,
-        expected_chunks: usize,
-    ) -> Result<ChunkStore<'a>> {
+    pub fn new(repo: &Repository, index: &'a Index, expected_chunks: usize) -> Result<ChunkStore<'a>> {
         let filter = index.build_filter(expected_chunks)?;
         let (tx, rx) = bounded::<PackBuilder>(1);
         let repo2 = repo.clone();
         let index_path = index.path().to_path_buf();
         let repo_id = repo.config().id.clone();
-        let uploader = std::thread::Builder::new()
-            .name("pack-upload".into())
-            .spawn(move || -> Result<(u64, u64)> {
-                // SQLite connections are per thread; this one records packs as they land.
-                let mut idx = Index::open_at(&index_path, &repo_id)?;
-                let (mut bytes, mut packs) = (0u64, 0u64);
-                for builder in rx {
-                    let w = repo2.write_pack(builder)?;
-                    idx.add_pack(
-                        &w.index_key,
-                        &IndexedPack::new(w.id, w.pack_size, &w.entries),
-                    )?;
-                    bytes += w.stored_bytes;
-                    packs += 1;
-                }
-                Ok((bytes, packs))
-            })?;
+        let uploader = std::thread::Builder::new().name("pack-upload".into()).spawn(move || -> Result<(u64, u64)> {
+            // SQLite connections are per thread; this one records packs as they land.
+            let mut idx = Index::open_at(&index_path, &repo_id)?;
+            let (mut bytes, mut packs) = (0u64, 0u64);
+            for builder in rx {
+                let w = repo2.write_pack(builder)?;
+                idx.add_pack(&w.index_key, &IndexedPack::new(w.id, w.pack_size, &w.entries))?;
+                bytes += w.stored_bytes;
+                packs += 1;
+            }
+            Ok((bytes, packs))
+        })?;
         Ok(ChunkStore {
             index,
             level: repo.config().compression.level,
@@ -98,29 +89,13 @@ impl<'a> ChunkStore<'a> {
         }
         self.stats.new_chunks += blobs.len() as u64;
         self.stats.chunks += chunks.len() as u64;
-        Ok(chunks
-            .iter()
-            .zip(ids)
-            .map(|(c, id)| Extent {
-                offset: c.offset,
-                len: c.data.len() as u32,
-                id,
-            })
-            .collect())
+        Ok(chunks.iter().zip(ids).map(|(c, id)| Extent { offset: c.offset, len: c.data.len() as u32, id }).collect())
     }
 
     /// Indices (into `ids`) of blobs to store: neither stored before nor earlier in this batch.
     fn find_fresh(&mut self, ids: &[Id]) -> Result<HashSet<usize>> {
-        let maybe: Vec<Id> = ids
-            .iter()
-            .filter(|id| !self.seen.contains(id) && self.filter.may_contain(id))
-            .copied()
-            .collect();
-        let known = if maybe.is_empty() {
-            HashSet::new()
-        } else {
-            self.index.contains_many(&maybe)?
-        };
+        let maybe: Vec<Id> = ids.iter().filter(|id| !self.seen.contains(id) && self.filter.may_contain(id)).copied().collect();
+        let known = if maybe.is_empty() { HashSet::new() } else { self.index.contains_many(&maybe)? };
         let mut fresh = HashSet::new();
         for (i, id) in ids.iter().enumerate() {
             if self.seen.contains(id) || known.contains(id) {
@@ -149,10 +124,7 @@ impl<'a> ChunkStore<'a> {
         let tx = self.upload_tx.as_ref().expect("store not finished");
         if tx.send(full).is_err() {
             // The uploader stopped on an error; `join_uploader` returns it.
-            return Err(self
-                .join_uploader()
-                .err()
-                .unwrap_or_else(|| anyhow!("pack uploader stopped")));
+            return Err(self.join_uploader().err().unwrap_or_else(|| anyhow!("pack uploader stopped")));
         }
         Ok(())
     }
@@ -183,10 +155,7 @@ impl<'a> ChunkStore<'a> {
     fn join_uploader(&mut self) -> Result<()> {
         self.upload_tx = None;
         if let Some(h) = self.uploader.take() {
-            let (bytes, packs) = h
-                .join()
-                .map_err(|_| anyhow!("pack uploader panicked"))?
-                .context("storing packs failed")?;
+            let (bytes, packs) = h.join().map_err(|_| anyhow!("pack uploader panicked"))?.context("storing packs failed")?;
             self.stats.stored_bytes_added += bytes;
             self.stats.packs += packs;
         }

@@ -78,11 +78,7 @@ const WORDS: &[&str] = &[
 
 impl SyntheticDisk {
     pub fn new(size: u64, seed: u64) -> Self {
-        SyntheticDisk {
-            size,
-            seed,
-            churn: 0.004,
-        }
+        SyntheticDisk { size, seed, churn: 0.004 }
     }
 
     fn kind(&self, block: u64) -> Kind {
@@ -101,9 +97,7 @@ impl SyntheticDisk {
     /// How many times `block` was rewritten up to `night`.
     fn version(&self, block: u64, night: u32) -> u64 {
         let threshold = (self.churn * u64::MAX as f64) as u64;
-        (1..=night as u64)
-            .filter(|n| mix(self.seed ^ (block << 8) ^ n.wrapping_mul(0xABCD_EF01)) < threshold)
-            .count() as u64
+        (1..=night as u64).filter(|n| mix(self.seed ^ (block << 8) ^ n.wrapping_mul(0xABCD_EF01)) < threshold).count() as u64
     }
 
     /// Fills `buf` (one block) with the block's content on `night`; false if it is all zero.
@@ -122,11 +116,7 @@ impl SyntheticDisk {
             buf.fill(0);
             return false;
         }
-        let v = if kind == Kind::Log {
-            0
-        } else {
-            self.version(block, night)
-        };
+        let v = if kind == Kind::Log { 0 } else { self.version(block, night) };
         let mut x = mix(self.seed ^ block.wrapping_mul(0x9E37) ^ (v << 48)) | 1;
         let mut next = || {
             x ^= x << 13;
@@ -135,9 +125,7 @@ impl SyntheticDisk {
             x
         };
         match kind {
-            Kind::Binary => buf
-                .chunks_mut(8)
-                .for_each(|c| c.copy_from_slice(&next().to_le_bytes()[..c.len()])),
+            Kind::Binary => buf.chunks_mut(8).for_each(|c| c.copy_from_slice(&next().to_le_bytes()[..c.len()])),
             _ => {
                 let mut i = 0;
                 while i < buf.len() {
@@ -157,8 +145,7 @@ impl SyntheticDisk {
 
     /// Writes the disk as it is on `night` to `path` as a sparse raw file.
     pub fn write_night(&self, path: &Path, night: u32) -> Result<()> {
-        let mut f =
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut buf = vec![0u8; BLOCK as usize];
         let mut out = Vec::with_capacity(1 << 20);
         let mut out_start = 0u64;
@@ -195,29 +182,14 @@ mod tests {
     fn nights_are_deterministic_and_differ_a_little() {
         let dir = tempfile::tempdir().unwrap();
         let d = SyntheticDisk::new(8 << 20, 1);
-        let (a, b, c) = (
-            dir.path().join("a"),
-            dir.path().join("b"),
-            dir.path().join("c"),
-        );
+        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         d.write_night(&a, 0).unwrap();
         d.write_night(&b, 0).unwrap();
         d.write_night(&c, 1).unwrap();
-        let (a, b, c) = (
-            std::fs::read(a).unwrap(),
-            std::fs::read(b).unwrap(),
-            std::fs::read(c).unwrap(),
-        );
+        let (a, b, c) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap());
         assert_eq!(a.len(), 8 << 20);
         assert_eq!(a, b);
-        let differing = a
-            .chunks(4096)
-            .zip(c.chunks(4096))
-            .filter(|(x, y)| x != y)
-            .count();
-        assert!(
-            differing > 0 && differing < 2048 / 5,
-            "{differing} blocks differ"
-        );
+        let differing = a.chunks(4096).zip(c.chunks(4096)).filter(|(x, y)| x != y).count();
+        assert!(differing > 0 && differing < 2048 / 5, "{differing} blocks differ");
     }
 }

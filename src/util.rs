@@ -7,9 +7,7 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn parse_rfc3339(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc))
 }
 
 pub fn hostname() -> String {
@@ -23,21 +21,13 @@ pub fn hostname() -> String {
 /// Parses `65536`, `64K`, `64KiB`, `1M`, `1.5G` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = match num.parse() {
         Ok(n) => n,
         Err(_) => bail!("invalid size {s:?}"),
     };
-    let mult: u64 = match unit
-        .trim()
-        .to_ascii_lowercase()
-        .trim_end_matches("/s")
-        .trim_end_matches("ib")
-        .trim_end_matches('b')
-    {
+    let mult: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("/s").trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,

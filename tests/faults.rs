@@ -12,12 +12,7 @@ fn kill_mid_archive_then_check_and_rearchive() {
     let data = bytes(120 << 20, 21, false);
     let p = env.path("big.raw");
     std::fs::write(&p, &data).unwrap();
-    let mut child = env
-        .cmd(&["--json", "archive", p.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.cmd(&["--json", "archive", p.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill once at least one pack is durable (or the archive is nearly done).
     for _ in 0..400 {
         if env.packs().len() >= 2 || child.try_wait().unwrap().is_some() {
@@ -32,10 +27,7 @@ fn kill_mid_archive_then_check_and_rearchive() {
     let packs_before = env.packs().len();
     let a = env.archive(&p, "big");
     if packs_before >= 2 {
-        assert!(
-            u(&a, "new_bytes") < data.len() as u64,
-            "re-run did not reuse stored chunks: {a}"
-        );
+        assert!(u(&a, "new_bytes") < data.len() as u64, "re-run did not reuse stored chunks: {a}");
     }
     assert!(env.restore_bytes(&s(&a, "snapshot")) == data);
     assert_eq!(env.json(&["check", "--read-data"])["ok"], true);
@@ -57,10 +49,7 @@ fn flipped_byte_is_named_with_its_snapshots_and_healed() {
     let o = env.run(&["restore", &snap, "-o", env.path("out").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("damaged") && err.contains(&snap[..8]),
-        "restore error should name the chunk and snapshot: {err}"
-    );
+    assert!(err.contains("damaged") && err.contains(&snap[..8]), "restore error should name the chunk and snapshot: {err}");
     assert!(!env.path("out").exists() && !env.path("out.imgarc-partial").exists());
 
     let o = env.run(&["--json", "check", "--read-data"]);
@@ -69,13 +58,7 @@ fn flipped_byte_is_named_with_its_snapshots_and_healed() {
     assert_eq!(rep["ok"], false);
     let damaged = rep["damaged_chunks"].as_array().unwrap();
     assert!(!damaged.is_empty());
-    assert!(
-        damaged[0]["snapshots"][0]
-            .as_str()
-            .unwrap()
-            .starts_with(&snap),
-        "{rep}"
-    );
+    assert!(damaged[0]["snapshots"][0].as_str().unwrap().starts_with(&snap), "{rep}");
 
     // Archiving the same data again stores the lost chunk anew, which heals the old snapshot.
     let again = env.archive(&p, "victim");
@@ -91,12 +74,7 @@ fn truncated_pack_is_reported() {
     env.archive(&p, "t");
     let pack = env.packs()[0].clone();
     let len = std::fs::metadata(&pack).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pack)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
     let o = env.run(&["--json", "check"]);
     assert_eq!(o.status.code(), Some(1));
     let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -132,20 +110,9 @@ fn concurrent_archives_both_succeed() {
     let (pa, pb) = (env.path("a.raw"), env.path("b.raw"));
     std::fs::write(&pa, &a).unwrap();
     std::fs::write(&pb, &b).unwrap();
-    let ca = env
-        .cmd(&["--json", "archive", pa.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let cb = env
-        .cmd(&["--json", "archive", pb.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (oa, ob) = (
-        ca.wait_with_output().unwrap(),
-        cb.wait_with_output().unwrap(),
-    );
+    let ca = env.cmd(&["--json", "archive", pa.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let cb = env.cmd(&["--json", "archive", pb.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
     assert!(oa.status.success() && ob.status.success());
     let ja: serde_json::Value = serde_json::from_slice(&oa.stdout).unwrap();
     let jb: serde_json::Value = serde_json::from_slice(&ob.stdout).unwrap();

@@ -287,7 +287,14 @@ fn detects_other_formats() {
         qemu_img(&a);
         p
     };
-    for (fmt, kind) in [("vmdk", FormatKind::Vmdk), ("vpc", FormatKind::Vhd), ("vhdx", FormatKind::Vhdx), ("vdi", FormatKind::Vdi), ("qed", FormatKind::Qed), ("qcow2", FormatKind::Qcow2)] {
+    for (fmt, kind) in [
+        ("vmdk", FormatKind::Vmdk),
+        ("vpc", FormatKind::Vhd),
+        ("vhdx", FormatKind::Vhdx),
+        ("vdi", FormatKind::Vdi),
+        ("qed", FormatKind::Qed),
+        ("qcow2", FormatKind::Qcow2),
+    ] {
         let b = std::fs::read(mk(fmt, &[])).unwrap();
         let d = detect(&b[..b.len().min(65536)]);
         assert_eq!(d.kind, kind, "{fmt}");
@@ -314,7 +321,18 @@ fn detects_other_formats() {
 fn encrypted_is_opaque_flagged() {
     let t = tmp();
     let p = t.path().join("enc.qcow2");
-    qemu_img(&["create", "-q", "--object", "secret,id=s0,data=123456", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0", p.to_str().unwrap(), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "--object",
+        "secret,id=s0,data=123456",
+        "-f",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0",
+        p.to_str().unwrap(),
+        "1M",
+    ]);
     let img = std::fs::read(&p).unwrap();
     let (d, mut sink) = dec(&img, &Policy::default(), true).unwrap();
     assert!(d.info.encrypted);
@@ -346,7 +364,15 @@ fn seeds(dir: &Path) -> Vec<Vec<u8>> {
     let r = dir.join("s.raw");
     make_raw(&r, 512 * 1024, 99);
     let mut v = Vec::new();
-    for (i, opts) in [&["-o", "cluster_size=4k"][..], &["-c", "-o", "cluster_size=4k"][..], &["-c", "-o", "compression_type=zstd,cluster_size=4k"][..], &["-o", "compat=0.10,cluster_size=512"][..]].iter().enumerate() {
+    for (i, opts) in [
+        &["-o", "cluster_size=4k"][..],
+        &["-c", "-o", "cluster_size=4k"][..],
+        &["-c", "-o", "compression_type=zstd,cluster_size=4k"][..],
+        &["-o", "compat=0.10,cluster_size=512"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
         let p = dir.join(format!("s{i}.qcow2"));
         let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
         a.extend_from_slice(opts);

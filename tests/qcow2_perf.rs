@@ -24,7 +24,8 @@ fn throughput() {
     // Realistic content: executables and libraries from the host (compress ~2-3x), with a
     // quarter of the 64 KiB blocks left as holes.
     let mut v = vec![0u8; (mb << 20) as usize];
-    let mut files: Vec<_> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu").unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir("/usr/lib/x86_64-linux-gnu").unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
     files.sort();
     let mut pos = 0usize;
     'fill: for f in files {

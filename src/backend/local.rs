@@ -27,16 +27,8 @@ impl LocalBackend {
     fn path(&self, key: &str) -> BackendResult<PathBuf> {
         // Keys come from the repository code, never from users, but a key that
         // could climb out of the root would be a bug worth refusing loudly.
-        if key.is_empty()
-            || key
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(BackendError::Other {
-                op: "resolve",
-                key: key.to_string(),
-                message: "invalid object key".into(),
-            });
+        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(BackendError::Other { op: "resolve", key: key.to_string(), message: "invalid object key".into() });
         }
         Ok(self.root.join(key))
     }
@@ -46,11 +38,7 @@ fn io_err(op: &'static str, key: &str, e: std::io::Error) -> BackendError {
     if e.kind() == ErrorKind::NotFound {
         BackendError::NotFound(key.to_string())
     } else {
-        BackendError::Io {
-            op,
-            key: key.to_string(),
-            source: e,
-        }
+        BackendError::Io { op, key: key.to_string(), source: e }
     }
 }
 
@@ -66,25 +54,15 @@ impl Backend for LocalBackend {
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         let path = self.path(key)?;
         let tmp_dir = self.root.join("tmp");
-        let werr = |e| BackendError::Io {
-            op: "write",
-            key: key.to_string(),
-            source: e,
-        };
+        let werr = |e| BackendError::Io { op: "write", key: key.to_string(), source: e };
         fs::create_dir_all(&tmp_dir).map_err(werr)?;
-        let tmp = tmp_dir.join(format!(
-            "{}.{}",
-            std::process::id(),
-            hex::encode(rand::random::<[u8; 8]>())
-        ));
+        let tmp = tmp_dir.join(format!("{}.{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>())));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);
-            let parent = path
-                .parent()
-                .expect("object keys always have a parent under root");
+            let parent = path.parent().expect("object keys always have a parent under root");
             fs::create_dir_all(parent)?;
             fs::rename(&tmp, &path)?;
             sync_dir(parent)
@@ -107,23 +85,19 @@ impl Backend for LocalBackend {
             message: format!("range length {length} too large"),
         })?;
         let mut buf = vec![0u8; len];
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| match e.kind() {
-                ErrorKind::UnexpectedEof => BackendError::Other {
-                    op: "read",
-                    key: key.to_string(),
-                    message: format!("range {offset}+{length} is past the end of the object"),
-                },
-                _ => io_err("read", key, e),
-            })?;
+        f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => BackendError::Other {
+                op: "read",
+                key: key.to_string(),
+                message: format!("range {offset}+{length} is past the end of the object"),
+            },
+            _ => io_err("read", key, e),
+        })?;
         Ok(buf)
     }
 
     fn size(&self, key: &str) -> BackendResult<u64> {
-        fs::metadata(self.path(key)?)
-            .map(|m| m.len())
-            .map_err(|e| io_err("stat", key, e))
+        fs::metadata(self.path(key)?).map(|m| m.len()).map_err(|e| io_err("stat", key, e))
     }
 
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
@@ -132,11 +106,7 @@ impl Backend for LocalBackend {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.path(dir_part)?
-        };
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.path(dir_part)? };
         let mut out = Vec::new();
         let mut stack = vec![(start, dir_part.to_string())];
         while let Some((dir, key_prefix)) = stack.pop() {
@@ -148,11 +118,7 @@ impl Backend for LocalBackend {
             for entry in entries {
                 let entry = entry.map_err(|e| io_err("list", &key_prefix, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let key = if key_prefix.is_empty() {
-                    name
-                } else {
-                    format!("{key_prefix}/{name}")
-                };
+                let key = if key_prefix.is_empty() { name } else { format!("{key_prefix}/{name}") };
                 if key == "tmp" {
                     continue; // in-flight writes are not objects
                 }
@@ -160,10 +126,7 @@ impl Backend for LocalBackend {
                 if meta.is_dir() {
                     stack.push((entry.path(), key));
                 } else if key.starts_with(prefix) {
-                    out.push(ObjectInfo {
-                        key,
-                        size: meta.len(),
-                    });
+                    out.push(ObjectInfo { key, size: meta.len() });
                 }
             }
         }
@@ -194,12 +157,7 @@ mod tests {
         assert_eq!(b.get_range("data/ab/abc", 6, 5).unwrap(), b"world");
         assert!(b.get_range("data/ab/abc", 6, 6).is_err());
         assert_eq!(b.size("data/ab/abc").unwrap(), 11);
-        let keys: Vec<_> = b
-            .list("data/")
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let keys: Vec<_> = b.list("data/").unwrap().into_iter().map(|o| o.key).collect();
         assert_eq!(keys, vec!["data/ab/abc"]);
         assert_eq!(b.list("").unwrap().len(), 2);
         assert!(b.get("data/ab/nope").unwrap_err().is_not_found());

@@ -34,11 +34,7 @@ pub enum BackendError {
         source: std::io::Error,
     },
     #[error("{op} {key}: {message}")]
-    Other {
-        op: &'static str,
-        key: String,
-        message: String,
-    },
+    Other { op: &'static str, key: String, message: String },
 }
 
 impl BackendError {

@@ -21,6 +21,12 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         expected_digests: BTreeMap::new(),
         expected_size: src.size,
         metadata: Default::default(),
+        declared_format: args.disk_format,
+        qcow2_policy: crate::format::qcow2::Policy {
+            allow_backing_file_opaque: args.allow_backing_file_opaque,
+            allow_data_file_opaque: args.allow_data_file_opaque,
+            ..Default::default()
+        },
     };
     let pb = ctx.out.bar(src.size, "archive");
     let r = archive(&repo, &mut index, src.reader, req, &pb)?;
@@ -38,6 +44,9 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
             r.seconds,
             human_bytes((r.logical_bytes as f64 / r.seconds.max(1e-6)) as u64),
         );
+        if let Some(why) = &r.opaque {
+            s.push_str(&format!("  {} stored as opaque bytes: {why}\n", r.format));
+        }
         for (k, v) in &r.digests {
             s.push_str(&format!("  {k} {v}\n"));
         }

@@ -35,24 +35,15 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         }
     };
     let repo_dir = dir.join("repo");
-    let backend: Arc<dyn crate::backend::Backend> =
-        Arc::new(crate::backend::local::LocalBackend::new(&repo_dir));
+    let backend: Arc<dyn crate::backend::Backend> = Arc::new(crate::backend::local::LocalBackend::new(&repo_dir));
     let repo = match Repository::open(backend.clone()) {
         Ok(r) => r,
-        Err(_) => Repository::init(
-            backend,
-            Config::new(crate::repository::config::DEFAULT_AVG_CHUNK, 3)?,
-        )?,
+        Err(_) => Repository::init(backend, Config::new(crate::repository::config::DEFAULT_AVG_CHUNK, 3)?)?,
     };
     // The demo keeps its index cache beside its repository, so it leaves nothing behind.
     std::env::set_var("IMGARC_CACHE_DIR", dir.join("cache"));
     let mut index = Index::open(&repo)?;
-    say(format!(
-        "imgarc demo: {} nights of a {} synthetic VM disk in {}",
-        args.nights,
-        human_bytes(size),
-        dir.display()
-    ));
+    say(format!("imgarc demo: {} nights of a {} synthetic VM disk in {}", args.nights, human_bytes(size), dir.display()));
     let disk = SyntheticDisk::new(size, 42);
     let mut nights = Vec::new();
     let (mut logical, mut added) = (0u64, 0u64);
@@ -63,13 +54,13 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         let req = ArchiveRequest {
             name: "demo-vm".into(),
             tags: vec![format!("night-{n:02}")],
-            source: Source::File {
-                path: path.display().to_string(),
-            },
+            source: Source::File { path: path.display().to_string() },
             digests: vec!["sha256".into()],
             expected_digests: Default::default(),
             expected_size: Some(size),
             metadata: Default::default(),
+            declared_format: None,
+            qcow2_policy: Default::default(),
         };
         let pb = ctx.out.bar(Some(size), &format!("night {n:02}"));
         let r = archive(&repo, &mut index, Box::new(file), req, &pb)?;
@@ -92,7 +83,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     let id = crate::ids::Id::from_hex(&last.snapshot).context("snapshot id")?;
     let snap = index.snapshot(&id)?.context("snapshot in index")?;
     let pb = ctx.out.bar(Some(size), "restore");
-    let rr = restore(&repo, &index, &snap, Target::File(out_path.clone()), &pb)?;
+    let rr = restore(&repo, &index, &snap, Target::File(out_path.clone()), &Default::default(), &pb)?;
     pb.finish_and_clear();
     let identical = files_equal(last_path, &out_path)?;
     if !identical {
@@ -105,11 +96,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         rr.bytes as f64 / rr.seconds.max(1e-6) / 1e6,
         rr.digests.get("sha256").map_or("-", |s| s.as_str())
     ));
-    say(format!(
-        "logical {} archived, {} stored: {ratio:.1}x smaller",
-        human_bytes(logical),
-        human_bytes(added)
-    ));
+    say(format!("logical {} archived, {} stored: {ratio:.1}x smaller", human_bytes(logical), human_bytes(added)));
     ctx.emit(
         &serde_json::json!({
             "nights": nights.iter().map(|(_, r)| r).collect::<Vec<_>>(),
@@ -148,10 +135,7 @@ impl Drop for TempDir {
 }
 
 fn tempfile_dir() -> Result<TempDir> {
-    let p = std::env::temp_dir().join(format!(
-        "imgarc-demo-{}",
-        hex::encode(rand::random::<[u8; 6]>())
-    ));
+    let p = std::env::temp_dir().join(format!("imgarc-demo-{}", hex::encode(rand::random::<[u8; 6]>())));
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
 }

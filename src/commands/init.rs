@@ -9,9 +9,7 @@ pub fn parse_compression(s: &str) -> Result<i32> {
     let Some(level) = s.strip_prefix("zstd:") else {
         bail!("compression {s:?}: expected zstd:LEVEL, e.g. zstd:3");
     };
-    level
-        .parse()
-        .with_context(|| format!("compression {s:?}: LEVEL must be a number"))
+    level.parse().with_context(|| format!("compression {s:?}: LEVEL must be a number"))
 }
 
 pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {

@@ -50,10 +50,7 @@ impl Ctx {
     /// Prints the JSON document, or the prose, to stdout.
     pub fn emit(&self, json: &serde_json::Value, prose: impl FnOnce() -> String) {
         if self.out.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(json).expect("JSON serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(json).expect("JSON serializes"));
         } else if !self.out.quiet {
             print!("{}", prose());
         }
@@ -61,16 +58,11 @@ impl Ctx {
 }
 
 pub fn default_repo() -> String {
-    dirs::data_dir()
-        .map(|d| d.join("imgarc").join("repo").display().to_string())
-        .unwrap_or_else(|| ".imgarc-repo".to_string())
+    dirs::data_dir().map(|d| d.join("imgarc").join("repo").display().to_string()).unwrap_or_else(|| ".imgarc-repo".to_string())
 }
 
 pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
-    let ctx = Ctx {
-        location: global.repo.clone().unwrap_or_else(default_repo),
-        out: global.output(),
-    };
+    let ctx = Ctx { location: global.repo.clone().unwrap_or_else(default_repo), out: global.output() };
     match command {
         Command::Init(a) => init::run(&ctx, a),
         Command::Archive(a) => archive::run(&ctx, a),

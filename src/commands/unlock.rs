@@ -14,21 +14,15 @@ pub fn run(ctx: &Ctx, args: UnlockArgs) -> Result<()> {
             repo.backend().delete(&key)?;
             removed.push(key);
         } else {
-            kept.push(format!(
-                "{key} ({} on {} pid {})",
-                info.purpose, info.hostname, info.pid
-            ));
+            kept.push(format!("{key} ({} on {} pid {})", info.purpose, info.hostname, info.pid));
         }
     }
-    ctx.emit(
-        &serde_json::json!({"removed": removed, "kept": kept}),
-        || {
-            let mut s = format!("removed {} lock(s)\n", removed.len());
-            for k in &kept {
-                s.push_str(&format!("kept active lock {k}\n"));
-            }
-            s
-        },
-    );
+    ctx.emit(&serde_json::json!({"removed": removed, "kept": kept}), || {
+        let mut s = format!("removed {} lock(s)\n", removed.len());
+        for k in &kept {
+            s.push_str(&format!("kept active lock {k}\n"));
+        }
+        s
+    });
     Ok(())
 }

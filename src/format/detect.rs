@@ -184,7 +184,14 @@ mod tests {
         b[510] = 0x55;
         b[511] = 0xaa;
         assert_eq!(detect(&b).info, "MBR boot sector");
-        for (magic, kind) in [(&b"QFI\xfb"[..], FormatKind::Qcow2), (b"KDMV", FormatKind::Vmdk), (b"conectix", FormatKind::Vhd), (b"vhdxfile", FormatKind::Vhdx), (b"LUKS\xba\xbe", FormatKind::Luks), (b"QED\0", FormatKind::Qed)] {
+        for (magic, kind) in [
+            (&b"QFI\xfb"[..], FormatKind::Qcow2),
+            (b"KDMV", FormatKind::Vmdk),
+            (b"conectix", FormatKind::Vhd),
+            (b"vhdxfile", FormatKind::Vhdx),
+            (b"LUKS\xba\xbe", FormatKind::Luks),
+            (b"QED\0", FormatKind::Qed),
+        ] {
             let mut b = vec![0u8; 4096];
             b[..magic.len()].copy_from_slice(magic);
             assert_eq!(detect(&b).kind, kind);

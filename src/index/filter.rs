@@ -17,10 +17,7 @@ impl ChunkFilter {
     /// A filter sized for `expected` ids (it still works, less sharply, past that).
     pub fn with_capacity(expected: usize) -> Self {
         let want_bits = (expected.max(1 << 16) as u64 * 10).next_power_of_two();
-        ChunkFilter {
-            bits: vec![0; (want_bits / 64) as usize],
-            mask: want_bits - 1,
-        }
+        ChunkFilter { bits: vec![0; (want_bits / 64) as usize], mask: want_bits - 1 }
     }
 
     fn probes(id: &Id) -> impl Iterator<Item = u64> {
@@ -58,9 +55,7 @@ mod tests {
         for i in 0..100_000u32 {
             assert!(f.may_contain(&Id::of(&i.to_le_bytes())));
         }
-        let fp = (100_000..200_000u32)
-            .filter(|i| f.may_contain(&Id::of(&i.to_le_bytes())))
-            .count();
+        let fp = (100_000..200_000u32).filter(|i| f.may_contain(&Id::of(&i.to_le_bytes()))).count();
         assert!(fp < 2_000, "{fp} false positives in 100000");
     }
 }

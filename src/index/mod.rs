@@ -71,9 +71,7 @@ pub struct Index {
 pub fn cache_dir_for(repo_id: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("IMGARC_CACHE_DIR") {
         Some(d) => PathBuf::from(d),
-        None => dirs::cache_dir()
-            .context("no cache directory for this user (set IMGARC_CACHE_DIR)")?
-            .join("imgarc"),
+        None => dirs::cache_dir().context("no cache directory for this user (set IMGARC_CACHE_DIR)")?.join("imgarc"),
     };
     Ok(base.join(repo_id))
 }
@@ -110,32 +108,16 @@ impl Index {
     /// Opens the SQLite file without syncing.
     pub fn open_at(path: &Path, repo_id: &str) -> Result<Index> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create cache directory {}", parent.display()))?;
         }
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open index cache {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("cannot open index cache {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(120))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)
-            .context("cannot create the index schema")?;
-        let index = Index {
-            conn,
-            path: path.to_path_buf(),
-        };
-        let stored: Option<String> = index
-            .conn
-            .query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let schema: Option<String> = index
-            .conn
-            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        conn.execute_batch(SCHEMA).context("cannot create the index schema")?;
+        let index = Index { conn, path: path.to_path_buf() };
+        let stored: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
+        let schema: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
         match (stored, schema) {
             (Some(s), Some(v)) if s == repo_id && v == SCHEMA_VERSION => {}
             (None, None) => {
@@ -182,9 +164,7 @@ impl Index {
                     continue;
                 }
             };
-            let ids = self
-                .referenced_ids(repo, &snap)
-                .with_context(|| format!("snapshot {}", id.short()))?;
+            let ids = self.referenced_ids(repo, &snap).with_context(|| format!("snapshot {}", id.short()))?;
             self.add_snapshot(id, &snap, &ids)?;
             report.snapshots_added += 1;
         }
@@ -213,22 +193,14 @@ impl Index {
     pub fn add_pack(&mut self, index_key: &str, pack: &IndexedPack) -> Result<()> {
         let tx = self.conn.transaction()?;
         insert_pack(&tx, pack)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO index_objects VALUES(?1)",
-            [index_key],
-        )?;
+        tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [index_key])?;
         tx.commit()?;
         Ok(())
     }
 
     /// Adds a snapshot and counts one reference for each distinct blob it uses.
     /// Idempotent: a snapshot already present changes nothing.
-    pub fn add_snapshot(
-        &mut self,
-        id: &Id,
-        snap: &Snapshot,
-        referenced: &HashSet<Id>,
-    ) -> Result<()> {
+    pub fn add_snapshot(&mut self, id: &Id, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
         let tx = self.conn.transaction()?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO snapshots VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -243,9 +215,7 @@ impl Index {
             ],
         )?;
         if inserted == 1 {
-            let mut st = tx.prepare(
-                "INSERT INTO refs VALUES(?1, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1",
-            )?;
+            let mut st = tx.prepare("INSERT INTO refs VALUES(?1, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1")?;
             for r in referenced {
                 st.execute([&r.0[..]])?;
             }
@@ -294,9 +264,7 @@ impl Index {
             let after = out.last().map_or(0, |e: &Extent| e.end());
             extents::decode(&bytes, stream.size, after, &mut out)?;
         }
-        if Id(*hasher.finalize().as_bytes()) != stream.extents_blake3
-            || out.len() as u64 != stream.extent_count
-        {
+        if Id(*hasher.finalize().as_bytes()) != stream.extents_blake3 || out.len() as u64 != stream.extent_count {
             bail!("extent list does not match its recorded digest or count");
         }
         Ok(out)
@@ -306,10 +274,7 @@ impl Index {
     pub fn read_blob(&self, repo: &Repository, id: &Id) -> Result<Vec<u8>> {
         let locs = self.locations(id)?;
         if locs.is_empty() {
-            bail!(
-                "blob {} is not in the index (missing from the repository)",
-                id.to_hex()
-            );
+            bail!("blob {} is not in the index (missing from the repository)", id.to_hex());
         }
         let mut last = None;
         for l in locs {
@@ -322,9 +287,7 @@ impl Index {
     }
 
     pub fn locations(&self, id: &Id) -> Result<Vec<Location>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1",
-        )?;
+        let mut st = self.conn.prepare_cached("SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1")?;
         let rows = st.query_map([&id.0[..]], |r| {
             Ok(Location {
                 pack: id_of(r.get(0)?)?,
@@ -345,13 +308,9 @@ impl Index {
     pub fn contains_many(&self, ids: &[Id]) -> Result<HashSet<Id>> {
         let mut found = HashSet::new();
         for batch in ids.chunks(500) {
-            let sql = format!(
-                "SELECT DISTINCT id FROM blobs WHERE id IN ({})",
-                vec!["?"; batch.len()].join(",")
-            );
+            let sql = format!("SELECT DISTINCT id FROM blobs WHERE id IN ({})", vec!["?"; batch.len()].join(","));
             let mut st = self.conn.prepare_cached(&sql)?;
-            let params: Vec<&dyn rusqlite::ToSql> =
-                batch.iter().map(|i| &i.0 as &dyn rusqlite::ToSql).collect();
+            let params: Vec<&dyn rusqlite::ToSql> = batch.iter().map(|i| &i.0 as &dyn rusqlite::ToSql).collect();
             let rows = st.query_map(params.as_slice(), |r| id_of(r.get(0)?))?;
             for r in rows {
                 found.insert(r?);
@@ -362,9 +321,7 @@ impl Index {
 
     /// A Bloom filter of every blob id in the index.
     pub fn build_filter(&self, extra_capacity: usize) -> Result<filter::ChunkFilter> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
         let mut f = filter::ChunkFilter::with_capacity(n as usize + extra_capacity);
         let mut st = self.conn.prepare("SELECT id FROM blobs")?;
         let mut rows = st.query([])?;
@@ -378,10 +335,7 @@ impl Index {
 
     /// Forgets one stored copy of a blob (found damaged or missing by `check`).
     pub fn remove_location(&mut self, id: &Id, pack: &Id) -> Result<()> {
-        self.conn.execute(
-            "DELETE FROM blobs WHERE id = ?1 AND pack = ?2",
-            params![&id.0[..], &pack.0[..]],
-        )?;
+        self.conn.execute("DELETE FROM blobs WHERE id = ?1 AND pack = ?2", params![&id.0[..], &pack.0[..]])?;
         Ok(())
     }
 
@@ -416,7 +370,8 @@ impl Index {
     }
 
     pub fn snapshot_rows(&self) -> Result<Vec<SnapshotRow>> {
-        let mut st = self.conn.prepare("SELECT id, name, time, logical_bytes, stored_bytes_added, tags FROM snapshots ORDER BY time, id")?;
+        let mut st =
+            self.conn.prepare("SELECT id, name, time, logical_bytes, stored_bytes_added, tags FROM snapshots ORDER BY time, id")?;
         let rows = st.query_map([], |r| {
             Ok(SnapshotRow {
                 id: id_of(r.get(0)?)?,
@@ -431,16 +386,8 @@ impl Index {
     }
 
     pub fn snapshot(&self, id: &Id) -> Result<Option<Snapshot>> {
-        let json: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT json FROM snapshots WHERE id = ?1",
-                [&id.0[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        json.map(|j| serde_json::from_str(&j).context("cached snapshot is malformed"))
-            .transpose()
+        let json: Option<String> = self.conn.query_row("SELECT json FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        json.map(|j| serde_json::from_str(&j).context("cached snapshot is malformed")).transpose()
     }
 
     /// Resolves a full id or a unique prefix of at least 8 hex digits.
@@ -449,12 +396,7 @@ impl Index {
         if p.len() < 8 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
             bail!("snapshot {prefix:?}: give a snapshot id or a prefix of at least 8 hex digits");
         }
-        let matches: Vec<Id> = self
-            .snapshot_rows()?
-            .into_iter()
-            .map(|s| s.id)
-            .filter(|id| id.to_hex().starts_with(&p))
-            .collect();
+        let matches: Vec<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).filter(|id| id.to_hex().starts_with(&p)).collect();
         match matches.len() {
             0 => bail!("no snapshot {prefix} in this repository"),
             1 => Ok(matches[0]),
@@ -464,34 +406,19 @@ impl Index {
 
     /// How many snapshots reference each of `ids` (0 when none).
     pub fn ref_count(&self, id: &Id) -> Result<u64> {
-        let n: Option<i64> = self
-            .conn
-            .query_row("SELECT count FROM refs WHERE id = ?1", [&id.0[..]], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let n: Option<i64> = self.conn.query_row("SELECT count FROM refs WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
         Ok(n.unwrap_or(0) as u64)
     }
 
     pub fn counts(&self) -> Result<(u64, u64, u64)> {
-        let q = |sql: &str| -> Result<u64> {
-            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-        };
-        Ok((
-            q("SELECT COUNT(*) FROM snapshots")?,
-            q("SELECT COUNT(DISTINCT id) FROM blobs")?,
-            q("SELECT COUNT(*) FROM packs")?,
-        ))
+        let q = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        Ok((q("SELECT COUNT(*) FROM snapshots")?, q("SELECT COUNT(DISTINCT id) FROM blobs")?, q("SELECT COUNT(*) FROM packs")?))
     }
 }
 
 fn insert_pack(tx: &rusqlite::Transaction, p: &IndexedPack) -> Result<()> {
-    tx.execute(
-        "INSERT OR IGNORE INTO packs VALUES(?1, ?2)",
-        params![&p.id.0[..], p.size as i64],
-    )?;
-    let mut st =
-        tx.prepare_cached("INSERT OR IGNORE INTO blobs VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+    tx.execute("INSERT OR IGNORE INTO packs VALUES(?1, ?2)", params![&p.id.0[..], p.size as i64])?;
+    let mut st = tx.prepare_cached("INSERT OR IGNORE INTO blobs VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
     for e in p.entries() {
         st.execute(params![
             &e.id.0[..],
@@ -545,9 +472,7 @@ pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
         }
         match repo.read_pack_trailer(&pack) {
             Ok(entries) => adopted.push(IndexedPack::new(pack, size, &entries)),
-            Err(e) => report
-                .packs_unreadable
-                .push(format!("{}: {e:#}", pack.to_hex())),
+            Err(e) => report.packs_unreadable.push(format!("{}: {e:#}", pack.to_hex())),
         }
     }
     if !adopted.is_empty() {

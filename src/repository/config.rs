@@ -66,13 +66,7 @@ impl ChunkerParams {
         if !(4096..=4 * 1024 * 1024).contains(&avg) || !avg.is_power_of_two() {
             bail!("chunk size {avg} must be a power of two between 4 KiB and 4 MiB");
         }
-        Ok(ChunkerParams {
-            algorithm: ChunkAlgorithm::FastCdc2020,
-            min_size: avg / 4,
-            avg_size: avg,
-            max_size: avg * 4,
-            normalization: 1,
-        })
+        Ok(ChunkerParams { algorithm: ChunkAlgorithm::FastCdc2020, min_size: avg / 4, avg_size: avg, max_size: avg * 4, normalization: 1 })
     }
 }
 
@@ -87,10 +81,7 @@ impl Config {
             created: crate::util::now_rfc3339(),
             chunker: ChunkerParams::with_average(avg_chunk)?,
             hole_block_size: DEFAULT_HOLE_BLOCK,
-            compression: Compression {
-                algorithm: Zstd::Zstd,
-                level: zstd_level,
-            },
+            compression: Compression { algorithm: Zstd::Zstd, level: zstd_level },
             chunk_id: "blake3".into(),
             encryption: "none".into(),
             pack_target_size: DEFAULT_PACK_TARGET,
@@ -100,8 +91,7 @@ impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config> {
         // Read the version first so a newer repository gets a clear message
         // rather than a field-by-field parse error.
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).context("repository config is not valid JSON")?;
+        let v: serde_json::Value = serde_json::from_slice(bytes).context("repository config is not valid JSON")?;
         let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
         if version != FORMAT_VERSION as u64 {
             bail!("repository format version {version} is not supported (this imgarc reads version {FORMAT_VERSION})");
@@ -110,13 +100,8 @@ impl Config {
         if c.encryption != "none" || c.chunk_id != "blake3" {
             bail!("repository uses encryption {:?} / chunk ids {:?}, which this imgarc does not support", c.encryption, c.chunk_id);
         }
-        let p = ChunkerParams::with_average(c.chunker.avg_size)
-            .context("repository config has bad chunker parameters")?;
-        if p != c.chunker
-            || c.hole_block_size == 0
-            || c.hole_block_size % 4096 != 0
-            || c.hole_block_size > 4 << 20
-        {
+        let p = ChunkerParams::with_average(c.chunker.avg_size).context("repository config has bad chunker parameters")?;
+        if p != c.chunker || c.hole_block_size == 0 || c.hole_block_size % 4096 != 0 || c.hole_block_size > 4 << 20 {
             bail!("repository config has unsupported chunker or hole-block parameters");
         }
         Ok(c)

@@ -53,10 +53,7 @@ pub fn encode(extents: &[Extent]) -> Vec<u8> {
 
 /// Decodes one tree blob, checking that records are sorted, disjoint and inside `size`.
 pub fn decode(bytes: &[u8], size: u64, after: u64, out: &mut Vec<Extent>) -> Result<()> {
-    ensure!(
-        bytes.len() % RECORD_LEN == 0,
-        "extent list blob has a length that is not a whole number of records"
-    );
+    ensure!(bytes.len() % RECORD_LEN == 0, "extent list blob has a length that is not a whole number of records");
     let mut prev_end = after;
     for r in bytes.chunks_exact(RECORD_LEN) {
         let e = Extent {
@@ -65,16 +62,8 @@ pub fn decode(bytes: &[u8], size: u64, after: u64, out: &mut Vec<Extent>) -> Res
             id: Id::from_slice(&r[12..44]).expect("32"),
         };
         ensure!(e.len > 0, "extent list has an empty extent");
-        ensure!(
-            e.offset >= prev_end,
-            "extent list is not sorted or has overlapping extents"
-        );
-        ensure!(
-            e.offset
-                .checked_add(e.len as u64)
-                .is_some_and(|end| end <= size),
-            "extent list reaches past the stream size"
-        );
+        ensure!(e.offset >= prev_end, "extent list is not sorted or has overlapping extents");
+        ensure!(e.offset.checked_add(e.len as u64).is_some_and(|end| end <= size), "extent list reaches past the stream size");
         prev_end = e.end();
         out.push(e);
     }
@@ -87,18 +76,7 @@ mod tests {
 
     #[test]
     fn encode_decode_and_reject() {
-        let ex = vec![
-            Extent {
-                offset: 0,
-                len: 10,
-                id: Id::of(b"a"),
-            },
-            Extent {
-                offset: 100,
-                len: 5,
-                id: Id::of(b"b"),
-            },
-        ];
+        let ex = vec![Extent { offset: 0, len: 10, id: Id::of(b"a") }, Extent { offset: 100, len: 5, id: Id::of(b"b") }];
         let enc = encode(&ex);
         let mut out = vec![];
         decode(&enc, 105, 0, &mut out).unwrap();

@@ -26,38 +26,17 @@ pub struct IndexedPack {
 
 impl IndexedPack {
     pub fn new(id: Id, size: u64, entries: &[PackEntry]) -> Self {
-        IndexedPack {
-            id,
-            size,
-            blobs: entries
-                .iter()
-                .map(|e| (e.id, e.kind, e.codec, e.offset, e.stored_len, e.raw_len))
-                .collect(),
-        }
+        IndexedPack { id, size, blobs: entries.iter().map(|e| (e.id, e.kind, e.codec, e.offset, e.stored_len, e.raw_len)).collect() }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = PackEntry> + '_ {
-        self.blobs.iter().map(
-            |&(id, kind, codec, offset, stored_len, raw_len)| PackEntry {
-                id,
-                kind,
-                codec,
-                raw_len,
-                stored_len,
-                offset,
-            },
-        )
+        self.blobs.iter().map(|&(id, kind, codec, offset, stored_len, raw_len)| PackEntry { id, kind, codec, raw_len, stored_len, offset })
     }
 }
 
 impl IndexObject {
     pub fn new(packs: Vec<IndexedPack>) -> Self {
-        IndexObject {
-            version: 1,
-            created: crate::util::now_rfc3339(),
-            hostname: crate::util::hostname(),
-            packs,
-        }
+        IndexObject { version: 1, created: crate::util::now_rfc3339(), hostname: crate::util::hostname(), packs }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -72,13 +51,8 @@ impl IndexObject {
         zstd::stream::Decoder::new(bytes)
             .and_then(|d| d.take(256 << 20).read_to_end(&mut json))
             .context("index object does not decompress")?;
-        let obj: IndexObject =
-            serde_json::from_slice(&json).context("index object is malformed")?;
-        anyhow::ensure!(
-            obj.version == 1,
-            "index object version {} is not supported",
-            obj.version
-        );
+        let obj: IndexObject = serde_json::from_slice(&json).context("index object is malformed")?;
+        anyhow::ensure!(obj.version == 1, "index object version {} is not supported", obj.version);
         Ok(obj)
     }
 }

@@ -25,8 +25,7 @@ pub struct LockInfo {
 
 impl LockInfo {
     pub fn is_stale(&self) -> bool {
-        let expired =
-            crate::util::parse_rfc3339(&self.expires).is_none_or(|t| t < chrono::Utc::now());
+        let expired = crate::util::parse_rfc3339(&self.expires).is_none_or(|t| t < chrono::Utc::now());
         let dead_here = self.hostname == crate::util::hostname() && !process_alive(self.pid);
         expired || dead_here
     }

@@ -66,20 +66,12 @@ pub fn encode_blob(kind: BlobKind, raw: &[u8], level: i32) -> EncodedBlob {
 }
 
 pub fn encode_blob_with_id(id: Id, kind: BlobKind, raw: &[u8], level: i32) -> EncodedBlob {
-    let compressed = zstd::bulk::compress(raw, level)
-        .ok()
-        .filter(|c| c.len() < raw.len());
+    let compressed = zstd::bulk::compress(raw, level).ok().filter(|c| c.len() < raw.len());
     let (codec, stored) = match compressed {
         Some(c) => (Codec::Zstd, c),
         None => (Codec::None, raw.to_vec()),
     };
-    EncodedBlob {
-        id,
-        kind,
-        codec,
-        raw_len: raw.len() as u32,
-        stored,
-    }
+    EncodedBlob { id, kind, codec, raw_len: raw.len() as u32, stored }
 }
 
 /// Turns stored bytes back into the blob and checks them against the id.
@@ -94,9 +86,8 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let raw = match entry.codec {
         Codec::None => stored.to_vec(),
         Codec::Zstd => {
-            let raw = zstd::bulk::decompress(stored, entry.raw_len as usize).map_err(|e| {
-                anyhow::anyhow!("blob {} is damaged: it does not decompress ({e})", entry.id)
-            })?;
+            let raw = zstd::bulk::decompress(stored, entry.raw_len as usize)
+                .map_err(|e| anyhow::anyhow!("blob {} is damaged: it does not decompress ({e})", entry.id))?;
             raw
         }
     };
@@ -108,12 +99,7 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
         entry.raw_len
     );
     let actual = Id::of(&raw);
-    ensure!(
-        actual == entry.id,
-        "blob {} is damaged: its content hashes to {}",
-        entry.id,
-        actual.short()
-    );
+    ensure!(actual == entry.id, "blob {} is damaged: its content hashes to {}", entry.id, actual.short());
     Ok(raw)
 }
 
@@ -134,10 +120,7 @@ impl PackBuilder {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
-        PackBuilder {
-            buf,
-            entries: Vec::new(),
-        }
+        PackBuilder { buf, entries: Vec::new() }
     }
 
     pub fn add(&mut self, blob: &EncodedBlob) {
@@ -174,8 +157,7 @@ impl PackBuilder {
             self.buf.extend_from_slice(&[0, 0, 0, 0]);
         }
         let digest = blake3::hash(&self.buf[start..]);
-        self.buf
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&[0, 0, 0, 0]);
         self.buf.extend_from_slice(digest.as_bytes());
         self.buf.extend_from_slice(END_MAGIC);
@@ -187,15 +169,8 @@ impl PackBuilder {
 /// Reads the entry count from a pack's last `FOOTER_LEN` bytes; returns the
 /// length of the entries region that precedes the footer.
 pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<(u32, [u8; 32], u64)> {
-    ensure!(
-        footer.len() == FOOTER_LEN,
-        "pack footer is {} bytes, expected {FOOTER_LEN}",
-        footer.len()
-    );
-    ensure!(
-        &footer[40..48] == END_MAGIC,
-        "pack does not end with the pack trailer magic (truncated or not a pack)"
-    );
+    ensure!(footer.len() == FOOTER_LEN, "pack footer is {} bytes, expected {FOOTER_LEN}", footer.len());
+    ensure!(&footer[40..48] == END_MAGIC, "pack does not end with the pack trailer magic (truncated or not a pack)");
     let count = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes"));
     let digest: [u8; 32] = footer[8..40].try_into().expect("32 bytes");
     let entries_len = count as u64 * ENTRY_LEN as u64;
@@ -207,20 +182,9 @@ pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<(u32, [u8; 32], u64)
 }
 
 /// Parses and validates the entries region of a pack.
-pub fn parse_entries(
-    entries: &[u8],
-    count: u32,
-    digest: &[u8; 32],
-    pack_len: u64,
-) -> Result<Vec<PackEntry>> {
-    ensure!(
-        entries.len() == count as usize * ENTRY_LEN,
-        "pack trailer has the wrong length"
-    );
-    ensure!(
-        blake3::hash(entries).as_bytes() == digest,
-        "pack trailer checksum mismatch (damaged trailer)"
-    );
+pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u64) -> Result<Vec<PackEntry>> {
+    ensure!(entries.len() == count as usize * ENTRY_LEN, "pack trailer has the wrong length");
+    ensure!(blake3::hash(entries).as_bytes() == digest, "pack trailer checksum mismatch (damaged trailer)");
     let data_end = pack_len - entries.len() as u64 - FOOTER_LEN as u64;
     let mut out = Vec::with_capacity(count as usize);
     for raw in entries.chunks_exact(ENTRY_LEN) {
@@ -242,11 +206,7 @@ pub fn parse_entries(
             stored_len: u32::from_le_bytes(raw[40..44].try_into().expect("4")),
             offset: u64::from_le_bytes(raw[44..52].try_into().expect("8")),
         };
-        ensure!(
-            e.raw_len <= MAX_BLOB_LEN && e.stored_len <= MAX_BLOB_LEN,
-            "pack entry {} is larger than any blob",
-            e.id
-        );
+        ensure!(e.raw_len <= MAX_BLOB_LEN && e.stored_len <= MAX_BLOB_LEN, "pack entry {} is larger than any blob", e.id);
         ensure!(
             e.offset >= HEADER_LEN as u64 && e.offset + e.stored_len as u64 <= data_end,
             "pack entry {} points outside the pack's data area",
@@ -259,20 +219,10 @@ pub fn parse_entries(
 
 /// Parses a whole pack held in memory (used by `check --read-data` and rebuild tests).
 pub fn parse_pack(pack: &[u8]) -> Result<Vec<PackEntry>> {
-    ensure!(
-        pack.len() >= HEADER_LEN + FOOTER_LEN,
-        "pack is only {} bytes: truncated",
-        pack.len()
-    );
-    ensure!(
-        &pack[..8] == MAGIC,
-        "pack does not start with the pack magic"
-    );
+    ensure!(pack.len() >= HEADER_LEN + FOOTER_LEN, "pack is only {} bytes: truncated", pack.len());
+    ensure!(&pack[..8] == MAGIC, "pack does not start with the pack magic");
     ensure!(pack[8] == 1, "pack version {} is not supported", pack[8]);
-    ensure!(
-        pack[9] == 0,
-        "pack is encrypted, which this imgarc does not support"
-    );
+    ensure!(pack[9] == 0, "pack is encrypted, which this imgarc does not support");
     let len = pack.len() as u64;
     let (count, digest, entries_len) = parse_footer(&pack[pack.len() - FOOTER_LEN..], len)?;
     let start = pack.len() - FOOTER_LEN - entries_len as usize;
@@ -286,15 +236,8 @@ mod tests {
     #[test]
     fn pack_round_trip_and_damage() {
         let mut b = PackBuilder::new();
-        let blobs: Vec<Vec<u8>> = vec![
-            vec![7u8; 10000],
-            (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),
-            vec![],
-        ];
-        let enc: Vec<_> = blobs
-            .iter()
-            .map(|r| encode_blob(BlobKind::Data, r, 3))
-            .collect();
+        let blobs: Vec<Vec<u8>> = vec![vec![7u8; 10000], (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(), vec![]];
+        let enc: Vec<_> = blobs.iter().map(|r| encode_blob(BlobKind::Data, r, 3)).collect();
         for e in &enc {
             b.add(e);
         }
@@ -312,10 +255,7 @@ mod tests {
         bad[parsed[1].offset as usize + 3] ^= 1;
         let e = &parsed[1];
         let s = &bad[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-        assert!(decode_blob(e, s)
-            .unwrap_err()
-            .to_string()
-            .contains("damaged"));
+        assert!(decode_blob(e, s).unwrap_err().to_string().contains("damaged"));
         // A truncated pack is refused with a message, not a panic.
         for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
             assert!(parse_pack(&bytes[..cut]).is_err());

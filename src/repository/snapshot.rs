@@ -23,6 +23,11 @@ pub struct Snapshot {
     /// Size of the virtual disk, where the format says so.
     #[serde(default)]
     pub virtual_bytes: Option<u64>,
+    /// Detected container format: `raw`, `qcow2`, `vmdk`, … (others are stored as raw bytes).
+    pub format: String,
+    /// What the format parser learnt (for QCOW2: `ImageInfo` — clusters, flags, sizes).
+    #[serde(default)]
+    pub image: Option<serde_json::Value>,
     pub layout: Layout,
     /// The guest stream: the virtual disk as chunks and holes.
     pub guest: StreamRef,
@@ -38,14 +43,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
-    File {
-        path: String,
-    },
+    File { path: String },
     Stdin,
-    Glance {
-        image_id: String,
-        cloud: Option<String>,
-    },
+    Glance { image_id: String, cloud: Option<String> },
 }
 
 /// How the image file maps onto the guest stream. A reader that meets an
@@ -58,10 +58,7 @@ pub enum Layout {
     Raw,
     /// A container format rebuilt from a recipe, the guest stream and a stream
     /// of literal bytes (format-spec/qcow2-layout.md).
-    Qcow2 {
-        recipe: StreamRef,
-        literals: StreamRef,
-    },
+    Qcow2 { recipe: StreamRef, literals: StreamRef },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -32,11 +32,7 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
-        c.arg("--repo")
-            .arg(&self.repo)
-            .args(args)
-            .env("IMGARC_CACHE_DIR", &self.cache)
-            .env_remove("IMGARC_REPO");
+        c.arg("--repo").arg(&self.repo).args(args).env("IMGARC_CACHE_DIR", &self.cache).env_remove("IMGARC_REPO");
         c
     }
 
@@ -113,14 +109,11 @@ pub fn bytes(n: usize, seed: u64, text: bool) -> Vec<u8> {
 }
 
 pub fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("field {k} missing in {v}"))
+    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
 }
 
 pub fn s(v: &Value, k: &str) -> String {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("field {k} missing in {v}"))
-        .to_string()
+    v[k].as_str().unwrap_or_else(|| panic!("field {k} missing in {v}")).to_string()
 }
 
 pub fn sha256(data: &[u8]) -> String {

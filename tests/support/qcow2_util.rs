@@ -118,7 +118,8 @@ impl RebuildSource for MemSink {
         Ok(())
     }
     fn read_literal(&mut self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let s = self.literal.get(off as usize..off as usize + buf.len()).ok_or_else(|| std::io::Error::other("literal read out of range"))?;
+        let s =
+            self.literal.get(off as usize..off as usize + buf.len()).ok_or_else(|| std::io::Error::other("literal read out of range"))?;
         buf.copy_from_slice(s);
         Ok(())
     }

@@ -23,9 +23,15 @@ use std::os::unix::fs::FileExt;
 enum Role {
     Header,
     RefTable,
-    L1 { first: u64 },
-    L2 { l1_index: u64 },
-    Data { guest: u64 },
+    L1 {
+        first: u64,
+    },
+    L2 {
+        l1_index: u64,
+    },
+    Data {
+        guest: u64,
+    },
     /// Soft roles: hints that a cluster is metadata we do not interpret (refcount block) or
     /// carries no guest data (zero-flag cluster with a host offset). A hard role replaces them.
     RefBlock,
@@ -54,7 +60,11 @@ struct Job {
 }
 enum Outcome {
     /// Decompressed to one cluster; `exact` compressed bytes; `codec` reproduced them.
-    Done { data: Vec<u8>, exact: Option<u64>, codec: Option<u8> },
+    Done {
+        data: Vec<u8>,
+        exact: Option<u64>,
+        codec: Option<u8>,
+    },
     Failed,
 }
 
@@ -406,7 +416,9 @@ impl Dec<'_> {
                 let nsect = (e >> x) & ((1u64 << (cb - 8)) - 1);
                 let upper = (nsect + 1) * 512 - (off & 511);
                 if off < cs || !self.in_file(off, 1) {
-                    self.corrupt(format!("compressed cluster for guest offset {guest:#x} at host {off:#x}: into the header or beyond the end of the file"))?;
+                    self.corrupt(format!(
+                        "compressed cluster for guest offset {guest:#x} at host {off:#x}: into the header or beyond the end of the file"
+                    ))?;
                     break;
                 }
                 let end = match self.file_len {
@@ -482,7 +494,10 @@ impl Dec<'_> {
             }
             match r {
                 Outcome::Failed => {
-                    self.corrupt(format!("compressed cluster at host {:#x} (guest {:#x}) does not decompress to one cluster", j.off, j.guest))?;
+                    self.corrupt(format!(
+                        "compressed cluster at host {:#x} (guest {:#x}) does not decompress to one cluster",
+                        j.off, j.guest
+                    ))?;
                 }
                 Outcome::Done { data, exact, codec } => {
                     let n = (cs as u64).min(vsize - j.guest) as usize;
@@ -550,7 +565,11 @@ fn open_spill(dir: &std::path::Path) -> std::io::Result<File> {
     // Create, then unlink at once: the spill file never outlives the process and is never
     // visible to anyone looking for it by name.
     for i in 0..100u32 {
-        let p = dir.join(format!(".imgarc-qcow2-spill-{}-{}-{i}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)));
+        let p = dir.join(format!(
+            ".imgarc-qcow2-spill-{}-{}-{i}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        ));
         match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
             Ok(f) => {
                 let _ = std::fs::remove_file(&p);
@@ -577,7 +596,12 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-pub fn decompose<R: Read>(mut input: R, file_len: Option<u64>, policy: &Policy, sink: &mut dyn DecomposeSink) -> Result<Decomposed, Qcow2Error> {
+pub fn decompose<R: Read>(
+    mut input: R,
+    file_len: Option<u64>,
+    policy: &Policy,
+    sink: &mut dyn DecomposeSink,
+) -> Result<Decomposed, Qcow2Error> {
     // Header: the first 104 bytes tell the cluster size; then the rest of cluster 0.
     let mut head = vec![0u8; 104];
     let n = read_full(&mut input, &mut head)?;
@@ -627,7 +651,8 @@ pub fn decompose<R: Read>(mut input: R, file_len: Option<u64>, policy: &Policy, 
         ..Default::default()
     };
     // Policy (format-spec/qcow2-layout.md §Safety policy).
-    let has_data_file = h.incompatible & header::INCOMPAT_DATA_FILE != 0 || h.autoclear & header::AUTOCLEAR_RAW_DATA != 0 || h.data_file.is_some();
+    let has_data_file =
+        h.incompatible & header::INCOMPAT_DATA_FILE != 0 || h.autoclear & header::AUTOCLEAR_RAW_DATA != 0 || h.data_file.is_some();
     let mut opaque: Option<String> = None;
     if has_data_file {
         info.data_file.get_or_insert_with(String::new);

@@ -71,7 +71,11 @@ impl Header {
     }
     /// Bytes per L2 entry.
     pub fn l2_entry_size(&self) -> u64 {
-        if self.extended_l2() { 16 } else { 8 }
+        if self.extended_l2() {
+            16
+        } else {
+            8
+        }
     }
     /// Guest bytes mapped by one L2 table.
     pub fn l2_span(&self) -> u64 {

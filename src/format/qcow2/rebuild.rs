@@ -45,12 +45,8 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
                 _ => None,
             })
             .collect();
-        let mut comp = jobs
-            .par_iter()
-            .zip(codecs.par_iter())
-            .map(|(data, &c)| codec::recompress(c, data, cs - 1))
-            .collect::<Vec<_>>()
-            .into_iter();
+        let mut comp =
+            jobs.par_iter().zip(codecs.par_iter()).map(|(data, &c)| codec::recompress(c, data, cs - 1)).collect::<Vec<_>>().into_iter();
         for s in &r.segments[i..j] {
             match *s {
                 Segment::Zero { len } => {
@@ -81,7 +77,9 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
                     }
                 }
                 Segment::Compressed { len, guest_off, codec } => {
-                    let c = comp.next().flatten().ok_or_else(|| Qcow2Error::Rebuild(format!("codec {codec} failed for the cluster at guest offset {guest_off:#x}")))?;
+                    let c = comp.next().flatten().ok_or_else(|| {
+                        Qcow2Error::Rebuild(format!("codec {codec} failed for the cluster at guest offset {guest_off:#x}"))
+                    })?;
                     if c.len() as u64 != len {
                         return Err(Qcow2Error::Rebuild(format!(
                             "recompressing the cluster at guest offset {guest_off:#x} gave {} bytes, the original had {len}: the linked {} differs from the one used at ingest",

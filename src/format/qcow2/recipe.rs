@@ -266,7 +266,9 @@ impl SegList {
         let mut pos = 0u64;
         for (host, s) in self.items {
             if host != pos {
-                return Err(Qcow2Error::Rebuild(format!("internal error: recipe gap/overlap at host offset {pos} (next segment at {host})")));
+                return Err(Qcow2Error::Rebuild(format!(
+                    "internal error: recipe gap/overlap at host offset {pos} (next segment at {host})"
+                )));
             }
             pos += s.len();
             if let Some(last) = out.last_mut() {
@@ -310,7 +312,7 @@ mod tests {
                 Segment::Zero { len: 1000 },
                 Segment::Guest { len: 65536, guest_off: 1 << 20 },
                 Segment::Compressed { len: 300, guest_off: 0, codec: 1 }, // backwards guest delta
-                Segment::Literal { len: 7, lit_off: 100_000 },             // forward literal delta
+                Segment::Literal { len: 7, lit_off: 100_000 },            // forward literal delta
             ],
         }
     }

@@ -44,7 +44,13 @@ impl Out<'_> {
 
 /// Streaming writer of a clean QCOW2 v3 from the allocated guest extents `(offset, length)`
 /// (sorted, non-overlapping; clipped at the virtual size). Returns bytes written.
-pub fn write_qcow2(virtual_size: u64, extents: &[(u64, u64)], src: &mut dyn RebuildSource, compress: bool, out: &mut dyn Write) -> Result<u64, Qcow2Error> {
+pub fn write_qcow2(
+    virtual_size: u64,
+    extents: &[(u64, u64)],
+    src: &mut dyn RebuildSource,
+    compress: bool,
+    out: &mut dyn Write,
+) -> Result<u64, Qcow2Error> {
     let werr = |m: String| Qcow2Error::Writer(m);
     if virtual_size > (1 << 56) {
         return Err(werr(format!("virtual size {virtual_size} too large")));
