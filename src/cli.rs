@@ -40,6 +40,8 @@ pub enum Command {
     Show(ShowArgs),
     /// Rebuild an archived image byte-exactly
     Restore(RestoreArgs),
+    /// Describe an image file or an archived snapshot: format, sizes, QCOW2 features and flags
+    Inspect(InspectArgs),
     /// Verify the repository (structure; with --read-data every byte)
     Check(CheckArgs),
     /// Maintain the local index cache
@@ -110,6 +112,15 @@ pub struct RestoreArgs {
     /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
     #[arg(long, requires = "disk_format")]
     pub compress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// An image file (or -), or a snapshot id / unique prefix
+    pub target: String,
+    /// The format the image is declared as; a declared raw image is never decomposed
+    #[arg(long)]
+    pub disk_format: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -134,6 +134,26 @@ fn qcow2_dedups_with_raw_restores_exactly_and_converts() {
         qemu_img(&["check", conv.to_str().unwrap()]);
         qemu_img(&["compare", conv.to_str().unwrap(), raw.to_str().unwrap()]);
     }
+    // inspect: of a file (nothing stored) and of a snapshot.
+    let q = env.path("d.c.qcow2");
+    let i = env.json(&["inspect", q.to_str().unwrap()]);
+    assert_eq!(s(&i, "format"), "qcow2");
+    assert_eq!(u(&i, "virtual_size"), 24 << 20);
+    assert!(u(&i, "compressed_clusters") > 0);
+    assert_eq!(u(&i, "reproducible_clusters"), u(&i, "compressed_clusters"), "stock zlib must reproduce qemu's clusters: {i}");
+
+    // A backing file is refused by default, naming the reason; opaque on request.
+    let overlay = env.path("overlay.qcow2");
+    qemu_img(&["create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", overlay.to_str().unwrap(), "1M"]);
+    let o = env.run(&["archive", overlay.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("backing file"), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = env.json(&["archive", overlay.to_str().unwrap(), "--allow-backing-file-opaque"]);
+    assert!(!a["opaque"].is_null(), "{a}");
+    assert!(env.restore_bytes(&s(&a, "snapshot")) == std::fs::read(&overlay).unwrap());
+    let si = env.json(&["inspect", &s(&a, "snapshot")]);
+    assert_eq!(s(&si, "backing_file"), "/etc/passwd");
+
     // A raw image that merely begins with the qcow2 magic, declared raw, is never decomposed.
     let mut fake = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     fake.extend(bytes(100_000, 3, false));

@@ -7,6 +7,7 @@ pub mod check;
 pub mod demo;
 pub mod index;
 pub mod init;
+pub mod inspect;
 pub mod list;
 pub mod restore;
 pub mod show;
@@ -69,6 +70,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::List(a) => list::run(&ctx, a),
         Command::Show(a) => show::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Index(a) => index::run(&ctx, a),
         Command::Unlock(a) => unlock::run(&ctx, a),
