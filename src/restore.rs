@@ -5,7 +5,10 @@
 //! parallel, then written in order by a writer thread (sparse `pwrite` for a
 //! file, zeros for holes on a stream) that also feeds the digest threads.
 //! Every digest the snapshot records is checked at the end; a file target is
-//! written under a temporary name and renamed only when everything matched.
+//! written under a temporary name and renamed only when everything matched, so
+//! a file under the requested name is always complete. Like restic and borg,
+//! restore leaves flushing to disk to the kernel (no fsync): the repository is
+//! the durable copy, and an fsync would halve restore speed on these disks.
 
 use crate::digest::{Digesters, Piece};
 use crate::format::qcow2;
@@ -221,9 +224,6 @@ fn restore_stream(
         if let Some(w) = stream.as_mut() {
             w.flush().context("flushing the output")?;
         }
-        if let Some(f) = &file {
-            f.sync_all().context("syncing the output file")?;
-        }
         pb.set_position(size);
         Ok(digesters)
     })?;
@@ -363,35 +363,61 @@ fn read_small_stream(repo: &Repository, index: &Index, stream: &StreamRef) -> Re
     Ok(buf)
 }
 
+/// Decoded chunks a `StreamReader` keeps. Layouts read a stream roughly in
+/// order (qemu-img writes clusters from several coroutines, so guest order
+/// jitters by a few MiB); a cache larger than one read-ahead window absorbs that.
+const STREAM_CACHE_BYTES: u64 = 64 << 20;
+
 /// Random access to a stored stream, fetching chunks in read-ahead windows.
 pub struct StreamReader<'a> {
     repo: &'a Repository,
     index: &'a Index,
     extents: Vec<Extent>,
-    /// Decoded chunks of the current window, by extent index.
-    window: HashMap<usize, Vec<u8>>,
+    /// Decoded chunks, by extent index.
+    cache: std::collections::BTreeMap<usize, Vec<u8>>,
+    cache_bytes: u64,
 }
 
 impl<'a> StreamReader<'a> {
     pub fn open(repo: &'a Repository, index: &'a Index, stream: &StreamRef) -> Result<Self> {
-        Ok(StreamReader { repo, index, extents: index.load_extents(repo, stream)?, window: HashMap::new() })
+        Ok(StreamReader { repo, index, extents: index.load_extents(repo, stream)?, cache: Default::default(), cache_bytes: 0 })
     }
 
     fn empty(repo: &'a Repository, index: &'a Index) -> Self {
-        StreamReader { repo, index, extents: Vec::new(), window: HashMap::new() }
+        StreamReader { repo, index, extents: Vec::new(), cache: Default::default(), cache_bytes: 0 }
     }
 
+    /// Fetches extent `first` and the uncached extents after it, one batch's worth.
     fn load_window(&mut self, first: usize) -> Result<()> {
-        let mut end = first;
+        let mut wanted = Vec::new();
         let mut bytes = 0u64;
-        while end < self.extents.len() && (bytes < BATCH_BYTES || end == first) {
-            bytes += self.extents[end].len as u64;
-            end += 1;
+        let mut i = first;
+        while i < self.extents.len() && (bytes < BATCH_BYTES || wanted.is_empty()) {
+            if !self.cache.contains_key(&i) {
+                wanted.push(i);
+                bytes += self.extents[i].len as u64;
+            }
+            i += 1;
         }
         let with_locs: Vec<(Extent, Vec<Location>)> =
-            self.extents[first..end].iter().map(|e| Ok((*e, self.index.locations(&e.id)?))).collect::<Result<_>>()?;
+            wanted.iter().map(|&i| Ok((self.extents[i], self.index.locations(&self.extents[i].id)?))).collect::<Result<_>>()?;
         let datas = fetch_batch(self.repo, &with_locs).map_err(|d| damaged_error(self.repo, self.index, d))?;
-        self.window = (first..end).zip(datas).collect();
+        for (i, d) in wanted.into_iter().zip(datas) {
+            self.cache_bytes += d.len() as u64;
+            self.cache.insert(i, d);
+        }
+        // Evict whatever lies furthest from where reading is now.
+        while self.cache_bytes > STREAM_CACHE_BYTES && self.cache.len() > 1 {
+            let lo = *self.cache.keys().next().expect("non-empty");
+            let hi = *self.cache.keys().next_back().expect("non-empty");
+            let victim = if first.abs_diff(lo) >= first.abs_diff(hi) { lo } else { hi };
+            if victim == first {
+                break;
+            }
+            if let Some(d) = self.cache.remove(&victim) {
+                self.cache_bytes -= d.len() as u64;
+            }
+        }
         Ok(())
     }
 
@@ -401,10 +427,10 @@ impl<'a> StreamReader<'a> {
             let n;
             match self.extents.get(i).copied() {
                 Some(e) if e.offset <= pos => {
-                    if !self.window.contains_key(&i) {
+                    if !self.cache.contains_key(&i) {
                         self.load_window(i)?;
                     }
-                    let data = &self.window[&i];
+                    let data = &self.cache[&i];
                     let from = (pos - e.offset) as usize;
                     n = (data.len() - from).min(buf.len());
                     buf[..n].copy_from_slice(&data[from..from + n]);
@@ -500,7 +526,6 @@ fn write_sequential(
     match result {
         Ok(digests) => {
             if let (Some(tmp), Some(path)) = (tmp, final_path) {
-                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).context("syncing the output file")?;
                 std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
             }
             let bytes = progress.position();
