@@ -196,8 +196,8 @@ fn resized_image_moves_l1() {
     assert_eq!(d.info.virtual_size, 12 * MIB);
     assert!(sink.guest[10 << 20..(10 << 20) + 12288].iter().all(|&b| b == 0x77));
     // qemu moved the grown L1 behind the data, so all of it waited in the pool.
-    assert!(l1_off > 4 * MIB, "L1 did not move ({l1_off:#x})");
-    assert!(d.info.pending_peak_bytes > 2 * MIB, "pending peak {}", d.info.pending_peak_bytes);
+    assert!(l1_off > MIB, "L1 did not move ({l1_off:#x})");
+    assert!(d.info.pending_peak_bytes > MIB, "pending peak {}", d.info.pending_peak_bytes);
     check_qcow2rs(&p, &sink);
 }
 
