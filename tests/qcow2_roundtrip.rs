@@ -267,3 +267,23 @@ fn recipe_is_small() {
     assert_eq!(rec.file_len, std::fs::metadata(&p).unwrap().len());
     assert!(d.recipe.len() < 4096, "recipe {} bytes for {} compressed clusters", d.recipe.len(), d.info.compressed_clusters);
 }
+
+#[test]
+fn dirty_bit_and_bitmaps_are_flagged_not_opaque() {
+    let t = tmp();
+    let r = raw(t.path(), 2 * MIB, 14);
+    let p = convert(t.path(), &r, "bm.qcow2", &[]);
+    qemu_img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
+    qemu_io(&p, &["write -P 0x42 128k 64k"]);
+    let (d, sink) = check_image(&p, &Policy::default());
+    assert_eq!(d.info.bitmaps, 1);
+    assert!(d.opaque.is_none());
+    assert!(sink.guest[128 << 10..192 << 10].iter().all(|&b| b == 0x42));
+    // Dirty bit (refcounts untrusted): harmless for us, flagged only.
+    let mut img = std::fs::read(&p).unwrap();
+    img[79] |= 1;
+    let dp = t.path().join("dirty.qcow2");
+    std::fs::write(&dp, &img).unwrap();
+    let (d, _) = check_image(&dp, &Policy::default());
+    assert!(d.info.dirty && d.opaque.is_none());
+}
