@@ -179,6 +179,15 @@ fn internal_snapshot_then_writes_spills() {
     assert!(d.info.spilled_bytes > 0, "expected spill with a 64 KiB RAM limit");
     assert!(sink.guest[..8192].iter().all(|&b| b == 0x5a));
     check_qcow2rs(&p, &sink);
+    // Spill budget exceeded: opaque (flagged), still byte-exact; strict policy refuses.
+    let tight = Policy { max_spill_bytes: 64 * 1024, ..policy.clone() };
+    let (img, r) = decompose_file(&p, &tight, true);
+    let (d, mut s) = r.expect("opaque, not an error");
+    assert!(d.opaque.as_deref().unwrap_or("").contains("spill limit"), "{:?}", d.opaque);
+    assert_rebuild(&img, &d, &mut s);
+    let strict = Policy { strict: true, ..tight };
+    let (_, r) = decompose_file(&p, &strict, true);
+    assert!(r.err().expect("strict refuses").to_string().contains("spill limit"));
     // No spill file is left behind (it is unlinked at creation).
     assert!(std::fs::read_dir(t.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("spill")));
 }
