@@ -371,10 +371,11 @@ impl Dec<'_> {
                     self.emit_guest(h, guest, &b)?;
                 }
             }
-            Role::Header | Role::RefBlock | Role::Free => {
+            Role::Header | Role::RefBlock => {
                 self.info.metadata_bytes += b.len() as u64;
                 self.emit_literal(h, &b)?;
             }
+            Role::Free => self.emit_literal(h, &b)?,
             Role::RefTable => {
                 self.info.metadata_bytes += b.len() as u64;
                 self.emit_literal(h, &b)?;
