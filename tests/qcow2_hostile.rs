@@ -405,7 +405,7 @@ fn mutation_run_never_panics_and_stays_exact() {
 #[ignore]
 fn write_fuzz_seeds() {
     let t = tmp();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
     let r = t.path().join("seed.raw");
     // 4 KiB blocks: text, hole, noise, text ... (make_raw works in 64 KiB blocks, too coarse).
     let mut rng = Rng(5);
