@@ -424,3 +424,42 @@ fn mutation_run_never_panics_and_stays_exact() {
     assert!(ok > iters / 4, "too few accepted mutants ({ok}/{iters})");
     assert!(opaque > 0, "no mutant took the opaque path");
 }
+
+/// Regenerates the committed fuzz seed corpus (small real images and their recipes):
+/// `cargo test --test qcow2_hostile write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let t = tmp();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let r = t.path().join("seed.raw");
+    // 4 KiB blocks: text, hole, noise, text ... (make_raw works in 64 KiB blocks, too coarse).
+    let mut rng = Rng(5);
+    let mut raw = vec![0u8; 48 * 1024];
+    for (i, b) in raw.chunks_mut(4096).enumerate() {
+        match i % 3 {
+            0 => b.iter_mut().enumerate().for_each(|(j, x)| *x = b"imgarc seed block "[j % 18] ^ i as u8),
+            2 if i % 2 == 0 => b.iter_mut().for_each(|x| *x = rng.next() as u8),
+            _ => {}
+        }
+    }
+    std::fs::write(&r, raw).unwrap();
+    let variants: &[(&str, &[&str])] = &[
+        ("v3-512", &["-o", "cluster_size=512"]),
+        ("v2-512", &["-o", "compat=0.10,cluster_size=512"]),
+        ("zlib-4k", &["-c", "-o", "cluster_size=4k"]),
+        ("zstd-4k", &["-c", "-o", "compression_type=zstd,cluster_size=4k"]),
+        ("rb1-1k", &["-o", "refcount_bits=1,cluster_size=1k"]),
+    ];
+    for (name, opts) in variants {
+        let p = t.path().join(format!("{name}.qcow2"));
+        let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        a.extend_from_slice(opts);
+        a.extend_from_slice(&[r.to_str().unwrap(), p.to_str().unwrap()]);
+        qemu_img(&a);
+        let img = std::fs::read(&p).unwrap();
+        std::fs::write(root.join("decompose").join(name), &img).unwrap();
+        let (d, _) = dec(&img, &Policy::default(), true).unwrap();
+        std::fs::write(root.join("recipe").join(name), &d.recipe).unwrap();
+    }
+}

@@ -164,7 +164,7 @@ impl Dec<'_> {
             self.info.spilled_bytes += len;
             Store::Spill(off)
         };
-        self.pool.insert(h, Held { len, store });
+        self.pool_put(h, Held { len, store });
         self.pool_bytes += len;
         self.info.pending_peak_bytes = self.info.pending_peak_bytes.max(self.pool_bytes);
         if self.spill_len > self.policy.max_spill_bytes {
@@ -173,14 +173,35 @@ impl Dec<'_> {
         Ok(())
     }
 
-    fn held_bytes(&self, held: &Held) -> std::io::Result<Vec<u8>> {
+    /// Insert an entry, coalescing with the previous one when both are zero runs or
+    /// contiguous spill extents, so bookkeeping stays small for long unresolved stretches.
+    fn pool_put(&mut self, h: u64, held: Held) {
+        if let Some((&pk, prev)) = self.pool.range_mut(..h).next_back() {
+            if pk + prev.len == h {
+                let merge = match (&prev.store, &held.store) {
+                    (Store::Zero, Store::Zero) => true,
+                    (Store::Spill(a), Store::Spill(b)) => a + prev.len == *b,
+                    _ => false,
+                };
+                if merge {
+                    prev.len += held.len;
+                    return;
+                }
+            }
+        }
+        self.pool.insert(h, held);
+    }
+
+    /// Bytes `[from, from+len)` of one pooled entry (never more than asked for).
+    fn read_part(&self, held: &Held, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let (f, n) = (from as usize, len as usize);
         Ok(match &held.store {
-            Store::Ram(v) => v.clone(),
-            Store::Zero => vec![0u8; held.len as usize],
+            Store::Ram(v) => v.get(f..f + n).map(|s| s.to_vec()).unwrap_or_default(),
+            Store::Zero => vec![0u8; n],
             Store::Spill(o) => {
-                let mut v = vec![0u8; held.len as usize];
-                if let Some(f) = self.spill.as_ref() {
-                    f.read_exact_at(&mut v, *o)?;
+                let mut v = vec![0u8; n];
+                if let Some(file) = self.spill.as_ref() {
+                    file.read_exact_at(&mut v, o + from)?;
                 }
                 v
             }
@@ -199,11 +220,9 @@ impl Dec<'_> {
             if k + held.len <= at {
                 continue;
             }
-            let bytes = self.held_bytes(held)?;
-            let from = (at - k) as usize;
-            let to = ((b.min(k + held.len)) - k) as usize;
-            out.extend_from_slice(&bytes[from..to]);
-            at = k + to as u64;
+            let to = b.min(k + held.len);
+            out.extend_from_slice(&self.read_part(held, at - k, to - at)?);
+            at = to;
         }
         Ok(out)
     }
@@ -230,43 +249,59 @@ impl Dec<'_> {
         let mut out = Vec::with_capacity((b - a) as usize);
         for k in keys {
             let Some(held) = self.pool.remove(&k) else { continue };
-            self.pool_bytes -= held.len;
-            let bytes = self.held_bytes(&held)?;
-            if let Store::Ram(v) = &held.store {
-                self.pool_ram -= v.len();
-            }
             let lo = a.max(k);
             let hi = b.min(k + held.len);
+            out.extend_from_slice(&self.read_part(&held, lo - k, hi - lo)?);
+            self.pool_bytes -= hi - lo;
             if k < lo {
-                self.pool_reinsert(k, bytes[..(lo - k) as usize].to_vec());
+                let head = self.split_part(&held, 0, lo - k);
+                self.pool.insert(k, head);
             }
-            out.extend_from_slice(&bytes[(lo - k) as usize..(hi - k) as usize]);
             if hi < k + held.len {
-                self.pool_reinsert(hi, bytes[(hi - k) as usize..].to_vec());
+                let tail = self.split_part(&held, hi - k, k + held.len - hi);
+                self.pool.insert(hi, tail);
+            }
+            if let Store::Ram(v) = &held.store {
+                self.pool_ram -= v.len();
             }
         }
         Ok(Some(out))
     }
 
-    /// Leftover pieces of a split entry stay in RAM (they are at most one cluster) unless zero.
-    fn pool_reinsert(&mut self, k: u64, v: Vec<u8>) {
-        let len = v.len() as u64;
-        let store = if is_zero(&v) {
-            Store::Zero
-        } else {
-            self.pool_ram += v.len();
-            Store::Ram(v)
+    /// The sub-range `[from, from+len)` of an entry as a new entry of the same kind; RAM
+    /// leftovers (at most one cluster) that are all zero stop costing memory.
+    fn split_part(&mut self, held: &Held, from: u64, len: u64) -> Held {
+        let store = match &held.store {
+            Store::Zero => Store::Zero,
+            Store::Spill(o) => Store::Spill(o + from),
+            Store::Ram(v) => {
+                let part = v.get(from as usize..(from + len) as usize).map(|s| s.to_vec()).unwrap_or_default();
+                if is_zero(&part) {
+                    Store::Zero
+                } else {
+                    self.pool_ram += part.len();
+                    Store::Ram(part)
+                }
+            }
         };
-        self.pool_bytes += len;
-        self.pool.insert(k, Held { len, store });
+        Held { len, store }
     }
 
-    /// Everything still pooled becomes literal, in host order.
+    /// Everything still pooled becomes literal, in host order (in bounded pieces).
     fn drain_pool(&mut self) -> Result<(), Qcow2Error> {
         let pool = std::mem::take(&mut self.pool);
         for (k, held) in pool {
-            let bytes = self.held_bytes(&held)?;
-            self.emit_literal(k, &bytes)?;
+            let mut done = 0u64;
+            while done < held.len {
+                let n = (held.len - done).min(1 << 20);
+                if let Store::Zero = held.store {
+                    self.segs.push(k + done, Segment::Zero { len: n });
+                } else {
+                    let bytes = self.read_part(&held, done, n)?;
+                    self.emit_literal(k + done, &bytes)?;
+                }
+                done += n;
+            }
         }
         self.pool_ram = 0;
         self.pool_bytes = 0;
@@ -346,10 +381,11 @@ impl Dec<'_> {
                     self.emit_guest(h, guest, &b)?;
                 }
             }
-            Role::Header | Role::RefBlock | Role::Free => {
+            Role::Header | Role::RefBlock => {
                 self.info.metadata_bytes += b.len() as u64;
                 self.emit_literal(h, &b)?;
             }
+            Role::Free => self.emit_literal(h, &b)?,
             Role::RefTable => {
                 self.info.metadata_bytes += b.len() as u64;
                 self.emit_literal(h, &b)?;
