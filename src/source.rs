@@ -31,16 +31,4 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
     })
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+pub use crate::util::read_full;

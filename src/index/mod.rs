@@ -96,6 +96,18 @@ fn codec_of(v: i64) -> Codec {
     }
 }
 
+/// A pack entry from columns 1..=5 (`kind, codec, offset, stored_len, raw_len`) of a `blobs` row.
+fn entry_from_row(r: &rusqlite::Row, id: Id) -> rusqlite::Result<PackEntry> {
+    Ok(PackEntry {
+        id,
+        kind: kind_of(r.get(1)?),
+        codec: codec_of(r.get(2)?),
+        offset: r.get::<_, i64>(3)? as u64,
+        stored_len: r.get::<_, i64>(4)? as u32,
+        raw_len: r.get::<_, i64>(5)? as u32,
+    })
+}
+
 impl Index {
     /// Opens (creating if needed) the cache for `repo`, then catches up with it.
     pub fn open(repo: &Repository) -> Result<Index> {
@@ -288,19 +300,7 @@ impl Index {
 
     pub fn locations(&self, id: &Id) -> Result<Vec<Location>> {
         let mut st = self.conn.prepare_cached("SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1")?;
-        let rows = st.query_map([&id.0[..]], |r| {
-            Ok(Location {
-                pack: id_of(r.get(0)?)?,
-                entry: PackEntry {
-                    id: *id,
-                    kind: kind_of(r.get(1)?),
-                    codec: codec_of(r.get(2)?),
-                    offset: r.get::<_, i64>(3)? as u64,
-                    stored_len: r.get::<_, i64>(4)? as u32,
-                    raw_len: r.get::<_, i64>(5)? as u32,
-                },
-            })
-        })?;
+        let rows = st.query_map([&id.0[..]], |r| Ok(Location { pack: id_of(r.get(0)?)?, entry: entry_from_row(r, *id)? }))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -356,16 +356,7 @@ impl Index {
 
     pub fn pack_entries(&self, pack: &Id) -> Result<Vec<PackEntry>> {
         let mut st = self.conn.prepare("SELECT id, kind, codec, offset, stored_len, raw_len FROM blobs WHERE pack = ?1 ORDER BY offset")?;
-        let rows = st.query_map([&pack.0[..]], |r| {
-            Ok(PackEntry {
-                id: id_of(r.get(0)?)?,
-                kind: kind_of(r.get(1)?),
-                codec: codec_of(r.get(2)?),
-                offset: r.get::<_, i64>(3)? as u64,
-                stored_len: r.get::<_, i64>(4)? as u32,
-                raw_len: r.get::<_, i64>(5)? as u32,
-            })
-        })?;
+        let rows = st.query_map([&pack.0[..]], |r| entry_from_row(r, id_of(r.get(0)?)?))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -618,19 +618,7 @@ fn open_spill(dir: &std::path::Path) -> std::io::Result<File> {
     Err(std::io::Error::other("cannot create spill file"))
 }
 
-/// Read until `buf` is full or EOF; returns bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+use crate::util::read_full;
 
 pub fn decompose<R: Read>(
     mut input: R,
