@@ -747,32 +747,61 @@ impl ImageDownload {
 
     fn interrupted(&mut self, why: String) -> io::Result<()> {
         self.resp = None;
-        self.failures += 1;
         let p = self.client.retry.clone();
         let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
-        if self.failures > p.max_retries {
-            return Err(io::Error::other(self.err(format!(
-                "interrupted at byte {}{of}: {why}; gave up after {} retries",
-                self.pos, p.max_retries
-            ))));
+        let mut why = why;
+        loop {
+            self.failures += 1;
+            if self.failures > p.max_retries {
+                return Err(io::Error::other(self.err(format!(
+                    "interrupted at byte {}{of}: {why}; gave up after {} retries",
+                    self.pos, p.max_retries
+                ))));
+            }
+            let d = p.delay(self.failures, None);
+            if p.log {
+                eprintln!(
+                    "imgarc: glance: download of image {}: {why} at byte {}{of}; {} in {:.1}s (retry {}/{})",
+                    self.id,
+                    self.pos,
+                    if self.pos > 0 { "resuming with Range" } else { "restarting" },
+                    d.as_secs_f64(),
+                    self.failures,
+                    p.max_retries
+                );
+            }
+            std::thread::sleep(d);
+            // one attempt per failure here: this loop owns the retry budget
+            match self.open_once() {
+                Ok(()) => {
+                    if self.pos > 0 {
+                        self.resumes += 1;
+                    }
+                    return Ok(());
+                }
+                Err(e @ (Error::Transport { .. } | Error::Auth { .. })) => why = e.to_string(),
+                Err(Error::Http { status, message, .. })
+                    if status >= 500 || status == 429 || status == 408 =>
+                {
+                    why = format!("HTTP {status}: {message}")
+                }
+                Err(e @ Error::Download { .. }) => return Err(io::Error::other(e)),
+                Err(e) => {
+                    return Err(io::Error::other(self.err(format!(
+                        "interrupted at byte {}{of} ({why}), then: {e}",
+                        self.pos
+                    ))))
+                }
+            }
         }
-        let d = p.delay(self.failures, None);
-        if p.log {
-            eprintln!(
-                "imgarc: glance: download of image {}: {why} at byte {}{of}; {} in {:.1}s (retry {}/{})",
-                self.id,
-                self.pos,
-                if self.pos > 0 { "resuming with Range" } else { "restarting" },
-                d.as_secs_f64(),
-                self.failures,
-                p.max_retries
-            );
-        }
-        std::thread::sleep(d);
-        if self.pos > 0 {
-            self.resumes += 1;
-        }
-        self.open().map_err(io::Error::other)
+    }
+
+    fn open_once(&mut self) -> Result<()> {
+        let saved = self.client.retry.clone();
+        self.client.retry.max_retries = 0;
+        let r = self.open();
+        self.client.retry = saved;
+        r
     }
 }
 

@@ -1,0 +1,129 @@
+//! Faults during a download: a connection cut mid-stream (resumed with
+//! Range, or a clear failure when the server ignores Range), and a Glance
+//! process killed mid-download and restarted (`GLANCE_FAULT_*`).
+#![cfg(feature = "openstack-tests")]
+
+#[path = "support/openstack.rs"]
+mod support;
+
+use imgarc::openstack::glance::{GlanceClient, RetryPolicy};
+use imgarc::openstack::Error;
+use serde_json::json;
+use std::io::Read;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+#[test]
+fn cut_connection_resumes_with_range() {
+    let _serial = serial();
+    let g = noauth();
+    let data = bytes(4 * 1024 * 1024, 11);
+    let (rec, _c) = upload_image(&g, &unique("cut"), &data, json!({}));
+    let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::CutFirstDownloadAfter(1_000_000));
+    let pg = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(quick_retry());
+    let mut dl = pg.download(&rec).unwrap();
+    let mut got = Vec::new();
+    dl.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(sha512_hex(&got), rec.os_hash_value.clone().unwrap());
+    assert_eq!(dl.resumes(), 1);
+    let heads = proxy.heads();
+    let ranged: Vec<&String> = heads.iter().filter(|h| h.to_ascii_lowercase().contains("range: bytes=")).collect();
+    assert_eq!(ranged.len(), 1, "{heads:#?}");
+    // resumed exactly where the delivered bytes ended (the body starts after the response head)
+    let start: u64 = ranged[0].to_ascii_lowercase().split("range: bytes=").nth(1).unwrap().split('-').next().unwrap().parse().unwrap();
+    assert!(start > 0 && start < 1_000_000, "{start}");
+}
+
+#[test]
+fn cut_connection_without_range_support_fails_clearly() {
+    let _serial = serial();
+    let g = noauth();
+    let data = bytes(2 * 1024 * 1024, 12);
+    let (rec, _c) = upload_image(&g, &unique("norange"), &data, json!({}));
+    let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::CutAndStripRange(500_000));
+    let pg = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(quick_retry());
+    let mut dl = pg.download(&rec).unwrap();
+    let mut got = Vec::new();
+    let e = dl.read_to_end(&mut got).unwrap_err();
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<Error>()).expect("wraps openstack::Error");
+    assert!(matches!(inner, Error::Download { .. }), "{inner:?}");
+    let s = e.to_string();
+    assert!(s.contains("does not support Range") && s.contains(&format!("of {}", data.len())), "{s}");
+    assert!(got.len() < data.len());
+}
+
+fn kill_glance(pid_file: &str) -> u32 {
+    let pid: u32 = std::fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
+    // the gunicorn workers (children of the recorded master) first, then the master
+    let _ = Command::new("pkill").args(["-KILL", "-P", &pid.to_string()]).status();
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    for _ in 0..50 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pid
+}
+
+fn restart_glance(state: &str) {
+    let out = Command::new("bash").arg(format!("{state}/restart")).output().unwrap();
+    assert!(out.status.success(), "restart failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Kill the Glance process mid-download: with a short retry budget the read
+/// fails clearly (byte reached, total, cause); after a restart a new
+/// download completes, and a download whose retries span the restart resumes.
+#[test]
+fn glance_killed_mid_download() {
+    let _serial = serial();
+    let url = env("GLANCE_FAULT_URL");
+    let state = env("GLANCE_FAULT_STATE_DIR");
+    let pid_file = format!("{state}/glance.pid");
+    let g = GlanceClient::standalone(&url, None).unwrap().with_retry(quick_retry());
+    let data = bytes(32 * 1024 * 1024, 13);
+    let (rec, _c) = upload_image(&g, &unique("kill"), &data, json!({}));
+
+    // 1) killed, not restarted in time: clear failure
+    let mut dl = g.download(&rec).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    dl.read_exact(&mut buf).unwrap();
+    kill_glance(&pid_file);
+    let mut rest = Vec::new();
+    let e = dl.read_to_end(&mut rest).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains(&rec.id) && s.contains("interrupted at byte") && s.contains("gave up"), "{s}");
+    assert!((dl.position() as usize) < data.len());
+
+    // 2) restarted: the same image downloads completely (nothing was lost)
+    restart_glance(&state);
+    let mut got = Vec::new();
+    g.download(&rec).unwrap().read_to_end(&mut got).unwrap();
+    assert_eq!(sha512_hex(&got), rec.os_hash_value.clone().unwrap());
+
+    // 3) killed and restarted while the client retries: resumed with Range
+    let patient = GlanceClient::standalone(&url, None).unwrap().with_retry(RetryPolicy {
+        max_retries: 30,
+        initial_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(2),
+        log: true,
+    });
+    let mut dl = patient.download(&rec).unwrap();
+    let mut got = vec![0u8; 1024 * 1024];
+    dl.read_exact(&mut got).unwrap();
+    kill_glance(&pid_file);
+    let st = state.clone();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        restart_glance(&st);
+    });
+    dl.read_to_end(&mut got).unwrap();
+    restarter.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(sha512_hex(&got), rec.os_hash_value.unwrap());
+    assert!(dl.resumes() >= 1);
+}
