@@ -196,3 +196,29 @@ fn restore_metadata_is_accepted_by_glance() {
     assert!(!new.properties.contains_key("instance_uuid"));
     assert_ne!(new.id, rec.id);
 }
+
+#[test]
+fn tampered_store_file_is_detected() {
+    use imgarc::openstack::verify::{Algo, HashingReader};
+    let _serial = serial();
+    let g = noauth();
+    let data = bytes(1024 * 1024, 21);
+    let (rec, _c) = upload_image(&g, &unique("tamper"), &data, json!({}));
+    // intact: verified, digests equal Glance's
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), &rec);
+    let h = r.handle();
+    std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+    let d = h.get().unwrap();
+    assert!(d.verified);
+    assert_eq!(d.get(Algo::Sha512), rec.os_hash_value.as_deref());
+    // change one byte in Glance's file store behind its back
+    let path = std::path::Path::new(&env("GLANCE_STATE_DIR")).join("images").join(&rec.id);
+    let mut stored = std::fs::read(&path).expect("image file in the store");
+    assert_eq!(stored, data);
+    stored[4242] ^= 0xff;
+    std::fs::write(&path, &stored).unwrap();
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), &rec);
+    let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("does not match the image record") && s.contains("sha512: expected") && s.contains(&rec.id), "{s}");
+}

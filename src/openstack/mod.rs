@@ -24,6 +24,7 @@ pub mod config;
 pub mod glance;
 pub mod keystone;
 pub mod ratelimit;
+pub mod verify;
 
 use std::fmt;
 
