@@ -54,20 +54,61 @@ fn cut_connection_without_range_support_fails_clearly() {
     assert!(got.len() < data.len());
 }
 
+/// Children of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            let ppid = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(1)).and_then(|x| x.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(") ").next().unwrap_or("").starts_with('Z')).unwrap_or(true)
+}
+
+/// SIGKILL the Glance recorded in `pid_file` (the gunicorn master this
+/// harness started) and its workers. The master is stopped first so that it
+/// cannot fork a replacement worker that would keep serving.
 fn kill_glance(pid_file: &str) -> u32 {
     let pid: u32 = std::fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
-    // the gunicorn workers (children of the recorded master) first, then the master
-    let _ = Command::new("pkill").args(["-KILL", "-P", &pid.to_string()]).status();
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let kids = children(pid);
+    for k in &kids {
+        let _ = Command::new("kill").args(["-KILL", &k.to_string()]).status();
+    }
     let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    for _ in 0..50 {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
-        {
+    for _ in 0..100 {
+        if gone(pid) && kids.iter().all(|k| gone(*k)) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(gone(pid) && kids.iter().all(|k| gone(*k)), "Glance {pid} or its workers {kids:?} survived SIGKILL");
     pid
+}
+
+/// Restarts the fault Glance if it is down (at test start and, on drop,
+/// when a failed assertion left it killed), so later runs find it up.
+struct EnsureRunning(String);
+impl EnsureRunning {
+    fn check(&self) {
+        let pid: u32 = std::fs::read_to_string(format!("{}/glance.pid", self.0)).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+        if pid == 0 || gone(pid) {
+            restart_glance(&self.0);
+        }
+    }
+}
+impl Drop for EnsureRunning {
+    fn drop(&mut self) {
+        self.check();
+    }
 }
 
 fn restart_glance(state: &str) {
@@ -84,6 +125,8 @@ fn glance_killed_mid_download() {
     let url = env("GLANCE_FAULT_URL");
     let state = env("GLANCE_FAULT_STATE_DIR");
     let pid_file = format!("{state}/glance.pid");
+    let up = EnsureRunning(state.clone());
+    up.check();
     let g = GlanceClient::standalone(&url, None).unwrap().with_retry(quick_retry());
     let data = bytes(32 * 1024 * 1024, 13);
     let (rec, _c) = upload_image(&g, &unique("kill"), &data, json!({}));

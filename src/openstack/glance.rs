@@ -1010,6 +1010,16 @@ mod tests {
     }
 
     #[test]
+    fn thread_safety() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<ImageDownload>();
+        send_sync::<GlanceClient>();
+        send_sync::<crate::openstack::keystone::Session>();
+        send_sync::<ImageRecord>();
+    }
+
+    #[test]
     fn helpers() {
         assert!(is_uuid("6f0a3c7e-0000-4000-8000-000000000001"));
         assert!(!is_uuid("cirros-0.6"));
