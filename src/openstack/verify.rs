@@ -271,3 +271,26 @@ mod tests {
         assert!(d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    #[test]
+    #[ignore = "micro benchmark"]
+    fn hashing_speed() {
+        let data = vec![7u8; 128 << 20];
+        for chunk in [16 << 10, 1 << 20] {
+            let t = std::time::Instant::now();
+            let mut r = HashingReader::new(&data[..], &[Algo::Md5, Algo::Sha512]);
+            let mut buf = vec![0u8; chunk];
+            while r.read(&mut buf).unwrap() > 0 {}
+            println!("chunk {chunk}: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
+        let t = std::time::Instant::now();
+        let _ = sha2::Sha512::digest(&data);
+        println!("sha512 direct: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let t = std::time::Instant::now();
+        let _ = md5::Md5::digest(&data);
+        println!("md5 direct: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+}
