@@ -464,6 +464,18 @@ mod tests {
     }
 
     #[test]
+    fn cacert_errors_are_clear() {
+        let e = http_client(&HttpOptions { cacert: Some("/nonexistent/ca.pem".into()), insecure: false }).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("empty.pem");
+        std::fs::write(&p, "not a certificate\n").unwrap();
+        let e = http_client(&HttpOptions { cacert: Some(p.clone()), insecure: false }).unwrap_err();
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        http_client(&HttpOptions { cacert: None, insecure: true }).unwrap();
+    }
+
+    #[test]
     fn auth_url_normalized() {
         assert_eq!(normalize_auth_url("http://k:5000"), "http://k:5000/v3");
         assert_eq!(normalize_auth_url("http://k:5000/v3/"), "http://k:5000/v3");
