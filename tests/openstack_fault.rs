@@ -170,3 +170,58 @@ fn glance_killed_mid_download() {
     assert_eq!(sha512_hex(&got), rec.os_hash_value.unwrap());
     assert!(dl.resumes() >= 1);
 }
+
+#[test]
+fn busy_server_503_retry_after_is_honoured() {
+    let _serial = serial();
+    let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::FailFirst { count: 2, status: 503, retry_after: 1 });
+    let g = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(RetryPolicy {
+        max_retries: 3,
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(5),
+        log: true,
+    });
+    let t = std::time::Instant::now();
+    g.list_filtered(&[("name", "nothing-has-this-name")], 5).unwrap();
+    let el = t.elapsed();
+    assert!(el >= Duration::from_secs(2), "two Retry-After: 1 waits expected, took {el:?}");
+    assert_eq!(proxy.heads().len(), 3);
+    // 429 beyond the retry budget: the error names the status
+    let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::FailFirst { count: 10, status: 429, retry_after: 0 });
+    let g = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(quick_retry());
+    let e = g.list().unwrap_err();
+    assert_eq!(e.status(), Some(429), "{e}");
+    assert_eq!(proxy.heads().len(), 3); // first try + 2 retries
+}
+
+/// A token that expires mid-download is renewed when the stream is
+/// resumed (Keystone-backed Glance behind the cutting proxy).
+#[test]
+fn token_renewed_on_resume() {
+    use imgarc::openstack::keystone::Session;
+    let _serial = serial();
+    let mut cfg = config_from(os_env()).unwrap();
+    let direct = GlanceClient::new(&Session::new(&cfg).unwrap()).unwrap();
+    let data = bytes(3 * 1024 * 1024, 31);
+    let (rec, _c) = upload_image(&direct, &unique("renew"), &data, json!({}));
+    let proxy = Proxy::start(&env("GLANCE_KEYSTONE_URL"), ProxyMode::CutFirstDownloadAfter(600_000));
+    cfg.image_endpoint_override = Some(proxy.url.clone());
+    let s = Session::new(&cfg).unwrap();
+    let g = GlanceClient::new(&s).unwrap().with_retry(quick_retry());
+    let mut dl = g.download(&rec).unwrap();
+    let mut got = vec![0u8; 100_000];
+    dl.read_exact(&mut got).unwrap();
+    let gen = s.generation();
+    s.expire_token_now();
+    dl.read_to_end(&mut got).unwrap();
+    assert_eq!(sha512_hex(&got), rec.os_hash_value.unwrap());
+    assert_eq!(dl.resumes(), 1);
+    assert!(s.generation() > gen, "token was not renewed");
+    // the resumed request carried the new token
+    let tokens: Vec<String> = proxy
+        .heads()
+        .iter()
+        .filter_map(|h| h.lines().find(|l| l.to_ascii_lowercase().starts_with("x-auth-token:")).map(str::to_string))
+        .collect();
+    assert!(tokens.len() >= 2 && tokens.first() != tokens.last(), "{} token headers", tokens.len());
+}

@@ -117,6 +117,8 @@ pub enum ProxyMode {
     CutFirstDownloadAfter(usize),
     /// Same, and remove `Range` headers from every request (a server without Range support).
     CutAndStripRange(usize),
+    /// Answer the first N requests with this status and `Retry-After: <secs>`, then pass through.
+    FailFirst { count: usize, status: u16, retry_after: u64 },
 }
 
 /// A loopback TCP proxy in front of a Glance, to break a download at a
@@ -167,9 +169,23 @@ fn strip_range(s: &str) -> String {
 }
 
 fn proxy_conn(mut client: TcpStream, upstream: &str, mode: ProxyMode, heads: Arc<Mutex<Vec<String>>>, cut_done: Arc<AtomicUsize>) {
+    if let ProxyMode::FailFirst { count, status, retry_after } = mode {
+        if cut_done.fetch_add(1, Ordering::SeqCst) < count {
+            let mut buf = [0u8; 8192];
+            if let Ok(n) = client.read(&mut buf) {
+                heads.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).split("\r\n\r\n").next().unwrap_or("").to_string());
+            }
+            let _ = client.write_all(
+                format!("HTTP/1.1 {status} Busy\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+    }
     let Ok(mut server) = TcpStream::connect(upstream) else { return };
     let limit = match mode {
         ProxyMode::CutFirstDownloadAfter(n) | ProxyMode::CutAndStripRange(n) => n,
+        ProxyMode::FailFirst { .. } => usize::MAX,
     };
     let strip = matches!(mode, ProxyMode::CutAndStripRange(_));
     let cut_this = Arc::new(AtomicBool::new(false));
