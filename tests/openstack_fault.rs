@@ -58,7 +58,9 @@ fn cut_connection_without_range_support_fails_clearly() {
 fn children(pid: u32) -> Vec<u32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
             let ppid = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(1)).and_then(|x| x.parse::<u32>().ok());
             if ppid == Some(pid) {

@@ -142,9 +142,8 @@ fn unreachable_endpoint_fails_clearly() {
     let _serial = serial();
     // a port that was just free: connection refused
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let g = GlanceClient::standalone(&format!("http://127.0.0.1:{port}"), Some(secret("tok-SECRET-123")))
-        .unwrap()
-        .with_retry(quick_retry());
+    let g =
+        GlanceClient::standalone(&format!("http://127.0.0.1:{port}"), Some(secret("tok-SECRET-123"))).unwrap().with_retry(quick_retry());
     let t = std::time::Instant::now();
     let e = g.list().unwrap_err();
     let s = e.to_string();

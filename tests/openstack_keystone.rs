@@ -55,7 +55,9 @@ fn wrong_password_is_a_clear_error_without_the_secret() {
 #[test]
 fn application_credentials() {
     let _serial = serial();
-    for (id, secret_var) in [("KEYSTONE_APP_CRED_ID", "KEYSTONE_APP_CRED_SECRET"), ("KEYSTONE_DEMO_APP_CRED_ID", "KEYSTONE_DEMO_APP_CRED_SECRET")] {
+    for (id, secret_var) in
+        [("KEYSTONE_APP_CRED_ID", "KEYSTONE_APP_CRED_SECRET"), ("KEYSTONE_DEMO_APP_CRED_ID", "KEYSTONE_DEMO_APP_CRED_SECRET")]
+    {
         let m: HashMap<String, String> = [
             ("OS_AUTH_URL", env("OS_AUTH_URL")),
             ("OS_AUTH_TYPE", "v3applicationcredential".into()),
@@ -139,7 +141,8 @@ fn clouds_yaml_with_secure_yaml_against_keystone() {
         ),
     )
     .unwrap();
-    std::fs::write(d.path().join("secure.yaml"), format!("clouds:\n  test:\n    auth:\n      password: '{}'\n", env("OS_PASSWORD"))).unwrap();
+    std::fs::write(d.path().join("secure.yaml"), format!("clouds:\n  test:\n    auth:\n      password: '{}'\n", env("OS_PASSWORD")))
+        .unwrap();
     let cfg = CloudConfig::resolve_with(Some("test"), &Lookup { env: &|_| None, dirs: vec![d.path().to_path_buf()] }).unwrap();
     let s = Session::new(&cfg).unwrap();
     assert_eq!(s.image_endpoint().unwrap().trim_end_matches('/'), env("GLANCE_KEYSTONE_URL"));

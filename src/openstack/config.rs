@@ -34,8 +34,9 @@ impl AuthType {
     pub fn parse(s: &str) -> Result<AuthType> {
         match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "password" | "v3password" => Ok(AuthType::Password),
-            "v3applicationcredential" | "applicationcredential" | "application_credential"
-            | "v3_application_credential" => Ok(AuthType::ApplicationCredential),
+            "v3applicationcredential" | "applicationcredential" | "application_credential" | "v3_application_credential" => {
+                Ok(AuthType::ApplicationCredential)
+            }
             "token" | "v3token" => Ok(AuthType::Token),
             "none" | "noauth" | "admin_token" => Ok(AuthType::None),
             other => Err(Error::Config(format!(
@@ -164,22 +165,18 @@ impl CloudConfig {
             )));
         };
         let doc = read_yaml(path)?;
-        let mut cloud = doc
-            .get("clouds")
-            .and_then(|c| c.get(name))
-            .cloned()
-            .ok_or_else(|| {
-                let names: Vec<String> = doc
-                    .get("clouds")
-                    .and_then(|c| c.as_mapping())
-                    .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default();
-                Error::Config(format!(
-                    "cloud {name:?} not found in {} (clouds there: {})",
-                    path.display(),
-                    if names.is_empty() { "none".into() } else { names.join(", ") }
-                ))
-            })?;
+        let mut cloud = doc.get("clouds").and_then(|c| c.get(name)).cloned().ok_or_else(|| {
+            let names: Vec<String> = doc
+                .get("clouds")
+                .and_then(|c| c.as_mapping())
+                .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            Error::Config(format!(
+                "cloud {name:?} not found in {} (clouds there: {})",
+                path.display(),
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            ))
+        })?;
         let mut source = path.display().to_string();
         let secure = Self::candidates("secure", "OS_CLIENT_SECURE_FILE", lk);
         if let Some(sp) = secure.iter().find(|p| p.is_file()) {
@@ -222,9 +219,11 @@ impl CloudConfig {
         };
         let region = s(cloud.get("region_name")).or_else(|| {
             // `regions: [a, b]` or `regions: [{name: a}]`: openstacksdk takes the first
-            cloud.get("regions").and_then(|r| r.as_sequence()).and_then(|r| r.first()).and_then(|r| {
-                scalar_string(r).or_else(|| r.get("name").and_then(scalar_string))
-            })
+            cloud
+                .get("regions")
+                .and_then(|r| r.as_sequence())
+                .and_then(|r| r.first())
+                .and_then(|r| scalar_string(r).or_else(|| r.get("name").and_then(scalar_string)))
         });
         let insecure = match cloud.get("verify") {
             Some(v) => !truthy_value(v).unwrap_or(true),
@@ -240,9 +239,7 @@ impl CloudConfig {
             auth_type,
             auth,
             region_name: region,
-            interface: normalize_interface(
-                s(cloud.get("interface")).or_else(|| s(cloud.get("endpoint_type"))).as_deref(),
-            )?,
+            interface: normalize_interface(s(cloud.get("interface")).or_else(|| s(cloud.get("endpoint_type"))).as_deref())?,
             cacert: s(cloud.get("cacert")).map(PathBuf::from),
             insecure,
             image_endpoint_override: s(cloud.get("image_endpoint_override")),
@@ -285,9 +282,7 @@ impl CloudConfig {
             None => infer_auth_type(&auth),
         };
         let insecure = match e("OS_INSECURE") {
-            Some(v) => truthy(&v).ok_or_else(|| {
-                Error::Config(format!("OS_INSECURE={v:?} is not a boolean (true/false)"))
-            })?,
+            Some(v) => truthy(&v).ok_or_else(|| Error::Config(format!("OS_INSECURE={v:?} is not a boolean (true/false)")))?,
             None => false,
         };
         let cfg = CloudConfig {
@@ -296,9 +291,7 @@ impl CloudConfig {
             auth_type,
             auth,
             region_name: e("OS_REGION_NAME"),
-            interface: normalize_interface(
-                e("OS_INTERFACE").or_else(|| e("OS_ENDPOINT_TYPE")).as_deref(),
-            )?,
+            interface: normalize_interface(e("OS_INTERFACE").or_else(|| e("OS_ENDPOINT_TYPE")).as_deref())?,
             cacert: e("OS_CACERT").map(PathBuf::from),
             insecure,
             image_endpoint_override: e("OS_IMAGE_URL").or_else(|| e("OS_IMAGE_ENDPOINT")),
@@ -335,12 +328,9 @@ impl CloudConfig {
                     return miss("application_credential_secret (OS_APPLICATION_CREDENTIAL_SECRET)");
                 }
                 if a.application_credential_id.is_none()
-                    && (a.application_credential_name.is_none()
-                        || (a.username.is_none() && a.user_id.is_none()))
+                    && (a.application_credential_name.is_none() || (a.username.is_none() && a.user_id.is_none()))
                 {
-                    return miss(
-                        "application_credential_id, or application_credential_name with username/user_id",
-                    );
+                    return miss("application_credential_id, or application_credential_name with username/user_id");
                 }
             }
             AuthType::Token => {
@@ -371,9 +361,7 @@ impl CloudConfig {
 /// openstacksdk's default when no auth type is given is `password`; an
 /// application credential or a lone token implies those types.
 fn infer_auth_type(a: &AuthConfig) -> AuthType {
-    if a.application_credential_secret.is_some()
-        && (a.application_credential_id.is_some() || a.application_credential_name.is_some())
-    {
+    if a.application_credential_secret.is_some() && (a.application_credential_id.is_some() || a.application_credential_name.is_some()) {
         AuthType::ApplicationCredential
     } else if a.token.is_some() && a.password.is_none() {
         AuthType::Token
@@ -420,8 +408,7 @@ fn scalar_string(v: &Value) -> Option<String> {
 }
 
 fn read_yaml(p: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(p)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+    let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
     // YAML is a superset of JSON, so clouds.json parses too. The parser's
     // message gives a position, not the content, so no secret leaks.
     serde_yaml::from_str(&text).map_err(|e| Error::Config(format!("cannot parse {}: {e}", p.display())))
@@ -548,9 +535,8 @@ clouds:
         mk(etc.path(), "clouds.yaml", "etc");
         let env = |_: &str| None;
         let dirs = [cwd.path(), home.path(), etc.path()];
-        let region = |env: &dyn Fn(&str) -> Option<String>| {
-            CloudConfig::resolve_with(Some("c"), &lookup(env, &dirs)).unwrap().region_name.unwrap()
-        };
+        let region =
+            |env: &dyn Fn(&str) -> Option<String>| CloudConfig::resolve_with(Some("c"), &lookup(env, &dirs)).unwrap().region_name.unwrap();
         assert_eq!(region(&env), "home");
         // .yml in an earlier directory wins over .yaml in a later one
         mk(cwd.path(), "clouds.yml", "cwd");

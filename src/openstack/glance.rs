@@ -98,9 +98,24 @@ pub struct ImageRecord {
 }
 
 const TYPED_FIELDS: &[&str] = &[
-    "id", "name", "status", "disk_format", "container_format", "size", "virtual_size", "checksum",
-    "os_hash_algo", "os_hash_value", "owner", "visibility", "protected", "min_disk", "min_ram", "tags",
-    "created_at", "updated_at",
+    "id",
+    "name",
+    "status",
+    "disk_format",
+    "container_format",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "visibility",
+    "protected",
+    "min_disk",
+    "min_ram",
+    "tags",
+    "created_at",
+    "updated_at",
 ];
 
 impl ImageRecord {
@@ -110,11 +125,7 @@ impl ImageRecord {
         let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let u = |k: &str| obj.get(k).and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
         let id = s("id").ok_or_else(|| Error::Config("image record has no id".into()))?;
-        let properties = obj
-            .iter()
-            .filter(|(k, _)| !TYPED_FIELDS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let properties = obj.iter().filter(|(k, _)| !TYPED_FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(ImageRecord {
             id,
             name: s("name"),
@@ -166,10 +177,7 @@ pub enum UploadMethod {
 
 fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| {
-            if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() }
-        })
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
@@ -209,12 +217,7 @@ impl GlanceClient {
 
     /// [`GlanceClient::standalone`] with TLS options.
     pub fn standalone_with(url: &str, token: Option<Secret>, opts: &HttpOptions) -> Result<GlanceClient> {
-        Ok(GlanceClient {
-            http: http_client(opts)?,
-            base: normalize_base(url)?,
-            auth: Auth::Static(token),
-            retry: RetryPolicy::default(),
-        })
+        Ok(GlanceClient { http: http_client(opts)?, base: normalize_base(url)?, auth: Auth::Static(token), retry: RetryPolicy::default() })
     }
 
     /// Replace the retry policy.
@@ -339,11 +342,7 @@ impl GlanceClient {
             };
             let d = self.retry.delay(attempt, ra);
             if self.retry.log {
-                eprintln!(
-                    "imgarc: glance: {method} {url}: {why}; retry {attempt}/{} in {:.1}s",
-                    self.retry.max_retries,
-                    d.as_secs_f64()
-                );
+                eprintln!("imgarc: glance: {method} {url}: {why}; retry {attempt}/{} in {:.1}s", self.retry.max_retries, d.as_secs_f64());
             }
             std::thread::sleep(d);
         }
@@ -492,12 +491,7 @@ impl GlanceClient {
             Some(n) => Body::sized(reader, n),
             None => Body::new(reader), // chunked
         };
-        let mut rb = self
-            .http
-            .put(&url)
-            .timeout(UPLOAD_TIMEOUT)
-            .header("Content-Type", "application/octet-stream")
-            .body(body);
+        let mut rb = self.http.put(&url).timeout(UPLOAD_TIMEOUT).header("Content-Type", "application/octet-stream").body(body);
         if let Some(t) = &token {
             rb = rb.header("X-Auth-Token", t.expose());
         }
@@ -586,10 +580,7 @@ impl GlanceClient {
                 });
             }
             if start.elapsed() >= timeout {
-                return Err(Error::Wait {
-                    id: id.into(),
-                    message: format!("still {:?} after {:.0}s", rec.status, timeout.as_secs_f64()),
-                });
+                return Err(Error::Wait { id: id.into(), message: format!("still {:?} after {:.0}s", rec.status, timeout.as_secs_f64()) });
             }
             std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -613,8 +604,7 @@ impl GlanceClient {
 }
 
 fn normalize_base(url: &str) -> Result<String> {
-    let u = url::Url::parse(url.trim())
-        .map_err(|e| Error::Config(format!("bad Glance URL {url:?}: {e}")))?;
+    let u = url::Url::parse(url.trim()).map_err(|e| Error::Config(format!("bad Glance URL {url:?}: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err(Error::Config(format!("bad Glance URL {url:?}: not http(s)")));
     }
@@ -753,10 +743,9 @@ impl ImageDownload {
         loop {
             self.failures += 1;
             if self.failures > p.max_retries {
-                return Err(io::Error::other(self.err(format!(
-                    "interrupted at byte {}{of}: {why}; gave up after {} retries",
-                    self.pos, p.max_retries
-                ))));
+                return Err(io::Error::other(
+                    self.err(format!("interrupted at byte {}{of}: {why}; gave up after {} retries", self.pos, p.max_retries)),
+                ));
             }
             let d = p.delay(self.failures, None);
             if p.log {
@@ -780,18 +769,11 @@ impl ImageDownload {
                     return Ok(());
                 }
                 Err(e @ (Error::Transport { .. } | Error::Auth { .. })) => why = e.to_string(),
-                Err(Error::Http { status, message, .. })
-                    if status >= 500 || status == 429 || status == 408 =>
-                {
+                Err(Error::Http { status, message, .. }) if status >= 500 || status == 429 || status == 408 => {
                     why = format!("HTTP {status}: {message}")
                 }
                 Err(e @ Error::Download { .. }) => return Err(io::Error::other(e)),
-                Err(e) => {
-                    return Err(io::Error::other(self.err(format!(
-                        "interrupted at byte {}{of} ({why}), then: {e}",
-                        self.pos
-                    ))))
-                }
+                Err(e) => return Err(io::Error::other(self.err(format!("interrupted at byte {}{of} ({why}), then: {e}", self.pos)))),
             }
         }
     }
@@ -844,9 +826,7 @@ impl Read for ImageDownload {
                     self.failures = 0;
                     if let Some(t) = self.total {
                         if self.pos > t {
-                            return Err(io::Error::other(self.err(format!(
-                                "server sent more than the {t} bytes announced"
-                            ))));
+                            return Err(io::Error::other(self.err(format!("server sent more than the {t} bytes announced"))));
                         }
                     }
                     return Ok(n);
@@ -878,17 +858,45 @@ fn io_reason(e: &io::Error) -> String {
 
 /// Top-level fields Glance owns or forbids on create (dropped on restore).
 pub const GLANCE_OWNED: &[&str] = &[
-    "id", "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size", "owner",
-    "created_at", "updated_at", "file", "schema", "self", "direct_url", "locations", "stores",
+    "id",
+    "status",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "size",
+    "virtual_size",
+    "owner",
+    "created_at",
+    "updated_at",
+    "file",
+    "schema",
+    "self",
+    "direct_url",
+    "locations",
+    "stores",
     "os_hidden",
 ];
 
 /// Custom properties that only make sense in the source cloud (dropped on restore).
 pub const SOURCE_CLOUD_ONLY: &[&str] = &[
-    "instance_uuid", "owner_id", "owner_project_name", "owner_user_name", "user_id", "image_location",
-    "image_state", "base_image_ref", "boot_roles", "kernel_id", "ramdisk_id", "block_device_mapping",
-    "bdm_v2", "os_glance_import_task", "os_glance_importing_to_stores", "os_glance_failed_import",
-    "os_glance_stage_host", "os_glance_hash_op_compute",
+    "instance_uuid",
+    "owner_id",
+    "owner_project_name",
+    "owner_user_name",
+    "user_id",
+    "image_location",
+    "image_state",
+    "base_image_ref",
+    "boot_roles",
+    "kernel_id",
+    "ramdisk_id",
+    "block_device_mapping",
+    "bdm_v2",
+    "os_glance_import_task",
+    "os_glance_importing_to_stores",
+    "os_glance_failed_import",
+    "os_glance_stage_host",
+    "os_glance_hash_op_compute",
 ];
 
 /// Schema attributes whose JSON type is not string (kept as they are);
@@ -981,11 +989,34 @@ mod tests {
         ov.insert("os_distro".into(), Value::Null);
         let m = restore_metadata(&r, &ov);
         for k in [
-            "id", "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size", "owner",
-            "created_at", "updated_at", "self", "file", "schema", "stores", "direct_url", "locations",
-            "instance_uuid", "owner_project_name", "user_id", "base_image_ref", "os_glance_import_task",
-            "os_glance_failed_import", "kernel_id", "protected", "block_device_mapping", "description",
-            "os_hidden", "os_distro",
+            "id",
+            "status",
+            "checksum",
+            "os_hash_algo",
+            "os_hash_value",
+            "size",
+            "virtual_size",
+            "owner",
+            "created_at",
+            "updated_at",
+            "self",
+            "file",
+            "schema",
+            "stores",
+            "direct_url",
+            "locations",
+            "instance_uuid",
+            "owner_project_name",
+            "user_id",
+            "base_image_ref",
+            "os_glance_import_task",
+            "os_glance_failed_import",
+            "kernel_id",
+            "protected",
+            "block_device_mapping",
+            "description",
+            "os_hidden",
+            "os_distro",
         ] {
             assert!(!m.contains_key(k), "{k} should be dropped: {m:?}");
         }

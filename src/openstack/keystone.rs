@@ -32,8 +32,7 @@ pub fn http_client(opts: &HttpOptions) -> Result<Client> {
         .pool_max_idle_per_host(16)
         .user_agent(concat!("imgarc/", env!("CARGO_PKG_VERSION")));
     if let Some(p) = &opts.cacert {
-        let pem = std::fs::read(p)
-            .map_err(|e| Error::Config(format!("cannot read CA bundle {}: {e}", p.display())))?;
+        let pem = std::fs::read(p).map_err(|e| Error::Config(format!("cannot read CA bundle {}: {e}", p.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| Error::Config(format!("bad CA bundle {}: {}", p.display(), describe_reqwest(&e))))?;
         if certs.is_empty() {
@@ -102,9 +101,7 @@ impl Session {
         let http = http_client(&HttpOptions { cacert: config.cacert.clone(), insecure: config.insecure })?;
         let auth_url = config.auth.auth_url.clone().unwrap_or_default();
         let auth_url = normalize_auth_url(&auth_url);
-        let s = Session {
-            inner: Arc::new(Inner { config: config.clone(), http, auth_url, state: Mutex::new(None) }),
-        };
+        let s = Session { inner: Arc::new(Inner { config: config.clone(), http, auth_url, state: Mutex::new(None) }) };
         if config.auth_type != AuthType::None {
             s.authenticate(None)?;
         }
@@ -226,10 +223,7 @@ impl Session {
                 u.insert("id".into(), json!(id));
             } else if let Some(n) = &a.username {
                 u.insert("name".into(), json!(n));
-                u.insert(
-                    "domain".into(),
-                    domain(&a.user_domain_name, &a.user_domain_id).unwrap_or(json!({"id": "default"})),
-                );
+                u.insert("domain".into(), domain(&a.user_domain_name, &a.user_domain_id).unwrap_or(json!({"id": "default"})));
             }
             u
         };
@@ -259,17 +253,13 @@ impl Session {
                     ac.insert("name".into(), json!(a.application_credential_name));
                     ac.insert("user".into(), Value::Object(user()));
                 }
-                ac.insert(
-                    "secret".into(),
-                    json!(a.application_credential_secret.as_ref().map(|s| s.expose()).unwrap_or("")),
-                );
+                ac.insert("secret".into(), json!(a.application_credential_secret.as_ref().map(|s| s.expose()).unwrap_or("")));
                 // an application credential is always scoped to its own project
                 (json!({ "methods": ["application_credential"], "application_credential": ac }), None)
             }
-            AuthType::Token => (
-                json!({ "methods": ["token"], "token": { "id": a.token.as_ref().map(|t| t.expose()).unwrap_or("") } }),
-                scope(),
-            ),
+            AuthType::Token => {
+                (json!({ "methods": ["token"], "token": { "id": a.token.as_ref().map(|t| t.expose()).unwrap_or("") } }), scope())
+            }
             AuthType::None => unreachable!(),
         };
         let mut auth = json!({ "identity": identity });
@@ -293,10 +283,7 @@ impl Session {
             attempt += 1;
             match self.inner.http.post(&url).timeout(Duration::from_secs(60)).json(&body).send() {
                 Ok(r) if r.status().is_server_error() && attempt < 3 => {
-                    eprintln!(
-                        "imgarc: keystone: POST {url}: HTTP {}; retrying ({attempt}/2)",
-                        r.status().as_u16()
-                    );
+                    eprintln!("imgarc: keystone: POST {url}: HTTP {}; retrying ({attempt}/2)", r.status().as_u16());
                     std::thread::sleep(Duration::from_millis(500 * attempt));
                 }
                 Ok(r) => break r,
@@ -304,13 +291,7 @@ impl Session {
                     eprintln!("imgarc: keystone: POST {url}: {}; retrying ({attempt}/2)", describe_reqwest(&e));
                     std::thread::sleep(Duration::from_millis(500 * attempt));
                 }
-                Err(e) => {
-                    return Err(Error::Transport {
-                        method: "POST".into(),
-                        url,
-                        message: describe_reqwest(&e),
-                    })
-                }
+                Err(e) => return Err(Error::Transport { method: "POST".into(), url, message: describe_reqwest(&e) }),
             }
         };
         let status = resp.status();
@@ -394,11 +375,7 @@ pub fn find_endpoint(catalog: &[Endpoint], service_type: &str, region: Option<&s
     let interface = super::config::normalize_interface(Some(interface))?;
     catalog
         .iter()
-        .find(|e| {
-            e.service_type == service_type
-                && e.interface == interface
-                && region.is_none_or(|r| e.region.as_deref() == Some(r))
-        })
+        .find(|e| e.service_type == service_type && e.interface == interface && region.is_none_or(|r| e.region.as_deref() == Some(r)))
         .map(|e| e.url.clone())
         .ok_or_else(|| Error::NoEndpoint {
             service_type: service_type.into(),
@@ -410,7 +387,11 @@ pub fn find_endpoint(catalog: &[Endpoint], service_type: &str, region: Option<&s
                     .filter(|e| e.service_type == service_type)
                     .map(|e| format!("{}/{}", e.region.as_deref().unwrap_or("-"), e.interface))
                     .collect();
-                if v.is_empty() { "none".into() } else { v.join(", ") }
+                if v.is_empty() {
+                    "none".into()
+                } else {
+                    v.join(", ")
+                }
             },
         })
 }

@@ -45,7 +45,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         _ => return Err(format!("bad rate {orig:?}: unknown unit {unit:?} (use K, M, G, KiB, MiB, GiB)")),
     };
     let v = n * mult / if bits { 8.0 } else { 1.0 };
-    if !(v >= 1.0) || !v.is_finite() {
+    if v.is_nan() || v < 1.0 || !v.is_finite() {
         return Err(format!("bad rate {orig:?}: must be at least 1 byte/s"));
     }
     Ok(v as u64)
@@ -91,7 +91,11 @@ impl RateLimiter {
             b.last = now;
             b.tokens = (b.tokens + el * b.rate).min(b.burst);
             b.tokens -= n as f64;
-            if b.tokens < 0.0 { Duration::from_secs_f64(-b.tokens / b.rate) } else { Duration::ZERO }
+            if b.tokens < 0.0 {
+                Duration::from_secs_f64(-b.tokens / b.rate)
+            } else {
+                Duration::ZERO
+            }
         };
         if !wait.is_zero() {
             std::thread::sleep(wait);

@@ -132,7 +132,13 @@ impl<R: Read> HashingReader<R> {
         v.dedup();
         HashingReader {
             inner,
-            workers: v.into_iter().map(|a| { let (t, h) = spawn(a); (a, t, h) }).collect(),
+            workers: v
+                .into_iter()
+                .map(|a| {
+                    let (t, h) = spawn(a);
+                    (a, t, h)
+                })
+                .collect(),
             expected: Vec::new(),
             expected_size: None,
             what: "stream".into(),

@@ -176,13 +176,16 @@ fn proxy_conn(mut client: TcpStream, upstream: &str, mode: ProxyMode, heads: Arc
                 heads.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).split("\r\n\r\n").next().unwrap_or("").to_string());
             }
             let _ = client.write_all(
-                format!("HTTP/1.1 {status} Busy\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                format!("HTTP/1.1 {status} Busy\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
             );
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
     }
-    let Ok(mut server) = TcpStream::connect(upstream) else { return };
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        return;
+    };
     let limit = match mode {
         ProxyMode::CutFirstDownloadAfter(n) | ProxyMode::CutAndStripRange(n) => n,
         ProxyMode::FailFirst { .. } => usize::MAX,
@@ -201,14 +204,22 @@ fn proxy_conn(mut client: TcpStream, upstream: &str, mode: ProxyMode, heads: Arc
             };
             let chunk = &buf[..n];
             let text = String::from_utf8_lossy(chunk).to_string();
-            let is_head = text.starts_with("GET ") || text.starts_with("PUT ") || text.starts_with("POST ") || text.starts_with("DELETE ") || text.starts_with("PATCH ");
+            let is_head = text.starts_with("GET ")
+                || text.starts_with("PUT ")
+                || text.starts_with("POST ")
+                || text.starts_with("DELETE ")
+                || text.starts_with("PATCH ");
             let out: Vec<u8> = if is_head {
                 let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
                 heads.lock().unwrap().push(head.clone());
                 if head.starts_with("GET ") && head.contains("/file ") && cut_done.fetch_add(1, Ordering::SeqCst) == 0 {
                     ct.store(true, Ordering::SeqCst);
                 }
-                if strip { strip_range(&text).into_bytes() } else { chunk.to_vec() }
+                if strip {
+                    strip_range(&text).into_bytes()
+                } else {
+                    chunk.to_vec()
+                }
             } else {
                 chunk.to_vec()
             };
