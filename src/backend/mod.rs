@@ -74,3 +74,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>>;
     fn delete(&self, key: &str) -> BackendResult<()>;
 }
+
+/// Opens the backend a `--repo` location names: a directory path, or (with
+/// the remote backends) `s3:…` / `swift:…`.
+pub fn open(location: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    if location.starts_with("s3:") || location.starts_with("swift:") {
+        anyhow::bail!("repository {location}: remote repositories are not supported by this build");
+    }
+    Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
+}
