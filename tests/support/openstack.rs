@@ -258,8 +258,17 @@ fn proxy_conn(mut client: TcpStream, upstream: &str, mode: ProxyMode, heads: Arc
 }
 
 /// Glance on sqlite answers 500 "database is locked" to concurrent writes,
-/// so the tests of one binary run one at a time (binaries run in sequence).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// so the OpenStack tests run one at a time: an exclusive `flock` on a file
+/// in the temp dir serializes them across threads (`cargo test`) and across
+/// processes (`cargo nextest`, several test binaries).
+pub struct Serial(std::fs::File);
+
+pub fn serial() -> Serial {
+    use std::os::unix::io::AsRawFd;
+    let path = std::env::temp_dir().join("imgarc-openstack-tests.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).expect("open test lock file");
+    // SAFETY: flock on a file descriptor we own; released when the file is closed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}: {}", path.display(), std::io::Error::last_os_error());
+    Serial(f)
 }
