@@ -16,6 +16,7 @@ pub mod digest;
 pub mod format;
 pub mod ids;
 pub mod index;
+pub mod openstack;
 pub mod progress;
 pub mod repository;
 pub mod restore;

@@ -1,0 +1,1070 @@
+//! Glance v2 image API client: lookup, list, streaming download with Range
+//! resume and retries, create / upload / stage + import, wait, delete, and
+//! the metadata rules for restoring an archived image into another cloud.
+
+use super::keystone::{http_client, HttpOptions, Session};
+use super::{describe_reqwest, short_body, Error, Result, Secret};
+use rand::Rng;
+use reqwest::blocking::{Body, Client, RequestBuilder, Response};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+/// Retry behaviour for transient failures (connection refused/reset,
+/// timeouts, HTTP 5xx, 429, 503 with Retry-After). Delays grow
+/// exponentially from `initial_delay`, capped at `max_delay`, with ±50 %
+/// jitter; a `Retry-After` header is honoured up to `max_delay`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt, per failure streak (a download that
+    /// makes progress gets a fresh budget).
+    pub max_retries: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    /// Print each retry to stderr (default true).
+    pub log: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 6, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), log: true }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `n` (1-based).
+    pub fn delay(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.max_delay);
+        }
+        let exp = self.initial_delay.saturating_mul(1u32 << (n.saturating_sub(1)).min(16));
+        let capped = exp.min(self.max_delay);
+        let f: f64 = rand::thread_rng().gen_range(0.5..1.0);
+        capped.mul_f64(f)
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    Session(Session),
+    Static(Option<Secret>),
+}
+
+/// A Glance v2 client. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct GlanceClient {
+    http: Client,
+    /// Endpoint root without a trailing `/` or `/v2`.
+    base: String,
+    auth: Auth,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for GlanceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlanceClient").field("endpoint", &self.base).finish()
+    }
+}
+
+/// An image record (`GET /v2/images/{id}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub size: Option<u64>,
+    pub virtual_size: Option<u64>,
+    /// md5 hex.
+    pub checksum: Option<String>,
+    /// Normally "sha512".
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub owner: Option<String>,
+    pub visibility: Option<String>,
+    pub protected: bool,
+    pub min_disk: u64,
+    pub min_ram: u64,
+    pub tags: Vec<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// Every other field of the record (hw_*, os_*, custom properties, and
+    /// Glance's own extras such as `self`, `file`, `schema`, `stores`, `os_hidden`).
+    pub properties: Map<String, Value>,
+    /// The whole record as Glance returned it.
+    pub raw: Value,
+}
+
+const TYPED_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "disk_format",
+    "container_format",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "visibility",
+    "protected",
+    "min_disk",
+    "min_ram",
+    "tags",
+    "created_at",
+    "updated_at",
+];
+
+impl ImageRecord {
+    /// Parse a Glance image JSON object.
+    pub fn from_json(raw: Value) -> Result<ImageRecord> {
+        let obj = raw.as_object().ok_or_else(|| Error::Config("image record is not a JSON object".into()))?;
+        let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let u = |k: &str| obj.get(k).and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
+        let id = s("id").ok_or_else(|| Error::Config("image record has no id".into()))?;
+        let properties = obj.iter().filter(|(k, _)| !TYPED_FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        Ok(ImageRecord {
+            id,
+            name: s("name"),
+            status: s("status").unwrap_or_default(),
+            disk_format: s("disk_format"),
+            container_format: s("container_format"),
+            size: u("size"),
+            virtual_size: u("virtual_size"),
+            checksum: s("checksum"),
+            os_hash_algo: s("os_hash_algo"),
+            os_hash_value: s("os_hash_value"),
+            owner: s("owner"),
+            visibility: s("visibility"),
+            protected: obj.get("protected").and_then(|v| v.as_bool()).unwrap_or(false),
+            min_disk: u("min_disk").unwrap_or(0),
+            min_ram: u("min_ram").unwrap_or(0),
+            tags: obj
+                .get("tags")
+                .and_then(|t| t.as_array())
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            created_at: s("created_at"),
+            updated_at: s("updated_at"),
+            properties,
+            raw,
+        })
+    }
+
+    /// Why this image cannot be archived, if it cannot (`None` = active with data).
+    pub fn not_downloadable_reason(&self) -> Option<String> {
+        if self.status != "active" {
+            return Some(format!("status is {:?}, not \"active\"", self.status));
+        }
+        if self.size == Some(0) {
+            return Some("it has no data (size 0)".into());
+        }
+        None
+    }
+}
+
+/// How [`GlanceClient::upload_with`] sends the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMethod {
+    /// `PUT /v2/images/{id}/file`.
+    Put,
+    /// `PUT /v2/images/{id}/stage` then `POST /v2/images/{id}/import` (glance-direct).
+    GlanceDirect,
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+fn retryable_status(s: StatusCode) -> bool {
+    s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT
+}
+
+/// Upload requests are bounded by the per-read socket timeouts, not by a
+/// total deadline (reqwest's blocking timeout covers the body send).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl GlanceClient {
+    /// Client for the image endpoint of an authenticated session.
+    pub fn new(session: &Session) -> Result<GlanceClient> {
+        let url = session.image_endpoint()?;
+        Ok(GlanceClient {
+            http: session.http().clone(),
+            base: normalize_base(&url)?,
+            auth: Auth::Session(session.clone()),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Client for an explicit Glance URL (`--glance-url`), with an optional
+    /// fixed token (sent as `X-Auth-Token`); for noauth Glance pass `None`.
+    pub fn standalone(url: &str, token: Option<Secret>) -> Result<GlanceClient> {
+        Self::standalone_with(url, token, &HttpOptions::default())
+    }
+
+    /// [`GlanceClient::standalone`] with TLS options.
+    pub fn standalone_with(url: &str, token: Option<Secret>, opts: &HttpOptions) -> Result<GlanceClient> {
+        Ok(GlanceClient { http: http_client(opts)?, base: normalize_base(url)?, auth: Auth::Static(token), retry: RetryPolicy::default() })
+    }
+
+    /// Replace the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Endpoint root (no `/v2`).
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    /// `{base}/v2/<segments...>` with each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> String {
+        let mut u = url::Url::parse(&self.base).expect("validated base");
+        u.path_segments_mut().expect("http base").pop_if_empty().push("v2").extend(segments);
+        u.to_string()
+    }
+
+    fn token(&self) -> Result<(Option<Secret>, u64)> {
+        match &self.auth {
+            Auth::Static(t) => Ok((t.clone(), 0)),
+            Auth::Session(s) => Ok(match s.token()? {
+                Some((t, g)) => (Some(t), g),
+                None => (None, 0),
+            }),
+        }
+    }
+
+    fn scrub(&self, mut msg: String) -> String {
+        let mut secrets: Vec<Secret> = Vec::new();
+        match &self.auth {
+            Auth::Static(Some(t)) => secrets.push(t.clone()),
+            Auth::Session(s) => {
+                secrets.extend(s.config().secrets());
+                if let Ok(Some((t, _))) = s.token() {
+                    secrets.push(t);
+                }
+            }
+            _ => {}
+        }
+        for s in secrets.iter().filter(|s| s.expose().len() >= 4) {
+            msg = msg.replace(s.expose(), "***");
+        }
+        msg
+    }
+
+    fn http_error(&self, method: &Method, url: &str, resp: Response) -> Error {
+        let status = resp.status().as_u16();
+        let body = resp.text().unwrap_or_default();
+        let mut message = self.scrub(short_body(&body));
+        if message.is_empty() {
+            message = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("").into();
+        }
+        if status == 404 {
+            return Error::NotFound(format!("{method} {url}: {message}"));
+        }
+        Error::Http { method: method.to_string(), url: url.to_string(), status, message }
+    }
+
+    /// Send a request built by `build` (called again for each attempt), with
+    /// auth, one re-authentication after a 401, and retries of transient
+    /// failures when `idempotent`. Returns the response if its status is a
+    /// success (2xx) or in `accept`; else an error.
+    fn send(
+        &self,
+        method: Method,
+        url: &str,
+        idempotent: bool,
+        accept: &[u16],
+        build: &dyn Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response> {
+        let mut attempt = 0u32;
+        let mut renewed = false;
+        loop {
+            attempt += 1;
+            let (token, generation) = self.token()?;
+            let mut rb = self.http.request(method.clone(), url).timeout(API_TIMEOUT);
+            if let Some(t) = &token {
+                rb = rb.header("X-Auth-Token", t.expose());
+            }
+            let rb = build(rb);
+            let (why, ra) = match rb.send() {
+                Ok(resp) => {
+                    let st = resp.status();
+                    if st.is_success() || accept.contains(&st.as_u16()) {
+                        return Ok(resp);
+                    }
+                    if st == StatusCode::UNAUTHORIZED && !renewed {
+                        if let Auth::Session(s) = &self.auth {
+                            renewed = true;
+                            if self.retry.log {
+                                eprintln!("imgarc: glance: {method} {url}: HTTP 401; renewing the token and retrying once");
+                            }
+                            s.renew_after_401(generation)?;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
+                    if !(idempotent && retryable_status(st)) || attempt > self.retry.max_retries {
+                        return Err(self.http_error(&method, url, resp));
+                    }
+                    (format!("HTTP {}", st.as_u16()), retry_after(&resp))
+                }
+                Err(e) => {
+                    // a refused connection never reached the server: safe to retry any method
+                    let safe = idempotent || e.is_connect();
+                    if !safe || attempt > self.retry.max_retries || !(e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) {
+                        return Err(Error::Transport {
+                            method: method.to_string(),
+                            url: url.to_string(),
+                            message: self.scrub(describe_reqwest(&e)),
+                        });
+                    }
+                    (self.scrub(describe_reqwest(&e)), None)
+                }
+            };
+            let d = self.retry.delay(attempt, ra);
+            if self.retry.log {
+                eprintln!("imgarc: glance: {method} {url}: {why}; retry {attempt}/{} in {:.1}s", self.retry.max_retries, d.as_secs_f64());
+            }
+            std::thread::sleep(d);
+        }
+    }
+
+    fn get_json(&self, url: &str) -> Result<Value> {
+        let resp = self.send(Method::GET, url, true, &[], &|rb| rb.header("Accept", "application/json"))?;
+        resp.json::<Value>().map_err(|e| Error::Transport {
+            method: "GET".into(),
+            url: url.into(),
+            message: format!("bad JSON: {}", describe_reqwest(&e)),
+        })
+    }
+
+    /// `GET /v2/images/{id}`.
+    pub fn get(&self, id: &str) -> Result<ImageRecord> {
+        let url = self.url(&["images", id]);
+        match self.get_json(&url) {
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.base))),
+            r => ImageRecord::from_json(r?),
+        }
+    }
+
+    /// Find an image by id, or else by exact, unique name.
+    pub fn image(&self, id_or_name: &str) -> Result<ImageRecord> {
+        if is_uuid(id_or_name) {
+            match self.get(id_or_name) {
+                Err(Error::NotFound(_)) => {} // could still be a name that looks like a uuid
+                r => return r,
+            }
+        }
+        let found = self.list_filtered(&[("name", id_or_name)], 100)?;
+        match found.len() {
+            0 => Err(Error::NotFound(format!("image {id_or_name:?} (no image has this id or name) at {}", self.base))),
+            1 => Ok(found.into_iter().next().unwrap()),
+            n => Err(Error::Ambiguous {
+                name: id_or_name.into(),
+                count: n,
+                ids: found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// All images visible to the caller (follows `next` links).
+    pub fn list(&self) -> Result<Vec<ImageRecord>> {
+        self.list_filtered(&[], 200)
+    }
+
+    /// Images matching Glance filters (`name`, `status`, `visibility`,
+    /// `sort`...), fetched `page_size` at a time (max 1000).
+    pub fn list_filtered(&self, filters: &[(&str, &str)], page_size: u32) -> Result<Vec<ImageRecord>> {
+        let mut u = url::Url::parse(&self.url(&["images"])).expect("valid url");
+        {
+            let mut q = u.query_pairs_mut();
+            for (k, v) in filters {
+                q.append_pair(k, v);
+            }
+            q.append_pair("limit", &page_size.clamp(1, 1000).to_string());
+        }
+        let mut next = Some(u.to_string());
+        let mut out = Vec::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 100_000 {
+                return Err(Error::Config("image list does not end (more than 100000 pages)".into()));
+            }
+            let v = self.get_json(&url)?;
+            for img in v["images"].as_array().into_iter().flatten() {
+                out.push(ImageRecord::from_json(img.clone())?);
+            }
+            next = v["next"].as_str().map(|n| self.join_link(n));
+            if v["images"].as_array().is_none_or(|a| a.is_empty()) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Glance's `next` is a path like `/v2/images?marker=..` (no host).
+    fn join_link(&self, link: &str) -> String {
+        if link.starts_with("http://") || link.starts_with("https://") {
+            link.to_string()
+        } else {
+            format!("{}/{}", self.base, link.trim_start_matches('/'))
+        }
+    }
+
+    /// Start streaming the image data. Fails now (clearly) for an image
+    /// that is not active, has no data or does not exist. The returned
+    /// reader retries and resumes (HTTP Range) on its own.
+    pub fn download(&self, rec: &ImageRecord) -> Result<ImageDownload> {
+        if let Some(r) = rec.not_downloadable_reason() {
+            return Err(Error::NotActive { id: rec.id.clone(), status: rec.status.clone(), reason: r });
+        }
+        let mut d = ImageDownload {
+            client: self.clone(),
+            id: rec.id.clone(),
+            url: self.url(&["images", &rec.id, "file"]),
+            expected: rec.size,
+            total: None,
+            pos: 0,
+            resp: None,
+            accept_ranges: None,
+            content_md5: None,
+            failures: 0,
+            resumes: 0,
+            done: false,
+        };
+        d.open()?;
+        Ok(d)
+    }
+
+    /// `POST /v2/images`: create an image record (status `queued`).
+    pub fn create(&self, meta: &Map<String, Value>) -> Result<ImageRecord> {
+        let url = self.url(&["images"]);
+        let body = Value::Object(meta.clone());
+        let resp = self.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
+        let v: Value = resp.json().map_err(|e| Error::Transport {
+            method: "POST".into(),
+            url: url.clone(),
+            message: format!("bad JSON: {}", describe_reqwest(&e)),
+        })?;
+        ImageRecord::from_json(v)
+    }
+
+    /// `PATCH /v2/images/{id}` with JSON-patch `ops`
+    /// (e.g. `[{"op":"replace","path":"/protected","value":true}]`).
+    pub fn update(&self, id: &str, ops: &[Value]) -> Result<ImageRecord> {
+        let url = self.url(&["images", id]);
+        let body = serde_json::to_vec(ops).expect("json");
+        let resp = self.send(Method::PATCH, &url, false, &[], &|rb| {
+            rb.header("Content-Type", "application/openstack-images-v2.1-json-patch").body(body.clone())
+        })?;
+        ImageRecord::from_json(resp.json().map_err(|e| Error::Transport {
+            method: "PATCH".into(),
+            url: url.clone(),
+            message: describe_reqwest(&e),
+        })?)
+    }
+
+    fn put_stream(&self, id: &str, what: &str, reader: Box<dyn Read + Send>, size: Option<u64>) -> Result<()> {
+        let url = self.url(&["images", id, what]);
+        let (token, _) = self.token()?; // fresh (renewed if near expiry): a streamed body cannot be replayed
+        let body = match size {
+            Some(n) => Body::sized(reader, n),
+            None => Body::new(reader), // chunked
+        };
+        let mut rb = self.http.put(&url).timeout(UPLOAD_TIMEOUT).header("Content-Type", "application/octet-stream").body(body);
+        if let Some(t) = &token {
+            rb = rb.header("X-Auth-Token", t.expose());
+        }
+        let resp = rb.send().map_err(|e| Error::Transport {
+            method: "PUT".into(),
+            url: url.clone(),
+            message: self.scrub(describe_reqwest(&e)),
+        })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.http_error(&Method::PUT, &url, resp))
+        }
+    }
+
+    /// `PUT /v2/images/{id}/file`: stream the data (chunked when `size` is
+    /// `None`). Not retried: the reader cannot be replayed. After a failure
+    /// Glance may leave the image unusable: delete it and start over.
+    pub fn upload(&self, id: &str, reader: impl Read + Send + 'static, size: Option<u64>) -> Result<()> {
+        self.put_stream(id, "file", Box::new(reader), size)
+    }
+
+    /// `PUT /v2/images/{id}/stage` (first half of glance-direct).
+    pub fn stage(&self, id: &str, reader: impl Read + Send + 'static, size: Option<u64>) -> Result<()> {
+        self.put_stream(id, "stage", Box::new(reader), size)
+    }
+
+    /// `POST /v2/images/{id}/import` with `method` (e.g. "glance-direct").
+    pub fn import(&self, id: &str, method: &str) -> Result<()> {
+        let url = self.url(&["images", id, "import"]);
+        let body = json!({ "method": { "name": method } });
+        self.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
+        Ok(())
+    }
+
+    /// Import methods the cloud enables (`GET /v2/info/import`).
+    pub fn import_methods(&self) -> Result<Vec<String>> {
+        let v = self.get_json(&self.url(&["info", "import"]))?;
+        Ok(v.pointer("/import-methods/value")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Upload with the given method; glance-direct fails clearly if the
+    /// cloud does not enable it. Call [`GlanceClient::wait_active`] after.
+    pub fn upload_with(&self, id: &str, reader: impl Read + Send + 'static, size: Option<u64>, method: UploadMethod) -> Result<()> {
+        match method {
+            UploadMethod::Put => self.upload(id, reader, size),
+            UploadMethod::GlanceDirect => {
+                let m = self.import_methods()?;
+                if !m.iter().any(|m| m == "glance-direct") {
+                    return Err(Error::Config(format!(
+                        "the cloud at {} does not enable glance-direct import (methods: {})",
+                        self.base,
+                        if m.is_empty() { "none".into() } else { m.join(", ") }
+                    )));
+                }
+                self.stage(id, reader, size)?;
+                self.import(id, "glance-direct")
+            }
+        }
+    }
+
+    /// Poll until the image is `active`; fails on `killed`/`deleted`/
+    /// `deactivated`, on a failed import (with the task's message) or after
+    /// `timeout`.
+    pub fn wait_active(&self, id: &str, timeout: Duration) -> Result<ImageRecord> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let rec = self.get(id)?;
+            match rec.status.as_str() {
+                "active" => return Ok(rec),
+                "killed" | "deleted" | "pending_delete" | "deactivated" => {
+                    return Err(Error::Wait { id: id.into(), message: format!("went to status {:?}", rec.status) })
+                }
+                _ => {}
+            }
+            let failed = rec.properties.get("os_glance_failed_import").and_then(|v| v.as_str()).unwrap_or("");
+            if !failed.is_empty() {
+                let detail = self.task_message(id).unwrap_or_default();
+                return Err(Error::Wait {
+                    id: id.into(),
+                    message: format!("import failed for store(s) {failed:?} (status {:?}){detail}", rec.status),
+                });
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::Wait { id: id.into(), message: format!("still {:?} after {:.0}s", rec.status, timeout.as_secs_f64()) });
+            }
+            std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn task_message(&self, id: &str) -> Option<String> {
+        let v = self.get_json(&self.url(&["images", id, "tasks"])).ok()?;
+        let t = v["tasks"].as_array()?.iter().find(|t| t["status"] == "failure")?;
+        Some(format!(": task {}: {}", t["id"].as_str().unwrap_or("?"), t["message"].as_str().unwrap_or("")))
+    }
+
+    /// `DELETE /v2/images/{id}`.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let url = self.url(&["images", id]);
+        match self.send(Method::DELETE, &url, true, &[], &|rb| rb) {
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.base))),
+            r => r.map(|_| ()),
+        }
+    }
+}
+
+fn normalize_base(url: &str) -> Result<String> {
+    let u = url::Url::parse(url.trim()).map_err(|e| Error::Config(format!("bad Glance URL {url:?}: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(Error::Config(format!("bad Glance URL {url:?}: not http(s)")));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(Error::Config("Glance URL must not contain credentials".into()));
+    }
+    let mut s = u.to_string();
+    while s.ends_with('/') {
+        s.pop();
+    }
+    for suffix in ["/v2", "/v2.0", "/v1"] {
+        if let Some(b) = s.strip_suffix(suffix) {
+            s = b.to_string();
+        }
+    }
+    Ok(s)
+}
+
+/// Streaming image data (`impl Read + Send`). Transient failures before or
+/// during the transfer are retried; after bytes were delivered it resumes
+/// with `Range: bytes=<pos>-` and fails clearly if the server answers 200
+/// instead of 206. A stream that ends before `Content-Length` (or the
+/// record's `size`) counts as an interruption. Errors are `io::Error`s
+/// wrapping [`Error`] (`err.get_ref()` + `downcast_ref::<Error>()`).
+pub struct ImageDownload {
+    client: GlanceClient,
+    id: String,
+    url: String,
+    expected: Option<u64>,
+    total: Option<u64>,
+    pos: u64,
+    resp: Option<Response>,
+    accept_ranges: Option<bool>,
+    content_md5: Option<String>,
+    failures: u32,
+    resumes: u32,
+    done: bool,
+}
+
+impl std::fmt::Debug for ImageDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageDownload").field("id", &self.id).field("pos", &self.pos).field("total", &self.total).finish()
+    }
+}
+
+impl ImageDownload {
+    /// Total size (from `Content-Length` / `Content-Range`).
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+    /// Bytes delivered so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+    /// `Content-MD5` of the first response (Glance sends the md5 hex of the whole image).
+    pub fn content_md5(&self) -> Option<&str> {
+        self.content_md5.as_deref()
+    }
+    /// How many times the transfer was resumed with Range after an interruption.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Download { id: self.id.clone(), message }
+    }
+
+    /// (Re)open at `self.pos`, retrying transient failures.
+    fn open(&mut self) -> Result<()> {
+        let pos = self.pos;
+        let range = if pos > 0 { Some(format!("bytes={pos}-")) } else { None };
+        let accept: &[u16] = &[204, 416];
+        let resp = self.client.send(Method::GET, &self.url, true, accept, &|rb| match &range {
+            Some(r) => rb.header("Range", r),
+            None => rb,
+        })?;
+        let st = resp.status().as_u16();
+        let h = resp.headers();
+        let hs = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        match st {
+            204 => {
+                return Err(Error::NotActive {
+                    id: self.id.clone(),
+                    status: "unknown".into(),
+                    reason: "Glance has no data for it (HTTP 204)".into(),
+                })
+            }
+            416 if Some(pos) == self.total => {
+                self.done = true;
+                return Ok(());
+            }
+            416 => return Err(self.err(format!("server refused the range starting at byte {pos} (HTTP 416)"))),
+            206 => {
+                let cr = hs("content-range").unwrap_or_default();
+                let (start, total) = parse_content_range(&cr)
+                    .ok_or_else(|| self.err(format!("bad Content-Range {cr:?} in the resumed download")))?;
+                if start != pos {
+                    return Err(self.err(format!("asked to resume at byte {pos}, server sent from {start}")));
+                }
+                if let (Some(t), Some(old)) = (total, self.total) {
+                    if t != old {
+                        return Err(self.err(format!("image size changed during download: {old} then {t} bytes")));
+                    }
+                }
+                self.accept_ranges = Some(true);
+            }
+            _ if pos > 0 => {
+                return Err(self.err(format!(
+                    "interrupted at byte {pos} of {} and the server does not support Range (answered HTTP {st} instead of 206), so it cannot resume; retry the whole download",
+                    self.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                )))
+            }
+            _ => {
+                let len = resp.content_length();
+                if let (Some(l), Some(e)) = (len, self.expected) {
+                    if l != e {
+                        return Err(self.err(format!("server sends {l} bytes but the image record says size {e}")));
+                    }
+                }
+                self.total = len.or(self.expected);
+                self.accept_ranges = Some(hs("accept-ranges").is_some_and(|v| v.contains("bytes")));
+                if self.content_md5.is_none() {
+                    self.content_md5 = hs("content-md5");
+                }
+            }
+        }
+        self.resp = Some(resp);
+        Ok(())
+    }
+
+    fn interrupted(&mut self, why: String) -> io::Result<()> {
+        self.resp = None;
+        let p = self.client.retry.clone();
+        let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
+        let mut why = why;
+        loop {
+            self.failures += 1;
+            if self.failures > p.max_retries {
+                return Err(io::Error::other(
+                    self.err(format!("interrupted at byte {}{of}: {why}; gave up after {} retries", self.pos, p.max_retries)),
+                ));
+            }
+            let d = p.delay(self.failures, None);
+            if p.log {
+                eprintln!(
+                    "imgarc: glance: download of image {}: {why} at byte {}{of}; {} in {:.1}s (retry {}/{})",
+                    self.id,
+                    self.pos,
+                    if self.pos > 0 { "resuming with Range" } else { "restarting" },
+                    d.as_secs_f64(),
+                    self.failures,
+                    p.max_retries
+                );
+            }
+            std::thread::sleep(d);
+            // one attempt per failure here: this loop owns the retry budget
+            match self.open_once() {
+                Ok(()) => {
+                    if self.pos > 0 {
+                        self.resumes += 1;
+                    }
+                    return Ok(());
+                }
+                Err(e @ (Error::Transport { .. } | Error::Auth { .. })) => why = e.to_string(),
+                Err(Error::Http { status, message, .. }) if status >= 500 || status == 429 || status == 408 => {
+                    why = format!("HTTP {status}: {message}")
+                }
+                Err(e @ Error::Download { .. }) => return Err(io::Error::other(e)),
+                Err(e) => return Err(io::Error::other(self.err(format!("interrupted at byte {}{of} ({why}), then: {e}", self.pos)))),
+            }
+        }
+    }
+
+    fn open_once(&mut self) -> Result<()> {
+        let saved = self.client.retry.clone();
+        self.client.retry.max_retries = 0;
+        let r = self.open();
+        self.client.retry = saved;
+        r
+    }
+}
+
+/// `bytes 100-199/1000` → (100, Some(1000)); `/*` → None total.
+fn parse_content_range(s: &str) -> Option<(u64, Option<u64>)> {
+    let r = s.trim().strip_prefix("bytes")?.trim();
+    let (range, total) = r.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+impl Read for ImageDownload {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.done {
+                return Ok(0);
+            }
+            let Some(resp) = self.resp.as_mut() else {
+                // a previous reopen failed and was reported; try once more
+                self.interrupted("no open connection".into())?;
+                continue;
+            };
+            match resp.read(buf) {
+                Ok(0) => match self.total {
+                    Some(t) if self.pos < t => {
+                        let why = format!("connection closed early ({} bytes short)", t - self.pos);
+                        self.interrupted(why)?;
+                    }
+                    _ => {
+                        self.done = true;
+                        self.resp = None;
+                        return Ok(0);
+                    }
+                },
+                Ok(n) => {
+                    self.pos += n as u64;
+                    self.failures = 0;
+                    if let Some(t) = self.total {
+                        if self.pos > t {
+                            return Err(io::Error::other(self.err(format!("server sent more than the {t} bytes announced"))));
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let why = self.client.scrub(io_reason(&e));
+                    self.interrupted(why)?;
+                }
+            }
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+/// Top-level fields Glance owns or forbids on create (dropped on restore).
+pub const GLANCE_OWNED: &[&str] = &[
+    "id",
+    "status",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "size",
+    "virtual_size",
+    "owner",
+    "created_at",
+    "updated_at",
+    "file",
+    "schema",
+    "self",
+    "direct_url",
+    "locations",
+    "stores",
+    "os_hidden",
+];
+
+/// Custom properties that only make sense in the source cloud (dropped on restore).
+pub const SOURCE_CLOUD_ONLY: &[&str] = &[
+    "instance_uuid",
+    "owner_id",
+    "owner_project_name",
+    "owner_user_name",
+    "user_id",
+    "image_location",
+    "image_state",
+    "base_image_ref",
+    "boot_roles",
+    "kernel_id",
+    "ramdisk_id",
+    "block_device_mapping",
+    "bdm_v2",
+    "os_glance_import_task",
+    "os_glance_importing_to_stores",
+    "os_glance_failed_import",
+    "os_glance_stage_host",
+    "os_glance_hash_op_compute",
+];
+
+/// Schema attributes whose JSON type is not string (kept as they are);
+/// every other property is sent as a string, as Glance requires.
+const TYPED_SCHEMA: &[&str] = &["min_disk", "min_ram", "protected", "tags", "os_hidden"];
+
+/// Metadata for re-creating an archived image in a (possibly different)
+/// cloud. Starts from `record.raw`, drops [`GLANCE_OWNED`] fields, every
+/// `os_glance_*` key (a namespace Glance reserves), [`SOURCE_CLOUD_ONLY`]
+/// properties and `null` values; drops `protected` (so a failed restore can
+/// still delete the image: set it afterwards with
+/// [`GlanceClient::update`]); turns non-string custom property values into
+/// strings; then applies `overrides` (a `null` override removes the key).
+pub fn restore_metadata(record: &ImageRecord, overrides: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    let src = record.raw.as_object().cloned().unwrap_or_default();
+    for (k, v) in src {
+        if v.is_null()
+            || GLANCE_OWNED.contains(&k.as_str())
+            || SOURCE_CLOUD_ONLY.contains(&k.as_str())
+            || k.starts_with("os_glance_")
+            || k == "protected"
+        {
+            continue;
+        }
+        let v = match (&v, is_core(&k) || TYPED_SCHEMA.contains(&k.as_str())) {
+            (_, true) | (Value::String(_), _) => v,
+            (Value::Bool(b), false) => Value::String(b.to_string()),
+            (Value::Number(n), false) => Value::String(n.to_string()),
+            (other, false) => Value::String(other.to_string()),
+        };
+        out.insert(k, v);
+    }
+    for (k, v) in overrides {
+        if v.is_null() {
+            out.remove(k);
+        } else {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn is_core(k: &str) -> bool {
+    matches!(k, "name" | "disk_format" | "container_format" | "visibility")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> ImageRecord {
+        ImageRecord::from_json(json!({
+            "id": "6f0a3c7e-0000-4000-8000-000000000001", "name": "web", "status": "active",
+            "disk_format": "qcow2", "container_format": "bare", "size": 1024, "virtual_size": 4096,
+            "checksum": "abc", "os_hash_algo": "sha512", "os_hash_value": "def", "owner": "p1",
+            "visibility": "private", "protected": true, "min_disk": 2, "min_ram": 512,
+            "tags": ["a", "b"], "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",
+            "self": "/v2/images/x", "file": "/v2/images/x/file", "schema": "/v2/schemas/image",
+            "stores": "local", "os_hidden": false, "direct_url": "file:///x", "locations": [],
+            "hw_disk_bus": "scsi", "hw_qemu_guest_agent": "yes", "os_distro": "ubuntu",
+            "image_type": "snapshot", "instance_uuid": "i-1", "owner_project_name": "proj",
+            "user_id": "u1", "base_image_ref": "b-1", "os_glance_import_task": "t1",
+            "os_glance_failed_import": "", "kernel_id": null, "custom_num": 5, "custom_bool": true,
+            "block_device_mapping": "[]", "description": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn record_fields() {
+        let r = rec();
+        assert_eq!(r.size, Some(1024));
+        assert_eq!(r.min_ram, 512);
+        assert!(r.protected);
+        assert_eq!(r.tags, vec!["a", "b"]);
+        assert_eq!(r.properties["hw_disk_bus"], "scsi");
+        assert!(!r.properties.contains_key("name"));
+        assert!(r.properties.contains_key("instance_uuid"));
+        assert_eq!(r.raw["os_distro"], "ubuntu");
+        assert_eq!(r.not_downloadable_reason(), None);
+    }
+
+    #[test]
+    fn restore_rules() {
+        let r = rec();
+        let mut ov = Map::new();
+        ov.insert("name".into(), json!("web-restored"));
+        ov.insert("visibility".into(), json!("shared"));
+        ov.insert("os_distro".into(), Value::Null);
+        let m = restore_metadata(&r, &ov);
+        for k in [
+            "id",
+            "status",
+            "checksum",
+            "os_hash_algo",
+            "os_hash_value",
+            "size",
+            "virtual_size",
+            "owner",
+            "created_at",
+            "updated_at",
+            "self",
+            "file",
+            "schema",
+            "stores",
+            "direct_url",
+            "locations",
+            "instance_uuid",
+            "owner_project_name",
+            "user_id",
+            "base_image_ref",
+            "os_glance_import_task",
+            "os_glance_failed_import",
+            "kernel_id",
+            "protected",
+            "block_device_mapping",
+            "description",
+            "os_hidden",
+            "os_distro",
+        ] {
+            assert!(!m.contains_key(k), "{k} should be dropped: {m:?}");
+        }
+        assert_eq!(m["name"], "web-restored");
+        assert_eq!(m["visibility"], "shared");
+        assert_eq!(m["disk_format"], "qcow2");
+        assert_eq!(m["min_disk"], 2);
+        assert_eq!(m["min_ram"], 512);
+        assert_eq!(m["tags"], json!(["a", "b"]));
+        assert_eq!(m["hw_disk_bus"], "scsi");
+        assert_eq!(m["image_type"], "snapshot");
+        assert_eq!(m["custom_num"], "5");
+        assert_eq!(m["custom_bool"], "true");
+    }
+
+    #[test]
+    fn not_downloadable() {
+        let mut v = rec().raw;
+        v["status"] = json!("queued");
+        let r = ImageRecord::from_json(v).unwrap();
+        assert!(r.not_downloadable_reason().unwrap().contains("queued"));
+    }
+
+    #[test]
+    fn thread_safety() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<ImageDownload>();
+        send_sync::<GlanceClient>();
+        send_sync::<crate::openstack::keystone::Session>();
+        send_sync::<ImageRecord>();
+    }
+
+    #[test]
+    fn helpers() {
+        assert!(is_uuid("6f0a3c7e-0000-4000-8000-000000000001"));
+        assert!(!is_uuid("cirros-0.6"));
+        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(normalize_base("http://h:9292/v2/").unwrap(), "http://h:9292");
+        assert_eq!(normalize_base("https://h/image").unwrap(), "https://h/image");
+        assert!(normalize_base("http://u:pw@h/").unwrap_err().to_string().find("pw").is_none());
+        let c = GlanceClient::standalone("http://h:1/image/", None).unwrap();
+        assert_eq!(c.url(&["images", "a b", "file"]), "http://h:1/image/v2/images/a%20b/file");
+        assert_eq!(c.join_link("/v2/images?marker=x"), "http://h:1/image/v2/images?marker=x");
+        let p = RetryPolicy::default();
+        assert!(p.delay(20, None) <= p.max_delay);
+        assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert!(p.delay(1, None) <= Duration::from_millis(500));
+    }
+}

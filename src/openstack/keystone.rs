@@ -1,0 +1,482 @@
+//! Keystone v3 session: authenticates (password, application credential,
+//! token), keeps the service catalog, renews the token before it expires
+//! (or once after a 401), and owns the configured HTTP client.
+
+use super::config::{AuthType, CloudConfig};
+use super::{describe_reqwest, short_body, Error, Result, Secret};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Renew a token this long before its `expires_at`.
+pub const RENEW_MARGIN: Duration = Duration::from_secs(300);
+
+/// TLS and timeout settings for [`http_client`].
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    pub cacert: Option<std::path::PathBuf>,
+    pub insecure: bool,
+}
+
+/// The HTTP client used for every OpenStack call: connect timeout 15 s,
+/// a per-read/response timeout of 120 s (so a stalled download fails, a
+/// slow one does not), TCP keepalive, up to 16 idle pooled connections per
+/// host, rustls with webpki + system roots, plus `cacert` if given.
+pub fn http_client(opts: &HttpOptions) -> Result<Client> {
+    let mut b = Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(120))
+        .tcp_keepalive(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(16)
+        .user_agent(concat!("imgarc/", env!("CARGO_PKG_VERSION")));
+    if let Some(p) = &opts.cacert {
+        let pem = std::fs::read(p).map_err(|e| Error::Config(format!("cannot read CA bundle {}: {e}", p.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("bad CA bundle {}: {}", p.display(), describe_reqwest(&e))))?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!("CA bundle {} holds no certificate", p.display())));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if opts.insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    b.build().map_err(|e| Error::Config(format!("cannot build HTTP client: {}", describe_reqwest(&e))))
+}
+
+/// One endpoint of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub service_type: String,
+    pub service_name: Option<String>,
+    pub interface: String,
+    pub region: Option<String>,
+    pub url: String,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    token: Secret,
+    expires_at: Option<SystemTime>,
+    catalog: Vec<Endpoint>,
+    project_id: Option<String>,
+    user_id: Option<String>,
+    /// Bumped at every authentication, so concurrent 401s renew only once.
+    generation: u64,
+}
+
+struct Inner {
+    config: CloudConfig,
+    http: Client,
+    auth_url: String,
+    state: Mutex<Option<TokenState>>,
+}
+
+/// An authenticated Keystone session. Cheap to clone and shareable across
+/// threads. `Debug` shows no token.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cloud", &self.inner.config.name)
+            .field("auth_url", &self.inner.auth_url)
+            .field("auth_type", &self.inner.config.auth_type)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Build the HTTP client and authenticate now (so bad credentials fail
+    /// early). For `auth_type: none` there is no Keystone call and no token.
+    pub fn new(config: &CloudConfig) -> Result<Session> {
+        config.validate()?;
+        let http = http_client(&HttpOptions { cacert: config.cacert.clone(), insecure: config.insecure })?;
+        let auth_url = config.auth.auth_url.clone().unwrap_or_default();
+        let auth_url = normalize_auth_url(&auth_url);
+        let s = Session { inner: Arc::new(Inner { config: config.clone(), http, auth_url, state: Mutex::new(None) }) };
+        if config.auth_type != AuthType::None {
+            s.authenticate(None)?;
+        }
+        Ok(s)
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.inner.config
+    }
+
+    /// The configured HTTP client (shared pool).
+    pub fn http(&self) -> &Client {
+        &self.inner.http
+    }
+
+    /// The Keystone v3 base URL in use (ends in `/v3`).
+    pub fn auth_url(&self) -> &str {
+        &self.inner.auth_url
+    }
+
+    /// Project the token is scoped to.
+    pub fn project_id(&self) -> Option<String> {
+        self.inner.state.lock().unwrap().as_ref().and_then(|s| s.project_id.clone())
+    }
+
+    pub fn user_id(&self) -> Option<String> {
+        self.inner.state.lock().unwrap().as_ref().and_then(|s| s.user_id.clone())
+    }
+
+    /// When the current token expires, if known.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.inner.state.lock().unwrap().as_ref().and_then(|s| s.expires_at)
+    }
+
+    /// A valid token (renewed first if it expires within [`RENEW_MARGIN`]),
+    /// with its generation, or `None` for `auth_type: none`.
+    pub fn token(&self) -> Result<Option<(Secret, u64)>> {
+        if self.inner.config.auth_type == AuthType::None {
+            return Ok(None);
+        }
+        {
+            let st = self.inner.state.lock().unwrap();
+            if let Some(s) = st.as_ref() {
+                let fresh = match s.expires_at {
+                    Some(exp) => exp > SystemTime::now() + RENEW_MARGIN,
+                    None => true,
+                };
+                if fresh {
+                    return Ok(Some((s.token.clone(), s.generation)));
+                }
+            }
+        }
+        self.authenticate(None)?;
+        let st = self.inner.state.lock().unwrap();
+        Ok(st.as_ref().map(|s| (s.token.clone(), s.generation)))
+    }
+
+    /// Called after a 401 with the token generation that was refused:
+    /// re-authenticates unless another thread already did.
+    pub fn renew_after_401(&self, refused_generation: u64) -> Result<()> {
+        if self.inner.config.auth_type == AuthType::None {
+            return Ok(());
+        }
+        self.authenticate(Some(refused_generation))
+    }
+
+    /// Mark the current token as expired (tests; forces a renewal on next use).
+    pub fn expire_token_now(&self) {
+        if let Some(s) = self.inner.state.lock().unwrap().as_mut() {
+            s.expires_at = Some(SystemTime::now());
+        }
+    }
+
+    /// Current token generation (increments at every authentication).
+    pub fn generation(&self) -> u64 {
+        self.inner.state.lock().unwrap().as_ref().map(|s| s.generation).unwrap_or(0)
+    }
+
+    /// Endpoint URL of `service_type` (e.g. "image") for `region` (None: any)
+    /// and `interface` ("public"/"internal"/"admin").
+    pub fn endpoint_for(&self, service_type: &str, region: Option<&str>, interface: &str) -> Result<String> {
+        let st = self.inner.state.lock().unwrap();
+        let catalog = st.as_ref().map(|s| s.catalog.as_slice()).unwrap_or(&[]);
+        find_endpoint(catalog, service_type, region, interface)
+    }
+
+    /// The Glance endpoint: `image_endpoint_override`/`OS_IMAGE_URL`, else
+    /// `auth.endpoint` for auth type none, else the catalog (region and
+    /// interface from the config).
+    pub fn image_endpoint(&self) -> Result<String> {
+        let c = &self.inner.config;
+        if let Some(u) = &c.image_endpoint_override {
+            return Ok(u.clone());
+        }
+        if c.auth_type == AuthType::None {
+            return c.auth.endpoint.clone().ok_or_else(|| Error::Config("no image endpoint".into()));
+        }
+        self.endpoint_for("image", c.region_name.as_deref(), &c.interface)
+    }
+
+    /// Whole catalog (for diagnostics; holds no secrets).
+    pub fn catalog(&self) -> Vec<Endpoint> {
+        self.inner.state.lock().unwrap().as_ref().map(|s| s.catalog.clone()).unwrap_or_default()
+    }
+
+    fn auth_body(&self) -> Value {
+        let c = &self.inner.config;
+        let a = &c.auth;
+        let domain = |name: &Option<String>, id: &Option<String>| -> Option<Value> {
+            if let Some(id) = id.as_ref().or(a.domain_id.as_ref()) {
+                Some(json!({ "id": id }))
+            } else {
+                name.as_ref().or(a.domain_name.as_ref()).map(|n| json!({ "name": n }))
+            }
+        };
+        let user = || {
+            let mut u = serde_json::Map::new();
+            if let Some(id) = &a.user_id {
+                u.insert("id".into(), json!(id));
+            } else if let Some(n) = &a.username {
+                u.insert("name".into(), json!(n));
+                u.insert("domain".into(), domain(&a.user_domain_name, &a.user_domain_id).unwrap_or(json!({"id": "default"})));
+            }
+            u
+        };
+        let scope = || -> Option<Value> {
+            if let Some(id) = &a.project_id {
+                Some(json!({ "project": { "id": id } }))
+            } else if let Some(n) = &a.project_name {
+                let d = domain(&a.project_domain_name, &a.project_domain_id).unwrap_or(json!({"id": "default"}));
+                Some(json!({ "project": { "name": n, "domain": d } }))
+            } else if a.domain_id.is_some() || a.domain_name.is_some() {
+                domain(&None, &None).map(|d| json!({ "domain": d }))
+            } else {
+                None
+            }
+        };
+        let (identity, scope) = match c.auth_type {
+            AuthType::Password => {
+                let mut u = user();
+                u.insert("password".into(), json!(a.password.as_ref().map(|p| p.expose()).unwrap_or("")));
+                (json!({ "methods": ["password"], "password": { "user": u } }), scope())
+            }
+            AuthType::ApplicationCredential => {
+                let mut ac = serde_json::Map::new();
+                if let Some(id) = &a.application_credential_id {
+                    ac.insert("id".into(), json!(id));
+                } else {
+                    ac.insert("name".into(), json!(a.application_credential_name));
+                    ac.insert("user".into(), Value::Object(user()));
+                }
+                ac.insert("secret".into(), json!(a.application_credential_secret.as_ref().map(|s| s.expose()).unwrap_or("")));
+                // an application credential is always scoped to its own project
+                (json!({ "methods": ["application_credential"], "application_credential": ac }), None)
+            }
+            AuthType::Token => {
+                (json!({ "methods": ["token"], "token": { "id": a.token.as_ref().map(|t| t.expose()).unwrap_or("") } }), scope())
+            }
+            AuthType::None => unreachable!(),
+        };
+        let mut auth = json!({ "identity": identity });
+        if let Some(s) = scope {
+            auth["scope"] = s;
+        }
+        json!({ "auth": auth })
+    }
+
+    fn authenticate(&self, only_if_generation: Option<u64>) -> Result<()> {
+        let mut st = self.inner.state.lock().unwrap();
+        if let (Some(g), Some(s)) = (only_if_generation, st.as_ref()) {
+            if s.generation != g {
+                return Ok(()); // someone renewed already
+            }
+        }
+        let url = format!("{}/auth/tokens", self.inner.auth_url);
+        let body = self.auth_body();
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            match self.inner.http.post(&url).timeout(Duration::from_secs(60)).json(&body).send() {
+                Ok(r) if r.status().is_server_error() && attempt < 3 => {
+                    eprintln!("imgarc: keystone: POST {url}: HTTP {}; retrying ({attempt}/2)", r.status().as_u16());
+                    std::thread::sleep(Duration::from_millis(500 * attempt));
+                }
+                Ok(r) => break r,
+                Err(e) if (e.is_connect() || e.is_timeout()) && attempt < 3 => {
+                    eprintln!("imgarc: keystone: POST {url}: {}; retrying ({attempt}/2)", describe_reqwest(&e));
+                    std::thread::sleep(Duration::from_millis(500 * attempt));
+                }
+                Err(e) => return Err(Error::Transport { method: "POST".into(), url, message: describe_reqwest(&e) }),
+            }
+        };
+        let status = resp.status();
+        let token = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            let mut message = short_body(&text);
+            for s in self.inner.config.secrets() {
+                message = message.replace(s.expose(), "***");
+            }
+            if status.as_u16() == 401 {
+                message = format!(
+                    "{message} (check the {} credentials of {})",
+                    match self.inner.config.auth_type {
+                        AuthType::Password => "user/password/project/domain",
+                        AuthType::ApplicationCredential => "application credential",
+                        _ => "token",
+                    },
+                    self.inner.config.name.as_deref().unwrap_or("the OS_* environment")
+                );
+            }
+            return Err(Error::Auth { url, status: status.as_u16(), message });
+        }
+        let Some(token) = token else {
+            return Err(Error::Auth { url, status: status.as_u16(), message: "no X-Subject-Token in the answer".into() });
+        };
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Auth {
+            url: url.clone(),
+            status: status.as_u16(),
+            message: format!("bad token JSON: {e}"),
+        })?;
+        let t = &v["token"];
+        let expires_at = t["expires_at"].as_str().and_then(parse_rfc3339);
+        let catalog = parse_catalog(&t["catalog"]);
+        let generation = st.as_ref().map(|s| s.generation + 1).unwrap_or(1);
+        *st = Some(TokenState {
+            token: Secret::new(token),
+            expires_at,
+            catalog,
+            project_id: t["project"]["id"].as_str().map(str::to_string),
+            user_id: t["user"]["id"].as_str().map(str::to_string),
+            generation,
+        });
+        Ok(())
+    }
+}
+
+/// `http://host:5000` / `.../v3/` → `http://host:5000/v3`.
+pub fn normalize_auth_url(u: &str) -> String {
+    let u = u.trim_end_matches('/');
+    if u.ends_with("/v3") {
+        u.to_string()
+    } else if let Some(base) = u.strip_suffix("/v2.0") {
+        format!("{base}/v3")
+    } else {
+        format!("{u}/v3")
+    }
+}
+
+/// Parse a Keystone v3 `catalog` array.
+pub fn parse_catalog(v: &Value) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for svc in v.as_array().into_iter().flatten() {
+        let st = svc["type"].as_str().unwrap_or_default().to_string();
+        let name = svc["name"].as_str().map(str::to_string);
+        for ep in svc["endpoints"].as_array().into_iter().flatten() {
+            out.push(Endpoint {
+                service_type: st.clone(),
+                service_name: name.clone(),
+                interface: ep["interface"].as_str().unwrap_or_default().to_string(),
+                region: ep["region_id"].as_str().or(ep["region"].as_str()).map(str::to_string),
+                url: ep["url"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// Pick an endpoint; a region of `None` accepts any region (first wins).
+pub fn find_endpoint(catalog: &[Endpoint], service_type: &str, region: Option<&str>, interface: &str) -> Result<String> {
+    let interface = super::config::normalize_interface(Some(interface))?;
+    catalog
+        .iter()
+        .find(|e| e.service_type == service_type && e.interface == interface && region.is_none_or(|r| e.region.as_deref() == Some(r)))
+        .map(|e| e.url.clone())
+        .ok_or_else(|| Error::NoEndpoint {
+            service_type: service_type.into(),
+            region: region.map(str::to_string),
+            interface,
+            available: {
+                let v: Vec<String> = catalog
+                    .iter()
+                    .filter(|e| e.service_type == service_type)
+                    .map(|e| format!("{}/{}", e.region.as_deref().unwrap_or("-"), e.interface))
+                    .collect();
+                if v.is_empty() {
+                    "none".into()
+                } else {
+                    v.join(", ")
+                }
+            },
+        })
+}
+
+/// Parse `2026-11-27T13:45:00.000000Z` (or `+00:00` offsets) to a time.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (date, rest) = s.split_once(['T', ' '])?;
+    let mut d = date.split('-');
+    let (y, mo, da): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (time, offset_secs) = if let Some(t) = rest.strip_suffix('Z') {
+        (t, 0i64)
+    } else if let Some(i) = rest.rfind(['+', '-']).filter(|&i| i >= 6) {
+        let (t, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':').unwrap_or((&off[1..3], &off[3..]));
+        (t, sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().unwrap_or(0) * 60))
+    } else {
+        (rest, 0)
+    };
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let sec: f64 = t.next().unwrap_or("0").parse().ok()?;
+    // days from civil (Howard Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h * 3600 + mi * 60 - offset_secs;
+    if secs < 0 {
+        return None;
+    }
+    Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        let t = parse_rfc3339("2026-11-27T13:45:00.500000Z").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_millis(), 1_795_787_100_500);
+        let t2 = parse_rfc3339("2026-11-27T14:45:00+01:00").unwrap();
+        assert_eq!(t2.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_795_787_100);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        assert!(parse_rfc3339("garbage").is_none());
+    }
+
+    #[test]
+    fn cacert_errors_are_clear() {
+        let e = http_client(&HttpOptions { cacert: Some("/nonexistent/ca.pem".into()), insecure: false }).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("empty.pem");
+        std::fs::write(&p, "not a certificate\n").unwrap();
+        let e = http_client(&HttpOptions { cacert: Some(p.clone()), insecure: false }).unwrap_err();
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        http_client(&HttpOptions { cacert: None, insecure: true }).unwrap();
+    }
+
+    #[test]
+    fn auth_url_normalized() {
+        assert_eq!(normalize_auth_url("http://k:5000"), "http://k:5000/v3");
+        assert_eq!(normalize_auth_url("http://k:5000/v3/"), "http://k:5000/v3");
+        assert_eq!(normalize_auth_url("http://k/identity/v2.0"), "http://k/identity/v3");
+    }
+
+    #[test]
+    fn catalog_lookup() {
+        let cat = parse_catalog(&json!([
+            {"type":"image","name":"glance","endpoints":[
+                {"interface":"public","region_id":"R1","url":"http://pub1"},
+                {"interface":"internal","region_id":"R1","url":"http://int1"},
+                {"interface":"public","region_id":"R2","url":"http://pub2"}]},
+            {"type":"identity","endpoints":[{"interface":"public","region_id":"R1","url":"http://ks"}]}
+        ]));
+        assert_eq!(find_endpoint(&cat, "image", Some("R2"), "public").unwrap(), "http://pub2");
+        assert_eq!(find_endpoint(&cat, "image", Some("R1"), "internalURL").unwrap(), "http://int1");
+        assert_eq!(find_endpoint(&cat, "image", None, "public").unwrap(), "http://pub1");
+        let e = find_endpoint(&cat, "image", Some("R3"), "public").unwrap_err().to_string();
+        assert!(e.contains("R1/public") && e.contains("R3"), "{e}");
+        assert!(find_endpoint(&cat, "object-store", None, "public").is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! Digests of a byte stream computed on their own threads while it flows
+//! (md5 for Glance's `checksum`, sha256/384/512 for `os_hash_algo`), and
+//! verification against an image record: a mismatch or a short stream
+//! turns the final `read` into an error, so a pipeline that reads to EOF
+//! fails before it stores anything.
+//!
+//! ```no_run
+//! # use imgarc::openstack::{glance::GlanceClient, verify::HashingReader};
+//! # let g = GlanceClient::standalone("http://127.0.0.1:9292", None)?;
+//! let rec = g.image("cirros")?;
+//! let mut r = HashingReader::verifying(g.download(&rec)?, &rec);
+//! let digests = r.handle();
+//! std::io::copy(&mut r, &mut std::io::sink())?;   // Err on mismatch
+//! let d = digests.get().unwrap();                    // md5, os_hash, bytes, verified
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use super::glance::ImageRecord;
+use super::Error;
+use crossbeam_channel::{bounded, Sender};
+use sha2::Digest;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// A digest algorithm Glance uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Md5,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Algo {
+    /// From an `os_hash_algo` value.
+    pub fn parse(s: &str) -> Option<Algo> {
+        match s.to_ascii_lowercase().as_str() {
+            "md5" => Some(Algo::Md5),
+            "sha256" => Some(Algo::Sha256),
+            "sha384" => Some(Algo::Sha384),
+            "sha512" => Some(Algo::Sha512),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Md5 => "md5",
+            Algo::Sha256 => "sha256",
+            Algo::Sha384 => "sha384",
+            Algo::Sha512 => "sha512",
+        }
+    }
+}
+
+/// What was computed, and how it compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub bytes: u64,
+    /// (algorithm, lowercase hex) for every algorithm computed.
+    pub values: Vec<(Algo, String)>,
+    /// True when at least one expected digest was given and all matched.
+    pub verified: bool,
+}
+
+impl Digests {
+    pub fn get(&self, a: Algo) -> Option<&str> {
+        self.values.iter().find(|(x, _)| *x == a).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Shared view of the result, usable after the reader was moved away
+/// (e.g. into `GlanceClient::upload`).
+#[derive(Debug, Clone, Default)]
+pub struct DigestHandle(Arc<Mutex<Option<Digests>>>);
+
+impl DigestHandle {
+    /// The digests once the stream reached EOF (and verified, if asked).
+    pub fn get(&self) -> Option<Digests> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+type Chunk = Arc<Vec<u8>>;
+
+/// Pass-through reader that hashes on one thread per algorithm.
+pub struct HashingReader<R> {
+    inner: R,
+    workers: Vec<(Algo, Sender<Chunk>, JoinHandle<String>)>,
+    expected: Vec<(Algo, String)>,
+    expected_size: Option<u64>,
+    what: String,
+    bytes: u64,
+    handle: DigestHandle,
+    finished: bool,
+}
+
+fn spawn(algo: Algo) -> (Sender<Chunk>, JoinHandle<String>) {
+    let (tx, rx) = bounded::<Chunk>(16);
+    let h = std::thread::Builder::new()
+        .name(format!("imgarc-{}", algo.name()))
+        .spawn(move || match algo {
+            Algo::Md5 => {
+                let mut h = md5::Md5::new();
+                rx.iter().for_each(|c| h.update(&*c));
+                hex::encode(h.finalize())
+            }
+            Algo::Sha256 => {
+                let mut h = sha2::Sha256::new();
+                rx.iter().for_each(|c| h.update(&*c));
+                hex::encode(h.finalize())
+            }
+            Algo::Sha384 => {
+                let mut h = sha2::Sha384::new();
+                rx.iter().for_each(|c| h.update(&*c));
+                hex::encode(h.finalize())
+            }
+            Algo::Sha512 => {
+                let mut h = sha2::Sha512::new();
+                rx.iter().for_each(|c| h.update(&*c));
+                hex::encode(h.finalize())
+            }
+        })
+        .expect("spawn hasher thread");
+    (tx, h)
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Compute `algos`, verify nothing.
+    pub fn new(inner: R, algos: &[Algo]) -> Self {
+        let mut v: Vec<Algo> = algos.to_vec();
+        v.dedup();
+        HashingReader {
+            inner,
+            workers: v
+                .into_iter()
+                .map(|a| {
+                    let (t, h) = spawn(a);
+                    (a, t, h)
+                })
+                .collect(),
+            expected: Vec::new(),
+            expected_size: None,
+            what: "stream".into(),
+            bytes: 0,
+            handle: DigestHandle::default(),
+            finished: false,
+        }
+    }
+
+    /// Compute and check what the record offers: `checksum` (md5),
+    /// `os_hash_algo`/`os_hash_value`, and `size`. With neither digest,
+    /// computes md5 + sha512 and reports `verified: false`.
+    pub fn verifying(inner: R, rec: &ImageRecord) -> Self {
+        let mut expected = Vec::new();
+        if let Some(c) = rec.checksum.as_deref().filter(|c| !c.is_empty()) {
+            expected.push((Algo::Md5, c.to_ascii_lowercase()));
+        }
+        if let (Some(a), Some(v)) = (rec.os_hash_algo.as_deref().and_then(Algo::parse), rec.os_hash_value.as_deref()) {
+            if !expected.iter().any(|(x, _)| *x == a) {
+                expected.push((a, v.to_ascii_lowercase()));
+            }
+        }
+        let mut algos: Vec<Algo> = expected.iter().map(|(a, _)| *a).collect();
+        if algos.is_empty() {
+            algos = vec![Algo::Md5, Algo::Sha512];
+        }
+        let mut r = Self::new(inner, &algos);
+        r.expected = expected;
+        r.expected_size = rec.size;
+        r.what = format!("image {}", rec.id);
+        r
+    }
+
+    pub fn handle(&self) -> DigestHandle {
+        self.handle.clone()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.finished = true;
+        let mut values = Vec::new();
+        for (a, tx, h) in self.workers.drain(..) {
+            drop(tx);
+            values.push((a, h.join().map_err(|_| io::Error::other("hasher thread panicked"))?));
+        }
+        let mut problems = Vec::new();
+        if let Some(s) = self.expected_size {
+            if s != self.bytes {
+                problems.push(format!("size: expected {s} bytes, got {}", self.bytes));
+            }
+        }
+        for (a, want) in &self.expected {
+            let got = values.iter().find(|(x, _)| x == a).map(|(_, v)| v.as_str()).unwrap_or("");
+            if got != want {
+                problems.push(format!("{}: expected {want}, computed {got}", a.name()));
+            }
+        }
+        let verified = !self.expected.is_empty() && problems.is_empty();
+        *self.handle.0.lock().unwrap() = Some(Digests { bytes: self.bytes, values, verified });
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(Error::Download {
+                id: self.what.trim_start_matches("image ").to_string(),
+                message: format!("data does not match the image record: {}", problems.join("; ")),
+            }))
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.finish()?;
+            return Ok(0);
+        }
+        self.bytes += n as u64;
+        if !self.workers.is_empty() {
+            let chunk: Chunk = Arc::new(buf[..n].to_vec());
+            for (_, tx, _) in &self.workers {
+                let _ = tx.send(chunk.clone());
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(data: &[u8]) -> ImageRecord {
+        ImageRecord::from_json(json!({
+            "id": "i1", "status": "active", "size": data.len(),
+            "checksum": hex::encode(md5::Md5::digest(data)),
+            "os_hash_algo": "sha512", "os_hash_value": hex::encode(sha2::Sha512::digest(data)),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_and_detects_tampering() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let r = rec(&data);
+        let mut h = HashingReader::verifying(&data[..], &r);
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        let d = d.get().unwrap();
+        assert!(d.verified);
+        assert_eq!(d.bytes, data.len() as u64);
+        assert_eq!(d.get(Algo::Sha512), r.os_hash_value.as_deref());
+
+        let mut bad = data.clone();
+        bad[1234] ^= 1;
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], &r), &mut io::sink()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("md5: expected") && s.contains("sha512: expected"), "{s}");
+
+        let e = io::copy(&mut HashingReader::verifying(&data[..1000], &r), &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("size: expected 300000 bytes, got 1000"), "{e}");
+    }
+
+    #[test]
+    fn unverifiable_record_computes_only() {
+        let r = ImageRecord::from_json(json!({"id": "old", "status": "active"})).unwrap();
+        let mut h = HashingReader::verifying(&b"abc"[..], &r);
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        let d = d.get().unwrap();
+        assert!(!d.verified);
+        assert_eq!(d.get(Algo::Md5), Some("900150983cd24fb0d6963f7d28e17f72"));
+        assert!(d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    #[test]
+    #[ignore = "micro benchmark"]
+    fn hashing_speed() {
+        let data = vec![7u8; 128 << 20];
+        for chunk in [16 << 10, 1 << 20] {
+            let t = std::time::Instant::now();
+            let mut r = HashingReader::new(&data[..], &[Algo::Md5, Algo::Sha512]);
+            let mut buf = vec![0u8; chunk];
+            while r.read(&mut buf).unwrap() > 0 {}
+            println!("chunk {chunk}: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
+        let t = std::time::Instant::now();
+        let _ = sha2::Sha512::digest(&data);
+        println!("sha512 direct: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let t = std::time::Instant::now();
+        let _ = md5::Md5::digest(&data);
+        println!("md5 direct: {:.0} MB/s", data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+}
