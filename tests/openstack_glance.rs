@@ -221,3 +221,58 @@ fn tampered_store_file_is_detected() {
     let s = e.to_string();
     assert!(s.contains("does not match the image record") && s.contains("sha512: expected") && s.contains(&rec.id), "{s}");
 }
+
+#[test]
+fn restore_image_flow() {
+    use imgarc::openstack::glance::{restore_image, RestoreOptions};
+    let _serial = serial();
+    let g = noauth();
+    let data = bytes(1_500_000, 41);
+    let (src, _c) = upload_image(&g, &unique("arch"), &data, json!({"hw_disk_bus": "virtio", "instance_uuid": "i-9", "tags": ["nightly"]}));
+    // pretend the archived record was protected
+    let mut raw = src.raw.clone();
+    raw["protected"] = json!(true);
+    let archived = ImageRecord::from_json(raw).unwrap();
+
+    // success: new image active, verified, protected again, metadata carried over
+    let mut opts = RestoreOptions { size: Some(data.len() as u64), ..Default::default() };
+    opts.overrides.insert("name".into(), json!(unique("restored")));
+    let out = restore_image(&g, &archived, std::io::Cursor::new(data.clone()), &opts).unwrap();
+    let new = &out.record;
+    assert_ne!(new.id, src.id);
+    assert_eq!(new.status, "active");
+    assert!(new.protected);
+    assert_eq!(new.os_hash_value, src.os_hash_value);
+    assert_eq!(out.verified_with, "os_hash_value (sha512)");
+    assert_eq!(new.properties["hw_disk_bus"], "virtio");
+    assert!(!new.properties.contains_key("instance_uuid"));
+    assert_eq!(new.tags, vec!["nightly"]);
+    g.update(&new.id, &[json!({"op": "replace", "path": "/protected", "value": false})]).unwrap();
+    g.delete(&new.id).unwrap();
+
+    // glance-direct, chunked (no size)
+    let opts = RestoreOptions { method: UploadMethod::GlanceDirect, ..Default::default() };
+    let out = restore_image(&g, &src, std::io::Cursor::new(data.clone()), &opts).unwrap();
+    assert_eq!(out.record.os_hash_value, src.os_hash_value);
+    g.delete(&out.record.id).unwrap();
+
+    // wrong bytes from the repository: fails and deletes the half-created image
+    let mut bad = data.clone();
+    bad[10] ^= 1;
+    let e = restore_image(&g, &src, std::io::Cursor::new(bad.clone()), &RestoreOptions::default()).unwrap_err();
+    let Error::Restore { id: Some(id), message } = &e else { panic!("{e:?}") };
+    assert!(message.contains("the archived image had") && message.contains("deleted the half-created image"), "{message}");
+    assert!(matches!(g.get(id), Err(Error::NotFound(_))), "image {id} should be gone");
+
+    // Glance rejects the upload (qcow2 declared, raw bytes): deleted; with keep_failed: kept
+    let mut opts = RestoreOptions::default();
+    opts.overrides.insert("disk_format".into(), json!("qcow2"));
+    let e = restore_image(&g, &src, std::io::Cursor::new(data.clone()), &opts).unwrap_err();
+    assert!(e.to_string().contains("415") && e.to_string().contains("deleted the half-created image"), "{e}");
+    opts.keep_failed = true;
+    let e = restore_image(&g, &src, std::io::Cursor::new(data.clone()), &opts).unwrap_err();
+    let Error::Restore { id: Some(id), message } = &e else { panic!("{e:?}") };
+    assert!(message.contains("kept the failed image"), "{message}");
+    let _k = Cleanup(g.clone(), id.clone());
+    assert!(g.get(id).is_ok());
+}

@@ -856,6 +856,134 @@ fn io_reason(e: &io::Error) -> String {
     s
 }
 
+/// Options of [`restore_image`].
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Applied over the archived metadata (`--name`, `--visibility`, `--property K=V`; `null` removes).
+    pub overrides: Map<String, Value>,
+    pub method: UploadMethod,
+    /// Exact size of the data if known (sent as Content-Length; else chunked).
+    pub size: Option<u64>,
+    /// How long to wait for `active` after the upload / import.
+    pub timeout: Duration,
+    /// Keep the image on failure instead of deleting it (`--keep-failed`).
+    pub keep_failed: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            overrides: Map::new(),
+            method: UploadMethod::Put,
+            size: None,
+            timeout: Duration::from_secs(1800),
+            keep_failed: false,
+        }
+    }
+}
+
+/// Result of [`restore_image`].
+#[derive(Debug, Clone)]
+pub struct RestoreOutcome {
+    /// The new image, `active` (and `protected` again if the archive was).
+    pub record: ImageRecord,
+    /// Digests of the bytes uploaded (md5 + sha512).
+    pub uploaded: crate::openstack::verify::Digests,
+    /// What the new image was verified with, e.g. "os_hash_value (sha512)".
+    pub verified_with: String,
+}
+
+/// The whole `restore --to-glance` flow for one image: create it with
+/// [`restore_metadata`], stream `data` (PUT or stage + glance-direct import)
+/// while computing md5 + sha512 on their own threads, wait for `active`,
+/// check that the new image's `os_hash_value` (sha512; else `checksum`)
+/// and `size` equal those of the bytes uploaded, then re-apply
+/// `protected`. On any failure the half-created image is deleted (unless
+/// `keep_failed`), and the error says so.
+pub fn restore_image(
+    glance: &GlanceClient,
+    archived: &ImageRecord,
+    data: impl Read + Send + 'static,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome> {
+    use crate::openstack::verify::{Algo, HashingReader};
+    let mut meta = restore_metadata(archived, &opts.overrides);
+    // created unprotected so that a failure can delete it; protected is applied at the end
+    let protect = match meta.remove("protected") {
+        Some(Value::Bool(b)) => b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => archived.protected,
+    };
+    let created = glance.create(&meta).map_err(|e| Error::Restore { id: None, message: format!("creating the image failed: {e}") })?;
+    let id = created.id.clone();
+    let fail = |what: String| -> Error {
+        let fate = if opts.keep_failed {
+            format!("kept the failed image {id} (keep-failed)")
+        } else {
+            match glance.delete(&id) {
+                Ok(()) => format!("deleted the half-created image {id}"),
+                Err(e) => format!("could not delete the half-created image {id}: {e}"),
+            }
+        };
+        Error::Restore { id: Some(id.clone()), message: format!("{what}; {fate}") }
+    };
+    let mut reader = HashingReader::new(data, &[Algo::Md5, Algo::Sha512]);
+    if let Some(n) = opts.size {
+        reader = reader.with_size(n);
+    }
+    let digests = reader.handle();
+    if let Err(e) = glance.upload_with(&id, reader, opts.size, opts.method) {
+        return Err(fail(format!("uploading the data of image {id} failed: {e}")));
+    }
+    let Some(up) = digests.get() else {
+        return Err(fail("the upload ended before the data did".into()));
+    };
+    // the repository must have given back the archived bytes
+    if let (Some(a), Some(v)) = (archived.os_hash_algo.as_deref().and_then(Algo::parse), archived.os_hash_value.as_deref()) {
+        if let Some(got) = up.get(a).filter(|got| !got.eq_ignore_ascii_case(v)) {
+            return Err(fail(format!("the data uploaded has {} {got}, the archived image had {v}", a.name())));
+        }
+    }
+    let rec = match glance.wait_active(&id, opts.timeout) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    if rec.size.is_some_and(|s| s != up.bytes) {
+        return Err(fail(format!("Glance stored {} bytes, imgarc uploaded {}", rec.size.unwrap_or(0), up.bytes)));
+    }
+    let verified_with = match (rec.os_hash_algo.as_deref().and_then(Algo::parse), rec.os_hash_value.as_deref()) {
+        (Some(a), Some(v)) if up.get(a).is_some() => {
+            if up.get(a) != Some(v) {
+                return Err(fail(format!(
+                    "the new image's os_hash_value ({}) {v} differs from the uploaded data's {}",
+                    a.name(),
+                    up.get(a).unwrap_or("")
+                )));
+            }
+            format!("os_hash_value ({})", a.name())
+        }
+        _ => match rec.checksum.as_deref() {
+            Some(c) if Some(c) == up.get(Algo::Md5) => "checksum (md5; the target's os_hash_algo was not computed)".to_string(),
+            Some(c) => {
+                return Err(fail(format!(
+                    "the new image's checksum {c} differs from the uploaded data's {}",
+                    up.get(Algo::Md5).unwrap_or("")
+                )))
+            }
+            None => return Err(fail("the new image has neither os_hash_value nor checksum to verify".into())),
+        },
+    };
+    let record = if protect {
+        match glance.update(&id, &[json!({"op": "replace", "path": "/protected", "value": true})]) {
+            Ok(r) => r,
+            Err(e) => return Err(fail(format!("setting protected=true failed: {e}"))),
+        }
+    } else {
+        rec
+    };
+    Ok(RestoreOutcome { record, uploaded: up, verified_with })
+}
+
 /// Top-level fields Glance owns or forbids on create (dropped on restore).
 pub const GLANCE_OWNED: &[&str] = &[
     "id",

@@ -107,6 +107,9 @@ pub enum Error {
     /// `wait_active` ran out of time or the image went to a failed state.
     #[error("image {id}: {message}")]
     Wait { id: String, message: String },
+    /// `glance::restore_image` failed; `message` says what happened to the half-created image.
+    #[error("restore into Glance: {message}")]
+    Restore { id: Option<String>, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

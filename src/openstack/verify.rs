@@ -93,6 +93,7 @@ pub struct HashingReader<R> {
     bytes: u64,
     handle: DigestHandle,
     finished: bool,
+    finish_at_size: bool,
 }
 
 fn spawn(algo: Algo) -> (Sender<Chunk>, JoinHandle<String>) {
@@ -145,6 +146,7 @@ impl<R: Read> HashingReader<R> {
             bytes: 0,
             handle: DigestHandle::default(),
             finished: false,
+            finish_at_size: false,
         }
     }
 
@@ -174,6 +176,16 @@ impl<R: Read> HashingReader<R> {
 
     pub fn handle(&self) -> DigestHandle {
         self.handle.clone()
+    }
+
+    /// The stream is exactly `n` bytes: finish (and publish the digests)
+    /// as soon as `n` bytes went through, without waiting for an EOF read.
+    /// Needed when the consumer stops at a known length, as an HTTP upload
+    /// with `Content-Length` does.
+    pub fn with_size(mut self, n: u64) -> Self {
+        self.expected_size = Some(n);
+        self.finish_at_size = true;
+        self
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -225,7 +237,30 @@ impl<R: Read> Read for HashingReader<R> {
                 let _ = tx.send(chunk.clone());
             }
         }
+        if self.finish_at_size && self.expected_size.is_some_and(|s| self.bytes >= s) {
+            self.finish()?;
+        }
         Ok(n)
+    }
+}
+
+impl<R> Drop for HashingReader<R> {
+    /// A reader dropped before EOF still publishes what it hashed (not verified).
+    fn drop(&mut self) {
+        if self.finished || self.workers.is_empty() {
+            return;
+        }
+        let mut values = Vec::new();
+        for (a, tx, h) in self.workers.drain(..) {
+            drop(tx);
+            if let Ok(v) = h.join() {
+                values.push((a, v));
+            }
+        }
+        let mut slot = self.handle.0.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(Digests { bytes: self.bytes, values, verified: false });
+        }
     }
 }
 
@@ -263,6 +298,27 @@ mod tests {
 
         let e = io::copy(&mut HashingReader::verifying(&data[..1000], &r), &mut io::sink()).unwrap_err();
         assert!(e.to_string().contains("size: expected 300000 bytes, got 1000"), "{e}");
+    }
+
+    #[test]
+    fn with_size_finishes_without_eof_and_drop_publishes() {
+        let data = vec![5u8; 100_000];
+        let mut r = HashingReader::new(&data[..], &[Algo::Md5]).with_size(100_000);
+        let h = r.handle();
+        let mut buf = vec![0u8; 60_000];
+        r.read_exact(&mut buf).unwrap();
+        assert!(h.get().is_none());
+        r.read_exact(&mut buf[..40_000]).unwrap();
+        assert_eq!(h.get().unwrap().bytes, 100_000);
+        assert_eq!(h.get().unwrap().get(Algo::Md5), Some(hex::encode(md5::Md5::digest(&data)).as_str()));
+        // dropped half-way: digests of what went through, not verified
+        let mut r = HashingReader::new(&data[..], &[Algo::Sha256]);
+        let h = r.handle();
+        r.read_exact(&mut buf[..1000]).unwrap();
+        drop(r);
+        let d = h.get().unwrap();
+        assert_eq!((d.bytes, d.verified), (1000, false));
+        assert_eq!(d.get(Algo::Sha256), Some(hex::encode(sha2::Sha256::digest(&data[..1000])).as_str()));
     }
 
     #[test]
