@@ -26,6 +26,18 @@ pub struct GlobalArgs {
     /// No progress and no prose on success
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Cloud in clouds.yaml holding the images (else the OS_* variables)
+    #[arg(long, global = true, env = "OS_CLOUD")]
+    pub os_cloud: Option<String>,
+    /// A Glance endpoint to use directly (standalone or noauth Glance; token from OS_TOKEN)
+    #[arg(long, global = true, env = "IMGARC_GLANCE_URL")]
+    pub glance_url: Option<String>,
+    /// Cap the download rate from Glance, e.g. 50M (bytes per second)
+    #[arg(long, global = true)]
+    pub limit_download: Option<String>,
+    /// Cap the upload rate to Glance, e.g. 20M (bytes per second)
+    #[arg(long, global = true)]
+    pub limit_upload: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +60,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Remove stale locks (or all locks with --all)
     Unlock(UnlockArgs),
+    /// Glance images of a cloud and whether they are archived
+    Glance(GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
     Demo(DemoArgs),
 }
@@ -64,7 +78,7 @@ pub struct InitArgs {
 
 #[derive(Args, Debug)]
 pub struct ArchiveArgs {
-    /// Image file path, or - for standard input
+    /// Image file path, - for standard input, or glance:IMAGE (id or unique name)
     pub source: String,
     /// Snapshot name (default: the file name)
     #[arg(long)]
@@ -104,14 +118,47 @@ pub struct RestoreArgs {
     /// Snapshot id or unique prefix (8+ hex digits)
     pub snapshot: String,
     /// Output file, or - for standard output
-    #[arg(short, long)]
-    pub output: String,
+    #[arg(short, long, required_unless_present = "to_glance")]
+    pub output: Option<String>,
     /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
     #[arg(long, value_parser = ["raw", "qcow2"])]
     pub disk_format: Option<String>,
     /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
     #[arg(long, requires = "disk_format")]
     pub compress: bool,
+    /// Upload into Glance instead of writing a file (with the archived image metadata)
+    #[arg(long, conflicts_with = "output")]
+    pub to_glance: bool,
+    /// Cloud in clouds.yaml to restore into (default: the source credentials)
+    #[arg(long, requires = "to_glance")]
+    pub to_cloud: Option<String>,
+    /// Name of the new Glance image (default: the archived name)
+    #[arg(long, requires = "to_glance")]
+    pub name: Option<String>,
+    /// Visibility of the new Glance image (private, shared, community, public)
+    #[arg(long, requires = "to_glance")]
+    pub visibility: Option<String>,
+    /// Set an image property on the new Glance image (repeatable)
+    #[arg(long = "property", value_name = "K=V", requires = "to_glance")]
+    pub properties: Vec<String>,
+    /// Upload with a PUT of the data, or stage + glance-direct import
+    #[arg(long, default_value = "put", value_parser = ["put", "glance-direct"], requires = "to_glance")]
+    pub method: String,
+    /// Keep a half-created Glance image when the restore fails (default: delete it)
+    #[arg(long, requires = "to_glance")]
+    pub keep_failed: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GlanceArgs {
+    #[command(subcommand)]
+    pub action: GlanceAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GlanceAction {
+    /// List the cloud's images with size, format, status and their latest archive
+    List,
 }
 
 #[derive(Args, Debug)]

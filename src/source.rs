@@ -1,34 +1,90 @@
-//! Sources of image bytes: a local file or standard input (Glance arrives in
-//! its own module). A source is read once, sequentially.
+//! Sources of image bytes: a local file, standard input, or a Glance image
+//! (`glance:IMAGE`). A source is read once, sequentially; it says what it
+//! vouches for (size, digests, declared format) so the archive can check it.
 
+use crate::openstack::glance::{GlanceClient, ImageRecord};
+use crate::openstack::ratelimit::{RateLimitedReader, RateLimiter};
 use crate::repository::snapshot::Source;
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::io::Read;
+
+pub use crate::util::read_full;
 
 pub struct OpenedSource {
     pub reader: Box<dyn Read + Send>,
     /// Length in bytes, when known before reading.
     pub size: Option<u64>,
     pub source: Source,
-    /// A default snapshot name (file name without directories).
+    /// A default snapshot name (file name without directories, or the image name).
     pub default_name: String,
+    /// Digests the source vouches for (algorithm → hex): checked, and a mismatch stores nothing.
+    pub expected_digests: BTreeMap<String, String>,
+    /// The format the source declares (Glance `disk_format`).
+    pub declared_format: Option<String>,
+    /// Source metadata kept with the snapshot (the Glance image record).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 pub fn open(spec: &str) -> Result<OpenedSource> {
+    let plain = |reader: Box<dyn Read + Send>, size, source, default_name: String| OpenedSource {
+        reader,
+        size,
+        source,
+        default_name,
+        expected_digests: BTreeMap::new(),
+        declared_format: None,
+        metadata: Default::default(),
+    };
     if spec == "-" {
-        return Ok(OpenedSource { reader: Box::new(std::io::stdin()), size: None, source: Source::Stdin, default_name: "stdin".into() });
+        return Ok(plain(Box::new(std::io::stdin()), None, Source::Stdin, "stdin".into()));
     }
     let path = std::path::Path::new(spec);
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {spec}"))?;
     let meta = file.metadata().with_context(|| format!("cannot stat {spec}"))?;
     anyhow::ensure!(!meta.is_dir(), "{spec} is a directory, not an image file");
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    Ok(OpenedSource {
-        reader: Box::new(file),
-        size: meta.is_file().then(|| meta.len()),
-        source: Source::File { path: abs.display().to_string() },
-        default_name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string()),
-    })
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
+    Ok(plain(Box::new(file), meta.is_file().then(|| meta.len()), Source::File { path: abs.display().to_string() }, name))
 }
 
-pub use crate::util::read_full;
+/// The digests a Glance record vouches for, in imgarc's algorithm names.
+pub fn glance_digests(rec: &ImageRecord) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(md5) = rec.checksum.as_deref().filter(|s| !s.is_empty()) {
+        out.insert("md5".to_string(), md5.to_ascii_lowercase());
+    }
+    if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref()) {
+        let algo = algo.to_ascii_lowercase();
+        if crate::digest::SUPPORTED.contains(&algo.as_str()) && !value.is_empty() {
+            out.insert(algo, value.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Opens `GET /v2/images/{id}/file` of an active image as a stream.
+pub fn open_glance(glance: &GlanceClient, image: &str, cloud: Option<&str>, limit: Option<RateLimiter>) -> Result<OpenedSource> {
+    let rec = glance.image(image)?;
+    if let Some(why) = rec.not_downloadable_reason() {
+        anyhow::bail!("Glance image {} ({}) cannot be archived: {why}", rec.id, rec.name.as_deref().unwrap_or("unnamed"));
+    }
+    let download = glance.download(&rec)?;
+    let reader: Box<dyn Read + Send> = match limit {
+        Some(l) => Box::new(RateLimitedReader::new(download, l)),
+        None => Box::new(download),
+    };
+    let metadata = match &rec.raw {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => Default::default(),
+    };
+    Ok(OpenedSource {
+        reader,
+        size: rec.size,
+        source: Source::Glance { image_id: rec.id.clone(), cloud: cloud.map(str::to_string) },
+        default_name: rec.name.clone().unwrap_or_else(|| rec.id.clone()),
+        expected_digests: glance_digests(&rec),
+        declared_format: rec.disk_format.clone(),
+        metadata,
+    })
+}

@@ -72,6 +72,67 @@ pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<u
     Ok(n)
 }
 
+/// An in-process pipe: what one thread writes, another reads, with a bounded
+/// buffer (back-pressure). Used to stream a restore straight into an upload.
+pub fn pipe(buffers: usize) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = crossbeam_channel::bounded(buffers);
+    (PipeWriter { tx, buf: Vec::new() }, PipeReader { rx, cur: Vec::new(), pos: 0 })
+}
+
+const PIPE_CHUNK: usize = 1 << 20;
+
+pub struct PipeWriter {
+    tx: crossbeam_channel::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIPE_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.tx.send(chunk).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reading side stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
+pub struct PipeReader {
+    rx: crossbeam_channel::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0), // writer gone: end of stream
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +147,21 @@ mod tests {
         assert!(parse_size("abc").is_err());
         assert!(parse_size("5X").is_err());
         assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+
+    #[test]
+    fn pipe_carries_bytes_in_order() {
+        use std::io::{Read, Write};
+        let (mut w, mut r) = pipe(2);
+        let t = std::thread::spawn(move || {
+            for i in 0..3000u32 {
+                w.write_all(&i.to_le_bytes().repeat(300)).unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        t.join().unwrap();
+        assert_eq!(got.len(), 3000 * 1200);
+        assert_eq!(&got[1200..1204], &1u32.to_le_bytes());
     }
 }

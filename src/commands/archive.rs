@@ -6,22 +6,28 @@ use crate::cli::ArchiveArgs;
 use crate::repository::lock::Lock;
 use crate::util::human_bytes;
 use anyhow::Result;
-use std::collections::BTreeMap;
 
 pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     let digests = crate::digest::parse_list(&args.digest.join(","))?;
     let (repo, mut index) = ctx.open()?;
     let _lock = Lock::acquire(repo.backend().clone(), false, "archive")?;
-    let src = crate::source::open(&args.source)?;
+    let src = match args.source.strip_prefix("glance:") {
+        Some(image) => {
+            let glance = ctx.glance(None)?;
+            crate::source::open_glance(&glance, image, ctx.global.os_cloud.as_deref(), Ctx::limiter(&ctx.global.limit_download)?)?
+        }
+        None => crate::source::open(&args.source)?,
+    };
+    let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
     let req = ArchiveRequest {
         name: args.name.unwrap_or(src.default_name),
         tags: args.tags,
         source: src.source,
         digests,
-        expected_digests: BTreeMap::new(),
+        expected_digests: src.expected_digests,
         expected_size: src.size,
-        metadata: Default::default(),
-        declared_format: args.disk_format,
+        metadata: src.metadata,
+        declared_format: args.disk_format.or(src.declared_format),
         qcow2_policy: crate::format::qcow2::Policy {
             allow_backing_file_opaque: args.allow_backing_file_opaque,
             allow_data_file_opaque: args.allow_data_file_opaque,
@@ -31,7 +37,13 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     let pb = ctx.out.bar(src.size, "archive");
     let r = archive(&repo, &mut index, src.reader, req, &pb)?;
     pb.finish_and_clear();
-    ctx.emit(&serde_json::to_value(&r)?, || {
+    let mut json = serde_json::to_value(&r)?;
+    let glance = args.source.starts_with("glance:");
+    json["verified_digests"] = serde_json::json!(verified);
+    if glance && verified.is_empty() {
+        json["unverified"] = "the Glance image record has no checksum or os_hash_value: archived with the digests imgarc computed".into();
+    }
+    ctx.emit(&json, || {
         let mut s = format!(
             "snapshot {} saved ({})\n  {} read, {} new ({} chunks of {}), {} added to the repository, {:.1} s ({}/s)\n",
             &r.snapshot[..16],
@@ -48,7 +60,10 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
             s.push_str(&format!("  {} stored as opaque bytes: {why}\n", r.format));
         }
         for (k, v) in &r.digests {
-            s.push_str(&format!("  {k} {v}\n"));
+            s.push_str(&format!("  {k} {v}{}\n", if verified.contains(k) { " (matches the source)" } else { "" }));
+        }
+        if glance && verified.is_empty() {
+            s.push_str("  could not be verified: the Glance image has no checksum or os_hash_value\n");
         }
         s
     });

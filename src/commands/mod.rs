@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod check;
 pub mod demo;
+pub mod glance;
 pub mod index;
 pub mod init;
 pub mod inspect;
@@ -16,6 +17,11 @@ pub mod unlock;
 use crate::backend::{self, Backend};
 use crate::cli::{Command, GlobalArgs};
 use crate::index::Index;
+use crate::openstack::config::CloudConfig;
+use crate::openstack::glance::GlanceClient;
+use crate::openstack::keystone::Session;
+use crate::openstack::ratelimit::{parse_rate, RateLimiter};
+use crate::openstack::Secret;
 use crate::progress::Output;
 use crate::repository::Repository;
 use anyhow::{Context, Result};
@@ -30,6 +36,7 @@ pub struct AlreadyReported(pub String);
 pub struct Ctx {
     pub location: String,
     pub out: Output,
+    pub global: GlobalArgs,
 }
 
 impl Ctx {
@@ -48,6 +55,22 @@ impl Ctx {
         Ok((repo, index))
     }
 
+    /// A Glance client for `cloud` (else `--os-cloud`/`OS_CLOUD`, else `--glance-url`, else `OS_*`).
+    pub fn glance(&self, cloud: Option<&str>) -> Result<GlanceClient> {
+        let cloud = cloud.or(self.global.os_cloud.as_deref());
+        if let (None, Some(url)) = (cloud, &self.global.glance_url) {
+            let token = std::env::var("OS_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new);
+            return Ok(GlanceClient::standalone(url, token)?);
+        }
+        let config = CloudConfig::resolve(cloud)?;
+        let session = Session::new(&config)?;
+        Ok(GlanceClient::new(&session)?)
+    }
+
+    pub fn limiter(rate: &Option<String>) -> Result<Option<RateLimiter>> {
+        rate.as_deref().map(|r| parse_rate(r).map(RateLimiter::new).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
+    }
+
     /// Prints the JSON document, or the prose, to stdout.
     pub fn emit(&self, json: &serde_json::Value, prose: impl FnOnce() -> String) {
         if self.out.json {
@@ -63,7 +86,7 @@ pub fn default_repo() -> String {
 }
 
 pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
-    let ctx = Ctx { location: global.repo.clone().unwrap_or_else(default_repo), out: global.output() };
+    let ctx = Ctx { location: global.repo.clone().unwrap_or_else(default_repo), out: global.output(), global: global.clone() };
     match command {
         Command::Init(a) => init::run(&ctx, a),
         Command::Archive(a) => archive::run(&ctx, a),
@@ -74,6 +97,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Check(a) => check::run(&ctx, a),
         Command::Index(a) => index::run(&ctx, a),
         Command::Unlock(a) => unlock::run(&ctx, a),
+        Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
     }
 }

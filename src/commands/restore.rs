@@ -1,23 +1,33 @@
-//! `imgarc restore SNAPSHOT -o PATH|-`: rebuild an image.
+//! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance`: rebuild an image.
 
 use super::Ctx;
 use crate::cli::RestoreArgs;
-use crate::restore::{restore, Target};
+use crate::index::Index;
+use crate::openstack::glance::{self, ImageRecord, UploadMethod};
+use crate::openstack::ratelimit::RateLimitedReader;
+use crate::repository::snapshot::Snapshot;
+use crate::repository::Repository;
+use crate::restore::{restore, RestoreOptions, Target};
 use crate::util::human_bytes;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let (repo, index) = ctx.open()?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
-    let to_stdout = args.output == "-";
+    let opts = RestoreOptions { disk_format: args.disk_format.clone(), compress: args.compress };
+    if args.to_glance {
+        return to_glance(ctx, &repo, &index, &snap, &args, &opts)
+            .with_context(|| format!("restoring snapshot {} ({}) into Glance", id.short(), snap.name));
+    }
+    let output = args.output.clone().expect("clap requires -o without --to-glance");
+    let to_stdout = output == "-";
     let target = if to_stdout {
         Target::Stream(Box::new(std::io::BufWriter::with_capacity(1 << 20, std::io::stdout())))
     } else {
-        Target::File(args.output.clone().into())
+        Target::File(output.clone().into())
     };
     let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
-    let opts = crate::restore::RestoreOptions { disk_format: args.disk_format.clone(), compress: args.compress };
     let r =
         restore(&repo, &index, &snap, target, &opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
     pb.finish_and_clear();
@@ -26,7 +36,7 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         "restored {} ({}) to {} in {:.1} s ({}/s); digests verified: {}\n",
         &id.to_hex()[..16],
         human_bytes(r.bytes),
-        args.output,
+        output,
         r.seconds,
         human_bytes((r.bytes as f64 / r.seconds.max(1e-6)) as u64),
         if r.digests.is_empty() { "none recorded".to_string() } else { r.digests.keys().cloned().collect::<Vec<_>>().join(", ") }
@@ -41,5 +51,86 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     } else {
         ctx.emit(&json, || prose);
     }
+    Ok(())
+}
+
+/// The Glance record to restore from: the archived one, or one made from the snapshot.
+fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRecord> {
+    let mut raw = serde_json::Value::Object(snap.metadata.clone());
+    if snap.metadata.is_empty() {
+        raw = serde_json::json!({"id": "", "name": snap.name, "status": "active", "container_format": "bare", "disk_format": snap.format});
+    }
+    if let Some(f) = disk_format {
+        raw["disk_format"] = f.into();
+    }
+    Ok(ImageRecord::from_json(raw)?)
+}
+
+fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args: &RestoreArgs, opts: &RestoreOptions) -> Result<()> {
+    let glance = ctx.glance(args.to_cloud.as_deref())?;
+    let archived = archived_record(snap, opts.disk_format.as_deref())?;
+    let mut overrides = serde_json::Map::new();
+    if let Some(n) = &args.name {
+        overrides.insert("name".into(), n.clone().into());
+    }
+    if let Some(v) = &args.visibility {
+        overrides.insert("visibility".into(), v.clone().into());
+    }
+    for p in &args.properties {
+        let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--property {p:?}: expected K=V"))?;
+        overrides.insert(k.to_string(), v.to_string().into());
+    }
+    let method = if args.method == "glance-direct" { UploadMethod::GlanceDirect } else { UploadMethod::Put };
+    let glance_opts = glance::RestoreOptions {
+        overrides,
+        method,
+        size: opts.disk_format.is_none().then_some(snap.logical_bytes),
+        keep_failed: args.keep_failed,
+        ..Default::default()
+    };
+    // The restore writes into a pipe; the upload reads it on its own thread.
+    let (writer, reader) = crate::util::pipe(16);
+    let limiter = Ctx::limiter(&ctx.global.limit_upload)?;
+    let started = std::time::Instant::now();
+    let upload = std::thread::Builder::new().name("glance-upload".into()).spawn(move || {
+        let data: Box<dyn std::io::Read + Send> = match limiter {
+            Some(l) => Box::new(RateLimitedReader::new(reader, l)),
+            None => Box::new(reader),
+        };
+        glance::restore_image(&glance, &archived, data, &glance_opts)
+    })?;
+    let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
+    let restored = restore(repo, index, snap, Target::Stream(Box::new(writer)), opts, &pb);
+    pb.finish_and_clear();
+    let uploaded = upload.join().map_err(|_| anyhow!("upload thread panicked"))?;
+    let (restored, outcome) = match (restored, uploaded) {
+        (Ok(r), Ok(o)) => (r, o),
+        // An upload failure usually makes the restore fail too (broken pipe): report the cause.
+        (_, Err(e)) => return Err(e.into()),
+        (Err(e), Ok(o)) => bail!("{e:#}; the uploaded image {} is incomplete", o.record.id),
+    };
+    // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
+    if opts.disk_format.is_none() {
+        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::openstack::verify::Algo::Sha512)) {
+            if want != got {
+                bail!("uploaded sha512 {got} differs from the archived {want}");
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let json = serde_json::json!({
+        "image_id": outcome.record.id, "name": outcome.record.name, "status": outcome.record.status,
+        "bytes": restored.bytes, "seconds": seconds, "verified_with": outcome.verified_with,
+        "os_hash_value": outcome.record.os_hash_value, "digests": restored.digests,
+    });
+    ctx.emit(&json, || {
+        format!(
+            "restored into Glance as image {} ({}): {} in {seconds:.1} s, verified with {}\n",
+            outcome.record.id,
+            outcome.record.name.as_deref().unwrap_or(""),
+            human_bytes(restored.bytes),
+            outcome.verified_with
+        )
+    });
     Ok(())
 }

@@ -1,0 +1,103 @@
+//! End to end through the `imgarc` binary against a real Glance:
+//! archive `glance:IMAGE` (digests checked against the record), restore
+//! `--to-glance` (os_hash_value checked), dedup of the round trip, and the
+//! failure cases. Run: `source ci/openstack.sh && cargo nextest run --features openstack-tests`.
+#![cfg(feature = "openstack-tests")]
+
+#[path = "support/openstack.rs"]
+mod os;
+mod support;
+
+use serde_json::json;
+use support::*;
+
+fn glance_env() -> Vec<String> {
+    vec!["--glance-url".into(), os::env("GLANCE_URL")]
+}
+
+fn run_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut a: Vec<String> = glance_env();
+    a.push("--json".into());
+    a.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    serde_json::from_str(&env.ok(&refs)).unwrap()
+}
+
+fn qcow2_image(env: &Env) -> Vec<u8> {
+    let raw = env.path("g.raw");
+    imgarc::synthetic::SyntheticDisk::new(16 << 20, 5).write_night(&raw, 0).unwrap();
+    let q = env.path("g.qcow2");
+    let st = std::process::Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&q).status().unwrap();
+    assert!(st.success());
+    std::fs::read(q).unwrap()
+}
+
+#[test]
+fn archive_from_glance_restore_into_glance_and_dedup() {
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = Env::init("64K");
+    let data = qcow2_image(&env);
+    let name = os::unique("e2e");
+    let (rec, _c) = os::upload_image(&g, &name, &data, json!({"disk_format": "qcow2", "hw_disk_bus": "scsi", "instance_uuid": "abc"}));
+
+    let a = run_json(&env, &["archive", &format!("glance:{name}")]);
+    assert_eq!(s(&a, "format"), "qcow2");
+    assert_eq!(u(&a, "logical_bytes"), data.len() as u64);
+    let verified: Vec<String> = serde_json::from_value(a["verified_digests"].clone()).unwrap();
+    assert!(verified.contains(&"md5".to_string()) && verified.contains(&"sha512".to_string()), "{a}");
+    let snap = s(&a, "snapshot");
+    let shown = run_json(&env, &["show", &snap]);
+    assert_eq!(shown["source"]["image_id"], rec.id);
+    assert_eq!(shown["metadata"]["hw_disk_bus"], "scsi");
+
+    let new_name = os::unique("restored");
+    let r = run_json(&env, &["restore", &snap, "--to-glance", "--name", &new_name, "--property", "restored_by=imgarc"]);
+    let new = g.get(r["image_id"].as_str().unwrap()).unwrap();
+    let _c2 = os::Cleanup(g.clone(), new.id.clone());
+    assert_eq!(new.status, "active");
+    assert_eq!(new.os_hash_value, rec.os_hash_value);
+    assert_eq!(new.disk_format.as_deref(), Some("qcow2"));
+    assert_eq!(new.properties["hw_disk_bus"], "scsi");
+    assert_eq!(new.properties["restored_by"], "imgarc");
+    assert!(new.properties.get("instance_uuid").is_none(), "instance_uuid must not cross clouds");
+
+    // Archiving the restored image stores nothing new.
+    let again = run_json(&env, &["archive", &format!("glance:{}", new.id)]);
+    assert_eq!(u(&again, "new_chunks"), 0, "{again}");
+    let list = run_json(&env, &["glance", "list"]);
+    let row = list.as_array().unwrap().iter().find(|r| r["id"] == rec.id.as_str()).unwrap().clone();
+    assert_eq!(row["archived"], true);
+}
+
+#[test]
+fn tampered_missing_and_inactive_images_fail_clearly() {
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = Env::init("64K");
+    let o = env.run(&["--glance-url", &os::env("GLANCE_URL"), "archive", "glance:no-such-image-xyz"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-image-xyz"));
+
+    let queued = g.create(&os::meta(&os::unique("queued"), json!({}))).unwrap();
+    let _c = os::Cleanup(g.clone(), queued.id.clone());
+    let o = env.run(&["--glance-url", &os::env("GLANCE_URL"), "archive", &format!("glance:{}", queued.id)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("queued"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Change the bytes behind Glance's back: the archive must fail and store no snapshot.
+    let data = bytes(2 << 20, 3, true);
+    let (rec, _c2) = os::upload_image(&g, &os::unique("tamper"), &data, json!({}));
+    let path = std::path::Path::new(&os::env("GLANCE_STATE_DIR")).join("images").join(&rec.id);
+    let mut stored = std::fs::read(&path).expect("image file in Glance's store");
+    stored[4242] ^= 0xff;
+    std::fs::write(&path, &stored).unwrap();
+    let o = env.run(&["--glance-url", &os::env("GLANCE_URL"), "archive", &format!("glance:{}", rec.id)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no snapshot stored") || err.contains("mismatch"), "{err}");
+    assert!(env.json(&["list"]).as_array().unwrap().is_empty());
+
+    let o = env.run(&["--glance-url", "http://127.0.0.1:9", "archive", "glance:x"]);
+    assert_eq!(o.status.code(), Some(1));
+}
