@@ -22,6 +22,8 @@ use std::sync::Arc;
 /// The generic suite. `make(prefix, page_size)` opens the store under a key prefix.
 fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     let root = unique(name);
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{name}: {what} done at {:.1}s", t0.elapsed().as_secs_f64());
     let b = make(&root, 3); // tiny listing pages: paging is exercised with a dozen keys
     eprintln!("{name}: {}", b.location());
     assert!(b.location().contains(&root), "location {} lacks the prefix", b.location());
@@ -41,6 +43,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     assert_eq!(b.get(empty_key).unwrap(), Vec::<u8>::new());
     assert_eq!(b.size(empty_key).unwrap(), 0);
 
+    phase("put/get");
     // --- size, ranges
     assert_eq!(b.size(&pack).unwrap(), big.len() as u64);
     assert_eq!(b.get_range(&pack, 0, 10).unwrap(), big[..10]);
@@ -54,6 +57,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
         assert!(!is_transient(&e), "range past the end must not be retried: {e}");
     }
 
+    phase("ranges");
     // --- NotFound mapping
     for e in [
         b.get("data/ff/missing").unwrap_err(),
@@ -63,6 +67,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
         assert!(matches!(e, BackendError::NotFound(ref k) if k == "data/ff/missing"), "{e:?}");
     }
 
+    phase("notfound");
     // --- list: string prefixes, sizes, paging (page size 3), prefix isolation
     let mut expect: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..10u64 {
@@ -96,6 +101,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     assert_eq!(listed(""), expect, "a sibling prefix ({root}-sibling) leaked into the listing");
     assert_eq!(other.list("").unwrap().len(), 1);
 
+    phase("list");
     // --- concurrent use from several threads
     std::thread::scope(|s| {
         for t in 0..6u64 {
@@ -112,6 +118,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     });
     assert_eq!(b.list("index/par-").unwrap().len(), 24);
 
+    phase("concurrent");
     // --- delete: existing, then missing (Ok), then really gone
     b.delete("locks/l1").unwrap();
     assert!(b.get("locks/l1").unwrap_err().is_not_found());
@@ -119,6 +126,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     b.delete("locks/never-existed").unwrap();
     assert!(b.list("locks/").unwrap().is_empty());
 
+    phase("delete");
     // --- cleanup (also exercises delete of every key)
     for o in b.list("").unwrap().into_iter().chain([]) {
         b.delete(&o.key).unwrap();

@@ -207,7 +207,11 @@ impl S3Backend {
         let mut opts = ClientOptions::new()
             .with_allow_http(true)
             .with_timeout(cfg.timeout)
-            .with_connect_timeout(Duration::from_secs(20));
+            .with_connect_timeout(Duration::from_secs(20))
+            // below the idle timeouts of common servers, so a pooled connection is
+            // not reused just as the server closes it ("connection closed before
+            // message completed", seen with Swift s3api)
+            .with_pool_idle_timeout(Duration::from_secs(15));
         if let Some(p) = &cfg.ca_bundle {
             let pem = std::fs::read(p)
                 .map_err(|e| anyhow::anyhow!("cannot read AWS_CA_BUNDLE {}: {e}", p.display()))?;
@@ -229,7 +233,10 @@ impl S3Backend {
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_allow_http(true)
             .with_client_options(opts)
-            .with_retry(RetryConfig { max_retries: 0, ..Default::default() });
+            .with_retry(RetryConfig { max_retries: 0, ..Default::default() })
+            // delete(key) is one key: a plain DELETE (every S3 server has it; the
+            // bulk POST ?delete costs ~1 s per call on Swift s3api here)
+            .with_disable_bulk_delete(true);
         if !(aws && !cfg.path_style) {
             // AWS virtual-hosted: let object_store derive https://BUCKET.s3.REGION.amazonaws.com
             b = b.with_endpoint(&cfg.endpoint);

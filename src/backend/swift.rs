@@ -393,7 +393,7 @@ impl SwiftBackend {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(Duration::from_secs(20))
-            .pool_idle_timeout(Duration::from_secs(50));
+            .pool_idle_timeout(Duration::from_secs(15));
         if let Some(p) = &cfg.cacert {
             let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read OS_CACERT {}: {e}", p.display()))?;
             for c in reqwest::Certificate::from_pem_bundle(&pem)
@@ -449,6 +449,8 @@ impl SwiftBackend {
                 c.put(self.object_url(&s.storage_url, key))
                     .header("ETag", md5)
                     .header("Content-Type", "application/octet-stream")
+                    // Swift answers 411 to a PUT without it (reqwest omits it for empty bodies)
+                    .header("Content-Length", data.len())
                     .body(data.to_vec())
             }
             Req::Get(None) => c.get(self.object_url(&s.storage_url, key)),
