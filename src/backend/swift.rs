@@ -328,6 +328,9 @@ pub struct SwiftConfig {
     pub timeout: Duration,
     /// Extra CA bundle (`OS_CACERT`).
     pub cacert: Option<std::path::PathBuf>,
+    /// Send `ETag: md5(body)` on PUT so Swift verifies the stored bytes
+    /// (costs one MD5 pass over each object on the client).
+    pub put_etag: bool,
 }
 
 impl SwiftConfig {
@@ -338,6 +341,7 @@ impl SwiftConfig {
             page_size: 10000,
             timeout: Duration::from_secs(300),
             cacert: std::env::var_os("OS_CACERT").map(Into::into),
+            put_etag: true,
         }
     }
 }
@@ -411,6 +415,11 @@ impl SwiftBackend {
         Ok(SwiftBackend { client, rt, auth, session: Mutex::new(None), cfg, prefix })
     }
 
+    /// Switch the PUT ETag (MD5) verification on or off.
+    pub fn set_put_etag(&mut self, on: bool) {
+        self.cfg.put_etag = on;
+    }
+
     /// Authenticate now (instead of at first use); errors name the cause.
     pub fn connect(&self) -> BackendResult<()> {
         self.session(false).map(|_| ())
@@ -445,10 +454,11 @@ impl SwiftBackend {
         let c = &self.client;
         let rb = match req {
             Req::Put(data) => {
-                let md5 = hex::encode(Md5::digest(data));
-                c.put(self.object_url(&s.storage_url, key))
-                    .header("ETag", md5)
-                    .header("Content-Type", "application/octet-stream")
+                let mut rb = c.put(self.object_url(&s.storage_url, key));
+                if self.cfg.put_etag {
+                    rb = rb.header("ETag", hex::encode(Md5::digest(data)));
+                }
+                rb.header("Content-Type", "application/octet-stream")
                     // Swift answers 411 to a PUT without it (reqwest omits it for empty bodies)
                     .header("Content-Length", data.len())
                     .body(data.to_vec())
