@@ -60,17 +60,31 @@ _objectstore_start() {
     export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$cache/pip}
     echo "objectstore.sh: installs done after $(( $(date +%s) - t0 ))s" >&2
 
-    # ---- Ceph RGW ----
+    # ---- Ceph RGW: started in the background, in parallel with Keystone/Swift ----
+    local rgw_out rgw_pid=""
+    rgw_out=$(mktemp /tmp/imgarc-rgw-env.XXXXXX)
     case $skip in *rgw*) ;; *)
-        t=$(date +%s)
-        out=$(S3_BUCKET=imgarc-ci "$here/objectstore-start-ceph-rgw") \
-          || { echo "objectstore.sh: Ceph RGW did not start" >&2; return 1; }
-        # the script prints S3_ENDPOINT/AWS_* for RGW; keep them under our own names
-        out=$( eval "$out"; printf "export IMGARC_RGW_ENDPOINT='%s' IMGARC_RGW_BUCKET='%s' IMGARC_RGW_ACCESS_KEY='%s' IMGARC_RGW_SECRET_KEY='%s' IMGARC_RGW_PIDS='%s'\n" \
-                 "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$RGW_PIDS" )
-        eval "$out"
-        echo "objectstore.sh: RGW up at $IMGARC_RGW_ENDPOINT after $(( $(date +%s) - t ))s" >&2
+        ( t=$(date +%s)
+          out=$(S3_BUCKET=imgarc-ci "$here/objectstore-start-ceph-rgw") || exit 1
+          # the script prints S3_ENDPOINT/AWS_* for RGW; keep them under our own names
+          ( eval "$out"; printf "export IMGARC_RGW_ENDPOINT='%s' IMGARC_RGW_BUCKET='%s' IMGARC_RGW_ACCESS_KEY='%s' IMGARC_RGW_SECRET_KEY='%s' IMGARC_RGW_PIDS='%s'\n" \
+               "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$RGW_PIDS" ) >"$rgw_out"
+          echo "objectstore.sh: RGW up after $(( $(date +%s) - t ))s" >&2 ) &
+        rgw_pid=$!
     ;; esac
+
+    # wait for the RGW start; export its variables (also on failure elsewhere,
+    # so that objectstore_stop can stop it)
+    _objectstore_join_rgw() {
+        [ -n "$rgw_pid" ] || { rm -f "$rgw_out"; return 0; }
+        local rc=0
+        wait "$rgw_pid" || rc=$?
+        rgw_pid=""
+        [ -s "$rgw_out" ] && eval "$(cat "$rgw_out")"
+        rm -f "$rgw_out"
+        [ $rc = 0 ] || { echo "objectstore.sh: Ceph RGW did not start" >&2; return 1; }
+        echo "objectstore.sh: RGW at $IMGARC_RGW_ENDPOINT" >&2
+    }
 
     # ---- Keystone (reuse a complete one from the caller) + Swift ----
     case $skip in *swift*) ;; *)
@@ -79,14 +93,14 @@ _objectstore_start() {
            || [ -z "${KEYSTONE_DEMO_APP_CRED_ID:-}" ]; then
             local ksdir=${IMGARC_KEYSTONE_STATE:-$(mktemp -d /tmp/imgarc-keystone.XXXXXX)}
             out=$(bash "$here/objectstore-start-keystone" "$ksdir") \
-              || { echo "objectstore.sh: Keystone did not start" >&2; return 1; }
+              || { echo "objectstore.sh: Keystone did not start" >&2; _objectstore_join_rgw; return 1; }
             eval "$out"
             export IMGARC_KEYSTONE_STARTED_PID=$KEYSTONE_PID
             echo "objectstore.sh: Keystone up at $OS_AUTH_URL after $(( $(date +%s) - t ))s" >&2
         fi
         t=$(date +%s)
         out=$(SWIFT_AUTH=keystone SWIFT_BUCKET=imgarc-ci "$here/objectstore-start-swift") \
-          || { echo "objectstore.sh: Swift did not start" >&2; return 1; }
+          || { echo "objectstore.sh: Swift did not start" >&2; _objectstore_join_rgw; return 1; }
         out=$( eval "$out"; printf "export IMGARC_SWIFT_PIDS='%s' IMGARC_SWIFT_ENDPOINT='%s' IMGARC_SWIFT_CONTAINER='%s' IMGARC_SWIFTS3_ENDPOINT='%s' IMGARC_SWIFTS3_BUCKET='%s' IMGARC_SWIFTS3_ACCESS_KEY='%s' IMGARC_SWIFTS3_SECRET_KEY='%s'\n" \
                  "$SWIFT_PIDS" "$SWIFT_ENDPOINT" "$SWIFT_CONTAINER" "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" )
         eval "$out"
@@ -100,6 +114,7 @@ _objectstore_start() {
         export IMGARC_SWIFT_PROJECT=$KEYSTONE_DEMO_PROJECT
         echo "objectstore.sh: Swift up at $IMGARC_SWIFT_ENDPOINT after $(( $(date +%s) - t ))s" >&2
     ;; esac
+    _objectstore_join_rgw || return 1
     echo "objectstore.sh: all object stores up after $(( $(date +%s) - t0 ))s" >&2
 }
 
