@@ -157,3 +157,36 @@ fn backoff_is_jittered_capped_and_growing() {
     assert!(t.elapsed() >= Duration::from_millis(1 + 2 + 4), "{:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+/// Real clients against a closed port: connection failures are transient
+/// (so the decorator retries them), and no secret shows in the error.
+#[test]
+fn real_clients_report_connection_failures_as_transient() {
+    use imgarc::backend::s3::{S3Backend, S3Config};
+    use imgarc::backend::swift::{KeystoneConfig, SwiftBackend, SwiftConfig};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secret = "closed-port-secret-do-not-print";
+    let env = |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some(secret.to_string()),
+        "OS_AUTH_URL" => Some(format!("http://127.0.0.1:{port}/v3")),
+        "OS_APPLICATION_CREDENTIAL_ID" => Some("id".to_string()),
+        "OS_APPLICATION_CREDENTIAL_SECRET" => Some(secret.to_string()),
+        _ => None,
+    };
+    let s3 = S3Backend::new(S3Config::from_lookup(&format!("http://127.0.0.1:{port}"), "bucket", "p", &env).unwrap()).unwrap();
+    let e = s3.put("config", b"x").unwrap_err();
+    assert!(is_transient(&e), "{e:?}");
+    assert!(!format!("{e} {e:?}").contains(secret));
+
+    // through the decorator: 1 + 2 retries, then the error
+    let policy = RetryPolicy { max_retries: 2, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2) };
+    let r = RetryBackend::new(Box::new(s3), policy);
+    assert!(is_transient(&r.get("config").unwrap_err()));
+
+    let sw = SwiftBackend::new(SwiftConfig::new("c", ""), std::sync::Arc::new(KeystoneConfig::from_lookup(&env).unwrap())).unwrap();
+    let e = sw.put("config", b"x").unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+    assert!(e.to_string().contains("Keystone"), "{e}");
+    assert!(is_transient(&e), "an unreachable Keystone is transient: {e:?}");
+}

@@ -43,6 +43,23 @@ pub trait SwiftAuth: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
 }
 
+/// An authentication failure with its HTTP status (None: no answer), so the
+/// backend can tell a rejected credential (not retried) from an unreachable
+/// or overloaded Keystone (retried). Return it from [`SwiftAuth::authenticate`].
+#[derive(Debug)]
+pub struct AuthFailure {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AuthFailure {}
+
 /// Keystone v3 credentials.
 #[derive(Clone, Debug)]
 pub enum KeystoneCredential {
@@ -248,16 +265,17 @@ impl SwiftAuth for KeystoneConfig {
             let text = r.text().await?;
             Ok::<_, reqwest::Error>((status, token, text))
         })
-        .map_err(|e| anyhow::anyhow!("{}: {}", self.describe(), without_url_secrets(&e)))?;
+        .map_err(|e| AuthFailure { status: None, message: format!("{}: {}", self.describe(), without_url_secrets(&e)) })?;
         if status == 401 || status == 403 {
-            anyhow::bail!(
-                "{}: authentication failed (HTTP {status}); check the OS_* credentials",
-                self.describe()
-            );
+            return Err(AuthFailure {
+                status: Some(status),
+                message: format!("{}: authentication failed (HTTP {status}); check the OS_* credentials", self.describe()),
+            }
+            .into());
         }
         if !(200..300).contains(&status) {
             let snippet: String = json.chars().take(300).collect();
-            anyhow::bail!("{}: HTTP {status}: {snippet}", self.describe());
+            return Err(AuthFailure { status: Some(status), message: format!("{}: HTTP {status}: {snippet}", self.describe()) }.into());
         }
         let token = token.ok_or_else(|| anyhow::anyhow!("{}: no X-Subject-Token in the answer", self.describe()))?;
         let v: serde_json::Value = serde_json::from_str(&json)
@@ -432,10 +450,11 @@ impl SwiftBackend {
                 return Ok(s.clone());
             }
         }
-        let s = self.auth.authenticate(&self.client, &self.rt).map_err(|e| BackendError::Other {
-            op: "authenticate",
-            key: String::new(),
-            message: format!("{e:#}"),
+        let s = self.auth.authenticate(&self.client, &self.rt).map_err(|e| match e.downcast_ref::<AuthFailure>() {
+            // an unreachable / overloaded Keystone is transient (the retry decorator
+            // retries it); 401/403 are not
+            Some(f) => remote_error("authenticate", "", f.status, format!("{e:#}")),
+            _ => BackendError::Other { op: "authenticate", key: String::new(), message: format!("{e:#}") },
         })?;
         *g = Some(s.clone());
         Ok(s)
