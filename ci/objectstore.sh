@@ -23,10 +23,12 @@
 
 objectstore_stop() {
     local here=${IMGARC_OBJECTSTORE_SCRIPTS:-tests/servers}
-    # reverse start order: Swift (proxy first) before Keystone, RGW before mon/OSD
+    # reverse start order within each group: Swift (proxy first) before Keystone,
+    # radosgw before its OSD and mon; the two groups stop in parallel
+    ( [ -z "${IMGARC_RGW_PIDS:-}" ] || "$here/objectstore-stop" $IMGARC_RGW_PIDS ) &
     [ -z "${IMGARC_SWIFT_PIDS:-}" ] || "$here/objectstore-stop" $IMGARC_SWIFT_PIDS
     [ -z "${IMGARC_KEYSTONE_STARTED_PID:-}" ] || "$here/objectstore-stop" $IMGARC_KEYSTONE_STARTED_PID
-    [ -z "${IMGARC_RGW_PIDS:-}" ] || "$here/objectstore-stop" $IMGARC_RGW_PIDS
+    wait $!
     unset IMGARC_SWIFT_PIDS IMGARC_KEYSTONE_STARTED_PID IMGARC_RGW_PIDS
 }
 

@@ -237,7 +237,7 @@ impl S3Backend {
             // delete(key) is one key: a plain DELETE (every S3 server has it; the
             // bulk POST ?delete costs ~1 s per call on Swift s3api here)
             .with_disable_bulk_delete(true);
-        if !(aws && !cfg.path_style) {
+        if !aws || cfg.path_style {
             // AWS virtual-hosted: let object_store derive https://BUCKET.s3.REGION.amazonaws.com
             b = b.with_endpoint(&cfg.endpoint);
         }

@@ -129,7 +129,20 @@ pub fn open_remote(url: &str, opts: &RemoteOptions) -> anyhow::Result<Box<dyn Ba
                 },
             };
             let b = SwiftBackend::new(SwiftConfig::new(&container, &prefix), auth)?;
-            b.connect().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            // authenticate now, so a wrong credential fails before any work;
+            // an unreachable Keystone is retried like any transient failure
+            let policy = opts.retry.clone().unwrap_or_default();
+            let mut attempt = 0;
+            loop {
+                match b.connect() {
+                    Ok(()) => break,
+                    Err(e) if attempt < policy.max_retries && super::retry::is_transient(&e) => {
+                        attempt += 1;
+                        std::thread::sleep(policy.delay(attempt));
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("{url}: {e}")),
+                }
+            }
             Box::new(b)
         }
     };
