@@ -1,1 +1,120 @@
-fn main(){}
+//! Criterion benchmarks of the engine's stages and of a whole archive/restore.
+//! Run: `cargo bench --bench engine`. Throughput is reported per input byte.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use imgarc::chunking::GuestChunker;
+use imgarc::index::Index;
+use imgarc::repository::config::{ChunkerParams, Config};
+use imgarc::repository::pack::{encode_blob, BlobKind};
+use imgarc::repository::Repository;
+use imgarc::synthetic::SyntheticDisk;
+use std::sync::Arc;
+
+fn disk_bytes(size: u64, night: u32) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.raw");
+    SyntheticDisk::new(size, 3).write_night(&p, night).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+fn stages(c: &mut Criterion) {
+    let data = disk_bytes(64 << 20, 0);
+    let mut g = c.benchmark_group("stages");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10);
+    g.bench_function("chunking (zero detection + FastCDC, 64K avg)", |b| {
+        b.iter(|| {
+            let mut ch = GuestChunker::new(ChunkerParams::with_average(64 * 1024).unwrap(), 65536);
+            let mut n = 0usize;
+            for (i, piece) in data.chunks(4 << 20).enumerate() {
+                ch.push((i * (4 << 20)) as u64, piece, &mut |c| n += c.data.len());
+            }
+            ch.finish(&mut |c| n += c.data.len());
+            n
+        })
+    });
+    g.bench_function("blake3 of 64 KiB chunks (1 thread)", |b| {
+        b.iter(|| data.chunks(65536).map(|c| blake3::hash(c).as_bytes()[0] as u64).sum::<u64>())
+    });
+    let sample = &data[..16 << 20];
+    g.throughput(Throughput::Bytes(sample.len() as u64));
+    for level in [1, 3] {
+        g.bench_function(format!("zstd-{level} of 64 KiB chunks (1 thread)"), |b| {
+            b.iter(|| sample.chunks(65536).map(|c| encode_blob(BlobKind::Data, c, level).stored.len()).sum::<usize>())
+        });
+    }
+    g.finish();
+}
+
+fn whole(c: &mut Criterion) {
+    let size = 128u64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let nights: Vec<_> = (0..2)
+        .map(|n| {
+            let p = dir.path().join(format!("n{n}.raw"));
+            SyntheticDisk::new(size, 5).write_night(&p, n).unwrap();
+            p
+        })
+        .collect();
+    std::env::set_var("IMGARC_CACHE_DIR", dir.path().join("cache"));
+    let mut g = c.benchmark_group("archive");
+    g.throughput(Throughput::Bytes(size));
+    g.sample_size(10);
+    let request = |p: &std::path::Path| imgarc::archive::ArchiveRequest {
+        name: "bench".into(),
+        tags: vec![],
+        source: imgarc::repository::snapshot::Source::File { path: p.display().to_string() },
+        digests: vec![],
+        expected_digests: Default::default(),
+        expected_size: None,
+        metadata: Default::default(),
+        declared_format: None,
+        qcow2_policy: Default::default(),
+    };
+    let pb = indicatif::ProgressBar::hidden();
+    g.bench_function("night 0 into an empty repository", |b| {
+        b.iter_batched(
+            || {
+                let r = dir.path().join(format!("repo-{}", rand::random::<u64>()));
+                let repo =
+                    Repository::init(Arc::new(imgarc::backend::local::LocalBackend::new(&r)), Config::new(65536, 3).unwrap()).unwrap();
+                let index = Index::open(&repo).unwrap();
+                (repo, index)
+            },
+            |(repo, index)| {
+                imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb)
+                    .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let r = dir.path().join("repo-incr");
+    let repo = Repository::init(Arc::new(imgarc::backend::local::LocalBackend::new(&r)), Config::new(65536, 3).unwrap()).unwrap();
+    let index = Index::open(&repo).unwrap();
+    let first =
+        imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb).unwrap();
+    g.bench_function("night 1 after night 0 (mostly stored)", |b| {
+        b.iter(|| {
+            imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[1]).unwrap()), request(&nights[1]), &pb).unwrap()
+        })
+    });
+    let id = imgarc::ids::Id::from_hex(&first.snapshot).unwrap();
+    let snap = index.snapshot(&id).unwrap().unwrap();
+    g.bench_function("restore to a sparse file", |b| {
+        b.iter(|| {
+            imgarc::restore::restore(
+                &repo,
+                &index,
+                &snap,
+                imgarc::restore::Target::File(dir.path().join("out.raw")),
+                &Default::default(),
+                &pb,
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, whole);
+criterion_main!(benches);

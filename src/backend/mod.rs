@@ -39,11 +39,7 @@ pub enum BackendError {
         source: std::io::Error,
     },
     #[error("{op} {key}: {message}")]
-    Other {
-        op: &'static str,
-        key: String,
-        message: String,
-    },
+    Other { op: &'static str, key: String, message: String },
 }
 
 impl BackendError {
@@ -78,4 +74,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn size(&self, key: &str) -> BackendResult<u64>;
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>>;
     fn delete(&self, key: &str) -> BackendResult<()>;
+}
+
+/// Opens the backend a `--repo` location names: a directory path, or (with
+/// the remote backends) `s3:…` / `swift:…`.
+pub fn open(location: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    if location.starts_with("s3:") || location.starts_with("swift:") {
+        anyhow::bail!("repository {location}: remote repositories are not supported by this build");
+    }
+    Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
 }

@@ -1,0 +1,382 @@
+//! Archiving one image: the pipeline from a byte source to a snapshot.
+//!
+//! ```text
+//! reader thread: read → digest threads
+//!                      → layout (raw: identity; qcow2: decomposer) → GuestChunkers → batches ─┐
+//! this thread:   ChunkStore (hash ∥, dedup, compress ∥, pack) ←──────────────┘
+//!                → uploader thread (pack, then its index object)
+//! end:           extent trees → last pack → digests compared → snapshot object → index
+//! ```
+//! The image is read once and never held whole; bounded channels give
+//! back-pressure so memory stays flat as images grow.
+
+use crate::chunking::{Chunk, GuestChunker};
+use crate::digest::{Digesters, Piece};
+use crate::format::detect::{self, FormatKind};
+use crate::format::qcow2;
+use crate::ids::Id;
+use crate::index::Index;
+use crate::repository::config::Config;
+use crate::repository::extents::Extent;
+use crate::repository::snapshot::{Layout, Snapshot, SnapshotStats, Source};
+use crate::repository::Repository;
+use crate::source::read_full;
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::bounded;
+use indicatif::ProgressBar;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+
+const READ_BUF: usize = 4 << 20;
+const BATCH_BYTES: usize = 16 << 20;
+
+pub struct ArchiveRequest {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub source: Source,
+    /// Digests to compute and record (`md5`, `sha256`, …).
+    pub digests: Vec<String>,
+    /// Digests the source vouches for; a mismatch fails the archive and stores no snapshot.
+    pub expected_digests: BTreeMap<String, String>,
+    /// Length the source announced; a different length read fails the archive.
+    pub expected_size: Option<u64>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The format the source claims (Glance `disk_format`, or `--disk-format`);
+    /// it must agree with what is detected, and a declared raw image is never decomposed.
+    pub declared_format: Option<String>,
+    pub qcow2_policy: qcow2::Policy,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiveOutcome {
+    pub snapshot: String,
+    pub name: String,
+    pub logical_bytes: u64,
+    pub virtual_bytes: Option<u64>,
+    pub new_bytes: u64,
+    pub stored_bytes_added: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub hole_bytes: u64,
+    pub seconds: f64,
+    pub digests: BTreeMap<String, String>,
+    /// Detected container format (`raw`, `qcow2`, …).
+    pub format: String,
+    /// Why a container was stored opaquely (as plain bytes), if it was.
+    pub opaque: Option<String>,
+}
+
+/// The byte streams one image is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    Guest,
+    Literal,
+}
+
+/// How the image file maps onto the streams, learnt by the reader thread.
+enum Shape {
+    Raw,
+    Qcow2(qcow2::Decomposed),
+}
+
+/// What the reader thread hands over: a batch of chunks of one stream, or the end.
+enum Msg {
+    Chunks(StreamKind, Vec<Chunk>),
+    End { logical_bytes: u64, hole_bytes: u64, detected: FormatKind, shape: Box<Shape> },
+}
+
+/// Reads the source once, feeding every byte to the digest threads and the progress bar.
+struct TeeReader {
+    inner: Box<dyn Read + Send>,
+    digesters: Digesters,
+    pos: u64,
+    pb: ProgressBar,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && !self.digesters.is_empty() {
+            self.digesters.feed(Piece::Data(Arc::new(buf[..n].to_vec()), 0..n));
+        }
+        self.pos += n as u64;
+        self.pb.set_position(self.pos);
+        Ok(n)
+    }
+}
+
+/// Chunks a stream and ships full batches to the store.
+struct StreamBatcher {
+    kind: StreamKind,
+    chunker: GuestChunker,
+    batch: Vec<Chunk>,
+    batch_bytes: usize,
+    tx: crossbeam_channel::Sender<Result<Msg>>,
+}
+
+impl StreamBatcher {
+    fn new(kind: StreamKind, config: &Config, tx: crossbeam_channel::Sender<Result<Msg>>) -> Self {
+        StreamBatcher { kind, chunker: GuestChunker::new(config.chunker, config.hole_block_size), batch: Vec::new(), batch_bytes: 0, tx }
+    }
+
+    fn push(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let (batch, bytes) = (&mut self.batch, &mut self.batch_bytes);
+        self.chunker.push(offset, data, &mut |c| {
+            *bytes += c.data.len();
+            batch.push(c);
+        });
+        if self.batch_bytes >= BATCH_BYTES {
+            self.ship()?;
+        }
+        Ok(())
+    }
+
+    fn ship(&mut self) -> std::io::Result<()> {
+        self.batch_bytes = 0;
+        let chunks = std::mem::take(&mut self.batch);
+        if !chunks.is_empty() && self.tx.send(Ok(Msg::Chunks(self.kind, chunks))).is_err() {
+            return Err(std::io::Error::other("archive stopped"));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<u64> {
+        let batch = &mut self.batch;
+        self.chunker.finish(&mut |c| batch.push(c));
+        self.ship()?;
+        Ok(self.chunker.hole_bytes)
+    }
+}
+
+/// Guest bytes held to put pieces back in guest order. `qemu-img convert`
+/// writes clusters from several coroutines, so host order (the stream's order)
+/// is guest order only roughly; sorting within this window makes the chunker
+/// see the same runs — and cut the same chunks — as for the raw disk.
+const REORDER_WINDOW: usize = 32 << 20;
+
+/// The decomposer's two outputs, each through its own chunker.
+struct QcowSink {
+    guest: StreamBatcher,
+    literal: StreamBatcher,
+    literal_pos: u64,
+    reorder: std::collections::BTreeMap<u64, Vec<u8>>,
+    reorder_bytes: usize,
+}
+
+impl QcowSink {
+    fn finish(&mut self) -> std::io::Result<()> {
+        while let Some((off, data)) = self.reorder.pop_first() {
+            self.guest.push(off, &data)?;
+        }
+        self.reorder_bytes = 0;
+        self.literal.finish()?;
+        Ok(())
+    }
+}
+
+impl qcow2::DecomposeSink for QcowSink {
+    fn guest(&mut self, guest_offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.reorder.insert(guest_offset, data.to_vec());
+        self.reorder_bytes += data.len();
+        while self.reorder_bytes > REORDER_WINDOW {
+            let (off, d) = self.reorder.pop_first().expect("non-empty while over the window");
+            self.reorder_bytes -= d.len();
+            self.guest.push(off, &d)?;
+        }
+        Ok(())
+    }
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.literal.push(self.literal_pos, data)?;
+        self.literal_pos += data.len() as u64;
+        Ok(())
+    }
+}
+
+const HEAD_LEN: usize = 64 << 10;
+
+/// The reader thread's work: detect the format, then read the image through its layout.
+fn read_image(
+    reader: Box<dyn Read + Send>,
+    digesters: Digesters,
+    config: &Config,
+    declared: Option<&str>,
+    policy: &qcow2::Policy,
+    size_hint: Option<u64>,
+    tx: crossbeam_channel::Sender<Result<Msg>>,
+    pb: ProgressBar,
+) -> (Result<()>, Digesters) {
+    let mut tee = TeeReader { inner: reader, digesters, pos: 0, pb };
+    let result = (|| -> Result<()> {
+        let mut head = vec![0u8; HEAD_LEN];
+        let n = read_full(&mut tee, &mut head).context("reading the image header")?;
+        head.truncate(n);
+        let detected = detect::detect(&head);
+        let kind = detect::decide(declared, &detected)?;
+        let mut input = std::io::Cursor::new(head).chain(&mut tee);
+        let mut guest = StreamBatcher::new(StreamKind::Guest, config, tx.clone());
+        let shape = if kind == FormatKind::Qcow2 {
+            let literal = StreamBatcher::new(StreamKind::Literal, config, tx.clone());
+            let mut sink = QcowSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
+            let d = qcow2::decompose(&mut input, size_hint, policy, &mut sink)?;
+            sink.finish()?;
+            guest = sink.guest;
+            Shape::Qcow2(d)
+        } else {
+            // Raw and every format imgarc does not decompose: the file is the stream.
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; READ_BUF];
+            loop {
+                let n = read_full(&mut input, &mut buf).with_context(|| format!("reading the image at byte {offset}"))?;
+                if n == 0 {
+                    break;
+                }
+                guest.push(offset, &buf[..n])?;
+                offset += n as u64;
+            }
+            Shape::Raw
+        };
+        let mut rest = [0u8; 1];
+        if input.read(&mut rest)? != 0 {
+            bail!("the image layout ended before the end of the file (internal error)");
+        }
+        let hole_bytes = guest.finish()?;
+        let logical_bytes = tee.pos;
+        let _ = tx.send(Ok(Msg::End { logical_bytes, hole_bytes, detected: kind, shape: Box::new(shape) }));
+        Ok(())
+    })();
+    (result, tee.digesters)
+}
+
+pub fn archive(
+    repo: &Repository,
+    index: &Index,
+    reader: Box<dyn Read + Send>,
+    req: ArchiveRequest,
+    progress: &ProgressBar,
+) -> Result<ArchiveOutcome> {
+    let started = Instant::now();
+    let time = crate::util::now_rfc3339();
+    let mut digest_names = req.digests.clone();
+    for k in req.expected_digests.keys() {
+        if !digest_names.contains(k) {
+            digest_names.push(k.clone());
+        }
+    }
+    let digesters = Digesters::start(&digest_names);
+    let config = repo.config().clone();
+    let config_copy = config.clone();
+    let expected_chunks = req.expected_size.map_or(0, |s| (s / config.chunker.avg_size as u64) as usize);
+    let mut store = crate::store::ChunkStore::new(repo, index, expected_chunks)?;
+
+    let (tx, rx) = bounded::<Result<Msg>>(2);
+    let pb = progress.clone();
+    let declared = req.declared_format.clone();
+    let policy = req.qcow2_policy.clone();
+    let size_hint = req.expected_size;
+    let reader_thread = std::thread::Builder::new().name("read".into()).spawn(move || {
+        let (result, digesters) = read_image(reader, digesters, &config, declared.as_deref(), &policy, size_hint, tx.clone(), pb);
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+        }
+        digesters
+    })?;
+
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut literal_extents: Vec<Extent> = Vec::new();
+    let mut end = None;
+    for msg in rx.iter() {
+        match msg? {
+            Msg::Chunks(StreamKind::Guest, chunks) => extents.extend(store.store_chunks(chunks)?),
+            Msg::Chunks(StreamKind::Literal, chunks) => literal_extents.extend(store.store_chunks(chunks)?),
+            Msg::End { logical_bytes, hole_bytes, detected, shape } => end = Some((logical_bytes, hole_bytes, detected, shape)),
+        }
+    }
+    let digesters = reader_thread.join().map_err(|_| anyhow!("reader thread panicked"))?;
+    let (logical_bytes, hole_bytes, detected, shape) = end.ok_or_else(|| anyhow!("the image could not be read to its end"))?;
+    if let Some(exp) = req.expected_size {
+        if exp != logical_bytes {
+            bail!("the source announced {exp} bytes but delivered {logical_bytes}: truncated or changed while reading; no snapshot stored");
+        }
+    }
+    // Out-of-order layouts may deliver pieces in any order; the list is by offset.
+    extents.sort_by_key(|e| e.offset);
+    let (layout, virtual_bytes, image, opaque) = match *shape {
+        Shape::Raw => (Layout::Raw, logical_bytes, None, None),
+        Shape::Qcow2(d) => {
+            // The recipe is a small byte stream of its own, chunked like any other.
+            let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX);
+            let mut recipe_chunks = Vec::new();
+            chunker.push(0, &d.recipe, &mut |c| recipe_chunks.push(c));
+            chunker.finish(&mut |c| recipe_chunks.push(c));
+            let recipe_extents = store.store_chunks(recipe_chunks)?;
+            let recipe = store.store_extents(d.recipe.len() as u64, &recipe_extents)?;
+            let literals = store.store_extents(d.info.literal_stream_bytes, &literal_extents)?;
+            let info = serde_json::to_value(&d.info)?;
+            (Layout::Qcow2 { recipe, literals }, d.info.virtual_size, Some(info), d.opaque)
+        }
+    };
+    let guest = store.store_extents(virtual_bytes, &extents)?;
+    let stats = store.finish()?;
+    let digests = digesters.finish()?;
+    for (alg, want) in &req.expected_digests {
+        let got = digests.get(alg).map(String::as_str).unwrap_or("");
+        if !got.eq_ignore_ascii_case(want) {
+            bail!("{alg} of the bytes read is {got}, but the source says {want}: the image is damaged or was changed; no snapshot stored");
+        }
+    }
+    let recorded: BTreeMap<String, String> =
+        digests.into_iter().filter(|(k, _)| req.digests.contains(k) || req.expected_digests.contains_key(k)).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let snap = Snapshot {
+        version: crate::repository::snapshot::SNAPSHOT_VERSION,
+        name: req.name.clone(),
+        tags: req.tags.clone(),
+        time,
+        hostname: crate::util::hostname(),
+        source: req.source,
+        logical_bytes,
+        virtual_bytes: Some(virtual_bytes),
+        format: detected.name().to_string(),
+        image,
+        layout,
+        guest,
+        digests: recorded.clone(),
+        stats: SnapshotStats {
+            chunks: stats.chunks,
+            new_chunks: stats.new_chunks,
+            new_bytes: stats.new_bytes,
+            stored_bytes_added: stats.stored_bytes_added,
+            hole_bytes,
+            seconds,
+        },
+        metadata: req.metadata,
+    };
+    // Every pack is durable and indexed; only now may a snapshot refer to them.
+    let id = repo.save_snapshot(&snap)?;
+    let mut referenced: HashSet<Id> = extents.iter().chain(&literal_extents).map(|e| e.id).collect();
+    for stream in snap.streams() {
+        referenced.extend(stream.trees.iter().copied());
+    }
+    if let Layout::Qcow2 { recipe, .. } = &snap.layout {
+        referenced.extend(index.load_extents(repo, recipe).map(|v| v.into_iter().map(|e| e.id).collect::<Vec<_>>()).unwrap_or_default());
+    }
+    let mut idx = Index::open_at(index.path(), &repo.config().id)?;
+    idx.add_snapshot(&id, &snap, &referenced)?;
+    Ok(ArchiveOutcome {
+        snapshot: id.to_hex(),
+        name: snap.name,
+        logical_bytes,
+        virtual_bytes: snap.virtual_bytes,
+        new_bytes: stats.new_bytes,
+        stored_bytes_added: stats.stored_bytes_added,
+        chunks: stats.chunks,
+        new_chunks: stats.new_chunks,
+        hole_bytes,
+        seconds,
+        digests: recorded,
+        format: detected.name().to_string(),
+        opaque,
+    })
+}

@@ -1,0 +1,34 @@
+//! `imgarc index rebuild`: regenerate the local index from the repository.
+
+use super::Ctx;
+use crate::cli::{IndexAction, IndexArgs};
+use crate::repository::lock::Lock;
+use anyhow::Result;
+
+pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
+    match args.action {
+        IndexAction::Rebuild => {
+            let repo = ctx.open_repo()?;
+            let _lock = Lock::acquire(repo.backend().clone(), true, "index rebuild")?;
+            let (index, report) = crate::index::rebuild(&repo)?;
+            let mut json = serde_json::to_value(&report)?;
+            json["path"] = serde_json::Value::String(index.path().display().to_string());
+            ctx.emit(&json, || {
+                let mut s = format!(
+                    "index rebuilt at {}: {} index objects, {} packs ({} adopted from pack trailers), {} blobs, {} snapshots\n",
+                    index.path().display(),
+                    report.index_objects,
+                    report.packs,
+                    report.packs_adopted,
+                    report.blobs,
+                    report.snapshots
+                );
+                for p in &report.packs_unreadable {
+                    s.push_str(&format!("warning: unreadable pack {p}\n"));
+                }
+                s
+            });
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! `imgarc show SNAPSHOT`: everything a snapshot records.
+
+use super::Ctx;
+use crate::cli::ShowArgs;
+use anyhow::{Context, Result};
+
+pub fn run(ctx: &Ctx, args: ShowArgs) -> Result<()> {
+    let (_repo, index) = ctx.open()?;
+    let id = index.resolve_snapshot(&args.snapshot)?;
+    let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
+    let mut json = serde_json::to_value(&snap)?;
+    json["id"] = serde_json::Value::String(id.to_hex());
+    ctx.emit(&json, || format!("snapshot {}\n{}\n", id.to_hex(), serde_json::to_string_pretty(&snap).unwrap_or_default()));
+    Ok(())
+}

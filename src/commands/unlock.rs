@@ -1,0 +1,28 @@
+//! `imgarc unlock [--all]`: remove stale (or all) lock objects.
+
+use super::Ctx;
+use crate::cli::UnlockArgs;
+use crate::repository::lock;
+use anyhow::Result;
+
+pub fn run(ctx: &Ctx, args: UnlockArgs) -> Result<()> {
+    let repo = ctx.open_repo()?;
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (key, info) in lock::list(&**repo.backend())? {
+        if args.all || info.is_stale() {
+            repo.backend().delete(&key)?;
+            removed.push(key);
+        } else {
+            kept.push(format!("{key} ({} on {} pid {})", info.purpose, info.hostname, info.pid));
+        }
+    }
+    ctx.emit(&serde_json::json!({"removed": removed, "kept": kept}), || {
+        let mut s = format!("removed {} lock(s)\n", removed.len());
+        for k in &kept {
+            s.push_str(&format!("kept active lock {k}\n"));
+        }
+        s
+    });
+    Ok(())
+}

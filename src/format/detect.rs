@@ -1,0 +1,212 @@
+//! Format sniffing of the first bytes of an image and the declared-vs-detected rule.
+//!
+//! Mirrors oslo.utils `format_inspector`: a container format is recognised by its magic;
+//! more than one container signature in one file is an error (one header may be hiding inside
+//! another); and the declared `disk_format` decides — a declared `raw` image is archived as
+//! raw bytes and never decomposed as qcow2 even if it starts with the qcow2 magic
+//! (OSSA-2024-002), while any other declared format must match what is detected.
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatKind {
+    Raw,
+    Qcow2,
+    Qed,
+    Vmdk,
+    Vhd,
+    Vhdx,
+    Vdi,
+    Iso,
+    Luks,
+}
+
+impl FormatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FormatKind::Raw => "raw",
+            FormatKind::Qcow2 => "qcow2",
+            FormatKind::Qed => "qed",
+            FormatKind::Vmdk => "vmdk",
+            FormatKind::Vhd => "vhd",
+            FormatKind::Vhdx => "vhdx",
+            FormatKind::Vdi => "vdi",
+            FormatKind::Iso => "iso",
+            FormatKind::Luks => "luks",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Detected {
+    /// The detected format (Raw when no container signature is present).
+    pub kind: FormatKind,
+    /// Format version when the header carries one (qcow2 2/3, vmdk, luks, vdi ...).
+    pub version: Option<u32>,
+    /// Human-readable detail ("qcow2 v3, cluster 65536", "MBR partition table", ...).
+    pub info: String,
+    /// Every container signature found; more than one is suspicious.
+    pub all: Vec<FormatKind>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("declared disk_format {declared:?} but the image is {detected}: refused (declared and detected formats must agree)")]
+    Mismatch { declared: String, detected: String },
+    #[error("image matches several formats ({0}): refused, one header may be hiding inside another")]
+    Ambiguous(String),
+    #[error("unknown declared disk_format {0:?}")]
+    UnknownDeclared(String),
+    #[error("{0} images are not supported: refused")]
+    Banned(String),
+}
+
+fn be32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn le32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn at(b: &[u8], o: usize, m: &[u8]) -> bool {
+    b.get(o..o + m.len()) == Some(m)
+}
+
+/// Sniff the format from `head` (the first >= 64 KiB, or the whole file if shorter).
+pub fn detect(head: &[u8]) -> Detected {
+    let mut all = Vec::new();
+    let mut version = None;
+    let mut info = String::new();
+    if at(head, 0, b"QFI\xfb") {
+        all.push(FormatKind::Qcow2);
+        version = be32(head, 4);
+        info = format!("qcow2 v{}, cluster_bits {}", version.unwrap_or(0), be32(head, 20).unwrap_or(0));
+    }
+    if at(head, 0, b"QED\0") {
+        all.push(FormatKind::Qed);
+    }
+    if at(head, 0, b"KDMV") || at(head, 0, b"# Disk DescriptorFile") {
+        all.push(FormatKind::Vmdk);
+        if at(head, 0, b"KDMV") {
+            version = le32(head, 4);
+        }
+        // createType from an embedded descriptor, for the subformat whitelist.
+        let txt = String::from_utf8_lossy(&head[..head.len().min(65536)]);
+        if let Some(p) = txt.find("createType=") {
+            let t: String = txt[p + 11..].chars().take_while(|c| *c != '\n' && *c != '\r').collect();
+            info = format!("vmdk createType={}", t.trim_matches('"'));
+        }
+    }
+    if at(head, 0, b"conectix") {
+        all.push(FormatKind::Vhd);
+    }
+    if at(head, 0, b"vhdxfile") {
+        all.push(FormatKind::Vhdx);
+    }
+    if le32(head, 64) == Some(0xbeda_107f) {
+        all.push(FormatKind::Vdi);
+        version = le32(head, 68);
+    }
+    if at(head, 0, b"LUKS\xba\xbe") {
+        all.push(FormatKind::Luks);
+        version = head.get(6..8).map(|v| u16::from_be_bytes([v[0], v[1]]) as u32);
+    }
+    if at(head, 0x8001, b"CD001") {
+        all.push(FormatKind::Iso);
+    }
+    // A fixed VHD has its footer only at the end; visible here when the file is short.
+    if head.len() >= 512 && head.len() < 65536 && at(head, head.len() - 512, b"conectix") && !all.contains(&FormatKind::Vhd) {
+        all.push(FormatKind::Vhd);
+    }
+    let kind = all.first().copied().unwrap_or(FormatKind::Raw);
+    if kind == FormatKind::Raw {
+        if at(head, 512, b"EFI PART") {
+            info = "GPT partition table".into();
+        } else if at(head, 510, b"\x55\xaa") {
+            info = "MBR boot sector".into();
+        }
+    } else if info.is_empty() {
+        info = kind.name().into();
+    }
+    Detected { kind, version, info, all }
+}
+
+fn parse_declared(d: &str) -> Result<FormatKind, FormatError> {
+    Ok(match d.to_ascii_lowercase().as_str() {
+        "raw" | "aki" | "ari" | "ami" => FormatKind::Raw,
+        "qcow2" => FormatKind::Qcow2,
+        "vmdk" => FormatKind::Vmdk,
+        "vhd" | "vpc" => FormatKind::Vhd,
+        "vhdx" => FormatKind::Vhdx,
+        "vdi" => FormatKind::Vdi,
+        "iso" => FormatKind::Iso,
+        "qed" => FormatKind::Qed,
+        "luks" => FormatKind::Luks,
+        other => return Err(FormatError::UnknownDeclared(other.into())),
+    })
+}
+
+/// Declared `disk_format` (from Glance) must agree with the detected format. A declared raw
+/// image always passes: it is archived as raw bytes and never interpreted.
+pub fn check_declared(declared: Option<&str>, detected: &Detected) -> Result<(), FormatError> {
+    decide(declared, detected).map(|_| ())
+}
+
+/// The format to process the image as, after [`check_declared`]'s rules.
+pub fn decide(declared: Option<&str>, detected: &Detected) -> Result<FormatKind, FormatError> {
+    let declared = declared.map(parse_declared).transpose()?;
+    if declared == Some(FormatKind::Raw) {
+        return Ok(FormatKind::Raw);
+    }
+    // ISO 9660 images may legitimately carry another signature (hybrid boot images); other
+    // combinations are refused.
+    let containers: Vec<_> = detected.all.iter().filter(|k| **k != FormatKind::Iso).collect();
+    if containers.len() > 1 {
+        return Err(FormatError::Ambiguous(containers.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")));
+    }
+    if detected.kind == FormatKind::Qed {
+        return Err(FormatError::Banned("QED".into()));
+    }
+    match declared {
+        None => Ok(detected.kind),
+        Some(d) if d == detected.kind => Ok(d),
+        Some(d) => Err(FormatError::Mismatch { declared: d.name().into(), detected: detected.kind.name().into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let mut b = vec![0u8; 65536];
+        assert_eq!(detect(&b).kind, FormatKind::Raw);
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        assert_eq!(detect(&b).info, "MBR boot sector");
+        for (magic, kind) in [
+            (&b"QFI\xfb"[..], FormatKind::Qcow2),
+            (b"KDMV", FormatKind::Vmdk),
+            (b"conectix", FormatKind::Vhd),
+            (b"vhdxfile", FormatKind::Vhdx),
+            (b"LUKS\xba\xbe", FormatKind::Luks),
+            (b"QED\0", FormatKind::Qed),
+        ] {
+            let mut b = vec![0u8; 4096];
+            b[..magic.len()].copy_from_slice(magic);
+            assert_eq!(detect(&b).kind, kind);
+        }
+        assert_eq!(detect(&[]).kind, FormatKind::Raw);
+        assert_eq!(detect(b"QF").kind, FormatKind::Raw);
+    }
+
+    #[test]
+    fn declared_rules() {
+        let q = detect(b"QFI\xfb\0\0\0\x03");
+        assert_eq!(decide(Some("RAW"), &q), Ok(FormatKind::Raw));
+        assert!(matches!(decide(Some("vhd"), &q), Err(FormatError::Mismatch { .. })));
+        let r = detect(&[0u8; 100]);
+        assert!(matches!(check_declared(Some("qcow2"), &r), Err(FormatError::Mismatch { .. })));
+        assert_eq!(decide(Some("ami"), &r), Ok(FormatKind::Raw));
+    }
+}

@@ -1,0 +1,789 @@
+//! The streaming decomposer (design note §4.2): one sequential pass over an untrusted qcow2
+//! stream, producing guest data pieces, the literal stream and the layout recipe.
+//!
+//! Every host cluster gets exactly one fate when it is read (or when its role becomes known):
+//! metadata/free → literal (zero runs elided), data → guest data, compressed stream →
+//! recompression recipe or literal. Clusters whose role is unknown wait in a pool (RAM up to
+//! `Policy::max_pending_ram`, then an unlinked spill file). Because the bytes of every host
+//! range are recorded the moment they are consumed, a problem found late (corrupt tables,
+//! limits) switches to *opaque* mode without ever re-reading the input: the rest of the file
+//! and everything still pending becomes literal, and the recipe stays exact.
+use super::codec::{self, CODEC_ZLIB, CODEC_ZSTD};
+use super::error::Qcow2Error;
+use super::header::{self, Header};
+use super::recipe::{Recipe, SegList, Segment, FLAG_OPAQUE};
+use super::{DecomposeSink, Decomposed, ImageInfo, Policy};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Header,
+    RefTable,
+    L1 {
+        first: u64,
+    },
+    L2 {
+        l1_index: u64,
+    },
+    Data {
+        guest: u64,
+    },
+    /// Soft roles: hints that a cluster is metadata we do not interpret (refcount block) or
+    /// carries no guest data (zero-flag cluster with a host offset). A hard role replaces them.
+    RefBlock,
+    Free,
+}
+impl Role {
+    fn soft(self) -> bool {
+        matches!(self, Role::RefBlock | Role::Free)
+    }
+}
+
+enum Store {
+    Ram(Vec<u8>),
+    Spill(u64),
+    Zero,
+}
+struct Held {
+    len: u64,
+    store: Store,
+}
+
+struct Job {
+    off: u64,
+    guest: u64,
+    bytes: Vec<u8>,
+}
+enum Outcome {
+    /// Decompressed to one cluster; `exact` compressed bytes; `codec` reproduced them.
+    Done {
+        data: Vec<u8>,
+        exact: Option<u64>,
+        codec: Option<u8>,
+    },
+    Failed,
+}
+
+/// Sector granularity for zero-run elision in literals.
+const ZGRAIN: usize = 512;
+
+struct Dec<'a> {
+    sink: &'a mut dyn DecomposeSink,
+    policy: &'a Policy,
+    h: Header,
+    cs: u64,
+    file_len: Option<u64>,
+    /// Bytes read so far (host offset of the next byte).
+    pos: u64,
+    roles: HashMap<u64, Role>,
+    pool: BTreeMap<u64, Held>,
+    pool_ram: usize,
+    pool_bytes: u64,
+    spill: Option<File>,
+    spill_len: u64,
+    /// Registered compressed streams, keyed by (end of upper bound, host offset).
+    streams: BTreeMap<(u64, u64), u64>,
+    jobs: Vec<Job>,
+    segs: SegList,
+    lit_off: u64,
+    opaque: Option<String>,
+    codec: u8,
+    info: ImageInfo,
+}
+
+impl Dec<'_> {
+    fn vsize(&self) -> u64 {
+        self.h.size
+    }
+
+    // ---------- emission ----------
+
+    /// Bytes at host offset `h` that are kept verbatim: zero runs become Zero segments,
+    /// everything else goes to the literal stream.
+    fn emit_literal(&mut self, h: u64, b: &[u8]) -> std::io::Result<()> {
+        let mut i = 0usize;
+        while i < b.len() {
+            let zero_start = i;
+            while i < b.len() && is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
+                i = (i + ZGRAIN).min(b.len());
+            }
+            if i > zero_start {
+                self.segs.push(h + zero_start as u64, Segment::Zero { len: (i - zero_start) as u64 });
+            }
+            let lit_start = i;
+            while i < b.len() && !is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
+                i = (i + ZGRAIN).min(b.len());
+            }
+            if i > lit_start {
+                let piece = &b[lit_start..i];
+                self.sink.literal(piece)?;
+                self.segs.push(h + lit_start as u64, Segment::Literal { len: piece.len() as u64, lit_off: self.lit_off });
+                self.lit_off += piece.len() as u64;
+                self.info.literal_bytes += piece.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// A data cluster's bytes at host `h`, mapping guest offset `g`; trimmed at the virtual size.
+    fn emit_guest(&mut self, h: u64, g: u64, b: &[u8]) -> std::io::Result<()> {
+        let n = (b.len() as u64).min(self.vsize().saturating_sub(g)) as usize;
+        let (data, rest) = b.split_at(n);
+        if is_zero(data) {
+            self.segs.push(h, Segment::Zero { len: n as u64 });
+        } else {
+            self.sink.guest(g, data)?;
+            self.segs.push(h, Segment::Guest { len: n as u64, guest_off: g });
+            self.info.guest_bytes += n as u64;
+        }
+        self.emit_literal(h + n as u64, rest)
+    }
+
+    // ---------- pool of clusters with unknown role ----------
+
+    fn pool_insert(&mut self, h: u64, b: Vec<u8>) -> Result<(), Qcow2Error> {
+        let len = b.len() as u64;
+        let store = if is_zero(&b) {
+            Store::Zero
+        } else if self.pool_ram + b.len() <= self.policy.max_pending_ram {
+            self.pool_ram += b.len();
+            Store::Ram(b)
+        } else {
+            if self.spill.is_none() {
+                self.spill = Some(open_spill(&self.policy.spill_dir)?);
+            }
+            let off = self.spill_len;
+            if let Some(f) = self.spill.as_mut() {
+                f.write_all(&b)?;
+            }
+            self.spill_len += len;
+            self.info.spilled_bytes += len;
+            Store::Spill(off)
+        };
+        self.pool.insert(h, Held { len, store });
+        self.pool_bytes += len;
+        self.info.pending_peak_bytes = self.info.pending_peak_bytes.max(self.pool_bytes);
+        if self.spill_len > self.policy.max_spill_bytes {
+            self.go_opaque(format!("pending clusters exceed the spill limit of {} bytes", self.policy.max_spill_bytes))?;
+        }
+        Ok(())
+    }
+
+    fn held_bytes(&self, held: &Held) -> std::io::Result<Vec<u8>> {
+        Ok(match &held.store {
+            Store::Ram(v) => v.clone(),
+            Store::Zero => vec![0u8; held.len as usize],
+            Store::Spill(o) => {
+                let mut v = vec![0u8; held.len as usize];
+                if let Some(f) = self.spill.as_ref() {
+                    f.read_exact_at(&mut v, *o)?;
+                }
+                v
+            }
+        })
+    }
+
+    /// Copy of the contiguous pooled bytes starting at `a`, up to `b` (shorter at a gap).
+    fn pool_peek(&self, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = a;
+        let start = self.pool.range(..=a).next_back().map(|(k, _)| *k).unwrap_or(a);
+        for (&k, held) in self.pool.range(start..) {
+            if k > at || at >= b {
+                break;
+            }
+            if k + held.len <= at {
+                continue;
+            }
+            let bytes = self.held_bytes(held)?;
+            let from = (at - k) as usize;
+            let to = ((b.min(k + held.len)) - k) as usize;
+            out.extend_from_slice(&bytes[from..to]);
+            at = k + to as u64;
+        }
+        Ok(out)
+    }
+
+    /// Remove exactly `[a, b)` from the pool and return its bytes; None if any byte of the
+    /// range is not pooled (already consumed by another role → caller treats as conflict).
+    fn pool_take(&mut self, a: u64, b: u64) -> Result<Option<Vec<u8>>, Qcow2Error> {
+        let start = match self.pool.range(..=a).next_back() {
+            Some((&k, h)) if k + h.len > a => k,
+            _ => return Ok(None),
+        };
+        let mut keys = Vec::new();
+        let mut at = start;
+        for (&k, held) in self.pool.range(start..) {
+            if k != at || at >= b {
+                break;
+            }
+            keys.push(k);
+            at = k + held.len;
+        }
+        if at < b {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity((b - a) as usize);
+        for k in keys {
+            let Some(held) = self.pool.remove(&k) else { continue };
+            self.pool_bytes -= held.len;
+            let bytes = self.held_bytes(&held)?;
+            if let Store::Ram(v) = &held.store {
+                self.pool_ram -= v.len();
+            }
+            let lo = a.max(k);
+            let hi = b.min(k + held.len);
+            if k < lo {
+                self.pool_reinsert(k, bytes[..(lo - k) as usize].to_vec());
+            }
+            out.extend_from_slice(&bytes[(lo - k) as usize..(hi - k) as usize]);
+            if hi < k + held.len {
+                self.pool_reinsert(hi, bytes[(hi - k) as usize..].to_vec());
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Leftover pieces of a split entry stay in RAM (they are at most one cluster) unless zero.
+    fn pool_reinsert(&mut self, k: u64, v: Vec<u8>) {
+        let len = v.len() as u64;
+        let store = if is_zero(&v) {
+            Store::Zero
+        } else {
+            self.pool_ram += v.len();
+            Store::Ram(v)
+        };
+        self.pool_bytes += len;
+        self.pool.insert(k, Held { len, store });
+    }
+
+    /// Everything still pooled becomes literal, in host order.
+    fn drain_pool(&mut self) -> Result<(), Qcow2Error> {
+        let pool = std::mem::take(&mut self.pool);
+        for (k, held) in pool {
+            let bytes = self.held_bytes(&held)?;
+            self.emit_literal(k, &bytes)?;
+        }
+        self.pool_ram = 0;
+        self.pool_bytes = 0;
+        Ok(())
+    }
+
+    // ---------- opaque fallback ----------
+
+    fn go_opaque(&mut self, reason: String) -> Result<(), Qcow2Error> {
+        if self.opaque.is_some() {
+            return Ok(());
+        }
+        self.opaque = Some(reason);
+        self.jobs.clear();
+        self.streams.clear();
+        self.roles.clear();
+        self.drain_pool()
+    }
+
+    fn corrupt(&mut self, reason: String) -> Result<(), Qcow2Error> {
+        self.info.corrupt = true;
+        self.go_opaque(format!("corrupt image: {reason}"))
+    }
+
+    // ---------- roles ----------
+
+    fn in_file(&self, off: u64, len: u64) -> bool {
+        match self.file_len {
+            Some(fl) => off.checked_add(len).is_some_and(|e| e <= fl),
+            None => off < 1 << 56,
+        }
+    }
+
+    fn assign(&mut self, cluster: u64, role: Role) -> Result<(), Qcow2Error> {
+        if self.opaque.is_some() {
+            return Ok(());
+        }
+        let h = cluster * self.cs;
+        if h >= self.pos {
+            match self.roles.get(&cluster).copied() {
+                Some(old) if role.soft() => {
+                    let _ = old;
+                }
+                Some(old) if !old.soft() => {
+                    return self.corrupt(format!("host cluster at offset {h:#x} has two roles ({old:?} and {role:?})"));
+                }
+                _ => {
+                    if self.roles.len() >= self.policy.max_tracked {
+                        return self.go_opaque(format!("more than {} outstanding table references", self.policy.max_tracked));
+                    }
+                    self.roles.insert(cluster, role);
+                }
+            }
+            return Ok(());
+        }
+        // Already read: the bytes must still be pooled.
+        let end = (h + self.cs).min(self.pos);
+        match self.pool_take(h, end)? {
+            Some(bytes) => self.handle(h, bytes, role),
+            None if role.soft() => Ok(()),
+            None => self.corrupt(format!("host cluster at offset {h:#x} ({role:?}) was already used for something else")),
+        }
+    }
+
+    /// Give cluster bytes at host `h` their fate according to `role`.
+    fn handle(&mut self, h: u64, b: Vec<u8>, role: Role) -> Result<(), Qcow2Error> {
+        if self.opaque.is_some() {
+            self.emit_literal(h, &b)?;
+            return Ok(());
+        }
+        match role {
+            Role::Data { guest } => {
+                self.flush_jobs()?; // keep guest pieces in guest order
+                if self.opaque.is_some() {
+                    self.emit_literal(h, &b)?;
+                } else {
+                    self.emit_guest(h, guest, &b)?;
+                }
+            }
+            Role::Header | Role::RefBlock | Role::Free => {
+                self.info.metadata_bytes += b.len() as u64;
+                self.emit_literal(h, &b)?;
+            }
+            Role::RefTable => {
+                self.info.metadata_bytes += b.len() as u64;
+                self.emit_literal(h, &b)?;
+                for e in b.chunks_exact(8) {
+                    let off = u64::from_be_bytes(e.try_into().unwrap_or([0; 8])) & !0x1ff;
+                    if off != 0 && off % self.cs == 0 && self.in_file(off, 1) {
+                        self.assign(off / self.cs, Role::RefBlock)?;
+                    }
+                }
+            }
+            Role::L1 { first } => {
+                self.info.metadata_bytes += b.len() as u64;
+                self.emit_literal(h, &b)?;
+                self.parse_l1(first, &b)?;
+            }
+            Role::L2 { l1_index } => {
+                self.info.metadata_bytes += b.len() as u64;
+                self.emit_literal(h, &b)?;
+                self.parse_l2(l1_index, &b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_l1(&mut self, first: u64, b: &[u8]) -> Result<(), Qcow2Error> {
+        for (j, e) in b.chunks_exact(8).enumerate() {
+            let idx = first + j as u64;
+            if idx >= self.h.l1_size as u64 || self.opaque.is_some() {
+                break;
+            }
+            let e = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
+            let off = e & 0x00ff_ffff_ffff_fe00;
+            if e & 0x7f00_0000_0000_01ff != 0 {
+                self.corrupt(format!("L1 entry {idx} has reserved bits set ({e:#x})"))?;
+                break;
+            }
+            if off == 0 || idx * self.h.l2_span() >= self.vsize() {
+                continue;
+            }
+            if off % self.cs != 0 || off < self.cs || !self.in_file(off, self.cs) {
+                self.corrupt(format!("L1 entry {idx} points to {off:#x}: unaligned, into the header or beyond the end of the file"))?;
+                break;
+            }
+            self.assign(off / self.cs, Role::L2 { l1_index: idx })?;
+        }
+        Ok(())
+    }
+
+    fn parse_l2(&mut self, l1_index: u64, b: &[u8]) -> Result<(), Qcow2Error> {
+        let cs = self.cs;
+        let cb = self.h.cluster_bits as u64;
+        for (i, e) in b.chunks_exact(8).enumerate() {
+            if self.opaque.is_some() {
+                break;
+            }
+            let guest = l1_index * self.h.l2_span() + i as u64 * cs;
+            if guest >= self.vsize() {
+                break;
+            }
+            let e = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
+            if e & (1 << 62) != 0 {
+                let x = 62 - (cb - 8);
+                let off = e & ((1u64 << x) - 1);
+                let nsect = (e >> x) & ((1u64 << (cb - 8)) - 1);
+                let upper = (nsect + 1) * 512 - (off & 511);
+                if off < cs || !self.in_file(off, 1) {
+                    self.corrupt(format!(
+                        "compressed cluster for guest offset {guest:#x} at host {off:#x}: into the header or beyond the end of the file"
+                    ))?;
+                    break;
+                }
+                let end = match self.file_len {
+                    Some(fl) => (off + upper).min(fl),
+                    None => off + upper,
+                };
+                self.info.compressed_clusters += 1;
+                self.info.allocated_bytes += cs;
+                if self.streams.contains_key(&(end, off)) || self.streams.len() >= self.policy.max_tracked {
+                    self.corrupt(format!("compressed stream at {off:#x} referenced twice or too many streams"))?;
+                    break;
+                }
+                self.streams.insert((end, off), guest);
+                continue;
+            }
+            let off = e & 0x00ff_ffff_ffff_fe00;
+            let zero = e & 1 != 0;
+            if e & 0x3f00_0000_0000_01fe != 0 || (zero && self.h.version < 3) {
+                self.corrupt(format!("L2 entry for guest offset {guest:#x} has reserved bits set ({e:#x})"))?;
+                break;
+            }
+            if off == 0 {
+                continue;
+            }
+            if off % cs != 0 || off < cs || !self.in_file(off, 1) {
+                self.corrupt(format!("L2 entry for guest offset {guest:#x} points to host {off:#x}: unaligned, into the header or beyond the end of the file"))?;
+                break;
+            }
+            if zero {
+                self.info.zero_prealloc_clusters += 1;
+                self.assign(off / cs, Role::Free)?;
+            } else {
+                self.info.allocated_bytes += cs;
+                self.info.data_clusters += 1;
+                self.assign(off / cs, Role::Data { guest })?;
+            }
+        }
+        // Streams whose bytes have all arrived can be processed now.
+        self.collect_ready(false)
+    }
+
+    // ---------- compressed clusters ----------
+
+    fn collect_ready(&mut self, eof: bool) -> Result<(), Qcow2Error> {
+        while let Some((&(end, off), &guest)) = self.streams.iter().next() {
+            if !eof && end > self.pos {
+                break;
+            }
+            self.streams.remove(&(end, off));
+            let bytes = self.pool_peek(off, end.min(self.pos))?;
+            self.jobs.push(Job { off, guest, bytes });
+            if self.jobs.len() as u64 * self.cs >= 16 << 20 && self.jobs.len() >= 4 {
+                self.flush_jobs()?;
+                if self.opaque.is_some() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decompress + recompress the batch in parallel, then apply results in order.
+    fn flush_jobs(&mut self) -> Result<(), Qcow2Error> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        let jobs = std::mem::take(&mut self.jobs);
+        let (cs, codec, vsize) = (self.cs as usize, self.codec, self.vsize());
+        let results: Vec<Outcome> = jobs.par_iter().map(|j| run_job(j, cs, codec, vsize)).collect();
+        for (j, r) in jobs.iter().zip(results) {
+            if self.opaque.is_some() {
+                break;
+            }
+            match r {
+                Outcome::Failed => {
+                    self.corrupt(format!(
+                        "compressed cluster at host {:#x} (guest {:#x}) does not decompress to one cluster",
+                        j.off, j.guest
+                    ))?;
+                }
+                Outcome::Done { data, exact, codec } => {
+                    let n = (cs as u64).min(vsize - j.guest) as usize;
+                    if !is_zero(&data[..n]) {
+                        self.sink.guest(j.guest, &data[..n])?;
+                        self.info.guest_bytes += n as u64;
+                    }
+                    let Some(exact) = exact else { continue }; // bytes stay pooled → literal
+                    let Some(bytes) = self.pool_take(j.off, j.off + exact)? else {
+                        self.corrupt(format!("compressed cluster at host {:#x} overlaps other data", j.off))?;
+                        break;
+                    };
+                    match codec {
+                        Some(c) => {
+                            self.info.reproducible_clusters += 1;
+                            self.segs.push(j.off, Segment::Compressed { len: exact, guest_off: j.guest, codec: c });
+                        }
+                        None => {
+                            self.info.literal_compressed_clusters += 1;
+                            self.emit_literal(j.off, &bytes)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_job(j: &Job, cs: usize, codec: u8, vsize: u64) -> Outcome {
+    let mut out = vec![0u8; cs];
+    let r = match codec {
+        CODEC_ZSTD => codec::unzstd(&j.bytes, &mut out),
+        _ => codec::inflate_raw(&j.bytes, &mut out),
+    };
+    let Some(r) = r else { return Outcome::Failed };
+    if !r.full {
+        return Outcome::Failed;
+    }
+    let exact = r.exact_len.map(|e| e as u64);
+    // Rebuild recompresses the guest cluster zero-padded past the virtual size, so compare
+    // against exactly that input.
+    let mut input = std::borrow::Cow::Borrowed(&out[..]);
+    let n = (cs as u64).min(vsize.saturating_sub(j.guest)) as usize;
+    if n < cs && !is_zero(&out[n..]) {
+        let mut v = out.clone();
+        v[n..].fill(0);
+        input = std::borrow::Cow::Owned(v);
+    }
+    let codec = exact.and_then(|e| {
+        let orig = j.bytes.get(..e as usize)?;
+        let again = codec::recompress(codec, &input, cs - 1)?;
+        (again == orig).then_some(codec)
+    });
+    Outcome::Done { data: out, exact, codec }
+}
+
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    // Word-at-a-time check; the compiler vectorises the chunk loop.
+    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
+    pre.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
+}
+
+fn open_spill(dir: &std::path::Path) -> std::io::Result<File> {
+    // Create, then unlink at once: the spill file never outlives the process and is never
+    // visible to anyone looking for it by name.
+    for i in 0..100u32 {
+        let p = dir.join(format!(
+            ".imgarc-qcow2-spill-{}-{}-{i}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        ));
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
+            Ok(f) => {
+                let _ = std::fs::remove_file(&p);
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("cannot create spill file"))
+}
+
+/// Read until `buf` is full or EOF; returns bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+pub fn decompose<R: Read>(
+    mut input: R,
+    file_len: Option<u64>,
+    policy: &Policy,
+    sink: &mut dyn DecomposeSink,
+) -> Result<Decomposed, Qcow2Error> {
+    // Header: the first 104 bytes tell the cluster size; then the rest of cluster 0.
+    let mut head = vec![0u8; 104];
+    let n = read_full(&mut input, &mut head)?;
+    head.truncate(n);
+    let mut want = n;
+    if n >= 24 && &head[..4] == header::MAGIC {
+        let cb = u32::from_be_bytes([head[20], head[21], head[22], head[23]]);
+        if (9..=21).contains(&cb) {
+            want = 1usize << cb;
+            if let Some(fl) = file_len {
+                want = want.min(fl.min(usize::MAX as u64) as usize);
+            }
+            if want > n {
+                head.resize(want, 0);
+                let m = read_full(&mut input, &mut head[n..])?;
+                head.truncate(n + m);
+            }
+        }
+    }
+    if let Some(fl) = file_len {
+        if (head.len() as u64) < fl && head.len() < want.max(104) {
+            return Err(Qcow2Error::Truncated { expected: fl, got: head.len() as u64 });
+        }
+    }
+    let h = header::parse(&head, file_len)?;
+    if h.size > policy.max_virtual_size {
+        return Err(Qcow2Error::Limit(format!("virtual size {} exceeds the limit of {} bytes", h.size, policy.max_virtual_size)));
+    }
+    let cs = h.cluster_size();
+    let mut info = ImageInfo {
+        format: "qcow2".into(),
+        version: h.version,
+        virtual_size: h.size,
+        cluster_size: cs,
+        compression_type: if h.compression_type == 1 { "zstd" } else { "zlib" }.into(),
+        backing_file: h.backing_file.clone(),
+        backing_format: h.backing_format.clone(),
+        data_file: h.data_file.clone(),
+        encrypted: h.crypt_method != 0 || h.has_crypto_ext,
+        snapshots: h.nb_snapshots,
+        bitmaps: h.nb_bitmaps,
+        dirty: h.incompatible & header::INCOMPAT_DIRTY != 0,
+        corrupt: h.incompatible & header::INCOMPAT_CORRUPT != 0,
+        lazy_refcounts: h.compatible & 1 != 0,
+        extended_l2: h.extended_l2(),
+        refcount_bits: 1 << h.refcount_order,
+        ..Default::default()
+    };
+    // Policy (format-spec/qcow2-layout.md §Safety policy).
+    let has_data_file =
+        h.incompatible & header::INCOMPAT_DATA_FILE != 0 || h.autoclear & header::AUTOCLEAR_RAW_DATA != 0 || h.data_file.is_some();
+    let mut opaque: Option<String> = None;
+    if has_data_file {
+        info.data_file.get_or_insert_with(String::new);
+        if !policy.allow_data_file_opaque {
+            return Err(Qcow2Error::DataFile(h.data_file.clone().unwrap_or_default()));
+        }
+        opaque = Some(format!("external data file {:?}", h.data_file.clone().unwrap_or_default()));
+    } else if let Some(b) = &h.backing_file {
+        if !policy.allow_backing_file_opaque {
+            return Err(Qcow2Error::BackingFile(b.clone()));
+        }
+        opaque = Some(format!("backing file {b:?}"));
+    } else if info.encrypted {
+        opaque = Some(format!("encrypted image (crypt_method {})", h.crypt_method));
+    } else if h.incompatible & !header::INCOMPAT_KNOWN != 0 {
+        opaque = Some(format!("unknown incompatible feature bits {:#x}", h.incompatible & !header::INCOMPAT_KNOWN));
+    } else if info.corrupt {
+        opaque = Some("the image's corrupt bit is set".into());
+    } else if h.extended_l2() {
+        opaque = Some("extended L2 entries (subclusters) are not decomposed yet".into());
+    }
+    if let (Some(r), true) = (&opaque, policy.strict) {
+        return Err(Qcow2Error::Limit(format!("strict policy refuses opaque storage: {r}")));
+    }
+    let codec = if h.compression_type == 1 { CODEC_ZSTD } else { CODEC_ZLIB };
+    let mut d = Dec {
+        sink,
+        policy,
+        cs,
+        file_len,
+        pos: 0,
+        roles: HashMap::new(),
+        pool: BTreeMap::new(),
+        pool_ram: 0,
+        pool_bytes: 0,
+        spill: None,
+        spill_len: 0,
+        streams: BTreeMap::new(),
+        jobs: Vec::new(),
+        segs: SegList::default(),
+        lit_off: 0,
+        opaque,
+        codec,
+        info,
+        h,
+    };
+    // Seed roles: header, refcount table, L1.
+    let l1_bytes = d.h.l1_size as u64 * 8;
+    if d.opaque.is_none() {
+        let rt0 = d.h.refcount_table_offset / cs;
+        for c in rt0..rt0 + d.h.refcount_table_clusters as u64 {
+            d.roles.insert(c, Role::RefTable);
+        }
+        if l1_bytes > 0 {
+            let l10 = d.h.l1_table_offset / cs;
+            for c in l10..(d.h.l1_table_offset + l1_bytes).div_ceil(cs) {
+                d.roles.insert(c, Role::L1 { first: (c * cs - d.h.l1_table_offset) / 8 });
+            }
+        }
+    }
+    // Cluster 0 (we may hold fewer bytes if the file is tiny).
+    d.pos = head.len() as u64;
+    d.handle(0, head, Role::Header)?;
+    let mut buf_len = cs as usize;
+    loop {
+        if let Some(fl) = file_len {
+            if d.pos >= fl {
+                let mut probe = [0u8; 1];
+                if read_full(&mut input, &mut probe)? != 0 {
+                    return Err(Qcow2Error::TooLong(fl));
+                }
+                break;
+            }
+            buf_len = (fl - d.pos).min(cs) as usize;
+        }
+        let mut buf = vec![0u8; buf_len];
+        let n = read_full(&mut input, &mut buf)?;
+        if n == 0 {
+            if let Some(fl) = file_len {
+                return Err(Qcow2Error::Truncated { expected: fl, got: d.pos });
+            }
+            break;
+        }
+        buf.truncate(n);
+        if let Some(fl) = file_len {
+            if n < buf_len {
+                return Err(Qcow2Error::Truncated { expected: fl, got: d.pos + n as u64 });
+            }
+        }
+        let h = d.pos;
+        d.pos += n as u64;
+        let role = d.roles.remove(&(h / cs));
+        match role {
+            Some(r) => d.handle(h, buf, r)?,
+            None if d.opaque.is_some() => d.emit_literal(h, &buf)?,
+            None => d.pool_insert(h, buf)?,
+        }
+        if d.opaque.is_none() {
+            d.collect_ready(false)?;
+        }
+        if n < buf_len {
+            break;
+        }
+    }
+    // End of stream.
+    d.collect_ready(true)?;
+    d.flush_jobs()?;
+    if d.opaque.is_none() {
+        if let Some((c, r)) = d.roles.iter().find(|(_, r)| !r.soft()).map(|(c, r)| (*c, *r)) {
+            d.corrupt(format!("{r:?} at host offset {:#x} lies beyond the end of the file ({} bytes)", c * cs, d.pos))?;
+        }
+    }
+    d.drain_pool()?;
+    let file_len = d.pos;
+    d.info.file_len = file_len;
+    let segments = std::mem::take(&mut d.segs).finish(file_len)?;
+    let recipe = Recipe {
+        file_len,
+        cluster_bits: d.h.cluster_bits as u8,
+        virtual_size: d.h.size,
+        flags: if d.opaque.is_some() { FLAG_OPAQUE } else { 0 },
+        segments,
+    };
+    if let (Some(r), true) = (&d.opaque, policy.strict) {
+        return Err(Qcow2Error::Limit(format!("strict policy refuses opaque storage: {r}")));
+    }
+    d.info.literal_stream_bytes = d.lit_off;
+    d.info.segments = recipe.segments.len() as u64;
+    d.info.opaque = d.opaque.clone();
+    d.info.zlib_version = codec::zlib_version();
+    let enc = recipe.encode();
+    d.info.recipe_bytes = enc.len() as u64;
+    Ok(Decomposed { recipe: enc, info: d.info, opaque: d.opaque })
+}

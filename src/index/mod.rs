@@ -1,0 +1,517 @@
+//! The local index: a SQLite cache of what the repository holds.
+//!
+//! It maps blob ids to pack locations (a blob may live in several packs),
+//! lists snapshots, and keeps per-chunk reference counts current as snapshots
+//! come and go, so reports never scan every reference. It lives in the user's
+//! cache directory keyed by repository id — never on the repository's own
+//! filesystem — and is always derivable from the repository: `sync` catches up
+//! from index and snapshot objects, `rebuild` starts from nothing.
+
+pub mod filter;
+
+use crate::ids::Id;
+use crate::repository::extents::{self, Extent, StreamRef};
+use crate::repository::index_object::{IndexObject, IndexedPack};
+use crate::repository::pack::{BlobKind, Codec, PackEntry};
+use crate::repository::snapshot::Snapshot;
+use crate::repository::{self, Repository};
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs(id BLOB PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs(
+    id BLOB NOT NULL, pack BLOB NOT NULL, kind INTEGER NOT NULL, codec INTEGER NOT NULL,
+    offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+    PRIMARY KEY(id, pack)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS index_objects(key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS snapshots(
+    id BLOB PRIMARY KEY, name TEXT NOT NULL, time TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
+    stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+/// One place a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Id,
+    pub entry: PackEntry,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotRow {
+    pub id: Id,
+    pub name: String,
+    pub time: String,
+    pub logical_bytes: u64,
+    pub stored_bytes_added: u64,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub index_objects_added: usize,
+    pub snapshots_added: usize,
+    pub snapshots_removed: usize,
+}
+
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The cache directory for one repository: `$IMGARC_CACHE_DIR/<repo id>` or
+/// `~/.cache/imgarc/<repo id>`.
+pub fn cache_dir_for(repo_id: &str) -> Result<PathBuf> {
+    let base = match std::env::var_os("IMGARC_CACHE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => dirs::cache_dir().context("no cache directory for this user (set IMGARC_CACHE_DIR)")?.join("imgarc"),
+    };
+    Ok(base.join(repo_id))
+}
+
+fn id_of(blob: Vec<u8>) -> rusqlite::Result<Id> {
+    Id::from_slice(&blob).ok_or(rusqlite::Error::InvalidQuery)
+}
+
+fn kind_of(v: i64) -> BlobKind {
+    if v == 1 {
+        BlobKind::Tree
+    } else {
+        BlobKind::Data
+    }
+}
+
+fn codec_of(v: i64) -> Codec {
+    if v == 1 {
+        Codec::Zstd
+    } else {
+        Codec::None
+    }
+}
+
+impl Index {
+    /// Opens (creating if needed) the cache for `repo`, then catches up with it.
+    pub fn open(repo: &Repository) -> Result<Index> {
+        let dir = cache_dir_for(&repo.config().id)?;
+        let mut index = Index::open_at(&dir.join("index.sqlite"), &repo.config().id)?;
+        index.sync(repo)?;
+        Ok(index)
+    }
+
+    /// Opens the SQLite file without syncing.
+    pub fn open_at(path: &Path, repo_id: &str) -> Result<Index> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create cache directory {}", parent.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("cannot open index cache {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(120))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA).context("cannot create the index schema")?;
+        let index = Index { conn, path: path.to_path_buf() };
+        let stored: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
+        let schema: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
+        match (stored, schema) {
+            (Some(s), Some(v)) if s == repo_id && v == SCHEMA_VERSION => {}
+            (None, None) => {
+                index.conn.execute("INSERT OR REPLACE INTO meta VALUES('repo_id', ?1)", [repo_id])?;
+                index.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?1)", [SCHEMA_VERSION])?;
+            }
+            _ => bail!("index cache {} belongs to another repository or version; remove it or run `imgarc index rebuild`", path.display()),
+        }
+        Ok(index)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes the cache file (and its WAL) so it can be rebuilt from nothing.
+    pub fn destroy(self) -> Result<PathBuf> {
+        let path = self.path.clone();
+        drop(self.conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+        Ok(path)
+    }
+
+    /// Catches up with the repository: ingests index objects and snapshots it
+    /// has not seen, and forgets snapshots that are gone. Reads no packs except
+    /// the tree blobs of new snapshots.
+    pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        report.index_objects_added = self.sync_new_index_objects(repo)?;
+        let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
+        let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
+        for id in in_repo.difference(&in_cache) {
+            let snap = match repo.load_snapshot(id) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("warning: skipping snapshot {}: {e:#}", id.short());
+                    continue;
+                }
+            };
+            let ids = self.referenced_ids(repo, &snap).with_context(|| format!("snapshot {}", id.short()))?;
+            self.add_snapshot(id, &snap, &ids)?;
+            report.snapshots_added += 1;
+        }
+        for id in in_cache.difference(&in_repo) {
+            // A listing may lag on object stores: confirm the snapshot is really gone.
+            if repo.backend().size(&repository::snapshot_key(id)).is_ok() {
+                continue;
+            }
+            self.remove_snapshot(repo, id)?;
+            report.snapshots_removed += 1;
+        }
+        Ok(report)
+    }
+
+    pub fn add_index_object(&mut self, key: &str, obj: &IndexObject) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for p in &obj.packs {
+            insert_pack(&tx, p)?;
+        }
+        tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [key])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a pack this process just wrote (its index object is `index_key`).
+    pub fn add_pack(&mut self, index_key: &str, pack: &IndexedPack) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        insert_pack(&tx, pack)?;
+        tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [index_key])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds a snapshot and counts one reference for each distinct blob it uses.
+    /// Idempotent: a snapshot already present changes nothing.
+    pub fn add_snapshot(&mut self, id: &Id, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO snapshots VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                &id.0[..],
+                snap.name,
+                snap.time,
+                snap.logical_bytes as i64,
+                snap.stats.stored_bytes_added as i64,
+                serde_json::to_string(&snap.tags)?,
+                serde_json::to_string(snap)?
+            ],
+        )?;
+        if inserted == 1 {
+            let mut st = tx.prepare("INSERT INTO refs VALUES(?1, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1")?;
+            for r in referenced {
+                st.execute([&r.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn remove_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
+        let Some(snap) = self.snapshot(id)? else {
+            return Ok(());
+        };
+        let referenced = self.referenced_ids(repo, &snap)?;
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])? == 1 {
+            let mut st = tx.prepare("UPDATE refs SET count = count - 1 WHERE id = ?1")?;
+            for r in &referenced {
+                st.execute([&r.0[..]])?;
+            }
+            drop(st);
+            tx.execute("DELETE FROM refs WHERE count <= 0", [])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The distinct blobs (data chunks and tree blobs) a snapshot references.
+    pub fn referenced_ids(&self, repo: &Repository, snap: &Snapshot) -> Result<HashSet<Id>> {
+        let mut ids = HashSet::new();
+        for stream in snap.streams() {
+            ids.extend(stream.trees.iter().copied());
+            for e in self.load_extents(repo, stream)? {
+                ids.insert(e.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Reads a stream's extent list from its tree blobs and checks its digest.
+    pub fn load_extents(&self, repo: &Repository, stream: &StreamRef) -> Result<Vec<Extent>> {
+        let mut out = Vec::with_capacity(stream.extent_count.min(1 << 24) as usize);
+        let mut hasher = blake3::Hasher::new();
+        for tree in &stream.trees {
+            let bytes = self.read_blob(repo, tree)?;
+            hasher.update(&bytes);
+            let after = out.last().map_or(0, |e: &Extent| e.end());
+            extents::decode(&bytes, stream.size, after, &mut out)?;
+        }
+        if Id(*hasher.finalize().as_bytes()) != stream.extents_blake3 || out.len() as u64 != stream.extent_count {
+            bail!("extent list does not match its recorded digest or count");
+        }
+        Ok(out)
+    }
+
+    /// Reads a blob from the first location that yields intact bytes.
+    pub fn read_blob(&self, repo: &Repository, id: &Id) -> Result<Vec<u8>> {
+        let locs = self.locations(id)?;
+        if locs.is_empty() {
+            bail!("blob {} is not in the index (missing from the repository)", id.to_hex());
+        }
+        let mut last = None;
+        for l in locs {
+            match repo.read_blob(&l.pack, &l.entry) {
+                Ok(b) => return Ok(b),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one location was tried"))
+    }
+
+    pub fn locations(&self, id: &Id) -> Result<Vec<Location>> {
+        let mut st = self.conn.prepare_cached("SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1")?;
+        let rows = st.query_map([&id.0[..]], |r| {
+            Ok(Location {
+                pack: id_of(r.get(0)?)?,
+                entry: PackEntry {
+                    id: *id,
+                    kind: kind_of(r.get(1)?),
+                    codec: codec_of(r.get(2)?),
+                    offset: r.get::<_, i64>(3)? as u64,
+                    stored_len: r.get::<_, i64>(4)? as u32,
+                    raw_len: r.get::<_, i64>(5)? as u32,
+                },
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Which of `ids` the index holds, in batched queries.
+    pub fn contains_many(&self, ids: &[Id]) -> Result<HashSet<Id>> {
+        let mut found = HashSet::new();
+        for batch in ids.chunks(500) {
+            let sql = format!("SELECT DISTINCT id FROM blobs WHERE id IN ({})", vec!["?"; batch.len()].join(","));
+            let mut st = self.conn.prepare_cached(&sql)?;
+            let params: Vec<&dyn rusqlite::ToSql> = batch.iter().map(|i| &i.0 as &dyn rusqlite::ToSql).collect();
+            let rows = st.query_map(params.as_slice(), |r| id_of(r.get(0)?))?;
+            for r in rows {
+                found.insert(r?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A Bloom filter of every blob id in the index.
+    pub fn build_filter(&self, extra_capacity: usize) -> Result<filter::ChunkFilter> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+        let mut f = filter::ChunkFilter::with_capacity(n as usize + extra_capacity);
+        let mut st = self.conn.prepare("SELECT id FROM blobs")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Some(id) = Id::from_slice(r.get_ref(0)?.as_blob()?) {
+                f.insert(&id);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Forgets one stored copy of a blob (found damaged or missing by `check`).
+    pub fn remove_location(&mut self, id: &Id, pack: &Id) -> Result<()> {
+        self.conn.execute("DELETE FROM blobs WHERE id = ?1 AND pack = ?2", params![&id.0[..], &pack.0[..]])?;
+        Ok(())
+    }
+
+    /// Forgets a whole pack (missing from the repository).
+    pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM blobs WHERE pack = ?1", [&pack.0[..]])?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [&pack.0[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn packs(&self) -> Result<HashMap<Id, u64>> {
+        let mut st = self.conn.prepare("SELECT id, size FROM packs")?;
+        let rows = st.query_map([], |r| Ok((id_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn pack_entries(&self, pack: &Id) -> Result<Vec<PackEntry>> {
+        let mut st = self.conn.prepare("SELECT id, kind, codec, offset, stored_len, raw_len FROM blobs WHERE pack = ?1 ORDER BY offset")?;
+        let rows = st.query_map([&pack.0[..]], |r| {
+            Ok(PackEntry {
+                id: id_of(r.get(0)?)?,
+                kind: kind_of(r.get(1)?),
+                codec: codec_of(r.get(2)?),
+                offset: r.get::<_, i64>(3)? as u64,
+                stored_len: r.get::<_, i64>(4)? as u32,
+                raw_len: r.get::<_, i64>(5)? as u32,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn snapshot_rows(&self) -> Result<Vec<SnapshotRow>> {
+        let mut st =
+            self.conn.prepare("SELECT id, name, time, logical_bytes, stored_bytes_added, tags FROM snapshots ORDER BY time, id")?;
+        let rows = st.query_map([], |r| {
+            Ok(SnapshotRow {
+                id: id_of(r.get(0)?)?,
+                name: r.get(1)?,
+                time: r.get(2)?,
+                logical_bytes: r.get::<_, i64>(3)? as u64,
+                stored_bytes_added: r.get::<_, i64>(4)? as u64,
+                tags: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn snapshot(&self, id: &Id) -> Result<Option<Snapshot>> {
+        let json: Option<String> = self.conn.query_row("SELECT json FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        json.map(|j| serde_json::from_str(&j).context("cached snapshot is malformed")).transpose()
+    }
+
+    /// Resolves a full id or a unique prefix of at least 8 hex digits.
+    pub fn resolve_snapshot(&self, prefix: &str) -> Result<Id> {
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.len() < 8 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("snapshot {prefix:?}: give a snapshot id or a prefix of at least 8 hex digits");
+        }
+        let matches: Vec<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).filter(|id| id.to_hex().starts_with(&p)).collect();
+        match matches.len() {
+            0 => bail!("no snapshot {prefix} in this repository"),
+            1 => Ok(matches[0]),
+            n => bail!("snapshot prefix {prefix} is ambiguous ({n} snapshots match)"),
+        }
+    }
+
+    /// How many snapshots reference each of `ids` (0 when none).
+    pub fn ref_count(&self, id: &Id) -> Result<u64> {
+        let n: Option<i64> = self.conn.query_row("SELECT count FROM refs WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    pub fn counts(&self) -> Result<(u64, u64, u64)> {
+        let q = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        Ok((q("SELECT COUNT(*) FROM snapshots")?, q("SELECT COUNT(DISTINCT id) FROM blobs")?, q("SELECT COUNT(*) FROM packs")?))
+    }
+}
+
+fn insert_pack(tx: &rusqlite::Transaction, p: &IndexedPack) -> Result<()> {
+    tx.execute("INSERT OR IGNORE INTO packs VALUES(?1, ?2)", params![&p.id.0[..], p.size as i64])?;
+    let mut st = tx.prepare_cached("INSERT OR IGNORE INTO blobs VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+    for e in p.entries() {
+        st.execute(params![
+            &e.id.0[..],
+            &p.id.0[..],
+            e.kind as i64,
+            e.codec as i64,
+            e.offset as i64,
+            e.stored_len as i64,
+            e.raw_len as i64
+        ])?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RebuildReport {
+    pub index_objects: usize,
+    pub packs: usize,
+    /// Packs no index object listed, adopted by reading their trailers.
+    pub packs_adopted: usize,
+    pub packs_unreadable: Vec<String>,
+    pub snapshots: usize,
+    pub blobs: u64,
+}
+
+/// Regenerates the index cache from the repository alone: its index objects
+/// first, then the trailers of packs no index object lists (for which a new
+/// index object is written, repairing the repository), then its snapshots.
+pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
+    let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
+    if path.exists() {
+        match Index::open_at(&path, &repo.config().id) {
+            Ok(old) => {
+                old.destroy()?;
+            }
+            Err(_) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+        }
+    }
+    let mut index = Index::open_at(&path, &repo.config().id)?;
+    let mut report = RebuildReport::default();
+    report.index_objects = index.sync_new_index_objects(repo)?;
+    let known = index.packs()?;
+    let mut adopted = Vec::new();
+    for (pack, size) in repo.list_packs()? {
+        if known.contains_key(&pack) {
+            continue;
+        }
+        match repo.read_pack_trailer(&pack) {
+            Ok(entries) => adopted.push(IndexedPack::new(pack, size, &entries)),
+            Err(e) => report.packs_unreadable.push(format!("{}: {e:#}", pack.to_hex())),
+        }
+    }
+    if !adopted.is_empty() {
+        report.packs_adopted = adopted.len();
+        let obj = IndexObject::new(adopted);
+        let key = repo.write_index_object(&obj)?;
+        index.add_index_object(&key, &obj)?;
+    }
+    let sync = index.sync(repo)?;
+    report.snapshots = sync.snapshots_added;
+    let (_, blobs, packs) = index.counts()?;
+    report.blobs = blobs;
+    report.packs = packs as usize;
+    Ok((index, report))
+}
+
+impl Index {
+    /// Ingests index objects not yet seen; returns how many.
+    fn sync_new_index_objects(&mut self, repo: &Repository) -> Result<usize> {
+        let known: HashSet<String> = {
+            let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut n = 0;
+        for key in repo.list_index_keys()? {
+            if known.contains(&key) {
+                continue;
+            }
+            let obj = match repo.read_index_object(&key) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("warning: skipping {key}: {e:#}");
+                    continue;
+                }
+            };
+            self.add_index_object(&key, &obj)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,133 @@
+//! Lock objects: `locks/<random id>`, JSON with host, pid, time and expiry.
+//!
+//! Archives take shared locks (many may run at once); `check`, `index rebuild`
+//! and later `prune` take an exclusive one. A lock whose expiry has passed, or
+//! whose process is gone on this host, is stale and ignored; `imgarc unlock`
+//! deletes stale locks. Locks are advisory: safety against concurrent prune
+//! rests on the two-phase design, not on locks alone.
+
+use crate::backend::Backend;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+pub const LOCK_TTL_SECS: i64 = 30 * 60;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub hostname: String,
+    pub pid: u32,
+    pub time: String,
+    pub expires: String,
+    pub exclusive: bool,
+    pub purpose: String,
+}
+
+impl LockInfo {
+    pub fn is_stale(&self) -> bool {
+        let expired = crate::util::parse_rfc3339(&self.expires).is_none_or(|t| t < chrono::Utc::now());
+        let dead_here = self.hostname == crate::util::hostname() && !process_alive(self.pid);
+        expired || dead_here
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Holders refresh their lock this often, well inside `LOCK_TTL_SECS`.
+const REFRESH_SECS: u64 = 5 * 60;
+
+/// A held lock; refreshed in the background, removed when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    backend: Arc<dyn Backend>,
+    key: Arc<Mutex<String>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str) -> Result<String> {
+    let now = chrono::Utc::now();
+    let info = LockInfo {
+        hostname: crate::util::hostname(),
+        pid: std::process::id(),
+        time: crate::util::now_rfc3339(),
+        expires: (now + chrono::Duration::seconds(LOCK_TTL_SECS)).to_rfc3339(),
+        exclusive,
+        purpose: purpose.to_string(),
+    };
+    let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
+    backend.put(&key, &serde_json::to_vec_pretty(&info)?)?;
+    Ok(key)
+}
+
+impl Lock {
+    pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str) -> Result<Lock> {
+        let others = list(&*backend)?;
+        for (key, info) in &others {
+            if info.is_stale() {
+                continue;
+            }
+            if exclusive || info.exclusive {
+                bail!(
+                    "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
+                    info.purpose,
+                    info.hostname,
+                    info.pid,
+                    info.time,
+                    if info.exclusive { ", exclusively" } else { "" }
+                );
+            }
+        }
+        let key = Arc::new(Mutex::new(write_lock(&*backend, exclusive, purpose)?));
+        // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (b2, k2, purpose) = (backend.clone(), key.clone(), purpose.to_string());
+        let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(std::time::Duration::from_secs(REFRESH_SECS)) {
+                if let Ok(new_key) = write_lock(&*b2, exclusive, &purpose) {
+                    let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
+                    let _ = b2.delete(&old);
+                }
+            }
+        })?;
+        Ok(Lock { backend, key, stop: Some(stop), refresher: Some(refresher) })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
+        let _ = self.backend.delete(&key);
+    }
+}
+
+pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
+    let mut out = Vec::new();
+    for o in backend.list("locks/")? {
+        // A lock deleted between list and get is simply gone.
+        let Ok(bytes) = backend.get(&o.key) else {
+            continue;
+        };
+        match serde_json::from_slice::<LockInfo>(&bytes) {
+            Ok(info) => out.push((o.key, info)),
+            Err(_) => out.push((
+                o.key,
+                LockInfo {
+                    hostname: "?".into(),
+                    pid: 0,
+                    time: "?".into(),
+                    expires: "1970-01-01T00:00:00Z".into(),
+                    exclusive: false,
+                    purpose: "unreadable lock".into(),
+                },
+            )),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,525 @@
+//! Restoring a snapshot: rebuilds the image byte-exactly from its extents.
+//!
+//! Chunks are fetched in batches: neighbouring chunks of one pack are read
+//! with one ranged read, decompressed and verified against their BLAKE3 ids in
+//! parallel, then written in order by a writer thread (sparse `pwrite` for a
+//! file, zeros for holes on a stream) that also feeds the digest threads.
+//! Every digest the snapshot records is checked at the end; a file target is
+//! written under a temporary name and renamed only when everything matched.
+
+use crate::digest::{Digesters, Piece};
+use crate::format::qcow2;
+use crate::ids::Id;
+use crate::index::{Index, Location};
+use crate::repository::extents::{Extent, StreamRef};
+use crate::repository::pack::decode_blob;
+use crate::repository::snapshot::{Layout, Snapshot};
+use crate::repository::{pack_key, Repository};
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::bounded;
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const BATCH_BYTES: u64 = 32 << 20;
+/// Chunks of one pack closer than this are fetched with one read.
+const COALESCE_GAP: u64 = 256 << 10;
+const MAX_READ: u64 = 16 << 20;
+
+pub enum Target {
+    File(PathBuf),
+    Stream(Box<dyn Write + Send>),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreOutcome {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub digests: BTreeMap<String, String>,
+}
+
+/// A chunk that could not be read intact from any of its locations.
+#[derive(Debug, thiserror::Error)]
+#[error("chunk {id} (guest offset {offset}) is damaged or missing: {cause}")]
+pub struct DamagedChunk {
+    pub id: Id,
+    pub offset: u64,
+    pub cause: String,
+}
+
+/// Fetches the data of `extents` (each with its candidate locations), in order.
+pub fn fetch_batch(repo: &Repository, extents: &[(Extent, Vec<Location>)]) -> Result<Vec<Vec<u8>>, DamagedChunk> {
+    // Group by the first location's pack, coalescing neighbours into ranged reads.
+    let mut by_pack: HashMap<Id, Vec<usize>> = HashMap::new();
+    for (i, (e, locs)) in extents.iter().enumerate() {
+        match locs.first() {
+            Some(l) => by_pack.entry(l.pack).or_default().push(i),
+            None => return Err(DamagedChunk { id: e.id, offset: e.offset, cause: "not in the index".into() }),
+        }
+    }
+    let mut reads: Vec<(Id, Vec<usize>)> = Vec::new();
+    for (pack, mut idxs) in by_pack {
+        idxs.sort_by_key(|&i| extents[i].1[0].entry.offset);
+        let mut group: Vec<usize> = Vec::new();
+        for i in idxs {
+            if let Some(&first) = group.first() {
+                let start = extents[first].1[0].entry.offset;
+                let last = &extents[*group.last().expect("non-empty")].1[0].entry;
+                let this = &extents[i].1[0].entry;
+                let end = last.offset + last.stored_len as u64;
+                if this.offset > end + COALESCE_GAP || this.offset + this.stored_len as u64 - start > MAX_READ {
+                    reads.push((pack, std::mem::take(&mut group)));
+                }
+            }
+            group.push(i);
+        }
+        if !group.is_empty() {
+            reads.push((pack, group));
+        }
+    }
+    let results: Vec<Vec<(usize, Result<Vec<u8>, DamagedChunk>)>> = reads
+        .par_iter()
+        .map(|(pack, group)| {
+            let first = &extents[group[0]].1[0].entry;
+            let last = &extents[*group.last().expect("non-empty")].1[0].entry;
+            let start = first.offset;
+            let len = last.offset + last.stored_len as u64 - start;
+            let span = repo.backend().get_range(&pack_key(pack), start, len);
+            group
+                .iter()
+                .map(|&i| {
+                    let (e, locs) = &extents[i];
+                    let l = &locs[0];
+                    let primary = match &span {
+                        Ok(bytes) => {
+                            let s = (l.entry.offset - start) as usize;
+                            decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize])
+                        }
+                        Err(err) => Err(anyhow!("pack {}: {err}", pack.short())),
+                    };
+                    let data = match primary {
+                        Ok(d) => Ok(d),
+                        Err(first_err) => {
+                            // Fall back to any other copy of the chunk.
+                            let mut cause = format!("{first_err:#}");
+                            let mut found = None;
+                            for alt in &locs[1..] {
+                                match repo.read_blob(&alt.pack, &alt.entry) {
+                                    Ok(d) => {
+                                        found = Some(d);
+                                        break;
+                                    }
+                                    Err(e2) => cause = format!("{cause}; {e2:#}"),
+                                }
+                            }
+                            found.ok_or(DamagedChunk { id: e.id, offset: e.offset, cause })
+                        }
+                    };
+                    (i, data.and_then(|d| check_len(e, d)))
+                })
+                .collect()
+        })
+        .collect();
+    let mut out: Vec<Option<Vec<u8>>> = vec![None; extents.len()];
+    for (i, r) in results.into_iter().flatten() {
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().map(|d| d.expect("every extent fetched")).collect())
+}
+
+fn check_len(e: &Extent, d: Vec<u8>) -> Result<Vec<u8>, DamagedChunk> {
+    if d.len() != e.len as usize {
+        return Err(DamagedChunk {
+            id: e.id,
+            offset: e.offset,
+            cause: format!("chunk holds {} bytes, the extent needs {}", d.len(), e.len),
+        });
+    }
+    Ok(d)
+}
+
+enum Write_ {
+    Data(u64, Vec<u8>),
+}
+
+/// Writes one stored stream (`size` bytes) to `target`: sparse for a file.
+fn restore_stream(
+    repo: &Repository,
+    index: &Index,
+    stream: &StreamRef,
+    size: u64,
+    expected: &BTreeMap<String, String>,
+    target: Target,
+    progress: &ProgressBar,
+) -> Result<RestoreOutcome> {
+    let started = Instant::now();
+    let extents = index.load_extents(repo, stream).context("cannot read the snapshot's extent list")?;
+    let digest_names: Vec<String> = expected.keys().cloned().collect();
+    let digesters = Digesters::start(&digest_names);
+
+    let final_path = match &target {
+        Target::File(p) => Some(p.clone()),
+        Target::Stream(_) => None,
+    };
+    let (tmp_path, file) = match &target {
+        Target::File(path) => {
+            let tmp = partial_path(path);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            f.set_len(size).with_context(|| format!("cannot size {}", tmp.display()))?;
+            (Some(tmp), Some(f))
+        }
+        Target::Stream(_) => (None, None),
+    };
+    let mut stream = match target {
+        Target::Stream(w) => Some(w),
+        Target::File(_) => None,
+    };
+
+    let (tx, rx) = bounded::<Write_>(2 * 128);
+    let pb = progress.clone();
+    let writer = std::thread::Builder::new().name("restore-write".into()).spawn(move || -> Result<Digesters> {
+        let mut pos = 0u64;
+        let zeros = vec![0u8; 1 << 20];
+        let fill = |to: u64, stream: &mut Option<Box<dyn Write + Send>>, digesters: &Digesters, pos: &mut u64| -> Result<()> {
+            if to > *pos {
+                digesters.feed(Piece::Zeros(to - *pos));
+                if let Some(w) = stream.as_mut() {
+                    let mut n = to - *pos;
+                    while n > 0 {
+                        let k = n.min(zeros.len() as u64) as usize;
+                        w.write_all(&zeros[..k]).context("writing the output")?;
+                        n -= k as u64;
+                    }
+                }
+                *pos = to;
+            }
+            Ok(())
+        };
+        for Write_::Data(off, data) in rx {
+            fill(off, &mut stream, &digesters, &mut pos)?;
+            match (&file, stream.as_mut()) {
+                (Some(f), _) => f.write_all_at(&data, off).context("writing the output file")?,
+                (None, Some(w)) => w.write_all(&data).context("writing the output")?,
+                (None, None) => unreachable!("a target is either a file or a stream"),
+            }
+            pos = off + data.len() as u64;
+            let len = data.len();
+            digesters.feed(Piece::Data(Arc::new(data), 0..len));
+            pb.set_position(pos);
+        }
+        fill(size, &mut stream, &digesters, &mut pos)?;
+        if let Some(w) = stream.as_mut() {
+            w.flush().context("flushing the output")?;
+        }
+        if let Some(f) = &file {
+            f.sync_all().context("syncing the output file")?;
+        }
+        pb.set_position(size);
+        Ok(digesters)
+    })?;
+
+    let fetch = (|| -> Result<()> {
+        let mut start = 0;
+        while start < extents.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < extents.len() && (bytes < BATCH_BYTES || end == start) {
+                bytes += extents[end].len as u64;
+                end += 1;
+            }
+            let with_locs: Vec<(Extent, Vec<Location>)> =
+                extents[start..end].iter().map(|e| Ok((*e, index.locations(&e.id)?))).collect::<Result<_>>()?;
+            let datas = fetch_batch(repo, &with_locs).map_err(|d| damaged_error(repo, index, d))?;
+            for ((e, _), d) in with_locs.into_iter().zip(datas) {
+                if tx.send(Write_::Data(e.offset, d)).is_err() {
+                    return Ok(()); // the writer failed; its error is reported below
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    })();
+    drop(tx);
+    let written = writer.join().map_err(|_| anyhow!("restore writer panicked"));
+    let result = fetch.and_then(|()| written?).and_then(|d| d.finish()).and_then(|digests| {
+        for (alg, want) in expected {
+            if digests.get(alg) != Some(want) {
+                bail!("restored bytes have {alg} {}, the snapshot recorded {want}", digests.get(alg).map_or("?", |s| s.as_str()));
+            }
+        }
+        Ok(digests)
+    });
+    match (result, tmp_path, final_path) {
+        (Ok(digests), tmp, path) => {
+            if let (Some(tmp), Some(path)) = (tmp, path) {
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
+            }
+            Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
+        }
+        (Err(e), tmp, _) => {
+            if let Some(tmp) = tmp {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".imgarc-partial");
+    path.with_file_name(name)
+}
+
+/// Turns a damaged chunk into an error naming every snapshot that uses it.
+fn damaged_error(repo: &Repository, index: &Index, d: DamagedChunk) -> anyhow::Error {
+    let users = crate::check::snapshots_using(repo, index, &[d.id]).unwrap_or_default();
+    let names: Vec<String> = users.get(&d.id).into_iter().flatten().map(|(id, name)| format!("{} ({name})", id.short())).collect();
+    anyhow!(
+        "{d}; snapshots affected: {}; run `imgarc check --read-data`",
+        if names.is_empty() { "unknown".into() } else { names.join(", ") }
+    )
+}
+
+/// What a restore writes.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// `None`: the archived file byte-exactly. `raw`: the guest disk. `qcow2`: a clean QCOW2 v3.
+    pub disk_format: Option<String>,
+    /// Compress clusters of a `qcow2` conversion (zlib, as `qemu-img convert -c`).
+    pub compress: bool,
+}
+
+pub fn restore(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    target: Target,
+    opts: &RestoreOptions,
+    progress: &ProgressBar,
+) -> Result<RestoreOutcome> {
+    let no_digests = BTreeMap::new();
+    match (opts.disk_format.as_deref(), &snap.layout) {
+        (None, Layout::Raw) => restore_stream(repo, index, &snap.guest, snap.logical_bytes, &snap.digests, target, progress),
+        (Some("raw"), Layout::Raw) if !opts.compress => {
+            restore_stream(repo, index, &snap.guest, snap.logical_bytes, &snap.digests, target, progress)
+        }
+        (None, Layout::Qcow2 { recipe, literals }) => {
+            let recipe_bytes = read_small_stream(repo, index, recipe)?;
+            let mut src =
+                TwoStreams { guest: StreamReader::open(repo, index, &snap.guest)?, literal: StreamReader::open(repo, index, literals)? };
+            write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
+                qcow2::rebuild(&recipe_bytes, &mut src, out).map_err(|e| anyhow!("rebuilding the qcow2 file: {e}"))
+            })
+        }
+        (Some("raw"), _) => {
+            if opts.compress {
+                bail!("--compress applies to --disk-format qcow2 only");
+            }
+            restore_stream(repo, index, &snap.guest, snap.guest.size, &no_digests, target, progress)
+        }
+        (Some("qcow2"), _) => {
+            let extents = index.load_extents(repo, &snap.guest)?;
+            let ranges = merge_ranges(&extents);
+            let mut src = TwoStreams { guest: StreamReader::open(repo, index, &snap.guest)?, literal: StreamReader::empty(repo, index) };
+            let virtual_size = snap.guest.size;
+            write_sequential_unknown(target, progress, |out| {
+                qcow2::write_qcow2(virtual_size, &ranges, &mut src, opts.compress, out).map_err(|e| anyhow!("writing qcow2: {e}"))
+            })
+        }
+        (Some(other), _) => bail!("--disk-format {other:?}: imgarc converts to raw or qcow2"),
+    }
+}
+
+/// Contiguous allocated ranges of the guest stream.
+fn merge_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in extents {
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == e.offset => *len += e.len as u64,
+            _ => out.push((e.offset, e.len as u64)),
+        }
+    }
+    out
+}
+
+fn read_small_stream(repo: &Repository, index: &Index, stream: &StreamRef) -> Result<Vec<u8>> {
+    if stream.size > 256 << 20 {
+        bail!("layout recipe of {} bytes is implausibly large", stream.size);
+    }
+    let mut r = StreamReader::open(repo, index, stream)?;
+    let mut buf = vec![0u8; stream.size as usize];
+    r.read_at(0, &mut buf)?;
+    Ok(buf)
+}
+
+/// Random access to a stored stream, fetching chunks in read-ahead windows.
+pub struct StreamReader<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    extents: Vec<Extent>,
+    /// Decoded chunks of the current window, by extent index.
+    window: HashMap<usize, Vec<u8>>,
+}
+
+impl<'a> StreamReader<'a> {
+    pub fn open(repo: &'a Repository, index: &'a Index, stream: &StreamRef) -> Result<Self> {
+        Ok(StreamReader { repo, index, extents: index.load_extents(repo, stream)?, window: HashMap::new() })
+    }
+
+    fn empty(repo: &'a Repository, index: &'a Index) -> Self {
+        StreamReader { repo, index, extents: Vec::new(), window: HashMap::new() }
+    }
+
+    fn load_window(&mut self, first: usize) -> Result<()> {
+        let mut end = first;
+        let mut bytes = 0u64;
+        while end < self.extents.len() && (bytes < BATCH_BYTES || end == first) {
+            bytes += self.extents[end].len as u64;
+            end += 1;
+        }
+        let with_locs: Vec<(Extent, Vec<Location>)> =
+            self.extents[first..end].iter().map(|e| Ok((*e, self.index.locations(&e.id)?))).collect::<Result<_>>()?;
+        let datas = fetch_batch(self.repo, &with_locs).map_err(|d| damaged_error(self.repo, self.index, d))?;
+        self.window = (first..end).zip(datas).collect();
+        Ok(())
+    }
+
+    pub fn read_at(&mut self, mut pos: u64, mut buf: &mut [u8]) -> Result<()> {
+        while !buf.is_empty() {
+            let i = self.extents.partition_point(|e| e.end() <= pos);
+            let n;
+            match self.extents.get(i).copied() {
+                Some(e) if e.offset <= pos => {
+                    if !self.window.contains_key(&i) {
+                        self.load_window(i)?;
+                    }
+                    let data = &self.window[&i];
+                    let from = (pos - e.offset) as usize;
+                    n = (data.len() - from).min(buf.len());
+                    buf[..n].copy_from_slice(&data[from..from + n]);
+                }
+                next => {
+                    // A hole: zeros up to the next extent.
+                    let gap = next.map_or(u64::MAX, |e| e.offset - pos);
+                    n = gap.min(buf.len() as u64) as usize;
+                    buf[..n].fill(0);
+                }
+            }
+            pos += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+}
+
+struct TwoStreams<'a> {
+    guest: StreamReader<'a>,
+    literal: StreamReader<'a>,
+}
+
+impl qcow2::RebuildSource for TwoStreams<'_> {
+    fn read_guest(&mut self, guest_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.guest.read_at(guest_offset, buf).map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+    fn read_literal(&mut self, literal_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.literal.read_at(literal_offset, buf).map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
+/// A writer that feeds every byte to the digest threads and the progress bar.
+struct DigestWriter<'a> {
+    inner: &'a mut dyn Write,
+    digesters: &'a Digesters,
+    pos: u64,
+    pb: &'a ProgressBar,
+}
+
+impl Write for DigestWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if !self.digesters.is_empty() {
+            self.digesters.feed(Piece::Data(Arc::new(buf[..n].to_vec()), 0..n));
+        }
+        self.pos += n as u64;
+        self.pb.set_position(self.pos);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Runs a sequential producer into `target` (temporary name for a file), then
+/// checks the length and every expected digest.
+fn write_sequential(
+    size: u64,
+    expected: &BTreeMap<String, String>,
+    target: Target,
+    progress: &ProgressBar,
+    produce: impl FnOnce(&mut dyn Write) -> Result<u64>,
+) -> Result<RestoreOutcome> {
+    let started = Instant::now();
+    let digesters = Digesters::start(&expected.keys().cloned().collect::<Vec<_>>());
+    let (tmp, final_path, mut sink): (Option<PathBuf>, Option<PathBuf>, Box<dyn Write>) = match target {
+        Target::File(path) => {
+            let tmp = partial_path(&path);
+            let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            (Some(tmp), Some(path), Box::new(std::io::BufWriter::with_capacity(4 << 20, f)))
+        }
+        Target::Stream(w) => (None, None, Box::new(w)),
+    };
+    let result = (|| -> Result<BTreeMap<String, String>> {
+        let mut w = DigestWriter { inner: &mut *sink, digesters: &digesters, pos: 0, pb: progress };
+        let n = produce(&mut w)?;
+        w.flush().context("writing the output")?;
+        if size != u64::MAX && n != size {
+            bail!("rebuilt {n} bytes, the snapshot records {size}");
+        }
+        Ok(BTreeMap::new())
+    })();
+    drop(sink);
+    let result = result.and_then(|_| digesters.finish()).and_then(|digests| {
+        for (alg, want) in expected {
+            if digests.get(alg) != Some(want) {
+                bail!("restored bytes have {alg} {}, the snapshot recorded {want}", digests.get(alg).map_or("?", |s| s.as_str()));
+            }
+        }
+        Ok(digests)
+    });
+    match result {
+        Ok(digests) => {
+            if let (Some(tmp), Some(path)) = (tmp, final_path) {
+                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).context("syncing the output file")?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
+            }
+            let bytes = progress.position();
+            Ok(RestoreOutcome { bytes, seconds: started.elapsed().as_secs_f64(), digests })
+        }
+        Err(e) => {
+            if let Some(tmp) = tmp {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A conversion: the output length is whatever the writer produces.
+fn write_sequential_unknown(
+    target: Target,
+    progress: &ProgressBar,
+    produce: impl FnOnce(&mut dyn Write) -> Result<u64>,
+) -> Result<RestoreOutcome> {
+    write_sequential(u64::MAX, &BTreeMap::new(), target, progress, produce)
+}

@@ -1,0 +1,181 @@
+//! The chunk store: the write side of an archive. Takes batches of chunks,
+//! names them (BLAKE3, in parallel), drops those the repository already holds
+//! (Bloom filter, then batched SQLite lookups), compresses the rest (zstd, in
+//! parallel), appends them to packs and hands full packs to an uploader
+//! thread, which stores each pack and then its index object.
+
+use crate::chunking::Chunk;
+use crate::ids::Id;
+use crate::index::{filter::ChunkFilter, Index};
+use crate::repository::extents::{self, Extent, StreamRef};
+use crate::repository::index_object::IndexedPack;
+use crate::repository::pack::{encode_blob_with_id, BlobKind, EncodedBlob, PackBuilder};
+use crate::repository::Repository;
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{bounded, Sender};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::thread::JoinHandle;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    /// Chunk references handed to the store.
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub stored_bytes_added: u64,
+    pub packs: u64,
+}
+
+pub struct ChunkStore<'a> {
+    index: &'a Index,
+    level: i32,
+    pack_target: usize,
+    filter: ChunkFilter,
+    /// Blobs stored by this run (in packs that may not be indexed yet).
+    seen: HashSet<Id>,
+    pack: PackBuilder,
+    upload_tx: Option<Sender<PackBuilder>>,
+    uploader: Option<JoinHandle<Result<(u64, u64)>>>,
+    pub stats: StoreStats,
+}
+
+impl<'a> ChunkStore<'a> {
+    pub fn new(repo: &Repository, index: &'a Index, expected_chunks: usize) -> Result<ChunkStore<'a>> {
+        let filter = index.build_filter(expected_chunks)?;
+        let (tx, rx) = bounded::<PackBuilder>(1);
+        let repo2 = repo.clone();
+        let index_path = index.path().to_path_buf();
+        let repo_id = repo.config().id.clone();
+        let uploader = std::thread::Builder::new().name("pack-upload".into()).spawn(move || -> Result<(u64, u64)> {
+            // SQLite connections are per thread; this one records packs as they land.
+            let mut idx = Index::open_at(&index_path, &repo_id)?;
+            let (mut bytes, mut packs) = (0u64, 0u64);
+            for builder in rx {
+                let w = repo2.write_pack(builder)?;
+                idx.add_pack(&w.index_key, &IndexedPack::new(w.id, w.pack_size, &w.entries))?;
+                bytes += w.stored_bytes;
+                packs += 1;
+            }
+            Ok((bytes, packs))
+        })?;
+        Ok(ChunkStore {
+            index,
+            level: repo.config().compression.level,
+            pack_target: repo.config().pack_target_size as usize,
+            filter,
+            seen: HashSet::new(),
+            pack: PackBuilder::new(),
+            upload_tx: Some(tx),
+            uploader: Some(uploader),
+            stats: StoreStats::default(),
+        })
+    }
+
+    /// Stores a batch of chunks of one stream; returns their extents in batch order.
+    pub fn store_chunks(&mut self, chunks: Vec<Chunk>) -> Result<Vec<Extent>> {
+        let ids: Vec<Id> = chunks.par_iter().map(|c| Id::of(&c.data)).collect();
+        let fresh = self.find_fresh(&ids)?;
+        let blobs: Vec<EncodedBlob> = chunks
+            .par_iter()
+            .zip(&ids)
+            .enumerate()
+            .filter(|(i, _)| fresh.contains(i))
+            .map(|(_, (c, id))| encode_blob_with_id(*id, BlobKind::Data, &c.data, self.level))
+            .collect();
+        for b in &blobs {
+            self.stats.new_bytes += b.raw_len as u64;
+            self.add_to_pack(b)?;
+        }
+        self.stats.new_chunks += blobs.len() as u64;
+        self.stats.chunks += chunks.len() as u64;
+        Ok(chunks.iter().zip(ids).map(|(c, id)| Extent { offset: c.offset, len: c.data.len() as u32, id }).collect())
+    }
+
+    /// Indices (into `ids`) of blobs to store: neither stored before nor earlier in this batch.
+    fn find_fresh(&mut self, ids: &[Id]) -> Result<HashSet<usize>> {
+        let maybe: Vec<Id> = ids.iter().filter(|id| !self.seen.contains(id) && self.filter.may_contain(id)).copied().collect();
+        let known = if maybe.is_empty() { HashSet::new() } else { self.index.contains_many(&maybe)? };
+        let mut fresh = HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            if self.seen.contains(id) || known.contains(id) {
+                continue;
+            }
+            self.seen.insert(*id);
+            self.filter.insert(id);
+            fresh.insert(i);
+        }
+        Ok(fresh)
+    }
+
+    fn add_to_pack(&mut self, blob: &EncodedBlob) -> Result<()> {
+        self.pack.add(blob);
+        if self.pack.len() >= self.pack_target {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::take(&mut self.pack);
+        let tx = self.upload_tx.as_ref().expect("store not finished");
+        if tx.send(full).is_err() {
+            // The uploader stopped on an error; `join_uploader` returns it.
+            return Err(self.join_uploader().err().unwrap_or_else(|| anyhow!("pack uploader stopped")));
+        }
+        Ok(())
+    }
+
+    /// Stores an extent list as tree blobs and returns the reference a snapshot records.
+    pub fn store_extents(&mut self, size: u64, list: &[Extent]) -> Result<StreamRef> {
+        let mut trees = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        for part in list.chunks(extents::RECORDS_PER_TREE) {
+            let bytes = extents::encode(part);
+            hasher.update(&bytes);
+            let id = Id::of(&bytes);
+            if self.find_fresh(&[id])?.contains(&0) {
+                let blob = encode_blob_with_id(id, BlobKind::Tree, &bytes, self.level);
+                self.add_to_pack(&blob)?;
+            }
+            trees.push(id);
+        }
+        Ok(StreamRef {
+            size,
+            trees,
+            extent_count: list.len() as u64,
+            extents_blake3: Id(*hasher.finalize().as_bytes()),
+            data_bytes: list.iter().map(|e| e.len as u64).sum(),
+        })
+    }
+
+    fn join_uploader(&mut self) -> Result<()> {
+        self.upload_tx = None;
+        if let Some(h) = self.uploader.take() {
+            let (bytes, packs) = h.join().map_err(|_| anyhow!("pack uploader panicked"))?.context("storing packs failed")?;
+            self.stats.stored_bytes_added += bytes;
+            self.stats.packs += packs;
+        }
+        Ok(())
+    }
+
+    /// Writes the last pack and waits until every pack and index object is durable.
+    pub fn finish(mut self) -> Result<StoreStats> {
+        self.flush_pack()?;
+        self.join_uploader()?;
+        Ok(self.stats)
+    }
+}
+
+impl Drop for ChunkStore<'_> {
+    fn drop(&mut self) {
+        // On an error path, let the uploader finish what it has so nothing is torn.
+        self.upload_tx = None;
+        if let Some(h) = self.uploader.take() {
+            let _ = h.join();
+        }
+    }
+}

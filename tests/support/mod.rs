@@ -1,0 +1,122 @@
+//! Test harness: a temporary repository and cache, and a runner for the real
+//! `imgarc` binary.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let cache = dir.path().join("cache");
+        Env { dir, repo, cache }
+    }
+
+    pub fn init(chunk: &str) -> Env {
+        let env = Env::new();
+        env.ok(&["init", "--chunk-size", chunk]);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
+        c.arg("--repo").arg(&self.repo).args(args).env("IMGARC_CACHE_DIR", &self.cache).env_remove("IMGARC_REPO");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "imgarc {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs with --json and parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn archive(&self, path: &Path, name: &str) -> Value {
+        self.json(&["archive", path.to_str().unwrap(), "--name", name])
+    }
+
+    /// Restores `snap` to a file and returns its bytes.
+    pub fn restore_bytes(&self, snap: &str) -> Vec<u8> {
+        let out = self.path(&format!("restored-{}", &snap[..snap.len().min(12)]));
+        self.ok(&["restore", snap, "-o", out.to_str().unwrap()]);
+        std::fs::read(out).unwrap()
+    }
+
+    pub fn packs(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        walk(&self.repo.join("data"), &mut v);
+        v.sort();
+        v
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+}
+
+/// Deterministic bytes: incompressible when `text` is false.
+pub fn bytes(n: usize, seed: u64, text: bool) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if text {
+            v.extend_from_slice([&b"lorem "[..], b"ipsum ", b"dolor ", b"sit\n"][(x % 4) as usize]);
+        } else {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+pub fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
+}
+
+pub fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_else(|| panic!("field {k} missing in {v}")).to_string()
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
