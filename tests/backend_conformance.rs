@@ -238,6 +238,55 @@ fn swift_native_renews_token_on_401() {
     assert_eq!(b.get("config").unwrap(), b"renewed");
     assert_eq!(auth.calls.load(Ordering::SeqCst), 2, "token must be cached after renewal");
     b.delete("config").unwrap();
+
+    // several threads hitting 401 with the same stale token renew it once
+    let auth = Arc::new(StaleFirst { inner: keystone(true), calls: AtomicUsize::new(0) });
+    let b = swift_backend_with(auth.clone(), &unique("swift401par"), 1000);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let b = &b;
+            s.spawn(move || b.put(&format!("locks/{t}"), b"l").unwrap());
+        }
+    });
+    assert_eq!(auth.calls.load(Ordering::SeqCst), 2, "concurrent 401s must renew once");
+    for t in 0..4 {
+        b.delete(&format!("locks/{t}")).unwrap();
+    }
+}
+
+/// A token that Keystone says expires within the renewal margin is renewed
+/// before the next request, without waiting for a 401.
+#[derive(Debug)]
+struct ShortLived {
+    inner: imgarc::backend::swift::KeystoneConfig,
+    calls: AtomicUsize,
+}
+
+impl SwiftAuth for ShortLived {
+    fn authenticate(&self, c: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
+        let mut s = self.inner.authenticate(c, rt)?;
+        assert!(s.expires_at.is_some(), "Keystone's expires_at was not parsed");
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            s.expires_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+        }
+        Ok(s)
+    }
+    fn describe(&self) -> String {
+        "short-lived".into()
+    }
+}
+
+#[test]
+fn swift_native_renews_expiring_token_ahead() {
+    let auth = Arc::new(ShortLived { inner: keystone(true), calls: AtomicUsize::new(0) });
+    let b = swift_backend_with(auth.clone(), &unique("swiftexp"), 1000);
+    b.connect().unwrap();
+    assert_eq!(auth.calls.load(Ordering::SeqCst), 1);
+    b.put("config", b"x").unwrap(); // token expires in 60 s < margin: renewed first
+    assert_eq!(auth.calls.load(Ordering::SeqCst), 2);
+    b.get("config").unwrap();
+    b.delete("config").unwrap();
+    assert_eq!(auth.calls.load(Ordering::SeqCst), 2, "a fresh token must be reused");
 }
 
 /// open_remote from the URL + an environment, the way the CLI opens a

@@ -27,7 +27,13 @@ use std::time::Duration;
 pub struct SwiftSession {
     pub token: Secret,
     pub storage_url: String,
+    /// When Keystone says the token expires; it is renewed ahead of that.
+    pub expires_at: Option<std::time::SystemTime>,
 }
+
+/// Renew a token this long before Keystone's `expires_at`, so a long upload
+/// does not start with a token about to expire.
+pub const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
 
 impl fmt::Debug for SwiftSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -288,7 +294,12 @@ impl SwiftAuth for KeystoneConfig {
                 self.region.as_deref().unwrap_or("any")
             )
         })?;
-        Ok(SwiftSession { token: Secret::new(token), storage_url })
+        let expires_at = v
+            .pointer("/token/expires_at")
+            .and_then(|e| e.as_str())
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+            .map(std::time::SystemTime::from);
+        Ok(SwiftSession { token: Secret::new(token), storage_url, expires_at })
     }
 }
 
@@ -440,13 +451,20 @@ impl SwiftBackend {
 
     /// Authenticate now (instead of at first use); errors name the cause.
     pub fn connect(&self) -> BackendResult<()> {
-        self.session(false).map(|_| ())
+        self.session(None).map(|_| ())
     }
 
-    fn session(&self, renew: bool) -> BackendResult<SwiftSession> {
+    /// The cached session, or a new one if there is none, if it is about to
+    /// expire, or if `rejected` (a token Swift answered 401 to) is still the
+    /// cached one. Threads that hit 401 together renew only once.
+    fn session(&self, rejected: Option<&Secret>) -> BackendResult<SwiftSession> {
         let mut g = self.session.lock().unwrap();
-        if !renew {
-            if let Some(s) = g.as_ref() {
+        if let Some(s) = g.as_ref() {
+            let stale = rejected.is_some_and(|t| *t == s.token);
+            let expiring = s
+                .expires_at
+                .is_some_and(|e| e <= std::time::SystemTime::now() + TOKEN_RENEW_MARGIN);
+            if !stale && !expiring {
                 return Ok(s.clone());
             }
         }
@@ -515,14 +533,14 @@ impl SwiftBackend {
     /// Send with the cached session; on 401 renew the token once and resend.
     fn send(&self, op: &'static str, key: &str, req: Req) -> BackendResult<Resp> {
         let mut renewed = false;
-        let mut s = self.session(false)?;
+        let mut s = self.session(None)?;
         loop {
             let r = self.send_once(&s, key, &req).map_err(|e| {
                 remote_error(op, key, None, format!("{}: {}", self.location(), without_url_secrets(&e.without_url())))
             })?;
             if r.status == 401 && !renewed {
                 renewed = true;
-                s = self.session(true)?;
+                s = self.session(Some(&s.token))?;
                 continue;
             }
             return Ok(r);

@@ -123,7 +123,7 @@ pub fn open_remote(url: &str, opts: &RemoteOptions) -> anyhow::Result<Box<dyn Ba
                 Some(a) => a.clone(),
                 None => match (env("OS_STORAGE_URL"), env("OS_AUTH_TOKEN")) {
                     (Some(u), Some(t)) if env("OS_AUTH_URL").is_none() => {
-                        Arc::new(PreAuthenticated(SwiftSession { token: super::s3::Secret::new(t), storage_url: u }))
+                        Arc::new(PreAuthenticated(SwiftSession { token: super::s3::Secret::new(t), storage_url: u, expires_at: None }))
                     }
                     _ => Arc::new(KeystoneConfig::from_lookup(env)?),
                 },
