@@ -29,7 +29,9 @@ objectstore_stop() {
     [ -z "${IMGARC_SWIFT_PIDS:-}" ] || "$here/objectstore-stop" $IMGARC_SWIFT_PIDS
     [ -z "${IMGARC_KEYSTONE_STARTED_PID:-}" ] || "$here/objectstore-stop" $IMGARC_KEYSTONE_STARTED_PID
     wait $!
-    unset IMGARC_SWIFT_PIDS IMGARC_KEYSTONE_STARTED_PID IMGARC_RGW_PIDS
+    # state dirs (logs, data) of what was stopped; keep them with IMGARC_OBJECTSTORE_KEEP=1
+    [ -n "${IMGARC_OBJECTSTORE_KEEP:-}" ] || for d in ${IMGARC_OBJECTSTORE_STATE_DIRS:-}; do rm -rf "$d"; done
+    unset IMGARC_SWIFT_PIDS IMGARC_KEYSTONE_STARTED_PID IMGARC_RGW_PIDS IMGARC_OBJECTSTORE_STATE_DIRS
 }
 
 _objectstore_start() {
@@ -69,8 +71,8 @@ _objectstore_start() {
         ( t=$(date +%s)
           out=$(S3_BUCKET=imgarc-ci "$here/objectstore-start-ceph-rgw") || exit 1
           # the script prints S3_ENDPOINT/AWS_* for RGW; keep them under our own names
-          ( eval "$out"; printf "export IMGARC_RGW_ENDPOINT='%s' IMGARC_RGW_BUCKET='%s' IMGARC_RGW_ACCESS_KEY='%s' IMGARC_RGW_SECRET_KEY='%s' IMGARC_RGW_PIDS='%s'\n" \
-               "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$RGW_PIDS" ) >"$rgw_out"
+          ( eval "$out"; printf "export IMGARC_RGW_ENDPOINT='%s' IMGARC_RGW_BUCKET='%s' IMGARC_RGW_ACCESS_KEY='%s' IMGARC_RGW_SECRET_KEY='%s' IMGARC_RGW_PIDS='%s' IMGARC_RGW_STATE='%s'\n" \
+               "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$RGW_PIDS" "$CEPH_BASE" ) >"$rgw_out"
           echo "objectstore.sh: RGW up after $(( $(date +%s) - t ))s" >&2 ) &
         rgw_pid=$!
     ;; esac
@@ -82,7 +84,10 @@ _objectstore_start() {
         local rc=0
         wait "$rgw_pid" || rc=$?
         rgw_pid=""
-        [ -s "$rgw_out" ] && eval "$(cat "$rgw_out")"
+        if [ -s "$rgw_out" ]; then
+            eval "$(cat "$rgw_out")"
+            export IMGARC_OBJECTSTORE_STATE_DIRS="${IMGARC_OBJECTSTORE_STATE_DIRS:-} $IMGARC_RGW_STATE"
+        fi
         rm -f "$rgw_out"
         [ $rc = 0 ] || { echo "objectstore.sh: Ceph RGW did not start" >&2; return 1; }
         echo "objectstore.sh: RGW at $IMGARC_RGW_ENDPOINT" >&2
@@ -98,14 +103,16 @@ _objectstore_start() {
               || { echo "objectstore.sh: Keystone did not start" >&2; _objectstore_join_rgw; return 1; }
             eval "$out"
             export IMGARC_KEYSTONE_STARTED_PID=$KEYSTONE_PID
+            export IMGARC_OBJECTSTORE_STATE_DIRS="${IMGARC_OBJECTSTORE_STATE_DIRS:-} $ksdir"
             echo "objectstore.sh: Keystone up at $OS_AUTH_URL after $(( $(date +%s) - t ))s" >&2
         fi
         t=$(date +%s)
         out=$(SWIFT_AUTH=keystone SWIFT_BUCKET=imgarc-ci "$here/objectstore-start-swift") \
           || { echo "objectstore.sh: Swift did not start" >&2; _objectstore_join_rgw; return 1; }
-        out=$( eval "$out"; printf "export IMGARC_SWIFT_PIDS='%s' IMGARC_SWIFT_ENDPOINT='%s' IMGARC_SWIFT_CONTAINER='%s' IMGARC_SWIFTS3_ENDPOINT='%s' IMGARC_SWIFTS3_BUCKET='%s' IMGARC_SWIFTS3_ACCESS_KEY='%s' IMGARC_SWIFTS3_SECRET_KEY='%s'\n" \
-                 "$SWIFT_PIDS" "$SWIFT_ENDPOINT" "$SWIFT_CONTAINER" "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" )
+        out=$( eval "$out"; printf "export IMGARC_SWIFT_PIDS='%s' IMGARC_SWIFT_ENDPOINT='%s' IMGARC_SWIFT_CONTAINER='%s' IMGARC_SWIFTS3_ENDPOINT='%s' IMGARC_SWIFTS3_BUCKET='%s' IMGARC_SWIFTS3_ACCESS_KEY='%s' IMGARC_SWIFTS3_SECRET_KEY='%s' IMGARC_SWIFT_STATE='%s'\n" \
+                 "$SWIFT_PIDS" "$SWIFT_ENDPOINT" "$SWIFT_CONTAINER" "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$SWIFT_BASE" )
         eval "$out"
+        export IMGARC_OBJECTSTORE_STATE_DIRS="${IMGARC_OBJECTSTORE_STATE_DIRS:-} $IMGARC_SWIFT_STATE"
         # the tests log in as the demo user (not admin) with its application credential
         export IMGARC_SWIFT_AUTH_URL=$OS_AUTH_URL
         export IMGARC_SWIFT_REGION=${OS_REGION_NAME:-RegionOne}
