@@ -9,6 +9,11 @@
 //! `Box<dyn Backend>` rather than special-casing callers.
 
 pub mod local;
+pub mod ratelimit;
+pub mod retry;
+pub mod s3;
+pub mod swift;
+pub mod url;
 
 use std::fmt;
 

@@ -1,0 +1,194 @@
+//! Retry decorator: wraps any backend and retries transient failures with
+//! capped, jittered exponential backoff.
+//!
+//! What is transient is decided by [`is_transient`]: HTTP 5xx except 501,
+//! 429 and 408, and connection-level failures (reset, refused, timed out,
+//! broken pipe, unexpected EOF). Never retried: 4xx (incl. 401/403/404/412),
+//! 501 Not Implemented, `NotFound`, and `Other` errors (configuration,
+//! protocol and decoding problems).
+//!
+//! Remote backends report HTTP failures through [`remote_error`], which puts
+//! a [`RemoteFailure`] (status code, if any) inside `BackendError::Io`, so the
+//! trait's error type stays the same for local and remote stores.
+
+use super::{Backend, BackendError, BackendResult, ObjectInfo};
+use std::io;
+use std::time::Duration;
+
+/// The failure of one request to a remote store, carried inside
+/// `BackendError::Io`'s `io::Error`. `status` is `None` for failures below
+/// HTTP (connect, reset, timeout).
+#[derive(Debug)]
+pub struct RemoteFailure {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "HTTP {s}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for RemoteFailure {}
+
+impl RemoteFailure {
+    pub fn is_transient(&self) -> bool {
+        match self.status {
+            None => true,
+            Some(s) => s == 408 || s == 429 || (s >= 500 && s != 501),
+        }
+    }
+}
+
+/// Build the error for a failed remote request. `status` None means the
+/// request did not get an HTTP answer (network failure). Callers map 404 to
+/// `NotFound` themselves before calling this.
+pub fn remote_error(
+    op: &'static str,
+    key: &str,
+    status: Option<u16>,
+    message: impl Into<String>,
+) -> BackendError {
+    let kind = match status {
+        None => io::ErrorKind::ConnectionReset,
+        Some(401) | Some(403) => io::ErrorKind::PermissionDenied,
+        Some(400) | Some(416) => io::ErrorKind::InvalidInput,
+        Some(501) => io::ErrorKind::Unsupported,
+        Some(s) if s >= 500 || s == 429 || s == 408 => io::ErrorKind::Other,
+        Some(_) => io::ErrorKind::Other,
+    };
+    BackendError::Io {
+        op,
+        key: key.to_string(),
+        source: io::Error::new(kind, RemoteFailure { status, message: message.into() }),
+    }
+}
+
+/// The HTTP status a backend error carries, if it came from [`remote_error`].
+pub fn http_status(err: &BackendError) -> Option<u16> {
+    match err {
+        BackendError::Io { source, .. } => source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<RemoteFailure>())
+            .and_then(|f| f.status),
+        _ => None,
+    }
+}
+
+/// Whether retrying the same request may succeed.
+pub fn is_transient(err: &BackendError) -> bool {
+    match err {
+        BackendError::NotFound(_) | BackendError::Other { .. } => false,
+        BackendError::Io { source, .. } => {
+            if let Some(f) = source.get_ref().and_then(|e| e.downcast_ref::<RemoteFailure>()) {
+                return f.is_transient();
+            }
+            use io::ErrorKind::*;
+            matches!(
+                source.kind(),
+                ConnectionReset
+                    | ConnectionAborted
+                    | ConnectionRefused
+                    | TimedOut
+                    | Interrupted
+                    | BrokenPipe
+                    | UnexpectedEof
+                    | WouldBlock
+            )
+        }
+    }
+}
+
+/// How often and how long to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = no retries).
+    pub max_retries: u32,
+    /// Backoff before the first retry; doubles each time.
+    pub base_delay: Duration,
+    /// Upper bound of one backoff.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// "Full jitter" backoff for retry number `attempt` (1-based): a random
+    /// duration in [cap/2, cap] with cap = min(max_delay, base * 2^(attempt-1)).
+    /// The lower half-bound keeps retries from hammering a struggling server.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        use rand::Rng;
+        let exp = self.base_delay.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20));
+        let cap = exp.min(self.max_delay);
+        let half = cap / 2;
+        let jitter = rand::thread_rng().gen_range(0..=half.as_micros().max(1) as u64);
+        half + Duration::from_micros(jitter)
+    }
+}
+
+/// Retrying decorator around any backend.
+#[derive(Debug)]
+pub struct RetryBackend {
+    inner: Box<dyn Backend>,
+    policy: RetryPolicy,
+}
+
+impl RetryBackend {
+    pub fn new(inner: Box<dyn Backend>, policy: RetryPolicy) -> Self {
+        RetryBackend { inner, policy }
+    }
+
+    pub fn into_inner(self) -> Box<dyn Backend> {
+        self.inner
+    }
+
+    fn run<T>(&self, mut f: impl FnMut(&dyn Backend) -> BackendResult<T>) -> BackendResult<T> {
+        let mut attempt = 0u32;
+        loop {
+            match f(self.inner.as_ref()) {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < self.policy.max_retries && is_transient(&e) => {
+                    attempt += 1;
+                    std::thread::sleep(self.policy.delay(attempt));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Backend for RetryBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+        self.run(|b| b.put(key, data))
+    }
+    fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+        self.run(|b| b.get(key))
+    }
+    fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
+        self.run(|b| b.get_range(key, offset, length))
+    }
+    fn size(&self, key: &str) -> BackendResult<u64> {
+        self.run(|b| b.size(key))
+    }
+    fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
+        self.run(|b| b.list(prefix))
+    }
+    fn delete(&self, key: &str) -> BackendResult<()> {
+        self.run(|b| b.delete(key))
+    }
+}
