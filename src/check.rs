@@ -48,9 +48,12 @@ pub fn snapshots_using(repo: &Repository, index: &Index, ids: &[Id]) -> Result<H
         let Some(snap) = index.snapshot(&row.id)? else {
             continue;
         };
-        let Ok(refs) = index.referenced_ids(repo, &snap) else {
-            continue;
-        };
+        // Tree ids are in the snapshot itself: a lost tree is attributed even when
+        // the extent list it holds can no longer be read.
+        let mut refs: HashSet<Id> = snap.streams().iter().flat_map(|s| s.trees.iter().copied()).collect();
+        if let Ok(more) = index.referenced_ids(repo, &snap) {
+            refs.extend(more);
+        }
         for id in refs.intersection(&wanted) {
             out.entry(*id).or_default().push((row.id, row.name.clone()));
         }

@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Repository location: a directory (default: $IMGARC_REPO, else ~/.local/share/imgarc/repo)
+    /// Repository: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX] or swift:CONTAINER[/PREFIX] (default: $IMGARC_REPO, else ~/.local/share/imgarc/repo)
     #[arg(long, global = true, env = "IMGARC_REPO")]
     pub repo: Option<String>,
     /// Print one JSON document on stdout instead of prose

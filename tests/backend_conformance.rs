@@ -59,11 +59,9 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
 
     phase("ranges");
     // --- NotFound mapping
-    for e in [
-        b.get("data/ff/missing").unwrap_err(),
-        b.get_range("data/ff/missing", 0, 1).unwrap_err(),
-        b.size("data/ff/missing").unwrap_err(),
-    ] {
+    for e in
+        [b.get("data/ff/missing").unwrap_err(), b.get_range("data/ff/missing", 0, 1).unwrap_err(), b.size("data/ff/missing").unwrap_err()]
+    {
         assert!(matches!(e, BackendError::NotFound(ref k) if k == "data/ff/missing"), "{e:?}");
     }
 
@@ -83,17 +81,17 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     expect.insert(pack.clone(), big.len() as u64);
     expect.insert("config".into(), small.len() as u64);
     expect.insert(empty_key.into(), 0);
-    let listed = |p: &str| -> BTreeMap<String, u64> {
-        b.list(p).unwrap().into_iter().map(|o| (o.key, o.size)).collect()
-    };
-    let sub = |p: &str| -> BTreeMap<String, u64> {
-        expect.iter().filter(|(k, _)| k.starts_with(p)).map(|(k, v)| (k.clone(), *v)).collect()
-    };
+    let listed = |p: &str| -> BTreeMap<String, u64> { b.list(p).unwrap().into_iter().map(|o| (o.key, o.size)).collect() };
+    let sub =
+        |p: &str| -> BTreeMap<String, u64> { expect.iter().filter(|(k, _)| k.starts_with(p)).map(|(k, v)| (k.clone(), *v)).collect() };
     assert_eq!(listed(""), expect);
     assert_eq!(listed("data/"), sub("data/"));
     assert_eq!(listed("data/ab/"), sub("data/ab/"));
     assert_eq!(listed("data/a").len(), 13, "string (not path-segment) prefix");
-    assert_eq!(listed("data/ab/000000000000000000000000000000000000000000000000000000000000000"), sub("data/ab/000000000000000000000000000000000000000000000000000000000000000"));
+    assert_eq!(
+        listed("data/ab/000000000000000000000000000000000000000000000000000000000000000"),
+        sub("data/ab/000000000000000000000000000000000000000000000000000000000000000")
+    );
     assert!(listed("nothing/").is_empty());
     assert!(b.list("").unwrap().len() == expect.len(), "no duplicates across pages");
     let other = make(&format!("{root}-sibling"), 1000);

@@ -76,11 +76,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn delete(&self, key: &str) -> BackendResult<()>;
 }
 
-/// Opens the backend a `--repo` location names: a directory path, or (with
-/// the remote backends) `s3:…` / `swift:…`.
-pub fn open(location: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
-    if location.starts_with("s3:") || location.starts_with("swift:") {
-        anyhow::bail!("repository {location}: remote repositories are not supported by this build");
+/// Opens the backend a `--repo` location names: a directory path, or
+/// `s3:https://HOST[:PORT]/BUCKET[/PREFIX]` / `swift:CONTAINER[/PREFIX]`
+/// (wrapped in the retry and rate-limit decorators).
+pub fn open(location: &str, opts: &url::RemoteOptions) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    if url::is_remote_url(location) {
+        return Ok(std::sync::Arc::from(url::open_remote(location, opts)?));
     }
     Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
 }

@@ -83,11 +83,7 @@ pub struct RateLimitBackend {
 impl RateLimitBackend {
     /// Rates in bytes per second; None = unlimited.
     pub fn new(inner: Box<dyn Backend>, upload: Option<u64>, download: Option<u64>) -> Self {
-        RateLimitBackend {
-            inner,
-            upload: upload.map(RateLimiter::new),
-            download: download.map(RateLimiter::new),
-        }
+        RateLimitBackend { inner, upload: upload.map(RateLimiter::new), download: download.map(RateLimiter::new) }
     }
 }
 

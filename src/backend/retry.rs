@@ -47,12 +47,7 @@ impl RemoteFailure {
 /// Build the error for a failed remote request. `status` None means the
 /// request did not get an HTTP answer (network failure). Callers map 404 to
 /// `NotFound` themselves before calling this.
-pub fn remote_error(
-    op: &'static str,
-    key: &str,
-    status: Option<u16>,
-    message: impl Into<String>,
-) -> BackendError {
+pub fn remote_error(op: &'static str, key: &str, status: Option<u16>, message: impl Into<String>) -> BackendError {
     let kind = match status {
         None => io::ErrorKind::ConnectionReset,
         Some(401) | Some(403) => io::ErrorKind::PermissionDenied,
@@ -61,20 +56,13 @@ pub fn remote_error(
         Some(s) if s >= 500 || s == 429 || s == 408 => io::ErrorKind::Other,
         Some(_) => io::ErrorKind::Other,
     };
-    BackendError::Io {
-        op,
-        key: key.to_string(),
-        source: io::Error::new(kind, RemoteFailure { status, message: message.into() }),
-    }
+    BackendError::Io { op, key: key.to_string(), source: io::Error::new(kind, RemoteFailure { status, message: message.into() }) }
 }
 
 /// The HTTP status a backend error carries, if it came from [`remote_error`].
 pub fn http_status(err: &BackendError) -> Option<u16> {
     match err {
-        BackendError::Io { source, .. } => source
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<RemoteFailure>())
-            .and_then(|f| f.status),
+        BackendError::Io { source, .. } => source.get_ref().and_then(|e| e.downcast_ref::<RemoteFailure>()).and_then(|f| f.status),
         _ => None,
     }
 }
@@ -90,14 +78,7 @@ pub fn is_transient(err: &BackendError) -> bool {
             use io::ErrorKind::*;
             matches!(
                 source.kind(),
-                ConnectionReset
-                    | ConnectionAborted
-                    | ConnectionRefused
-                    | TimedOut
-                    | Interrupted
-                    | BrokenPipe
-                    | UnexpectedEof
-                    | WouldBlock
+                ConnectionReset | ConnectionAborted | ConnectionRefused | TimedOut | Interrupted | BrokenPipe | UnexpectedEof | WouldBlock
             )
         }
     }
@@ -116,11 +97,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_retries: 5,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
+        RetryPolicy { max_retries: 5, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
     }
 }
 

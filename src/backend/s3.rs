@@ -76,20 +76,14 @@ impl S3Config {
         Self::from_lookup(endpoint, bucket, prefix, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
 
-    /// Credentials and options from `lookup` (an environment): 
+    /// Credentials and options from `lookup` (an environment):
     /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`), or
     /// else the profile `AWS_PROFILE` (default `default`) in
     /// `AWS_SHARED_CREDENTIALS_FILE` (default `~/.aws/credentials`); region from
     /// `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile in `~/.aws/config`, the
     /// AWS host name, else `us-east-1`; `AWS_CA_BUNDLE`.
-    pub fn from_lookup(
-        endpoint: &str,
-        bucket: &str,
-        prefix: &str,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Self> {
-        let url = url::Url::parse(endpoint)
-            .map_err(|e| anyhow::anyhow!("invalid S3 endpoint {endpoint:?}: {e}"))?;
+    pub fn from_lookup(endpoint: &str, bucket: &str, prefix: &str, lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let url = url::Url::parse(endpoint).map_err(|e| anyhow::anyhow!("invalid S3 endpoint {endpoint:?}: {e}"))?;
         let host = url.host_str().unwrap_or("").to_string();
         if !matches!(url.scheme(), "http" | "https") || host.is_empty() {
             anyhow::bail!("invalid S3 endpoint {endpoint:?}: expected http(s)://HOST[:PORT]");
@@ -97,31 +91,23 @@ impl S3Config {
         let aws = is_aws_host(&host);
         let profile_name = lookup("AWS_PROFILE").unwrap_or_else(|| "default".into());
         let home = lookup("HOME").map(std::path::PathBuf::from);
-        let cred_file = lookup("AWS_SHARED_CREDENTIALS_FILE")
-            .map(Into::into)
-            .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
-        let config_file = lookup("AWS_CONFIG_FILE")
-            .map(Into::into)
-            .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        let cred_file = lookup("AWS_SHARED_CREDENTIALS_FILE").map(Into::into).or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+        let config_file = lookup("AWS_CONFIG_FILE").map(Into::into).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
 
-        let (access_key_id, secret, token) =
-            match (lookup("AWS_ACCESS_KEY_ID"), lookup("AWS_SECRET_ACCESS_KEY")) {
-                (Some(a), Some(s)) => (a, s, lookup("AWS_SESSION_TOKEN")),
-                _ => {
-                    let sect = cred_file
-                        .as_deref()
-                        .and_then(|p| ini_section(p, &profile_name))
-                        .unwrap_or_default();
-                    let get = |k: &str| sect.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-                    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
-                        (Some(a), Some(s)) => (a, s, get("aws_session_token")),
-                        _ => anyhow::bail!(
-                            "no S3 credentials for {endpoint}: set AWS_ACCESS_KEY_ID and \
+        let (access_key_id, secret, token) = match (lookup("AWS_ACCESS_KEY_ID"), lookup("AWS_SECRET_ACCESS_KEY")) {
+            (Some(a), Some(s)) => (a, s, lookup("AWS_SESSION_TOKEN")),
+            _ => {
+                let sect = cred_file.as_deref().and_then(|p| ini_section(p, &profile_name)).unwrap_or_default();
+                let get = |k: &str| sect.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+                    (Some(a), Some(s)) => (a, s, get("aws_session_token")),
+                    _ => anyhow::bail!(
+                        "no S3 credentials for {endpoint}: set AWS_ACCESS_KEY_ID and \
                              AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a profile in ~/.aws/credentials"
-                        ),
-                    }
+                    ),
                 }
-            };
+            }
+        };
         let region_from_host = if aws {
             // s3.REGION.amazonaws.com / s3-REGION.amazonaws.com
             host.strip_suffix(".amazonaws.com")
@@ -135,11 +121,7 @@ impl S3Config {
             .or_else(|| lookup("AWS_DEFAULT_REGION"))
             .or(region_from_host)
             .or_else(|| {
-                let sect_name = if profile_name == "default" {
-                    "default".to_string()
-                } else {
-                    format!("profile {profile_name}")
-                };
+                let sect_name = if profile_name == "default" { "default".to_string() } else { format!("profile {profile_name}") };
                 config_file
                     .as_deref()
                     .and_then(|p| ini_section(p, &sect_name))
@@ -213,18 +195,14 @@ impl S3Backend {
             // message completed", seen with Swift s3api)
             .with_pool_idle_timeout(Duration::from_secs(15));
         if let Some(p) = &cfg.ca_bundle {
-            let pem = std::fs::read(p)
-                .map_err(|e| anyhow::anyhow!("cannot read AWS_CA_BUNDLE {}: {e}", p.display()))?;
+            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read AWS_CA_BUNDLE {}: {e}", p.display()))?;
             for c in object_store::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| anyhow::anyhow!("invalid AWS_CA_BUNDLE {}: {e}", p.display()))?
             {
                 opts = opts.with_root_certificate(c);
             }
         }
-        let aws = url::Url::parse(&cfg.endpoint)
-            .ok()
-            .and_then(|u| u.host_str().map(is_aws_host))
-            .unwrap_or(false);
+        let aws = url::Url::parse(&cfg.endpoint).ok().and_then(|u| u.host_str().map(is_aws_host)).unwrap_or(false);
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
@@ -245,10 +223,7 @@ impl S3Backend {
             b = b.with_token(t.expose());
         }
         let store = b.build().map_err(|e| anyhow::anyhow!("S3 client for {}: {e}", cfg.endpoint))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
         let location = if cfg.prefix.is_empty() {
             format!("s3:{}/{}", cfg.endpoint, cfg.bucket)
         } else {
@@ -330,13 +305,8 @@ fn classify(e: &object_store::Error) -> (Option<u16>, bool) {
     let mut network = false;
     while let Some(c) = cur {
         if let Some(h) = c.downcast_ref::<HttpError>() {
-            network |= matches!(
-                h.kind(),
-                HttpErrorKind::Connect
-                    | HttpErrorKind::Request
-                    | HttpErrorKind::Timeout
-                    | HttpErrorKind::Interrupted
-            );
+            network |=
+                matches!(h.kind(), HttpErrorKind::Connect | HttpErrorKind::Request | HttpErrorKind::Timeout | HttpErrorKind::Interrupted);
         }
         if c.downcast_ref::<std::io::Error>().is_some() {
             network = true;
@@ -344,8 +314,7 @@ fn classify(e: &object_store::Error) -> (Option<u16>, bool) {
         let msg = c.to_string();
         for marker in ["status code: ", "Status code: "] {
             if let Some(i) = msg.find(marker) {
-                let digits: String =
-                    msg[i + marker.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                let digits: String = msg[i + marker.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
                 if let Ok(s) = digits.parse::<u16>() {
                     return (Some(s), network);
                 }
@@ -363,10 +332,7 @@ impl Backend for S3Backend {
 
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        self.rt
-            .block_on(self.store.put(&self.path(key), payload))
-            .map(|_| ())
-            .map_err(|e| self.map_err("put", key, e))
+        self.rt.block_on(self.store.put(&self.path(key), payload)).map(|_| ()).map_err(|e| self.map_err("put", key, e))
     }
 
     fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
@@ -396,17 +362,13 @@ impl Backend for S3Backend {
             key: key.into(),
             message: "range overflows".into(),
         })?;
-        let b = self
-            .rt
-            .block_on(self.store.get_range(&self.path(key), offset..end))
-            .map_err(|e| match self.map_err("get_range", key, e) {
-                e @ BackendError::Io { .. } if super::retry::http_status(&e) == Some(416) => {
-                    BackendError::Other {
-                        op: "get_range",
-                        key: key.into(),
-                        message: format!("range {offset}+{length} past the end of the object"),
-                    }
-                }
+        let b =
+            self.rt.block_on(self.store.get_range(&self.path(key), offset..end)).map_err(|e| match self.map_err("get_range", key, e) {
+                e @ BackendError::Io { .. } if super::retry::http_status(&e) == Some(416) => BackendError::Other {
+                    op: "get_range",
+                    key: key.into(),
+                    message: format!("range {offset}+{length} past the end of the object"),
+                },
                 e => e,
             })?;
         if b.len() as u64 != length {
@@ -420,10 +382,7 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, key: &str) -> BackendResult<u64> {
-        self.rt
-            .block_on(self.store.head(&self.path(key)))
-            .map(|m| m.size)
-            .map_err(|e| self.map_err("size", key, e))
+        self.rt.block_on(self.store.head(&self.path(key))).map(|m| m.size).map_err(|e| self.map_err("size", key, e))
     }
 
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
@@ -431,15 +390,8 @@ impl Backend for S3Backend {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let opts = PaginatedListOptions {
-                max_keys: Some(self.page_size),
-                page_token: token.take(),
-                ..Default::default()
-            };
-            let page = self
-                .rt
-                .block_on(self.store.list_paginated(Some(&full), opts))
-                .map_err(|e| self.map_err("list", prefix, e))?;
+            let opts = PaginatedListOptions { max_keys: Some(self.page_size), page_token: token.take(), ..Default::default() };
+            let page = self.rt.block_on(self.store.list_paginated(Some(&full), opts)).map_err(|e| self.map_err("list", prefix, e))?;
             for m in page.result.objects {
                 let k = m.location.as_ref();
                 if let Some(rel) = k.strip_prefix(&self.prefix) {

@@ -151,8 +151,7 @@ impl KeystoneConfig {
     /// `OS_TENANT_NAME`) / `OS_PROJECT_ID` / `OS_PROJECT_DOMAIN_NAME` /
     /// `OS_PROJECT_DOMAIN_ID`; `OS_TOKEN`; `OS_REGION_NAME`; `OS_INTERFACE`.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let auth_url = lookup("OS_AUTH_URL")
-            .ok_or_else(|| anyhow::anyhow!("swift: OS_AUTH_URL is not set (Keystone v3 URL)"))?;
+        let auth_url = lookup("OS_AUTH_URL").ok_or_else(|| anyhow::anyhow!("swift: OS_AUTH_URL is not set (Keystone v3 URL)"))?;
         let user = UserRef {
             id: lookup("OS_USER_ID"),
             name: lookup("OS_USERNAME"),
@@ -260,18 +259,15 @@ impl SwiftAuth for KeystoneConfig {
     fn authenticate(&self, client: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
         let url = self.tokens_url();
         let body = self.request_body();
-        let (status, token, json) = rt.block_on(async {
-            let r = client.post(&url).json(&body).send().await?;
-            let status = r.status().as_u16();
-            let token = r
-                .headers()
-                .get("x-subject-token")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let text = r.text().await?;
-            Ok::<_, reqwest::Error>((status, token, text))
-        })
-        .map_err(|e| AuthFailure { status: None, message: format!("{}: {}", self.describe(), without_url_secrets(&e)) })?;
+        let (status, token, json) = rt
+            .block_on(async {
+                let r = client.post(&url).json(&body).send().await?;
+                let status = r.status().as_u16();
+                let token = r.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let text = r.text().await?;
+                Ok::<_, reqwest::Error>((status, token, text))
+            })
+            .map_err(|e| AuthFailure { status: None, message: format!("{}: {}", self.describe(), without_url_secrets(&e)) })?;
         if status == 401 || status == 403 {
             return Err(AuthFailure {
                 status: Some(status),
@@ -284,8 +280,8 @@ impl SwiftAuth for KeystoneConfig {
             return Err(AuthFailure { status: Some(status), message: format!("{}: HTTP {status}: {snippet}", self.describe()) }.into());
         }
         let token = token.ok_or_else(|| anyhow::anyhow!("{}: no X-Subject-Token in the answer", self.describe()))?;
-        let v: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| anyhow::anyhow!("{}: invalid token JSON: {e}", self.describe()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{}: invalid token JSON: {e}", self.describe()))?;
         let storage_url = catalog_url(&v, "object-store", self.region.as_deref(), &self.interface).ok_or_else(|| {
             anyhow::anyhow!(
                 "{}: no object-store endpoint (interface {}, region {}) in the catalog",
@@ -321,10 +317,7 @@ pub fn catalog_url(token: &serde_json::Value, stype: &str, region: Option<&str>,
     for svc in cat.iter().filter(|s| s.get("type").and_then(|t| t.as_str()) == Some(stype)) {
         for ep in svc.get("endpoints")?.as_array()? {
             let iface = ep.get("interface").and_then(|v| v.as_str()).unwrap_or("");
-            let reg = ep
-                .get("region_id")
-                .and_then(|v| v.as_str())
-                .or_else(|| ep.get("region").and_then(|v| v.as_str()));
+            let reg = ep.get("region_id").and_then(|v| v.as_str()).or_else(|| ep.get("region").and_then(|v| v.as_str()));
             if iface == interface && region.is_none_or(|r| reg == Some(r)) {
                 return ep.get("url").and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/').to_string());
             }
@@ -387,10 +380,7 @@ pub struct SwiftBackend {
 
 impl fmt::Debug for SwiftBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SwiftBackend")
-            .field("location", &self.location())
-            .field("auth", &self.auth.describe())
-            .finish_non_exhaustive()
+        f.debug_struct("SwiftBackend").field("location", &self.location()).field("auth", &self.auth.describe()).finish_non_exhaustive()
     }
 }
 
@@ -429,17 +419,12 @@ impl SwiftBackend {
             .pool_idle_timeout(Duration::from_secs(15));
         if let Some(p) = &cfg.cacert {
             let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read OS_CACERT {}: {e}", p.display()))?;
-            for c in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| anyhow::anyhow!("invalid OS_CACERT {}: {e}", p.display()))?
-            {
+            for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("invalid OS_CACERT {}: {e}", p.display()))? {
                 b = b.add_root_certificate(c);
             }
         }
         let client = b.build().map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
         let prefix = if cfg.prefix.is_empty() { String::new() } else { format!("{}/", cfg.prefix) };
         Ok(SwiftBackend { client, rt, auth, session: Mutex::new(None), cfg, prefix })
     }
@@ -461,9 +446,7 @@ impl SwiftBackend {
         let mut g = self.session.lock().unwrap();
         if let Some(s) = g.as_ref() {
             let stale = rejected.is_some_and(|t| *t == s.token);
-            let expiring = s
-                .expires_at
-                .is_some_and(|e| e <= std::time::SystemTime::now() + TOKEN_RENEW_MARGIN);
+            let expiring = s.expires_at.is_some_and(|e| e <= std::time::SystemTime::now() + TOKEN_RENEW_MARGIN);
             if !stale && !expiring {
                 return Ok(s.clone());
             }
@@ -501,30 +484,21 @@ impl SwiftBackend {
                     .body(data.to_vec())
             }
             Req::Get(None) => c.get(self.object_url(&s.storage_url, key)),
-            Req::Get(Some((off, len))) => c
-                .get(self.object_url(&s.storage_url, key))
-                .header("Range", format!("bytes={}-{}", off, off + len - 1)),
+            Req::Get(Some((off, len))) => {
+                c.get(self.object_url(&s.storage_url, key)).header("Range", format!("bytes={}-{}", off, off + len - 1))
+            }
             Req::Head => c.head(self.object_url(&s.storage_url, key)),
             Req::Delete => c.delete(self.object_url(&s.storage_url, key)),
             Req::List { prefix, marker } => c
                 .get(format!("{}/{}", s.storage_url.trim_end_matches('/'), encode_name(&self.cfg.container)))
-                .query(&[
-                    ("format", "json"),
-                    ("prefix", prefix),
-                    ("marker", marker),
-                    ("limit", &self.cfg.page_size.to_string()),
-                ]),
+                .query(&[("format", "json"), ("prefix", prefix), ("marker", marker), ("limit", &self.cfg.page_size.to_string())]),
         };
         let rb = rb.header("X-Auth-Token", s.token.expose());
         let is_head = matches!(req, Req::Head);
         self.rt.block_on(async move {
             let r = rb.send().await?;
             let status = r.status().as_u16();
-            let len = r
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
+            let len = r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
             let body = if is_head { Vec::new() } else { r.bytes().await?.to_vec() };
             Ok(Resp { status, len, body })
         })
@@ -535,9 +509,9 @@ impl SwiftBackend {
         let mut renewed = false;
         let mut s = self.session(None)?;
         loop {
-            let r = self.send_once(&s, key, &req).map_err(|e| {
-                remote_error(op, key, None, format!("{}: {}", self.location(), without_url_secrets(&e.without_url())))
-            })?;
+            let r = self
+                .send_once(&s, key, &req)
+                .map_err(|e| remote_error(op, key, None, format!("{}: {}", self.location(), without_url_secrets(&e.without_url()))))?;
             if r.status == 401 && !renewed {
                 renewed = true;
                 s = self.session(Some(&s.token))?;
@@ -624,11 +598,9 @@ impl Backend for SwiftBackend {
     fn size(&self, key: &str) -> BackendResult<u64> {
         let r = self.send("size", key, Req::Head)?;
         match r.status {
-            200..=299 => r.len.ok_or_else(|| BackendError::Other {
-                op: "size",
-                key: key.into(),
-                message: "no Content-Length in HEAD answer".into(),
-            }),
+            200..=299 => {
+                r.len.ok_or_else(|| BackendError::Other { op: "size", key: key.into(), message: "no Content-Length in HEAD answer".into() })
+            }
             404 => Err(BackendError::NotFound(key.into())),
             _ => Err(self.fail("size", key, &r)),
         }

@@ -58,11 +58,7 @@ pub fn parse_remote_url(url: &str) -> anyhow::Result<RemoteUrl> {
             anyhow::bail!("invalid bucket name {bucket:?} in {url:?}");
         }
         url::Url::parse(&format!("{scheme}://{host}/")).map_err(|e| anyhow::anyhow!("invalid repository {url:?}: {e}"))?;
-        return Ok(RemoteUrl::S3 {
-            endpoint: format!("{scheme}://{host}"),
-            bucket: bucket.to_string(),
-            prefix: clean_prefix(prefix)?,
-        });
+        return Ok(RemoteUrl::S3 { endpoint: format!("{scheme}://{host}"), bucket: bucket.to_string(), prefix: clean_prefix(prefix)? });
     }
     if let Some(rest) = url.strip_prefix("swift:") {
         let rest = rest.trim_start_matches('/');
@@ -115,9 +111,7 @@ pub fn open_remote(url: &str, opts: &RemoteOptions) -> anyhow::Result<Box<dyn Ba
         None => &process_env,
     };
     let store: Box<dyn Backend> = match parse_remote_url(url)? {
-        RemoteUrl::S3 { endpoint, bucket, prefix } => {
-            Box::new(S3Backend::new(S3Config::from_lookup(&endpoint, &bucket, &prefix, env)?)?)
-        }
+        RemoteUrl::S3 { endpoint, bucket, prefix } => Box::new(S3Backend::new(S3Config::from_lookup(&endpoint, &bucket, &prefix, env)?)?),
         RemoteUrl::Swift { container, prefix } => {
             let auth: Arc<dyn SwiftAuth> = match &opts.swift_auth {
                 Some(a) => a.clone(),
@@ -162,11 +156,7 @@ mod tests {
     fn parses_s3() {
         assert_eq!(
             parse_remote_url("s3:https://rgw.example.org:8443/backups/site-a/imgarc").unwrap(),
-            RemoteUrl::S3 {
-                endpoint: "https://rgw.example.org:8443".into(),
-                bucket: "backups".into(),
-                prefix: "site-a/imgarc".into()
-            }
+            RemoteUrl::S3 { endpoint: "https://rgw.example.org:8443".into(), bucket: "backups".into(), prefix: "site-a/imgarc".into() }
         );
         assert_eq!(
             parse_remote_url("s3:http://127.0.0.1:9000/chunks").unwrap(),
@@ -192,10 +182,7 @@ mod tests {
 
     #[test]
     fn parses_swift() {
-        assert_eq!(
-            parse_remote_url("swift:backups").unwrap(),
-            RemoteUrl::Swift { container: "backups".into(), prefix: "".into() }
-        );
+        assert_eq!(parse_remote_url("swift:backups").unwrap(), RemoteUrl::Swift { container: "backups".into(), prefix: "".into() });
         assert_eq!(
             parse_remote_url("swift:backups/host1/repo").unwrap(),
             RemoteUrl::Swift { container: "backups".into(), prefix: "host1/repo".into() }

@@ -41,7 +41,15 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        backend::open(&self.location)
+        let rate = |r: &Option<String>| -> Result<Option<u64>> {
+            r.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
+        };
+        let opts = backend::url::RemoteOptions {
+            limit_upload: rate(&self.global.limit_upload)?,
+            limit_download: rate(&self.global.limit_download)?,
+            ..Default::default()
+        };
+        backend::open(&self.location, &opts)
     }
 
     pub fn open_repo(&self) -> Result<Repository> {

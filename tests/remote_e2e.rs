@@ -1,0 +1,143 @@
+//! The same commands on remote repositories: Ceph RGW (S3) and Swift with
+//! Keystone (native API), started by `ci/objectstore.sh`.
+//! Run: `. ci/objectstore.sh && cargo nextest run --features remote-tests --test remote_e2e`.
+#![cfg(feature = "remote-tests")]
+
+mod support;
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use support::*;
+
+fn need(k: &str) -> String {
+    std::env::var(k)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("{k} is not set: run `. ci/objectstore.sh` first (see docs/objectstore.md)"))
+}
+
+struct Remote {
+    repo: String,
+    vars: HashMap<String, String>,
+    work: tempfile::TempDir,
+}
+
+impl Remote {
+    fn rgw() -> Remote {
+        let prefix = format!("e2e-{}", hex::encode(rand_bytes()));
+        let vars = HashMap::from([
+            ("AWS_ACCESS_KEY_ID".to_string(), need("IMGARC_RGW_ACCESS_KEY")),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), need("IMGARC_RGW_SECRET_KEY")),
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ]);
+        Remote {
+            repo: format!("s3:{}/{}/{prefix}", need("IMGARC_RGW_ENDPOINT"), need("IMGARC_RGW_BUCKET")),
+            vars,
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn swift() -> Remote {
+        let prefix = format!("e2e-{}", hex::encode(rand_bytes()));
+        let vars = HashMap::from([
+            ("OS_AUTH_URL".to_string(), need("IMGARC_SWIFT_AUTH_URL")),
+            ("OS_AUTH_TYPE".to_string(), "v3applicationcredential".to_string()),
+            ("OS_APPLICATION_CREDENTIAL_ID".to_string(), need("IMGARC_SWIFT_APP_CRED_ID")),
+            ("OS_APPLICATION_CREDENTIAL_SECRET".to_string(), need("IMGARC_SWIFT_APP_CRED_SECRET")),
+            ("OS_REGION_NAME".to_string(), need("IMGARC_SWIFT_REGION")),
+        ]);
+        Remote { repo: format!("swift:{}/{prefix}", need("IMGARC_SWIFT_CONTAINER")), vars, work: tempfile::tempdir().unwrap() }
+    }
+
+    fn cmd(&self, cache: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OS_") || k.starts_with("AWS_")) {
+            c.env_remove(k);
+        }
+        c.envs(&self.vars).env("IMGARC_CACHE_DIR", self.work.path().join(cache)).arg("--repo").arg(&self.repo).args(args);
+        c
+    }
+
+    fn run(&self, cache: &str, args: &[&str]) -> Output {
+        self.cmd(cache, args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn json(&self, cache: &str, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.run(cache, &a);
+        assert!(o.status.success(), "imgarc {args:?} on {}: {}", self.repo, String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> String {
+        let p = self.work.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p.display().to_string()
+    }
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let b = (t ^ std::process::id() as u64).to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+fn end_to_end(r: Remote) {
+    r.json("c1", &["init"]);
+    let disk = imgarc::synthetic::SyntheticDisk::new(12 << 20, 9);
+    let mut nights = vec![];
+    for n in 0..2 {
+        let p = r.work.path().join(format!("n{n}.raw"));
+        disk.write_night(&p, n).unwrap();
+        let a = r.json("c1", &["archive", p.to_str().unwrap(), "--name", "vm", "--digest", "sha256"]);
+        nights.push((p, a));
+    }
+    assert!(u(&nights[1].1, "new_bytes") < u(&nights[0].1, "new_bytes") / 2, "night 1 must dedup against night 0");
+    let (p, a) = &nights[1];
+    let out = r.work.path().join("out.raw");
+    r.json("c1", &["restore", &s(a, "snapshot"), "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(p).unwrap(), "restore from {} differs", r.repo);
+    assert_eq!(r.json("c1", &["check", "--read-data"])["ok"], true);
+
+    // A new host (empty cache) catches up from the repository's index objects; rebuild works too.
+    assert_eq!(r.json("c2", &["list"]).as_array().unwrap().len(), 2);
+    let rb = r.json("c3", &["index", "rebuild"]);
+    assert_eq!(u(&rb, "snapshots"), 2);
+    std::fs::remove_file(&out).unwrap();
+    r.json("c3", &["restore", &s(a, "snapshot")[..12], "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(p).unwrap());
+
+    // Two processes archive different images into the repository at once.
+    let (fa, fb) = (r.file("a.raw", &bytes(6 << 20, 1, false)), r.file("b.raw", &bytes(6 << 20, 2, true)));
+    let ca = r.cmd("c1", &["--json", "archive", &fa]).stdout(Stdio::piped()).spawn().unwrap();
+    let cb = r.cmd("c2", &["--json", "archive", &fb]).stdout(Stdio::piped()).spawn().unwrap();
+    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+    assert!(oa.status.success() && ob.status.success(), "concurrent archives on {}", r.repo);
+    assert_eq!(r.json("c1", &["check"])["ok"], true);
+
+    // A pack deleted behind imgarc's back is named by check, with its snapshots.
+    let lookup = r.vars.clone();
+    let opts =
+        imgarc::backend::url::RemoteOptions { env: Some(std::sync::Arc::new(move |k: &str| lookup.get(k).cloned())), ..Default::default() };
+    let backend = imgarc::backend::open(&r.repo, &opts).unwrap();
+    let packs = backend.list("data/").unwrap();
+    let victim = &packs[0].key;
+    backend.delete(victim).unwrap();
+    let o = r.run("c1", &["--json", "check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let errors = rep["errors"].to_string();
+    assert!(errors.contains("missing") && errors.contains(victim.rsplit('/').next().unwrap()), "{errors}");
+    let named = rep["damaged_chunks"].as_array().unwrap().iter().filter(|d| !d["snapshots"].as_array().unwrap().is_empty()).count();
+    assert!(named > 0, "no damaged chunk names its snapshots; errors: {errors}");
+}
+
+#[test]
+fn rgw_end_to_end() {
+    end_to_end(Remote::rgw());
+}
+
+#[test]
+fn swift_end_to_end() {
+    end_to_end(Remote::swift());
+}
