@@ -26,6 +26,9 @@ pub struct GlobalArgs {
     /// No progress and no prose on success
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Cloud in clouds.yaml holding a swift: repository, when not the one images come from
+    #[arg(long, global = true, env = "IMGARC_REPO_CLOUD")]
+    pub repo_cloud: Option<String>,
     /// Cloud in clouds.yaml holding the images (else the OS_* variables)
     #[arg(long, global = true, env = "OS_CLOUD")]
     pub os_cloud: Option<String>,

@@ -141,3 +141,35 @@ fn rgw_end_to_end() {
 fn swift_end_to_end() {
     end_to_end(Remote::swift());
 }
+
+#[test]
+fn swift_repository_in_another_cloud_via_repo_cloud() {
+    // No OS_* variables at all: the repository's cloud comes from clouds.yaml.
+    let work = tempfile::tempdir().unwrap();
+    let clouds = work.path().join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!(
+            "clouds:\n  offsite:\n    auth_type: v3applicationcredential\n    region_name: {}\n    auth:\n      auth_url: {}\n      application_credential_id: {}\n      application_credential_secret: {}\n",
+            need("IMGARC_SWIFT_REGION"),
+            need("IMGARC_SWIFT_AUTH_URL"),
+            need("IMGARC_SWIFT_APP_CRED_ID"),
+            need("IMGARC_SWIFT_APP_CRED_SECRET")
+        ),
+    )
+    .unwrap();
+    let r = Remote {
+        repo: format!("swift:{}/cloud-{}", need("IMGARC_SWIFT_CONTAINER"), hex::encode(rand_bytes())),
+        vars: HashMap::from([("OS_CLIENT_CONFIG_FILE".to_string(), clouds.display().to_string())]),
+        work,
+    };
+    r.json("c", &["--repo-cloud", "offsite", "init"]);
+    let f = r.file("small.raw", &bytes(300_000, 4, true));
+    let a = r.json("c", &["--repo-cloud", "offsite", "archive", &f]);
+    assert_eq!(u(&a, "logical_bytes"), 300_000);
+    // Without the cloud the same repository cannot be reached, and the error says why.
+    let o = r.run("c2", &["list"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains(&need("IMGARC_SWIFT_APP_CRED_SECRET")), "a secret leaked into an error: {err}");
+}

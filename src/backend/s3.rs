@@ -23,24 +23,8 @@ use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
 use std::fmt;
 use std::time::Duration;
 
-/// A string that never shows in Debug output or messages.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+/// Credentials print as `***` (one secret type for the whole crate).
+pub use crate::openstack::Secret;
 
 /// Everything needed to talk to one bucket.
 #[derive(Debug, Clone)]
@@ -138,8 +122,8 @@ impl S3Config {
             prefix: prefix.trim_matches('/').to_string(),
             region,
             access_key_id,
-            secret_access_key: Secret(secret),
-            session_token: token.map(Secret),
+            secret_access_key: Secret::new(secret),
+            session_token: token.map(Secret::new),
             path_style: !aws,
             ca_bundle: lookup("AWS_CA_BUNDLE").map(Into::into),
             page_size: 1000,
