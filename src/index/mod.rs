@@ -16,7 +16,7 @@ use crate::repository::pack::{BlobKind, Codec, PackEntry};
 use crate::repository::snapshot::Snapshot;
 use crate::repository::{self, Repository};
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -96,6 +96,23 @@ fn codec_of(v: i64) -> Codec {
     }
 }
 
+/// Runs `f` again while SQLite answers "busy"/"locked" (another process is
+/// opening or writing the cache), for up to two minutes.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20 + rand::random::<u64>() % 80));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A pack entry from columns 1..=5 (`kind, codec, offset, stored_len, raw_len`) of a `blobs` row.
 fn entry_from_row(r: &rusqlite::Row, id: Id) -> rusqlite::Result<PackEntry> {
     Ok(PackEntry {
@@ -122,22 +139,38 @@ impl Index {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create cache directory {}", parent.display()))?;
         }
-        let conn = Connection::open(path).with_context(|| format!("cannot open index cache {}", path.display()))?;
+        let mut conn = Connection::open(path).with_context(|| format!("cannot open index cache {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(120))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching to WAL takes a lock the busy handler does not wait for, so a
+        // second process opening the cache at the same moment retries here.
+        retry_busy(|| {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+            }
+            Ok(())
+        })?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA).context("cannot create the index schema")?;
-        let index = Index { conn, path: path.to_path_buf() };
-        let stored: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
-        let schema: Option<String> = index.conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
+        // Schema and identity in one write transaction: a concurrent opener sees all or nothing.
+        let (stored, schema) = retry_busy(|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA)?;
+            let stored: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
+            let schema: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
+            if stored.is_none() && schema.is_none() {
+                tx.execute("INSERT INTO meta VALUES('repo_id', ?1)", [repo_id])?;
+                tx.execute("INSERT INTO meta VALUES('schema', ?1)", [SCHEMA_VERSION])?;
+            }
+            tx.commit()?;
+            Ok((stored, schema))
+        })
+        .context("cannot create the index schema")?;
         match (stored, schema) {
             (Some(s), Some(v)) if s == repo_id && v == SCHEMA_VERSION => {}
-            (None, None) => {
-                index.conn.execute("INSERT OR REPLACE INTO meta VALUES('repo_id', ?1)", [repo_id])?;
-                index.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?1)", [SCHEMA_VERSION])?;
-            }
+            (None, None) => {}
             _ => bail!("index cache {} belongs to another repository or version; remove it or run `imgarc index rebuild`", path.display()),
         }
+        let index = Index { conn, path: path.to_path_buf() };
         Ok(index)
     }
 
@@ -192,7 +225,7 @@ impl Index {
     }
 
     pub fn add_index_object(&mut self, key: &str, obj: &IndexObject) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in &obj.packs {
             insert_pack(&tx, p)?;
         }
@@ -203,7 +236,7 @@ impl Index {
 
     /// Records a pack this process just wrote (its index object is `index_key`).
     pub fn add_pack(&mut self, index_key: &str, pack: &IndexedPack) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_pack(&tx, pack)?;
         tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [index_key])?;
         tx.commit()?;
@@ -213,7 +246,7 @@ impl Index {
     /// Adds a snapshot and counts one reference for each distinct blob it uses.
     /// Idempotent: a snapshot already present changes nothing.
     pub fn add_snapshot(&mut self, id: &Id, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO snapshots VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -241,7 +274,7 @@ impl Index {
             return Ok(());
         };
         let referenced = self.referenced_ids(repo, &snap)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if tx.execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])? == 1 {
             let mut st = tx.prepare("UPDATE refs SET count = count - 1 WHERE id = ?1")?;
             for r in &referenced {
@@ -341,7 +374,7 @@ impl Index {
 
     /// Forgets a whole pack (missing from the repository).
     pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM blobs WHERE pack = ?1", [&pack.0[..]])?;
         tx.execute("DELETE FROM packs WHERE id = ?1", [&pack.0[..]])?;
         tx.commit()?;
