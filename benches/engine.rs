@@ -81,8 +81,8 @@ fn whole(c: &mut Criterion) {
                 let index = Index::open(&repo).unwrap();
                 (repo, index)
             },
-            |(repo, index)| {
-                imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb)
+            |(repo, mut index)| {
+                imgarc::archive::archive(&repo, &mut index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb)
                     .unwrap()
             },
             BatchSize::PerIteration,
@@ -90,12 +90,13 @@ fn whole(c: &mut Criterion) {
     });
     let r = dir.path().join("repo-incr");
     let repo = Repository::init(Arc::new(imgarc::backend::local::LocalBackend::new(&r)), Config::new(65536, 3).unwrap()).unwrap();
-    let index = Index::open(&repo).unwrap();
+    let mut index = Index::open(&repo).unwrap();
     let first =
-        imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb).unwrap();
+        imgarc::archive::archive(&repo, &mut index, Box::new(std::fs::File::open(&nights[0]).unwrap()), request(&nights[0]), &pb).unwrap();
     g.bench_function("night 1 after night 0 (mostly stored)", |b| {
         b.iter(|| {
-            imgarc::archive::archive(&repo, &index, Box::new(std::fs::File::open(&nights[1]).unwrap()), request(&nights[1]), &pb).unwrap()
+            imgarc::archive::archive(&repo, &mut index, Box::new(std::fs::File::open(&nights[1]).unwrap()), request(&nights[1]), &pb)
+                .unwrap()
         })
     });
     let id = imgarc::ids::Id::from_hex(&first.snapshot).unwrap();

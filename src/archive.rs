@@ -251,7 +251,7 @@ fn read_image(
 
 pub fn archive(
     repo: &Repository,
-    index: &Index,
+    index: &mut Index,
     reader: Box<dyn Read + Send>,
     req: ArchiveRequest,
     progress: &ProgressBar,
@@ -268,7 +268,7 @@ pub fn archive(
     let config = repo.config().clone();
     let config_copy = config.clone();
     let expected_chunks = req.expected_size.map_or(0, |s| (s / config.chunker.avg_size as u64) as usize);
-    let mut store = crate::store::ChunkStore::new(repo, index, expected_chunks)?;
+    let mut store = crate::store::ChunkStore::new(repo, &*index, expected_chunks)?;
 
     let (tx, rx) = bounded::<Result<Msg>>(2);
     let pb = progress.clone();
@@ -362,8 +362,7 @@ pub fn archive(
     if let Layout::Qcow2 { recipe, .. } = &snap.layout {
         referenced.extend(index.load_extents(repo, recipe).map(|v| v.into_iter().map(|e| e.id).collect::<Vec<_>>()).unwrap_or_default());
     }
-    let mut idx = Index::open_at(index.path(), &repo.config().id)?;
-    idx.add_snapshot(&id, &snap, &referenced)?;
+    index.add_snapshot(&id, &snap, &referenced)?;
     Ok(ArchiveOutcome {
         snapshot: id.to_hex(),
         name: snap.name,

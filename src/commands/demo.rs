@@ -109,7 +109,6 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
 }
 
 fn files_equal(a: &std::path::Path, b: &std::path::Path) -> Result<bool> {
-    use std::io::Read;
     let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
@@ -121,7 +120,6 @@ fn files_equal(a: &std::path::Path, b: &std::path::Path) -> Result<bool> {
         if na == 0 {
             return Ok(true);
         }
-        let _ = fa.by_ref();
     }
 }
 
