@@ -376,19 +376,28 @@ pub struct StreamReader<'a> {
     /// Decoded chunks, by extent index.
     cache: std::collections::BTreeMap<usize, Vec<u8>>,
     cache_bytes: u64,
+    /// The next window, being fetched in the background while this one is consumed.
+    prefetch: Option<Prefetch>,
+}
+
+type Fetched = Result<Vec<Vec<u8>>, DamagedChunk>;
+
+struct Prefetch {
+    wanted: Vec<usize>,
+    handle: std::thread::JoinHandle<Fetched>,
 }
 
 impl<'a> StreamReader<'a> {
     pub fn open(repo: &'a Repository, index: &'a Index, stream: &StreamRef) -> Result<Self> {
-        Ok(StreamReader { repo, index, extents: index.load_extents(repo, stream)?, cache: Default::default(), cache_bytes: 0 })
+        Ok(StreamReader { extents: index.load_extents(repo, stream)?, ..Self::empty(repo, index) })
     }
 
     fn empty(repo: &'a Repository, index: &'a Index) -> Self {
-        StreamReader { repo, index, extents: Vec::new(), cache: Default::default(), cache_bytes: 0 }
+        StreamReader { repo, index, extents: Vec::new(), cache: Default::default(), cache_bytes: 0, prefetch: None }
     }
 
-    /// Fetches extent `first` and the uncached extents after it, one batch's worth.
-    fn load_window(&mut self, first: usize) -> Result<()> {
+    /// Extent `first` and the uncached extents after it, one batch's worth, with their locations.
+    fn window(&self, first: usize) -> Result<(Vec<usize>, Vec<(Extent, Vec<Location>)>)> {
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
         let mut i = first;
@@ -399,9 +408,28 @@ impl<'a> StreamReader<'a> {
             }
             i += 1;
         }
-        let with_locs: Vec<(Extent, Vec<Location>)> =
-            wanted.iter().map(|&i| Ok((self.extents[i], self.index.locations(&self.extents[i].id)?))).collect::<Result<_>>()?;
-        let datas = fetch_batch(self.repo, &with_locs).map_err(|d| damaged_error(self.repo, self.index, d))?;
+        let with_locs = wanted.iter().map(|&i| Ok((self.extents[i], self.index.locations(&self.extents[i].id)?))).collect::<Result<_>>()?;
+        Ok((wanted, with_locs))
+    }
+
+    /// Makes extent `first` available: from the background fetch if it has it,
+    /// else fetched now; then starts fetching the window after it.
+    fn load_window(&mut self, first: usize) -> Result<()> {
+        let (wanted, fetched) = match self.prefetch.take() {
+            Some(p) if p.wanted.contains(&first) => {
+                let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
+                (p.wanted, fetched)
+            }
+            other => {
+                if let Some(p) = other {
+                    let _ = p.handle.join(); // a jump elsewhere: that window is not needed now
+                }
+                let (wanted, with_locs) = self.window(first)?;
+                (wanted, fetch_batch(self.repo, &with_locs))
+            }
+        };
+        let datas = fetched.map_err(|d| damaged_error(self.repo, self.index, d))?;
+        let next = wanted.last().map_or(first, |&l| l + 1);
         for (i, d) in wanted.into_iter().zip(datas) {
             self.cache_bytes += d.len() as u64;
             self.cache.insert(i, d);
@@ -416,6 +444,14 @@ impl<'a> StreamReader<'a> {
             }
             if let Some(d) = self.cache.remove(&victim) {
                 self.cache_bytes -= d.len() as u64;
+            }
+        }
+        if next < self.extents.len() {
+            let (wanted, with_locs) = self.window(next)?;
+            if !wanted.is_empty() {
+                let repo = self.repo.clone();
+                let handle = std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
+                self.prefetch = Some(Prefetch { wanted, handle });
             }
         }
         Ok(())
