@@ -251,7 +251,19 @@ fn restore_stream(
     })();
     drop(tx);
     let written = writer.join().map_err(|_| anyhow!("restore writer panicked"));
-    let result = fetch.and_then(|()| written?).and_then(|d| d.finish()).and_then(|digests| {
+    let digests = finish_output(fetch.and_then(|()| written?), expected, tmp_path, final_path)?;
+    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
+}
+
+/// Ends a restore: the digests must match what the snapshot recorded; then the
+/// output file takes its final name, or on any failure its temporary file goes.
+fn finish_output(
+    written: Result<Digesters>,
+    expected: &BTreeMap<String, String>,
+    tmp: Option<PathBuf>,
+    final_path: Option<PathBuf>,
+) -> Result<BTreeMap<String, String>> {
+    let result = written.and_then(|d| d.finish()).and_then(|digests| {
         for (alg, want) in expected {
             if digests.get(alg) != Some(want) {
                 bail!("restored bytes have {alg} {}, the snapshot recorded {want}", digests.get(alg).map_or("?", |s| s.as_str()));
@@ -259,13 +271,12 @@ fn restore_stream(
         }
         Ok(digests)
     });
-    match (result, tmp_path, final_path) {
-        (Ok(digests), tmp, path) => {
-            if let (Some(tmp), Some(path)) = (tmp, path) {
-                std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
-            }
-            Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
+    match (result, tmp, final_path) {
+        (Ok(digests), Some(tmp), Some(path)) => {
+            std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
+            Ok(digests)
         }
+        (Ok(digests), _, _) => Ok(digests),
         (Err(e), tmp, _) => {
             if let Some(tmp) = tmp {
                 let _ = std::fs::remove_file(&tmp);
@@ -541,39 +552,18 @@ fn write_sequential(
         }
         Target::Stream(w) => (None, None, Box::new(w)),
     };
-    let result = (|| -> Result<BTreeMap<String, String>> {
+    let result = (|| -> Result<()> {
         let mut w = DigestWriter { inner: &mut *sink, digesters: &digesters, pos: 0, pb: progress };
         let n = produce(&mut w)?;
         w.flush().context("writing the output")?;
         if size != u64::MAX && n != size {
             bail!("rebuilt {n} bytes, the snapshot records {size}");
         }
-        Ok(BTreeMap::new())
+        Ok(())
     })();
     drop(sink);
-    let result = result.and_then(|_| digesters.finish()).and_then(|digests| {
-        for (alg, want) in expected {
-            if digests.get(alg) != Some(want) {
-                bail!("restored bytes have {alg} {}, the snapshot recorded {want}", digests.get(alg).map_or("?", |s| s.as_str()));
-            }
-        }
-        Ok(digests)
-    });
-    match result {
-        Ok(digests) => {
-            if let (Some(tmp), Some(path)) = (tmp, final_path) {
-                std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
-            }
-            let bytes = progress.position();
-            Ok(RestoreOutcome { bytes, seconds: started.elapsed().as_secs_f64(), digests })
-        }
-        Err(e) => {
-            if let Some(tmp) = tmp {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            Err(e)
-        }
-    }
+    let digests = finish_output(result.map(|()| digesters), expected, tmp, final_path)?;
+    Ok(RestoreOutcome { bytes: progress.position(), seconds: started.elapsed().as_secs_f64(), digests })
 }
 
 /// A conversion: the output length is whatever the writer produces.
