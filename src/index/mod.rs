@@ -96,6 +96,19 @@ fn codec_of(v: i64) -> Codec {
     }
 }
 
+/// Removes a cache file and its WAL companions (missing ones are fine).
+fn remove_cache_files(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` again while SQLite answers "busy"/"locked" (another process is
 /// opening or writing the cache), for up to two minutes.
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
@@ -182,14 +195,7 @@ impl Index {
     pub fn destroy(self) -> Result<PathBuf> {
         let path = self.path.clone();
         drop(self.conn);
-        for suffix in ["", "-wal", "-shm"] {
-            let p = PathBuf::from(format!("{}{suffix}", path.display()));
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
-            }
-        }
+        remove_cache_files(&path)?;
         Ok(path)
     }
 
@@ -473,18 +479,7 @@ pub struct RebuildReport {
 /// index object is written, repairing the repository), then its snapshots.
 pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
     let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
-    if path.exists() {
-        match Index::open_at(&path, &repo.config().id) {
-            Ok(old) => {
-                old.destroy()?;
-            }
-            Err(_) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-        }
-    }
+    remove_cache_files(&path)?;
     let mut index = Index::open_at(&path, &repo.config().id)?;
     let mut report = RebuildReport::default();
     report.index_objects = index.sync_new_index_objects(repo)?;
