@@ -1,13 +1,15 @@
 //! Lock objects: `locks/<random id>`, JSON with host, pid, time and expiry.
 //!
-//! Archives take shared locks (many may run at once); `check`, `index rebuild`
-//! and later `prune` take an exclusive one. A lock whose expiry has passed, or
+//! Archives take shared locks (many may run at once); `check` and `index
+//! rebuild` take an exclusive one. `sync` and `prune` take *singleton* locks:
+//! shared with archives, but only one holder per purpose at a time (two syncs
+//! or two prunes never overlap). A lock whose expiry has passed, or
 //! whose process is gone on this host, is stale and ignored; `imgarc unlock`
 //! deletes stale locks. Locks are advisory: safety against concurrent prune
 //! rests on the two-phase design, not on locks alone.
 
 use crate::backend::Backend;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -62,25 +64,53 @@ fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str) -> Result<S
     Ok(key)
 }
 
+fn conflict(key: &str, info: &LockInfo) -> anyhow::Error {
+    anyhow::anyhow!(
+        "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
+        info.purpose,
+        info.hostname,
+        info.pid,
+        info.time,
+        if info.exclusive { ", exclusively" } else { "" }
+    )
+}
+
 impl Lock {
     pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str) -> Result<Lock> {
-        let others = list(&*backend)?;
-        for (key, info) in &others {
-            if info.is_stale() {
-                continue;
-            }
-            if exclusive || info.exclusive {
-                bail!(
-                    "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
-                    info.purpose,
-                    info.hostname,
-                    info.pid,
-                    info.time,
-                    if info.exclusive { ", exclusively" } else { "" }
-                );
+        for (key, info) in list(&*backend)? {
+            if !info.is_stale() && (exclusive || info.exclusive) {
+                return Err(conflict(&key, &info));
             }
         }
-        let key = Arc::new(Mutex::new(write_lock(&*backend, exclusive, purpose)?));
+        let key = write_lock(&*backend, exclusive, purpose)?;
+        Self::hold(backend, key, exclusive, purpose)
+    }
+
+    /// A shared lock of which only one may exist per `purpose` (one `sync`, one
+    /// `prune`). Two processes that start at the same moment both write their
+    /// lock, then list again: the older lock (by time, then key) wins and the
+    /// other withdraws, so at most one proceeds.
+    pub fn acquire_singleton(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lock> {
+        let rivals = |backend: &dyn Backend| -> Result<Vec<(String, LockInfo)>> {
+            Ok(list(backend)?.into_iter().filter(|(_, i)| !i.is_stale() && (i.exclusive || i.purpose == purpose)).collect())
+        };
+        if let Some((key, info)) = rivals(&*backend)?.into_iter().next() {
+            return Err(conflict(&key, &info));
+        }
+        let mine = write_lock(&*backend, false, purpose)?;
+        let all = rivals(&*backend)?;
+        // (a lagging listing may not show our own lock yet: then our time is "now")
+        let my_time = all.iter().find(|(k, _)| *k == mine).map(|(_, i)| i.time.clone()).unwrap_or_else(crate::util::now_rfc3339);
+        let older = all.into_iter().find(|(k, i)| *k != mine && (i.exclusive || (&i.time, k) < (&my_time, &mine)));
+        if let Some((key, info)) = older {
+            let _ = backend.delete(&mine);
+            return Err(conflict(&key, &info));
+        }
+        Self::hold(backend, mine, false, purpose)
+    }
+
+    fn hold(backend: Arc<dyn Backend>, key: String, exclusive: bool, purpose: &str) -> Result<Lock> {
+        let key = Arc::new(Mutex::new(key));
         // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (b2, k2, purpose) = (backend.clone(), key.clone(), purpose.to_string());

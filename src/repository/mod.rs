@@ -13,6 +13,7 @@ pub mod index_object;
 pub mod lock;
 pub mod pack;
 pub mod snapshot;
+pub mod upstream;
 
 use crate::backend::{Backend, BackendError};
 use crate::ids::Id;
