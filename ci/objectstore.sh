@@ -69,7 +69,20 @@ _objectstore_start() {
     rgw_out=$(mktemp /tmp/imgarc-rgw-env.XXXXXX)
     case $skip in *rgw*) ;; *)
         ( t=$(date +%s)
-          out=$(S3_BUCKET=imgarc-ci "$here/objectstore-start-ceph-rgw") || exit 1
+          # A single-node Ceph on a loaded 2-core box occasionally fails to come
+          # up (a mon command timing out while the OSD boots): start it afresh,
+          # up to three times, showing why each failed attempt failed.
+          for attempt in 1 2 3; do
+              state=$(mktemp -d /tmp/ceph-rgw.XXXXXX)
+              out=$(CEPH_STATE_DIR=$state S3_BUCKET=imgarc-ci "$here/objectstore-start-ceph-rgw") && break
+              echo "objectstore.sh: Ceph RGW attempt $attempt failed; last log lines:" >&2
+              tail -n 5 "$state"/log/*.log "$state"/log/*.out 2>/dev/null | sed 's/^/    /' >&2
+              [ -f "$state/run/pids" ] && "$here/objectstore-stop" $(cat "$state/run/pids") >/dev/null 2>&1
+              rm -rf "$state"
+              out=""
+              [ $attempt = 3 ] && exit 1
+              sleep 5
+          done
           # the script prints S3_ENDPOINT/AWS_* for RGW; keep them under our own names
           ( eval "$out"; printf "export IMGARC_RGW_ENDPOINT='%s' IMGARC_RGW_BUCKET='%s' IMGARC_RGW_ACCESS_KEY='%s' IMGARC_RGW_SECRET_KEY='%s' IMGARC_RGW_PIDS='%s' IMGARC_RGW_STATE='%s'\n" \
                "$S3_ENDPOINT" "$S3_BUCKET" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$RGW_PIDS" "$CEPH_BASE" ) >"$rgw_out"
