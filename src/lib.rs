@@ -20,6 +20,7 @@ pub mod openstack;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod source;
 pub mod store;
 pub mod synthetic;

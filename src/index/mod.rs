@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS snapshots(
     id BLOB PRIMARY KEY, name TEXT NOT NULL, time TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
     stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_object_packs(key TEXT NOT NULL, pack BLOB NOT NULL, PRIMARY KEY(key, pack)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS index_object_packs_by_pack ON index_object_packs(pack);
+CREATE TABLE IF NOT EXISTS marks(key TEXT PRIMARY KEY, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marked_packs(
+    pack BLOB NOT NULL, mark TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY(pack, mark)) WITHOUT ROWID;
 ";
 
 /// One place a blob is stored.
@@ -181,6 +187,13 @@ impl Index {
         match (stored, schema) {
             (Some(s), Some(v)) if s == repo_id && v == SCHEMA_VERSION => {}
             (None, None) => {}
+            (Some(s), Some(_)) if s == repo_id => {
+                // Another cache layout (an older imgarc): it is only a cache, so start afresh.
+                drop(conn);
+                eprintln!("note: the index cache {} has another layout; rebuilding it from the repository", path.display());
+                remove_cache_files(path)?;
+                return Index::open_at(path, repo_id);
+            }
             _ => bail!("index cache {} belongs to another repository or version; remove it or run `imgarc index rebuild`", path.display()),
         }
         let index = Index { conn, path: path.to_path_buf() };
@@ -205,6 +218,7 @@ impl Index {
     pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         report.index_objects_added = self.sync_new_index_objects(repo)?;
+        self.sync_marks(repo)?;
         let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
         let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
         for id in in_repo.difference(&in_cache) {
@@ -233,7 +247,7 @@ impl Index {
     pub fn add_index_object(&mut self, key: &str, obj: &IndexObject) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in &obj.packs {
-            insert_pack(&tx, p)?;
+            insert_pack(&tx, key, p)?;
         }
         tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [key])?;
         tx.commit()?;
@@ -243,7 +257,7 @@ impl Index {
     /// Records a pack this process just wrote (its index object is `index_key`).
     pub fn add_pack(&mut self, index_key: &str, pack: &IndexedPack) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_pack(&tx, pack)?;
+        insert_pack(&tx, index_key, pack)?;
         tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [index_key])?;
         tx.commit()?;
         Ok(())
@@ -338,16 +352,25 @@ impl Index {
     }
 
     pub fn locations(&self, id: &Id) -> Result<Vec<Location>> {
-        let mut st = self.conn.prepare_cached("SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1")?;
+        // Copies outside packs marked for deletion first: those may vanish.
+        let mut st = self.conn.prepare_cached(
+            "SELECT pack, kind, codec, offset, stored_len, raw_len FROM blobs WHERE id = ?1
+             ORDER BY pack IN (SELECT pack FROM marked_packs)",
+        )?;
         let rows = st.query_map([&id.0[..]], |r| Ok(Location { pack: id_of(r.get(0)?)?, entry: entry_from_row(r, *id)? }))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Which of `ids` the index holds, in batched queries.
+    /// Which of `ids` the index holds outside packs marked for deletion (a
+    /// chunk only in a marked pack is stored again rather than deduplicated
+    /// against — see `repository::marks`), in batched queries.
     pub fn contains_many(&self, ids: &[Id]) -> Result<HashSet<Id>> {
         let mut found = HashSet::new();
         for batch in ids.chunks(500) {
-            let sql = format!("SELECT DISTINCT id FROM blobs WHERE id IN ({})", vec!["?"; batch.len()].join(","));
+            let sql = format!(
+                "SELECT DISTINCT id FROM blobs WHERE id IN ({}) AND pack NOT IN (SELECT pack FROM marked_packs)",
+                vec!["?"; batch.len()].join(",")
+            );
             let mut st = self.conn.prepare_cached(&sql)?;
             let params: Vec<&dyn rusqlite::ToSql> = batch.iter().map(|i| &i.0 as &dyn rusqlite::ToSql).collect();
             let rows = st.query_map(params.as_slice(), |r| id_of(r.get(0)?))?;
@@ -358,11 +381,11 @@ impl Index {
         Ok(found)
     }
 
-    /// A Bloom filter of every blob id in the index.
+    /// A Bloom filter of every blob id in the index outside marked packs.
     pub fn build_filter(&self, extra_capacity: usize) -> Result<filter::ChunkFilter> {
         let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
         let mut f = filter::ChunkFilter::with_capacity(n as usize + extra_capacity);
-        let mut st = self.conn.prepare("SELECT id FROM blobs")?;
+        let mut st = self.conn.prepare("SELECT id FROM blobs WHERE pack NOT IN (SELECT pack FROM marked_packs)")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             if let Some(id) = Id::from_slice(r.get_ref(0)?.as_blob()?) {
@@ -446,8 +469,9 @@ impl Index {
     }
 }
 
-fn insert_pack(tx: &rusqlite::Transaction, p: &IndexedPack) -> Result<()> {
+fn insert_pack(tx: &rusqlite::Transaction, index_key: &str, p: &IndexedPack) -> Result<()> {
     tx.execute("INSERT OR IGNORE INTO packs VALUES(?1, ?2)", params![&p.id.0[..], p.size as i64])?;
+    tx.execute("INSERT OR IGNORE INTO index_object_packs VALUES(?1, ?2)", params![index_key, &p.id.0[..]])?;
     let mut st = tx.prepare_cached("INSERT OR IGNORE INTO blobs VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
     for e in p.entries() {
         st.execute(params![
@@ -533,4 +557,192 @@ impl Index {
         }
         Ok(n)
     }
+}
+
+/// A pack listed by a prune mark, as the cache holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedPackRow {
+    pub pack: Id,
+    pub size: u64,
+    pub reason: String,
+}
+
+/// A prune mark the cache knows of.
+#[derive(Debug, Clone)]
+pub struct MarkRow {
+    pub key: String,
+    pub created: String,
+    pub packs: Vec<MarkedPackRow>,
+}
+
+/// How much of one pack the snapshots still use.
+#[derive(Debug, Clone, Copy)]
+pub struct PackUsage {
+    pub pack: Id,
+    pub size: u64,
+    pub blobs: u64,
+    /// Blobs some snapshot references, and their stored bytes.
+    pub used_blobs: u64,
+    pub used_bytes: u64,
+}
+
+impl Index {
+    /// Ingests prune marks not yet seen and drops those (and index objects)
+    /// that are gone from the repository — confirmed one by one, because a
+    /// listing may lag behind a write.
+    fn sync_marks(&mut self, repo: &Repository) -> Result<()> {
+        let listed: HashSet<String> = repo.list_mark_keys()?.into_iter().collect();
+        let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
+        for key in listed.difference(&known) {
+            match repo.read_mark(key) {
+                Ok(mark) => self.add_mark(key, &mark)?,
+                // Deleted between list and get: that prune finished.
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => eprintln!("warning: skipping {key}: {e:#}"),
+            }
+        }
+        for key in known.difference(&listed) {
+            if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
+                self.remove_mark(key)?;
+            }
+        }
+        let listed: HashSet<String> = repo.list_index_keys()?.into_iter().collect();
+        let known: Vec<String> = {
+            let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for key in known.iter().filter(|k| !listed.contains(*k)) {
+            if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
+                self.remove_index_object(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_mark(&mut self, key: &str, mark: &crate::repository::marks::PruneMark) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("INSERT OR IGNORE INTO marks VALUES(?1, ?2)", params![key, mark.created])?;
+        for p in &mark.packs {
+            tx.execute("INSERT OR IGNORE INTO marked_packs VALUES(?1, ?2, ?3, ?4)", params![&p.id.0[..], key, p.size as i64, p.reason])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_mark(&mut self, key: &str) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM marked_packs WHERE mark = ?1", [key])?;
+        tx.execute("DELETE FROM marks WHERE key = ?1", [key])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every prune mark the cache knows of, oldest first.
+    pub fn marks(&self) -> Result<Vec<MarkRow>> {
+        let mut st = self.conn.prepare("SELECT key, created FROM marks ORDER BY created, key")?;
+        let rows: Vec<(String, String)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn.prepare("SELECT pack, size, reason FROM marked_packs WHERE mark = ?1")?;
+        rows.into_iter()
+            .map(|(key, created)| {
+                let packs = st
+                    .query_map([&key], |r| {
+                        Ok(MarkedPackRow { pack: id_of(r.get(0)?)?, size: r.get::<_, i64>(1)? as u64, reason: r.get(2)? })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(MarkRow { key, created, packs })
+            })
+            .collect()
+    }
+
+    /// Packs listed by any prune mark.
+    pub fn marked_packs(&self) -> Result<HashSet<Id>> {
+        let mut st = self.conn.prepare("SELECT DISTINCT pack FROM marked_packs")?;
+        let rows = st.query_map([], |r| id_of(r.get(0)?))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The index objects that list `pack`.
+    pub fn index_objects_listing(&self, pack: &Id) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare_cached("SELECT key FROM index_object_packs WHERE pack = ?1")?;
+        let rows = st.query_map([&pack.0[..]], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets an index object; packs no remaining index object lists are
+    /// forgotten with it (they are being deleted, or already are).
+    pub fn remove_index_object(&mut self, key: &str) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let packs: Vec<Vec<u8>> = {
+            let mut st = tx.prepare("SELECT pack FROM index_object_packs WHERE key = ?1")?;
+            let rows = st.query_map([key], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute("DELETE FROM index_object_packs WHERE key = ?1", [key])?;
+        tx.execute("DELETE FROM index_objects WHERE key = ?1", [key])?;
+        for pack in packs {
+            let still: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM index_object_packs WHERE pack = ?1)", [&pack], |r| r.get(0))?;
+            if !still {
+                tx.execute("DELETE FROM blobs WHERE pack = ?1", [&pack])?;
+                tx.execute("DELETE FROM packs WHERE id = ?1", [&pack])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Per pack: size, blobs, and what of it the snapshots still use.
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+        let mut st = self.conn.prepare(
+            "SELECT p.id, p.size, COUNT(b.id), COUNT(r.id), COALESCE(SUM(CASE WHEN r.id IS NULL THEN 0 ELSE b.stored_len END), 0)
+             FROM packs p LEFT JOIN blobs b ON b.pack = p.id LEFT JOIN refs r ON r.id = b.id GROUP BY p.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(PackUsage {
+                pack: id_of(r.get(0)?)?,
+                size: r.get::<_, i64>(1)? as u64,
+                blobs: r.get::<_, i64>(2)? as u64,
+                used_blobs: r.get::<_, i64>(3)? as u64,
+                used_bytes: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The blobs of `pack` that some snapshot references, with every pack each is stored in.
+    pub fn referenced_in_pack(&self, pack: &Id) -> Result<Vec<(PackEntry, Vec<Id>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT b.id, b.kind, b.codec, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN refs r ON r.id = b.id
+             WHERE b.pack = ?1 ORDER BY b.offset",
+        )?;
+        let entries: Vec<PackEntry> =
+            st.query_map([&pack.0[..]], |r| entry_from_row(r, id_of(r.get(0)?)?))?.collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn.prepare_cached("SELECT pack FROM blobs WHERE id = ?1")?;
+        entries
+            .into_iter()
+            .map(|e| {
+                let packs = st.query_map([&e.id.0[..]], |r| id_of(r.get(0)?))?.collect::<rusqlite::Result<_>>()?;
+                Ok((e, packs))
+            })
+            .collect()
+    }
+
+    /// Stored bytes of blobs no snapshot references.
+    pub fn unreferenced_bytes(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(stored_len), 0) FROM blobs WHERE NOT EXISTS(SELECT 1 FROM refs WHERE refs.id = blobs.id)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Forgets a snapshot the caller deleted from the repository.
+    pub fn forget_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
+        self.remove_snapshot(repo, id)
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<crate::backend::BackendError>().is_some_and(|b| b.is_not_found()))
 }

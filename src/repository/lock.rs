@@ -23,6 +23,17 @@ pub struct LockInfo {
     pub expires: String,
     pub exclusive: bool,
     pub purpose: String,
+    /// RFC 3339: when the holder first took the lock (`time` moves with every
+    /// refresh). Prune compares it with its marks (older locks may lack it).
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+impl LockInfo {
+    /// When the holder started: `since`, else (older imgarc) the last refresh.
+    pub fn started(&self) -> &str {
+        self.since.as_deref().unwrap_or(&self.time)
+    }
 }
 
 impl LockInfo {
@@ -49,7 +60,7 @@ pub struct Lock {
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
-fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str) -> Result<String> {
+fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str, since: &str) -> Result<String> {
     let now = chrono::Utc::now();
     let info = LockInfo {
         hostname: crate::util::hostname(),
@@ -58,6 +69,7 @@ fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str) -> Result<S
         expires: (now + chrono::Duration::seconds(LOCK_TTL_SECS)).to_rfc3339(),
         exclusive,
         purpose: purpose.to_string(),
+        since: Some(since.to_string()),
     };
     let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
     backend.put(&key, &serde_json::to_vec_pretty(&info)?)?;
@@ -82,13 +94,14 @@ impl Lock {
                 return Err(conflict(&key, &info));
             }
         }
-        let key = write_lock(&*backend, exclusive, purpose)?;
-        Self::hold(backend, key, exclusive, purpose)
+        let since = crate::util::now_rfc3339();
+        let key = write_lock(&*backend, exclusive, purpose, &since)?;
+        Self::hold(backend, key, exclusive, purpose, since)
     }
 
     /// A shared lock of which only one may exist per `purpose` (one `sync`, one
     /// `prune`). Two processes that start at the same moment both write their
-    /// lock, then list again: the older lock (by time, then key) wins and the
+    /// lock, then list again: the older lock (by start time, then key) wins and the
     /// other withdraws, so at most one proceeds.
     pub fn acquire_singleton(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lock> {
         let rivals = |backend: &dyn Backend| -> Result<Vec<(String, LockInfo)>> {
@@ -97,26 +110,26 @@ impl Lock {
         if let Some((key, info)) = rivals(&*backend)?.into_iter().next() {
             return Err(conflict(&key, &info));
         }
-        let mine = write_lock(&*backend, false, purpose)?;
-        let all = rivals(&*backend)?;
-        // (a lagging listing may not show our own lock yet: then our time is "now")
-        let my_time = all.iter().find(|(k, _)| *k == mine).map(|(_, i)| i.time.clone()).unwrap_or_else(crate::util::now_rfc3339);
-        let older = all.into_iter().find(|(k, i)| *k != mine && (i.exclusive || (&i.time, k) < (&my_time, &mine)));
+        let since = crate::util::now_rfc3339();
+        let mine = write_lock(&*backend, false, purpose, &since)?;
+        let older = rivals(&*backend)?
+            .into_iter()
+            .find(|(k, i)| *k != mine && (i.exclusive || (i.started(), k.as_str()) < (since.as_str(), mine.as_str())));
         if let Some((key, info)) = older {
             let _ = backend.delete(&mine);
             return Err(conflict(&key, &info));
         }
-        Self::hold(backend, mine, false, purpose)
+        Self::hold(backend, mine, false, purpose, since)
     }
 
-    fn hold(backend: Arc<dyn Backend>, key: String, exclusive: bool, purpose: &str) -> Result<Lock> {
+    fn hold(backend: Arc<dyn Backend>, key: String, exclusive: bool, purpose: &str, since: String) -> Result<Lock> {
         let key = Arc::new(Mutex::new(key));
         // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (b2, k2, purpose) = (backend.clone(), key.clone(), purpose.to_string());
         let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(std::time::Duration::from_secs(REFRESH_SECS)) {
-                if let Ok(new_key) = write_lock(&*b2, exclusive, &purpose) {
+                if let Ok(new_key) = write_lock(&*b2, exclusive, &purpose, &since) {
                     let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
                     let _ = b2.delete(&old);
                 }
@@ -155,6 +168,7 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
                     expires: "1970-01-01T00:00:00Z".into(),
                     exclusive: false,
                     purpose: "unreadable lock".into(),
+                    since: None,
                 },
             )),
         }

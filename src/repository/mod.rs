@@ -11,6 +11,7 @@ pub mod config;
 pub mod extents;
 pub mod index_object;
 pub mod lock;
+pub mod marks;
 pub mod pack;
 pub mod snapshot;
 pub mod upstream;
