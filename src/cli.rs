@@ -67,6 +67,10 @@ pub enum Command {
     Glance(GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
     Demo(DemoArgs),
+    /// Remove snapshots by a retention policy (restic's rules) or by id
+    Forget(ForgetArgs),
+    /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
+    Prune(PruneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +217,68 @@ pub struct DemoArgs {
     /// Virtual disk size of the synthetic VM
     #[arg(long, default_value = "256M")]
     pub size: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove by id (or unique prefix), in addition to the policy
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (-1: all)
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_last: Option<i64>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_hourly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_daily: Option<i64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_weekly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_monthly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_yearly: Option<i64>,
+    /// Keep every snapshot within this span of the group's newest, e.g. 14d, 1y6m, 36h
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy per image (Glance image id, else name), per name, or to all snapshots at once
+    #[arg(long, value_enum, default_value = "image")]
+    pub group_by: GroupBy,
+    /// Only consider snapshots with this name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also let the policy remove the last snapshot of images deleted upstream
+    #[arg(long)]
+    pub include_deleted: bool,
+    /// Show what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Image,
+    Name,
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be deleted and repacked, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Repack a pack when its still-used bytes are at most this fraction of its size (0 disables repacking)
+    #[arg(long, default_value_t = crate::prune::DEFAULT_MAX_REPACK_RATIO)]
+    pub max_repack_ratio: f64,
+    /// Time between marking a pack and deleting it; must exceed the listing lag of the store
+    #[arg(long, default_value = crate::prune::DEFAULT_GRACE)]
+    pub grace: String,
 }
 
 impl GlobalArgs {

@@ -5,11 +5,13 @@
 pub mod archive;
 pub mod check;
 pub mod demo;
+pub mod forget;
 pub mod glance;
 pub mod index;
 pub mod init;
 pub mod inspect;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod show;
 pub mod unlock;
@@ -155,5 +157,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(&ctx, a),
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Forget(a) => forget::run(&ctx, a),
+        Command::Prune(a) => prune::run(&ctx, a),
     }
 }

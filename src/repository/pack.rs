@@ -2,7 +2,7 @@
 //! trailer that indexes them, so every pack describes itself.
 //!
 //! ```text
-//! header   "IMGARCPK" | version u8 = 1 | encryption u8 = 0 | 6 zero bytes      (16 bytes)
+//! header   "IMGARCPK" | version u8 = 1 | encryption u8 = 0 | salt [6]          (16 bytes)
 //! blobs    stored bytes of each blob, back to back
 //! entries  count × 56 bytes:
 //!          id [32] | kind u8 | codec u8 | 2 zero bytes | raw_len u32 | stored_len u32
@@ -10,6 +10,9 @@
 //! footer   count u32 | 4 zero bytes | blake3(entries) [32] | "IMGPKEND"        (48 bytes)
 //! ```
 //! All integers are little-endian. A pack's name is the BLAKE3 of all its bytes.
+//! The salt is random, so two packs with the same blobs still get different
+//! names: an archive that writes a pack anew can never land on the name of a
+//! pack that a concurrent prune is deleting.
 
 use crate::ids::Id;
 use anyhow::{bail, ensure, Result};
@@ -119,7 +122,8 @@ impl PackBuilder {
     pub fn new() -> Self {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        buf.extend_from_slice(&[1, 0]);
+        buf.extend_from_slice(&rand::random::<[u8; 6]>());
         PackBuilder { buf, entries: Vec::new() }
     }
 

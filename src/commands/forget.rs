@@ -1,0 +1,132 @@
+//! `imgarc forget`: removes snapshots by retention policy or by id, and says
+//! what it keeps and why. Frees no space by itself: `prune` does that.
+
+use super::Ctx;
+use crate::cli::{ForgetArgs, GroupBy};
+use crate::ids::Id;
+use crate::index::Index;
+use crate::repository::lock::Lock;
+use crate::repository::snapshot::{Snapshot, Source};
+use crate::repository::{self};
+use crate::retention::{self, Item, Policy};
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+
+struct Candidate {
+    id: Id,
+    snap: Snapshot,
+    item: Item,
+}
+
+fn group_key(by: GroupBy, snap: &Snapshot) -> String {
+    match (by, &snap.source) {
+        (GroupBy::Image, Source::Glance { image_id, .. }) => format!("image {image_id}"),
+        (GroupBy::Image | GroupBy::Name, _) => format!("name {}", snap.name),
+        (GroupBy::None, _) => "all".to_string(),
+    }
+}
+
+fn policy_of(args: &ForgetArgs) -> Result<Policy> {
+    Ok(Policy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(|s| s.parse()).transpose().context("--keep-within")?,
+        tags: args.keep_tags.clone(),
+    })
+}
+
+pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
+    let policy = policy_of(&args)?;
+    if policy.is_empty() && args.snapshots.is_empty() {
+        bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
+    }
+    let repo = ctx.open_repo()?;
+    let _lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
+
+    let named: HashSet<Id> = args.snapshots.iter().map(|s| index.resolve_snapshot(s)).collect::<Result<_>>()?;
+    let mut candidates = Vec::new();
+    for row in index.snapshot_rows()? {
+        if args.name.as_ref().is_some_and(|n| *n != row.name) && !named.contains(&row.id) {
+            continue;
+        }
+        let snap = index.snapshot(&row.id)?.context("snapshot vanished from the index")?;
+        let time = crate::util::parse_rfc3339(&snap.time).with_context(|| format!("snapshot {} has an unreadable time", row.id.short()))?;
+        let image = match &snap.source {
+            Source::Glance { image_id, .. } => Some(image_id.clone()),
+            _ => None,
+        };
+        let item = Item { time, tags: snap.tags.clone(), group: group_key(args.group_by, &snap), image };
+        candidates.push(Candidate { id: row.id, snap, item });
+    }
+    let deleted: HashSet<String> =
+        if args.include_deleted { HashSet::new() } else { repo.deleted_upstream()?.into_iter().map(|d| d.image_id).collect() };
+    let items: Vec<Item> = candidates.iter().map(|c| c.item.clone()).collect();
+    let verdicts = if policy.is_empty() {
+        // Only ids were named: everything else stays.
+        vec![retention::Verdict { keep: true, reasons: vec!["not named".into()] }; items.len()]
+    } else {
+        retention::decide(&policy, &items, &deleted)
+    };
+
+    let mut keep = Vec::new();
+    let mut remove = Vec::new();
+    for (c, v) in candidates.iter().zip(&verdicts) {
+        let doc = |reasons: &[String]| {
+            serde_json::json!({
+                "id": c.id.to_hex(), "name": c.snap.name, "time": c.snap.time, "group": c.item.group,
+                "tags": c.snap.tags, "reasons": reasons,
+            })
+        };
+        if named.contains(&c.id) {
+            remove.push((c, doc(&["named on the command line".to_string()])));
+        } else if v.keep {
+            keep.push((c, doc(&v.reasons)));
+        } else {
+            remove.push((c, doc(&[])));
+        }
+    }
+    let mut removed = 0u64;
+    if !args.dry_run {
+        for (c, _) in &remove {
+            repo.backend().delete(&repository::snapshot_key(&c.id)).with_context(|| format!("cannot remove snapshot {}", c.id.short()))?;
+            index.forget_snapshot(&repo, &c.id)?;
+            removed += 1;
+        }
+    }
+    let json = serde_json::json!({
+        "dry_run": args.dry_run,
+        "keep": keep.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
+        "remove": remove.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        "removed": removed,
+    });
+    ctx.emit(&json, || {
+        let mut groups: Vec<&str> = candidates.iter().map(|c| c.item.group.as_str()).collect();
+        groups.sort();
+        groups.dedup();
+        let mut s = String::new();
+        for g in groups {
+            let k: Vec<_> = keep.iter().filter(|k| k.0.item.group == g).collect();
+            let r: Vec<_> = remove.iter().filter(|r| r.0.item.group == g).collect();
+            s.push_str(&format!("{g}: keep {}, remove {}\n", k.len(), r.len()));
+            for (c, doc) in k {
+                let reasons: Vec<&str> = doc["reasons"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+                s.push_str(&format!("  keep    {}  {}  {}  ({})\n", &c.id.to_hex()[..16], c.snap.time, c.snap.name, reasons.join(", ")));
+            }
+            for (c, _) in r {
+                s.push_str(&format!("  remove  {}  {}  {}\n", &c.id.to_hex()[..16], c.snap.time, c.snap.name));
+            }
+        }
+        if args.dry_run {
+            s.push_str(&format!("dry run: {} snapshot(s) would be removed\n", remove.len()));
+        } else {
+            s.push_str(&format!("removed {removed} snapshot(s); run `imgarc prune` to reclaim their space\n"));
+        }
+        s
+    });
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `imgarc prune`: deletes what earlier prunes marked (after the grace
+//! period), marks what no snapshot needs now, and reports the space.
+
+use super::Ctx;
+use crate::cli::PruneArgs;
+use crate::index::Index;
+use crate::prune::{parse_grace, prune, PruneOptions};
+use crate::repository::lock::Lock;
+use crate::util::human_bytes;
+use anyhow::{bail, Context, Result};
+
+pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.max_repack_ratio) {
+        bail!("--max-repack-ratio {}: must be between 0 and 1", args.max_repack_ratio);
+    }
+    let grace = parse_grace(&args.grace).context("--grace")?;
+    let repo = ctx.open_repo()?;
+    // Lock first, then catch up, so the index sees every mark and snapshot written before us.
+    let _lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
+    let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
+    let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace, now: chrono::Utc::now() };
+    let r = prune(&repo, &mut index, &opts)?;
+    ctx.emit(&serde_json::to_value(&r)?, || {
+        let would = if r.dry_run { "would be " } else { "" };
+        let mut s = format!(
+            "deleted: {} pack(s), {} {would}freed ({} rescued: a snapshot needs them)\n",
+            r.packs_deleted,
+            human_bytes(r.bytes_freed),
+            r.packs_rescued
+        );
+        s.push_str(&format!(
+            "marked:  {} pack(s), {} ({} repacked: {} copied into {} new pack(s))\n",
+            r.packs_marked,
+            human_bytes(r.bytes_marked),
+            r.packs_repacked,
+            human_bytes(r.bytes_repacked),
+            r.packs_written
+        ));
+        s.push_str(&format!(
+            "awaiting the grace period: {}{}\n",
+            human_bytes(r.bytes_awaiting_grace),
+            r.next_sweep.as_ref().map(|t| format!(" (deletable by a prune after {t})")).unwrap_or_default()
+        ));
+        if r.unreferenced_bytes_kept > 0 {
+            s.push_str(&format!(
+                "left in place: {} unreferenced in packs mostly still in use (see --max-repack-ratio)\n",
+                human_bytes(r.unreferenced_bytes_kept)
+            ));
+        }
+        for p in &r.marks_postponed {
+            s.push_str(&format!("postponed: {p}\n"));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    });
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Prune: reclaims the space of chunks no snapshot references, in two phases
+//! that stay safe against archives running at the same time, on any host.
+//!
+//! *Sweep* (first, for marks written by earlier prunes): a mark is due once
+//! the grace period has passed since it was written. A due mark is postponed
+//! while any archive that started before it still holds its lock (it may have
+//! deduplicated against a marked pack before the mark was visible). Otherwise
+//! each of its packs is deleted only if every blob in it that a snapshot now
+//! references has a copy in an unmarked pack; if not, the pack is rescued.
+//! Deletion order: index objects listing the pack are replaced by ones that
+//! do not (new first, then the old deleted), then the pack, then the mark.
+//!
+//! *Mark*: packs that no snapshot needs (all blobs unreferenced, or copies
+//! elsewhere) are listed in a new mark; packs whose still-used bytes are at
+//! most `max_repack_ratio` of their size first have those blobs copied into
+//! new packs (bytes copied as stored, each verified), then are marked too.
+//!
+//! A prune killed at any point leaves a consistent repository: unreferenced
+//! packs, duplicate copies or an unfinished mark, all of which the next prune
+//! completes. See format-spec/README.md, "Prune".
+
+use crate::ids::Id;
+use crate::index::Index;
+use crate::repository::index_object::{IndexObject, IndexedPack};
+use crate::repository::lock;
+use crate::repository::marks::{MarkedPack, PruneMark, MARK_VERSION};
+use crate::repository::pack::{self, EncodedBlob, PackBuilder, PackEntry};
+use crate::repository::{self, Repository};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashSet};
+
+/// The default grace period: a nightly prune deletes what the previous night's marked.
+pub const DEFAULT_GRACE: &str = "23h";
+pub const DEFAULT_MAX_REPACK_RATIO: f64 = 0.5;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    /// Repack a pack whose still-needed bytes are at most this fraction of its size (0 = never repack).
+    pub max_repack_ratio: f64,
+    pub grace: chrono::Duration,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    /// Sweep: packs deleted and the bytes that freed.
+    pub packs_deleted: u64,
+    pub bytes_freed: u64,
+    /// Marked packs that a snapshot turned out to need, kept.
+    pub packs_rescued: u64,
+    pub marks_completed: u64,
+    /// Due marks not swept, with the reason.
+    pub marks_postponed: Vec<String>,
+    /// Mark: packs newly marked for deletion (including repacked ones), and their size.
+    pub packs_marked: u64,
+    pub bytes_marked: u64,
+    /// Packs whose still-used blobs were copied out, and the stored bytes copied.
+    pub packs_repacked: u64,
+    pub bytes_repacked: u64,
+    pub packs_written: u64,
+    /// Bytes of every pack now marked, waiting for the grace period.
+    pub bytes_awaiting_grace: u64,
+    /// When the oldest remaining mark becomes due (RFC 3339).
+    pub next_sweep: Option<String>,
+    /// Unreferenced bytes left in packs that are neither marked nor repacked.
+    pub unreferenced_bytes_kept: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Parses a grace period: `0`, or numbers with units s, m (minutes), h, d — `23h`, `90m`, `2d12h`.
+pub fn parse_grace(s: &str) -> Result<chrono::Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(chrono::Duration::zero());
+    }
+    let (mut total, mut digits) = (chrono::Duration::zero(), String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().with_context(|| format!("grace {s:?}: expected a number before {c:?}"))?;
+        digits.clear();
+        total += match c {
+            's' => chrono::Duration::seconds(n),
+            'm' => chrono::Duration::minutes(n),
+            'h' => chrono::Duration::hours(n),
+            'd' => chrono::Duration::days(n),
+            _ => bail!("grace {s:?}: unknown unit {c:?} (use s, m, h, d as in 23h or 90m)"),
+        };
+    }
+    if !digits.is_empty() || s.is_empty() {
+        bail!("grace {s:?}: write it as numbers with units, e.g. 23h, 90m, 0");
+    }
+    Ok(total)
+}
+
+/// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,
+/// as a kill -9 would, so tests can prove every point is recoverable.
+fn crash_point(point: &str) {
+    if std::env::var("IMGARC_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("imgarc: crashing at {point} (IMGARC_TEST_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
+/// Runs both phases. The caller holds the `prune` singleton lock.
+pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {
+    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+    refuse_unless_every_snapshot_is_known(repo, index)?;
+    sweep(repo, index, opts, &mut report)?;
+    mark(repo, index, opts, &mut report)?;
+    let now_marked = index.marks()?;
+    report.bytes_awaiting_grace = now_marked.iter().flat_map(|m| &m.packs).map(|p| p.size).sum();
+    report.next_sweep = now_marked
+        .iter()
+        .filter_map(|m| crate::util::parse_rfc3339(&m.created))
+        .min()
+        .map(|t| (t + opts.grace).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Ok(report)
+}
+
+/// A snapshot the cache could not read would count as referencing nothing,
+/// and prune would delete its data: refuse instead.
+fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Result<()> {
+    let known: HashSet<Id> = index.snapshot_rows()?.into_iter().map(|s| s.id).collect();
+    let unknown: Vec<String> = repo.list_snapshot_ids()?.into_iter().filter(|id| !known.contains(id)).map(|id| id.to_hex()).collect();
+    if !unknown.is_empty() {
+        bail!(
+            "prune refuses to run: {} snapshot(s) could not be read ({}); run `imgarc check` and repair them first",
+            unknown.len(),
+            unknown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+    let locks: Vec<lock::LockInfo> =
+        lock::list(&**repo.backend())?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
+    for mark in index.marks()? {
+        let Some(created) = crate::util::parse_rfc3339(&mark.created) else {
+            report.warnings.push(format!("{} has an unreadable time; left alone", mark.key));
+            continue;
+        };
+        if created + opts.grace > opts.now {
+            continue;
+        }
+        if let Some(l) = locks.iter().find(|l| crate::util::parse_rfc3339(l.started()).is_none_or(|t| t < created)) {
+            report.marks_postponed.push(format!(
+                "{}: {} on {} (pid {}) started at {}, before the mark, and is still running",
+                mark.key,
+                l.purpose,
+                l.hostname,
+                l.pid,
+                l.started()
+            ));
+            continue;
+        }
+        // A copy counts only in a pack no mark lists: marked packs may all go.
+        let marked = index.marked_packs()?;
+        let mut doomed = Vec::new();
+        for p in &mark.packs {
+            let needed = index.referenced_in_pack(&p.pack)?;
+            if needed.iter().all(|(_, copies)| copies.iter().any(|q| !marked.contains(q))) {
+                doomed.push((p.pack, p.size));
+            } else {
+                report.packs_rescued += 1;
+            }
+        }
+        report.packs_deleted += doomed.len() as u64;
+        report.bytes_freed += doomed.iter().map(|d| d.1).sum::<u64>();
+        if opts.dry_run {
+            continue;
+        }
+        delete_packs(repo, index, &doomed)?;
+        crash_point("packs-deleted");
+        repo.delete_mark(&mark.key)?;
+        index.remove_mark(&mark.key)?;
+        report.marks_completed += 1;
+    }
+    Ok(())
+}
+
+/// Deletes packs: first every index object that lists one is replaced by
+/// one listing only the others, then the packs themselves.
+fn delete_packs(repo: &Repository, index: &mut Index, doomed: &[(Id, u64)]) -> Result<()> {
+    let doomed_ids: HashSet<Id> = doomed.iter().map(|d| d.0).collect();
+    let mut keys = BTreeSet::new();
+    for (pack, _) in doomed {
+        keys.extend(index.index_objects_listing(pack)?);
+    }
+    for key in keys {
+        let obj = match repo.read_index_object(&key) {
+            Ok(o) => o,
+            Err(e) if e.chain().any(|c| c.downcast_ref::<crate::backend::BackendError>().is_some_and(|b| b.is_not_found())) => {
+                index.remove_index_object(&key)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let survivors: Vec<IndexedPack> = obj.packs.into_iter().filter(|p| !doomed_ids.contains(&p.id)).collect();
+        if !survivors.is_empty() {
+            let replacement = IndexObject::new(survivors);
+            let new_key = repo.write_index_object(&replacement)?;
+            index.add_index_object(&new_key, &replacement)?;
+        }
+        repo.delete_index_object(&key)?;
+        index.remove_index_object(&key)?;
+    }
+    crash_point("index-rewritten");
+    for (pack, _) in doomed {
+        repo.delete_pack(pack)?;
+        index.remove_pack(pack)?;
+    }
+    Ok(())
+}
+
+fn mark(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+    let marked = index.marked_packs()?;
+    let mut usage: Vec<_> = index.pack_usage()?.into_iter().filter(|u| !marked.contains(&u.pack)).collect();
+    // Emptiest first: they free the most for the least copying.
+    usage.sort_by(|a, b| (a.used_bytes as f64 / a.size.max(1) as f64).total_cmp(&(b.used_bytes as f64 / b.size.max(1) as f64)));
+    let mut doomed: Vec<MarkedPack> = Vec::new();
+    let mut doomed_ids: HashSet<Id> = HashSet::new();
+    let mut repacker = Repacker::new(repo, opts.dry_run);
+    for u in usage {
+        let unused = u.size.saturating_sub(u.used_bytes);
+        if u.used_blobs > 0 && u.used_bytes as f64 > opts.max_repack_ratio * u.size as f64 {
+            report.unreferenced_bytes_kept += unused.saturating_sub(pack_overhead(u.blobs));
+            continue;
+        }
+        // Still-needed blobs: referenced, with no copy in a pack that stays.
+        let needed: Vec<PackEntry> = index
+            .referenced_in_pack(&u.pack)?
+            .into_iter()
+            .filter(|(_, copies)| !copies.iter().any(|q| *q != u.pack && !marked.contains(q) && !doomed_ids.contains(q)))
+            .map(|(e, _)| e)
+            .collect();
+        let reason = if needed.is_empty() {
+            "unused"
+        } else {
+            match repacker.copy(index, &u.pack, &needed) {
+                Ok(()) => {
+                    report.packs_repacked += 1;
+                    report.bytes_repacked += needed.iter().map(|e| e.stored_len as u64).sum::<u64>();
+                    "repacked"
+                }
+                Err(e) => {
+                    report.warnings.push(format!("pack {} not repacked: {e:#}; run `imgarc check --read-data`", u.pack.to_hex()));
+                    continue;
+                }
+            }
+        };
+        doomed_ids.insert(u.pack);
+        doomed.push(MarkedPack { id: u.pack, size: u.size, reason: reason.to_string() });
+    }
+    report.packs_written += repacker.finish(index)?;
+    crash_point("repacked");
+    report.packs_marked = doomed.len() as u64;
+    report.bytes_marked = doomed.iter().map(|p| p.size).sum();
+    if doomed.is_empty() || opts.dry_run {
+        return Ok(());
+    }
+    let mark = PruneMark { version: MARK_VERSION, created: crate::util::now_rfc3339(), hostname: crate::util::hostname(), packs: doomed };
+    let key = repo.write_mark(&mark)?;
+    index.add_mark(&key, &mark)?;
+    crash_point("marked");
+    Ok(())
+}
+
+/// Bytes of a pack that are not blob data (header and trailer).
+fn pack_overhead(blobs: u64) -> u64 {
+    (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 + blobs * pack::ENTRY_LEN as u64
+}
+
+/// Copies still-needed blobs, as stored, into new packs of the repository's target size.
+struct Repacker<'a> {
+    repo: &'a Repository,
+    dry_run: bool,
+    builder: PackBuilder,
+    written: u64,
+}
+
+impl<'a> Repacker<'a> {
+    fn new(repo: &'a Repository, dry_run: bool) -> Self {
+        Repacker { repo, dry_run, builder: PackBuilder::new(), written: 0 }
+    }
+
+    /// Reads `entries` of `pack` and verifies each before copying; copies nothing if one is damaged.
+    fn copy(&mut self, index: &mut Index, pack: &Id, entries: &[PackEntry]) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let bytes = self.repo.backend().get(&repository::pack_key(pack)).with_context(|| format!("cannot read pack {}", pack.short()))?;
+        let mut blobs = Vec::with_capacity(entries.len());
+        for e in entries {
+            let stored = bytes
+                .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
+                .with_context(|| format!("blob {} lies beyond the end of its pack", e.id.short()))?;
+            pack::decode_blob(e, stored)?;
+            blobs.push(EncodedBlob { id: e.id, kind: e.kind, codec: e.codec, raw_len: e.raw_len, stored: stored.to_vec() });
+        }
+        for b in &blobs {
+            self.builder.add(b);
+            if self.builder.len() as u64 >= self.repo.config().pack_target_size {
+                self.flush(index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, index: &mut Index) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let written = self.repo.write_pack(std::mem::take(&mut self.builder))?;
+        index.add_pack(&written.index_key, &IndexedPack::new(written.id, written.pack_size, &written.entries))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn finish(mut self, index: &mut Index) -> Result<u64> {
+        self.flush(index)?;
+        Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_syntax() {
+        assert_eq!(parse_grace("0").unwrap(), chrono::Duration::zero());
+        assert_eq!(parse_grace("23h").unwrap(), chrono::Duration::hours(23));
+        assert_eq!(parse_grace("1d90m5s").unwrap(), chrono::Duration::seconds(86400 + 5400 + 5));
+        for bad in ["", "h", "5", "5w", "-1h"] {
+            assert!(parse_grace(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}
