@@ -115,6 +115,18 @@ fn end_to_end(r: Remote) {
     assert!(oa.status.success() && ob.status.success(), "concurrent archives on {}", r.repo);
     assert_eq!(r.json("c1", &["check"])["ok"], true);
 
+    // Forget night 0 and prune it away from another host; every cache then agrees.
+    // (Night 1 still uses most of night 0's pack: --max-repack-ratio 1 repacks it anyway.)
+    r.json("c1", &["forget", &s(&nights[0].1, "snapshot")]);
+    let marked = r.json("c2", &["prune", "--grace", "0", "--max-repack-ratio", "1"]);
+    assert!(u(&marked, "packs_marked") > 0, "{marked}");
+    let swept = r.json("c3", &["prune", "--grace", "0"]);
+    assert!(u(&swept, "bytes_freed") > 0 && u(&swept, "packs_rescued") == 0, "{marked}\n{swept}");
+    assert_eq!(r.json("c1", &["check", "--read-data"])["ok"], true, "a stale cache after prune on {}", r.repo);
+    std::fs::remove_file(&out).unwrap();
+    r.json("c1", &["restore", &s(a, "snapshot"), "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(p).unwrap(), "restore after prune on {}", r.repo);
+
     // A pack deleted behind imgarc's back is named by check, with its snapshots.
     let lookup = r.vars.clone();
     let opts =
