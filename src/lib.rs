@@ -22,5 +22,6 @@ pub mod repository;
 pub mod restore;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod synthetic;
 pub mod util;

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod list;
 pub mod restore;
 pub mod show;
+pub mod sync;
 pub mod unlock;
 
 use crate::backend::{self, Backend};
@@ -155,5 +156,6 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(&ctx, a),
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Sync(a) => sync::run(&ctx, a),
     }
 }
