@@ -231,8 +231,8 @@ pub struct SyncArgs {
     /// Leave out images with KEY=VALUE (same keys as --filter; repeatable)
     #[arg(long = "exclude", value_name = "KEY=VALUE", value_parser = crate::sync::parse_filter)]
     pub excludes: Vec<crate::sync::FilterTerm>,
-    /// Images downloaded and archived at the same time
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Images downloaded and archived at the same time (images archived together cannot dedup against each other)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
     #[arg(long, value_delimiter = ',')]

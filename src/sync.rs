@@ -474,7 +474,17 @@ fn run_downloads(
     queue: VecDeque<ImageRecord>,
     on_image: &(dyn Fn(&ImageEntry) + Sync),
 ) -> Result<Vec<ImageEntry>> {
-    let jobs = opts.jobs.max(1).min(queue.len());
+    // Images of one name (a VM's nightly uploads) go to one job, oldest first:
+    // images archived at the same time cannot dedup against each other.
+    let mut lineages: Vec<Vec<ImageRecord>> = Vec::new();
+    for rec in queue.iter() {
+        // (the queue is sorted by name, then creation time)
+        match lineages.last_mut() {
+            Some(l) if l[0].name == rec.name => l.push(rec.clone()),
+            _ => lineages.push(vec![rec.clone()]),
+        }
+    }
+    let jobs = opts.jobs.max(1).min(lineages.len());
     if jobs <= 1 {
         return Ok(queue
             .iter()
@@ -489,16 +499,18 @@ fn run_downloads(
     for _ in 0..jobs {
         indexes.push(Index::open_at(index.path(), &repo.config().id)?);
     }
-    let queue = Mutex::new(queue);
+    let lineages = Mutex::new(VecDeque::from(lineages));
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for mut job_index in indexes {
-            let (queue, done) = (&queue, &done);
+            let (lineages, done) = (&lineages, &done);
             s.spawn(move || loop {
-                let Some(rec) = queue.lock().expect("queue").pop_front() else { break };
-                let e = download_one(repo, &mut job_index, glance, &rec, opts);
-                on_image(&e);
-                done.lock().expect("results").push(e);
+                let Some(lineage) = lineages.lock().expect("queue").pop_front() else { break };
+                for rec in &lineage {
+                    let e = download_one(repo, &mut job_index, glance, rec, opts);
+                    on_image(&e);
+                    done.lock().expect("results").push(e);
+                }
             });
         }
     });

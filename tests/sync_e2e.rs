@@ -356,3 +356,46 @@ fn killed_sync_resumes_and_a_second_sync_is_refused() {
     assert_eq!(code, 0);
     assert_eq!(ids(&last, "unchanged"), all);
 }
+
+/// With Keystone credentials (the OS_* admin of `ci/openstack.sh`), a sync
+/// covers the credentials' own project by default; `--project NAME` another
+/// one; `--all-projects` both. An image held from another project is not
+/// judged deleted by a run that does not cover that project.
+#[test]
+fn scope_defaults_to_the_credentials_project() {
+    let _serial = os::serial();
+    let session = imgarc::openstack::keystone::Session::new(&os::config_from(os::os_env()).unwrap()).unwrap();
+    let g = imgarc::openstack::glance::GlanceClient::new(&session).unwrap().with_retry(os::quick_retry());
+    let env = Env::init("64K");
+    let tag = os::unique("sync-scope");
+    let (own, _c1) = os::upload_image(&g, &format!("{tag}-own"), &bytes(1 << 20, 7, true), json!({"tags": [tag]}));
+    let demo_project = os::env("KEYSTONE_DEMO_PROJECT_ID");
+    let (other, _c2) =
+        os::upload_image(&g, &format!("{tag}-demo"), &bytes(1 << 20, 8, true), json!({"tags": [tag], "owner": demo_project}));
+    assert_eq!(other.owner.as_deref(), Some(demo_project.as_str()));
+    let keystone_sync = |args: &[&str]| {
+        let mut a = vec!["--json", "sync", "--filter"];
+        let filter = format!("tag={tag}");
+        a.push(&filter);
+        a.extend_from_slice(args);
+        let o = env.run(&a);
+        let doc: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code().unwrap(), doc)
+    };
+    let (code, mine) = keystone_sync(&[]);
+    assert_eq!(code, 0, "{mine}");
+    assert_eq!(ids(&mine, "archived"), vec![own.id.clone()]);
+    assert_eq!(mine["scope"]["project"], own.owner.clone().unwrap().as_str());
+    let (code, demo) = keystone_sync(&["--project", &os::env("KEYSTONE_DEMO_PROJECT")]);
+    assert_eq!(code, 0, "{demo}");
+    assert_eq!(ids(&demo, "archived"), vec![other.id.clone()]);
+    assert_eq!(demo["scope"]["project"], demo_project.as_str());
+    let (_, all) = keystone_sync(&["--all-projects"]);
+    assert_eq!(ids(&all, "unchanged"), sorted(vec![own.id.clone(), other.id.clone()]));
+    let (_, again) = keystone_sync(&[]);
+    assert_eq!(ids(&again, "unchanged"), vec![own.id.clone()]);
+    assert!(ids(&again, "deleted_upstream").is_empty(), "{again}");
+    let (code, bad) = keystone_sync(&["--project", "no-such-project-xyz"]);
+    assert_eq!(code, 1);
+    assert!(bad["error"].as_str().unwrap().contains("no-such-project-xyz"), "{bad}");
+}
