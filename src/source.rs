@@ -70,7 +70,12 @@ pub fn open_glance(glance: &GlanceClient, image: &str, cloud: Option<&str>, limi
 }
 
 /// [`open_glance`] for a record already fetched (a listing entry): no second lookup.
-pub fn open_glance_record(glance: &GlanceClient, rec: &ImageRecord, cloud: Option<&str>, limit: Option<RateLimiter>) -> Result<OpenedSource> {
+pub fn open_glance_record(
+    glance: &GlanceClient,
+    rec: &ImageRecord,
+    cloud: Option<&str>,
+    limit: Option<RateLimiter>,
+) -> Result<OpenedSource> {
     if let Some(why) = rec.not_downloadable_reason() {
         anyhow::bail!("Glance image {} ({}) cannot be archived: {why}", rec.id, rec.name.as_deref().unwrap_or("unnamed"));
     }

@@ -83,7 +83,7 @@ impl FilterTerm {
     fn matches(&self, rec: &ImageRecord) -> bool {
         match self.key {
             FilterKey::Name => glob_match(&self.value, rec.name.as_deref().unwrap_or("")),
-            FilterKey::Tag => rec.tags.iter().any(|t| *t == self.value),
+            FilterKey::Tag => rec.tags.contains(&self.value),
             FilterKey::Visibility => rec.visibility.as_deref() == Some(self.value.as_str()),
             FilterKey::DiskFormat => rec.disk_format.as_deref() == Some(self.value.as_str()),
         }

@@ -23,7 +23,8 @@ fn sync(env: &Env, tag: &str, args: &[&str]) -> (i32, Value, String) {
     let o = env.run(&sync_args(tag, true, args).iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("sync printed no single JSON document ({e}):\n{stdout}\n{stderr}"));
+    let doc: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("sync printed no single JSON document ({e}):\n{stdout}\n{stderr}"));
     (o.status.code().unwrap_or(-1), doc, stderr)
 }
 
@@ -48,8 +49,7 @@ fn spawn_sync(env: &Env, tag: &str, args: &[&str]) -> Child {
 
 /// The ids listed under `key` of a sync report.
 fn ids(doc: &Value, key: &str) -> Vec<String> {
-    let mut v: Vec<String> =
-        doc[key].as_array().unwrap_or_else(|| panic!("{key} missing in {doc}")).iter().map(|e| s(e, "id")).collect();
+    let mut v: Vec<String> = doc[key].as_array().unwrap_or_else(|| panic!("{key} missing in {doc}")).iter().map(|e| s(e, "id")).collect();
     v.sort();
     v
 }
@@ -138,7 +138,8 @@ fn a_week_of_nights_syncs_once_then_only_what_changed() {
     assert_eq!(first["ok"], true);
     assert_eq!(ids(&first, "archived"), all_ids);
     assert!(ids(&first, "unchanged").is_empty() && ids(&first, "failed").is_empty() && ids(&first, "deleted_upstream").is_empty());
-    let total: u64 = nights.iter().filter(|n| !(n.vm == "vm-a" && n.night == last)).map(|n| std::fs::metadata(&n.path).unwrap().len()).sum();
+    let total: u64 =
+        nights.iter().filter(|n| !(n.vm == "vm-a" && n.night == last)).map(|n| std::fs::metadata(&n.path).unwrap().len()).sum();
     assert_eq!(u(&first, "bytes_read"), total);
     assert!(u(&first, "bytes_stored") < total / 2, "a week of nights should dedup: {first}");
     // One log line per image, each starting with an RFC 3339 time.

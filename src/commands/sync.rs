@@ -35,7 +35,14 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     let report = crate::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
     if !quiet {
         for d in &report.deleted_upstream {
-            eprintln!("{} deleted upstream {} ({}): last snapshot {} ({})", crate::util::now_rfc3339(), d.name, d.id, short(&d.snapshot), d.evidence);
+            eprintln!(
+                "{} deleted upstream {} ({}): last snapshot {} ({})",
+                crate::util::now_rfc3339(),
+                d.name,
+                d.id,
+                short(&d.snapshot),
+                d.evidence
+            );
         }
         for d in &report.reappeared {
             eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", crate::util::now_rfc3339(), d.name, d.id);
@@ -90,12 +97,9 @@ fn log_line(e: &ImageEntry) -> String {
         s.push_str(&format!(" snapshot {}", short(snap)));
     }
     match e.result {
-        ImageResult::Archived => s.push_str(&format!(
-            ": {} read, {} stored, {:.1} s",
-            human_bytes(e.bytes_read),
-            human_bytes(e.bytes_stored),
-            e.seconds
-        )),
+        ImageResult::Archived => {
+            s.push_str(&format!(": {} read, {} stored, {:.1} s", human_bytes(e.bytes_read), human_bytes(e.bytes_stored), e.seconds))
+        }
         ImageResult::MetadataUpdated => {
             s.push_str(&format!(": new metadata, data of {} reused", e.previous.as_deref().map(short).unwrap_or("?")))
         }

@@ -225,9 +225,13 @@ impl Session {
         if !(200..300).contains(&status) {
             return Err(Error::Http { method: "GET".into(), url, status, message: short_body(&text) });
         }
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Transport { method: "GET".into(), url: url.clone(), message: format!("bad JSON: {e}") })?;
-        let ids: Vec<String> = v["projects"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Transport {
+            method: "GET".into(),
+            url: url.clone(),
+            message: format!("bad JSON: {e}"),
+        })?;
+        let ids: Vec<String> =
+            v["projects"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
         match ids.len() {
             0 => Err(Error::NotFound(format!("project {name:?} (no project of this name is visible to these credentials)"))),
             1 => Ok(ids.into_iter().next().expect("one id")),
