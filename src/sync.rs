@@ -403,14 +403,13 @@ pub fn sync(
     }
     let query_refs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let listed = glance.list_filtered(&query_refs, 1000).context("cannot list the Glance images")?;
-    let listed_ids: HashSet<String> = listed.iter().map(|r| r.id.clone()).collect();
-    let mut images: Vec<ImageRecord> = listed.into_iter().filter(|r| opts.scope.admits(r) && opts.filters.matches(r)).collect();
-    images.sort_by(|a, b| (&a.name, &a.created_at, &a.id).cmp(&(&b.name, &b.created_at, &b.id)));
-    report.images = images.len();
+    let mut listed_ids: HashSet<String> = HashSet::new();
+    // (a page boundary that shifts while paging may repeat an image)
+    let listed: Vec<ImageRecord> = listed.into_iter().filter(|r| listed_ids.insert(r.id.clone())).collect();
 
-    // Images recorded as deleted that are listed again.
+    // Images recorded as deleted that are listed again, whether or not this run selects them.
     let recorded: HashMap<String, DeletedUpstream> = repo.deleted_upstream()?.into_iter().map(|d| (d.image_id.clone(), d)).collect();
-    for rec in &images {
+    for rec in &listed {
         if let Some(d) = recorded.get(&rec.id) {
             repo.clear_deleted_upstream(&rec.id)?;
             let snapshot = held.get(&rec.id).and_then(|v| v.last()).map(|(id, _)| id.to_hex()).unwrap_or_default();
@@ -419,6 +418,10 @@ pub fn sync(
     }
 
     find_deleted(repo, glance, opts, &held, &listed_ids, &recorded, &mut report)?;
+
+    let mut images: Vec<ImageRecord> = listed.into_iter().filter(|r| opts.scope.admits(r) && opts.filters.matches(r)).collect();
+    images.sort_by(|a, b| (&a.name, &a.created_at, &a.id).cmp(&(&b.name, &b.created_at, &b.id)));
+    report.images = images.len();
 
     let mut downloads = VecDeque::new();
     let no_snapshots = Vec::new();
