@@ -646,3 +646,55 @@ mod tests {
         assert!(!same_content(&bare, &snap(&[], 11, "2026-01-01T00:00:00Z")));
     }
 }
+
+#[cfg(test)]
+mod interrupted {
+    use crate::archive::{archive, ArchiveRequest};
+    use crate::index::Index;
+    use crate::repository::config::Config;
+    use crate::repository::snapshot::Source;
+    use crate::repository::Repository;
+
+    fn request(expected_md5: Option<&str>) -> ArchiveRequest {
+        ArchiveRequest {
+            name: "img".into(),
+            tags: vec![],
+            source: Source::Glance { image_id: "11111111-2222-3333-4444-555555555555".into(), cloud: None },
+            digests: vec![],
+            expected_digests: expected_md5.map(|m| ("md5".to_string(), m.to_string())).into_iter().collect(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("raw".into()),
+            qcow2_policy: Default::default(),
+        }
+    }
+
+    /// What a sync killed mid-image leaves behind: packs (and their index
+    /// objects) that no snapshot references. A later run opens the repository
+    /// without complaint and stores none of those chunks again.
+    #[test]
+    fn a_rerun_dedups_against_packs_of_an_unfinished_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        let cache = dir.path().join("index.sqlite");
+        let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+
+        let mut index = Index::open_at(&cache, &repo.config().id).unwrap();
+        index.sync(&repo).unwrap();
+        let hidden = indicatif::ProgressBar::hidden();
+        let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data.clone())), request(Some("00")), &hidden).unwrap_err();
+        assert!(format!("{err:#}").contains("no snapshot stored"), "{err:#}");
+        assert!(repo.list_snapshot_ids().unwrap().is_empty());
+        assert!(!repo.list_packs().unwrap().is_empty(), "the failed archive should have left packs behind");
+        drop(index);
+
+        // A fresh process: a new cache caught up from the repository alone.
+        std::fs::remove_file(&cache).unwrap();
+        let mut index = Index::open_at(&cache, &repo.config().id).unwrap();
+        index.sync(&repo).unwrap();
+        let again = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), request(None), &hidden).unwrap();
+        assert_eq!(again.new_chunks, 0, "{again:?}");
+        assert_eq!(repo.list_snapshot_ids().unwrap().len(), 1);
+    }
+}
