@@ -379,3 +379,38 @@ pub fn archive(
         opaque,
     })
 }
+
+/// Records new source metadata for content the repository already holds: a
+/// new snapshot that reuses `previous`'s layout, streams and digests (the same
+/// extents — no byte is read or stored) with `name` and `metadata` replaced.
+/// Its stats say nothing new was stored. Used by `sync` when only a Glance
+/// image's properties changed.
+pub fn record_new_metadata(
+    repo: &Repository,
+    index: &mut Index,
+    previous: &Snapshot,
+    name: String,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<(Id, Snapshot)> {
+    let started = Instant::now();
+    let snap = Snapshot {
+        name,
+        time: crate::util::now_rfc3339(),
+        hostname: crate::util::hostname(),
+        stats: SnapshotStats {
+            chunks: previous.stats.chunks,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored_bytes_added: 0,
+            hole_bytes: previous.stats.hole_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        metadata,
+        ..previous.clone()
+    };
+    // Reading the trees also proves every stream is still intact in the index.
+    let referenced = index.referenced_ids(repo, &snap).context("the previous snapshot's extent lists")?;
+    let id = repo.save_snapshot(&snap)?;
+    index.add_snapshot(&id, &snap, &referenced)?;
+    Ok((id, snap))
+}

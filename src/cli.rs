@@ -67,6 +67,8 @@ pub enum Command {
     Glance(GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
     Demo(DemoArgs),
+    /// Archive every matching Glance image the repository does not hold yet (nightly; docs/nightly.md)
+    Sync(SyncArgs),
     /// Remove snapshots by a retention policy (restic's rules) or by id
     Forget(ForgetArgs),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
@@ -166,6 +168,28 @@ pub struct GlanceArgs {
 pub enum GlanceAction {
     /// List the cloud's images with size, format, status and their latest archive
     List,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Every project's images (needs an admin role); default: the images owned by the credentials' project
+    #[arg(long, conflicts_with = "project")]
+    pub all_projects: bool,
+    /// Only the images owned by this project (id or name)
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only images with KEY=VALUE: name=GLOB, tag=T, visibility=V, disk_format=F (repeatable; the same key ORs, different keys AND)
+    #[arg(long = "filter", value_name = "KEY=VALUE", value_parser = crate::sync::parse_filter)]
+    pub filters: Vec<crate::sync::FilterTerm>,
+    /// Leave out images with KEY=VALUE (same keys as --filter; repeatable)
+    #[arg(long = "exclude", value_name = "KEY=VALUE", value_parser = crate::sync::parse_filter)]
+    pub excludes: Vec<crate::sync::FilterTerm>,
+    /// Images downloaded and archived at the same time (images archived together cannot dedup against each other)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
+    #[arg(long, value_delimiter = ',')]
+    pub digest: Vec<String>,
 }
 
 #[derive(Args, Debug)]

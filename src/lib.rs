@@ -24,5 +24,6 @@ pub mod restore;
 pub mod retention;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod synthetic;
 pub mod util;

@@ -66,10 +66,20 @@ pub fn glance_digests(rec: &ImageRecord) -> BTreeMap<String, String> {
 /// Opens `GET /v2/images/{id}/file` of an active image as a stream.
 pub fn open_glance(glance: &GlanceClient, image: &str, cloud: Option<&str>, limit: Option<RateLimiter>) -> Result<OpenedSource> {
     let rec = glance.image(image)?;
+    open_glance_record(glance, &rec, cloud, limit)
+}
+
+/// [`open_glance`] for a record already fetched (a listing entry): no second lookup.
+pub fn open_glance_record(
+    glance: &GlanceClient,
+    rec: &ImageRecord,
+    cloud: Option<&str>,
+    limit: Option<RateLimiter>,
+) -> Result<OpenedSource> {
     if let Some(why) = rec.not_downloadable_reason() {
         anyhow::bail!("Glance image {} ({}) cannot be archived: {why}", rec.id, rec.name.as_deref().unwrap_or("unnamed"));
     }
-    let download = glance.download(&rec)?;
+    let download = glance.download(rec)?;
     let reader: Box<dyn Read + Send> = match limit {
         Some(l) => Box::new(RateLimitedReader::new(download, l)),
         None => Box::new(download),
@@ -83,7 +93,7 @@ pub fn open_glance(glance: &GlanceClient, image: &str, cloud: Option<&str>, limi
         size: rec.size,
         source: Source::Glance { image_id: rec.id.clone(), cloud: cloud.map(str::to_string) },
         default_name: rec.name.clone().unwrap_or_else(|| rec.id.clone()),
-        expected_digests: glance_digests(&rec),
+        expected_digests: glance_digests(rec),
         declared_format: rec.disk_format.clone(),
         metadata,
     })

@@ -14,6 +14,7 @@ pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod show;
+pub mod sync;
 pub mod unlock;
 
 use crate::backend::{self, Backend};
@@ -157,6 +158,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(&ctx, a),
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Sync(a) => sync::run(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
     }

@@ -230,6 +230,14 @@ impl GlanceClient {
         &self.retry
     }
 
+    /// The Keystone session behind this client (`None` for `--glance-url`).
+    pub fn session(&self) -> Option<&Session> {
+        match &self.auth {
+            Auth::Session(s) => Some(s),
+            Auth::Static(_) => None,
+        }
+    }
+
     /// Endpoint root (no `/v2`).
     pub fn endpoint(&self) -> &str {
         &self.base

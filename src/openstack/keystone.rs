@@ -202,6 +202,43 @@ impl Session {
         self.endpoint_for("image", c.region_name.as_deref(), &c.interface)
     }
 
+    /// The id of the project named `name` (`GET /v3/projects?name=`): the
+    /// session's own project without a call, else a lookup that needs a role
+    /// allowed to list projects (admin). None found or several: an error.
+    pub fn project_id_by_name(&self, name: &str) -> Result<String> {
+        if self.inner.config.auth.project_name.as_deref() == Some(name) {
+            if let Some(id) = self.project_id() {
+                return Ok(id);
+            }
+        }
+        let mut url = url::Url::parse(&format!("{}/projects", self.inner.auth_url))
+            .map_err(|e| Error::Config(format!("auth URL {}: {e}", self.inner.auth_url)))?;
+        url.query_pairs_mut().append_pair("name", name);
+        let url = url.to_string();
+        let mut rb = self.inner.http.get(&url).timeout(Duration::from_secs(60)).header("Accept", "application/json");
+        if let Some((token, _)) = self.token()? {
+            rb = rb.header("X-Auth-Token", token.expose());
+        }
+        let resp = rb.send().map_err(|e| Error::Transport { method: "GET".into(), url: url.clone(), message: describe_reqwest(&e) })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(Error::Http { method: "GET".into(), url, status, message: short_body(&text) });
+        }
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Transport {
+            method: "GET".into(),
+            url: url.clone(),
+            message: format!("bad JSON: {e}"),
+        })?;
+        let ids: Vec<String> =
+            v["projects"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
+        match ids.len() {
+            0 => Err(Error::NotFound(format!("project {name:?} (no project of this name is visible to these credentials)"))),
+            1 => Ok(ids.into_iter().next().expect("one id")),
+            n => Err(Error::Config(format!("project name {name:?} is ambiguous: {n} projects have it ({}); use the id", ids.join(", ")))),
+        }
+    }
+
     /// Whole catalog (for diagnostics; holds no secrets).
     pub fn catalog(&self) -> Vec<Endpoint> {
         self.inner.state.lock().unwrap().as_ref().map(|s| s.catalog.clone()).unwrap_or_default()
