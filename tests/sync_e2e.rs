@@ -216,6 +216,20 @@ fn a_week_of_nights_syncs_once_then_only_what_changed() {
     assert_eq!(ids(&re, "reappeared"), vec![back_id.clone()]);
     assert!(!back.exists());
     assert!(env.repo.join("upstream/deleted").join(&old_id).is_file());
+
+    // Retention keeps the last snapshot of the image deleted upstream, unless told otherwise.
+    let policy = ["forget", "--keep-tag", "no-such-tag", "--group-by", "image", "--dry-run"];
+    let kept = env.json(&policy);
+    let group = format!("image {old_id}");
+    let keep = kept["keep"].as_array().unwrap();
+    assert_eq!(keep.len(), 1, "{kept}");
+    assert_eq!(keep[0]["group"], group.as_str());
+    assert_eq!(keep[0]["reasons"], json!(["last snapshot of an image deleted upstream"]));
+    let mut all = policy.to_vec();
+    all.push("--include-deleted");
+    let none = env.json(&all);
+    assert!(none["keep"].as_array().unwrap().is_empty(), "{none}");
+    assert!(none["remove"].as_array().unwrap().iter().any(|r| r["group"] == group.as_str()));
 }
 
 /// A qcow2 overlay whose backing file is `base` (qemu-img), and the same
