@@ -6,8 +6,10 @@ use super::Ctx;
 use crate::archive::{archive, ArchiveRequest};
 use crate::cli::DemoArgs;
 use crate::index::Index;
+use crate::prune::{prune, PruneOptions};
 use crate::repository::{config::Config, snapshot::Source, Repository};
 use crate::restore::{restore, Target};
+use crate::retention::{self, Item, Policy};
 use crate::synthetic::SyntheticDisk;
 use crate::util::human_bytes;
 use anyhow::{bail, Context, Result};
@@ -97,11 +99,46 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         rr.digests.get("sha256").map_or("-", |s| s.as_str())
     ));
     say(format!("logical {} archived, {} stored: {ratio:.1}x smaller", human_bytes(logical), human_bytes(added)));
+
+    // Retention: keep the last three nights, then reclaim the rest in prune's two phases
+    // (no grace period: nothing else uses the demo's repository).
+    let rows: Vec<_> = index.snapshot_rows()?.into_iter().filter(|r| r.name == "demo-vm").collect();
+    let items: Vec<Item> = rows
+        .iter()
+        .map(|r| Item {
+            time: crate::util::parse_rfc3339(&r.time).unwrap_or_default(),
+            tags: r.tags.clone(),
+            group: String::new(),
+            image: None,
+        })
+        .collect();
+    let policy = Policy { last: Some(3), ..Default::default() };
+    let verdicts = retention::decide(&policy, &items, &Default::default());
+    let mut forgotten = 0;
+    for (row, v) in rows.iter().zip(&verdicts) {
+        if !v.keep {
+            repo.delete_snapshot(&row.id)?;
+            index.forget_snapshot(&repo, &row.id)?;
+            forgotten += 1;
+        }
+    }
+    let opts = PruneOptions { dry_run: false, max_repack_ratio: 0.5, grace: chrono::Duration::zero(), now: chrono::Utc::now() };
+    let marked = prune(&repo, &mut index, &opts)?;
+    let swept = prune(&repo, &mut index, &PruneOptions { now: chrono::Utc::now(), ..opts })?;
+    say(format!(
+        "forget --keep-last 3: {forgotten} snapshot(s) removed; prune: {} marked ({} repacked), then {} freed; \
+         {} unreferenced left in packs still mostly in use",
+        human_bytes(marked.bytes_marked),
+        human_bytes(marked.bytes_repacked),
+        human_bytes(swept.bytes_freed),
+        human_bytes(swept.unreferenced_bytes_kept)
+    ));
     ctx.emit(
         &serde_json::json!({
             "nights": nights.iter().map(|(_, r)| r).collect::<Vec<_>>(),
             "logical_bytes": logical, "stored_bytes": added, "ratio": ratio,
             "restore": rr, "restored_identical": identical, "dir": dir.display().to_string(),
+            "forgotten": forgotten, "prune": [marked, swept],
         }),
         String::new,
     );

@@ -7,7 +7,6 @@ use crate::ids::Id;
 use crate::index::Index;
 use crate::repository::lock::Lock;
 use crate::repository::snapshot::{Snapshot, Source};
-use crate::repository::{self};
 use crate::retention::{self, Item, Policy};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -93,7 +92,7 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
     let mut removed = 0u64;
     if !args.dry_run {
         for (c, _) in &remove {
-            repo.backend().delete(&repository::snapshot_key(&c.id)).with_context(|| format!("cannot remove snapshot {}", c.id.short()))?;
+            repo.delete_snapshot(&c.id)?;
             index.forget_snapshot(&repo, &c.id)?;
             removed += 1;
         }

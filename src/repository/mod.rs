@@ -143,6 +143,12 @@ impl Repository {
         Ok(id)
     }
 
+    /// Removes a snapshot object (`forget`); its data stays until `prune`.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&snapshot_key(id)).with_context(|| format!("cannot remove snapshot {}", id.short()))?;
+        Ok(())
+    }
+
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let bytes = self.backend.get(&snapshot_key(id)).with_context(|| format!("snapshot {}", id.short()))?;
         if Id::of(&bytes) != *id {
