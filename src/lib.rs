@@ -18,6 +18,7 @@ pub mod ids;
 pub mod index;
 pub mod openstack;
 pub mod progress;
+pub mod report;
 pub mod repository;
 pub mod restore;
 pub mod source;

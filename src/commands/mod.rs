@@ -10,6 +10,7 @@ pub mod index;
 pub mod init;
 pub mod inspect;
 pub mod list;
+pub mod report;
 pub mod restore;
 pub mod show;
 pub mod unlock;
@@ -155,5 +156,6 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(&ctx, a),
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Report(a) => report::run(&ctx, a),
     }
 }
