@@ -68,6 +68,11 @@ pub struct BlobRef {
     pub size: Bytes,
 }
 
+/// A blob id as a fixed array (ids are 32 bytes; anything else sorts as zeros and matches nothing).
+fn key(b: &[u8]) -> [u8; 32] {
+    b.try_into().unwrap_or([0; 32])
+}
+
 impl Index {
     pub fn snapshot_usage(&self) -> Result<Vec<SnapshotUsage>> {
         let mut st = self.conn.prepare(
@@ -88,29 +93,43 @@ impl Index {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// One pass over the blobs joined with their reference rows, aggregated in
-    /// SQLite by "unreferenced" (key -1), "shared" (key 0) or the owning
-    /// snapshot's `seq` (`count = 1`: `owner` is that snapshot).
+    /// One pass over the blobs and one over the reference rows, both in id
+    /// order, merged here (SQLite would seek `refs` once per blob instead):
+    /// each distinct blob is unreferenced, shared (`count > 1`) or owned by the
+    /// one snapshot whose `seq` is its `owner` (`count = 1`).
     pub fn blob_usage(&self) -> Result<BlobUsage> {
-        let mut st = self.conn.prepare(
-            "SELECT CASE WHEN r.count IS NULL THEN -1 WHEN r.count = 1 THEN r.owner ELSE 0 END AS k,
-                    COUNT(*), SUM(b.raw_len), SUM(b.stored_len)
-             FROM blobs b LEFT JOIN refs r ON r.id = b.id
-             WHERE NOT EXISTS (SELECT 1 FROM blobs f WHERE f.id = b.id AND f.pack < b.pack)
-             GROUP BY k",
-        )?;
+        let mut blobs = self.conn.prepare("SELECT id, raw_len, stored_len FROM blobs ORDER BY id, pack")?;
+        let mut refs = self.conn.prepare("SELECT id, count, owner FROM refs ORDER BY id")?;
+        let mut blob_rows = blobs.query([])?;
+        let mut ref_rows = refs.query([])?;
         let mut usage = BlobUsage::default();
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let key: i64 = r.get(0)?;
-            let b = Bytes { blobs: r.get::<_, i64>(1)? as u64, raw: r.get::<_, i64>(2)? as u64, stored: r.get::<_, i64>(3)? as u64 };
-            match key {
-                -1 => usage.unreferenced.add(b),
-                0 => usage.referenced.add(b),
-                owner => {
-                    usage.referenced.add(b);
-                    usage.unique_by_owner.insert(owner, b);
+        let next_ref = |rows: &mut rusqlite::Rows| -> Result<Option<([u8; 32], i64, i64)>> {
+            Ok(match rows.next()? {
+                Some(r) => Some((key(r.get_ref(0)?.as_blob()?), r.get(1)?, r.get(2)?)),
+                None => None,
+            })
+        };
+        let mut current_ref = next_ref(&mut ref_rows)?;
+        let mut previous: Option<[u8; 32]> = None;
+        while let Some(r) = blob_rows.next()? {
+            let id = key(r.get_ref(0)?.as_blob()?);
+            if previous == Some(id) {
+                continue; // another location of the same blob: counted at its first
+            }
+            previous = Some(id);
+            let size = Bytes { blobs: 1, raw: r.get::<_, i64>(1)? as u64, stored: r.get::<_, i64>(2)? as u64 };
+            // Reference rows of blobs the index no longer holds have no size to count.
+            while current_ref.is_some_and(|(rid, _, _)| rid < id) {
+                current_ref = next_ref(&mut ref_rows)?;
+            }
+            match current_ref {
+                Some((rid, count, owner)) if rid == id && count > 0 => {
+                    usage.referenced.add(size);
+                    if count == 1 {
+                        usage.unique_by_owner.entry(owner).or_default().add(size);
+                    }
                 }
+                _ => usage.unreferenced.add(size),
             }
         }
         Ok(usage)
