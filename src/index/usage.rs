@@ -165,3 +165,101 @@ impl Index {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::extents::StreamRef;
+    use crate::repository::index_object::{IndexObject, IndexedPack};
+    use crate::repository::pack::{BlobKind, Codec, PackEntry};
+    use crate::repository::snapshot::{Layout, Snapshot, SnapshotStats, Source};
+    use std::collections::HashSet;
+
+    fn snapshot(name: &str) -> Snapshot {
+        let stream = StreamRef { size: 0, trees: vec![], extent_count: 0, extents_blake3: Id([0; 32]), data_bytes: 0 };
+        Snapshot {
+            version: 1,
+            name: name.into(),
+            tags: vec![],
+            time: "2026-01-01T00:00:00Z".into(),
+            hostname: "t".into(),
+            source: Source::Stdin,
+            logical_bytes: 0,
+            virtual_bytes: None,
+            format: "raw".into(),
+            image: None,
+            layout: Layout::Raw,
+            guest: stream,
+            digests: Default::default(),
+            stats: SnapshotStats::default(),
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn owners_give_unique_bytes_and_a_blob_in_two_packs_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open_at(&dir.path().join("i.sqlite"), "r").unwrap();
+        let blob = |i: u8| Id::of(&[i]);
+        let entry = |i: u8| PackEntry {
+            id: blob(i),
+            kind: BlobKind::Data,
+            codec: Codec::Zstd,
+            raw_len: 100 * i as u32,
+            stored_len: 10 * i as u32,
+            offset: 0,
+        };
+        let p1 = IndexedPack::new(Id::of(b"p1"), 1, &(1..=9).map(entry).collect::<Vec<_>>());
+        // Blob 9 stored again elsewhere: still one blob.
+        let p2 = IndexedPack::new(Id::of(b"p2"), 1, &[entry(9)]);
+        index.add_index_object("i", &IndexObject::new(vec![p1, p2])).unwrap();
+        let sets: [&[u8]; 4] = [&[1, 2, 3], &[2, 3, 4], &[3, 4, 5, 9], &[6]];
+        let mut seqs = Vec::new();
+        for (n, set) in sets.iter().enumerate() {
+            let snap = snapshot(&format!("s{n}"));
+            let id = Snapshot::id_of(&snap.to_bytes());
+            index.add_snapshot(&id, &snap, &set.iter().map(|&i| blob(i)).collect::<HashSet<_>>()).unwrap();
+            seqs.push(index.snapshot_usage().unwrap().into_iter().find(|u| u.id == id).unwrap().seq);
+        }
+        let usage = index.blob_usage().unwrap();
+        // Brute force: a blob is a snapshot's own when no other set has it.
+        for (n, set) in sets.iter().enumerate() {
+            let own: Vec<u8> = set.iter().copied().filter(|b| sets.iter().enumerate().all(|(m, o)| m == n || !o.contains(b))).collect();
+            let want = Bytes {
+                blobs: own.len() as u64,
+                raw: own.iter().map(|&b| 100 * b as u64).sum(),
+                stored: own.iter().map(|&b| 10 * b as u64).sum(),
+            };
+            assert_eq!(usage.unique_by_owner.get(&seqs[n]).copied().unwrap_or_default(), want, "snapshot {n}");
+        }
+        assert_eq!(usage.referenced, Bytes { blobs: 7, raw: 100 * (1 + 2 + 3 + 4 + 5 + 6 + 9), stored: 10 * (1 + 2 + 3 + 4 + 5 + 6 + 9) });
+        assert_eq!(usage.unreferenced, Bytes { blobs: 2, raw: 100 * (7 + 8), stored: 10 * (7 + 8) });
+        let s2 = index.snapshot_usage().unwrap().into_iter().find(|u| u.seq == seqs[2]).unwrap();
+        assert_eq!(s2.referenced, Bytes { blobs: 4, raw: 2100, stored: 210 });
+    }
+
+    #[test]
+    fn a_cache_of_another_schema_is_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES('repo_id', 'r'), ('schema', '1');
+                 CREATE TABLE refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO refs VALUES(x'00', 3);",
+            )
+            .unwrap();
+        }
+        let index = Index::open_at(&path, "r").unwrap();
+        let n: i64 = index.conn.query_row("SELECT COUNT(*) FROM refs", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "the old rows are gone");
+        let v: String = index.conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, super::super::SCHEMA_VERSION);
+        index.conn.execute("INSERT INTO refs(id, count, owner) VALUES(x'01', 1, 7)", []).unwrap();
+        drop(index);
+        // Another repository's cache is still refused.
+        assert!(Index::open_at(&path, "other").is_err());
+    }
+}

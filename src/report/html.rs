@@ -15,13 +15,19 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// A round axis maximum at or above `v`: 1, 2 or 5 times a power of ten.
+/// A round axis maximum at or above `v` bytes: 1, 2, 4, 5 or 8 times a power
+/// of ten of the binary unit `v` is shown in, so quarter ticks read well.
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 {
         return 1.0;
     }
-    let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|x| *x >= v).unwrap_or(10.0 * p)
+    let mut unit = 1.0;
+    while v / unit >= 1024.0 {
+        unit *= 1024.0;
+    }
+    let x = v / unit;
+    let p = 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 4.0, 5.0, 8.0, 10.0].iter().map(|m| m * p).find(|m| *m >= x).unwrap_or(10.0 * p) * unit
 }
 
 fn short_bytes(v: f64) -> String {
@@ -144,14 +150,16 @@ fn split_bars(id: &str, title: &str, rows: &[(String, u64, u64)], dark: &str, li
         .unwrap();
     }
     let ly = h - 16.0;
+    // The second legend entry starts after the first one's text (~6.5 px per character at 11 px).
+    let second = left + 40.0 + 6.5 * dark.chars().count() as f64;
     write!(
         s,
         r##"<rect x="{left}" y="{}" width="12" height="12" fill="#4c78a8"/><text x="{}" y="{ly}" class="axis">{dark}</text><rect x="{}" y="{}" width="12" height="12" fill="#a6c8e8"/><text x="{}" y="{ly}" class="axis">{light}</text></svg>"##,
         ly - 10.0,
         left + 18.0,
-        left + 220.0,
+        second,
         ly - 10.0,
-        left + 238.0
+        second + 18.0
     )
     .unwrap();
     s

@@ -206,6 +206,9 @@ pub struct Projection {
     pub note: String,
 }
 
+/// Figures about the whole repository, absent from a report scoped to one project.
+const REPOSITORY_WIDE: [&str; 2] = ["pack_bytes", "unreferenced_bytes"];
+
 pub fn definitions() -> BTreeMap<&'static str, &'static str> {
     BTreeMap::from([
         ("logical_bytes", "length of the archived image files (what restores write)"),
@@ -383,7 +386,7 @@ pub fn compute(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
         group_by: opts.by.map(|b| b.name().to_string()),
         groups,
         growth: Growth { days, projection },
-        definitions: definitions(),
+        definitions: definitions().into_iter().filter(|(k, _)| opts.project.is_none() || !REPOSITORY_WIDE.contains(k)).collect(),
     })
 }
 
