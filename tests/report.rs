@@ -295,7 +295,7 @@ fn project_scope_shows_only_that_project() {
     assert_eq!(u(t, "stored_bytes"), u(g, "referenced_bytes"));
     assert_eq!(u(t, "deduplicated_bytes"), u(g, "referenced_raw_bytes"));
     assert_eq!(u(t, "logical_bytes"), u(g, "logical_bytes"));
-    assert_eq!(u(&group(&scoped, "image-web"), "unique_bytes"), u(g, "unique_bytes"));
+    assert_eq!(u(group(&scoped, "image-web"), "unique_bytes"), u(g, "unique_bytes"));
     // Capacity is measured against the project's own stored bytes; four days of growth give a rate.
     let p = &scoped["growth"]["projection"];
     assert_eq!(u(p, "used_bytes"), u(t, "stored_bytes"));

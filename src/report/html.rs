@@ -168,7 +168,7 @@ fn split_bars(id: &str, title: &str, rows: &[(String, u64, u64)], dark: &str, li
 /// Per group: logical, after dedup, stored — three bars on one scale.
 fn dedup_chart(r: &Report) -> String {
     let mut groups: Vec<_> = r.groups.iter().collect();
-    groups.sort_by(|a, b| b.logical_bytes.cmp(&a.logical_bytes));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.logical_bytes));
     groups.truncate(CHART_BARS);
     let (w, left, right, group_h) = (1000.0, 260.0, 150.0, 52.0);
     let h = 50.0 + group_h * groups.len().max(1) as f64;
@@ -265,9 +265,9 @@ pub fn page(r: &Report) -> String {
             _ => "<b>never</b> at the recent rate".into(),
         };
         let rate = p.bytes_per_day.map(|b| format!("{}/day", human_bytes(b.max(0.0) as u64))).unwrap_or_else(|| "-".into());
-        write!(
+        writeln!(
             s,
-            "<p>Capacity {}: {} used, growing {rate}: {when}. <span class=\"muted\">{}</span></p>\n",
+            "<p>Capacity {}: {} used, growing {rate}: {when}. <span class=\"muted\">{}</span></p>",
             human_bytes(p.capacity_bytes),
             human_bytes(p.used_bytes),
             esc(&p.note)
@@ -280,7 +280,7 @@ pub fn page(r: &Report) -> String {
     } else {
         r.groups.iter().map(|g| (g.key.clone(), g.unique_bytes.unwrap_or(g.members_unique_bytes), g.shared_bytes.unwrap_or(0))).collect()
     };
-    top.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)));
+    top.sort_by_key(|t| std::cmp::Reverse((t.1, t.2)));
     top.truncate(CHART_BARS);
     let what = if r.groups.is_empty() { "snapshot" } else { "group" };
     s.push_str(&split_bars(
@@ -291,14 +291,14 @@ pub fn page(r: &Report) -> String {
         "shared with others",
     ));
     if !r.groups.is_empty() {
-        write!(s, "<h2>Dedup by {}</h2>\n", esc(r.group_by.as_deref().unwrap_or("group"))).unwrap();
+        writeln!(s, "<h2>Dedup by {}</h2>", esc(r.group_by.as_deref().unwrap_or("group"))).unwrap();
         s.push_str(&dedup_chart(r));
         s.push_str("<table><tr><th>group</th><th>snapshots</th><th>logical</th><th>after dedup</th><th>stored</th><th>unique</th><th>shared</th></tr>\n");
         let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
         for g in &r.groups {
-            write!(
+            writeln!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&g.key),
                 g.snapshots,
                 human_bytes(g.logical_bytes),
@@ -312,19 +312,19 @@ pub fn page(r: &Report) -> String {
         s.push_str("</table>\n");
     }
     let mut rows: Vec<_> = r.snapshots.iter().collect();
-    rows.sort_by(|a, b| b.unique_bytes.cmp(&a.unique_bytes));
-    write!(
+    rows.sort_by_key(|x| std::cmp::Reverse(x.unique_bytes));
+    writeln!(
         s,
-        "<h2>Snapshots</h2><div class=\"muted\">{} snapshots; the {} with the most unique bytes</div>\n",
+        "<h2>Snapshots</h2><div class=\"muted\">{} snapshots; the {} with the most unique bytes</div>",
         rows.len(),
         rows.len().min(TABLE_ROWS)
     )
     .unwrap();
     s.push_str("<table><tr><th>id</th><th>name</th><th>time</th><th>logical</th><th>virtual</th><th>allocated</th><th>referenced</th><th>unique</th><th>shared</th></tr>\n");
     for x in rows.iter().take(TABLE_ROWS) {
-        write!(
+        writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             &x.id[..16],
             esc(&x.name),
             esc(&x.time),
