@@ -113,6 +113,13 @@ fn figures_match_independent_sums() {
     assert_eq!(u(vm, "members_unique_bytes"), u(sa, "unique_bytes") + u(sb, "unique_bytes"));
     assert!(u(vm, "unique_bytes") > u(vm, "members_unique_bytes"), "A and B's shared half is the group's own: {vm}");
     assert_eq!(u(group(&r, "other"), "unique_bytes"), u(snap(&r, &ids[2]), "unique_bytes"));
+    // Over the scan limit a group gives its lower bound only, and says so.
+    let limited = report(&env, &["--by", "name", "--scan-limit", "1"]);
+    let vm_limited = group(&limited, "vm");
+    assert_eq!(vm_limited["exact"], false);
+    assert!(vm_limited["unique_bytes"].is_null());
+    assert_eq!(u(vm_limited, "members_unique_bytes"), u(vm, "members_unique_bytes"));
+    assert_eq!(group(&limited, "other")["exact"], true, "a single snapshot needs no scan");
 
     // Forgetting A really frees what the report said: its unique blobs become unreferenced.
     remove_snapshot_object(&env, &ids[0]);

@@ -135,6 +135,16 @@ impl Index {
         Ok(usage)
     }
 
+    /// Runs `f` inside one read transaction, so every query it makes sees the
+    /// same state of the cache even while an archive commits (WAL readers do
+    /// not block writers).
+    pub fn read_consistent<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f()?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Number of packs and their total size.
     pub fn pack_totals(&self) -> Result<(u64, u64)> {
         let (n, bytes): (i64, i64) =

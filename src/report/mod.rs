@@ -320,8 +320,12 @@ fn group_keys(by: GroupBy, f: &SnapshotFigures) -> Vec<String> {
     }
 }
 
-/// Computes the whole report.
+/// Computes the whole report, from one consistent state of the index.
 pub fn compute(repo: &Repository, index: &Index, opts: &Options) -> Result<Report> {
+    index.read_consistent(|| compute_now(repo, index, opts))
+}
+
+fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Report> {
     let usage = index.blob_usage()?;
     let mut snapshots = Vec::new();
     let mut docs = HashMap::new();
