@@ -433,3 +433,24 @@ fn html_report_renders_in_chromium() {
     // The charts' bar colours appear: growth bars (#4c78a8) and the running total (#f58518).
     assert!(colours.contains(&[0x4c, 0x78, 0xa8][..]) && colours.contains(&[0xf5, 0x85, 0x18][..]), "chart colours missing");
 }
+
+#[test]
+fn qcow2_virtual_against_allocated() {
+    let env = Env::init("64K");
+    let mut raw = bytes(2 << 20, 7, false);
+    raw.resize(8 << 20, 0); // 6 MiB never written: holes
+    let (r, q) = (env.path("d.raw"), env.path("d.qcow2"));
+    std::fs::write(&r, &raw).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", r.to_str().unwrap(), q.to_str().unwrap()])
+        .status()
+        .expect("qemu-img is required (apt-get install qemu-utils)");
+    assert!(st.success());
+    let a = env.archive(&q, "d");
+    let rep = report(&env, &[]);
+    let x = snap(&rep, &s(&a, "snapshot"));
+    assert_eq!(s(x, "format"), "qcow2");
+    assert_eq!(u(x, "logical_bytes"), std::fs::metadata(&q).unwrap().len());
+    assert_eq!(u(x, "virtual_bytes"), 8 << 20);
+    assert_eq!(u(x, "allocated_bytes"), 2 << 20);
+}

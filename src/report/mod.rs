@@ -258,7 +258,9 @@ fn snapshot_figures(u: &SnapshotUsage, snap: &Snapshot, unique: Bytes) -> Snapsh
         format: snap.format.clone(),
         logical_bytes: snap.logical_bytes,
         virtual_bytes,
-        allocated_bytes: virtual_bytes.saturating_sub(snap.stats.hole_bytes),
+        // The guest stream's extents cover exactly its non-hole bytes, whatever the
+        // layout (a QCOW2's unallocated clusters never reach the chunker's hole count).
+        allocated_bytes: snap.guest.data_bytes,
         chunks: u.referenced.blobs,
         referenced_bytes: u.referenced.stored,
         referenced_raw_bytes: u.referenced.raw,
