@@ -113,18 +113,19 @@ pub fn table(r: &Report) -> String {
     writeln!(s, "\nSnapshots (stored bytes; unique = freed by forgetting it)").unwrap();
     writeln!(
         s,
-        "{:<16}  {:<16}  {:<24} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "ID", "TIME (UTC)", "NAME", "LOGICAL", "ALLOCATED", "REFERENCED", "UNIQUE", "SHARED"
+        "{:<16}  {:<16}  {:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "ID", "TIME (UTC)", "NAME", "LOGICAL", "VIRTUAL", "ALLOCATED", "REFERENCED", "UNIQUE", "SHARED"
     )
     .unwrap();
     for x in &r.snapshots {
         writeln!(
             s,
-            "{:<16}  {:<16}  {:<24} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<16}  {:<16}  {:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             &x.id[..16],
             crate::util::parse_rfc3339(&x.time).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| clip(&x.time, 16)),
-            clip(&x.name, 24),
+            clip(&x.name, 20),
             human_bytes(x.logical_bytes),
+            human_bytes(x.virtual_bytes),
             human_bytes(x.allocated_bytes),
             human_bytes(x.referenced_bytes),
             human_bytes(x.unique_bytes),
