@@ -298,7 +298,10 @@ impl Index {
             )?;
             let mut size_of = tx.prepare("SELECT raw_len, stored_len FROM blobs WHERE id = ?1 ORDER BY pack LIMIT 1")?;
             let (mut blobs, mut raw, mut stored) = (0i64, 0i64, 0i64);
-            for r in referenced {
+            // In id order, both B-trees are walked page by page instead of at random.
+            let mut ordered: Vec<&Id> = referenced.iter().collect();
+            ordered.sort_unstable();
+            for r in ordered {
                 count_ref.execute(params![&r.0[..], seq])?;
                 let size = size_of.query_row([&r.0[..]], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))).optional()?;
                 if let Some((raw_len, stored_len)) = size {
@@ -327,7 +330,9 @@ impl Index {
         if let Some(seq) = seq {
             tx.execute("DELETE FROM snapshots WHERE seq = ?1", [seq])?;
             let mut st = tx.prepare("UPDATE refs SET count = count - 1, owner = (owner | ?2) & ~(owner & ?2) WHERE id = ?1")?;
-            for r in &referenced {
+            let mut ordered: Vec<&Id> = referenced.iter().collect();
+            ordered.sort_unstable();
+            for r in ordered {
                 st.execute(params![&r.0[..], seq])?;
             }
             drop(st);
