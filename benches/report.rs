@@ -113,6 +113,15 @@ fn main() {
     let backend = imgarc::backend::open(repo_dir.to_str().unwrap(), &Default::default()).unwrap();
     let repo = imgarc::repository::Repository::init(backend, imgarc::repository::config::Config::new(65536, 3).unwrap()).unwrap();
 
+    // What keeping the counts, owners and referenced sizes costs an archive:
+    // adding one snapshot of 30,000 chunks (a 2 GiB image) the index already holds.
+    let t = Instant::now();
+    let big: HashSet<Id> = (0..30_000u64).map(|i| blob(i % vms, i / vms % BLOBS_PER_VM)).collect();
+    let mut snap = snapshot(vms, 0);
+    snap.hostname = format!("bench-{}", imgarc::util::now_rfc3339());
+    index.add_snapshot(&Snapshot::id_of(&snap.to_bytes()), &snap, &big).unwrap();
+    println!("add_snapshot with {} references: {:.2?}", big.len(), t.elapsed());
+
     for round in 0..3 {
         let t = Instant::now();
         let usage = index.blob_usage().unwrap();
