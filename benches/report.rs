@@ -137,6 +137,9 @@ fn main() {
         let json = render::render(&g, render::Format::Json);
         let html = render::render(&g, render::Format::Html);
         let rendered = t.elapsed();
+        if let Ok(keep) = std::env::var("REPORT_BENCH_KEEP") {
+            std::fs::write(std::path::Path::new(&keep).join("report.html"), &html).unwrap();
+        }
         println!(
             "round {round}: blob pass {blob_pass:.2?} ({} unique owners), whole report {whole:.2?}, --by name {grouped:.2?}, render json+html {rendered:.2?} ({} + {} bytes); {} snapshots, stored {} B, unreferenced {} B",
             usage.unique_by_owner.len(),
