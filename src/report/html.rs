@@ -278,7 +278,13 @@ pub fn page(r: &Report) -> String {
     let mut top: Vec<(String, u64, u64)> = if r.groups.is_empty() {
         r.snapshots.iter().map(|x| (format!("{} {}", &x.id[..8], x.name), x.unique_bytes, x.shared_bytes)).collect()
     } else {
-        r.groups.iter().map(|g| (g.key.clone(), g.unique_bytes.unwrap_or(g.members_unique_bytes), g.shared_bytes.unwrap_or(0))).collect()
+        r.groups
+            .iter()
+            .map(|g| match g.unique_bytes {
+                Some(u) => (g.key.clone(), u, g.shared_bytes.unwrap_or(0)),
+                None => (format!("{} *", g.key), g.members_unique_bytes, 0),
+            })
+            .collect()
     };
     top.sort_by_key(|t| std::cmp::Reverse((t.1, t.2)));
     top.truncate(CHART_BARS);
@@ -290,6 +296,9 @@ pub fn page(r: &Report) -> String {
         &format!("unique to the {what} (freed by forgetting it)"),
         "shared with others",
     ));
+    if r.groups.iter().any(|g| !g.exact) {
+        s.push_str("<p class=\"muted\">* over the scan limit (<code>--scan-limit</code>): the members' own unique bytes, a lower bound; shared bytes not computed.</p>\n");
+    }
     if !r.groups.is_empty() {
         writeln!(s, "<h2>Dedup by {}</h2>", esc(r.group_by.as_deref().unwrap_or("group"))).unwrap();
         s.push_str(&dedup_chart(r));
