@@ -73,6 +73,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
     Prune(PruneArgs),
+    /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
+    Report(ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +305,28 @@ pub struct PruneArgs {
     /// Time between marking a pack and deleting it; must exceed the listing lag of the store
     #[arg(long, default_value = crate::prune::DEFAULT_GRACE)]
     pub grace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Output format (the global --json means json)
+    #[arg(long, value_parser = ["table", "json", "csv", "prometheus", "html"])]
+    pub format: Option<String>,
+    /// Group snapshots (html groups by name unless told otherwise)
+    #[arg(long, value_parser = ["image", "name", "project", "tag", "month"])]
+    pub by: Option<String>,
+    /// Only this project's images (Glance owner); nothing repository-wide is shown
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Capacity to project the growth against, e.g. 10T
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// Chunk references read at most for exact per-group figures
+    #[arg(long, default_value_t = crate::report::DEFAULT_SCAN_LIMIT)]
+    pub scan_limit: u64,
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 impl GlobalArgs {

@@ -19,6 +19,7 @@ pub mod index;
 pub mod openstack;
 pub mod progress;
 pub mod prune;
+pub mod report;
 pub mod repository;
 pub mod restore;
 pub mod retention;

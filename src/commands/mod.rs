@@ -12,6 +12,7 @@ pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod prune;
+pub mod report;
 pub mod restore;
 pub mod show;
 pub mod sync;
@@ -161,5 +162,6 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Sync(a) => sync::run(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
+        Command::Report(a) => report::run(&ctx, a),
     }
 }

@@ -8,6 +8,7 @@
 //! from index and snapshot objects, `rebuild` starts from nothing.
 
 pub mod filter;
+pub mod usage;
 
 use crate::ids::Id;
 use crate::repository::extents::{self, Extent, StreamRef};
@@ -20,7 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-const SCHEMA_VERSION: &str = "2";
+/// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
+const SCHEMA_VERSION: &str = "3";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,9 +34,12 @@ CREATE TABLE IF NOT EXISTS blobs(
 CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS index_objects(key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS snapshots(
-    id BLOB PRIMARY KEY, name TEXT NOT NULL, time TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
-    stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+    id BLOB NOT NULL UNIQUE, name TEXT NOT NULL, time TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
+    stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    referenced_blobs INTEGER NOT NULL DEFAULT 0, referenced_raw_bytes INTEGER NOT NULL DEFAULT 0,
+    referenced_stored_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL, owner INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS index_object_packs(key TEXT NOT NULL, pack BLOB NOT NULL, PRIMARY KEY(key, pack)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS index_object_packs_by_pack ON index_object_packs(pack);
 CREATE TABLE IF NOT EXISTS marks(key TEXT PRIMARY KEY, created TEXT NOT NULL);
@@ -42,6 +47,14 @@ CREATE TABLE IF NOT EXISTS marked_packs(
     pack BLOB NOT NULL, mark TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY(pack, mark)) WITHOUT ROWID;
 ";
+
+// `snapshots.seq` is the table's rowid, declared so that it never changes
+// (VACUUM renumbers undeclared rowids) and never reused (AUTOINCREMENT).
+// `refs.owner` is the XOR of the `seq` of every snapshot referencing the blob:
+// when `count = 1` it is that one snapshot, which gives every snapshot's unique
+// bytes in one pass (`report`). SQL has no XOR: a ^ b = (a | b) & ~(a & b).
+// `snapshots.referenced_*` are the distinct blobs the snapshot uses and their
+// sizes (first location), summed once when the snapshot is added.
 
 /// One place a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,9 +186,22 @@ impl Index {
         // Schema and identity in one write transaction: a concurrent opener sees all or nothing.
         let (stored, schema) = retry_busy(|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")?;
+            let mut stored: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
+            let mut schema: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
+            if stored.as_deref() == Some(repo_id) && schema.as_deref() != Some(SCHEMA_VERSION) {
+                // Another version of this repository's cache: drop it inside this
+                // write transaction (no file deleted under a concurrent opener, which
+                // waits and then finds the new version) and refill it from the repository.
+                eprintln!(
+                    "note: index cache {} has schema {}, this imgarc uses {SCHEMA_VERSION}: recreating it from the repository",
+                    path.display(),
+                    schema.as_deref().unwrap_or("(none)")
+                );
+                drop_all_tables(&tx)?;
+                (stored, schema) = (None, None);
+            }
             tx.execute_batch(SCHEMA)?;
-            let stored: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='repo_id'", [], |r| r.get(0)).optional()?;
-            let schema: Option<String> = tx.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
             if stored.is_none() && schema.is_none() {
                 tx.execute("INSERT INTO meta VALUES('repo_id', ?1)", [repo_id])?;
                 tx.execute("INSERT INTO meta VALUES('schema', ?1)", [SCHEMA_VERSION])?;
@@ -187,13 +213,6 @@ impl Index {
         match (stored, schema) {
             (Some(s), Some(v)) if s == repo_id && v == SCHEMA_VERSION => {}
             (None, None) => {}
-            (Some(s), Some(_)) if s == repo_id => {
-                // Another cache layout (an older imgarc): it is only a cache, so start afresh.
-                drop(conn);
-                eprintln!("note: the index cache {} has another layout; rebuilding it from the repository", path.display());
-                remove_cache_files(path)?;
-                return Index::open_at(path, repo_id);
-            }
             _ => bail!("index cache {} belongs to another repository or version; remove it or run `imgarc index rebuild`", path.display()),
         }
         let index = Index { conn, path: path.to_path_buf() };
@@ -268,7 +287,7 @@ impl Index {
     pub fn add_snapshot(&mut self, id: &Id, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO snapshots VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO snapshots(id, name, time, logical_bytes, stored_bytes_added, tags, json) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 &id.0[..],
                 snap.name,
@@ -280,10 +299,29 @@ impl Index {
             ],
         )?;
         if inserted == 1 {
-            let mut st = tx.prepare("INSERT INTO refs VALUES(?1, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1")?;
-            for r in referenced {
-                st.execute([&r.0[..]])?;
+            let seq = tx.last_insert_rowid();
+            let mut count_ref = tx.prepare(
+                "INSERT INTO refs VALUES(?1, 1, ?2) ON CONFLICT(id) DO UPDATE SET count = count + 1, owner = (owner | ?2) & ~(owner & ?2)",
+            )?;
+            let mut size_of = tx.prepare("SELECT raw_len, stored_len FROM blobs WHERE id = ?1 ORDER BY pack LIMIT 1")?;
+            let (mut blobs, mut raw, mut stored) = (0i64, 0i64, 0i64);
+            // In id order, both B-trees are walked page by page instead of at random.
+            let mut ordered: Vec<&Id> = referenced.iter().collect();
+            ordered.sort_unstable();
+            for r in ordered {
+                count_ref.execute(params![&r.0[..], seq])?;
+                let size = size_of.query_row([&r.0[..]], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))).optional()?;
+                if let Some((raw_len, stored_len)) = size {
+                    blobs += 1;
+                    raw += raw_len;
+                    stored += stored_len;
+                }
             }
+            drop((count_ref, size_of));
+            tx.execute(
+                "UPDATE snapshots SET referenced_blobs = ?2, referenced_raw_bytes = ?3, referenced_stored_bytes = ?4 WHERE seq = ?1",
+                params![seq, blobs, raw, stored],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -295,10 +333,14 @@ impl Index {
         };
         let referenced = self.referenced_ids(repo, &snap)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if tx.execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])? == 1 {
-            let mut st = tx.prepare("UPDATE refs SET count = count - 1 WHERE id = ?1")?;
-            for r in &referenced {
-                st.execute([&r.0[..]])?;
+        let seq: Option<i64> = tx.query_row("SELECT seq FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        if let Some(seq) = seq {
+            tx.execute("DELETE FROM snapshots WHERE seq = ?1", [seq])?;
+            let mut st = tx.prepare("UPDATE refs SET count = count - 1, owner = (owner | ?2) & ~(owner & ?2) WHERE id = ?1")?;
+            let mut ordered: Vec<&Id> = referenced.iter().collect();
+            ordered.sort_unstable();
+            for r in ordered {
+                st.execute(params![&r.0[..], seq])?;
             }
             drop(st);
             tx.execute("DELETE FROM refs WHERE count <= 0", [])?;
@@ -467,6 +509,25 @@ impl Index {
         let q = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
         Ok((q("SELECT COUNT(*) FROM snapshots")?, q("SELECT COUNT(DISTINCT id) FROM blobs")?, q("SELECT COUNT(*) FROM packs")?))
     }
+}
+
+/// Drops every table and index of the cache (SQLite's own bookkeeping is emptied instead).
+fn drop_all_tables(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
+    let tables: Vec<String> = {
+        let mut st = tx.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for t in tables {
+        // Dropping a table drops its indexes.
+        tx.execute_batch(&format!("DROP TABLE \"{}\"", t.replace('"', "\"\"")))?;
+    }
+    let has_sequence: bool =
+        tx.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_sequence'", [], |r| r.get::<_, i64>(0))? > 0;
+    if has_sequence {
+        tx.execute_batch("DELETE FROM sqlite_sequence")?;
+    }
+    Ok(())
 }
 
 fn insert_pack(tx: &rusqlite::Transaction, index_key: &str, p: &IndexedPack) -> Result<()> {
