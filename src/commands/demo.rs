@@ -7,6 +7,7 @@ use crate::archive::{archive, ArchiveRequest};
 use crate::cli::DemoArgs;
 use crate::index::Index;
 use crate::prune::{prune, PruneOptions};
+use crate::report;
 use crate::repository::{config::Config, snapshot::Source, Repository};
 use crate::restore::{restore, Target};
 use crate::retention::{self, Item, Policy};
@@ -133,12 +134,29 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         human_bytes(swept.bytes_freed),
         human_bytes(swept.unreferenced_bytes_kept)
     ));
+    let opts = report::Options { by: Some(report::GroupBy::Name), project: None, capacity: None, scan_limit: report::DEFAULT_SCAN_LIMIT };
+    let capacity = report::compute(&repo, &index, &opts)?;
+    let t = &capacity.totals;
+    say(format!(
+        "report: {} snapshots, {} logical, {} stored (dedup {:.1}x, compression {:.1}x), {} awaiting prune",
+        t.snapshots,
+        human_bytes(t.logical_bytes),
+        human_bytes(t.stored_bytes),
+        t.dedup_ratio.unwrap_or(0.0),
+        t.compression_ratio.unwrap_or(0.0),
+        human_bytes(t.unreferenced_bytes.unwrap_or(0))
+    ));
+    if args.dir.is_some() {
+        let page = dir.join("report.html");
+        std::fs::write(&page, report::render::render(&capacity, report::render::Format::Html))?;
+        say(format!("capacity report with charts: {}", page.display()));
+    }
     ctx.emit(
         &serde_json::json!({
             "nights": nights.iter().map(|(_, r)| r).collect::<Vec<_>>(),
             "logical_bytes": logical, "stored_bytes": added, "ratio": ratio,
             "restore": rr, "restored_identical": identical, "dir": dir.display().to_string(),
-            "forgotten": forgotten, "prune": [marked, swept],
+            "forgotten": forgotten, "prune": [marked, swept], "report": capacity.totals,
         }),
         String::new,
     );
