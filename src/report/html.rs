@@ -331,20 +331,8 @@ pub fn page(r: &Report) -> String {
     .unwrap();
     s.push_str("<table><tr><th>id</th><th>name</th><th>time</th><th>logical</th><th>virtual</th><th>allocated</th><th>referenced</th><th>unique</th><th>shared</th></tr>\n");
     for x in rows.iter().take(TABLE_ROWS) {
-        writeln!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            &x.id[..16],
-            esc(&x.name),
-            esc(&x.time),
-            human_bytes(x.logical_bytes),
-            human_bytes(x.virtual_bytes),
-            human_bytes(x.allocated_bytes),
-            human_bytes(x.referenced_bytes),
-            human_bytes(x.unique_bytes),
-            human_bytes(x.shared_bytes)
-        )
-        .unwrap();
+        let sizes: String = super::render::size_columns(x).iter().map(|c| format!("<td>{c}</td>")).collect();
+        writeln!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>{sizes}</tr>", &x.id[..16], esc(&x.name), esc(&x.time)).unwrap();
     }
     s.push_str("</table>\n<h2>What the figures mean</h2><dl>");
     for (k, v) in &r.definitions {

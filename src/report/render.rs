@@ -118,18 +118,19 @@ pub fn table(r: &Report) -> String {
     )
     .unwrap();
     for x in &r.snapshots {
+        let sizes = size_columns(x);
         writeln!(
             s,
             "{:<16}  {:<16}  {:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             &x.id[..16],
             crate::util::parse_rfc3339(&x.time).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| clip(&x.time, 16)),
             clip(&x.name, 20),
-            human_bytes(x.logical_bytes),
-            human_bytes(x.virtual_bytes),
-            human_bytes(x.allocated_bytes),
-            human_bytes(x.referenced_bytes),
-            human_bytes(x.unique_bytes),
-            human_bytes(x.shared_bytes)
+            sizes[0],
+            sizes[1],
+            sizes[2],
+            sizes[3],
+            sizes[4],
+            sizes[5]
         )
         .unwrap();
     }
@@ -148,6 +149,12 @@ pub fn table(r: &Report) -> String {
         }
     }
     s
+}
+
+/// A snapshot's sizes as the table and the HTML page show them: logical,
+/// virtual, allocated, referenced, unique, shared.
+pub(super) fn size_columns(x: &SnapshotFigures) -> [String; 6] {
+    [x.logical_bytes, x.virtual_bytes, x.allocated_bytes, x.referenced_bytes, x.unique_bytes, x.shared_bytes].map(human_bytes)
 }
 
 fn clip(s: &str, n: usize) -> String {
