@@ -269,7 +269,7 @@ pub struct ForgetArgs {
     pub keep_yearly: Option<i64>,
     /// Keep every snapshot within this span of the group's newest, e.g. 14d, 1y6m, 36h
     #[arg(long)]
-    pub keep_within: Option<String>,
+    pub keep_within: Option<crate::retention::Span>,
     /// Keep every snapshot with this tag (repeatable)
     #[arg(long = "keep-tag")]
     pub keep_tags: Vec<String>,
@@ -300,11 +300,11 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Repack a pack when its still-used bytes are at most this fraction of its size (0 disables repacking)
-    #[arg(long, default_value_t = crate::prune::DEFAULT_MAX_REPACK_RATIO)]
+    #[arg(long, default_value_t = crate::prune::DEFAULT_MAX_REPACK_RATIO, value_parser = parse_ratio)]
     pub max_repack_ratio: f64,
-    /// Time between marking a pack and deleting it; must exceed the listing lag of the store
-    #[arg(long, default_value = crate::prune::DEFAULT_GRACE)]
-    pub grace: String,
+    /// Time between marking a pack and deleting it (s, m, h, d: 23h, 90m, 0); must exceed the listing lag of the store
+    #[arg(long, default_value = crate::prune::DEFAULT_GRACE, value_parser = crate::prune::parse_grace)]
+    pub grace: chrono::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +327,13 @@ pub struct ReportArgs {
     /// Write the report to FILE instead of standard output
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 impl GlobalArgs {

@@ -25,21 +25,21 @@ fn group_key(by: GroupBy, snap: &Snapshot) -> String {
     }
 }
 
-fn policy_of(args: &ForgetArgs) -> Result<Policy> {
-    Ok(Policy {
+fn policy_of(args: &ForgetArgs) -> Policy {
+    Policy {
         last: args.keep_last,
         hourly: args.keep_hourly,
         daily: args.keep_daily,
         weekly: args.keep_weekly,
         monthly: args.keep_monthly,
         yearly: args.keep_yearly,
-        within: args.keep_within.as_deref().map(|s| s.parse()).transpose().context("--keep-within")?,
+        within: args.keep_within,
         tags: args.keep_tags.clone(),
-    })
+    }
 }
 
 pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
-    let policy = policy_of(&args)?;
+    let policy = policy_of(&args);
     if policy.is_empty() && args.snapshots.is_empty() {
         bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
     }

@@ -4,21 +4,17 @@
 use super::Ctx;
 use crate::cli::PruneArgs;
 use crate::index::Index;
-use crate::prune::{parse_grace, prune, PruneOptions};
+use crate::prune::{prune, PruneOptions};
 use crate::repository::lock::Lock;
 use crate::util::human_bytes;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.max_repack_ratio) {
-        bail!("--max-repack-ratio {}: must be between 0 and 1", args.max_repack_ratio);
-    }
-    let grace = parse_grace(&args.grace).context("--grace")?;
     let repo = ctx.open_repo()?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
     let _lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
-    let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace, now: chrono::Utc::now() };
+    let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace: args.grace, now: chrono::Utc::now() };
     let r = prune(&repo, &mut index, &opts)?;
     ctx.emit(&serde_json::to_value(&r)?, || {
         let would = if r.dry_run { "would be " } else { "" };

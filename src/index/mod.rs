@@ -235,8 +235,7 @@ impl Index {
     /// has not seen, and forgets snapshots that are gone. Reads no packs except
     /// the tree blobs of new snapshots.
     pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
-        let mut report = SyncReport::default();
-        report.index_objects_added = self.sync_new_index_objects(repo)?;
+        let mut report = SyncReport { index_objects_added: self.sync_new_index_objects(repo)?, ..Default::default() };
         self.sync_marks(repo)?;
         let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
         let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
@@ -566,8 +565,7 @@ pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
     let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
     remove_cache_files(&path)?;
     let mut index = Index::open_at(&path, &repo.config().id)?;
-    let mut report = RebuildReport::default();
-    report.index_objects = index.sync_new_index_objects(repo)?;
+    let mut report = RebuildReport { index_objects: index.sync_new_index_objects(repo)?, ..Default::default() };
     let known = index.packs()?;
     let mut adopted = Vec::new();
     for (pack, size) in repo.list_packs()? {
