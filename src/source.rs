@@ -45,7 +45,7 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
     anyhow::ensure!(!meta.is_dir(), "{spec} is a directory, not an image file");
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
-    Ok(plain(Box::new(file), meta.is_file().then(|| meta.len()), Source::File { path: abs.display().to_string() }, name))
+    Ok(plain(Box::new(file), meta.is_file().then_some(meta.len()), Source::File { path: abs.display().to_string() }, name))
 }
 
 /// The digests a Glance record vouches for, in imgarc's algorithm names.

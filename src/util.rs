@@ -36,7 +36,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         _ => bail!("invalid size unit in {s:?} (use K, M, G or T)"),
     };
     let v = n * mult as f64;
-    if !(v.is_finite() && v >= 0.0 && v < 1.8e19) {
+    if !(v.is_finite() && (0.0..1.8e19).contains(&v)) {
         bail!("size {s:?} is out of range");
     }
     Ok(v as u64)
