@@ -137,6 +137,11 @@ fn main() {
         let json = render::render(&g, render::Format::Json);
         let html = render::render(&g, render::Format::Html);
         let rendered = t.elapsed();
+        // prune's first question over the same index: how much of each pack is still used.
+        let t = Instant::now();
+        let packs_used = index.pack_usage().unwrap().iter().filter(|p| p.used_blobs > 0).count();
+        let pack_usage = t.elapsed();
+        println!("round {round}: prune's pack usage {pack_usage:.2?} ({packs_used} packs in use)");
         if let Ok(keep) = std::env::var("REPORT_BENCH_KEEP") {
             std::fs::write(std::path::Path::new(&keep).join("report.html"), &html).unwrap();
         }
