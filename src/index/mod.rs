@@ -750,22 +750,38 @@ impl Index {
         Ok(())
     }
 
-    /// Per pack: size, blobs, and what of it the snapshots still use.
+    /// Per pack: size, blobs, and what of it the snapshots still use. One
+    /// merged pass over `blobs` and `refs`, both in id order (the report's
+    /// technique: a SQL join seeks `refs` once per blob, ~15x slower at 2M blobs).
     pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
-        let mut st = self.conn.prepare(
-            "SELECT p.id, p.size, COUNT(b.id), COUNT(r.id), COALESCE(SUM(CASE WHEN r.id IS NULL THEN 0 ELSE b.stored_len END), 0)
-             FROM packs p LEFT JOIN blobs b ON b.pack = p.id LEFT JOIN refs r ON r.id = b.id GROUP BY p.id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(PackUsage {
-                pack: id_of(r.get(0)?)?,
-                size: r.get::<_, i64>(1)? as u64,
-                blobs: r.get::<_, i64>(2)? as u64,
-                used_blobs: r.get::<_, i64>(3)? as u64,
-                used_bytes: r.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut by_pack: HashMap<Id, PackUsage> = HashMap::new();
+        {
+            let mut st = self.conn.prepare("SELECT id, size FROM packs")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let pack = id_of(r.get(0)?)?;
+                by_pack.insert(pack, PackUsage { pack, size: r.get::<_, i64>(1)? as u64, blobs: 0, used_blobs: 0, used_bytes: 0 });
+            }
+        }
+        let mut blobs = self.conn.prepare("SELECT id, pack, stored_len FROM blobs ORDER BY id")?;
+        let mut refs = self.conn.prepare("SELECT id FROM refs WHERE count > 0 ORDER BY id")?;
+        let mut blob_rows = blobs.query([])?;
+        let mut ref_rows = refs.query([])?;
+        let mut next_ref = || -> Result<Option<Id>> { ref_rows.next()?.map(|r| id_of(r.get(0)?)).transpose().map_err(Into::into) };
+        let mut current_ref = next_ref()?;
+        while let Some(r) = blob_rows.next()? {
+            let id = id_of(r.get(0)?)?;
+            while current_ref.is_some_and(|c| c.0 < id.0) {
+                current_ref = next_ref()?;
+            }
+            let Some(u) = by_pack.get_mut(&id_of(r.get(1)?)?) else { continue };
+            u.blobs += 1;
+            if current_ref == Some(id) {
+                u.used_blobs += 1;
+                u.used_bytes += r.get::<_, i64>(2)? as u64;
+            }
+        }
+        Ok(by_pack.into_values().collect())
     }
 
     /// The blobs of `pack` that some snapshot references, with every pack each is stored in.
