@@ -127,11 +127,33 @@ fn end_to_end(r: Remote) {
     r.json("c1", &["restore", &s(a, "snapshot"), "-o", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(p).unwrap(), "restore after prune on {}", r.repo);
 
-    // A pack deleted behind imgarc's back is named by check, with its snapshots.
     let lookup = r.vars.clone();
     let opts =
         imgarc::backend::url::RemoteOptions { env: Some(std::sync::Arc::new(move |k: &str| lookup.get(k).cloned())), ..Default::default() };
     let backend = imgarc::backend::open(&r.repo, &opts).unwrap();
+
+    // An archive killed (SIGKILL) once its first pack is in the store leaves a consistent
+    // repository; the re-run completes and restores byte-exactly.
+    let big = bytes(80 << 20, 7, false);
+    let fbig = r.file("big.raw", &big);
+    let packs_before = backend.list("data/").unwrap().len();
+    let mut child =
+        r.cmd("c1", &["--quiet", "archive", &fbig, "--name", "big"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    for _ in 0..600 {
+        if backend.list("data/").unwrap().len() > packs_before || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(r.json("c1", &["check"])["ok"], true, "after a killed archive on {}", r.repo);
+    let again = r.json("c1", &["archive", &fbig, "--name", "big"]);
+    let out_big = r.work.path().join("big.out");
+    r.json("c2", &["restore", &s(&again, "snapshot"), "-o", out_big.to_str().unwrap()]);
+    assert!(std::fs::read(&out_big).unwrap() == big, "re-archived image after a kill differs on {}", r.repo);
+
+    // A pack deleted behind imgarc's back is named by check, with its snapshots.
     let packs = backend.list("data/").unwrap();
     let victim = &packs[0].key;
     backend.delete(victim).unwrap();
