@@ -14,11 +14,7 @@ use util::*;
 fn base(dir: &Path, extra: &[&str]) -> Vec<u8> {
     let r = dir.join("b.raw");
     make_raw(&r, 1 << 20, 42);
-    let p = dir.join("b.qcow2");
-    let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
-    a.extend_from_slice(extra);
-    a.extend_from_slice(&[r.to_str().unwrap(), p.to_str().unwrap()]);
-    qemu_img(&a);
+    let p = convert(dir, &r, "b.qcow2", extra);
     let img = std::fs::read(&p).unwrap();
     assert_eq!(u64::from_be_bytes(img[40..48].try_into().unwrap()), 0x30000, "unexpected qemu-img layout");
     img
@@ -373,11 +369,7 @@ fn seeds(dir: &Path) -> Vec<Vec<u8>> {
     .iter()
     .enumerate()
     {
-        let p = dir.join(format!("s{i}.qcow2"));
-        let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
-        a.extend_from_slice(opts);
-        a.extend_from_slice(&[r.to_str().unwrap(), p.to_str().unwrap()]);
-        qemu_img(&a);
+        let p = convert(dir, &r, &format!("s{i}.qcow2"), opts);
         v.push(std::fs::read(&p).unwrap());
     }
     v
@@ -452,11 +444,7 @@ fn write_fuzz_seeds() {
         ("rb1-1k", &["-o", "refcount_bits=1,cluster_size=1k"]),
     ];
     for (name, opts) in variants {
-        let p = t.path().join(format!("{name}.qcow2"));
-        let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
-        a.extend_from_slice(opts);
-        a.extend_from_slice(&[r.to_str().unwrap(), p.to_str().unwrap()]);
-        qemu_img(&a);
+        let p = convert(t.path(), &r, &format!("{name}.qcow2"), opts);
         let img = std::fs::read(&p).unwrap();
         std::fs::write(root.join("decompose").join(name), &img).unwrap();
         let (d, _) = dec(&img, &Policy::default(), true).unwrap();

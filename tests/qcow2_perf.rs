@@ -44,11 +44,7 @@ fn throughput() {
     std::fs::write(&r, &v).unwrap();
     drop(v);
     for (name, opts) in [("plain", &[][..]), ("zlib", &["-c"][..]), ("zstd", &["-c", "-o", "compression_type=zstd"][..])] {
-        let p = t.path().join(format!("{name}.qcow2"));
-        let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
-        a.extend_from_slice(opts);
-        a.extend_from_slice(&[r.to_str().unwrap(), p.to_str().unwrap()]);
-        qemu_img(&a);
+        let p = convert(t.path(), &r, &format!("{name}.qcow2"), opts);
         let img = std::fs::read(&p).unwrap();
         let mut sink = MemSink::new(mb << 20);
         let c0 = cpu();

@@ -9,16 +9,6 @@ use util::*;
 
 const MIB: u64 = 1 << 20;
 
-fn convert(dir: &Path, raw: &Path, name: &str, opts: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
-    a.extend_from_slice(opts);
-    a.push(raw.to_str().unwrap());
-    a.push(out.to_str().unwrap());
-    qemu_img(&a);
-    out
-}
-
 fn raw(dir: &Path, size: u64, seed: u64) -> PathBuf {
     let p = dir.join(format!("src-{size}-{seed}.raw"));
     make_raw(&p, size, seed);

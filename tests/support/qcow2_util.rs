@@ -21,6 +21,17 @@ pub fn qemu_img(args: &[&str]) -> String {
     run("qemu-img", args)
 }
 
+/// `qemu-img convert -f raw -O qcow2 OPTS raw dir/name`; returns the new image's path.
+pub fn convert(dir: &Path, raw: &Path, name: &str, opts: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    a.extend_from_slice(opts);
+    a.push(raw.to_str().unwrap());
+    a.push(out.to_str().unwrap());
+    qemu_img(&a);
+    out
+}
+
 /// xorshift64* — deterministic test data without a rand dependency in tests.
 pub struct Rng(pub u64);
 impl Rng {
