@@ -51,30 +51,13 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
             match *s {
                 Segment::Zero { len } => {
                     buf.fill(0);
-                    let mut left = len;
-                    while left > 0 {
-                        let n = left.min(BUF as u64) as usize;
-                        out.write_all(&buf[..n])?;
-                        left -= n as u64;
-                    }
+                    write_in_pieces(out, &mut buf, len, |_, _| Ok(()))?;
                 }
                 Segment::Literal { len, lit_off } => {
-                    let mut done = 0u64;
-                    while done < len {
-                        let n = (len - done).min(BUF as u64) as usize;
-                        src.read_literal(lit_off + done, &mut buf[..n])?;
-                        out.write_all(&buf[..n])?;
-                        done += n as u64;
-                    }
+                    write_in_pieces(out, &mut buf, len, |done, piece| src.read_literal(lit_off + done, piece))?
                 }
                 Segment::Guest { len, guest_off } => {
-                    let mut done = 0u64;
-                    while done < len {
-                        let n = (len - done).min(BUF as u64) as usize;
-                        src.read_guest(guest_off + done, &mut buf[..n])?;
-                        out.write_all(&buf[..n])?;
-                        done += n as u64;
-                    }
+                    write_in_pieces(out, &mut buf, len, |done, piece| src.read_guest(guest_off + done, piece))?
                 }
                 Segment::Compressed { len, guest_off, codec } => {
                     let c = comp.next().flatten().ok_or_else(|| {
@@ -95,4 +78,22 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
         i = j;
     }
     Ok(written)
+}
+
+/// Writes `len` bytes in pieces of at most `buf.len()`, each filled by
+/// `fill(bytes already written, piece)` first (a no-op leaves `buf` as it is).
+fn write_in_pieces<W: Write + ?Sized>(
+    out: &mut W,
+    buf: &mut [u8],
+    len: u64,
+    mut fill: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> Result<(), Qcow2Error> {
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        fill(done, &mut buf[..n])?;
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
