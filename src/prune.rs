@@ -196,7 +196,7 @@ fn delete_packs(repo: &Repository, index: &mut Index, doomed: &[(Id, u64)]) -> R
     for key in keys {
         let obj = match repo.read_index_object(&key) {
             Ok(o) => o,
-            Err(e) if e.chain().any(|c| c.downcast_ref::<crate::backend::BackendError>().is_some_and(|b| b.is_not_found())) => {
+            Err(e) if crate::backend::is_not_found(&e) => {
                 index.remove_index_object(&key)?;
                 continue;
             }

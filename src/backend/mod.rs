@@ -50,6 +50,11 @@ impl BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Whether an error, however wrapped in context, is a backend's `NotFound`.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_not_found()))
+}
+
 /// A store of immutable whole objects.
 ///
 /// Contract every implementation keeps:

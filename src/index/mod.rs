@@ -656,7 +656,7 @@ impl Index {
             match repo.read_mark(key) {
                 Ok(mark) => self.add_mark(key, &mark)?,
                 // Deleted between list and get: that prune finished.
-                Err(e) if is_not_found(&e) => {}
+                Err(e) if crate::backend::is_not_found(&e) => {}
                 Err(e) => eprintln!("warning: skipping {key}: {e:#}"),
             }
         }
@@ -816,8 +816,4 @@ impl Index {
     pub fn forget_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
         self.remove_snapshot(repo, id)
     }
-}
-
-fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<crate::backend::BackendError>().is_some_and(|b| b.is_not_found()))
 }
