@@ -235,7 +235,7 @@ impl Index {
     /// has not seen, and forgets snapshots that are gone. Reads no packs except
     /// the tree blobs of new snapshots.
     pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
-        let mut report = SyncReport { index_objects_added: self.sync_new_index_objects(repo)?, ..Default::default() };
+        let mut report = SyncReport { index_objects_added: self.sync_index_objects(repo)?, ..Default::default() };
         self.sync_marks(repo)?;
         let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
         let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
@@ -565,7 +565,7 @@ pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
     let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
     remove_cache_files(&path)?;
     let mut index = Index::open_at(&path, &repo.config().id)?;
-    let mut report = RebuildReport { index_objects: index.sync_new_index_objects(repo)?, ..Default::default() };
+    let mut report = RebuildReport { index_objects: index.sync_index_objects(repo)?, ..Default::default() };
     let known = index.packs()?;
     let mut adopted = Vec::new();
     for (pack, size) in repo.list_packs()? {
@@ -592,27 +592,34 @@ pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
 }
 
 impl Index {
-    /// Ingests index objects not yet seen; returns how many.
-    fn sync_new_index_objects(&mut self, repo: &Repository) -> Result<usize> {
+    /// Ingests index objects not yet seen (returns how many) and drops those
+    /// a prune deleted, each confirmed gone (a listing may lag), with one
+    /// listing of `index/`.
+    fn sync_index_objects(&mut self, repo: &Repository) -> Result<usize> {
         let known: HashSet<String> = {
             let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        let listed: HashSet<String> = repo.list_index_keys()?.into_iter().collect();
         let mut n = 0;
-        for key in repo.list_index_keys()? {
-            if known.contains(&key) {
-                continue;
-            }
-            let obj = match repo.read_index_object(&key) {
+        for key in listed.difference(&known) {
+            let obj = match repo.read_index_object(key) {
                 Ok(o) => o,
                 Err(e) => {
                     eprintln!("warning: skipping {key}: {e:#}");
                     continue;
                 }
             };
-            self.add_index_object(&key, &obj)?;
+            self.add_index_object(key, &obj)?;
             n += 1;
+        }
+        // After the additions: a prune writes an index object's replacement before
+        // deleting it, so the packs that survive stay in the cache throughout.
+        for key in known.difference(&listed) {
+            if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
+                self.remove_index_object(key)?;
+            }
         }
         Ok(n)
     }
@@ -646,9 +653,9 @@ pub struct PackUsage {
 }
 
 impl Index {
-    /// Ingests prune marks not yet seen and drops those (and index objects)
-    /// that are gone from the repository — confirmed one by one, because a
-    /// listing may lag behind a write.
+    /// Ingests prune marks not yet seen and drops those that are gone from
+    /// the repository — confirmed one by one, because a listing may lag
+    /// behind a write.
     fn sync_marks(&mut self, repo: &Repository) -> Result<()> {
         let listed: HashSet<String> = repo.list_mark_keys()?.into_iter().collect();
         let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
@@ -663,17 +670,6 @@ impl Index {
         for key in known.difference(&listed) {
             if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
                 self.remove_mark(key)?;
-            }
-        }
-        let listed: HashSet<String> = repo.list_index_keys()?.into_iter().collect();
-        let known: Vec<String> = {
-            let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for key in known.iter().filter(|k| !listed.contains(*k)) {
-            if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
-                self.remove_index_object(key)?;
             }
         }
         Ok(())
