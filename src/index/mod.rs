@@ -798,16 +798,6 @@ impl Index {
             .collect()
     }
 
-    /// Stored bytes of blobs no snapshot references.
-    pub fn unreferenced_bytes(&self) -> Result<u64> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(stored_len), 0) FROM blobs WHERE NOT EXISTS(SELECT 1 FROM refs WHERE refs.id = blobs.id)",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
     /// Forgets a snapshot the caller deleted from the repository.
     pub fn forget_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
         self.remove_snapshot(repo, id)
