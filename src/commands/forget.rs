@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
     if !args.dry_run {
         for (c, _) in &remove {
             repo.delete_snapshot(&c.id)?;
-            index.forget_snapshot(&repo, &c.id)?;
+            index.remove_snapshot(&repo, &c.id)?;
             removed += 1;
         }
     }

@@ -326,7 +326,9 @@ impl Index {
         Ok(())
     }
 
-    fn remove_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
+    /// Removes a snapshot row and its references (one gone from the repository,
+    /// or one the caller just deleted there).
+    pub fn remove_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
         let Some(snap) = self.snapshot(id)? else {
             return Ok(());
         };
@@ -796,10 +798,5 @@ impl Index {
                 Ok((e, packs))
             })
             .collect()
-    }
-
-    /// Forgets a snapshot the caller deleted from the repository.
-    pub fn forget_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
-        self.remove_snapshot(repo, id)
     }
 }
