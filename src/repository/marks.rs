@@ -68,14 +68,4 @@ impl Repository {
         self.backend().delete(key).with_context(|| format!("cannot delete prune mark {key}"))?;
         Ok(())
     }
-
-    pub fn delete_index_object(&self, key: &str) -> Result<()> {
-        self.backend().delete(key).with_context(|| format!("cannot delete index object {key}"))?;
-        Ok(())
-    }
-
-    pub fn delete_pack(&self, id: &Id) -> Result<()> {
-        self.backend().delete(&super::pack_key(id)).with_context(|| format!("cannot delete pack {}", id.to_hex()))?;
-        Ok(())
-    }
 }

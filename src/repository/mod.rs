@@ -143,6 +143,18 @@ impl Repository {
         Ok(id)
     }
 
+    /// Deletes an index object (`prune`, after writing its replacement).
+    pub fn delete_index_object(&self, key: &str) -> Result<()> {
+        self.backend.delete(key).with_context(|| format!("cannot delete index object {key}"))?;
+        Ok(())
+    }
+
+    /// Deletes a pack (`prune`, after no index object lists it).
+    pub fn delete_pack(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&pack_key(id)).with_context(|| format!("cannot delete pack {}", id.to_hex()))?;
+        Ok(())
+    }
+
     /// Removes a snapshot object (`forget`); its data stays until `prune`.
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         self.backend.delete(&snapshot_key(id)).with_context(|| format!("cannot remove snapshot {}", id.short()))?;
