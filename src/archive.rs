@@ -77,7 +77,11 @@ enum StreamKind {
 
 /// How the image file maps onto the streams, learnt by the reader thread.
 enum Shape {
-    Raw,
+    /// The file is the guest stream. `virtual_size`: the disk size the container header
+    /// states, for formats stored opaque (`None` when no fixed header field says).
+    Raw {
+        virtual_size: Option<u64>,
+    },
     Qcow2(qcow2::Decomposed),
 }
 
@@ -235,7 +239,7 @@ fn read_image(
                 guest.push(offset, &buf[..n])?;
                 offset += n as u64;
             }
-            Shape::Raw
+            Shape::Raw { virtual_size: detected.virtual_size }
         };
         let mut rest = [0u8; 1];
         if input.read(&mut rest)? != 0 {
@@ -303,7 +307,13 @@ pub fn archive(
     // Out-of-order layouts may deliver pieces in any order; the list is by offset.
     extents.sort_by_key(|e| e.offset);
     let (layout, virtual_bytes, image, opaque) = match *shape {
-        Shape::Raw => (Layout::Raw, logical_bytes, None, None),
+        Shape::Raw { .. } if detected.is_guest_disk() => (Layout::Raw, Some(logical_bytes), None, None),
+        Shape::Raw { virtual_size } => {
+            // A container imgarc does not parse: its bytes are stored, not its guest disk, so
+            // the file length is no virtual size and conversions must refuse it (restore.rs).
+            let why = format!("{} is not decomposed; the snapshot holds the container file, not its guest disk", detected.name());
+            (Layout::Raw, virtual_size, None, Some(why))
+        }
         Shape::Qcow2(d) => {
             // The recipe is a small byte stream of its own, chunked like any other.
             let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX);
@@ -314,10 +324,15 @@ pub fn archive(
             let recipe = store.store_extents(d.recipe.len() as u64, &recipe_extents)?;
             let literals = store.store_extents(d.info.literal_stream_bytes, &literal_extents)?;
             let info = serde_json::to_value(&d.info)?;
-            (Layout::Qcow2 { recipe, literals }, d.info.virtual_size, Some(info), d.opaque)
+            (Layout::Qcow2 { recipe, literals }, Some(d.info.virtual_size), Some(info), d.opaque)
         }
     };
-    let guest = store.store_extents(virtual_bytes, &extents)?;
+    // The guest stream spans the virtual disk (qcow2) or the file (raw layout).
+    let guest_stream_size = match layout {
+        Layout::Qcow2 { .. } => virtual_bytes.unwrap_or(0),
+        Layout::Raw => logical_bytes,
+    };
+    let guest = store.store_extents(guest_stream_size, &extents)?;
     let stats = store.finish()?;
     let digests = digesters.finish()?;
     for (alg, want) in &req.expected_digests {
@@ -337,7 +352,7 @@ pub fn archive(
         hostname: crate::util::hostname(),
         source: req.source,
         logical_bytes,
-        virtual_bytes: Some(virtual_bytes),
+        virtual_bytes,
         format: detected.name().to_string(),
         image,
         layout,

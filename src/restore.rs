@@ -320,6 +320,9 @@ pub fn restore(
     progress: &ProgressBar,
 ) -> Result<RestoreOutcome> {
     let no_digests = BTreeMap::new();
+    if matches!(opts.disk_format.as_deref(), Some("raw" | "qcow2")) {
+        ensure_guest_stream_is_disk(repo, index, snap)?;
+    }
     match (opts.disk_format.as_deref(), &snap.layout) {
         (None, Layout::Raw) => restore_stream(repo, index, &snap.guest, snap.logical_bytes, &snap.digests, target, progress),
         (Some("raw"), Layout::Raw) if !opts.compress => {
@@ -327,6 +330,13 @@ pub fn restore(
         }
         (None, Layout::Qcow2 { recipe, literals }) => {
             let recipe_bytes = read_small_stream(repo, index, recipe)?;
+            let unchecked = qcow2::decode_recipe(&recipe_bytes).map(|r| r.unchecked_compressed()).unwrap_or(0);
+            if unchecked > 0 && snap.digests.is_empty() {
+                // A version-1 recipe has no per-cluster checks and no whole-file digest backs it.
+                eprintln!(
+                    "warning: {unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
+                );
+            }
             let mut src =
                 TwoStreams { guest: StreamReader::open(repo, index, &snap.guest)?, literal: StreamReader::open(repo, index, literals)? };
             write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
@@ -352,6 +362,37 @@ pub fn restore(
     }
 }
 
+/// A conversion reads the guest stream as the virtual disk; refuse when it is not. The rule
+/// is derived from what every snapshot records: a raw layout holds the disk only when the
+/// file was raw (or ISO); a qcow2 layout only when its recipe is not opaque (an opaque
+/// decomposition stopped interpreting the image, so its guest stream is incomplete).
+fn ensure_guest_stream_is_disk(repo: &Repository, index: &Index, snap: &Snapshot) -> Result<()> {
+    let refuse = |why: String| {
+        anyhow!(
+            "cannot convert this snapshot: {why}; `restore` without --disk-format gives back the archived {} file byte for byte",
+            snap.format
+        )
+    };
+    match &snap.layout {
+        Layout::Raw => match crate::format::detect::FormatKind::from_name(&snap.format) {
+            Some(kind) if kind.is_guest_disk() => Ok(()),
+            _ => Err(refuse(format!(
+                "it holds a {} container as opaque bytes (imgarc does not decompose {0}), not the guest disk",
+                snap.format
+            ))),
+        },
+        Layout::Qcow2 { recipe, .. } => {
+            let recipe =
+                qcow2::decode_recipe(&read_small_stream(repo, index, recipe)?).map_err(|e| anyhow!("the snapshot's layout recipe: {e}"))?;
+            if recipe.flags & qcow2::FLAG_OPAQUE == 0 {
+                return Ok(());
+            }
+            let reason = snap.image.as_ref().and_then(|i| i.get("opaque")).and_then(|r| r.as_str()).unwrap_or("reason not recorded");
+            Err(refuse(format!("the {} image was stored opaque ({reason}), so its guest disk is not in the repository", snap.format)))
+        }
+    }
+}
+
 /// Contiguous allocated ranges of the guest stream.
 fn merge_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -364,8 +405,9 @@ fn merge_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
     out
 }
 
-fn read_small_stream(repo: &Repository, index: &Index, stream: &StreamRef) -> Result<Vec<u8>> {
-    if stream.size > 256 << 20 {
+/// A small stored stream (a layout recipe) read whole; larger than a recipe may be is refused.
+pub(crate) fn read_small_stream(repo: &Repository, index: &Index, stream: &StreamRef) -> Result<Vec<u8>> {
+    if stream.size > qcow2::MAX_RECIPE_BYTES {
         bail!("layout recipe of {} bytes is implausibly large", stream.size);
     }
     let mut r = StreamReader::open(repo, index, stream)?;

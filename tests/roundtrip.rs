@@ -168,6 +168,118 @@ fn qcow2_dedups_with_raw_restores_exactly_and_converts() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("qcow2"));
 }
 
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn qemu_io(img: &std::path::Path, cmds: &[&str]) {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    assert!(c.arg(img).output().unwrap().status.success(), "qemu-io {cmds:?} failed");
+}
+
+/// Restores `snap --disk-format raw` and has `qemu-img compare` check it against `image`.
+fn assert_converts_exactly(env: &Env, snap: &str, image: &std::path::Path) {
+    let conv = env.path(&format!("{}.conv.raw", &snap[..12]));
+    env.ok(&["restore", snap, "-o", conv.to_str().unwrap(), "--disk-format", "raw"]);
+    qemu_img(&["compare", "-q", "-F", "raw", image.to_str().unwrap(), conv.to_str().unwrap()]);
+}
+
+#[test]
+fn conversions_are_exact_or_refused() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img / qemu-io (qemu-utils) not installed");
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = imgarc::synthetic::SyntheticDisk::new(24 << 20, 13);
+    let raw = env.path("d.raw");
+    disk.write_night(&raw, 0).unwrap();
+    let first = env.archive(&raw, "d.raw");
+    assert_eq!(u(&first, "virtual_bytes"), 24 << 20);
+
+    // Extended L2 images decompose: they dedup against the raw disk and convert exactly.
+    for (name, opts) in [("el2.qcow2", "extended_l2=on,cluster_size=64k"), ("el2-2m.qcow2", "extended_l2=on,cluster_size=2M")] {
+        let q = env.path(name);
+        qemu_img(&["convert", "-q", "-O", "qcow2", "-o", opts, raw.to_str().unwrap(), q.to_str().unwrap()]);
+        let a = env.json(&["archive", q.to_str().unwrap(), "--name", name]);
+        assert!(a["opaque"].is_null(), "{name}: {a}");
+        assert_eq!(u(&a, "virtual_bytes"), 24 << 20);
+        assert!(u(&a, "new_bytes") < u(&first, "new_bytes") / 50, "{name} stored too much: {a}");
+        let snap = s(&a, "snapshot");
+        assert!(env.restore_bytes(&snap) == std::fs::read(&q).unwrap(), "{name} differs after restore");
+        assert_converts_exactly(&env, &snap, &q);
+    }
+    // Partially written subclusters (and zeroed ones over stale data).
+    let q = env.path("el2-part.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", q.to_str().unwrap(), "8M"]);
+    qemu_io(&q, &["write -P 0x11 1k 3k", "write -P 0x22 70k 2k", "write -P 0x33 1M 200k", "write -z 1030k 8k"]);
+    let a = env.json(&["archive", q.to_str().unwrap(), "--name", "el2-part"]);
+    assert!(a["opaque"].is_null(), "{a}");
+    assert_converts_exactly(&env, &s(&a, "snapshot"), &q);
+
+    // A container imgarc does not decompose: stored as its bytes, said so, never converted.
+    let v = env.path("d.vmdk");
+    qemu_img(&["convert", "-q", "-O", "vmdk", raw.to_str().unwrap(), v.to_str().unwrap()]);
+    let a = env.json(&["archive", v.to_str().unwrap(), "--name", "d.vmdk"]);
+    assert_eq!(s(&a, "format"), "vmdk");
+    assert!(s(&a, "opaque").contains("vmdk"), "{a}");
+    assert_eq!(u(&a, "virtual_bytes"), 24 << 20, "virtual_bytes must be the disk size from the VMDK header, not the file length");
+    let snap = s(&a, "snapshot");
+    assert!(env.restore_bytes(&snap) == std::fs::read(&v).unwrap());
+    for target in ["raw", "qcow2"] {
+        let out = env.path(&format!("vmdk-as.{target}"));
+        let o = env.run(&["restore", &snap, "-o", out.to_str().unwrap(), "--disk-format", target]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "converting a stored vmdk to {target} must fail");
+        assert!(err.contains("vmdk") && err.contains("opaque"), "{err}");
+        assert!(!out.exists(), "a refused conversion left {}", out.display());
+    }
+
+    // A qcow2 stored opaque (here: its corrupt bit is set) cannot be converted either.
+    let q = env.path("corrupt.qcow2");
+    qemu_img(&["convert", "-q", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    let mut img = std::fs::read(&q).unwrap();
+    img[79] |= 2; // incompatible_features bit 1: corrupt
+    std::fs::write(&q, &img).unwrap();
+    let a = env.json(&["archive", q.to_str().unwrap(), "--name", "corrupt"]);
+    assert!(!a["opaque"].is_null(), "{a}");
+    let snap = s(&a, "snapshot");
+    assert!(env.restore_bytes(&snap) == img);
+    let o = env.run(&["restore", &snap, "-o", env.path("corrupt.raw").to_str().unwrap(), "--disk-format", "raw"]);
+    assert!(!o.status.success(), "converting an opaque qcow2 must fail");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corrupt bit"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn archive_spill_flags() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img / qemu-io (qemu-utils) not installed");
+        return;
+    }
+    // `qemu-img resize` moves the L1 behind the data, so all of it waits for its role: more
+    // than the decomposer's 64 MiB of RAM, so the rest spills.
+    let env = Env::init("64K");
+    let raw = env.path("r.raw");
+    std::fs::write(&raw, bytes(72 << 20, 9, true)).unwrap();
+    let q = env.path("resized.qcow2");
+    qemu_img(&["convert", "-q", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    qemu_img(&["resize", "-q", q.to_str().unwrap(), "1G"]);
+    qemu_io(&q, &["write -P 0x77 900M 12k"]);
+    let spill = env.path("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let a = env.json(&["archive", q.to_str().unwrap(), "--spill-dir", spill.to_str().unwrap(), "--spill-limit", "1M"]);
+    assert!(s(&a, "opaque").contains("spill limit"), "{a}");
+    assert!(env.restore_bytes(&s(&a, "snapshot")) == std::fs::read(&q).unwrap());
+    // IMGARC_SPILL_DIR names the directory too; one that does not exist is named in the error.
+    let o = env.cmd(&["archive", q.to_str().unwrap()]).env("IMGARC_SPILL_DIR", env.path("nowhere")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn shared_corpus_round_trip() {
     // CI sets IMGARC_CORPUS to a make-series output; elsewhere this test checks the synthetic series only.

@@ -35,6 +35,30 @@ impl FormatKind {
             FormatKind::Luks => "luks",
         }
     }
+
+    /// Whether a file of this format *is* its guest disk byte for byte (raw; an ISO 9660
+    /// image is read by hypervisors as a raw disk). For every other format the file is a
+    /// container, and its bytes are not the disk.
+    pub fn is_guest_disk(self) -> bool {
+        matches!(self, FormatKind::Raw | FormatKind::Iso)
+    }
+
+    /// Parses a snapshot's recorded `format` name (as written by [`FormatKind::name`]).
+    pub fn from_name(name: &str) -> Option<FormatKind> {
+        [
+            FormatKind::Raw,
+            FormatKind::Qcow2,
+            FormatKind::Qed,
+            FormatKind::Vmdk,
+            FormatKind::Vhd,
+            FormatKind::Vhdx,
+            FormatKind::Vdi,
+            FormatKind::Iso,
+            FormatKind::Luks,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -47,6 +71,11 @@ pub struct Detected {
     pub info: String,
     /// Every container signature found; more than one is suspicious.
     pub all: Vec<FormatKind>,
+    /// The virtual disk size the container header states, where it sits at a fixed place in
+    /// `head` (sparse VMDK capacity, VHD footer copy, VDI disk size). `None` for raw (the file
+    /// is the disk), for qcow2 (its own parser reads it) and for formats whose size needs more
+    /// than a fixed field (VHDX metadata region, LUKS payload, VMDK descriptor extents).
+    pub virtual_size: Option<u64>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -67,6 +96,12 @@ fn be32(b: &[u8], o: usize) -> Option<u32> {
 fn le32(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
+fn le64(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+fn be64(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
 fn at(b: &[u8], o: usize, m: &[u8]) -> bool {
     b.get(o..o + m.len()) == Some(m)
 }
@@ -76,6 +111,7 @@ pub fn detect(head: &[u8]) -> Detected {
     let mut all = Vec::new();
     let mut version = None;
     let mut info = String::new();
+    let mut virtual_size = None;
     if at(head, 0, b"QFI\xfb") {
         all.push(FormatKind::Qcow2);
         version = be32(head, 4);
@@ -88,6 +124,8 @@ pub fn detect(head: &[u8]) -> Detected {
         all.push(FormatKind::Vmdk);
         if at(head, 0, b"KDMV") {
             version = le32(head, 4);
+            // SparseExtentHeader.capacity: sectors of 512 bytes.
+            virtual_size = le64(head, 12).and_then(|s| s.checked_mul(512));
         }
         // createType from an embedded descriptor, for the subformat whitelist.
         let txt = String::from_utf8_lossy(&head[..head.len().min(65536)]);
@@ -98,6 +136,8 @@ pub fn detect(head: &[u8]) -> Detected {
     }
     if at(head, 0, b"conectix") {
         all.push(FormatKind::Vhd);
+        // Dynamic VHD: the footer copy at 0; `current_size` (bytes, big-endian) at 48.
+        virtual_size = be64(head, 48);
     }
     if at(head, 0, b"vhdxfile") {
         all.push(FormatKind::Vhdx);
@@ -105,6 +145,8 @@ pub fn detect(head: &[u8]) -> Detected {
     if le32(head, 64) == Some(0xbeda_107f) {
         all.push(FormatKind::Vdi);
         version = le32(head, 68);
+        // VDI 1.1 header: `cbDisk` (bytes, little-endian) at 0x170.
+        virtual_size = le64(head, 0x170);
     }
     if at(head, 0, b"LUKS\xba\xbe") {
         all.push(FormatKind::Luks);
@@ -127,7 +169,10 @@ pub fn detect(head: &[u8]) -> Detected {
     } else if info.is_empty() {
         info = kind.name().into();
     }
-    Detected { kind, version, info, all }
+    if all.len() != 1 {
+        virtual_size = None; // raw, or ambiguous (refused anyway)
+    }
+    Detected { kind, version, info, all, virtual_size }
 }
 
 fn parse_declared(d: &str) -> Result<FormatKind, FormatError> {
