@@ -451,3 +451,39 @@ fn write_fuzz_seeds() {
         std::fs::write(root.join("recipe").join(name), &d.recipe).unwrap();
     }
 }
+
+#[test]
+fn rebuild_detects_recompression_with_other_bytes_of_the_same_length() {
+    // Simulates a zlib that compresses a cluster differently but to the same length: the guest
+    // bytes of one compressed cluster are changed so that deflate still gives `len` bytes.
+    // Length checks alone rebuild a wrong file; the recorded per-cluster check must refuse.
+    let t = tmp();
+    let raw = t.path().join("c.raw");
+    make_raw(&raw, 2 << 20, 21);
+    let p = convert(t.path(), &raw, "c.qcow2", &["-c"]);
+    let (img, r) = decompose_file(&p, &Policy::default(), true);
+    let (d, mut sink) = r.unwrap();
+    assert_rebuild(&img, &d, &mut sink);
+    let rec = qcow2::decode_recipe(&d.recipe).unwrap();
+    let cs = 1usize << rec.cluster_bits;
+    let mut tampered = None;
+    'find: for seg in &rec.segments {
+        if let qcow2::Segment::Compressed { len, guest_off, codec: qcow2::CODEC_ZLIB, .. } = *seg {
+            let g = guest_off as usize;
+            for at in (0..cs).step_by(97) {
+                let mut cluster = sink.guest[g..g + cs].to_vec();
+                cluster[at] ^= 0x01;
+                if qcow2::deflate_qemu(&cluster, cs - 1).is_some_and(|c| c.len() as u64 == len) {
+                    tampered = Some((g + at, guest_off));
+                    break 'find;
+                }
+            }
+        }
+    }
+    let (byte, cluster) = tampered.expect("a one-bit change that keeps the compressed length");
+    sink.guest[byte] ^= 0x01;
+    let mut out = Vec::new();
+    let err = qcow2::rebuild(&d.recipe, &mut sink, &mut out).expect_err("a rebuild with other bytes must fail");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{cluster:#x}")), "error must name the cluster: {msg}");
+}

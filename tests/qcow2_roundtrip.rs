@@ -105,13 +105,73 @@ fn compressed_zstd() {
 }
 
 #[test]
-fn extended_l2_is_opaque_but_exact() {
+fn extended_l2_decomposes_like_plain_qcow2() {
+    // Extended L2 entries (128 bits, 32 subclusters): guest data must come out as the raw
+    // disk, for every cluster size qemu allows with subclusters, compressed or not.
     let t = tmp();
-    let r = raw(t.path(), 2 * MIB, 5);
-    let p = convert(t.path(), &r, "el2.qcow2", &["-o", "extended_l2=on,cluster_size=64k"]);
+    let r = raw(t.path(), 3 * MIB, 5);
+    let disk = std::fs::read(&r).unwrap();
+    for (name, opts) in [
+        ("el2-16k.qcow2", "extended_l2=on,cluster_size=16k"),
+        ("el2-64k.qcow2", "extended_l2=on,cluster_size=64k"),
+        ("el2-2m.qcow2", "extended_l2=on,cluster_size=2M"),
+    ] {
+        let p = convert(t.path(), &r, name, &["-o", opts]);
+        let (d, sink) = check_image(&p, &Policy::default());
+        assert!(d.info.extended_l2, "{name}");
+        assert!(d.opaque.is_none(), "{name}: {:?}", d.opaque);
+        assert!(sink.guest == disk, "{name}: guest view differs from the raw disk");
+        assert!(d.info.literal_stream_bytes < 64 * 1024, "{name}: literal {}", d.info.literal_stream_bytes);
+    }
+    let p = convert(t.path(), &r, "el2-c.qcow2", &["-c", "-o", "extended_l2=on,cluster_size=64k"]);
+    let (d, sink) = check_image(&p, &Policy::default());
+    assert!(d.opaque.is_none(), "{:?}", d.opaque);
+    assert!(d.info.compressed_clusters > 0);
+    assert!(sink.guest == disk);
+}
+
+#[test]
+fn extended_l2_partial_subclusters() {
+    // Writes smaller than a cluster allocate single subclusters; `write -z` sets zero bits,
+    // also over allocated ones (stale host bytes that must not show as guest data).
+    let t = tmp();
+    for cs in ["16k", "64k", "256k"] {
+        let p = t.path().join(format!("el2-part-{cs}.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("extended_l2=on,cluster_size={cs}"), p.to_str().unwrap(), "4M"]);
+        qemu_io(
+            &p,
+            &[
+                "write -P 0x11 2k 4k",
+                "write -P 0x22 100k 1k",
+                "write -P 0x33 1M 300k",
+                "write -z 1100k 16k",
+                "write -P 0x44 3M 512",
+                "write -z 3M 512",
+                "write -P 0x55 4092k 4k",
+            ],
+        );
+        let (d, sink) = check_image(&p, &Policy::default()); // guest view == qemu-img convert -O raw
+        assert!(d.opaque.is_none(), "{cs}: {:?}", d.opaque);
+        assert!(sink.guest[2048..6144].iter().all(|&b| b == 0x11), "{cs}");
+        assert!(sink.guest[1100 << 10..1116 << 10].iter().all(|&b| b == 0), "{cs}: zeroed subclusters read back data");
+        assert!(sink.guest[3 << 20..(3 << 20) + 512].iter().all(|&b| b == 0), "{cs}");
+    }
+}
+
+#[test]
+fn extended_l2_bad_subcluster_bitmap_is_opaque_and_exact() {
+    // A subcluster both allocated and zero is invalid (qemu-img check calls it corrupt).
+    let t = tmp();
+    let p = t.path().join("el2-bad.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", p.to_str().unwrap(), "1M"]);
+    qemu_io(&p, &["write -P 0x11 0 64k"]);
+    let mut img = std::fs::read(&p).unwrap();
+    let l1 = u64::from_be_bytes(img[40..48].try_into().unwrap()) as usize;
+    let l2 = (u64::from_be_bytes(img[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00) as usize;
+    img[l2 + 8..l2 + 12].copy_from_slice(&1u32.to_be_bytes()); // zero bit of subcluster 0
+    std::fs::write(&p, &img).unwrap();
     let (d, _) = check_image(&p, &Policy::default());
-    assert!(d.info.extended_l2);
-    assert!(d.opaque.as_deref().unwrap_or("").contains("extended L2"));
+    assert!(d.opaque.as_deref().unwrap_or("").contains("subcluster bitmap"), "{:?}", d.opaque);
 }
 
 #[test]
@@ -174,12 +234,54 @@ fn internal_snapshot_then_writes_spills() {
     let (img, r) = decompose_file(&p, &tight, true);
     let (d, mut s) = r.expect("opaque, not an error");
     assert!(d.opaque.as_deref().unwrap_or("").contains("spill limit"), "{:?}", d.opaque);
+    assert!(d.info.spilled_bytes <= 64 * 1024, "spilled {} bytes past the limit", d.info.spilled_bytes);
     assert_rebuild(&img, &d, &mut s);
     let strict = Policy { strict: true, ..tight };
     let (_, r) = decompose_file(&p, &strict, true);
     assert!(r.err().expect("strict refuses").to_string().contains("spill limit"));
     // No spill file is left behind (it is unlinked at creation).
     assert!(std::fs::read_dir(t.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("spill")));
+}
+
+#[test]
+fn spill_stops_at_its_limit_and_the_default_is_bounded() {
+    // `qemu-img resize` moves the L1 behind the data: everything before it waits for its role.
+    let t = tmp();
+    let r = raw(t.path(), 4 * MIB, 9);
+    let p = convert(t.path(), &r, "resized.qcow2", &["-o", "cluster_size=4k"]);
+    qemu_img(&["resize", "-q", p.to_str().unwrap(), "12M"]);
+    qemu_io(&p, &["write -P 0x77 10M 12k"]);
+    let limit = 100 * 1024 + 7; // not a cluster multiple: the check must come before writing
+    let policy = Policy { max_pending_ram: 0, max_spill_bytes: limit, spill_dir: t.path().to_path_buf(), ..Policy::default() };
+    let (img, r) = decompose_file(&p, &policy, true);
+    let (d, mut s) = r.expect("opaque, not an error");
+    assert!(d.opaque.as_deref().unwrap_or("").contains("spill limit"), "{:?}", d.opaque);
+    assert!(d.info.spilled_bytes > 0 && d.info.spilled_bytes <= limit, "spilled {}", d.info.spilled_bytes);
+    assert_rebuild(&img, &d, &mut s);
+    assert_eq!(Policy::default().max_spill_bytes, qcow2::DEFAULT_SPILL_LIMIT);
+    assert!(qcow2::DEFAULT_SPILL_LIMIT < u64::MAX);
+}
+
+#[test]
+fn segment_budget_bounds_recipe_and_memory() {
+    // Trailing bytes alternating 512 zero / 512 non-zero used to cost one segment per sector
+    // (~6 % of the file in RAM). Past the budget, literals stop eliding zeros and merge.
+    let t = tmp();
+    let r = raw(t.path(), MIB, 4);
+    let p = convert(t.path(), &r, "seg.qcow2", &[]);
+    let mut img = std::fs::read(&p).unwrap();
+    for i in 0..8192 {
+        img.extend(std::iter::repeat_n(if i % 2 == 0 { 0u8 } else { 0x5a }, 512));
+    }
+    std::fs::write(&p, &img).unwrap();
+    let budget = 500;
+    let (img, res) = decompose_file(&p, &Policy { max_segments: budget, ..Policy::default() }, true);
+    let (d, mut s) = res.expect("decompose");
+    assert!(d.info.segments <= budget as u64 + 16, "{} segments for a budget of {budget}", d.info.segments);
+    assert_rebuild(&img, &d, &mut s);
+    // The same image without the budget has thousands of segments: the budget is what bounds it.
+    let (_, res) = decompose_file(&p, &Policy::default(), true);
+    assert!(res.unwrap().0.info.segments > 4 * budget as u64);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -29,8 +29,11 @@ enum Role {
     L2 {
         l1_index: u64,
     },
+    /// A standard data cluster. `alloc`: which of its 32 subclusters hold guest data (bit x
+    /// = subcluster x; all set without extended L2); the others' host bytes are stale.
     Data {
         guest: u64,
+        alloc: u32,
     },
     /// Soft roles: hints that a cluster is metadata we do not interpret (refcount block) or
     /// carries no guest data (zero-flag cluster with a host offset). A hard role replaces them.
@@ -70,6 +73,8 @@ enum Outcome {
 
 /// Sector granularity for zero-run elision in literals.
 const ZGRAIN: usize = 512;
+/// Subclusters per cluster with extended L2 entries.
+const SUBCLUSTERS: u64 = 32;
 
 struct Dec<'a> {
     sink: &'a mut dyn DecomposeSink,
@@ -105,6 +110,15 @@ impl Dec<'_> {
     /// Bytes at host offset `h` that are kept verbatim: zero runs become Zero segments,
     /// everything else goes to the literal stream.
     fn emit_literal(&mut self, h: u64, b: &[u8]) -> std::io::Result<()> {
+        if self.segs.len() >= self.policy.max_segments {
+            // Over the segment budget (the image is opaque by now): no more zero elision, so
+            // host-ordered literal bytes extend one segment instead of adding new ones.
+            self.sink.literal(b)?;
+            self.segs.push(h, Segment::Literal { len: b.len() as u64, lit_off: self.lit_off });
+            self.lit_off += b.len() as u64;
+            self.info.literal_bytes += b.len() as u64;
+            return Ok(());
+        }
         let mut i = 0usize;
         while i < b.len() {
             let zero_start = i;
@@ -129,7 +143,28 @@ impl Dec<'_> {
         Ok(())
     }
 
-    /// A data cluster's bytes at host `h`, mapping guest offset `g`; trimmed at the virtual size.
+    /// A data cluster's bytes at host `h`, mapping guest offset `g`: the allocated subclusters'
+    /// bytes are guest data, the others' stale bytes are literal.
+    fn emit_cluster(&mut self, h: u64, g: u64, b: &[u8], alloc: u32) -> std::io::Result<()> {
+        let sub = (self.cs / SUBCLUSTERS) as usize;
+        let allocated = |at: usize| alloc & (1u32 << (at / sub).min(31)) != 0;
+        let mut i = 0usize;
+        while i < b.len() {
+            let (start, on) = (i, allocated(i));
+            while i < b.len() && allocated(i) == on {
+                i = (i + sub).min(b.len());
+            }
+            let (hh, piece) = (h + start as u64, &b[start..i]);
+            if on {
+                self.emit_guest(hh, g + start as u64, piece)?;
+            } else {
+                self.emit_literal(hh, piece)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest bytes at host `h`, mapping guest offset `g`; trimmed at the virtual size.
     fn emit_guest(&mut self, h: u64, g: u64, b: &[u8]) -> std::io::Result<()> {
         let n = (b.len() as u64).min(self.vsize().saturating_sub(g)) as usize;
         let (data, rest) = b.split_at(n);
@@ -153,8 +188,19 @@ impl Dec<'_> {
             self.pool_ram += b.len();
             Store::Ram(b)
         } else {
+            if self.spill_len + len > self.policy.max_spill_bytes {
+                // Checked before writing: the spill file never grows past the limit.
+                self.go_opaque(format!(
+                    "clusters waiting for their role exceed the spill limit of {} bytes (--spill-limit)",
+                    self.policy.max_spill_bytes
+                ))?;
+                return Ok(self.emit_literal(h, &b)?);
+            }
             if self.spill.is_none() {
-                self.spill = Some(open_spill(&self.policy.spill_dir)?);
+                let dir = &self.policy.spill_dir;
+                let f = open_spill(dir)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create a spill file in {}: {e}", dir.display())))?;
+                self.spill = Some(f);
             }
             let off = self.spill_len;
             if let Some(f) = self.spill.as_mut() {
@@ -167,9 +213,6 @@ impl Dec<'_> {
         self.pool_put(h, Held { len, store });
         self.pool_bytes += len;
         self.info.pending_peak_bytes = self.info.pending_peak_bytes.max(self.pool_bytes);
-        if self.spill_len > self.policy.max_spill_bytes {
-            self.go_opaque(format!("pending clusters exceed the spill limit of {} bytes", self.policy.max_spill_bytes))?;
-        }
         Ok(())
     }
 
@@ -373,12 +416,12 @@ impl Dec<'_> {
             return Ok(());
         }
         match role {
-            Role::Data { guest } => {
+            Role::Data { guest, alloc } => {
                 self.flush_jobs()?; // keep guest pieces in guest order
                 if self.opaque.is_some() {
                     self.emit_literal(h, &b)?;
                 } else {
-                    self.emit_guest(h, guest, &b)?;
+                    self.emit_cluster(h, guest, &b, alloc)?;
                 }
             }
             Role::Header | Role::RefBlock => {
@@ -437,7 +480,8 @@ impl Dec<'_> {
     fn parse_l2(&mut self, l1_index: u64, b: &[u8]) -> Result<(), Qcow2Error> {
         let cs = self.cs;
         let cb = self.h.cluster_bits as u64;
-        for (i, e) in b.chunks_exact(8).enumerate() {
+        let extended = self.h.extended_l2();
+        for (i, e) in b.chunks_exact(self.h.l2_entry_size() as usize).enumerate() {
             if self.opaque.is_some() {
                 break;
             }
@@ -445,7 +489,15 @@ impl Dec<'_> {
             if guest >= self.vsize() {
                 break;
             }
-            let e = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
+            let be64 = |at: usize| u64::from_be_bytes(e[at..at + 8].try_into().unwrap_or([0; 8]));
+            // Extended L2 (qcow2 spec "Extended L2 Entries"): a second word, bits 0..32 =
+            // subcluster x allocated, bits 32..64 = subcluster x reads as zeros.
+            let bitmap = if extended { be64(8) } else { 0 };
+            let e = be64(0);
+            if e & (1 << 62) != 0 && bitmap != 0 {
+                self.corrupt(format!("compressed cluster for guest offset {guest:#x} has a subcluster bitmap ({bitmap:#x})"))?;
+                break;
+            }
             if e & (1 << 62) != 0 {
                 let x = 62 - (cb - 8);
                 let off = e & ((1u64 << x) - 1);
@@ -472,24 +524,34 @@ impl Dec<'_> {
             }
             let off = e & 0x00ff_ffff_ffff_fe00;
             let zero = e & 1 != 0;
-            if e & 0x3f00_0000_0000_01fe != 0 || (zero && self.h.version < 3) {
+            // With extended L2, bit 0 is reserved: zeros are said per subcluster.
+            if e & 0x3f00_0000_0000_01fe != 0 || (zero && (self.h.version < 3 || extended)) {
                 self.corrupt(format!("L2 entry for guest offset {guest:#x} has reserved bits set ({e:#x})"))?;
+                break;
+            }
+            let (sub_alloc, sub_zero) = (bitmap as u32, (bitmap >> 32) as u32);
+            if sub_alloc & sub_zero != 0 || (off == 0 && sub_alloc != 0) {
+                self.corrupt(format!(
+                    "L2 entry for guest offset {guest:#x} has an invalid subcluster bitmap ({bitmap:#x}) for host offset {off:#x}"
+                ))?;
                 break;
             }
             if off == 0 {
                 continue;
             }
+            // Without extended L2 every subcluster of a non-zero data cluster is allocated.
+            let alloc = if extended { sub_alloc } else { u32::MAX };
             if off % cs != 0 || off < cs || !self.in_file(off, 1) {
                 self.corrupt(format!("L2 entry for guest offset {guest:#x} points to host {off:#x}: unaligned, into the header or beyond the end of the file"))?;
                 break;
             }
-            if zero {
+            if zero || alloc == 0 {
                 self.info.zero_prealloc_clusters += 1;
                 self.assign(off / cs, Role::Free)?;
             } else {
                 self.info.allocated_bytes += cs;
                 self.info.data_clusters += 1;
-                self.assign(off / cs, Role::Data { guest })?;
+                self.assign(off / cs, Role::Data { guest, alloc })?;
             }
         }
         // Streams whose bytes have all arrived can be processed now.
@@ -549,7 +611,8 @@ impl Dec<'_> {
                     match codec {
                         Some(c) => {
                             self.info.reproducible_clusters += 1;
-                            self.segs.push(j.off, Segment::Compressed { len: exact, guest_off: j.guest, codec: c });
+                            let check = Some(super::recipe::compressed_check(&bytes));
+                            self.segs.push(j.off, Segment::Compressed { len: exact, guest_off: j.guest, codec: c, check });
                         }
                         None => {
                             self.info.literal_compressed_clusters += 1;
@@ -606,7 +669,8 @@ fn open_spill(dir: &std::path::Path) -> std::io::Result<File> {
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
         ));
-        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
+        // Mode 0600 set at creation (not left to the umask): the file holds image bytes.
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p) {
             Ok(f) => {
                 let _ = std::fs::remove_file(&p);
                 return Ok(f);
@@ -695,8 +759,6 @@ pub fn decompose<R: Read>(
         opaque = Some(format!("unknown incompatible feature bits {:#x}", h.incompatible & !header::INCOMPAT_KNOWN));
     } else if info.corrupt {
         opaque = Some("the image's corrupt bit is set".into());
-    } else if h.extended_l2() {
-        opaque = Some("extended L2 entries (subclusters) are not decomposed yet".into());
     }
     if let (Some(r), true) = (&opaque, policy.strict) {
         return Err(Qcow2Error::Limit(format!("strict policy refuses opaque storage: {r}")));
@@ -777,6 +839,12 @@ pub fn decompose<R: Read>(
         if d.opaque.is_none() {
             d.collect_ready(false)?;
         }
+        if d.opaque.is_none() && d.segs.len() > policy.max_segments {
+            d.go_opaque(format!(
+                "the layout recipe would exceed {} segments (an image this fragmented is stored as bytes from here on)",
+                policy.max_segments
+            ))?;
+        }
         if n < buf_len {
             break;
         }
@@ -808,6 +876,35 @@ pub fn decompose<R: Read>(
     d.info.opaque = d.opaque.clone();
     d.info.zlib_version = codec::zlib_version();
     let enc = recipe.encode();
+    // Refuse now what restore would refuse later: the recipe must decode within its caps.
+    if let Err(e) = Recipe::decode(&enc) {
+        return Err(Qcow2Error::Limit(format!("the layout recipe ({} bytes) would not be readable at restore: {e}", enc.len())));
+    }
+    if enc.len() as u64 > super::recipe::MAX_BODY {
+        return Err(Qcow2Error::Limit(format!(
+            "the layout recipe is {} bytes, above the {} a reader accepts",
+            enc.len(),
+            super::recipe::MAX_BODY
+        )));
+    }
     d.info.recipe_bytes = enc.len() as u64;
     Ok(Decomposed { recipe: enc, info: d.info, opaque: d.opaque })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn spill_file_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        // A permissive umask must not widen the mode: it is set at creation.
+        let old = unsafe { libc::umask(0o000) };
+        let f = open_spill(dir.path());
+        unsafe { libc::umask(old) };
+        let mode = f.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "spill file mode {mode:o}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill file not unlinked");
+    }
 }

@@ -19,7 +19,9 @@ pub use codec::{deflate_qemu, zlib_version, zstd_qemu, CODEC_ZLIB, CODEC_ZSTD};
 pub use decompose::decompose;
 pub use error::Qcow2Error;
 pub use rebuild::rebuild;
-pub use recipe::{Recipe, Segment, FLAG_OPAQUE, RECIPE_MAGIC, RECIPE_VERSION};
+pub use recipe::{compressed_check, Recipe, Segment, FLAG_OPAQUE, RECIPE_MAGIC, RECIPE_VERSION};
+/// Largest encoded recipe a reader accepts (and the decomposer produces).
+pub const MAX_RECIPE_BYTES: u64 = recipe::MAX_BODY;
 pub use writer::write_qcow2;
 
 /// Receiver of the decomposer's two output streams.
@@ -41,6 +43,12 @@ pub trait RebuildSource {
     fn read_literal(&mut self, literal_offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
+/// Default [`Policy::max_spill_bytes`]: 2 GiB (`--spill-limit`).
+pub const DEFAULT_SPILL_LIMIT: u64 = 2 << 30;
+/// Default [`Policy::max_segments`]: 4 Mi segments (≈ 200 MiB of RAM at most; a plain image
+/// needs a few per 512 MiB of disk, a compressed one about one per compressed cluster).
+pub const DEFAULT_MAX_SEGMENTS: usize = 4 << 20;
+
 /// Safety policy and resource limits for decomposing untrusted images.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -50,10 +58,15 @@ pub struct Policy {
     pub allow_data_file_opaque: bool,
     /// Bytes of clusters with unknown role held in RAM before spilling to `spill_dir`.
     pub max_pending_ram: usize,
-    /// Directory of the (immediately unlinked) spill file.
+    /// Directory of the (immediately unlinked, mode 0600) spill file.
     pub spill_dir: std::path::PathBuf,
-    /// Upper bound on spilled bytes; beyond it the image is stored opaque.
+    /// Upper bound on spilled bytes ([`DEFAULT_SPILL_LIMIT`]); beyond it the image is stored
+    /// opaque from that point on (exact, but the rest does not dedup as guest data).
     pub max_spill_bytes: u64,
+    /// Upper bound on recipe segments held while decomposing ([`DEFAULT_MAX_SEGMENTS`]): it
+    /// bounds the decomposer's memory (~48 bytes a segment) and keeps the encoded recipe far
+    /// below the 256 MiB a reader accepts. Beyond it the image is stored opaque.
+    pub max_segments: usize,
     /// Refuse images whose virtual size exceeds this.
     pub max_virtual_size: u64,
     /// Cap on outstanding table references (future roles, compressed streams).
@@ -69,7 +82,8 @@ impl Default for Policy {
             allow_data_file_opaque: false,
             max_pending_ram: 64 << 20,
             spill_dir: std::env::temp_dir(),
-            max_spill_bytes: u64::MAX,
+            max_spill_bytes: DEFAULT_SPILL_LIMIT,
+            max_segments: DEFAULT_MAX_SEGMENTS,
             max_virtual_size: 64 << 40,
             max_tracked: 1 << 24,
             strict: false,

@@ -3,7 +3,7 @@
 //! (rayon) in windows, written in order.
 use super::codec;
 use super::error::Qcow2Error;
-use super::recipe::{Recipe, Segment};
+use super::recipe::{compressed_check, Recipe, Segment};
 use super::RebuildSource;
 use rayon::prelude::*;
 use std::io::Write;
@@ -59,15 +59,21 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
                 Segment::Guest { len, guest_off } => {
                     write_in_pieces(out, &mut buf, len, |done, piece| src.read_guest(guest_off + done, piece))?
                 }
-                Segment::Compressed { len, guest_off, codec } => {
+                Segment::Compressed { len, guest_off, codec, check } => {
                     let c = comp.next().flatten().ok_or_else(|| {
                         Qcow2Error::Rebuild(format!("codec {codec} failed for the cluster at guest offset {guest_off:#x}"))
                     })?;
+                    let lib = if codec == codec::CODEC_ZLIB { "zlib" } else { "zstd" };
                     if c.len() as u64 != len {
                         return Err(Qcow2Error::Rebuild(format!(
-                            "recompressing the cluster at guest offset {guest_off:#x} gave {} bytes, the original had {len}: the linked {} differs from the one used at ingest",
+                            "recompressing the cluster at guest offset {guest_off:#x} (host offset {written:#x}) gave {} bytes, the original had {len}: the linked {lib} differs from the one used at ingest",
                             c.len(),
-                            if codec == codec::CODEC_ZLIB { "zlib" } else { "zstd" }
+                        )));
+                    }
+                    // Same length is not same bytes: compare with the check recorded at ingest.
+                    if check.is_some_and(|want| compressed_check(&c) != want) {
+                        return Err(Qcow2Error::Rebuild(format!(
+                            "recompressing the cluster at guest offset {guest_off:#x} (host offset {written:#x}) gave other bytes than the original (recorded check differs): the linked {lib} differs from the one used at ingest"
                         )));
                     }
                     out.write_all(&c)?;

@@ -8,10 +8,11 @@ use super::error::Qcow2Error;
 use std::io::Read;
 
 pub const RECIPE_MAGIC: &[u8; 4] = b"IQCR";
-pub const RECIPE_VERSION: u8 = 1;
+/// Version written. Version 1 (no per-cluster checks) is still read.
+pub const RECIPE_VERSION: u8 = 2;
 /// Cap on the decoded body size (a recipe is ~1 byte per 64 KiB of image; 256 MiB is far
 /// beyond any real image and bounds hostile recipes).
-const MAX_BODY: u64 = 256 << 20;
+pub const MAX_BODY: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Segment {
@@ -22,8 +23,9 @@ pub enum Segment {
     /// `len` bytes of guest data starting at `guest_off` (holes read as zeros).
     Guest { len: u64, guest_off: u64 },
     /// One compressed cluster: recompress the guest cluster at `guest_off` (zero-padded past
-    /// the virtual size) with `codec`; the result is exactly `len` bytes.
-    Compressed { len: u64, guest_off: u64, codec: u8 },
+    /// the virtual size) with `codec`; the result is exactly `len` bytes, and its
+    /// [`compressed_check`] is `check` (absent in version-1 recipes: length checked only).
+    Compressed { len: u64, guest_off: u64, codec: u8, check: Option<u64> },
 }
 
 impl Segment {
@@ -45,6 +47,14 @@ pub struct Recipe {
 }
 
 pub const FLAG_OPAQUE: u8 = 1;
+
+/// The check recorded for a compressed cluster's original bytes: the first 8 bytes of their
+/// BLAKE3 hash, little-endian. Rebuild recomputes it over what the linked codec produced, so a
+/// codec that compresses differently (another zlib/zstd build) is caught at that cluster.
+pub fn compressed_check(bytes: &[u8]) -> u64 {
+    let h = blake3::hash(bytes);
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+}
 
 fn put_var(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -81,6 +91,11 @@ impl Cur<'_> {
         }
         Err(Qcow2Error::BadRecipe("varint too long".into()))
     }
+    fn u64_le(&mut self) -> Result<u64, Qcow2Error> {
+        let b = self.b.get(self.p..self.p + 8).ok_or_else(|| Qcow2Error::BadRecipe("truncated".into()))?;
+        self.p += 8;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
     fn zz(&mut self) -> Result<i64, Qcow2Error> {
         let v = self.var()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -93,8 +108,10 @@ const T_GUEST: u8 = 2;
 const T_COMP: u8 = 3;
 
 impl Recipe {
-    /// Encode: header + zstd-compressed body.
+    /// Encode: header + zstd-compressed body. Version 2 when every compressed segment has a
+    /// check (what the decomposer produces), else version 1 (kept for tests and old recipes).
     pub fn encode(&self) -> Vec<u8> {
+        let version = if self.segments.iter().all(|s| !matches!(s, Segment::Compressed { check: None, .. })) { RECIPE_VERSION } else { 1 };
         let mut body = Vec::with_capacity(16 + self.segments.len() * 4);
         put_var(&mut body, self.file_len);
         body.push(self.cluster_bits);
@@ -121,18 +138,21 @@ impl Recipe {
                     put_zz(&mut body, guest_off.wrapping_sub(next_guest) as i64);
                     next_guest = guest_off.wrapping_add(len);
                 }
-                Segment::Compressed { len, guest_off, codec } => {
+                Segment::Compressed { len, guest_off, codec, check } => {
                     body.push(T_COMP);
                     body.push(codec);
                     put_var(&mut body, len);
                     put_zz(&mut body, guest_off.wrapping_sub(next_guest) as i64);
+                    if version >= 2 {
+                        body.extend_from_slice(&check.unwrap_or(0).to_le_bytes());
+                    }
                     next_guest = guest_off.wrapping_add(cs);
                 }
             }
         }
         let mut out = Vec::with_capacity(body.len() / 4 + 16);
         out.extend_from_slice(RECIPE_MAGIC);
-        out.push(RECIPE_VERSION);
+        out.push(version);
         out.push(1); // body compression: zstd
         put_var(&mut out, body.len() as u64);
         out.extend_from_slice(&zstd::bulk::compress(&body, 19).unwrap_or_else(|_| body.clone()));
@@ -145,8 +165,9 @@ impl Recipe {
         if data.len() < 6 || &data[..4] != RECIPE_MAGIC {
             return Err(e("bad magic (not an imgarc qcow2 recipe)"));
         }
-        if data[4] != RECIPE_VERSION {
-            return Err(Qcow2Error::BadRecipe(format!("unsupported recipe version {}", data[4])));
+        let version = data[4];
+        if !(1..=RECIPE_VERSION).contains(&version) {
+            return Err(Qcow2Error::BadRecipe(format!("unsupported recipe version {version}")));
         }
         let comp = data[5];
         let mut c = Cur { b: data, p: 6 };
@@ -214,8 +235,9 @@ impl Recipe {
                     if len >= cs || !(1..=2).contains(&codec) {
                         return Err(e("compressed segment length or codec invalid"));
                     }
+                    let check = if version >= 2 { Some(c.u64_le()?) } else { None };
                     next_guest = guest_off + cs;
-                    Segment::Compressed { len, guest_off, codec }
+                    Segment::Compressed { len, guest_off, codec, check }
                 }
                 _ => return Err(e("unknown segment tag")),
             };
@@ -232,6 +254,12 @@ impl Recipe {
             return Err(Qcow2Error::BadRecipe(format!("segments cover {pos} bytes, file length is {file_len}")));
         }
         Ok(Recipe { file_len, cluster_bits, virtual_size, flags, segments })
+    }
+
+    /// Compressed segments without a recorded check (version-1 recipes): rebuild can only
+    /// check their length.
+    pub fn unchecked_compressed(&self) -> u64 {
+        self.segments.iter().filter(|s| matches!(s, Segment::Compressed { check: None, .. })).count() as u64
     }
 
     /// Bytes of the literal stream the recipe references (max end offset).
@@ -254,10 +282,24 @@ pub(crate) struct SegList {
 }
 
 impl SegList {
+    /// Adds a segment; one continuing the last pushed one (same kind, contiguous host and
+    /// stream offsets) extends it, so host-ordered literal stretches cost one item.
     pub fn push(&mut self, host: u64, s: Segment) {
-        if s.len() > 0 {
-            self.items.push((host, s));
+        if s.len() == 0 {
+            return;
         }
+        if let Some((last_host, last)) = self.items.last_mut() {
+            if *last_host + last.len() == host {
+                if let Some(merged) = merge(*last, s) {
+                    *last = merged;
+                    return;
+                }
+            }
+        }
+        self.items.push((host, s));
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
     }
     /// Sort by host offset, merge continuations, verify exact tiling of `[0, file_len)`.
     pub fn finish(mut self, file_len: u64) -> Result<Vec<Segment>, Qcow2Error> {
@@ -272,20 +314,9 @@ impl SegList {
             }
             pos += s.len();
             if let Some(last) = out.last_mut() {
-                match (last, s) {
-                    (Segment::Zero { len }, Segment::Zero { len: l2 }) => {
-                        *len += l2;
-                        continue;
-                    }
-                    (Segment::Literal { len, lit_off }, Segment::Literal { len: l2, lit_off: o2 }) if *lit_off + *len == o2 => {
-                        *len += l2;
-                        continue;
-                    }
-                    (Segment::Guest { len, guest_off }, Segment::Guest { len: l2, guest_off: g2 }) if *guest_off + *len == g2 => {
-                        *len += l2;
-                        continue;
-                    }
-                    _ => {}
+                if let Some(merged) = merge(*last, s) {
+                    *last = merged;
+                    continue;
                 }
             }
             out.push(s);
@@ -294,6 +325,20 @@ impl SegList {
             return Err(Qcow2Error::Rebuild(format!("internal error: recipe covers {pos} of {file_len} bytes")));
         }
         Ok(out)
+    }
+}
+
+/// `a` followed by `b` as one segment, when they continue each other.
+fn merge(a: Segment, b: Segment) -> Option<Segment> {
+    match (a, b) {
+        (Segment::Zero { len }, Segment::Zero { len: l2 }) => Some(Segment::Zero { len: len + l2 }),
+        (Segment::Literal { len, lit_off }, Segment::Literal { len: l2, lit_off: o2 }) if lit_off + len == o2 => {
+            Some(Segment::Literal { len: len + l2, lit_off })
+        }
+        (Segment::Guest { len, guest_off }, Segment::Guest { len: l2, guest_off: g2 }) if guest_off + len == g2 => {
+            Some(Segment::Guest { len: len + l2, guest_off })
+        }
+        _ => None,
     }
 }
 
@@ -311,8 +356,8 @@ mod tests {
                 Segment::Literal { len: 512, lit_off: 0 },
                 Segment::Zero { len: 1000 },
                 Segment::Guest { len: 65536, guest_off: 1 << 20 },
-                Segment::Compressed { len: 300, guest_off: 0, codec: 1 }, // backwards guest delta
-                Segment::Literal { len: 7, lit_off: 100_000 },            // forward literal delta
+                Segment::Compressed { len: 300, guest_off: 0, codec: 1, check: Some(0x0123_4567_89ab_cdef) }, // backwards guest delta
+                Segment::Literal { len: 7, lit_off: 100_000 },                                                // forward literal delta
             ],
         }
     }
@@ -349,14 +394,27 @@ mod tests {
         r.file_len += 1;
         assert!(Recipe::decode(&r.encode()).unwrap_err().to_string().contains("cover"));
         let mut r = sample();
-        r.segments[3] = Segment::Compressed { len: 300, guest_off: 5, codec: 1 };
+        r.segments[3] = Segment::Compressed { len: 300, guest_off: 5, codec: 1, check: Some(1) };
         assert!(Recipe::decode(&r.encode()).is_err());
         let mut r = sample();
-        r.segments[3] = Segment::Compressed { len: 300, guest_off: 0, codec: 9 };
+        r.segments[3] = Segment::Compressed { len: 300, guest_off: 0, codec: 9, check: Some(1) };
         assert!(Recipe::decode(&r.encode()).is_err());
         let mut r = sample();
         r.virtual_size = 1000;
         assert!(Recipe::decode(&r.encode()).is_err());
+    }
+
+    #[test]
+    fn version_1_recipes_still_decode_without_checks() {
+        let mut r = sample();
+        r.segments[3] = Segment::Compressed { len: 300, guest_off: 0, codec: 1, check: None };
+        let enc = r.encode();
+        assert_eq!(enc[4], 1);
+        let back = Recipe::decode(&enc).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.unchecked_compressed(), 1);
+        assert_eq!(Recipe::decode(&sample().encode()).unwrap().unchecked_compressed(), 0);
+        assert_eq!(sample().encode()[4], RECIPE_VERSION);
     }
 
     #[test]
