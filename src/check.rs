@@ -136,8 +136,16 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         };
         let ids: Vec<Id> = refs.into_iter().collect();
         let present = index.contains_many(&ids)?;
+        let mut complete = true;
         for id in ids.iter().filter(|id| !present.contains(id)) {
+            complete = false;
             damaged.entry(*id).or_insert((None, "not stored in any pack".into()));
+        }
+        // Reading data includes the layout recipe: decoded as restore will decode it.
+        if opts.read_data_fraction > 0.0 && complete {
+            if let Err(e) = check_recipe(repo, index, &snap) {
+                report.errors.push(format!("snapshot {} ({}): layout recipe: {e:#}", row.id.to_hex(), row.name));
+            }
         }
     }
 
@@ -165,6 +173,25 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     }
     report.ok = report.errors.is_empty();
     Ok(report)
+}
+
+/// Decodes a qcow2 snapshot's recipe with restore's own reader and decoder, and checks it
+/// against what the snapshot records (file length, virtual size, literal stream length).
+fn check_recipe(repo: &Repository, index: &Index, snap: &crate::repository::snapshot::Snapshot) -> Result<()> {
+    let crate::repository::snapshot::Layout::Qcow2 { recipe, literals } = &snap.layout else {
+        return Ok(());
+    };
+    let r = crate::format::qcow2::decode_recipe(&crate::restore::read_small_stream(repo, index, recipe)?)?;
+    if r.file_len != snap.logical_bytes {
+        anyhow::bail!("rebuilds {} bytes, the snapshot records {}", r.file_len, snap.logical_bytes);
+    }
+    if r.virtual_size != snap.guest.size {
+        anyhow::bail!("virtual size {} differs from the guest stream's {}", r.virtual_size, snap.guest.size);
+    }
+    if r.literal_len() > literals.size {
+        anyhow::bail!("references {} literal bytes, the literal stream holds {}", r.literal_len(), literals.size);
+    }
+    Ok(())
 }
 
 /// Reads a whole pack and returns the blobs that are not intact.

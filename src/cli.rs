@@ -109,6 +109,32 @@ pub struct ArchiveArgs {
     /// Archive a QCOW2 image with an external data file as opaque bytes instead of refusing it
     #[arg(long)]
     pub allow_data_file_opaque: bool,
+    #[command(flatten)]
+    pub spill: SpillArgs,
+}
+
+/// Where and how much the QCOW2 decomposer may spill (clusters read before the table that
+/// says what they are). Shared by every command that archives.
+#[derive(Args, Debug, Clone)]
+pub struct SpillArgs {
+    /// Directory for the QCOW2 decomposer's spill file (unlinked at once, mode 0600) [default: the system temp dir]
+    #[arg(long, env = "IMGARC_SPILL_DIR", value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes a QCOW2 image may spill; beyond it the rest is stored opaque (exact, and the archive says so)
+    #[arg(long, default_value = "2G", value_name = "SIZE")]
+    pub spill_limit: String,
+}
+
+impl SpillArgs {
+    /// The default QCOW2 policy with these spill settings.
+    pub fn qcow2_policy(&self) -> anyhow::Result<crate::format::qcow2::Policy> {
+        let mut policy = crate::format::qcow2::Policy::default();
+        if let Some(dir) = &self.spill_dir {
+            policy.spill_dir = dir.clone();
+        }
+        policy.max_spill_bytes = crate::util::parse_size(&self.spill_limit).map_err(|e| anyhow::anyhow!("--spill-limit: {e:#}"))?;
+        Ok(policy)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +218,8 @@ pub struct SyncArgs {
     /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
     #[arg(long, value_delimiter = ',')]
     pub digest: Vec<String>,
+    #[command(flatten)]
+    pub spill: SpillArgs,
 }
 
 #[derive(Args, Debug)]

@@ -164,6 +164,8 @@ pub struct SyncOptions {
     pub limit: Option<RateLimiter>,
     /// Extra whole-file digests to record (as `archive --digest`).
     pub digests: Vec<String>,
+    /// How QCOW2 images are decomposed (spill directory and limit).
+    pub qcow2_policy: crate::format::qcow2::Policy,
 }
 
 /// What happened to one image.
@@ -343,7 +345,7 @@ fn download_one(repo: &Repository, index: &mut Index, glance: &GlanceClient, rec
             expected_size: src.size,
             metadata: src.metadata,
             declared_format: src.declared_format,
-            qcow2_policy: Default::default(),
+            qcow2_policy: opts.qcow2_policy.clone(),
         };
         archive(repo, index, reader, req, &indicatif::ProgressBar::hidden())
     })();

@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         qcow2_policy: crate::format::qcow2::Policy {
             allow_backing_file_opaque: args.allow_backing_file_opaque,
             allow_data_file_opaque: args.allow_data_file_opaque,
-            ..Default::default()
+            ..args.spill.qcow2_policy()?
         },
     };
     let pb = ctx.out.bar(src.size, "archive");

@@ -25,6 +25,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         cloud: ctx.global.os_cloud.clone(),
         limit: Ctx::limiter(&ctx.global.limit_download)?,
         digests,
+        qcow2_policy: args.spill.qcow2_policy()?,
     };
     let quiet = ctx.out.quiet;
     let log = |e: &ImageEntry| {
