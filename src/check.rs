@@ -73,7 +73,17 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         let actual = match in_repo.get(pack) {
             Some(s) => Some(*s),
             // Listings may lag; ask for the object itself before calling it missing.
-            None => repo.backend().size(&pack_key(pack)).ok(),
+            // Only the store's own "not found" means missing: any other failure
+            // (timeout, 5xx, permissions) says nothing about the pack, and
+            // dropping its rows would make archives store its chunks again.
+            None => match repo.backend().size(&pack_key(pack)) {
+                Ok(s) => Some(s),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => {
+                    report.errors.push(format!("pack {}: cannot check it: {e}", pack.to_hex()));
+                    continue;
+                }
+            },
         };
         let problem = match actual {
             None => Some("pack is missing".to_string()),
@@ -109,7 +119,15 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         progress.set_length(packs.iter().map(|p| p.1).sum());
         for (pack, size) in &packs {
             let expected = index.pack_entries(pack)?;
-            let bad = verify_pack(repo, pack, &expected);
+            let bad = match verify_pack(repo, pack, &expected) {
+                Ok(bad) => bad,
+                Err(e) => {
+                    // Not read is not damaged: the locations stay.
+                    report.errors.push(format!("pack {}: cannot read it: {e}", pack.to_hex()));
+                    progress.inc(*size);
+                    continue;
+                }
+            };
             report.packs_read += 1;
             report.blobs_verified += expected.len() as u64;
             for (id, problem) in bad {
@@ -122,8 +140,17 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     }
 
     // 3. Snapshots: trees readable, every chunk still has a location.
+    let horizon = crate::retention::horizon(chrono::Utc::now());
     for row in index.snapshot_rows()? {
         report.snapshots_checked += 1;
+        if crate::retention::is_future(&row.time, horizon) {
+            report.warnings.push(format!(
+                "snapshot {} ({}) is dated {}, in the future: retention ignores it (check the clock of the host that wrote it)",
+                row.id.to_hex(),
+                row.name,
+                row.time
+            ));
+        }
         let Some(snap) = index.snapshot(&row.id)? else {
             continue;
         };
@@ -194,15 +221,18 @@ fn check_recipe(repo: &Repository, index: &Index, snap: &crate::repository::snap
     Ok(())
 }
 
-/// Reads a whole pack and returns the blobs that are not intact.
-fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Vec<(Id, String)> {
+/// Reads a whole pack and returns the blobs that are not intact. A pack that
+/// is gone makes every blob bad; a read that fails otherwise is an error, as
+/// it proves nothing about the blobs.
+fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<Vec<(Id, String)>, crate::backend::BackendError> {
     let bytes = match repo.backend().get(&pack_key(pack)) {
         Ok(b) => b,
-        Err(e) => return expected.iter().map(|x| (x.id, format!("cannot read pack: {e}"))).collect(),
+        Err(e) if e.is_not_found() => return Ok(expected.iter().map(|x| (x.id, "pack is missing".to_string())).collect()),
+        Err(e) => return Err(e),
     };
     if Id::of(&bytes) != *pack {
         // The pack's name is its hash: some byte changed. Find which blobs.
-        let trailer_ok = pack::parse_pack(&bytes).is_ok();
+        let trailer_ok = pack::parse_pack(&bytes, &repo.blob_limits()).is_ok();
         let mut bad: Vec<(Id, String)> = Vec::new();
         for e in expected {
             let end = e.offset + e.stored_len as u64;
@@ -217,12 +247,12 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Vec<(Id,
         }
         if bad.is_empty() && trailer_ok {
             // Only padding or the trailer changed; the blobs are fine.
-            return vec![];
+            return Ok(vec![]);
         }
-        return bad;
+        return Ok(bad);
     }
     use rayon::prelude::*;
-    expected
+    Ok(expected
         .par_iter()
         .filter_map(|e| {
             let end = (e.offset + e.stored_len as u64) as usize;
@@ -230,5 +260,81 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Vec<(Id,
                 bytes.get(e.offset as usize..end).ok_or_else(|| anyhow::anyhow!("outside the pack")).and_then(|s| pack::decode_blob(e, s));
             r.err().map(|err| (e.id, format!("{err:#}")))
         })
-        .collect()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{local::LocalBackend, Backend, BackendError, BackendResult, ObjectInfo};
+    use crate::repository::config::Config;
+    use crate::repository::pack::{encode_blob, BlobKind, PackBuilder};
+    use std::sync::Arc;
+
+    /// A store whose listing lags (no packs yet) and whose HEAD and GET of
+    /// packs fail with a transient error, as an overloaded object store does.
+    #[derive(Debug)]
+    struct Unreachable(LocalBackend);
+
+    fn transient(op: &'static str, key: &str) -> BackendError {
+        BackendError::Io { op, key: key.into(), source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out") }
+    }
+
+    impl Backend for Unreachable {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+            self.0.put(key, data)
+        }
+        fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+            if key.starts_with("data/") {
+                return Err(transient("get", key));
+            }
+            self.0.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
+            self.0.get_range(key, offset, length)
+        }
+        fn size(&self, key: &str) -> BackendResult<u64> {
+            if key.starts_with("data/") {
+                return Err(transient("size", key));
+            }
+            self.0.size(key)
+        }
+        fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
+            if prefix.starts_with("data/") {
+                return Ok(Vec::new());
+            }
+            self.0.list(prefix)
+        }
+        fn delete(&self, key: &str) -> BackendResult<()> {
+            self.0.delete(key)
+        }
+    }
+
+    #[test]
+    fn a_pack_that_cannot_be_reached_is_an_error_not_a_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path().join("repo"))), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut builder = PackBuilder::new();
+        builder.add(&encode_blob(BlobKind::Data, &[42u8; 5000], 3));
+        let written = repo.write_pack(builder).unwrap();
+        drop(repo);
+
+        let flaky = Repository::open(Arc::new(Unreachable(LocalBackend::new(dir.path().join("repo"))))).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &flaky.config().id).unwrap();
+        index.sync(&flaky).unwrap();
+        assert!(index.packs().unwrap().contains_key(&written.id));
+
+        for fraction in [0.0, 1.0] {
+            let opts = CheckOptions { read_data_fraction: fraction };
+            let report = check(&flaky, &mut index, &opts, &ProgressBar::hidden()).unwrap();
+            assert!(!report.ok, "an unreachable pack is not a pass");
+            assert!(report.errors.iter().any(|e| e.contains("cannot") && e.contains("timed out")), "{:?}", report.errors);
+            assert!(report.damaged_chunks.is_empty(), "nothing is known to be damaged: {:?}", report.damaged_chunks);
+            assert!(index.packs().unwrap().contains_key(&written.id), "check dropped a pack it could not reach (read_data {fraction})");
+            assert!(index.contains_many(&[written.entries[0].id]).unwrap().contains(&written.entries[0].id));
+        }
+    }
 }

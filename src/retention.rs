@@ -11,6 +11,11 @@
 //! reported. On top of the policy, the newest snapshot of an image that was
 //! deleted upstream is always kept unless the caller opts out.
 //!
+//! A snapshot dated after now + the allowed clock skew ([`horizon`]) was
+//! written by a host whose clock is wrong. It steers nothing: it is kept,
+//! never counted by a rule, and `--keep-within` counts back from the newest
+//! snapshot that is not in the future (so at most from the horizon).
+//!
 //! Pure: no I/O, so the rules are tested as tables of fixed dates.
 
 use anyhow::{bail, Context, Result};
@@ -105,12 +110,35 @@ pub struct Verdict {
 
 type Period = fn(DateTime<Utc>, usize) -> (i64, i64);
 
+/// How far ahead of this host's clock a snapshot may be dated (the clock skew
+/// between hosts tolerated) before it counts as dated in the future.
+pub const DEFAULT_CLOCK_SKEW_SECS: i64 = 10 * 60;
+
+/// The reason a snapshot dated in the future is kept.
+pub const FUTURE_REASON: &str = "dated in the future (beyond the clock skew allowed): never removed by a policy";
+
+/// The latest time a snapshot may carry: `now` plus the allowed clock skew.
+pub fn horizon(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::seconds(DEFAULT_CLOCK_SKEW_SECS)
+}
+
+/// Whether a snapshot time is past `horizon`; an unreadable time is not
+/// judged here (callers report it as unreadable).
+pub fn is_future(time: &str, horizon: DateTime<Utc>) -> bool {
+    crate::util::parse_rfc3339(time).is_some_and(|t| t > horizon)
+}
+
 /// Decides every item; the result is parallel to `items`. `deleted_images`
-/// lists images gone upstream whose newest snapshot must stay.
-pub fn decide(policy: &Policy, items: &[Item], deleted_images: &HashSet<String>) -> Vec<Verdict> {
+/// lists images gone upstream whose newest snapshot must stay. Items dated
+/// after `horizon` are kept with [`FUTURE_REASON`] and take no part in the rules.
+pub fn decide(policy: &Policy, items: &[Item], deleted_images: &HashSet<String>, horizon: DateTime<Utc>) -> Vec<Verdict> {
     let mut verdicts = vec![Verdict { keep: false, reasons: Vec::new() }; items.len()];
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
+        if it.time > horizon {
+            verdicts[i] = Verdict { keep: true, reasons: vec![FUTURE_REASON.to_string()] };
+            continue;
+        }
         groups.entry(&it.group).or_default().push(i);
     }
     for members in groups.values_mut() {
@@ -120,7 +148,7 @@ pub fn decide(policy: &Policy, items: &[Item], deleted_images: &HashSet<String>)
     }
     // The newest snapshot of each image deleted upstream, whatever its group.
     let mut newest: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, it) in items.iter().enumerate() {
+    for (i, it) in items.iter().enumerate().filter(|(_, it)| it.time <= horizon) {
         if let Some(img) = it.image.as_deref().filter(|img| deleted_images.contains(*img)) {
             let e = newest.entry(img).or_insert(i);
             if items[i].time > items[*e].time {
@@ -215,9 +243,18 @@ mod tests {
             .collect()
     }
 
+    /// Long after every date in [`series`]: nothing there is in the future.
+    fn later() -> DateTime<Utc> {
+        t("2030-01-01T00:00:00Z")
+    }
+
     fn kept(policy: &Policy, items: &[Item], deleted: &[&str]) -> Vec<usize> {
+        kept_at(policy, items, deleted, later())
+    }
+
+    fn kept_at(policy: &Policy, items: &[Item], deleted: &[&str], horizon: DateTime<Utc>) -> Vec<usize> {
         let deleted = deleted.iter().map(|s| s.to_string()).collect();
-        decide(policy, items, &deleted).iter().enumerate().filter(|(_, v)| v.keep).map(|(i, _)| i).collect()
+        decide(policy, items, &deleted, horizon).iter().enumerate().filter(|(_, v)| v.keep).map(|(i, _)| i).collect()
     }
 
     #[test]
@@ -270,7 +307,7 @@ mod tests {
     #[test]
     fn reasons_name_every_rule_that_keeps() {
         let policy = Policy { last: Some(1), monthly: Some(2), ..Default::default() };
-        let v = decide(&policy, &series(), &HashSet::new());
+        let v = decide(&policy, &series(), &HashSet::new(), later());
         assert_eq!(v[12].reasons, vec!["last snapshot", "monthly snapshot"]);
         assert_eq!(v[10].reasons, vec!["monthly snapshot"]);
         assert!(!v[11].keep && v[11].reasons.is_empty());
@@ -295,8 +332,47 @@ mod tests {
         let policy = Policy { tags: vec!["golden".into()], ..Default::default() };
         assert_eq!(kept(&policy, &series(), &["img-1"]), vec![9, 12]);
         assert_eq!(kept(&policy, &series(), &[]), vec![9]);
-        let v = decide(&policy, &series(), &["img-1".to_string()].into());
+        let v = decide(&policy, &series(), &["img-1".to_string()].into(), later());
         assert_eq!(v[12].reasons, vec!["last snapshot of an image deleted upstream"]);
+    }
+
+    /// "Now" for the future-dated cases: just after #11, before #12.
+    fn now_before_12() -> DateTime<Utc> {
+        horizon(t("2025-01-01T12:00:00Z"))
+    }
+
+    #[test]
+    fn snapshots_dated_in_the_future_steer_nothing_and_are_kept() {
+        let p = |f: fn(&mut Policy)| {
+            let mut p = Policy::default();
+            f(&mut p);
+            p
+        };
+        // #12 (2025-01-02T10:00) is in the future as seen at now_before_12.
+        let table: Vec<(&str, Policy, Vec<usize>)> = vec![
+            ("last 2: the future one does not take a slot", p(|p| p.last = Some(2)), vec![10, 11, 12]),
+            ("within 2d counts back from #11, not from #12", p(|p| p.within = Some("2d".parse().unwrap())), vec![10, 11, 12]),
+            ("within 1y counts back from #11", p(|p| p.within = Some("1y".parse().unwrap())), (1..13).collect()),
+            ("tag: the future one is kept anyway", p(|p| p.tags = vec!["golden".into()]), vec![9, 12]),
+            ("daily 1", p(|p| p.daily = Some(1)), vec![11, 12]),
+        ];
+        for (name, policy, want) in table {
+            assert_eq!(kept_at(&policy, &series(), &[], now_before_12()), want, "policy {name}");
+        }
+        let v = decide(&Policy { last: Some(1), ..Default::default() }, &series(), &HashSet::new(), now_before_12());
+        assert_eq!(v[12].reasons, vec![FUTURE_REASON]);
+        assert_eq!(v[11].reasons, vec!["last snapshot"]);
+        // A snapshot dated a year ahead cannot make --keep-within drop everything else.
+        let mut items = series();
+        items[12].time = t("2026-01-02T10:00:00Z");
+        let within = p(|p| p.within = Some("2d".parse().unwrap()));
+        assert_eq!(kept_at(&within, &items, &[], horizon(t("2025-01-02T11:00:00Z"))), vec![10, 11, 12]);
+        // The newest real snapshot of an image deleted upstream is the one kept.
+        let tag = p(|p| p.tags = vec!["golden".into()]);
+        assert_eq!(kept_at(&tag, &series(), &["img-1"], now_before_12()), vec![9, 11, 12]);
+        // Within the skew is not the future.
+        assert!(!is_future("2025-01-01T12:09:00Z", now_before_12()));
+        assert!(is_future("2025-01-01T12:11:00Z", now_before_12()));
     }
 
     #[test]

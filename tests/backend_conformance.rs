@@ -330,3 +330,89 @@ fn open_remote_urls() {
     assert_eq!(b.get("config").unwrap(), b"s");
     b.delete("config").unwrap();
 }
+
+/// One HTTP/1.1 request with `path` sent byte for byte: every URL library
+/// removes dot segments, which is exactly what a hostile writer avoids.
+/// Returns the status code.
+fn raw_http(url_base: &str, method: &str, path: &str, token: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let host = url_base.strip_prefix("http://").expect("test servers speak plain HTTP").split('/').next().unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nX-Auth-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let status = String::from_utf8_lossy(&answer).split_whitespace().nth(1).unwrap_or("0").to_string();
+    status.parse().unwrap()
+}
+
+/// A `locks/` object whose name climbs out of the container, planted with the
+/// raw API: a repository's listing skips it (with a warning on stderr), and
+/// neither `unlock`'s path nor the bare backend can delete what it points at.
+#[test]
+fn swift_native_dot_dot_keys_never_leave_the_container() {
+    use imgarc::repository::{config::Config, lock, Repository};
+    let ks = keystone(true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let session = ks.authenticate(&reqwest::Client::new(), &rt).unwrap();
+    let token = session.token.expose().to_string();
+    let account = format!("/{}", session.storage_url.strip_prefix("http://").unwrap().split_once('/').unwrap().1);
+    let container = need("IMGARC_SWIFT_CONTAINER");
+    let prefix = unique("swiftdots");
+    let victim = format!("{prefix}-victim");
+    assert!((200..300).contains(&raw_http(&session.storage_url, "PUT", &format!("{account}/{victim}"), &token, b"")));
+    assert_eq!(raw_http(&session.storage_url, "PUT", &format!("{account}/{victim}/obj"), &token, b"precious"), 201);
+
+    let repo = Repository::init(Arc::from(swift_backend(&prefix, 1000)), Config::new(64 << 10, 3).unwrap()).unwrap();
+    // `{prefix}/locks/../../../{victim}/obj` resolves to object `obj` of container `victim`.
+    let planted = format!("locks/../../../{victim}/obj");
+    let stale_lock =
+        br#"{"hostname":"x","pid":1,"time":"2000-01-01T00:00:00Z","expires":"2000-01-01T00:00:00Z","exclusive":false,"purpose":"archive"}"#;
+    let raw_path = format!("{account}/{container}/{prefix}/locks/%2E%2E/%2E%2E/%2E%2E/{victim}/obj");
+    assert_eq!(raw_http(&session.storage_url, "PUT", &raw_path, &token, stale_lock), 201);
+    let bare = swift_backend(&prefix, 1000);
+    assert!(bare.list("locks/").unwrap().iter().any(|o| o.key == planted), "the planted name should be listed by the store");
+
+    // What `imgarc unlock --all` does: list the locks, delete each.
+    let locks = lock::list(&**repo.backend()).unwrap();
+    assert!(locks.iter().all(|(k, _)| *k != planted), "a key outside the grammar was listed: {locks:?}");
+    for (key, _) in &locks {
+        repo.backend().delete(key).unwrap();
+    }
+    assert!(repo.backend().delete(&planted).is_err(), "the repository deleted a key outside the grammar");
+    assert!(bare.delete(&planted).is_err(), "the bare backend sent a dot-segment key");
+    assert!(bare.get(&planted).is_err());
+    assert_eq!(raw_http(&session.storage_url, "HEAD", &format!("{account}/{victim}/obj"), &token, b""), 200, "the victim is gone");
+
+    // Clean up with the raw API (imgarc itself refuses to name these).
+    raw_http(&session.storage_url, "DELETE", &raw_path, &token, b"");
+    raw_http(&session.storage_url, "DELETE", &format!("{account}/{victim}/obj"), &token, b"");
+    raw_http(&session.storage_url, "DELETE", &format!("{account}/{victim}"), &token, b"");
+    bare.delete("config").unwrap();
+}
+
+/// On RGW: a planted name outside the grammar is skipped by the repository's
+/// listing and cannot be requested; dot-segment keys never become requests.
+#[test]
+fn rgw_keys_outside_the_grammar_are_skipped_and_refused() {
+    use imgarc::repository::{config::Config, lock, Repository};
+    let t = rgw();
+    let prefix = unique("rgwkeys");
+    let bare = s3_backend(&t, &prefix, 1000);
+    let repo = Repository::init(Arc::from(s3_backend(&t, &prefix, 1000)), Config::new(64 << 10, 3).unwrap()).unwrap();
+    let planted = "locks/not a lock, a planted name";
+    bare.put(planted, b"{}").unwrap();
+    assert!(lock::list(&**repo.backend()).unwrap().is_empty(), "a key outside the grammar was listed");
+    assert!(repo.backend().delete(planted).is_err());
+    assert!(bare.get(planted).is_ok(), "a refused delete reached the store");
+    for key in ["locks/../../victim/obj", "locks/./x", "locks//x"] {
+        assert!(bare.put(key, b"x").is_err(), "{key}");
+        assert!(bare.delete(key).is_err(), "{key}");
+    }
+    bare.delete(planted).unwrap();
+    bare.delete("config").unwrap();
+}

@@ -226,3 +226,47 @@ fn prune_killed_at_any_step_leaves_a_consistent_repository_and_the_next_prune_fi
         assert_restores(&f, &[(1, &f.b), (2, &f.c)]);
     }
 }
+
+/// Plants a copy of snapshot `id` dated `time`, named by its BLAKE3 as a
+/// writer with a wrong clock would have written it; returns its id.
+fn plant_dated_copy(env: &Env, id: &str, time: &str) -> String {
+    let bytes = std::fs::read(env.repo.join("snapshots").join(id)).unwrap();
+    let mut snap: Value = serde_json::from_slice(&bytes).unwrap();
+    snap["time"] = time.into();
+    let bytes = serde_json::to_vec_pretty(&snap).unwrap();
+    let new_id = blake3::hash(&bytes).to_hex().to_string();
+    std::fs::write(env.repo.join("snapshots").join(&new_id), bytes).unwrap();
+    new_id
+}
+
+#[test]
+fn a_snapshot_dated_in_the_future_steers_no_policy_and_is_flagged() {
+    let env = Env::init("64K");
+    let p = env.path("img");
+    std::fs::write(&p, bytes(1 << 20, 9, false)).unwrap();
+    let real = s(&env.archive(&p, "vm"), "snapshot");
+    let future = plant_dated_copy(&env, &real, "2999-01-01T00:00:00Z");
+
+    let list = env.json(&["list"]);
+    let flag = |id: &str| list.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["future"].clone();
+    assert_eq!((flag(&real), flag(&future)), (Value::Bool(false), Value::Bool(true)), "{list}");
+    assert!(env.ok(&["list"]).lines().any(|l| l.starts_with(&future[..16]) && l.contains("future")));
+
+    let check = env.json(&["check"]);
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(check["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains(&future)), "{check}");
+
+    // --keep-within counts back from today, not from the year 2999; keep-last
+    // is not used up by the future snapshot, which no policy removes.
+    for policy in [&["--keep-within", "1d"][..], &["--keep-last", "1"][..]] {
+        let mut args = vec!["forget", "--dry-run"];
+        args.extend_from_slice(policy);
+        let v = env.json(&args);
+        let mut want = vec![real.clone(), future.clone()];
+        want.sort();
+        assert_eq!(ids(&v, "keep"), want, "{policy:?}: {v}");
+        let doc = v["keep"].as_array().unwrap().iter().find(|k| k["id"] == future.as_str()).unwrap();
+        assert_eq!(doc["future"], true);
+        assert!(doc["reasons"][0].as_str().unwrap().contains("future"), "{doc}");
+    }
+}

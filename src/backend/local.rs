@@ -2,22 +2,74 @@
 //!
 //! Writes go to a temporary file in `tmp/` that is fsynced and then renamed
 //! into place, so a reader (or a crash) never sees half an object. The
-//! directory holding the new name is fsynced too, so a completed `put`
-//! survives power loss.
+//! directory holding the new name is fsynced too, and so is the parent of
+//! every directory a write creates, so a completed `put` survives power loss;
+//! a `delete` fsyncs the directory it removed the name from. Temporary files
+//! a killed writer left in `tmp/` are removed once they are old.
+//!
+//! Objects are created 0600 and directories 0700 whatever the umask: a
+//! repository holds whole disk images.
 
 use super::{Backend, BackendError, BackendResult, ObjectInfo};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, SystemTime};
+
+/// Mode of every object file the backend creates.
+pub const OBJECT_MODE: u32 = crate::util::PRIVATE_FILE_MODE;
+/// Mode of every directory the backend creates, the root included.
+pub const DIR_MODE: u32 = crate::util::PRIVATE_DIR_MODE;
+/// A file in `tmp/` untouched this long belongs to a writer that died: no
+/// single object takes an hour to write.
+const TMP_STALE_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    tmp_cleaned: Once,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend { root: root.into(), tmp_cleaned: Once::new() }
+    }
+
+    /// Creates `dir` (the root or a directory below it) and its missing
+    /// parents up to the root, each `DIR_MODE`, fsyncing the parent of every
+    /// directory created so its entry is as durable as the files put in it.
+    fn create_dir_durable(&self, dir: &Path) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if dir == self.root {
+            // Above the root is the operator's tree, not ours: default modes.
+            fs::create_dir_all(parent)?;
+        } else {
+            self.create_dir_durable(parent)?;
+        }
+        match DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => sync_dir(parent),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes files in `tmp/` that no live writer can still be filling
+    /// (best effort: a failure here never fails the write that triggered it).
+    fn remove_stale_tmp(&self, tmp_dir: &Path) {
+        let Ok(entries) = fs::read_dir(tmp_dir) else { return };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let stale =
+                entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > TMP_STALE_AFTER));
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -27,9 +79,7 @@ impl LocalBackend {
     fn path(&self, key: &str) -> BackendResult<PathBuf> {
         // Keys come from the repository code, never from users, but a key that
         // could climb out of the root would be a bug worth refusing loudly.
-        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(BackendError::Other { op: "resolve", key: key.to_string(), message: "invalid object key".into() });
-        }
+        super::check_key_segments("resolve", key)?;
         Ok(self.root.join(key))
     }
 }
@@ -55,15 +105,16 @@ impl Backend for LocalBackend {
         let path = self.path(key)?;
         let tmp_dir = self.root.join("tmp");
         let werr = |e| BackendError::Io { op: "write", key: key.to_string(), source: e };
-        fs::create_dir_all(&tmp_dir).map_err(werr)?;
+        self.create_dir_durable(&tmp_dir).map_err(werr)?;
+        self.tmp_cleaned.call_once(|| self.remove_stale_tmp(&tmp_dir));
         let tmp = tmp_dir.join(format!("{}.{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>())));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(OBJECT_MODE).open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);
             let parent = path.parent().expect("object keys always have a parent under root");
-            fs::create_dir_all(parent)?;
+            self.create_dir_durable(parent)?;
             fs::rename(&tmp, &path)?;
             sync_dir(parent)
         })();
@@ -135,8 +186,10 @@ impl Backend for LocalBackend {
     }
 
     fn delete(&self, key: &str) -> BackendResult<()> {
-        match fs::remove_file(self.path(key)?) {
-            Ok(()) => Ok(()),
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            // The removal is durable only once the directory is.
+            Ok(()) => sync_dir(path.parent().expect("object keys always have a parent under root")).map_err(|e| io_err("delete", key, e)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("delete", key, e)),
         }
@@ -165,5 +218,43 @@ mod tests {
         b.delete("data/ab/abc").unwrap();
         assert!(b.list("data/").unwrap().is_empty());
         assert!(b.put("../escape", b"x").is_err());
+    }
+
+    #[test]
+    fn objects_and_directories_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let b = LocalBackend::new(&root);
+        // SAFETY: umask is process-wide, but only this test's modes depend on it.
+        let old = unsafe { libc::umask(0o022) };
+        b.put("config", b"{}").unwrap();
+        b.put("data/ab/abcd", b"pack").unwrap();
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [root.clone(), root.join("data"), root.join("data/ab"), root.join("tmp")] {
+            assert_eq!(mode(&d), DIR_MODE, "{}", d.display());
+        }
+        for f in [root.join("config"), root.join("data/ab/abcd")] {
+            assert_eq!(mode(&f), OBJECT_MODE, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let old = tmp.join("1.dead");
+        let fresh = tmp.join("2.live");
+        fs::write(&old, b"half a pack").unwrap();
+        fs::write(&fresh, b"being written").unwrap();
+        let long_ago = SystemTime::now() - 2 * TMP_STALE_AFTER;
+        File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("index/x", b"i").unwrap();
+        assert!(!old.exists(), "a temporary file a dead writer left is still there");
+        assert!(fresh.exists(), "a live writer's temporary file was removed");
+        assert_eq!(b.list("").unwrap().len(), 1);
     }
 }

@@ -50,6 +50,19 @@ impl BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Refuses a key with an empty, `.` or `..` segment before it becomes a path
+/// or a URL. URL parsing removes dot segments (`%2E%2E` included, per the
+/// WHATWG URL rules), so such a key would address an object outside the
+/// bucket, container or directory; no encoding can make it safe. The
+/// repository's full key grammar is `repository::keys`; this is the floor
+/// every backend keeps even when used on its own.
+pub fn check_key_segments(op: &'static str, key: &str) -> BackendResult<()> {
+    if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(BackendError::Other { op, key: format!("{key:?}"), message: "invalid object key (empty, '.' or '..' segment)".into() });
+    }
+    Ok(())
+}
+
 /// Whether an error, however wrapped in context, is a backend's `NotFound`.
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_not_found()))

@@ -223,8 +223,9 @@ impl S3Backend {
         })
     }
 
-    fn path(&self, key: &str) -> Path {
-        Path::from(format!("{}{}", self.prefix, key))
+    fn path(&self, op: &'static str, key: &str) -> BackendResult<Path> {
+        super::check_key_segments(op, key)?;
+        Ok(Path::from(format!("{}{}", self.prefix, key)))
     }
 
     fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> BackendError {
@@ -315,14 +316,16 @@ impl Backend for S3Backend {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+        let path = self.path("put", key)?;
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        self.rt.block_on(self.store.put(&self.path(key), payload)).map(|_| ()).map_err(|e| self.map_err("put", key, e))
+        self.rt.block_on(self.store.put(&path, payload)).map(|_| ()).map_err(|e| self.map_err("put", key, e))
     }
 
     fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+        let path = self.path("get", key)?;
         self.rt
             .block_on(async {
-                let r = self.store.get(&self.path(key)).await?;
+                let r = self.store.get(&path).await?;
                 r.bytes().await
             })
             .map(|b| b.to_vec())
@@ -346,15 +349,15 @@ impl Backend for S3Backend {
             key: key.into(),
             message: "range overflows".into(),
         })?;
-        let b =
-            self.rt.block_on(self.store.get_range(&self.path(key), offset..end)).map_err(|e| match self.map_err("get_range", key, e) {
-                e @ BackendError::Io { .. } if super::retry::http_status(&e) == Some(416) => BackendError::Other {
-                    op: "get_range",
-                    key: key.into(),
-                    message: format!("range {offset}+{length} past the end of the object"),
-                },
-                e => e,
-            })?;
+        let path = self.path("get_range", key)?;
+        let b = self.rt.block_on(self.store.get_range(&path, offset..end)).map_err(|e| match self.map_err("get_range", key, e) {
+            e @ BackendError::Io { .. } if super::retry::http_status(&e) == Some(416) => BackendError::Other {
+                op: "get_range",
+                key: key.into(),
+                message: format!("range {offset}+{length} past the end of the object"),
+            },
+            e => e,
+        })?;
         if b.len() as u64 != length {
             return Err(BackendError::Other {
                 op: "get_range",
@@ -366,7 +369,7 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, key: &str) -> BackendResult<u64> {
-        self.rt.block_on(self.store.head(&self.path(key))).map(|m| m.size).map_err(|e| self.map_err("size", key, e))
+        self.rt.block_on(self.store.head(&self.path("size", key)?)).map(|m| m.size).map_err(|e| self.map_err("size", key, e))
     }
 
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
@@ -393,7 +396,7 @@ impl Backend for S3Backend {
     }
 
     fn delete(&self, key: &str) -> BackendResult<()> {
-        match self.rt.block_on(self.store.delete(&self.path(key))) {
+        match self.rt.block_on(self.store.delete(&self.path("delete", key)?)) {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_err("delete", key, e)),

@@ -506,6 +506,9 @@ impl SwiftBackend {
 
     /// Send with the cached session; on 401 renew the token once and resend.
     fn send(&self, op: &'static str, key: &str, req: Req) -> BackendResult<Resp> {
+        if !matches!(req, Req::List { .. }) {
+            super::check_key_segments(op, key)?;
+        }
         let mut renewed = false;
         let mut s = self.session(None)?;
         loop {

@@ -63,7 +63,7 @@ pub fn parse_remote_url(url: &str) -> anyhow::Result<RemoteUrl> {
     if let Some(rest) = url.strip_prefix("swift:") {
         let rest = rest.trim_start_matches('/');
         let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if container.is_empty() || container.len() > 256 {
+        if container.is_empty() || container.len() > 256 || container == "." || container == ".." {
             anyhow::bail!("invalid repository {url:?}: expected swift:CONTAINER[/PREFIX]");
         }
         return Ok(RemoteUrl::Swift { container: container.to_string(), prefix: clean_prefix(prefix)? });

@@ -114,7 +114,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         })
         .collect();
     let policy = Policy { last: Some(3), ..Default::default() };
-    let verdicts = retention::decide(&policy, &items, &Default::default());
+    let verdicts = retention::decide(&policy, &items, &Default::default(), retention::horizon(chrono::Utc::now()));
     let mut forgotten = 0;
     for (row, v) in rows.iter().zip(&verdicts) {
         if !v.keep {
@@ -148,7 +148,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     ));
     if args.dir.is_some() {
         let page = dir.join("report.html");
-        std::fs::write(&page, report::render::render(&capacity, report::render::Format::Html))?;
+        crate::util::write_public_file(&page, report::render::render(&capacity, report::render::Format::Html).as_bytes())?;
         say(format!("capacity report with charts: {}", page.display()));
     }
     ctx.emit(

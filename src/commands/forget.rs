@@ -65,11 +65,12 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
     let deleted: HashSet<String> =
         if args.include_deleted { HashSet::new() } else { repo.deleted_upstream()?.into_iter().map(|d| d.image_id).collect() };
     let items: Vec<Item> = candidates.iter().map(|c| c.item.clone()).collect();
+    let horizon = retention::horizon(chrono::Utc::now());
     let verdicts = if policy.is_empty() {
         // Only ids were named: everything else stays.
         vec![retention::Verdict { keep: true, reasons: vec!["not named".into()] }; items.len()]
     } else {
-        retention::decide(&policy, &items, &deleted)
+        retention::decide(&policy, &items, &deleted, horizon)
     };
 
     let mut keep = Vec::new();
@@ -78,7 +79,7 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
         let doc = |reasons: &[String]| {
             serde_json::json!({
                 "id": c.id.to_hex(), "name": c.snap.name, "time": c.snap.time, "group": c.item.group,
-                "tags": c.snap.tags, "reasons": reasons,
+                "tags": c.snap.tags, "reasons": reasons, "future": c.item.time > horizon,
             })
         };
         if named.contains(&c.id) {

@@ -2,22 +2,28 @@
 
 use super::Ctx;
 use crate::cli::ListArgs;
+use crate::retention;
 use crate::util::human_bytes;
 use anyhow::Result;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let (_repo, index) = ctx.open()?;
     let rows: Vec<_> = index.snapshot_rows()?.into_iter().filter(|r| args.name.as_ref().is_none_or(|n| &r.name == n)).collect();
+    // Dated after now + the clock skew allowed: retention ignores these (see `retention`).
+    let horizon = retention::horizon(chrono::Utc::now());
+    let future: Vec<bool> = rows.iter().map(|r| retention::is_future(&r.time, horizon)).collect();
     let json: Vec<_> = rows
         .iter()
-        .map(|r| serde_json::json!({"id": r.id.to_hex(), "name": r.name, "time": r.time, "logical_bytes": r.logical_bytes, "stored_bytes_added": r.stored_bytes_added, "tags": r.tags}))
+        .zip(&future)
+        .map(|(r, future)| serde_json::json!({"id": r.id.to_hex(), "name": r.name, "time": r.time, "logical_bytes": r.logical_bytes, "stored_bytes_added": r.stored_bytes_added, "tags": r.tags, "future": future}))
         .collect();
     ctx.emit(&serde_json::Value::Array(json), || {
         let mut s = format!("{:<16}  {:<24}  {:>12}  {:>12}  {}\n", "ID", "TIME", "SIZE", "ADDED", "NAME [TAGS]");
-        for r in &rows {
+        for (r, future) in rows.iter().zip(&future) {
             let tags = if r.tags.is_empty() { String::new() } else { format!(" [{}]", r.tags.join(",")) };
+            let flag = if *future { "  (dated in the future: ignored by retention)" } else { "" };
             s.push_str(&format!(
-                "{:<16}  {:<24}  {:>12}  {:>12}  {}{tags}\n",
+                "{:<16}  {:<24}  {:>12}  {:>12}  {}{tags}{flag}\n",
                 &r.id.to_hex()[..16],
                 r.time,
                 human_bytes(r.logical_bytes),

@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx, args: ReportArgs) -> Result<()> {
     let report = report::compute(&repo, &index, &opts)?;
     let text = render::render(&report, format);
     match &args.output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => crate::util::write_public_file(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),
     }
     Ok(())

@@ -157,6 +157,31 @@ fn entry_from_row(r: &rusqlite::Row, id: Id) -> rusqlite::Result<PackEntry> {
     })
 }
 
+/// Creates the cache file and its directory private to this user
+/// (`util::PRIVATE_*_MODE`, whatever the umask), and tightens ones an older
+/// imgarc left world-readable. SQLite gives its `-wal` and `-shm` files the
+/// mode of the database file, so pre-creating that one covers all three.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use crate::util::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
+    use std::fs::Permissions;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR_MODE).create(parent)?;
+        std::fs::set_permissions(parent, Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(PRIVATE_FILE_MODE).open(path)?;
+    f.set_permissions(Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match std::fs::set_permissions(&side, Permissions::from_mode(PRIVATE_FILE_MODE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Index {
     /// Opens (creating if needed) the cache for `repo`, then catches up with it.
     pub fn open(repo: &Repository) -> Result<Index> {
@@ -168,9 +193,7 @@ impl Index {
 
     /// Opens the SQLite file without syncing.
     pub fn open_at(path: &Path, repo_id: &str) -> Result<Index> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create cache directory {}", parent.display()))?;
-        }
+        make_private(path).with_context(|| format!("cannot create index cache {}", path.display()))?;
         let mut conn = Connection::open(path).with_context(|| format!("cannot open index cache {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(120))?;
         // Switching to WAL takes a lock the busy handler does not wait for, so a

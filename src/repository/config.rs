@@ -13,6 +13,13 @@ pub const DEFAULT_AVG_CHUNK: u32 = 64 * 1024;
 pub const DEFAULT_HOLE_BLOCK: u32 = 64 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 pub const DEFAULT_PACK_TARGET: u64 = 32 * 1024 * 1024;
+/// Bounds on `pack_target_size`: below 1 MiB packs are mostly trailer and
+/// request overhead; above 1 GiB one pack no longer fits a writer's memory.
+pub const PACK_TARGET_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
+/// Largest `config` object a reader accepts (format-spec §1).
+pub const MAX_CONFIG_BYTES: u64 = 64 << 10;
+/// zstd levels a config may name (`compression.level`).
+pub const ZSTD_LEVEL_RANGE: std::ops::RangeInclusive<i32> = 1..=19;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Config {
@@ -72,7 +79,7 @@ impl ChunkerParams {
 
 impl Config {
     pub fn new(avg_chunk: u32, zstd_level: i32) -> Result<Config> {
-        if !(1..=19).contains(&zstd_level) {
+        if !ZSTD_LEVEL_RANGE.contains(&zstd_level) {
             bail!("zstd level {zstd_level} must be between 1 and 19");
         }
         Ok(Config {
@@ -88,6 +95,10 @@ impl Config {
         })
     }
 
+    /// Decodes and validates the `config` object. Every field is checked
+    /// against its range (format-spec §2), because each steers something
+    /// outside the repository: `id` names the cache directory, the sizes bound
+    /// allocations, the level is passed to zstd.
     pub fn parse(bytes: &[u8]) -> Result<Config> {
         // Read the version first so a newer repository gets a clear message
         // rather than a field-by-field parse error.
@@ -97,13 +108,80 @@ impl Config {
             bail!("repository format version {version} is not supported (this imgarc reads version {FORMAT_VERSION})");
         }
         let c: Config = serde_json::from_value(v).context("repository config is malformed")?;
-        if c.encryption != "none" || c.chunk_id != "blake3" {
-            bail!("repository uses encryption {:?} / chunk ids {:?}, which this imgarc does not support", c.encryption, c.chunk_id);
-        }
-        let p = ChunkerParams::with_average(c.chunker.avg_size).context("repository config has bad chunker parameters")?;
-        if p != c.chunker || c.hole_block_size == 0 || c.hole_block_size % 4096 != 0 || c.hole_block_size > 4 << 20 {
-            bail!("repository config has unsupported chunker or hole-block parameters");
-        }
+        c.validate().context("repository config is invalid")?;
         Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.id.len() != 64 || !self.id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            bail!("field `id` must be 64 lowercase hex digits, found {:?}", self.id.chars().take(80).collect::<String>());
+        }
+        if crate::util::parse_rfc3339(&self.created).is_none() {
+            bail!("field `created` is not an RFC 3339 time: {:?}", self.created.chars().take(80).collect::<String>());
+        }
+        if self.encryption != "none" || self.chunk_id != "blake3" {
+            bail!("repository uses encryption {:?} / chunk ids {:?}, which this imgarc does not support", self.encryption, self.chunk_id);
+        }
+        let p = ChunkerParams::with_average(self.chunker.avg_size).context("field `chunker.avg_size`")?;
+        if p != self.chunker {
+            bail!("field `chunker` must be min = avg/4, max = 4*avg, normalization 1 (found {:?})", self.chunker);
+        }
+        if self.hole_block_size == 0 || self.hole_block_size % 4096 != 0 || self.hole_block_size > 4 << 20 {
+            bail!("field `hole_block_size` {} must be a multiple of 4096 between 4 KiB and 4 MiB", self.hole_block_size);
+        }
+        if !ZSTD_LEVEL_RANGE.contains(&self.compression.level) {
+            bail!("field `compression.level` {} must be between 1 and 19", self.compression.level);
+        }
+        if !PACK_TARGET_RANGE.contains(&self.pack_target_size) {
+            bail!("field `pack_target_size` {} must be between 1 MiB and 1 GiB", self.pack_target_size);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut v = serde_json::to_value(Config::new(DEFAULT_AVG_CHUNK, DEFAULT_ZSTD_LEVEL).unwrap()).unwrap();
+        let mut at = &mut v;
+        let mut parts = field.split('.').peekable();
+        while let Some(p) = parts.next() {
+            if parts.peek().is_none() {
+                at[p] = value.clone();
+                break;
+            }
+            at = &mut at[p];
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_config_parses_back() {
+        let c = Config::new(DEFAULT_AVG_CHUNK, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert_eq!(Config::parse(&serde_json::to_vec(&c).unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_field_out_of_range_is_refused_by_name() {
+        let cases = [
+            ("id", serde_json::json!("../../etc")),
+            ("id", serde_json::json!("/tmp/abs")),
+            ("id", serde_json::json!("A".repeat(64))),
+            ("id", serde_json::json!("ab")),
+            ("created", serde_json::json!("yesterday")),
+            ("compression.level", serde_json::json!(0)),
+            ("compression.level", serde_json::json!(22)),
+            ("pack_target_size", serde_json::json!(0)),
+            ("pack_target_size", serde_json::json!(1u64 << 40)),
+            ("hole_block_size", serde_json::json!(100)),
+            ("chunker.max_size", serde_json::json!(u32::MAX)),
+        ];
+        for (field, value) in cases {
+            let err = format!("{:#}", Config::parse(&with(field, value.clone())).unwrap_err());
+            let name = field.split('.').next().unwrap();
+            assert!(err.contains(name), "{field} = {value}: {err}");
+        }
     }
 }

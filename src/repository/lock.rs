@@ -9,11 +9,14 @@
 //! rests on the two-phase design, not on locks alone.
 
 use crate::backend::Backend;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
 pub const LOCK_TTL_SECS: i64 = 30 * 60;
+/// Largest lock object a reader accepts (format-spec §1); real ones are ~250
+/// bytes. A larger one is listed as an unreadable (stale) lock, never read.
+pub const MAX_LOCK_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -153,13 +156,25 @@ impl Drop for Lock {
 pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
     for o in backend.list("locks/")? {
-        // A lock deleted between list and get is simply gone.
-        let Ok(bytes) = backend.get(&o.key) else {
-            continue;
+        // An oversized lock is never read: it is listed as unreadable (hence
+        // stale, so `unlock` removes it), named in a warning.
+        let parsed = if o.size > MAX_LOCK_BYTES {
+            eprintln!(
+                "warning: lock {} is {} bytes, more than a lock may hold ({MAX_LOCK_BYTES}); treating it as unreadable",
+                o.key, o.size
+            );
+            None
+        } else {
+            match super::read_capped(backend, &o.key, Some(o.size), MAX_LOCK_BYTES) {
+                Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
+                // A lock deleted between list and get is simply gone.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read lock {}", o.key)),
+            }
         };
-        match serde_json::from_slice::<LockInfo>(&bytes) {
-            Ok(info) => out.push((o.key, info)),
-            Err(_) => out.push((
+        match parsed {
+            Some(info) => out.push((o.key, info)),
+            None => out.push((
                 o.key,
                 LockInfo {
                     hostname: "?".into(),

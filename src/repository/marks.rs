@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "prune/";
 pub const MARK_VERSION: u32 = 1;
+/// Largest prune mark a reader accepts (format-spec §1): some 110 bytes per
+/// marked pack, so room for half a million packs.
+pub const MAX_MARK_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PruneMark {
@@ -49,7 +52,7 @@ impl Repository {
     }
 
     pub fn read_mark(&self, key: &str) -> Result<PruneMark> {
-        let bytes = self.backend().get(key).with_context(|| format!("prune mark {key}"))?;
+        let bytes = super::read_capped(&**self.backend(), key, None, MAX_MARK_BYTES).with_context(|| format!("prune mark {key}"))?;
         if key.strip_prefix(PREFIX).and_then(Id::from_hex) != Some(Id::of(&bytes)) {
             bail!("prune mark {key} is damaged (its content does not match its name)");
         }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod extents;
 pub mod index_object;
+pub mod keys;
 pub mod lock;
 pub mod marks;
 pub mod pack;
@@ -26,6 +27,26 @@ use snapshot::Snapshot;
 use std::sync::Arc;
 
 pub const CONFIG_KEY: &str = "config";
+
+/// Reads a small metadata object whole, refusing one larger than `cap` (the
+/// per-prefix caps of format-spec §1) before a byte of it is fetched. The
+/// size comes from the listing when the caller has one, else from the store;
+/// the read is a range of exactly that size, so an object that is larger than
+/// it claims still costs at most `cap` bytes of memory.
+pub fn read_capped(backend: &dyn Backend, key: &str, listed_size: Option<u64>, cap: u64) -> Result<Vec<u8>, BackendError> {
+    let size = match listed_size {
+        Some(s) => s,
+        None => backend.size(key)?,
+    };
+    if size > cap {
+        return Err(BackendError::Other {
+            op: "read",
+            key: key.to_string(),
+            message: format!("object is {size} bytes, more than the {cap} bytes this kind of object may hold"),
+        });
+    }
+    backend.get_range(key, 0, size)
+}
 
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -61,6 +82,7 @@ pub fn snapshot_key(id: &Id) -> String {
 impl Repository {
     /// Creates a repository; refuses if one (or anything else) is already there.
     pub fn init(backend: Arc<dyn Backend>, config: Config) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = Arc::new(keys::CheckedKeys::new(backend));
         match backend.size(CONFIG_KEY) {
             Ok(_) => bail!("a repository already exists at {}", backend.location()),
             Err(e) if e.is_not_found() => {}
@@ -72,7 +94,9 @@ impl Repository {
     }
 
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository> {
-        let bytes = match backend.get(CONFIG_KEY) {
+        // Every access from here on, locks and marks included, keeps to the key grammar.
+        let backend: Arc<dyn Backend> = Arc::new(keys::CheckedKeys::new(backend));
+        let bytes = match read_capped(&*backend, CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => bail!("no imgarc repository at {} (create one with `imgarc init`)", backend.location()),
             Err(e) => return Err(e).context("cannot read the repository config"),
@@ -83,6 +107,11 @@ impl Repository {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The bounds every pack entry read from this repository must keep.
+    pub fn blob_limits(&self) -> pack::BlobLimits {
+        pack::BlobLimits::from_config(&self.config)
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -114,7 +143,7 @@ impl Repository {
 
     pub fn read_index_object(&self, key: &str) -> Result<IndexObject> {
         let bytes = self.backend.get(key)?;
-        IndexObject::decode(&bytes).with_context(|| format!("index object {key}"))
+        IndexObject::decode(&bytes, &self.blob_limits()).with_context(|| format!("index object {key}"))
     }
 
     /// Reads one blob's stored bytes and decodes them (decompress + verify id).
@@ -133,7 +162,7 @@ impl Repository {
         let footer = self.backend.get_range(&key, len - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
         let (count, digest, entries_len) = pack::parse_footer(&footer, len).with_context(|| format!("pack {}", pack.short()))?;
         let entries = self.backend.get_range(&key, len - pack::FOOTER_LEN as u64 - entries_len, entries_len)?;
-        pack::parse_entries(&entries, count, &digest, len).with_context(|| format!("pack {}", pack.short()))
+        pack::parse_entries(&entries, count, &digest, len, &self.blob_limits()).with_context(|| format!("pack {}", pack.short()))
     }
 
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
@@ -162,15 +191,12 @@ impl Repository {
     }
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = self.backend.get(&snapshot_key(id)).with_context(|| format!("snapshot {}", id.short()))?;
+        let bytes = read_capped(&*self.backend, &snapshot_key(id), None, snapshot::MAX_SNAPSHOT_BYTES)
+            .with_context(|| format!("snapshot {}", id.short()))?;
         if Id::of(&bytes) != *id {
             bail!("snapshot object {} is damaged (its content does not match its name)", id.to_hex());
         }
-        let snap: Snapshot = serde_json::from_slice(&bytes).with_context(|| format!("snapshot {} is malformed", id.short()))?;
-        if snap.version != snapshot::SNAPSHOT_VERSION {
-            bail!("snapshot {} has version {}, which this imgarc does not read", id.short(), snap.version);
-        }
-        Ok(snap)
+        Snapshot::decode(&bytes).with_context(|| format!("snapshot {}", id.short()))
     }
 
     pub fn list_snapshot_ids(&self) -> Result<Vec<Id>> {
@@ -184,5 +210,94 @@ impl Repository {
     /// Every pack with its size.
     pub fn list_packs(&self) -> Result<Vec<(Id, u64)>> {
         Ok(self.backend.list("data/")?.iter().filter_map(|o| Some((pack_id_from_key(&o.key)?, o.size))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{local::LocalBackend, BackendResult, ObjectInfo};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Records the largest read a caller makes.
+    #[derive(Debug)]
+    struct Spy {
+        inner: LocalBackend,
+        largest_read: AtomicU64,
+    }
+
+    impl Spy {
+        fn saw(&self, n: usize) {
+            self.largest_read.fetch_max(n as u64, Ordering::SeqCst);
+        }
+    }
+
+    impl Backend for Spy {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+            let b = self.inner.get(key)?;
+            self.saw(b.len());
+            Ok(b)
+        }
+        fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
+            let b = self.inner.get_range(key, offset, length)?;
+            self.saw(b.len());
+            Ok(b)
+        }
+        fn size(&self, key: &str) -> BackendResult<u64> {
+            self.inner.size(key)
+        }
+        fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> BackendResult<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    /// Plants a sparse object of `len` bytes straight on disk.
+    fn plant(root: &std::path::Path, key: &str, len: u64) {
+        let path = root.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    }
+
+    #[test]
+    fn planted_huge_metadata_objects_are_refused_by_key_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let spy = Arc::new(Spy { inner: LocalBackend::new(&root), largest_read: AtomicU64::new(0) });
+        let repo = Repository::init(spy.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        const HUGE: u64 = 200 << 20;
+        let lock_key = "locks/00112233445566778899aabbccddeeff";
+        let snap = Id::of(b"a planted snapshot");
+        let mark_key = marks::mark_key(&Id::of(b"a planted mark"));
+        let record_key = "upstream/deleted/6f1c2a3e-0000-4000-8000-000000000000";
+        for key in [lock_key, &snapshot_key(&snap), &mark_key, record_key] {
+            plant(&root, key, HUGE);
+        }
+
+        let locks = lock::list(&**repo.backend()).unwrap();
+        assert_eq!(locks.len(), 1);
+        assert_eq!(locks[0].0, lock_key);
+        assert!(locks[0].1.is_stale(), "an unreadable lock is stale, so `unlock` can remove it");
+        let err = format!("{:#}", repo.load_snapshot(&snap).unwrap_err());
+        assert!(err.contains(&snap.to_hex()) && err.contains("more than"), "{err}");
+        let err = format!("{:#}", repo.read_mark(&mark_key).unwrap_err());
+        assert!(err.contains(&mark_key) && err.contains("more than"), "{err}");
+        let err = format!("{:#}", repo.deleted_upstream().unwrap_err());
+        assert!(err.contains(record_key) && err.contains("more than"), "{err}");
+        plant(&root, CONFIG_KEY, HUGE);
+        assert!(Repository::open(spy.clone()).is_err());
+        assert!(
+            spy.largest_read.load(Ordering::SeqCst) <= config::MAX_CONFIG_BYTES,
+            "read {} bytes",
+            spy.largest_read.load(Ordering::SeqCst)
+        );
     }
 }

@@ -197,6 +197,75 @@ impl PackBuilder {
     }
 }
 
+/// Bounds on the blobs one repository may hold, from its `config`: what makes
+/// an entry credible before anything is allocated or decompressed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLimits {
+    /// Largest `raw_len` of a data blob: the chunker's `max_size`.
+    pub max_data_len: u32,
+    /// Largest `raw_len` of a tree blob (and of any stored_len): [`MAX_BLOB_LEN`].
+    pub max_tree_len: u32,
+}
+
+impl Default for BlobLimits {
+    /// The format's own bounds, for readers without a config (fuzzing, tools).
+    fn default() -> Self {
+        BlobLimits { max_data_len: MAX_BLOB_LEN, max_tree_len: MAX_BLOB_LEN }
+    }
+}
+
+impl BlobLimits {
+    pub fn from_config(config: &super::config::Config) -> Self {
+        BlobLimits { max_data_len: config.chunker.max_size.min(MAX_BLOB_LEN), max_tree_len: MAX_BLOB_LEN }
+    }
+}
+
+/// Checks that `entries` can describe the blobs of a `pack_len`-byte pack whose
+/// trailer holds exactly these entries: every blob within its kind's size
+/// bound, stored in the way its codec says, inside the data area
+/// `[HEADER_LEN, pack_len - FOOTER_LEN - ENTRY_LEN × N)`, and no two blobs
+/// overlapping. Pack trailers and index objects both pass through here, so a
+/// reader can slice and decompress any entry it accepted without checking again.
+pub fn validate_entries(entries: &[PackEntry], pack_len: u64, limits: &BlobLimits) -> Result<()> {
+    let trailer_len = (entries.len() as u64).checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add((HEADER_LEN + FOOTER_LEN) as u64));
+    let data_end = match trailer_len {
+        Some(t) if t <= pack_len => pack_len - t + HEADER_LEN as u64,
+        _ => bail!("{} entries do not fit in a {pack_len}-byte pack", entries.len()),
+    };
+    for e in entries {
+        let max_raw = match e.kind {
+            BlobKind::Data => limits.max_data_len,
+            BlobKind::Tree => limits.max_tree_len,
+        };
+        ensure!(e.raw_len <= max_raw, "blob {} claims raw_len {}, above the repository's limit of {max_raw} for its kind", e.id, e.raw_len);
+        match e.codec {
+            Codec::None => ensure!(
+                e.stored_len == e.raw_len,
+                "blob {} is stored uncompressed but stored_len {} ≠ raw_len {}",
+                e.id,
+                e.stored_len,
+                e.raw_len
+            ),
+            Codec::Zstd => ensure!(e.stored_len <= MAX_BLOB_LEN, "blob {} claims stored_len {}, larger than any blob", e.id, e.stored_len),
+        }
+        let end = e.offset.checked_add(e.stored_len as u64);
+        ensure!(
+            e.offset >= HEADER_LEN as u64 && end.is_some_and(|end| end <= data_end),
+            "blob {} at offset {} (+{}) lies outside the pack's data area [{HEADER_LEN}, {data_end})",
+            e.id,
+            e.offset,
+            e.stored_len
+        );
+    }
+    let mut by_offset: Vec<&PackEntry> = entries.iter().filter(|e| e.stored_len > 0).collect();
+    by_offset.sort_by_key(|e| e.offset);
+    for pair in by_offset.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        ensure!(a.offset + a.stored_len as u64 <= b.offset, "blobs {} and {} overlap at offset {} of the pack", a.id, b.id, b.offset);
+    }
+    Ok(())
+}
+
 /// Reads the entry count from a pack's last `FOOTER_LEN` bytes; returns the
 /// length of the entries region that precedes the footer.
 pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<(u32, [u8; 32], u64)> {
@@ -212,11 +281,10 @@ pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<(u32, [u8; 32], u64)
     Ok((count, digest, entries_len))
 }
 
-/// Parses and validates the entries region of a pack.
-pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u64) -> Result<Vec<PackEntry>> {
-    ensure!(entries.len() == count as usize * ENTRY_LEN, "pack trailer has the wrong length");
+/// Parses and validates the entries region of a pack ([`validate_entries`]).
+pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u64, limits: &BlobLimits) -> Result<Vec<PackEntry>> {
+    ensure!(entries.len() as u64 == count as u64 * ENTRY_LEN as u64, "pack trailer has the wrong length");
     ensure!(blake3::hash(entries).as_bytes() == digest, "pack trailer checksum mismatch (damaged trailer)");
-    let data_end = pack_len - entries.len() as u64 - FOOTER_LEN as u64;
     let mut out = Vec::with_capacity(count as usize);
     for raw in entries.chunks_exact(ENTRY_LEN) {
         let kind = match raw[32] {
@@ -229,27 +297,21 @@ pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u6
             1 => Codec::Zstd,
             c => bail!("pack trailer has unknown codec {c}"),
         };
-        let e = PackEntry {
+        out.push(PackEntry {
             id: Id::from_slice(&raw[..32]).expect("32 bytes"),
             kind,
             codec,
             raw_len: u32::from_le_bytes(raw[36..40].try_into().expect("4")),
             stored_len: u32::from_le_bytes(raw[40..44].try_into().expect("4")),
             offset: u64::from_le_bytes(raw[44..52].try_into().expect("8")),
-        };
-        ensure!(e.raw_len <= MAX_BLOB_LEN && e.stored_len <= MAX_BLOB_LEN, "pack entry {} is larger than any blob", e.id);
-        ensure!(
-            e.offset >= HEADER_LEN as u64 && e.offset + e.stored_len as u64 <= data_end,
-            "pack entry {} points outside the pack's data area",
-            e.id
-        );
-        out.push(e);
+        });
     }
+    validate_entries(&out, pack_len, limits)?;
     Ok(out)
 }
 
 /// Parses a whole pack held in memory (used by `check --read-data` and rebuild tests).
-pub fn parse_pack(pack: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn parse_pack(pack: &[u8], limits: &BlobLimits) -> Result<Vec<PackEntry>> {
     ensure!(pack.len() >= HEADER_LEN + FOOTER_LEN, "pack is only {} bytes: truncated", pack.len());
     ensure!(&pack[..8] == MAGIC, "pack does not start with the pack magic");
     ensure!(pack[8] == 1, "pack version {} is not supported", pack[8]);
@@ -257,7 +319,7 @@ pub fn parse_pack(pack: &[u8]) -> Result<Vec<PackEntry>> {
     let len = pack.len() as u64;
     let (count, digest, entries_len) = parse_footer(&pack[pack.len() - FOOTER_LEN..], len)?;
     let start = pack.len() - FOOTER_LEN - entries_len as usize;
-    parse_entries(&pack[start..pack.len() - FOOTER_LEN], count, &digest, len)
+    parse_entries(&pack[start..pack.len() - FOOTER_LEN], count, &digest, len, limits)
 }
 
 #[cfg(test)]
@@ -275,7 +337,7 @@ mod tests {
         let (id, bytes, entries) = b.finish();
         assert_eq!(id, Id::of(&bytes));
         assert_eq!(enc[0].codec, Codec::Zstd);
-        let parsed = parse_pack(&bytes).unwrap();
+        let parsed = parse_pack(&bytes, &BlobLimits::default()).unwrap();
         assert_eq!(parsed, entries);
         for (e, raw) in parsed.iter().zip(&blobs) {
             let s = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
@@ -289,7 +351,37 @@ mod tests {
         assert!(decode_blob(e, s).unwrap_err().to_string().contains("damaged"));
         // A truncated pack is refused with a message, not a panic.
         for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
-            assert!(parse_pack(&bytes[..cut]).is_err());
+            assert!(parse_pack(&bytes[..cut], &BlobLimits::default()).is_err());
         }
+    }
+
+    /// Rewrites entry `n`'s offset in a finished pack and re-seals the trailer
+    /// checksum, as a hostile writer would.
+    fn with_offset(pack: &[u8], count: usize, n: usize, offset: u64) -> Vec<u8> {
+        let mut p = pack.to_vec();
+        let start = p.len() - FOOTER_LEN - count * ENTRY_LEN;
+        let at = start + n * ENTRY_LEN + 44;
+        p[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+        let digest = blake3::hash(&p[start..p.len() - FOOTER_LEN]);
+        let d = p.len() - FOOTER_LEN + 8;
+        p[d..d + 32].copy_from_slice(digest.as_bytes());
+        p
+    }
+
+    #[test]
+    fn trailers_with_overlapping_or_wrapping_entries_are_refused() {
+        let mut b = PackBuilder::new();
+        for n in 0..3u32 {
+            b.add(&encode_blob(BlobKind::Data, &(0..3000u32).map(|i| (i * (n + 7) % 253) as u8).collect::<Vec<_>>(), 3));
+        }
+        let (_, bytes, entries) = b.finish();
+        let limits = BlobLimits::default();
+        assert!(parse_pack(&bytes, &limits).is_ok());
+        let overlap = with_offset(&bytes, 3, 1, entries[0].offset + 1);
+        let err = parse_pack(&overlap, &limits).unwrap_err().to_string();
+        assert!(err.contains("overlap"), "{err}");
+        let wrap = with_offset(&bytes, 3, 2, u64::MAX - 5);
+        let err = parse_pack(&wrap, &limits).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
     }
 }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const SNAPSHOT_VERSION: u32 = 1;
+/// Largest snapshot object a reader accepts (format-spec §1); real ones are a
+/// few KiB plus the source's metadata record.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
@@ -77,6 +80,14 @@ pub struct SnapshotStats {
 }
 
 impl Snapshot {
+    /// Decodes a snapshot object's bytes (the caller checks them against the name).
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Snapshot> {
+        use anyhow::Context;
+        let snap: Snapshot = serde_json::from_slice(bytes).context("snapshot is malformed")?;
+        anyhow::ensure!(snap.version == SNAPSHOT_VERSION, "snapshot has version {}, which this imgarc does not read", snap.version);
+        Ok(snap)
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("snapshot serializes")
     }

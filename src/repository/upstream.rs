@@ -11,6 +11,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "upstream/deleted/";
+/// Largest record a reader accepts (format-spec §1); real ones are ~200 bytes.
+pub const MAX_RECORD_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeletedUpstream {
@@ -48,7 +50,11 @@ impl Repository {
         let mut out = Vec::new();
         for o in self.backend().list(PREFIX)? {
             // Gone between list and get: the record was withdrawn.
-            let Ok(bytes) = self.backend().get(&o.key) else { continue };
+            let bytes = match super::read_capped(&**self.backend(), &o.key, Some(o.size), MAX_RECORD_BYTES) {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e).context("cannot read a deleted-image record"),
+            };
             out.push(serde_json::from_slice(&bytes).with_context(|| format!("{} is malformed", o.key))?);
         }
         Ok(out)
