@@ -184,6 +184,21 @@ pub struct RestoreArgs {
     /// Keep a half-created Glance image when the restore fails (default: delete it)
     #[arg(long, requires = "to_glance")]
     pub keep_failed: bool,
+    /// Permission bits of the restored file, in octal (default 0600); not for devices or FIFOs
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, conflicts_with = "to_glance")]
+    pub mode: Option<u32>,
+    /// Into a block device: skip the holes instead of writing their zeros (only if the device is already zeroed)
+    #[arg(long, conflicts_with = "to_glance")]
+    pub no_write_zeros: bool,
+}
+
+/// `0644`, `644` or `0o644`: permission bits of a created file.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode such as 0600 or 0644")),
+    }
 }
 
 #[derive(Args, Debug)]

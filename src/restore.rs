@@ -5,10 +5,11 @@
 //! parallel, then written in order by a writer thread (sparse `pwrite` for a
 //! file, zeros for holes on a stream) that also feeds the digest threads.
 //! Every digest the snapshot records is checked at the end; a file target is
-//! written under a temporary name and renamed only when everything matched, so
-//! a file under the requested name is always complete. Like restic and borg,
-//! restore leaves flushing to disk to the kernel (no fsync): the repository is
-//! the durable copy, and an fsync would halve restore speed on these disks.
+//! written under a temporary name (created exclusively, mode 0600 unless told
+//! otherwise), fsynced and renamed only when everything matched, so a file
+//! under the requested name is always complete and durable. A block device is
+//! written in place, every byte (holes too: it holds old data), and flushed;
+//! FIFOs and character devices are streams ([`Target::for_path`] decides).
 
 use crate::digest::{Digesters, Piece};
 use crate::format::qcow2;
@@ -24,7 +25,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,9 +35,263 @@ const BATCH_BYTES: u64 = 32 << 20;
 const COALESCE_GAP: u64 = 256 << 10;
 const MAX_READ: u64 = 16 << 20;
 
+/// Where a restore writes.
 pub enum Target {
+    /// A regular file at this path, created with mode [`DEFAULT_FILE_MODE`]; what
+    /// was there (a symlink included, not what it points to) is replaced when
+    /// the restore succeeded.
     File(PathBuf),
+    /// [`Target::File`] with other permission bits (`restore --mode`).
+    FileWithMode(PathBuf, u32),
+    /// A block device, written in place.
+    BlockDevice(BlockDevice),
+    /// A byte stream (standard output, a FIFO, a character device): holes become zeros.
     Stream(Box<dyn Write + Send>),
+}
+
+/// Permission bits of a restored file: an image holds a whole disk, secrets included.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
+/// An open block device and how to write it.
+pub struct BlockDevice {
+    file: std::fs::File,
+    path: PathBuf,
+    size: u64,
+    /// Write the holes' zeros too: the device holds old data (`--no-write-zeros` turns it off).
+    write_zeros: bool,
+}
+
+impl Target {
+    /// The target `-o PATH` names, by what is at PATH (symlinks followed):
+    /// nothing or a regular file → [`Target::File`]; a block device → written
+    /// in place; a FIFO or character device (e.g. `/dev/null`) → a stream.
+    /// Anything else (a directory, a socket) is refused naming it. `mode`
+    /// applies to a created file only, `write_zeros` to a block device only.
+    pub fn for_path(path: &Path, mode: Option<u32>, write_zeros: bool) -> Result<Target> {
+        let shown = path.display();
+        let file_target = || match mode {
+            Some(m) => Target::FileWithMode(path.to_path_buf(), m),
+            None => Target::File(path.to_path_buf()),
+        };
+        let kind = match std::fs::metadata(path) {
+            Ok(m) => m.file_type(),
+            // Nothing there, or a dangling symlink: a new file replaces the name.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(file_target()),
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect the output {shown}")),
+        };
+        if kind.is_file() {
+            return Ok(file_target());
+        }
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else {
+            "not a file, block device, FIFO or character device"
+        };
+        if !(kind.is_block_device() || kind.is_fifo() || kind.is_char_device()) {
+            bail!("the output {shown} is {what}: imgarc restores into a file, a block device, a FIFO or a character device");
+        }
+        if mode.is_some() {
+            bail!("--mode applies to a file the restore creates; the output {shown} is {what}");
+        }
+        // No create, no truncate: the device or FIFO is written as it is (a FIFO waits for its reader here).
+        let file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {what} {shown} for writing"))?;
+        let opened = file.metadata().with_context(|| format!("cannot inspect the output {shown}"))?.file_type();
+        if (opened.is_block_device(), opened.is_fifo(), opened.is_char_device())
+            != (kind.is_block_device(), kind.is_fifo(), kind.is_char_device())
+        {
+            bail!("the output {shown} changed while it was being opened");
+        }
+        if kind.is_block_device() {
+            let size = block_device_size(&file).with_context(|| format!("cannot read the size of the block device {shown}"))?;
+            return Ok(Target::BlockDevice(BlockDevice { file, path: path.to_path_buf(), size, write_zeros }));
+        }
+        Ok(Target::Stream(Box::new(std::io::BufWriter::with_capacity(1 << 20, file))))
+    }
+}
+
+/// The size in bytes of an open block device (the BLKGETSIZE64 ioctl).
+fn block_device_size(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // _IOR(0x12, 114, size_t) in the common ioctl encoding; libc does not export it.
+    #[cfg(not(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "sparc64"
+    )))]
+    {
+        let request = (2u32 << 30) | ((std::mem::size_of::<libc::size_t>() as u32) << 16) | (0x12 << 8) | 114;
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which lives for the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut size as *mut u64) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(size)
+    }
+    #[cfg(any(target_arch = "mips", target_arch = "mips64", target_arch = "powerpc", target_arch = "powerpc64", target_arch = "sparc64"))]
+    {
+        use std::io::Seek;
+        let _ = file.as_raw_fd();
+        let mut f = file;
+        f.seek(std::io::SeekFrom::End(0))
+    }
+}
+
+/// A target opened for writing.
+enum Sink {
+    /// A regular file, being written under its temporary name `tmp`.
+    File {
+        file: std::fs::File,
+        tmp: PathBuf,
+        path: PathBuf,
+    },
+    Device(BlockDevice),
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Sink {
+    /// Opens `target` for an image of `size` bytes (`None`: known only once written).
+    /// A block device too small for it is refused before anything is written.
+    fn open(target: Target, size: Option<u64>) -> Result<Sink> {
+        match target {
+            Target::File(path) => Sink::create_file(path, DEFAULT_FILE_MODE, size),
+            Target::FileWithMode(path, mode) => Sink::create_file(path, mode, size),
+            Target::BlockDevice(d) => {
+                if let Some(size) = size.filter(|&s| s > d.size) {
+                    bail!(
+                        "the block device {} holds {} bytes ({}), the image needs {size} ({}); nothing was written",
+                        d.path.display(),
+                        d.size,
+                        crate::util::human_bytes(d.size),
+                        crate::util::human_bytes(size)
+                    );
+                }
+                Ok(Sink::Device(d))
+            }
+            Target::Stream(w) => Ok(Sink::Stream(w)),
+        }
+    }
+
+    fn create_file(path: PathBuf, mode: u32, size: Option<u64>) -> Result<Sink> {
+        let tmp = partial_path(&path);
+        // A leftover of an interrupted restore, or a symlink planted there: remove the name, never follow it.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove the stale temporary file {}", tmp.display())),
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let sink = Sink::File { file, tmp, path };
+        let Sink::File { file, tmp, .. } = &sink else { unreachable!() };
+        // Exactly the bits asked for, whatever the umask.
+        let sized = file
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))
+            .and_then(|()| match size {
+                Some(n) => file.set_len(n).with_context(|| format!("cannot size {}", tmp.display())),
+                None => Ok(()),
+            });
+        match sized {
+            Ok(()) => Ok(sink),
+            Err(e) => Err(sink.discard(e)),
+        }
+    }
+
+    fn is_stream(&self) -> bool {
+        matches!(self, Sink::Stream(_))
+    }
+
+    /// Writes `data` at `offset`; a stream is written in order, so `offset` is where it stands.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Sink::File { file, tmp, .. } => file.write_all_at(data, offset).with_context(|| format!("writing {}", tmp.display())),
+            Sink::Device(d) => d.file.write_all_at(data, offset).with_context(|| format!("writing the block device {}", d.path.display())),
+            Sink::Stream(w) => w.write_all(data).context("writing the output"),
+        }
+    }
+
+    /// The zeros of a hole from `from` to `to`: nothing for a sparse file, written elsewhere.
+    fn write_zeros(&mut self, from: u64, to: u64, zeros: &[u8]) -> Result<()> {
+        if matches!(self, Sink::File { .. } | Sink::Device(BlockDevice { write_zeros: false, .. })) {
+            return Ok(());
+        }
+        let mut at = from;
+        while at < to {
+            let k = (to - at).min(zeros.len() as u64) as usize;
+            self.write_at(at, &zeros[..k])?;
+            at += k as u64;
+        }
+        Ok(())
+    }
+
+    /// A verified restore: flush it to stable storage and give a file its final name.
+    fn commit(self) -> Result<()> {
+        match self {
+            Sink::File { file, tmp, path } => {
+                let durable = file.sync_all().with_context(|| format!("cannot flush {} to disk", tmp.display()));
+                drop(file);
+                if let Err(e) = durable.and_then(|()| {
+                    std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))
+                }) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                // The new name is durable once its directory is (best effort: some filesystems refuse).
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                Ok(())
+            }
+            Sink::Device(d) => d.file.sync_all().with_context(|| format!("cannot flush the block device {}", d.path.display())),
+            Sink::Stream(mut w) => w.flush().context("flushing the output"),
+        }
+    }
+
+    /// A failed restore: a file's temporary name goes; a device keeps what was written, and the error says so.
+    fn discard(self, error: anyhow::Error) -> anyhow::Error {
+        match self {
+            Sink::File { file, tmp, .. } => {
+                drop(file);
+                let _ = std::fs::remove_file(&tmp);
+                error
+            }
+            Sink::Device(d) => error.context(format!("the block device {} now holds a partial image", d.path.display())),
+            Sink::Stream(_) => error,
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File { file, .. } => file.write(buf),
+            Sink::Device(d) => d.file.write(buf),
+            Sink::Stream(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stream(w) => w.flush(),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -165,67 +420,33 @@ fn restore_stream(
     let digest_names: Vec<String> = expected.keys().cloned().collect();
     let digesters = Digesters::start(&digest_names);
 
-    let final_path = match &target {
-        Target::File(p) => Some(p.clone()),
-        Target::Stream(_) => None,
-    };
-    let (tmp_path, file) = match &target {
-        Target::File(path) => {
-            let tmp = partial_path(path);
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            f.set_len(size).with_context(|| format!("cannot size {}", tmp.display()))?;
-            (Some(tmp), Some(f))
-        }
-        Target::Stream(_) => (None, None),
-    };
-    let mut stream = match target {
-        Target::Stream(w) => Some(w),
-        Target::File(_) => None,
-    };
+    let mut sink = Sink::open(target, Some(size))?;
 
     let (tx, rx) = bounded::<Write_>(2 * 128);
     let pb = progress.clone();
-    let writer = std::thread::Builder::new().name("restore-write".into()).spawn(move || -> Result<Digesters> {
-        let mut pos = 0u64;
-        let zeros = vec![0u8; 1 << 20];
-        let fill = |to: u64, stream: &mut Option<Box<dyn Write + Send>>, digesters: &Digesters, pos: &mut u64| -> Result<()> {
-            if to > *pos {
-                digesters.feed(Piece::Zeros(to - *pos));
-                if let Some(w) = stream.as_mut() {
-                    let mut n = to - *pos;
-                    while n > 0 {
-                        let k = n.min(zeros.len() as u64) as usize;
-                        w.write_all(&zeros[..k]).context("writing the output")?;
-                        n -= k as u64;
-                    }
+    let writer = std::thread::Builder::new().name("restore-write".into()).spawn(move || -> (Sink, Result<Digesters>) {
+        let written = (|| -> Result<Digesters> {
+            let mut pos = 0u64;
+            let zeros = vec![0u8; 1 << 20];
+            for Write_::Data(off, data) in rx {
+                if off > pos {
+                    digesters.feed(Piece::Zeros(off - pos));
+                    sink.write_zeros(pos, off, &zeros)?;
                 }
-                *pos = to;
+                sink.write_at(off, &data)?;
+                pos = off + data.len() as u64;
+                let len = data.len();
+                digesters.feed(Piece::Data(Arc::new(data), 0..len));
+                pb.set_position(pos);
             }
-            Ok(())
-        };
-        for Write_::Data(off, data) in rx {
-            fill(off, &mut stream, &digesters, &mut pos)?;
-            match (&file, stream.as_mut()) {
-                (Some(f), _) => f.write_all_at(&data, off).context("writing the output file")?,
-                (None, Some(w)) => w.write_all(&data).context("writing the output")?,
-                (None, None) => unreachable!("a target is either a file or a stream"),
+            if size > pos {
+                digesters.feed(Piece::Zeros(size - pos));
+                sink.write_zeros(pos, size, &zeros)?;
             }
-            pos = off + data.len() as u64;
-            let len = data.len();
-            digesters.feed(Piece::Data(Arc::new(data), 0..len));
-            pb.set_position(pos);
-        }
-        fill(size, &mut stream, &digesters, &mut pos)?;
-        if let Some(w) = stream.as_mut() {
-            w.flush().context("flushing the output")?;
-        }
-        pb.set_position(size);
-        Ok(digesters)
+            pb.set_position(size);
+            Ok(digesters)
+        })();
+        (sink, written)
     })?;
 
     let fetch = (|| -> Result<()> {
@@ -250,19 +471,15 @@ fn restore_stream(
         Ok(())
     })();
     drop(tx);
-    let written = writer.join().map_err(|_| anyhow!("restore writer panicked"));
-    let digests = finish_output(fetch.and_then(|()| written?), expected, tmp_path, final_path)?;
+    let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
+    let digests = finish_output(fetch.and_then(|()| written), expected, sink)?;
     Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
 }
 
 /// Ends a restore: the digests must match what the snapshot recorded; then the
-/// output file takes its final name, or on any failure its temporary file goes.
-fn finish_output(
-    written: Result<Digesters>,
-    expected: &BTreeMap<String, String>,
-    tmp: Option<PathBuf>,
-    final_path: Option<PathBuf>,
-) -> Result<BTreeMap<String, String>> {
+/// output is made durable (a file takes its final name), or on any failure a
+/// file's temporary name goes.
+fn finish_output(written: Result<Digesters>, expected: &BTreeMap<String, String>, sink: Sink) -> Result<BTreeMap<String, String>> {
     let result = written.and_then(|d| d.finish()).and_then(|digests| {
         for (alg, want) in expected {
             if digests.get(alg) != Some(want) {
@@ -271,18 +488,9 @@ fn finish_output(
         }
         Ok(digests)
     });
-    match (result, tmp, final_path) {
-        (Ok(digests), Some(tmp), Some(path)) => {
-            std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the restored image to {}", path.display()))?;
-            Ok(digests)
-        }
-        (Ok(digests), _, _) => Ok(digests),
-        (Err(e), tmp, _) => {
-            if let Some(tmp) = tmp {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            Err(e)
-        }
+    match result {
+        Ok(digests) => sink.commit().map(|()| digests),
+        Err(e) => Err(sink.discard(e)),
     }
 }
 
@@ -586,16 +794,12 @@ fn write_sequential(
 ) -> Result<RestoreOutcome> {
     let started = Instant::now();
     let digesters = Digesters::start(&expected.keys().cloned().collect::<Vec<_>>());
-    let (tmp, final_path, mut sink): (Option<PathBuf>, Option<PathBuf>, Box<dyn Write>) = match target {
-        Target::File(path) => {
-            let tmp = partial_path(&path);
-            let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            (Some(tmp), Some(path), Box::new(std::io::BufWriter::with_capacity(4 << 20, f)))
-        }
-        Target::Stream(w) => (None, None, Box::new(w)),
-    };
+    let mut sink = Sink::open(target, (size != u64::MAX).then_some(size))?;
     let result = (|| -> Result<()> {
-        let mut w = DigestWriter { inner: &mut *sink, digesters: &digesters, pos: 0, pb: progress };
+        let stream = sink.is_stream();
+        let mut buffered: Box<dyn Write + '_> =
+            if stream { Box::new(&mut sink) } else { Box::new(std::io::BufWriter::with_capacity(4 << 20, &mut sink)) };
+        let mut w = DigestWriter { inner: &mut *buffered, digesters: &digesters, pos: 0, pb: progress };
         let n = produce(&mut w)?;
         w.flush().context("writing the output")?;
         if size != u64::MAX && n != size {
@@ -603,8 +807,7 @@ fn write_sequential(
         }
         Ok(())
     })();
-    drop(sink);
-    let digests = finish_output(result.map(|()| digesters), expected, tmp, final_path)?;
+    let digests = finish_output(result.map(|()| digesters), expected, sink)?;
     Ok(RestoreOutcome { bytes: progress.position(), seconds: started.elapsed().as_secs_f64(), digests })
 }
 

@@ -20,6 +20,8 @@ pub struct OpenedSource {
     pub default_name: String,
     /// Digests the source vouches for (algorithm → hex): checked, and a mismatch stores nothing.
     pub expected_digests: BTreeMap<String, String>,
+    /// Digests the source announces that imgarc cannot compute (e.g. `sha3_512`): not checked.
+    pub unverifiable_digests: Vec<String>,
     /// The format the source declares (Glance `disk_format`).
     pub declared_format: Option<String>,
     /// Source metadata kept with the snapshot (the Glance image record).
@@ -33,6 +35,7 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
         source,
         default_name,
         expected_digests: BTreeMap::new(),
+        unverifiable_digests: Vec::new(),
         declared_format: None,
         metadata: Default::default(),
     };
@@ -50,17 +53,26 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
 
 /// The digests a Glance record vouches for, in imgarc's algorithm names.
 pub fn glance_digests(rec: &ImageRecord) -> BTreeMap<String, String> {
+    glance_digest_claims(rec).0
+}
+
+/// The digests a Glance record vouches for that imgarc can check, and the
+/// names of those it cannot (an `os_hash_algo` outside [`crate::digest::SUPPORTED`]).
+pub fn glance_digest_claims(rec: &ImageRecord) -> (BTreeMap<String, String>, Vec<String>) {
     let mut out = BTreeMap::new();
+    let mut unverifiable = Vec::new();
     if let Some(md5) = rec.checksum.as_deref().filter(|s| !s.is_empty()) {
         out.insert("md5".to_string(), md5.to_ascii_lowercase());
     }
-    if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref()) {
+    if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref().filter(|v| !v.is_empty())) {
         let algo = algo.to_ascii_lowercase();
-        if crate::digest::SUPPORTED.contains(&algo.as_str()) && !value.is_empty() {
+        if crate::digest::SUPPORTED.contains(&algo.as_str()) {
             out.insert(algo, value.to_ascii_lowercase());
+        } else {
+            unverifiable.push(algo);
         }
     }
-    out
+    (out, unverifiable)
 }
 
 /// Opens `GET /v2/images/{id}/file` of an active image as a stream.
@@ -84,16 +96,20 @@ pub fn open_glance_record(
         Some(l) => Box::new(RateLimitedReader::new(download, l)),
         None => Box::new(download),
     };
-    let metadata = match &rec.raw {
+    let mut metadata = match &rec.raw {
         serde_json::Value::Object(m) => m.clone(),
         _ => Default::default(),
     };
+    // Store locations can carry store credentials: they never reach the repository.
+    crate::openstack::glance::redact_store_locations(&mut metadata);
+    let (expected_digests, unverifiable_digests) = glance_digest_claims(rec);
     Ok(OpenedSource {
         reader,
         size: rec.size,
         source: Source::Glance { image_id: rec.id.clone(), cloud: cloud.map(str::to_string) },
         default_name: rec.name.clone().unwrap_or_else(|| rec.id.clone()),
-        expected_digests: glance_digests(rec),
+        expected_digests,
+        unverifiable_digests,
         declared_format: rec.disk_format.clone(),
         metadata,
     })

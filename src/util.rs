@@ -58,6 +58,29 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Tells the user about something that works but is unsafe or surprising,
+/// on standard error (the report on stdout stays clean); each distinct
+/// message once per process, however many clients or backends repeat it.
+/// The one place library code warns from.
+pub fn warn_once(message: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|m| m == message) {
+        seen.push(message.to_string());
+        eprintln!("imgarc: warning: {message}");
+    }
+}
+
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -74,16 +97,37 @@ pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<u
 
 /// An in-process pipe: what one thread writes, another reads, with a bounded
 /// buffer (back-pressure). Used to stream a restore straight into an upload.
+///
+/// The stream ends only when the producing side says so: [`PipeEnd::finish`]
+/// is a clean end of stream, [`PipeEnd::fail`] (or every writing handle
+/// dropped without a finish) reaches the reader as an `Err`. The reader holds
+/// back the last byte it has until it knows which, so a consumer that stops
+/// at a known length (an HTTP upload with `Content-Length`) cannot complete
+/// before the producer has vouched for the whole stream.
 pub fn pipe(buffers: usize) -> (PipeWriter, PipeReader) {
     let (tx, rx) = crossbeam_channel::bounded(buffers);
-    (PipeWriter { tx, buf: Vec::new() }, PipeReader { rx, cur: Vec::new(), pos: 0 })
+    (PipeWriter { tx, buf: Vec::new() }, PipeReader { rx, cur: Vec::new(), pos: 0, next: None, ended: false })
 }
 
 const PIPE_CHUNK: usize = 1 << 20;
 
+enum PipeMessage {
+    Data(Vec<u8>),
+    Finished,
+    Failed(String),
+}
+
 pub struct PipeWriter {
-    tx: crossbeam_channel::Sender<Vec<u8>>,
+    tx: crossbeam_channel::Sender<PipeMessage>,
     buf: Vec<u8>,
+}
+
+impl PipeWriter {
+    /// A handle that ends the stream, for the code that knows whether the
+    /// producer succeeded after the writer itself was handed away (and dropped).
+    pub fn end_handle(&self) -> PipeEnd {
+        PipeEnd { tx: self.tx.clone() }
+    }
 }
 
 impl std::io::Write for PipeWriter {
@@ -97,39 +141,96 @@ impl std::io::Write for PipeWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::take(&mut self.buf);
-            self.tx.send(chunk).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reading side stopped"))?;
+            self.tx
+                .send(PipeMessage::Data(chunk))
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reading side stopped"))?;
         }
         Ok(())
     }
 }
 
 impl Drop for PipeWriter {
+    /// Hands on what was written; the stream still needs a [`PipeEnd::finish`].
     fn drop(&mut self) {
         let _ = std::io::Write::flush(self);
     }
 }
 
+/// Ends a pipe's stream: cleanly, or with the producer's error.
+pub struct PipeEnd {
+    tx: crossbeam_channel::Sender<PipeMessage>,
+}
+
+impl PipeEnd {
+    /// The producer wrote everything and it is good: the reader sees end of stream.
+    pub fn finish(self) {
+        let _ = self.tx.send(PipeMessage::Finished);
+    }
+
+    /// The producer failed: the reader's next read returns this error.
+    pub fn fail(self, why: String) {
+        let _ = self.tx.send(PipeMessage::Failed(why));
+    }
+}
+
 pub struct PipeReader {
-    rx: crossbeam_channel::Receiver<Vec<u8>>,
+    rx: crossbeam_channel::Receiver<PipeMessage>,
     cur: Vec<u8>,
     pos: usize,
+    /// The message after `cur`, received early to decide whether the last byte of `cur` may go.
+    next: Option<PipeMessage>,
+    ended: bool,
+}
+
+impl PipeReader {
+    fn receive(&mut self) -> PipeMessage {
+        self.rx.recv().unwrap_or_else(|_| PipeMessage::Failed("the writing side stopped without finishing the stream".into()))
+    }
 }
 
 impl std::io::Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    self.cur = next;
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.ended {
+                return Ok(0);
+            }
+            let left = self.cur.len() - self.pos;
+            if left > 0 {
+                let n = out.len().min(left);
+                if n == left {
+                    // This read would hand out the rest of the chunk: only if the stream goes on
+                    // or finished cleanly, never the last bytes of a stream that failed.
+                    if self.next.is_none() {
+                        self.next = Some(self.receive());
+                    }
+                    if let Some(PipeMessage::Failed(why)) = &self.next {
+                        return Err(std::io::Error::other(why.clone()));
+                    }
+                }
+                out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            let message = match self.next.take() {
+                Some(m) => m,
+                None => self.receive(),
+            };
+            match message {
+                PipeMessage::Data(chunk) => {
+                    self.cur = chunk;
                     self.pos = 0;
                 }
-                Err(_) => return Ok(0), // writer gone: end of stream
+                PipeMessage::Finished => self.ended = true,
+                PipeMessage::Failed(why) => {
+                    // Sticky: every later read fails the same way.
+                    self.next = Some(PipeMessage::Failed(why.clone()));
+                    return Err(std::io::Error::other(why));
+                }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -154,15 +255,58 @@ mod tests {
         use std::io::{Read, Write};
         let (mut w, mut r) = pipe(2);
         let t = std::thread::spawn(move || {
+            let end = w.end_handle();
             for i in 0..3000u32 {
                 w.write_all(&i.to_le_bytes().repeat(300)).unwrap();
             }
+            drop(w);
+            end.finish();
         });
         let mut got = Vec::new();
         r.read_to_end(&mut got).unwrap();
         t.join().unwrap();
         assert_eq!(got.len(), 3000 * 1200);
         assert_eq!(&got[1200..1204], &1u32.to_le_bytes());
+    }
+
+    #[test]
+    fn pipe_carries_a_writer_failure_to_the_reader() {
+        use std::io::{Read, Write};
+        let (mut w, mut r) = pipe(2);
+        let end = w.end_handle();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        end.fail("pack 1234 is unreadable".into());
+        let mut got = Vec::new();
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("pack 1234 is unreadable"), "{e}");
+        // The last byte of a failed stream is never handed out; the failure is sticky.
+        assert!(got.len() < b"partial".len(), "{got:?}");
+        assert!(r.read(&mut [0u8; 8]).is_err());
+    }
+
+    #[test]
+    fn pipe_writer_dropped_without_finish_is_an_error_not_eof() {
+        use std::io::{Read, Write};
+        let (mut w, mut r) = pipe(2);
+        w.write_all(b"some bytes").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("without finishing"), "{e}");
+
+        // Exactly the bytes asked for, at a known length, still waits for the verdict.
+        let (mut w, mut r) = pipe(2);
+        let end = w.end_handle();
+        let t = std::thread::spawn(move || {
+            w.write_all(&[7u8; 10]).unwrap();
+            drop(w);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            end.fail("digest mismatch".into());
+        });
+        let mut buf = [0u8; 10];
+        assert!(r.read_exact(&mut buf).is_err(), "the 10th byte must wait for the writer's verdict");
+        t.join().unwrap();
     }
 }
 

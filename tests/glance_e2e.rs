@@ -101,3 +101,77 @@ fn tampered_missing_and_inactive_images_fail_clearly() {
     let o = env.run(&["--glance-url", "http://127.0.0.1:9", "archive", "glance:x"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+fn images_named(g: &imgarc::openstack::glance::GlanceClient, name: &str) -> Vec<imgarc::openstack::glance::ImageRecord> {
+    g.list_filtered(&[("name", name)], 100).unwrap()
+}
+
+#[test]
+fn converted_restore_into_glance_is_checked_against_the_bytes_uploaded() {
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = Env::init("64K");
+    let data = qcow2_image(&env);
+    let guest = std::fs::read(env.path("g.raw")).unwrap();
+    let name = os::unique("conv");
+    let (rec, _c) = os::upload_image(&g, &name, &data, json!({"disk_format": "qcow2"}));
+    let a = run_json(&env, &["archive", &format!("glance:{name}")]);
+    let snap = s(&a, "snapshot");
+
+    let new_name = os::unique("conv-raw");
+    let r = run_json(&env, &["restore", &snap, "--to-glance", "--disk-format", "raw", "--name", &new_name]);
+    let new = g.get(r["image_id"].as_str().unwrap()).unwrap();
+    let _c2 = os::Cleanup(g.clone(), new.id.clone());
+    assert_eq!(new.status, "active");
+    assert_eq!(new.disk_format.as_deref(), Some("raw"));
+    assert_ne!(new.os_hash_value, rec.os_hash_value, "a conversion uploads other bytes than the archived qcow2");
+    assert_eq!(new.os_hash_value.as_deref(), Some(os::sha512_hex(&guest).as_str()), "Glance must hold the guest disk");
+    assert_eq!(new.size, Some(guest.len() as u64));
+}
+
+#[test]
+fn restore_failing_mid_stream_leaves_no_active_image() {
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = Env::init("64K");
+    // More than one restore batch (32 MiB), so the upload is under way when the damage is met.
+    let data = bytes(40 << 20, 17, false);
+    let p = env.path("big.raw");
+    std::fs::write(&p, &data).unwrap();
+    let snap = s(&env.json(&["archive", p.to_str().unwrap()]), "snapshot");
+    // Damage the end of the last pack: the last chunks of the image no longer verify.
+    let last =
+        env.packs().into_iter().filter(|p| p.to_string_lossy().contains("/data/")).max_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let last = last.expect("a pack");
+    let mut pack = std::fs::read(&last).unwrap();
+    let n = pack.len();
+    for b in &mut pack[n - (4 << 20)..n - 4096] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&last, &pack).unwrap();
+
+    for (keep, conversion) in [(false, false), (false, true), (true, true)] {
+        let name = os::unique("midfail");
+        let mut args = vec!["--glance-url".to_string(), os::env("GLANCE_URL"), "restore".into(), snap.clone(), "--to-glance".into()];
+        args.extend(["--name".to_string(), name.clone()]);
+        if conversion {
+            args.extend(["--disk-format".to_string(), "raw".into()]);
+        }
+        if keep {
+            args.push("--keep-failed".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = env.run(&refs);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "keep={keep} conversion={conversion}: {err}");
+        assert!(err.contains("damaged") || err.contains("chunk"), "the error names the damage: {err}");
+        let left = images_named(&g, &name);
+        let _guards: Vec<os::Cleanup> = left.iter().map(|r| os::Cleanup(g.clone(), r.id.clone())).collect();
+        assert!(left.iter().all(|r| r.status != "active"), "keep={keep} conversion={conversion}: an image is active: {left:?}");
+        if keep {
+            assert_eq!(left.len(), 1, "--keep-failed keeps the image: {err}");
+        } else {
+            assert!(left.is_empty(), "conversion={conversion}: the half-made image was not deleted: {left:?}");
+        }
+    }
+}

@@ -304,3 +304,280 @@ fn shared_corpus_round_trip() {
     let check = env.json(&["check", "--read-data"]);
     assert_eq!(check["ok"], true);
 }
+
+/// An image with a hole in the middle (zeros a block device must get written).
+fn image_with_hole(env: &Env) -> (Vec<u8>, String) {
+    let mut data = bytes(3 << 20, 21, false);
+    data[(1 << 20)..(2 << 20)].fill(0);
+    let p = env.path("holey.raw");
+    std::fs::write(&p, &data).unwrap();
+    let a = env.json(&["archive", p.to_str().unwrap(), "--digest", "sha256"]);
+    (data, s(&a, "snapshot"))
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn restore_streams_into_a_fifo_and_a_symlink_to_a_character_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::init("64K");
+    let (data, snap) = image_with_hole(&env);
+    let fifo = env.path("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let link = env.path("pipe-link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    env.ok(&["restore", &snap, "-o", link.to_str().unwrap()]);
+    let got = reader.join().unwrap();
+    assert!(got == data, "the FIFO's reader got {} bytes, not the image", got.len());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink was replaced");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+
+    // /dev/null through a symlink: a character device is a stream too, and stays what it is.
+    let null = env.path("null-link");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    env.ok(&["restore", &snap, "-o", null.to_str().unwrap()]);
+    assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_symlink());
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+}
+
+#[test]
+fn restore_refuses_a_directory_or_socket_target_naming_it() {
+    let env = Env::init("64K");
+    let (_, snap) = image_with_hole(&env);
+    let dir = env.path("a-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let o = env.run(&["restore", &snap, "-o", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr_of(&o);
+    assert!(err.contains("a-dir") && err.contains("is a directory"), "{err}");
+    assert!(dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_none());
+
+    let sock_path = env.path("a-socket");
+    let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let o = env.run(&["restore", &snap, "-o", sock_path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "a socket must not be replaced by a file");
+    let err = stderr_of(&o);
+    assert!(err.contains("a-socket") && err.contains("is a socket"), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&sock_path).unwrap().file_type().is_socket());
+}
+
+#[test]
+fn restored_files_are_private_unless_mode_says_otherwise_and_never_follow_planted_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::init("64K");
+    let (data, snap) = image_with_hole(&env);
+    let out = env.path("private.raw");
+    env.ok(&["restore", &snap, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777, 0o600);
+    let shared = env.path("shared.raw");
+    env.ok(&["restore", &snap, "-o", shared.to_str().unwrap(), "--mode", "0644"]);
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o644);
+    let o = env.run(&["restore", &snap, "-o", shared.to_str().unwrap(), "--mode", "0x9"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+
+    // A symlink planted at the temporary name is not followed: its target stays intact.
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let out = env.path("planted.raw");
+    std::os::unix::fs::symlink(&victim, env.path("planted.raw.imgarc-partial")).unwrap();
+    env.ok(&["restore", &snap, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    // A symlink to a regular file is replaced like the file; what it pointed to stays.
+    let link = env.path("link.raw");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    env.ok(&["restore", &snap, "-o", link.to_str().unwrap()]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_file());
+    assert!(std::fs::read(&link).unwrap() == data);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+/// A loop device over a file of `size` bytes of 0xAA, detached on drop.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn attach(backing: &std::path::Path, size: usize) -> Option<Loop> {
+        if !std::path::Path::new("/dev/loop-control").exists() {
+            eprintln!("skipped: /dev/loop-control is missing, no loop devices here");
+            return None;
+        }
+        std::fs::write(backing, vec![0xAAu8; size]).unwrap();
+        let o = std::process::Command::new("losetup").args(["-f", "--show"]).arg(backing).output();
+        match o {
+            Ok(o) if o.status.success() => Some(Loop { dev: String::from_utf8_lossy(&o.stdout).trim().to_string() }),
+            Ok(o) => {
+                eprintln!("skipped: losetup failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run losetup: {e}");
+                None
+            }
+        }
+    }
+
+    fn read(&self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        std::io::Read::read_exact(&mut std::fs::File::open(&self.dev).unwrap(), &mut buf).unwrap();
+        buf
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+#[test]
+fn restore_writes_a_block_device_in_place_zeros_included() {
+    let env = Env::init("64K");
+    let (data, snap) = image_with_hole(&env);
+    let Some(lo) = Loop::attach(&env.path("lv.img"), data.len() + (1 << 20)) else { return };
+    // Reached through a symlink, as /dev/vg/lv is: the symlink and the node stay, the device gets the image.
+    let link = env.path("lv");
+    std::os::unix::fs::symlink(&lo.dev, &link).unwrap();
+    let o = env.json(&["restore", &snap, "-o", link.to_str().unwrap()]);
+    assert_eq!(u(&o, "bytes"), data.len() as u64);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let got = lo.read(data.len() + 4096);
+    assert!(got[..data.len()] == data[..], "the device does not hold the image (holes must be written as zeros)");
+    assert!(got[data.len()..].iter().all(|&b| b == 0xAA), "bytes past the image were touched");
+
+    // --no-write-zeros leaves the hole's old bytes.
+    let Some(lo2) = Loop::attach(&env.path("lv2.img"), data.len()) else { return };
+    env.ok(&["restore", &snap, "-o", &lo2.dev, "--no-write-zeros"]);
+    let got = lo2.read(data.len());
+    assert!(got[..1 << 20] == data[..1 << 20] && got[(2 << 20)..] == data[(2 << 20)..]);
+    assert!(got[(1 << 20)..(2 << 20)].iter().all(|&b| b == 0xAA));
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(&std::fs::metadata(&lo2.dev).unwrap().file_type()));
+
+    // A device smaller than the image is refused before anything is written.
+    let Some(small) = Loop::attach(&env.path("small.img"), data.len() - (1 << 20)) else { return };
+    let o = env.run(&["restore", &snap, "-o", &small.dev]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr_of(&o);
+    assert!(err.contains(&small.dev) && err.contains("nothing was written"), "{err}");
+    assert!(small.read(data.len() - (1 << 20)).iter().all(|&b| b == 0xAA));
+}
+
+/// A minimal Glance v2 that serves one image record and its data.
+fn fake_glance(record: serde_json::Value, data: Vec<u8>) -> String {
+    use std::io::{BufRead, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let id = record["id"].as_str().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (ctype, body) = if path == format!("/v2/images/{id}/file") {
+                ("application/octet-stream", data.clone())
+            } else if path.starts_with(&format!("/v2/images/{id}")) {
+                ("application/json", record.to_string().into_bytes())
+            } else {
+                ("application/json", br#"{"images": []}"#.to_vec())
+            };
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    url
+}
+
+fn glance_record(id: &str, data: &[u8], algo: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "name": "fips-image", "status": "active", "size": data.len(),
+        "disk_format": "raw", "container_format": "bare", "visibility": "private",
+        "os_hash_algo": algo, "os_hash_value": value,
+        "direct_url": "swift+https://svc:STORE-KEY-42@swift.example/v1/AUTH_x/glance/img",
+        "locations": [{"url": "rbd://fsid/images/img/snap?key=STORE-KEY-42", "metadata": {}}],
+        "stores": "ceph",
+    })
+}
+
+#[test]
+fn glance_sha384_records_are_verified_and_store_locations_never_archived() {
+    use sha2::Digest;
+    let env = Env::init("64K");
+    let data = bytes(1_500_000, 31, false);
+    let id = "6f0a3c7e-0000-4000-8000-000000000384";
+    let good = hex::encode(sha2::Sha384::digest(&data));
+    let url = fake_glance(glance_record(id, &data, "sha384", &good), data.clone());
+    let a = env.json(&["--glance-url", &url, "archive", &format!("glance:{id}")]);
+    let verified: Vec<String> = serde_json::from_value(a["verified_digests"].clone()).unwrap();
+    assert_eq!(verified, ["sha384"], "{a}");
+    let snap = s(&a, "snapshot");
+    // Store locations carry credentials: not in the snapshot object, not in `show`.
+    for e in std::fs::read_dir(env.repo.join("snapshots")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!text.contains("STORE-KEY-42") && !text.contains("direct_url"), "{text}");
+    }
+    let shown = env.json(&["show", &snap]);
+    assert_eq!(shown["metadata"]["os_hash_algo"], "sha384");
+    assert!(shown["metadata"].get("locations").is_none() && shown["metadata"].get("stores").is_none(), "{shown}");
+
+    // A wrong sha384 fails the archive and stores nothing.
+    let env2 = Env::init("64K");
+    let bad = hex::encode(sha2::Sha384::digest(b"other bytes"));
+    let url = fake_glance(glance_record(id, &data, "sha384", &bad), data.clone());
+    let o = env2.run(&["--glance-url", &url, "archive", &format!("glance:{id}")]);
+    assert_eq!(o.status.code(), Some(1), "a sha384 mismatch must fail the archive");
+    assert!(stderr_of(&o).contains("sha384"), "{}", stderr_of(&o));
+    assert!(env2.json(&["list"]).as_array().unwrap().is_empty());
+
+    // An algorithm imgarc cannot compute: archived, and the output says it was not checked.
+    let url = fake_glance(glance_record(id, &data, "sha3_512", "00ff"), data.clone());
+    let o = env2.run(&["--glance-url", &url, "--json", "archive", &format!("glance:{id}")]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["verified_digests"], serde_json::json!([]), "{a}");
+    assert_eq!(a["unverifiable_digests"], serde_json::json!(["sha3_512"]), "{a}");
+    let o = env2.run(&["--glance-url", &url, "archive", &format!("glance:{id}")]);
+    let prose = String::from_utf8_lossy(&o.stdout);
+    assert!(prose.contains("warning") && prose.contains("sha3_512"), "{prose}");
+}
+
+#[test]
+fn show_and_report_redact_store_locations_of_older_snapshots() {
+    let env = Env::init("64K");
+    let data = bytes(300_000, 32, false);
+    let p = env.path("old.raw");
+    std::fs::write(&p, &data).unwrap();
+    let snap = s(&env.archive(&p, "old"), "snapshot");
+    // Rewrite the snapshot as an older imgarc stored Glance records: with their store locations.
+    let key = env.repo.join("snapshots").join(&snap);
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    doc["metadata"] = serde_json::json!({"id": "img-1", "direct_url": "s3://AKIA:STORE-KEY-42@s3/b/img", "locations": [{"url": "s3://AKIA:STORE-KEY-42@s3/b/img"}], "stores": "s3", "hw_disk_bus": "scsi"});
+    let bytes_ = serde_json::to_vec(&doc).unwrap();
+    let old = imgarc::ids::Id::of(&bytes_).to_hex();
+    std::fs::write(env.repo.join("snapshots").join(&old), &bytes_).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    env.ok(&["index", "rebuild"]);
+
+    let shown = env.ok(&["--json", "show", &old[..16]]);
+    assert!(!shown.contains("STORE-KEY-42") && !shown.contains("direct_url") && !shown.contains("\"stores\""), "{shown}");
+    assert!(shown.contains("scsi"), "the other metadata stays: {shown}");
+    let report = env.ok(&["--json", "report"]);
+    assert!(!report.contains("STORE-KEY-42"), "{report}");
+}

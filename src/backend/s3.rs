@@ -72,6 +72,12 @@ impl S3Config {
         if !matches!(url.scheme(), "http" | "https") || host.is_empty() {
             anyhow::bail!("invalid S3 endpoint {endpoint:?}: expected http(s)://HOST[:PORT]");
         }
+        if url.scheme() == "http" && !crate::util::is_loopback_url(&url) {
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            crate::util::warn_once(&format!(
+                "the S3 repository at http://{host}{port} is reached over plain http: image data and request signatures cross the network unencrypted"
+            ));
+        }
         let aws = is_aws_host(&host);
         let profile_name = lookup("AWS_PROFILE").unwrap_or_else(|| "default".into());
         let home = lookup("HOME").map(std::path::PathBuf::from);

@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         None => crate::source::open(&args.source)?,
     };
     let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
+    let unverifiable = src.unverifiable_digests.clone();
     let req = ArchiveRequest {
         name: args.name.unwrap_or(src.default_name),
         tags: args.tags,
@@ -40,8 +41,16 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     let mut json = serde_json::to_value(&r)?;
     let glance = args.source.starts_with("glance:");
     json["verified_digests"] = serde_json::json!(verified);
+    if !unverifiable.is_empty() {
+        json["unverifiable_digests"] = serde_json::json!(unverifiable);
+        json["warnings"] = serde_json::json!([unverifiable_warning(&unverifiable)]);
+    }
     if glance && verified.is_empty() {
-        json["unverified"] = "the Glance image record has no checksum or os_hash_value: archived with the digests imgarc computed".into();
+        json["unverified"] = if unverifiable.is_empty() {
+            "the Glance image record has no checksum or os_hash_value: archived with the digests imgarc computed".into()
+        } else {
+            unverifiable_warning(&unverifiable).into()
+        };
     }
     ctx.emit(&json, || {
         let mut s = format!(
@@ -62,10 +71,17 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         for (k, v) in &r.digests {
             s.push_str(&format!("  {k} {v}{}\n", if verified.contains(k) { " (matches the source)" } else { "" }));
         }
-        if glance && verified.is_empty() {
+        if glance && verified.is_empty() && unverifiable.is_empty() {
             s.push_str("  could not be verified: the Glance image has no checksum or os_hash_value\n");
+        }
+        if !unverifiable.is_empty() {
+            s.push_str(&format!("  warning: {}\n", unverifiable_warning(&unverifiable)));
         }
         s
     });
     Ok(())
+}
+
+fn unverifiable_warning(algos: &[String]) -> String {
+    format!("the source's {} digest was not checked: imgarc computes {} only", algos.join(", "), crate::digest::SUPPORTED.join(", "))
 }

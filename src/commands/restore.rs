@@ -23,9 +23,12 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let output = args.output.clone().expect("clap requires -o without --to-glance");
     let to_stdout = output == "-";
     let target = if to_stdout {
+        if args.mode.is_some() {
+            bail!("--mode applies to a file the restore creates, not to standard output");
+        }
         Target::Stream(Box::new(std::io::BufWriter::with_capacity(1 << 20, std::io::stdout())))
     } else {
-        Target::File(output.clone().into())
+        Target::for_path(std::path::Path::new(&output), args.mode, !args.no_write_zeros)?
     };
     let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
     let r =
@@ -56,7 +59,10 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
 
 /// The Glance record to restore from: the archived one, or one made from the snapshot.
 fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRecord> {
-    let mut raw = serde_json::Value::Object(snap.metadata.clone());
+    let mut metadata = snap.metadata.clone();
+    // Older snapshots may hold store locations (with credentials): never sent to a cloud.
+    glance::redact_store_locations(&mut metadata);
+    let mut raw = serde_json::Value::Object(metadata);
     if snap.metadata.is_empty() {
         raw = serde_json::json!({"id": "", "name": snap.name, "status": "active", "container_format": "bare", "disk_format": snap.format});
     }
@@ -85,11 +91,14 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
         overrides,
         method,
         size: opts.disk_format.is_none().then_some(snap.logical_bytes),
+        converted: opts.disk_format.is_some(),
         keep_failed: args.keep_failed,
         ..Default::default()
     };
-    // The restore writes into a pipe; the upload reads it on its own thread.
+    // The restore writes into a pipe; the upload reads it on its own thread. The
+    // stream ends cleanly only once the restore verified every byte it wrote.
     let (writer, reader) = crate::util::pipe(16);
+    let end = writer.end_handle();
     let limiter = Ctx::limiter(&ctx.global.limit_upload)?;
     let started = std::time::Instant::now();
     let upload = std::thread::Builder::new().name("glance-upload".into()).spawn(move || {
@@ -102,21 +111,22 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
     let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
     let restored = restore(repo, index, snap, Target::Stream(Box::new(writer)), opts, &pb);
     pb.finish_and_clear();
+    match &restored {
+        Ok(_) => end.finish(),
+        Err(e) => end.fail(format!("the restore failed: {e:#}")),
+    }
     let uploaded = upload.join().map_err(|_| anyhow!("upload thread panicked"))?;
     let (restored, outcome) = match (restored, uploaded) {
         (Ok(r), Ok(o)) => (r, o),
-        // An upload failure usually makes the restore fail too (broken pipe): report the cause.
-        (_, Err(e)) => return Err(e.into()),
-        (Err(e), Ok(o)) => bail!("{e:#}; the uploaded image {} is incomplete", o.record.id),
-    };
-    // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
-    if opts.disk_format.is_none() {
-        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::openstack::verify::Algo::Sha512)) {
-            if want != got {
-                bail!("uploaded sha512 {got} differs from the archived {want}");
-            }
+        (Ok(_), Err(e)) => return Err(e.into()),
+        // The upload saw the restore's error and already deleted (or kept) the image.
+        (Err(restore_err), Err(upload_err)) => bail!("{restore_err:#}; {upload_err}"),
+        (Err(e), Ok(o)) => {
+            // Unreachable through the pipe (it withholds the end of a failed stream); never leave it active.
+            let fate = discard_failed(ctx, args, &o.record.id);
+            bail!("{e:#}; {fate}")
         }
-    }
+    };
     let seconds = started.elapsed().as_secs_f64();
     let json = serde_json::json!({
         "image_id": outcome.record.id, "name": outcome.record.name, "status": outcome.record.status,
@@ -133,4 +143,15 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
         )
     });
     Ok(())
+}
+
+/// Deletes an image whose restore failed after its upload completed, unless `--keep-failed`.
+fn discard_failed(ctx: &Ctx, args: &RestoreArgs, id: &str) -> String {
+    if args.keep_failed {
+        return format!("kept the failed image {id} (keep-failed)");
+    }
+    match ctx.glance(args.to_cloud.as_deref()).and_then(|g| Ok(g.delete(id)?)) {
+        Ok(()) => format!("deleted the incomplete image {id}"),
+        Err(e) => format!("could not delete the incomplete image {id}: {e:#}"),
+    }
 }

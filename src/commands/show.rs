@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 pub fn run(ctx: &Ctx, args: ShowArgs) -> Result<()> {
     let (_repo, index) = ctx.open()?;
     let id = index.resolve_snapshot(&args.snapshot)?;
-    let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
+    let mut snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
+    // Snapshots archived before store locations were dropped may still hold them.
+    crate::openstack::glance::redact_store_locations(&mut snap.metadata);
     let mut json = serde_json::to_value(&snap)?;
     json["id"] = serde_json::Value::String(id.to_hex());
     ctx.emit(&json, || format!("snapshot {}\n{}\n", id.to_hex(), serde_json::to_string_pretty(&snap).unwrap_or_default()));

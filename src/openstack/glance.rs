@@ -422,7 +422,7 @@ impl GlanceClient {
             for img in v["images"].as_array().into_iter().flatten() {
                 out.push(ImageRecord::from_json(img.clone())?);
             }
-            next = v["next"].as_str().map(|n| self.join_link(n));
+            next = v["next"].as_str().map(|n| self.join_link(n)).transpose()?;
             if v["images"].as_array().is_none_or(|a| a.is_empty()) {
                 break;
             }
@@ -430,12 +430,23 @@ impl GlanceClient {
         Ok(out)
     }
 
-    /// Glance's `next` is a path like `/v2/images?marker=..` (no host).
-    fn join_link(&self, link: &str) -> String {
-        if link.starts_with("http://") || link.starts_with("https://") {
-            link.to_string()
-        } else {
-            format!("{}/{}", self.base, link.trim_start_matches('/'))
+    /// Glance's `next` is a path like `/v2/images?marker=..` (no host). An
+    /// absolute link is followed only on the endpoint's own origin: the next
+    /// request carries the token, which no other host may see.
+    fn join_link(&self, link: &str) -> Result<String> {
+        if !(link.starts_with("http://") || link.starts_with("https://")) {
+            return Ok(format!("{}/{}", self.base, link.trim_start_matches('/')));
+        }
+        let base = url::Url::parse(&self.base).expect("validated base");
+        match url::Url::parse(link) {
+            Ok(u) if super::keystone::same_origin(&base, &u) => Ok(link.to_string()),
+            Ok(u) => Err(Error::Config(format!(
+                "the image list's next link points to another host ({}://{}) than the Glance endpoint {}; not followed",
+                u.scheme(),
+                u.authority(),
+                self.base
+            ))),
+            Err(e) => Err(Error::Config(format!("the image list's next link {link:?} is not a URL: {e}"))),
         }
     }
 
@@ -876,6 +887,9 @@ pub struct RestoreOptions {
     pub timeout: Duration,
     /// Keep the image on failure instead of deleting it (`--keep-failed`).
     pub keep_failed: bool,
+    /// The data is a conversion, not the archived bytes: it is checked against
+    /// what was uploaded only, never against the archived `os_hash_value`.
+    pub converted: bool,
 }
 
 impl Default for RestoreOptions {
@@ -886,6 +900,7 @@ impl Default for RestoreOptions {
             size: None,
             timeout: Duration::from_secs(1800),
             keep_failed: false,
+            converted: false,
         }
     }
 }
@@ -946,8 +961,10 @@ pub fn restore_image(
     let Some(up) = digests.get() else {
         return Err(fail("the upload ended before the data did".into()));
     };
-    // the repository must have given back the archived bytes
-    if let (Some(a), Some(v)) = (archived.os_hash_algo.as_deref().and_then(Algo::parse), archived.os_hash_value.as_deref()) {
+    // unconverted, the repository must have given back the archived bytes
+    if let (false, Some(a), Some(v)) =
+        (opts.converted, archived.os_hash_algo.as_deref().and_then(Algo::parse), archived.os_hash_value.as_deref())
+    {
         if let Some(got) = up.get(a).filter(|got| !got.eq_ignore_ascii_case(v)) {
             return Err(fail(format!("the data uploaded has {} {got}, the archived image had {v}", a.name())));
         }
@@ -1012,6 +1029,19 @@ pub const GLANCE_OWNED: &[&str] = &[
     "stores",
     "os_hidden",
 ];
+
+/// Fields of an image record that say where and how a store holds the data:
+/// `direct_url` and `locations` can carry store credentials (a Swift or S3
+/// URL with its key, an RBD path with its cluster). They are dropped when a
+/// record is archived, and redacted from snapshots archived before that.
+pub const STORE_LOCATION_FIELDS: &[&str] = &["direct_url", "locations", "stores"];
+
+/// Removes [`STORE_LOCATION_FIELDS`] from an image record (or the metadata of
+/// a snapshot); returns how many were there. The one place this is decided:
+/// archive, `show`, `report` and `restore --to-glance` all call it.
+pub fn redact_store_locations(record: &mut Map<String, Value>) -> usize {
+    STORE_LOCATION_FIELDS.iter().filter(|k| record.remove(**k).is_some()).count()
+}
 
 /// Custom properties that only make sense in the source cloud (dropped on restore).
 pub const SOURCE_CLOUD_ONLY: &[&str] = &[
@@ -1197,10 +1227,94 @@ mod tests {
         assert!(normalize_base("http://u:pw@h/").unwrap_err().to_string().find("pw").is_none());
         let c = GlanceClient::standalone("http://h:1/image/", None).unwrap();
         assert_eq!(c.url(&["images", "a b", "file"]), "http://h:1/image/v2/images/a%20b/file");
-        assert_eq!(c.join_link("/v2/images?marker=x"), "http://h:1/image/v2/images?marker=x");
+        assert_eq!(c.join_link("/v2/images?marker=x").unwrap(), "http://h:1/image/v2/images?marker=x");
+        assert_eq!(c.join_link("http://h:1/image/v2/images?marker=y").unwrap(), "http://h:1/image/v2/images?marker=y");
+        let e = c.join_link("http://h:2/v2/images?marker=y").unwrap_err().to_string();
+        assert!(e.contains("another host (http://h:2)"), "{e}");
+        assert!(c.join_link("https://h:1/v2/images").is_err(), "another scheme is another origin");
         let p = RetryPolicy::default();
         assert!(p.delay(20, None) <= p.max_delay);
         assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
         assert!(p.delay(1, None) <= Duration::from_millis(500));
+    }
+
+    /// A one-thread HTTP server: answers each request with `respond(path)` and records the requests' heads.
+    struct Recorder {
+        url: String,
+        heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    fn recorder(respond: impl Fn(&str, &str) -> String + Send + 'static) -> Recorder {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, me) = (heads.clone(), url.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                seen.lock().unwrap().push(head);
+                let _ = conn.write_all(respond(&me, &path).as_bytes());
+            }
+        });
+        Recorder { url, heads }
+    }
+
+    fn reply(status: &str, extra: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn carries_token(r: &Recorder) -> bool {
+        r.heads.lock().unwrap().iter().any(|h| h.to_ascii_lowercase().contains("x-auth-token"))
+    }
+
+    #[test]
+    fn next_link_to_another_host_never_gets_the_token() {
+        let elsewhere = recorder(|_, _| reply("200 OK", "", r#"{"images": []}"#));
+        let next = format!("{}/v2/images?marker=a", elsewhere.url);
+        let glance =
+            recorder(move |_, _| reply("200 OK", "", &format!(r#"{{"images": [{{"id": "a", "status": "active"}}], "next": "{next}"}}"#)));
+        let c = GlanceClient::standalone(&glance.url, Some(Secret::new("tok-secret-123"))).unwrap();
+        let e = c.list().unwrap_err().to_string();
+        assert!(e.contains("another host"), "{e}");
+        assert!(carries_token(&glance), "the endpoint itself gets the token");
+        assert!(!carries_token(&elsewhere), "{:?}", elsewhere.heads.lock().unwrap());
+    }
+
+    #[test]
+    fn redirects_to_another_host_never_get_the_token() {
+        let elsewhere = recorder(|_, _| reply("200 OK", "", r#"{"id": "x", "status": "active"}"#));
+        let target = elsewhere.url.clone();
+        let glance = recorder(move |me, path| {
+            if path.starts_with("/v2/images/same") {
+                // a same-origin redirect is still followed
+                reply("302 Found", &format!("Location: {me}/v2/images/x\r\n"), "")
+            } else if path.starts_with("/v2/images/x") {
+                reply("200 OK", "", r#"{"id": "x", "status": "active"}"#)
+            } else {
+                reply("302 Found", &format!("Location: {target}/v2/images/x\r\n"), "")
+            }
+        });
+        let c = GlanceClient::standalone(&glance.url, Some(Secret::new("tok-secret-123")))
+            .unwrap()
+            .with_retry(RetryPolicy { max_retries: 0, ..Default::default() });
+        assert_eq!(c.get("same").unwrap().id, "x");
+        let e = c.get("away").unwrap_err().to_string();
+        assert!(e.contains("another host"), "{e}");
+        assert!(!e.contains("tok-secret-123"), "{e}");
+        assert!(!carries_token(&elsewhere), "{:?}", elsewhere.heads.lock().unwrap());
     }
 }

@@ -23,6 +23,9 @@ pub struct HttpOptions {
 /// a per-read/response timeout of 120 s (so a stalled download fails, a
 /// slow one does not), TCP keepalive, up to 16 idle pooled connections per
 /// host, rustls with webpki + system roots, plus `cacert` if given.
+/// Redirects are followed only within one origin (scheme, host, port): the
+/// `X-Auth-Token` header goes with every request, and reqwest strips only
+/// the standard credential headers when a redirect changes host.
 pub fn http_client(opts: &HttpOptions) -> Result<Client> {
     let mut b = Client::builder()
         .connect_timeout(Duration::from_secs(15))
@@ -30,7 +33,8 @@ pub fn http_client(opts: &HttpOptions) -> Result<Client> {
         .tcp_keepalive(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(16)
-        .user_agent(concat!("imgarc/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("imgarc/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_origin_redirects());
     if let Some(p) = &opts.cacert {
         let pem = std::fs::read(p).map_err(|e| Error::Config(format!("cannot read CA bundle {}: {e}", p.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -43,9 +47,31 @@ pub fn http_client(opts: &HttpOptions) -> Result<Client> {
         }
     }
     if opts.insecure {
+        crate::util::warn_once(
+            "TLS certificate verification is disabled (verify: false / OS_INSECURE): tokens and image data can be intercepted",
+        );
         b = b.danger_accept_invalid_certs(true);
     }
     b.build().map_err(|e| Error::Config(format!("cannot build HTTP client: {}", describe_reqwest(&e))))
+}
+
+/// Whether two URLs have one origin: the same scheme, host and port.
+pub fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from = attempt.previous().first().cloned();
+        match from {
+            _ if attempt.previous().len() > 10 => attempt.error("more than 10 redirects"),
+            Some(from) if !same_origin(&from, attempt.url()) => {
+                let to = format!("{}://{}", attempt.url().scheme(), attempt.url().authority());
+                attempt.error(format!("refused a redirect to another host ({to}): the auth token is never sent there"))
+            }
+            _ => attempt.follow(),
+        }
+    })
 }
 
 /// One endpoint of the catalog.

@@ -1,5 +1,6 @@
 //! Digests of a byte stream computed on their own threads while it flows
-//! (md5 for Glance's `checksum`, sha256/384/512 for `os_hash_algo`), and
+//! (md5 for Glance's `checksum`, the `os_hash_algo` of the record; the
+//! algorithms are `crate::digest`'s), and
 //! verification against an image record: a mismatch or a short stream
 //! turns the final `read` into an error, so a pipeline that reads to EOF
 //! fails before it stores anything.
@@ -18,7 +19,6 @@
 use super::glance::ImageRecord;
 use super::Error;
 use crossbeam_channel::{bounded, Sender};
-use sha2::Digest;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,6 +27,8 @@ use std::thread::JoinHandle;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algo {
     Md5,
+    Sha1,
+    Sha224,
     Sha256,
     Sha384,
     Sha512,
@@ -37,6 +39,8 @@ impl Algo {
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {
             "md5" => Some(Algo::Md5),
+            "sha1" => Some(Algo::Sha1),
+            "sha224" => Some(Algo::Sha224),
             "sha256" => Some(Algo::Sha256),
             "sha384" => Some(Algo::Sha384),
             "sha512" => Some(Algo::Sha512),
@@ -46,6 +50,8 @@ impl Algo {
     pub fn name(self) -> &'static str {
         match self {
             Algo::Md5 => "md5",
+            Algo::Sha1 => "sha1",
+            Algo::Sha224 => "sha224",
             Algo::Sha256 => "sha256",
             Algo::Sha384 => "sha384",
             Algo::Sha512 => "sha512",
@@ -98,29 +104,12 @@ pub struct HashingReader<R> {
 
 fn spawn(algo: Algo) -> (Sender<Chunk>, JoinHandle<String>) {
     let (tx, rx) = bounded::<Chunk>(16);
+    let mut hasher = crate::digest::hasher_for(algo.name()).expect("every Algo is a supported digest");
     let h = std::thread::Builder::new()
         .name(format!("imgarc-{}", algo.name()))
-        .spawn(move || match algo {
-            Algo::Md5 => {
-                let mut h = md5::Md5::new();
-                rx.iter().for_each(|c| h.update(&*c));
-                hex::encode(h.finalize())
-            }
-            Algo::Sha256 => {
-                let mut h = sha2::Sha256::new();
-                rx.iter().for_each(|c| h.update(&*c));
-                hex::encode(h.finalize())
-            }
-            Algo::Sha384 => {
-                let mut h = sha2::Sha384::new();
-                rx.iter().for_each(|c| h.update(&*c));
-                hex::encode(h.finalize())
-            }
-            Algo::Sha512 => {
-                let mut h = sha2::Sha512::new();
-                rx.iter().for_each(|c| h.update(&*c));
-                hex::encode(h.finalize())
-            }
+        .spawn(move || {
+            rx.iter().for_each(|c| hasher.update(&c));
+            hasher.hex()
         })
         .expect("spawn hasher thread");
     (tx, h)
@@ -268,6 +257,7 @@ impl<R> Drop for HashingReader<R> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use sha2::Digest;
 
     fn rec(data: &[u8]) -> ImageRecord {
         ImageRecord::from_json(json!({
@@ -322,6 +312,24 @@ mod tests {
     }
 
     #[test]
+    fn sha384_records_are_verified() {
+        let data = vec![9u8; 70_000];
+        let good = ImageRecord::from_json(json!({
+            "id": "fips", "status": "active", "size": data.len(),
+            "os_hash_algo": "sha384", "os_hash_value": hex::encode(sha2::Sha384::digest(&data)),
+        }))
+        .unwrap();
+        let mut h = HashingReader::verifying(&data[..], &good);
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        assert!(d.get().unwrap().verified);
+        let mut bad = data.clone();
+        bad[7] ^= 1;
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], &good), &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("sha384: expected"), "{e}");
+    }
+
+    #[test]
     fn unverifiable_record_computes_only() {
         let r = ImageRecord::from_json(json!({"id": "old", "status": "active"})).unwrap();
         let mut h = HashingReader::verifying(&b"abc"[..], &r);
@@ -337,6 +345,7 @@ mod tests {
 #[cfg(test)]
 mod bench {
     use super::*;
+    use sha2::Digest;
     #[test]
     #[ignore = "micro benchmark"]
     fn hashing_speed() {

@@ -332,7 +332,9 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
     let mut snapshots = Vec::new();
     let mut docs = HashMap::new();
     for u in index.snapshot_usage()? {
-        let snap: Snapshot = serde_json::from_str(&u.json).with_context(|| format!("cached snapshot {} is malformed", u.id.short()))?;
+        let mut snap: Snapshot = serde_json::from_str(&u.json).with_context(|| format!("cached snapshot {} is malformed", u.id.short()))?;
+        // What the report keeps of a snapshot never holds store locations (credentials), old snapshots included.
+        crate::openstack::glance::redact_store_locations(&mut snap.metadata);
         if let Some(p) = &opts.project {
             if meta_str(&snap, "owner").as_deref() != Some(p.as_str()) {
                 continue;
