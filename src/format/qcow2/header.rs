@@ -182,24 +182,29 @@ pub fn parse(head: &[u8], file_len: Option<u64>) -> Result<Header, Qcow2Error> {
     }
     // Overlapping tables: L1 and refcount table must be disjoint (header is cluster 0, which
     // both already avoid by being non-zero and aligned).
-    if h.l1_size > 0 && h.l1_table_offset < h.refcount_table_offset + rt_bytes && h.refcount_table_offset < h.l1_table_offset + l1_bytes {
+    // Both ends were range-checked above; saturating keeps this safe if that order changes.
+    let rt_end = h.refcount_table_offset.saturating_add(rt_bytes);
+    let l1_end = h.l1_table_offset.saturating_add(l1_bytes);
+    if h.l1_size > 0 && h.l1_table_offset < rt_end && h.refcount_table_offset < l1_end {
         return Err(bad("l1_table_offset", h.l1_table_offset, "L1 table overlaps the refcount table"));
     }
     // Header extensions (v3 only): bounded by cluster 0, each type at most once.
     if h.version == 3 {
-        let mut off = h.header_length as usize;
-        let lim = (head.len() as u64).min(cs) as usize;
+        // Offsets are u64 so that `off + 8 + len` (len is an untrusted u32) cannot wrap, even
+        // where usize is 32 bits; every offset used to index is <= lim <= head.len().
+        let mut off = h.header_length as u64;
+        let lim = (head.len() as u64).min(cs);
         let mut seen: Vec<u32> = Vec::new();
         loop {
             if off + 8 > lim {
-                return Err(bad("header_extension", off as u64, "extension list runs past cluster 0 without an end marker"));
+                return Err(bad("header_extension", off, "extension list runs past cluster 0 without an end marker"));
             }
-            let ty = be32(head, off);
-            let len = be32(head, off + 4) as usize;
+            let ty = be32(head, off as usize);
+            let len = be32(head, off as usize + 4);
             if ty == 0 {
                 break;
             }
-            let data_end = off + 8 + len;
+            let data_end = off + 8 + len as u64;
             if data_end > lim {
                 return Err(bad("header_extension", ty as u64, format!("extension of {len} bytes runs past cluster 0")));
             }
@@ -207,7 +212,7 @@ pub fn parse(head: &[u8], file_len: Option<u64>) -> Result<Header, Qcow2Error> {
                 return Err(bad("header_extension", ty as u64, "extension type appears twice"));
             }
             seen.push(ty);
-            let data = &head[off + 8..data_end];
+            let data = &head[off as usize + 8..data_end as usize];
             match ty {
                 EXT_BACKING_FORMAT => h.backing_format = Some(String::from_utf8_lossy(data).into_owned()),
                 EXT_DATA_FILE => h.data_file = Some(String::from_utf8_lossy(data).into_owned()),
@@ -221,10 +226,22 @@ pub fn parse(head: &[u8], file_len: Option<u64>) -> Result<Header, Qcow2Error> {
     }
     if h.backing_file_offset != 0 {
         let (o, n) = (h.backing_file_offset, h.backing_file_size as u64);
-        if n > 1023 || o < h.header_length as u64 || o + n > cs.min(head.len() as u64) {
-            return Err(bad("backing_file_offset", o, format!("backing file name ({n} bytes) must be <= 1023 bytes and inside cluster 0")));
+        if n > 1023 {
+            return Err(bad("backing_file_size", n, "backing file name longer than 1023 bytes (qemu's limit)"));
         }
-        h.backing_file = Some(String::from_utf8_lossy(&head[o as usize..(o + n) as usize]).into_owned());
+        // Both values are untrusted: `o + n` must not wrap, and the name must lie in the bytes we hold.
+        let name = o
+            .checked_add(n)
+            .filter(|&end| o >= h.header_length as u64 && end <= cs.min(head.len() as u64))
+            .and_then(|end| head.get(o as usize..end as usize));
+        let Some(name) = name else {
+            return Err(bad(
+                "backing_file_offset",
+                o,
+                format!("backing file name ({n} bytes) must lie after the header and inside cluster 0"),
+            ));
+        };
+        h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
     }
     Ok(h)
 }
