@@ -239,7 +239,7 @@ pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u6
         };
         ensure!(e.raw_len <= MAX_BLOB_LEN && e.stored_len <= MAX_BLOB_LEN, "pack entry {} is larger than any blob", e.id);
         ensure!(
-            e.offset >= HEADER_LEN as u64 && e.offset + e.stored_len as u64 <= data_end,
+            e.offset >= HEADER_LEN as u64 && e.offset.checked_add(e.stored_len as u64).is_some_and(|end| end <= data_end),
             "pack entry {} points outside the pack's data area",
             e.id
         );
