@@ -50,6 +50,9 @@ const fn past_end(field: &'static str, patches: &'static [(usize, usize, u64)]) 
 }
 
 const MAX32: u64 = u32::MAX as u64;
+/// qemu's table limits in this header's units: 8 MiB of refcount table, 32 MiB of L1.
+const REFTABLE_CLUSTERS_MAX: u64 = (8 << 20) / CLUSTER as u64;
+const L1_ENTRIES_MAX: u64 = (32 << 20) / 8;
 const MAX64: u64 = u64::MAX;
 
 fn cases() -> Vec<Case> {
@@ -78,7 +81,7 @@ fn cases() -> Vec<Case> {
         case("cluster_bits", &[(72, 8, 1 << 4), (20, 4, 13)]),
         case("l1_size", &[(24, 8, MAX64)]),
         case("l1_size", &[(36, 4, 0)]),
-        case("l1_size", &[(36, 4, (32 << 20) / 8 + 1)]),
+        case("l1_size", &[(36, 4, L1_ENTRIES_MAX + 1)]),
         case("l1_size", &[(36, 4, MAX32)]),
         case("l1_table_offset", &[(40, 8, 0)]),
         case("l1_table_offset", &[(40, 8, 0x30001)]),
@@ -92,7 +95,7 @@ fn cases() -> Vec<Case> {
         case("refcount_table_offset", &[(48, 8, MAX64 & !0xffff)]),
         past_end("refcount_table_offset", &[(48, 8, FILE_LEN as u64)]),
         case("refcount_table_clusters", &[(56, 4, MAX32)]),
-        case("refcount_table_clusters", &[(56, 4, (8 << 20) / CLUSTER as u64 + 1)]),
+        case("refcount_table_clusters", &[(56, 4, REFTABLE_CLUSTERS_MAX + 1)]),
         case("nb_snapshots", &[(60, 4, 65537)]),
         case("nb_snapshots", &[(60, 4, MAX32)]),
         case("snapshots_offset", &[(60, 4, 1), (64, 8, 0)]),

@@ -1,0 +1,299 @@
+//! The fuzz targets, one function per parser of untrusted bytes, so that one implementation
+//! serves both the libFuzzer binaries (`fuzz_targets/*.rs`, nightly + cargo-fuzz) and the
+//! stable replay test of the main crate (`tests/fuzz_replay.rs` includes this file by path
+//! and feeds it every file under `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/`).
+//!
+//! Every function must return normally for any input: a panic is a bug. Where a parser sits
+//! behind a checksum or a compression layer the fuzzer cannot forge, the target also feeds
+//! the input *through* that layer (recompressed, re-digested), so the structure behind it is
+//! explored too. Nothing here allocates in proportion to a size the input claims.
+//!
+//! This file is included with `#[path]`: no crate attributes, no `crate::` paths.
+
+use imgarc::backend::{Backend, BackendError, BackendResult, ObjectInfo};
+use imgarc::format::{detect, qcow2};
+use imgarc::ids::Id;
+use imgarc::repository::{self, config::Config, extents, index_object::IndexObject, lock, marks, pack, Repository};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Every target by name (the directory name under seeds/ and regressions/).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("qcow2_header", qcow2_header),
+    ("decompose", decompose),
+    ("index_object", index_object),
+    ("pack", pack_trailer_and_blobs),
+    ("snapshot", snapshot),
+    ("extents", extent_list),
+    ("config", config),
+    ("objects", lock_mark_upstream),
+    ("recipe", recipe),
+    ("detect", format_detection),
+];
+
+/// QCOW2 header and extension parsing, with and without a known file length.
+pub fn qcow2_header(data: &[u8]) {
+    for file_len in [Some(data.len() as u64), None, Some(u64::MAX)] {
+        if let Ok(h) = qcow2::header::parse(data, file_len) {
+            // Accepted headers must make the derived sizes safe to use.
+            assert!((9..=21).contains(&h.cluster_bits));
+            assert!(h.l2_span() > 0 && h.l1_size as u64 * 8 <= qcow2::header::MAX_L1_BYTES);
+            assert!(h.backing_file.as_ref().is_none_or(|n| n.len() <= 1023 * 3));
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemStreams {
+    guest: BTreeMap<u64, Vec<u8>>,
+    literal: Vec<u8>,
+}
+
+impl qcow2::DecomposeSink for MemStreams {
+    fn guest(&mut self, off: u64, d: &[u8]) -> std::io::Result<()> {
+        self.guest.insert(off, d.to_vec());
+        Ok(())
+    }
+    fn literal(&mut self, d: &[u8]) -> std::io::Result<()> {
+        self.literal.extend_from_slice(d);
+        Ok(())
+    }
+}
+
+impl qcow2::RebuildSource for MemStreams {
+    fn read_guest(&mut self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(0);
+        let end = off + buf.len() as u64;
+        for (&o, d) in self.guest.range(..end) {
+            let de = o + d.len() as u64;
+            if de <= off {
+                continue;
+            }
+            let (a, b) = (o.max(off), de.min(end));
+            buf[(a - off) as usize..(b - off) as usize].copy_from_slice(&d[(a - o) as usize..(b - o) as usize]);
+        }
+        Ok(())
+    }
+    fn read_literal(&mut self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let range = usize::try_from(off).ok().and_then(|o| Some(o..o.checked_add(buf.len())?));
+        let s = range.and_then(|r| self.literal.get(r)).ok_or_else(|| std::io::Error::other("literal range"))?;
+        buf.copy_from_slice(s);
+        Ok(())
+    }
+}
+
+/// The streaming decomposer (with and without a declared length): never panics, and
+/// whatever it accepts rebuilds byte-exactly.
+pub fn decompose(data: &[u8]) {
+    let policy = qcow2::Policy { max_pending_ram: 1 << 20, max_virtual_size: 1 << 40, ..qcow2::Policy::default() };
+    for with_len in [true, false] {
+        let mut m = MemStreams::default();
+        if let Ok(d) = qcow2::decompose(data, with_len.then_some(data.len() as u64), &policy, &mut m) {
+            let mut out = Vec::new();
+            qcow2::rebuild(&d.recipe, &mut m, &mut out).expect("rebuild of an accepted image");
+            assert!(out == data, "rebuild not byte-exact");
+        }
+    }
+}
+
+/// Answers every read with zeros (guest) or a fixed pattern (literal).
+struct Patterned;
+impl qcow2::RebuildSource for Patterned {
+    fn read_guest(&mut self, _: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn read_literal(&mut self, _: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(0x5a);
+        Ok(())
+    }
+}
+
+/// An output that accepts at most `.0` more bytes, so a recipe claiming a huge file cannot run for long.
+struct Capped(u64);
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.len() as u64 > self.0 {
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.0 -= b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The recipe decoder and rebuild on arbitrary recipe bytes.
+pub fn recipe(data: &[u8]) {
+    if let Ok(r) = qcow2::decode_recipe(data) {
+        let total = r.segments.iter().try_fold(0u64, |t, s| t.checked_add(s.len()));
+        assert_eq!(total, Some(r.file_len), "segments do not add up to the file length");
+    }
+    let _ = qcow2::rebuild(data, &mut Patterned, &mut Capped(16 << 20));
+}
+
+/// Format detection and the declared-format decision.
+pub fn format_detection(data: &[u8]) {
+    let d = detect::detect(data);
+    for declared in [None, Some("raw"), Some("qcow2"), Some("vmdk"), Some("")] {
+        let _ = detect::decide(declared, &d);
+        let _ = detect::check_declared(declared, &d);
+    }
+}
+
+/// Index objects: the raw bytes, and (so the JSON layer is reached) the bytes as JSON
+/// compressed the way writers compress it. Accepted objects re-encode to an equal object.
+pub fn index_object(data: &[u8]) {
+    let compressed = zstd::bulk::compress(data, 1).expect("zstd compresses to memory");
+    for bytes in [data, &compressed[..]] {
+        if let Ok(obj) = IndexObject::decode(bytes) {
+            let again = IndexObject::decode(&obj.encode()).expect("a decoded index object re-encodes");
+            assert!(again == obj, "index object does not survive encode/decode");
+            for p in &obj.packs {
+                p.entries().for_each(drop);
+            }
+        }
+    }
+}
+
+/// Pack trailer (footer + entries) and blob decoding, on the raw bytes and on the bytes with
+/// the trailer digest recomputed (the fuzzer cannot forge BLAKE3). For an accepted pack,
+/// every entry's blob is decoded from the bytes it points at.
+pub fn pack_trailer_and_blobs(data: &[u8]) {
+    for bytes in [data.to_vec(), with_trailer_digest(data)] {
+        let Ok(entries) = pack::parse_pack(&bytes) else { continue };
+        for e in entries {
+            let start = e.offset as usize;
+            let stored = bytes.get(start..start + e.stored_len as usize).expect("an accepted entry lies inside the pack");
+            let _ = pack::decode_blob(&e, stored);
+        }
+    }
+}
+
+/// `data` with its footer's digest field replaced by the BLAKE3 of the entries region the
+/// footer's count claims (unchanged when the count does not fit).
+fn with_trailer_digest(data: &[u8]) -> Vec<u8> {
+    let mut b = data.to_vec();
+    if b.len() < pack::FOOTER_LEN {
+        return b;
+    }
+    let f = b.len() - pack::FOOTER_LEN;
+    let count = u32::from_le_bytes(b[f..f + 4].try_into().expect("4 bytes")) as usize;
+    let Some(start) = count.checked_mul(pack::ENTRY_LEN).and_then(|n| f.checked_sub(n)) else { return b };
+    let digest = *blake3::hash(&b[start..f]).as_bytes();
+    b[f + 8..f + 40].copy_from_slice(&digest);
+    b
+}
+
+/// Extent-list tree blobs. The first 16 bytes choose the stream size and the end of the
+/// previous tree; accepted records must be sorted, disjoint and inside the stream.
+pub fn extent_list(data: &[u8]) {
+    let (size, after, records) = if data.len() >= 16 {
+        (u64::from_le_bytes(data[..8].try_into().expect("8")), u64::from_le_bytes(data[8..16].try_into().expect("8")), &data[16..])
+    } else {
+        (u64::MAX, 0, data)
+    };
+    let mut out = Vec::new();
+    if extents::decode(records, size, after, &mut out).is_ok() {
+        let mut prev = after;
+        for e in &out {
+            assert!(e.len > 0 && e.offset >= prev && e.end() <= size, "accepted extent {e:?} breaks the list rules");
+            prev = e.end();
+        }
+        assert!(extents::encode(&out) == records, "accepted extent list does not re-encode identically");
+    }
+}
+
+/// The repository config.
+pub fn config(data: &[u8]) {
+    if let Ok(c) = Config::parse(data) {
+        let again = serde_json::to_vec(&c).expect("config serializes");
+        Config::parse(&again).expect("an accepted config re-parses");
+    }
+}
+
+/// An in-memory backend, so repository read paths run on fuzz input without I/O.
+#[derive(Debug, Default)]
+struct MemBackend(Mutex<BTreeMap<String, Vec<u8>>>);
+
+impl MemBackend {
+    fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Backend for MemBackend {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+        self.objects().insert(key.into(), data.to_vec());
+        Ok(())
+    }
+    fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+        self.objects().get(key).cloned().ok_or_else(|| BackendError::NotFound(key.into()))
+    }
+    fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
+        let objects = self.objects();
+        let o = objects.get(key).ok_or_else(|| BackendError::NotFound(key.into()))?;
+        let range = usize::try_from(offset).ok().zip(usize::try_from(length).ok()).and_then(|(a, n)| Some(a..a.checked_add(n)?));
+        range.and_then(|r| o.get(r)).map(<[u8]>::to_vec).ok_or_else(|| BackendError::Other {
+            op: "get_range",
+            key: key.into(),
+            message: "range past the end".into(),
+        })
+    }
+    fn size(&self, key: &str) -> BackendResult<u64> {
+        self.objects().get(key).map(|o| o.len() as u64).ok_or_else(|| BackendError::NotFound(key.into()))
+    }
+    fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
+        Ok(self
+            .objects()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+            .collect())
+    }
+    fn delete(&self, key: &str) -> BackendResult<()> {
+        self.objects().remove(key);
+        Ok(())
+    }
+}
+
+/// A fresh in-memory repository with a default config.
+fn mem_repository() -> (Arc<MemBackend>, Repository) {
+    let backend = Arc::new(MemBackend::default());
+    let config = Config::new(1 << 20, 3).expect("default config");
+    let repo = Repository::init(backend.clone(), config).expect("init in memory");
+    (backend, repo)
+}
+
+/// Snapshot objects, read the way `restore`/`check` read them (stored under their own id).
+pub fn snapshot(data: &[u8]) {
+    let (backend, repo) = mem_repository();
+    let id = Id::of(data);
+    backend.put(&repository::snapshot_key(&id), data).expect("memory put");
+    if let Ok(snap) = repo.load_snapshot(&id) {
+        for s in snap.streams() {
+            let _ = (s.size, s.trees.len(), s.extent_count);
+        }
+    }
+}
+
+/// Lock, prune-mark and deleted-upstream objects: the same bytes stored as each of them and
+/// read back through the repository's own readers.
+pub fn lock_mark_upstream(data: &[u8]) {
+    let (backend, repo) = mem_repository();
+    backend.put("locks/fuzz", data).expect("memory put");
+    let mark_key = marks::mark_key(&Id::of(data));
+    backend.put(&mark_key, data).expect("memory put");
+    backend.put(&format!("{}fuzz", repository::upstream::PREFIX), data).expect("memory put");
+    if let Ok(locks) = lock::list(backend.as_ref()) {
+        for (_, info) in locks {
+            let _ = (info.started(), info.is_stale());
+        }
+    }
+    let _ = repo.read_mark(&mark_key);
+    let _ = repo.deleted_upstream();
+}
