@@ -147,8 +147,8 @@ pub fn format_detection(data: &[u8]) {
 pub fn index_object(data: &[u8]) {
     let compressed = zstd::bulk::compress(data, 1).expect("zstd compresses to memory");
     for bytes in [data, &compressed[..]] {
-        if let Ok(obj) = IndexObject::decode(bytes) {
-            let again = IndexObject::decode(&obj.encode()).expect("a decoded index object re-encodes");
+        if let Ok(obj) = IndexObject::decode(bytes, &pack::BlobLimits::default()) {
+            let again = IndexObject::decode(&obj.encode(), &pack::BlobLimits::default()).expect("a decoded index object re-encodes");
             assert!(again == obj, "index object does not survive encode/decode");
             for p in &obj.packs {
                 p.entries().for_each(drop);
@@ -162,7 +162,7 @@ pub fn index_object(data: &[u8]) {
 /// every entry's blob is decoded from the bytes it points at.
 pub fn pack_trailer_and_blobs(data: &[u8]) {
     for bytes in [data.to_vec(), with_trailer_digest(data)] {
-        let Ok(entries) = pack::parse_pack(&bytes) else { continue };
+        let Ok(entries) = pack::parse_pack(&bytes, &pack::BlobLimits::default()) else { continue };
         for e in entries {
             let start = e.offset as usize;
             let stored = bytes.get(start..start + e.stored_len as usize).expect("an accepted entry lies inside the pack");
