@@ -44,7 +44,10 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
         bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
     }
     let repo = ctx.open_repo()?;
-    let _lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    let lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    if let Some(l) = &lock {
+        repo.hold_lock(l);
+    }
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
 
     let named: HashSet<Id> = args.snapshots.iter().map(|s| index.resolve_snapshot(s)).collect::<Result<_>>()?;
@@ -93,7 +96,7 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
     if !args.dry_run {
         for (c, _) in &remove {
             repo.delete_snapshot(&c.id)?;
-            index.remove_snapshot(&repo, &c.id)?;
+            index.remove_snapshot(&c.id)?;
             removed += 1;
         }
     }
