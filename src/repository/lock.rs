@@ -252,9 +252,8 @@ impl Lock {
         if exclusive {
             // Another holder may have written its lock between our listing and our
             // write; it would not see ours if it listed first. Listing again settles it.
-            let rival = list(&*backend).and_then(|locks| Ok(locks.into_iter().find(|(k, i)| *k != mine && !i.is_stale())));
-            let rival = match rival {
-                Ok(r) => r.map(|(k, i)| conflict(&k, &i)),
+            let rival = match list(&*backend) {
+                Ok(locks) => locks.into_iter().find(|(k, i)| *k != mine && !i.is_stale()).map(|(k, i)| conflict(&k, &i)),
                 Err(e) => Some(e.context("cannot list the locks again after writing ours")),
             };
             if let Some(e) = rival {
