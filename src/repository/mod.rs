@@ -118,17 +118,22 @@ impl Repository {
         self.backend.put(&pack_key(&id), &bytes).context("cannot store pack")?;
         drop(bytes);
         let index = IndexObject::new(vec![IndexedPack::new(id, pack_size, &entries)]);
-        let index_key = self.write_index_object(&index)?;
-        let index_size = self.backend.size(&index_key).unwrap_or(0);
+        // The size stored is the size encoded: no lookup that could fail (and was once read as 0).
+        let (index_key, index_size) = self.put_index_object(&index)?;
         Ok(WrittenPack { id, entries, index_key, stored_bytes: pack_size + index_size, pack_size })
     }
 
     pub fn write_index_object(&self, index: &IndexObject) -> Result<String> {
+        Ok(self.put_index_object(index)?.0)
+    }
+
+    /// Stores an index object; returns its key and its size as stored.
+    fn put_index_object(&self, index: &IndexObject) -> Result<(String, u64)> {
         self.ensure_locks_held()?;
         let enc = index.encode();
         let key = format!("index/{}", Id::of(&enc).to_hex());
         self.backend.put(&key, &enc).context("cannot store index object")?;
-        Ok(key)
+        Ok((key, enc.len() as u64))
     }
 
     pub fn read_index_object(&self, key: &str) -> Result<IndexObject> {
