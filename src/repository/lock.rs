@@ -98,6 +98,11 @@ impl ProcessIdentity {
         static CURRENT: std::sync::OnceLock<Option<ProcessIdentity>> = std::sync::OnceLock::new();
         CURRENT
             .get_or_init(|| {
+                // `/proc` must number processes as we do (it may be mounted from another PID namespace).
+                let me = std::process::id().to_string();
+                if std::fs::read_link("/proc/self").ok()?.as_os_str() != me.as_str() {
+                    return None;
+                }
                 Some(ProcessIdentity {
                     boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string(),
                     pid_namespace: std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned(),
