@@ -184,6 +184,17 @@ fn unreadable_snapshots_are_named_and_never_block_the_others() {
     let prune = site.run("fresh", &["prune", "--grace", "0"]);
     assert!(!prune.status.success(), "prune ran with unreadable snapshots");
     assert!(String::from_utf8_lossy(&prune.stderr).contains(&damaged));
+
+    // Forgetting them by full id (they are in no cache to resolve a prefix) unblocks prune.
+    let forgot = site.on("fresh", &["forget", &damaged, &treeless]);
+    assert_eq!(forgot["removed"], 2, "{forgot}");
+    site.on("fresh", &["prune", "--grace", "0"]);
+    site.on("fresh", &["prune", "--grace", "0"]);
+    for host in ["a", "fresh"] {
+        assert_eq!(site.listed(host), vec![good.clone()], "host {host}");
+        site.assert_restores(host, 0);
+    }
+    assert_eq!(site.on("fresh", &["check", "--read-data"])["ok"], true);
 }
 
 /// Archive, sync and check take their lock before they catch up with the
