@@ -306,6 +306,9 @@ pub fn archive(
     }
     // Out-of-order layouts may deliver pieces in any order; the list is by offset.
     extents.sort_by_key(|e| e.offset);
+    // Every chunk the snapshot's streams use, collected as they are stored:
+    // the reference counts must never depend on reading a tree back.
+    let mut recipe_ids: Vec<Id> = Vec::new();
     let (layout, virtual_bytes, image, opaque) = match *shape {
         Shape::Raw { .. } if detected.is_guest_disk() => (Layout::Raw, Some(logical_bytes), None, None),
         Shape::Raw { virtual_size } => {
@@ -321,6 +324,7 @@ pub fn archive(
             chunker.push(0, &d.recipe, &mut |c| recipe_chunks.push(c));
             chunker.finish(&mut |c| recipe_chunks.push(c));
             let recipe_extents = store.store_chunks(recipe_chunks)?;
+            recipe_ids.extend(recipe_extents.iter().map(|e| e.id));
             let recipe = store.store_extents(d.recipe.len() as u64, &recipe_extents)?;
             let literals = store.store_extents(d.info.literal_stream_bytes, &literal_extents)?;
             let info = serde_json::to_value(&d.info)?;
@@ -370,12 +374,9 @@ pub fn archive(
     };
     // Every pack is durable and indexed; only now may a snapshot refer to them.
     let id = repo.save_snapshot(&snap)?;
-    let mut referenced: HashSet<Id> = extents.iter().chain(&literal_extents).map(|e| e.id).collect();
+    let mut referenced: HashSet<Id> = extents.iter().chain(&literal_extents).map(|e| e.id).chain(recipe_ids).collect();
     for stream in snap.streams() {
         referenced.extend(stream.trees.iter().copied());
-    }
-    if let Layout::Qcow2 { recipe, .. } = &snap.layout {
-        referenced.extend(index.load_extents(repo, recipe).map(|v| v.into_iter().map(|e| e.id).collect::<Vec<_>>()).unwrap_or_default());
     }
     index.add_snapshot(&id, &snap, &referenced)?;
     Ok(ArchiveOutcome {
@@ -428,4 +429,89 @@ pub fn record_new_metadata(
     let id = repo.save_snapshot(&snap)?;
     index.add_snapshot(&id, &snap, &referenced)?;
     Ok((id, snap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::faults::{Faulty, Op};
+
+    /// The recipe's chunks are counted as referenced from the ids the archive
+    /// stored, not from reading its tree back: with every pack read failing,
+    /// the counts are still complete (else a prune would delete the recipe).
+    #[test]
+    fn qcow2_recipe_chunks_are_referenced_even_when_packs_cannot_be_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let qcow = dir.path().join("disk.qcow2");
+        let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        std::fs::write(&raw, &data).unwrap();
+        let converted = std::process::Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow).status();
+        if !converted.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: qemu-img is not available to make a qcow2 image");
+            return;
+        }
+        let local = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let faulty = Faulty::new(local);
+        let repo = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
+        faulty.fail(Op::Get, "data/");
+        let req = ArchiveRequest {
+            name: "vm".into(),
+            tags: vec![],
+            source: Source::File { path: qcow.display().to_string() },
+            digests: vec![],
+            expected_digests: Default::default(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("qcow2".into()),
+            qcow2_policy: Default::default(),
+        };
+        let file = std::fs::File::open(&qcow).unwrap();
+        let out = archive(&repo, &mut index, Box::new(file), req, &ProgressBar::hidden()).unwrap();
+        faulty.heal();
+        let snap = repo.load_snapshot(&Id::from_hex(&out.snapshot).unwrap()).unwrap();
+        let Layout::Qcow2 { recipe, .. } = &snap.layout else { panic!("not decomposed as qcow2: {:?}", snap.layout) };
+        let recipe_chunks = index.load_extents(&repo, recipe).unwrap();
+        assert!(!recipe_chunks.is_empty());
+        for e in recipe_chunks {
+            assert_eq!(index.ref_count(&e.id).unwrap(), 1, "recipe chunk {} is not counted as referenced", e.id.short());
+        }
+    }
+
+    /// An archive whose lock was lost (its refresh kept failing) stops with a
+    /// clear error and writes no snapshot: a prune no longer sees its lock.
+    #[test]
+    fn an_archive_whose_lock_is_lost_stores_no_snapshot() {
+        use crate::repository::lock::{Lock, LockTiming};
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let faulty = Faulty::new(local);
+        let repo = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
+        let timing = LockTiming { ttl: std::time::Duration::from_secs(2), refresh: std::time::Duration::from_millis(400) };
+        let lock = Lock::acquire_timed(repo.backend().clone(), false, "archive", timing).unwrap();
+        repo.hold_lock(&lock);
+        faulty.fail(Op::Put, "locks/");
+        let deadline = Instant::now() + timing.ttl;
+        while lock.ensure_held().is_ok() {
+            assert!(Instant::now() < deadline, "the lost lock was not noticed before its expiry");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let req = ArchiveRequest {
+            name: "vm".into(),
+            tags: vec![],
+            source: Source::Stdin,
+            digests: vec![],
+            expected_digests: Default::default(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("raw".into()),
+            qcow2_policy: Default::default(),
+        };
+        let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), req, &ProgressBar::hidden()).unwrap_err();
+        assert!(format!("{err:#}").contains("archive lock on the repository"), "{err:#}");
+        assert!(repo.list_snapshot_ids().unwrap().is_empty(), "a snapshot was written after the lock was lost");
+    }
 }

@@ -140,6 +140,19 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     }
 
     // 3. Snapshots: trees readable, every chunk still has a location.
+    // One the cache could not take in (unreadable object or extent lists) is an error, named.
+    let cached: std::collections::HashSet<Id> = index.snapshot_rows()?.into_iter().map(|s| s.id).collect();
+    for id in repo.list_snapshot_ids()?.into_iter().filter(|id| !cached.contains(id)) {
+        report.snapshots_checked += 1;
+        let why = match repo.load_snapshot(&id) {
+            Err(e) => format!("cannot read it: {e:#}"),
+            Ok(snap) => match index.referenced_ids(repo, &snap) {
+                Err(e) => format!("cannot read its extent lists: {e:#}"),
+                Ok(_) => "readable now, but not in the index yet (run the check again)".to_string(),
+            },
+        };
+        report.errors.push(format!("snapshot {}: {why}", id.to_hex()));
+    }
     let horizon = crate::retention::horizon(chrono::Utc::now());
     for row in index.snapshot_rows()? {
         report.snapshots_checked += 1;

@@ -334,6 +334,8 @@ fn download_one(repo: &Repository, index: &mut Index, glance: &GlanceClient, rec
     let started = Instant::now();
     let count = Arc::new(AtomicU64::new(0));
     let result = (|| -> Result<crate::archive::ArchiveOutcome> {
+        // A lost lock fails every remaining image at once, before its download.
+        repo.ensure_locks_held()?;
         let src = crate::source::open_glance_record(glance, rec, opts.cloud.as_deref(), opts.limit.clone())?;
         let reader = Box::new(CountingReader { inner: src.reader, count: count.clone() });
         let req = ArchiveRequest {

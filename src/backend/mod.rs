@@ -8,6 +8,8 @@
 //! without a format change. Decorators (retry, dry-run, rate limit) wrap a
 //! `Box<dyn Backend>` rather than special-casing callers.
 
+#[cfg(test)]
+pub mod faults;
 pub mod local;
 pub mod ratelimit;
 pub mod retry;

@@ -3,14 +3,20 @@
 use super::Ctx;
 use crate::archive::{archive, ArchiveRequest};
 use crate::cli::ArchiveArgs;
+use crate::index::Index;
 use crate::repository::lock::Lock;
 use crate::util::human_bytes;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     let digests = crate::digest::parse_list(&args.digest.join(","))?;
-    let (repo, mut index) = ctx.open()?;
-    let _lock = Lock::acquire(repo.backend().clone(), false, "archive")?;
+    let repo = ctx.open_repo()?;
+    // Lock first, then catch up: every prune mark written before the lock is
+    // seen (and its packs not deduplicated against); every later one is
+    // postponed by our lock until this archive ends.
+    let lock = Lock::acquire(repo.backend().clone(), false, "archive")?;
+    repo.hold_lock(&lock);
+    let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let src = match args.source.strip_prefix("glance:") {
         Some(image) => {
             let glance = ctx.glance(None)?;

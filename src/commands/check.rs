@@ -3,6 +3,7 @@
 use super::Ctx;
 use crate::check::{check, CheckOptions};
 use crate::cli::CheckArgs;
+use crate::index::Index;
 use crate::repository::lock::Lock;
 use anyhow::{bail, Context, Result};
 
@@ -21,8 +22,10 @@ pub fn run(ctx: &Ctx, args: CheckArgs) -> Result<()> {
         (None, true) => 1.0,
         (None, false) => 0.0,
     };
-    let (repo, mut index) = ctx.open()?;
+    let repo = ctx.open_repo()?;
+    // Lock first, then catch up: what the cache sees cannot change under the check.
     let _lock = Lock::acquire(repo.backend().clone(), true, "check")?;
+    let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let pb = ctx.out.bar(Some(0), "check");
     let report = check(&repo, &mut index, &CheckOptions { read_data_fraction: fraction }, &pb)?;
     pb.finish_and_clear();

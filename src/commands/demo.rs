@@ -119,7 +119,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     for (row, v) in rows.iter().zip(&verdicts) {
         if !v.keep {
             repo.delete_snapshot(&row.id)?;
-            index.remove_snapshot(&repo, &row.id)?;
+            index.remove_snapshot(&row.id)?;
             forgotten += 1;
         }
     }

@@ -44,10 +44,27 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
         bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
     }
     let repo = ctx.open_repo()?;
-    let _lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    let lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    if let Some(l) = &lock {
+        repo.hold_lock(l);
+    }
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
 
-    let named: HashSet<Id> = args.snapshots.iter().map(|s| index.resolve_snapshot(s)).collect::<Result<_>>()?;
+    let mut named: HashSet<Id> = HashSet::new();
+    // Snapshots the cache could not read (damaged object or trees): named by
+    // their full id, they can still be removed, so they stop blocking `prune`.
+    let mut unreadable: Vec<Id> = Vec::new();
+    for s in &args.snapshots {
+        match index.resolve_snapshot(s) {
+            Ok(id) => {
+                named.insert(id);
+            }
+            Err(e) => match Id::from_hex(s.trim()) {
+                Some(id) if repo.list_snapshot_ids()?.contains(&id) => unreadable.push(id),
+                _ => return Err(e),
+            },
+        }
+    }
     let mut candidates = Vec::new();
     for row in index.snapshot_rows()? {
         if args.name.as_ref().is_some_and(|n| *n != row.name) && !named.contains(&row.id) {
@@ -94,14 +111,21 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
     if !args.dry_run {
         for (c, _) in &remove {
             repo.delete_snapshot(&c.id)?;
-            index.remove_snapshot(&repo, &c.id)?;
+            index.remove_snapshot(&c.id)?;
+            removed += 1;
+        }
+        for id in &unreadable {
+            repo.delete_snapshot(id)?;
             removed += 1;
         }
     }
+    let unreadable_docs = unreadable
+        .iter()
+        .map(|id| serde_json::json!({"id": id.to_hex(), "reasons": ["named on the command line", "unreadable: not in the index cache"]}));
     let json = serde_json::json!({
         "dry_run": args.dry_run,
         "keep": keep.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
-        "remove": remove.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        "remove": remove.iter().map(|r| r.1.clone()).chain(unreadable_docs).collect::<Vec<_>>(),
         "removed": removed,
     });
     ctx.emit(&json, || {
@@ -121,8 +145,11 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
                 s.push_str(&format!("  remove  {}  {}  {}\n", &c.id.to_hex()[..16], c.snap.time, c.snap.name));
             }
         }
+        for id in &unreadable {
+            s.push_str(&format!("  remove  {}  (unreadable)\n", &id.to_hex()[..16]));
+        }
         if args.dry_run {
-            s.push_str(&format!("dry run: {} snapshot(s) would be removed\n", remove.len()));
+            s.push_str(&format!("dry run: {} snapshot(s) would be removed\n", remove.len() + unreadable.len()));
         } else {
             s.push_str(&format!("removed {removed} snapshot(s); run `imgarc prune` to reclaim their space\n"));
         }

@@ -9,7 +9,8 @@ pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
     match args.action {
         IndexAction::Rebuild => {
             let repo = ctx.open_repo()?;
-            let _lock = Lock::acquire(repo.backend().clone(), true, "index rebuild")?;
+            let lock = Lock::acquire(repo.backend().clone(), true, "index rebuild")?;
+            repo.hold_lock(&lock);
             let (index, report) = crate::index::rebuild(&repo)?;
             let mut json = serde_json::to_value(&report)?;
             json["path"] = serde_json::Value::String(index.path().display().to_string());
@@ -25,6 +26,9 @@ pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
                 );
                 for p in &report.packs_unreadable {
                     s.push_str(&format!("warning: unreadable pack {p}\n"));
+                }
+                for snap in &report.snapshots_unreadable {
+                    s.push_str(&format!("warning: unreadable snapshot {snap}\n"));
                 }
                 s
             });

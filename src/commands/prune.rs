@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     let repo = ctx.open_repo()?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
-    let _lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
-    let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
+    let lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
+    repo.hold_lock(&lock);
+    let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace: args.grace, now: chrono::Utc::now() };
     let r = prune(&repo, &mut index, &opts)?;
     ctx.emit(&serde_json::to_value(&r)?, || {

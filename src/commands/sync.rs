@@ -6,6 +6,7 @@
 
 use super::{AlreadyReported, Ctx};
 use crate::cli::SyncArgs;
+use crate::index::Index;
 use crate::repository::lock::Lock;
 use crate::sync::{Filters, ImageEntry, ImageResult, Scope, SyncOptions, SyncReport};
 use crate::util::human_bytes;
@@ -13,9 +14,12 @@ use anyhow::{Context, Result};
 
 pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     let digests = crate::digest::parse_list(&args.digest.join(","))?;
-    let (repo, mut index) = ctx.open()?;
+    let repo = ctx.open_repo()?;
     // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
-    let _lock = Lock::acquire_singleton(repo.backend().clone(), "sync").context("sync cannot start")?;
+    // Lock first, then catch up, as `archive` does: no prune mark slips in between.
+    let lock = Lock::acquire_singleton(repo.backend().clone(), "sync").context("sync cannot start")?;
+    repo.hold_lock(&lock);
+    let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let glance = ctx.glance(None)?;
     let scope = resolve_scope(&glance, &args)?;
     let opts = SyncOptions {

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS snapshots(
     referenced_blobs INTEGER NOT NULL DEFAULT 0, referenced_raw_bytes INTEGER NOT NULL DEFAULT 0,
     referenced_stored_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS refs(id BLOB PRIMARY KEY, count INTEGER NOT NULL, owner INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshot_refs(seq INTEGER PRIMARY KEY, ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS index_object_packs(key TEXT NOT NULL, pack BLOB NOT NULL, PRIMARY KEY(key, pack)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS index_object_packs_by_pack ON index_object_packs(pack);
 CREATE TABLE IF NOT EXISTS marks(key TEXT PRIMARY KEY, created TEXT NOT NULL);
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS marked_packs(
 // bytes in one pass (`report`). SQL has no XOR: a ^ b = (a | b) & ~(a & b).
 // `snapshots.referenced_*` are the distinct blobs the snapshot uses and their
 // sizes (first location), summed once when the snapshot is added.
+// `snapshot_refs.ids` is that same set of blob ids (sorted, 32 bytes each),
+// kept so that a snapshot's references can be dropped from the cache alone:
+// by the time a host learns a snapshot is gone, a prune on another host may
+// have deleted the very tree blobs that list them. It is filled, like every
+// other row, when the snapshot is ingested from the repository.
 
 /// One place a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,10 @@ pub struct SyncReport {
     pub index_objects_added: usize,
     pub snapshots_added: usize,
     pub snapshots_removed: usize,
+    /// Snapshots listed in the repository that could not be read, with why (not in the cache).
+    pub snapshots_unreadable: Vec<String>,
+    /// Prune marks that could not be read, with why.
+    pub marks_unreadable: Vec<String>,
 }
 
 pub struct Index {
@@ -183,12 +193,33 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 }
 
 impl Index {
-    /// Opens (creating if needed) the cache for `repo`, then catches up with it.
+    /// Opens (creating if needed) the cache for `repo`, then catches up with
+    /// it, for a command that only reads: a prune mark that cannot be read is a warning.
     pub fn open(repo: &Repository) -> Result<Index> {
+        let (index, report) = Index::open_synced(repo)?;
+        for m in &report.marks_unreadable {
+            eprintln!("warning: skipping prune mark {m}");
+        }
+        Ok(index)
+    }
+
+    /// Like `open`, for a command that writes packs or deletes them (archive,
+    /// sync, prune; called with the lock held): a prune mark it cannot read
+    /// is an error, since without it the writer would deduplicate against,
+    /// or misjudge, packs that are about to be deleted.
+    pub fn open_writer(repo: &Repository) -> Result<Index> {
+        let (index, report) = Index::open_synced(repo)?;
+        if let Some(m) = report.marks_unreadable.first() {
+            bail!("cannot read prune mark {m}; {} mark(s) unreadable: repair or remove them first", report.marks_unreadable.len());
+        }
+        Ok(index)
+    }
+
+    fn open_synced(repo: &Repository) -> Result<(Index, SyncReport)> {
         let dir = cache_dir_for(&repo.config().id)?;
         let mut index = Index::open_at(&dir.join("index.sqlite"), &repo.config().id)?;
-        index.sync(repo)?;
-        Ok(index)
+        let report = index.sync(repo)?;
+        Ok((index, report))
     }
 
     /// Opens the SQLite file without syncing.
@@ -259,27 +290,36 @@ impl Index {
     /// the tree blobs of new snapshots.
     pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
         let mut report = SyncReport { index_objects_added: self.sync_index_objects(repo)?, ..Default::default() };
-        self.sync_marks(repo)?;
+        report.marks_unreadable = self.sync_marks(repo)?;
         let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
         let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
         for id in in_repo.difference(&in_cache) {
-            let snap = match repo.load_snapshot(id) {
-                Ok(s) => s,
+            // One snapshot that cannot be read (damaged tree, a listing ahead of
+            // the object) must not keep the cache from the others; it stays out
+            // of the cache, so `prune` refuses to run and `check` reports it.
+            let ingested = repo.load_snapshot(id).and_then(|snap| {
+                let ids = self.referenced_ids(repo, &snap).context("cannot read its extent lists")?;
+                self.add_snapshot(id, &snap, &ids)
+            });
+            match ingested {
+                Ok(()) => report.snapshots_added += 1,
                 Err(e) => {
-                    eprintln!("warning: skipping snapshot {}: {e:#}", id.short());
-                    continue;
+                    eprintln!("warning: skipping snapshot {}: {e:#}", id.to_hex());
+                    report.snapshots_unreadable.push(format!("{}: {e:#}", id.to_hex()));
                 }
-            };
-            let ids = self.referenced_ids(repo, &snap).with_context(|| format!("snapshot {}", id.short()))?;
-            self.add_snapshot(id, &snap, &ids)?;
-            report.snapshots_added += 1;
+            }
         }
         for id in in_cache.difference(&in_repo) {
-            // A listing may lag on object stores: confirm the snapshot is really gone.
-            if repo.backend().size(&repository::snapshot_key(id)).is_ok() {
-                continue;
+            // A listing may lag on object stores: only a confirmed absence removes it.
+            match repo.backend().size(&repository::snapshot_key(id)) {
+                Err(e) if e.is_not_found() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("warning: snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex());
+                    continue;
+                }
             }
-            self.remove_snapshot(repo, id)?;
+            self.remove_snapshot(id)?;
             report.snapshots_removed += 1;
         }
         Ok(report)
@@ -330,7 +370,7 @@ impl Index {
             // In id order, both B-trees are walked page by page instead of at random.
             let mut ordered: Vec<&Id> = referenced.iter().collect();
             ordered.sort_unstable();
-            for r in ordered {
+            for r in &ordered {
                 count_ref.execute(params![&r.0[..], seq])?;
                 let size = size_of.query_row([&r.0[..]], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))).optional()?;
                 if let Some((raw_len, stored_len)) = size {
@@ -340,6 +380,7 @@ impl Index {
                 }
             }
             drop((count_ref, size_of));
+            tx.execute("INSERT INTO snapshot_refs VALUES(?1, ?2)", params![seq, ordered.iter().flat_map(|r| r.0).collect::<Vec<u8>>()])?;
             tx.execute(
                 "UPDATE snapshots SET referenced_blobs = ?2, referenced_raw_bytes = ?3, referenced_stored_bytes = ?4 WHERE seq = ?1",
                 params![seq, blobs, raw, stored],
@@ -350,21 +391,26 @@ impl Index {
     }
 
     /// Removes a snapshot row and its references (one gone from the repository,
-    /// or one the caller just deleted there).
-    pub fn remove_snapshot(&mut self, repo: &Repository, id: &Id) -> Result<()> {
-        let Some(snap) = self.snapshot(id)? else {
-            return Ok(());
-        };
-        let referenced = self.referenced_ids(repo, &snap)?;
+    /// or one the caller just deleted there). Reads nothing from the
+    /// repository: the references come from `snapshot_refs`, because the trees
+    /// that list them may already have been pruned.
+    pub fn remove_snapshot(&mut self, id: &Id) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let seq: Option<i64> = tx.query_row("SELECT seq FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
         if let Some(seq) = seq {
+            let ids: Vec<u8> = tx
+                .query_row("SELECT ids FROM snapshot_refs WHERE seq = ?1", [seq], |r| r.get(0))
+                .optional()?
+                .with_context(|| format!("index cache: snapshot {} has no reference list; run `imgarc index rebuild`", id.short()))?;
+            if ids.len() % 32 != 0 {
+                bail!("index cache: the reference list of snapshot {} is damaged; run `imgarc index rebuild`", id.short());
+            }
             tx.execute("DELETE FROM snapshots WHERE seq = ?1", [seq])?;
+            tx.execute("DELETE FROM snapshot_refs WHERE seq = ?1", [seq])?;
             let mut st = tx.prepare("UPDATE refs SET count = count - 1, owner = (owner | ?2) & ~(owner & ?2) WHERE id = ?1")?;
-            let mut ordered: Vec<&Id> = referenced.iter().collect();
-            ordered.sort_unstable();
-            for r in ordered {
-                st.execute(params![&r.0[..], seq])?;
+            // Stored sorted: the `refs` B-tree is walked in order.
+            for r in ids.chunks_exact(32) {
+                st.execute(params![r, seq])?;
             }
             drop(st);
             tx.execute("DELETE FROM refs WHERE count <= 0", [])?;
@@ -578,16 +624,36 @@ pub struct RebuildReport {
     pub packs: usize,
     /// Packs no index object listed, adopted by reading their trailers.
     pub packs_adopted: usize,
+    /// Index objects written to list the adopted packs.
+    pub index_objects_written: usize,
     pub packs_unreadable: Vec<String>,
     pub snapshots: usize,
+    /// Snapshots that could not be read (left out of the cache), with why.
+    pub snapshots_unreadable: Vec<String>,
     pub blobs: u64,
 }
 
+/// At most this many blobs go into one index object that `rebuild` writes.
+/// A blob costs at most ~130 bytes of JSON (`[id hex, kind, codec, three
+/// numbers]`), ~240 with its pack's own fields when every pack holds one blob,
+/// so such an object stays below the decode cap (`index_object::MAX_DECODED_LEN`)
+/// every reader enforces: one larger object would be skipped by every later
+/// sync, its packs unindexed forever.
+pub const MAX_BLOBS_PER_INDEX_OBJECT: usize = 1_000_000;
+const _: () = assert!(MAX_BLOBS_PER_INDEX_OBJECT as u64 * 240 <= crate::repository::index_object::MAX_DECODED_LEN);
+
 /// Regenerates the index cache from the repository alone: its index objects
-/// first, then the trailers of packs no index object lists (for which a new
-/// index object is written, repairing the repository), then its snapshots.
+/// first, then the trailers of packs no index object lists (for which new
+/// index objects are written, repairing the repository), then its snapshots.
 pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
     let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
+    rebuild_at(repo, &path, MAX_BLOBS_PER_INDEX_OBJECT)
+}
+
+/// `rebuild` into the cache file `path`, writing index objects of at most
+/// `max_blobs` blobs each (a pack is never split: one with more goes alone).
+fn rebuild_at(repo: &Repository, path: &Path, max_blobs: usize) -> Result<(Index, RebuildReport)> {
+    let path = path.to_path_buf();
     remove_cache_files(&path)?;
     let mut index = Index::open_at(&path, &repo.config().id)?;
     let mut report = RebuildReport { index_objects: index.sync_index_objects(repo)?, ..Default::default() };
@@ -602,18 +668,36 @@ pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
             Err(e) => report.packs_unreadable.push(format!("{}: {e:#}", pack.to_hex())),
         }
     }
-    if !adopted.is_empty() {
-        report.packs_adopted = adopted.len();
-        let obj = IndexObject::new(adopted);
+    report.packs_adopted = adopted.len();
+    for batch in batches_of_blobs(adopted, max_blobs) {
+        let obj = IndexObject::new(batch);
         let key = repo.write_index_object(&obj)?;
         index.add_index_object(&key, &obj)?;
+        report.index_objects_written += 1;
     }
     let sync = index.sync(repo)?;
     report.snapshots = sync.snapshots_added;
+    report.snapshots_unreadable = sync.snapshots_unreadable;
     let (_, blobs, packs) = index.counts()?;
     report.blobs = blobs;
     report.packs = packs as usize;
     Ok((index, report))
+}
+
+/// Splits `packs` into consecutive groups of at most `max_blobs` blobs each
+/// (a pack with more is a group of its own).
+fn batches_of_blobs(packs: Vec<IndexedPack>, max_blobs: usize) -> Vec<Vec<IndexedPack>> {
+    let mut batches: Vec<Vec<IndexedPack>> = Vec::new();
+    let mut blobs_in_last = 0;
+    for p in packs {
+        if batches.is_empty() || blobs_in_last + p.blobs.len() > max_blobs {
+            batches.push(Vec::new());
+            blobs_in_last = 0;
+        }
+        blobs_in_last += p.blobs.len();
+        batches.last_mut().expect("a batch was just pushed").push(p);
+    }
+    batches
 }
 
 impl Index {
@@ -681,15 +765,18 @@ impl Index {
     /// Ingests prune marks not yet seen and drops those that are gone from
     /// the repository — confirmed one by one, because a listing may lag
     /// behind a write.
-    fn sync_marks(&mut self, repo: &Repository) -> Result<()> {
+    /// Returns the marks that could not be read, with why: a reader may go on
+    /// without them, a writer may not (see `Index::open_writer`).
+    fn sync_marks(&mut self, repo: &Repository) -> Result<Vec<String>> {
         let listed: HashSet<String> = repo.list_mark_keys()?.into_iter().collect();
         let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
+        let mut unreadable = Vec::new();
         for key in listed.difference(&known) {
             match repo.read_mark(key) {
                 Ok(mark) => self.add_mark(key, &mark)?,
                 // Deleted between list and get: that prune finished.
                 Err(e) if crate::backend::is_not_found(&e) => {}
-                Err(e) => eprintln!("warning: skipping {key}: {e:#}"),
+                Err(e) => unreadable.push(format!("{key}: {e:#}")),
             }
         }
         for key in known.difference(&listed) {
@@ -697,7 +784,7 @@ impl Index {
                 self.remove_mark(key)?;
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 
     pub fn add_mark(&mut self, key: &str, mark: &crate::repository::marks::PruneMark) -> Result<()> {
@@ -821,5 +908,76 @@ impl Index {
                 Ok((e, packs))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::config::Config;
+    use crate::repository::pack::{encode_blob, PackBuilder};
+
+    fn pack_of(n: usize, seed: u8) -> IndexedPack {
+        let entries = (0..n).map(|i| PackEntry {
+            id: Id::of(&[seed, i as u8]),
+            kind: BlobKind::Data,
+            codec: Codec::None,
+            offset: 0,
+            stored_len: 1,
+            raw_len: 1,
+        });
+        IndexedPack::new(Id::of(&[seed]), 1, &entries.collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn batches_never_exceed_the_bound_and_never_split_a_pack() {
+        let packs = vec![pack_of(2, 1), pack_of(2, 2), pack_of(7, 3), pack_of(1, 4), pack_of(3, 5)];
+        let batches = batches_of_blobs(packs, 5);
+        let sizes: Vec<Vec<usize>> = batches.iter().map(|b| b.iter().map(|p| p.blobs.len()).collect()).collect();
+        assert_eq!(sizes, vec![vec![2, 2], vec![7], vec![1, 3]]);
+        assert!(batches_of_blobs(vec![], 5).is_empty());
+    }
+
+    /// Packs whose index objects are lost: `index rebuild` adopts them in
+    /// ceil(blobs / bound) objects, each within the bound and readable under
+    /// the decode cap, and a second host's cache ingests every one of them.
+    #[test]
+    fn rebuild_writes_bounded_index_objects_that_another_host_ingests() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        const PACKS: usize = 7;
+        const BLOBS_PER_PACK: usize = 2;
+        for p in 0..PACKS {
+            let mut builder = PackBuilder::new();
+            for b in 0..BLOBS_PER_PACK {
+                builder.add(&encode_blob(BlobKind::Data, format!("pack {p} blob {b}").as_bytes(), 3));
+            }
+            repo.write_pack(builder).unwrap();
+        }
+        for key in repo.list_index_keys().unwrap() {
+            repo.delete_index_object(&key).unwrap();
+        }
+        let bound = 5; // two packs per object
+        let (_, report) = rebuild_at(&repo, &dir.path().join("a.sqlite"), bound).unwrap();
+        let per_object = bound / BLOBS_PER_PACK;
+        assert_eq!(report.packs_adopted, PACKS);
+        assert_eq!(report.index_objects_written, PACKS.div_ceil(per_object), "{report:?}");
+        let keys = repo.list_index_keys().unwrap();
+        assert_eq!(keys.len(), report.index_objects_written);
+        let mut listed = HashSet::new();
+        for key in &keys {
+            let obj = repo.read_index_object(key).unwrap();
+            let blobs: usize = obj.packs.iter().map(|p| p.blobs.len()).sum();
+            assert!(blobs <= bound, "{key} lists {blobs} blobs, above the bound {bound}");
+            listed.extend(obj.packs.iter().map(|p| p.id));
+        }
+        assert_eq!(listed.len(), PACKS, "every adopted pack is listed exactly once");
+
+        let mut other = Index::open_at(&dir.path().join("b.sqlite"), &repo.config().id).unwrap();
+        let sync = other.sync(&repo).unwrap();
+        assert_eq!(sync.index_objects_added, keys.len());
+        assert_eq!(other.packs().unwrap().len(), PACKS);
+        assert_eq!(other.counts().unwrap().1, (PACKS * BLOBS_PER_PACK) as u64);
     }
 }

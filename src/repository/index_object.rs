@@ -8,6 +8,11 @@ use crate::ids::Id;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The most JSON bytes a reader decompresses from one index object. A writer's
+/// objects list one pack and are far smaller; `index rebuild` bounds its own
+/// (`index::MAX_BLOBS_PER_INDEX_OBJECT`).
+pub const MAX_DECODED_LEN: u64 = 256 << 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IndexObject {
     pub version: u32,
@@ -48,11 +53,10 @@ impl IndexObject {
     /// ones its trailer could hold ([`pack::validate_entries`]), so the cache
     /// never takes in an entry that the pack's own trailer would be refused for.
     pub fn decode(bytes: &[u8], limits: &BlobLimits) -> Result<Self> {
-        // Index objects are bounded by the pack size; 256 MiB is far above any real one.
         use std::io::Read;
         let mut json = Vec::new();
         zstd::stream::Decoder::new(bytes)
-            .and_then(|d| d.take(256 << 20).read_to_end(&mut json))
+            .and_then(|d| d.take(MAX_DECODED_LEN).read_to_end(&mut json))
             .context("index object does not decompress")?;
         let obj: IndexObject = serde_json::from_slice(&json).context("index object is malformed")?;
         anyhow::ensure!(obj.version == 1, "index object version {} is not supported", obj.version);

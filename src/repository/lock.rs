@@ -1,22 +1,69 @@
-//! Lock objects: `locks/<random id>`, JSON with host, pid, time and expiry.
+//! Lock objects: `locks/<random id>`, JSON with host, process identity, time and expiry.
 //!
 //! Archives take shared locks (many may run at once); `check` and `index
 //! rebuild` take an exclusive one. `sync` and `prune` take *singleton* locks:
 //! shared with archives, but only one holder per purpose at a time (two syncs
-//! or two prunes never overlap). A lock whose expiry has passed, or
-//! whose process is gone on this host, is stale and ignored; `imgarc unlock`
-//! deletes stale locks. Locks are advisory: safety against concurrent prune
-//! rests on the two-phase design, not on locks alone.
+//! or two prunes never overlap). A lock whose expiry has passed, or whose
+//! process is certainly gone (same kernel boot and PID namespace, and that
+//! PID is not the process that wrote it), is stale and ignored; `imgarc
+//! unlock` deletes stale locks. A hostname and a PID alone prove nothing:
+//! containers share hostnames and reuse PIDs in their own namespaces.
+//!
+//! A holder refreshes its lock (writes a new one, then deletes the old) well
+//! inside the expiry. If refreshing keeps failing, the lock is *lost* once
+//! less than one refresh interval of its life is left: the holder's
+//! repository handle then refuses every further write (see
+//! `Repository::hold_lock`), so nothing is written that a prune, no longer
+//! seeing the lock, might undercut. Locks are advisory: safety against
+//! concurrent prune rests on the two-phase design, not on locks alone.
 
 use crate::backend::Backend;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const LOCK_TTL_SECS: i64 = 30 * 60;
 /// Largest lock object a reader accepts (format-spec §1); real ones are ~250
 /// bytes. A larger one is listed as an unreadable (stale) lock, never read.
 pub const MAX_LOCK_BYTES: u64 = 64 << 10;
+/// Holders refresh their lock this often, well inside `LOCK_TTL_SECS`.
+const REFRESH_SECS: u64 = 5 * 60;
+
+/// How long a lock lives, and how often its holder refreshes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTiming {
+    pub ttl: Duration,
+    pub refresh: Duration,
+}
+
+impl Default for LockTiming {
+    fn default() -> Self {
+        LockTiming { ttl: Duration::from_secs(LOCK_TTL_SECS as u64), refresh: Duration::from_secs(REFRESH_SECS) }
+    }
+}
+
+impl LockTiming {
+    /// The defaults, or `IMGARC_LOCK_TTL_SECS` / `IMGARC_LOCK_REFRESH_SECS`
+    /// (for tests: a lock lost within seconds instead of half an hour).
+    pub fn from_env() -> Result<LockTiming> {
+        let var = |name: &str, default: Duration| -> Result<Duration> {
+            match std::env::var(name) {
+                Err(_) => Ok(default),
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+                    _ => bail!("{name}={v:?}: expected a whole number of seconds above 0"),
+                },
+            }
+        };
+        let d = LockTiming::default();
+        let timing = LockTiming { ttl: var("IMGARC_LOCK_TTL_SECS", d.ttl)?, refresh: var("IMGARC_LOCK_REFRESH_SECS", d.refresh)? };
+        if timing.refresh >= timing.ttl {
+            bail!("IMGARC_LOCK_REFRESH_SECS must be less than IMGARC_LOCK_TTL_SECS ({timing:?})");
+        }
+        Ok(timing)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -30,6 +77,58 @@ pub struct LockInfo {
     /// refresh). Prune compares it with its marks (older locks may lack it).
     #[serde(default)]
     pub since: Option<String>,
+    /// Who holds it, precisely enough to tell that it is gone (older locks lack it).
+    #[serde(flatten)]
+    pub process: Option<ProcessIdentity>,
+}
+
+/// A process, told apart from every other: the kernel boot, the PID
+/// namespace its PID means something in, and its start time (a reused PID
+/// starts later). Linux only; elsewhere locks expire by time alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: String,
+    /// The target of `/proc/self/ns/pid`, e.g. `pid:[4026531836]`.
+    pub pid_namespace: String,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot when the process started.
+    pub start_ticks: u64,
+}
+
+impl ProcessIdentity {
+    /// This process, read once.
+    pub fn current() -> Option<&'static ProcessIdentity> {
+        static CURRENT: std::sync::OnceLock<Option<ProcessIdentity>> = std::sync::OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                // `/proc` must number processes as we do (it may be mounted from another PID namespace).
+                let me = std::process::id().to_string();
+                if std::fs::read_link("/proc/self").ok()?.as_os_str() != me.as_str() {
+                    return None;
+                }
+                Some(ProcessIdentity {
+                    boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string(),
+                    pid_namespace: std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned(),
+                    start_ticks: start_ticks(std::process::id()).ok()??,
+                })
+            })
+            .as_ref()
+    }
+}
+
+/// A process's start time from `/proc/<pid>/stat`: `Ok(None)` when no such
+/// process exists (here), `Err` when that cannot be told.
+fn start_ticks(pid: u32) -> std::io::Result<Option<u64>> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // `pid (comm) state ...`: comm may hold spaces and parentheses, so count from the last `)`.
+    let after_comm = stat.rfind(')').map(|i| &stat[i + 1..]).ok_or_else(|| std::io::Error::other("unreadable stat"))?;
+    // Field 3 (state) is the first after comm; field 22 is the 20th after it.
+    let ticks = after_comm.split_whitespace().nth(19).and_then(|f| f.parse().ok());
+    ticks.map(Some).ok_or_else(|| std::io::Error::other("unreadable stat"))
 }
 
 impl LockInfo {
@@ -37,46 +136,101 @@ impl LockInfo {
     pub fn started(&self) -> &str {
         self.since.as_deref().unwrap_or(&self.time)
     }
-}
 
-impl LockInfo {
     pub fn is_stale(&self) -> bool {
         let expired = crate::util::parse_rfc3339(&self.expires).is_none_or(|t| t < chrono::Utc::now());
-        let dead_here = self.hostname == crate::util::hostname() && !process_alive(self.pid);
-        expired || dead_here
+        expired || self.holder_is_certainly_gone()
+    }
+
+    /// True only when this host can prove the holder is gone: same kernel
+    /// boot and PID namespace (so its PID means the same here), and that PID
+    /// is free or belongs to a process that started at another time. Any
+    /// doubt (another host or container, older lock, unreadable `/proc`)
+    /// leaves it to the expiry time.
+    fn holder_is_certainly_gone(&self) -> bool {
+        let (Some(theirs), Some(mine)) = (&self.process, ProcessIdentity::current()) else {
+            return false;
+        };
+        if theirs.boot_id != mine.boot_id || theirs.pid_namespace != mine.pid_namespace {
+            return false;
+        }
+        match start_ticks(self.pid) {
+            Ok(None) => true,
+            Ok(Some(ticks)) => ticks != theirs.start_ticks,
+            Err(_) => false,
+        }
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// What the holder's refresher and its writers share: until when the lock in
+/// the repository is sure to be live, and why it was lost, once it is.
+#[derive(Debug)]
+struct LockState {
+    purpose: String,
+    /// Monotonic time at which the current lock object expires, counted from
+    /// before it was written (so never later than the expiry it records).
+    expires: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+    refresh: Duration,
 }
 
-/// Holders refresh their lock this often, well inside `LOCK_TTL_SECS`.
-const REFRESH_SECS: u64 = 5 * 60;
+impl LockState {
+    fn ensure_held(&self) -> Result<()> {
+        let mut lost = self.lost.lock().expect("lock state mutex");
+        // The refresher may itself be stuck in a write that never returns: the clock decides too.
+        if lost.is_none() && Instant::now() + self.refresh >= *self.expires.lock().expect("lock state mutex") {
+            *lost = Some("not refreshed in time".to_string());
+        }
+        match &*lost {
+            // Lost for good: a refresh that succeeds later does not undo what writers were told.
+            Some(why) => bail!("the {} lock on the repository was lost ({why}); stopped before writing more", self.purpose),
+            None => Ok(()),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.lock().expect("lock state mutex").is_some()
+    }
+}
+
+/// A handle on a held lock's liveness, for the code that writes under it.
+#[derive(Debug, Clone)]
+pub struct LockWatch(Arc<LockState>);
+
+impl LockWatch {
+    /// An error once the lock is lost or about to expire unrefreshed: the caller must stop writing.
+    pub fn ensure_held(&self) -> Result<()> {
+        self.0.ensure_held()
+    }
+}
 
 /// A held lock; refreshed in the background, removed when dropped.
 #[derive(Debug)]
 pub struct Lock {
     backend: Arc<dyn Backend>,
     key: Arc<Mutex<String>>,
+    state: Arc<LockState>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
-fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str, since: &str) -> Result<String> {
+/// Writes a new lock object; returns its key and the monotonic instant it expires.
+fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str, since: &str, timing: LockTiming) -> Result<(String, Instant)> {
+    let written = Instant::now();
     let now = chrono::Utc::now();
     let info = LockInfo {
         hostname: crate::util::hostname(),
         pid: std::process::id(),
         time: crate::util::now_rfc3339(),
-        expires: (now + chrono::Duration::seconds(LOCK_TTL_SECS)).to_rfc3339(),
+        expires: (now + chrono::Duration::from_std(timing.ttl)?).to_rfc3339(),
         exclusive,
         purpose: purpose.to_string(),
         since: Some(since.to_string()),
+        process: ProcessIdentity::current().cloned(),
     };
     let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
-    backend.put(&key, &serde_json::to_vec_pretty(&info)?)?;
-    Ok(key)
+    backend.put(&key, &serde_json::to_vec_pretty(&info)?).with_context(|| format!("cannot write lock {key}"))?;
+    Ok((key, written + timing.ttl))
 }
 
 fn conflict(key: &str, info: &LockInfo) -> anyhow::Error {
@@ -92,14 +246,30 @@ fn conflict(key: &str, info: &LockInfo) -> anyhow::Error {
 
 impl Lock {
     pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str) -> Result<Lock> {
+        Self::acquire_timed(backend, exclusive, purpose, LockTiming::from_env()?)
+    }
+
+    pub fn acquire_timed(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str, timing: LockTiming) -> Result<Lock> {
         for (key, info) in list(&*backend)? {
             if !info.is_stale() && (exclusive || info.exclusive) {
                 return Err(conflict(&key, &info));
             }
         }
         let since = crate::util::now_rfc3339();
-        let key = write_lock(&*backend, exclusive, purpose, &since)?;
-        Self::hold(backend, key, exclusive, purpose, since)
+        let (mine, expires) = write_lock(&*backend, exclusive, purpose, &since, timing)?;
+        if exclusive {
+            // Another holder may have written its lock between our listing and our
+            // write; it would not see ours if it listed first. Listing again settles it.
+            let rival = match list(&*backend) {
+                Ok(locks) => locks.into_iter().find(|(k, i)| *k != mine && !i.is_stale()).map(|(k, i)| conflict(&k, &i)),
+                Err(e) => Some(e.context("cannot list the locks again after writing ours")),
+            };
+            if let Some(e) = rival {
+                withdraw(&*backend, &mine);
+                return Err(e);
+            }
+        }
+        Self::hold(backend, mine, expires, exclusive, purpose, since, timing)
     }
 
     /// A shared lock of which only one may exist per `purpose` (one `sync`, one
@@ -107,6 +277,7 @@ impl Lock {
     /// lock, then list again: the older lock (by start time, then key) wins and the
     /// other withdraws, so at most one proceeds.
     pub fn acquire_singleton(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lock> {
+        let timing = LockTiming::from_env()?;
         let rivals = |backend: &dyn Backend| -> Result<Vec<(String, LockInfo)>> {
             Ok(list(backend)?.into_iter().filter(|(_, i)| !i.is_stale() && (i.exclusive || i.purpose == purpose)).collect())
         };
@@ -114,31 +285,92 @@ impl Lock {
             return Err(conflict(&key, &info));
         }
         let since = crate::util::now_rfc3339();
-        let mine = write_lock(&*backend, false, purpose, &since)?;
-        let older = rivals(&*backend)?
-            .into_iter()
-            .find(|(k, i)| *k != mine && (i.exclusive || (i.started(), k.as_str()) < (since.as_str(), mine.as_str())));
-        if let Some((key, info)) = older {
-            let _ = backend.delete(&mine);
-            return Err(conflict(&key, &info));
+        let (mine, expires) = write_lock(&*backend, false, purpose, &since, timing)?;
+        let older = match rivals(&*backend) {
+            Ok(r) => r
+                .into_iter()
+                .find(|(k, i)| *k != mine && (i.exclusive || (i.started(), k.as_str()) < (since.as_str(), mine.as_str())))
+                .map(|(k, i)| conflict(&k, &i)),
+            Err(e) => Some(e.context("cannot list the locks again after writing ours")),
+        };
+        if let Some(e) = older {
+            withdraw(&*backend, &mine);
+            return Err(e);
         }
-        Self::hold(backend, mine, false, purpose, since)
+        Self::hold(backend, mine, expires, false, purpose, since, timing)
     }
 
-    fn hold(backend: Arc<dyn Backend>, key: String, exclusive: bool, purpose: &str, since: String) -> Result<Lock> {
+    /// A handle for the code that writes under this lock (`Repository::hold_lock`).
+    pub fn watch(&self) -> LockWatch {
+        LockWatch(self.state.clone())
+    }
+
+    /// An error once the lock is lost or about to expire unrefreshed.
+    pub fn ensure_held(&self) -> Result<()> {
+        self.state.ensure_held()
+    }
+
+    fn hold(
+        backend: Arc<dyn Backend>,
+        key: String,
+        expires: Instant,
+        exclusive: bool,
+        purpose: &str,
+        since: String,
+        timing: LockTiming,
+    ) -> Result<Lock> {
         let key = Arc::new(Mutex::new(key));
+        let state = Arc::new(LockState {
+            purpose: purpose.to_string(),
+            expires: Mutex::new(expires),
+            lost: Mutex::new(None),
+            refresh: timing.refresh,
+        });
         // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (b2, k2, purpose) = (backend.clone(), key.clone(), purpose.to_string());
+        let (b2, k2, s2, purpose) = (backend.clone(), key.clone(), state.clone(), purpose.to_string());
         let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(std::time::Duration::from_secs(REFRESH_SECS)) {
-                if let Ok(new_key) = write_lock(&*b2, exclusive, &purpose, &since) {
-                    let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
-                    let _ = b2.delete(&old);
+            // After a failure, try again sooner: the lock is lost once less than
+            // one refresh interval of its life is left.
+            let retry = (timing.refresh / 5).max(Duration::from_millis(100));
+            let mut wait = timing.refresh;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                if s2.is_lost() {
+                    return;
+                }
+                match write_lock(&*b2, exclusive, &purpose, &since, timing) {
+                    Ok((new_key, new_expires)) => {
+                        *s2.expires.lock().expect("lock state mutex") = new_expires;
+                        let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
+                        // The new lock is in place; a superseded one left behind only expires.
+                        if let Err(e) = b2.delete(&old) {
+                            if !e.is_not_found() {
+                                eprintln!("warning: cannot delete superseded lock {old} (it expires by itself): {e}");
+                            }
+                        }
+                        wait = timing.refresh;
+                    }
+                    Err(e) => {
+                        let expires = *s2.expires.lock().expect("lock state mutex");
+                        if Instant::now() + timing.refresh >= expires {
+                            eprintln!("error: the {purpose} lock could not be refreshed before its expiry: {e:#}");
+                            *s2.lost.lock().expect("lock state mutex") = Some(format!("refresh failed: {e:#}"));
+                            return;
+                        }
+                        eprintln!("warning: cannot refresh the {purpose} lock (trying again): {e:#}");
+                        wait = retry;
+                    }
                 }
             }
         })?;
-        Ok(Lock { backend, key, stop: Some(stop), refresher: Some(refresher) })
+        Ok(Lock { backend, key, state, stop: Some(stop), refresher: Some(refresher) })
+    }
+}
+
+/// Deletes a lock we just wrote and will not hold (a failure only leaves it to expire).
+fn withdraw(backend: &dyn Backend, key: &str) {
+    if let Err(e) = backend.delete(key) {
+        eprintln!("warning: cannot withdraw lock {key} (it expires by itself): {e}");
     }
 }
 
@@ -184,9 +416,129 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
                     exclusive: false,
                     purpose: "unreadable lock".into(),
                     since: None,
+                    process: None,
                 },
             )),
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::faults::{Faulty, Op};
+
+    fn local(dir: &std::path::Path) -> Arc<dyn Backend> {
+        crate::backend::open(dir.join("repo").to_str().unwrap(), &Default::default()).unwrap()
+    }
+
+    const FAST: LockTiming = LockTiming { ttl: Duration::from_secs(3), refresh: Duration::from_millis(500) };
+
+    fn lock_infos(b: &dyn Backend) -> Vec<LockInfo> {
+        list(b).unwrap().into_iter().map(|(_, i)| i).collect()
+    }
+
+    #[test]
+    fn a_lock_whose_refresh_fails_is_lost_before_it_expires_and_stops_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo =
+            crate::repository::Repository::init(faulty.clone(), crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
+        let lock = Lock::acquire_timed(repo.backend().clone(), false, "archive", FAST).unwrap();
+        repo.hold_lock(&lock);
+        std::thread::sleep(FAST.refresh * 2);
+        lock.ensure_held().expect("a refreshed lock is held");
+        let expires = crate::util::parse_rfc3339(&lock_infos(&*faulty)[0].expires).unwrap();
+
+        faulty.fail(Op::Put, "locks/");
+        let lost_at = loop {
+            if lock.ensure_held().is_err() {
+                break chrono::Utc::now();
+            }
+            assert!(chrono::Utc::now() < expires, "the lock expired in the repository while its holder still thought it held");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(lost_at < expires, "noticed only at {lost_at}, the lock expired at {expires}");
+        faulty.heal();
+        // Lost stays lost: the holder does not resume as if nothing happened.
+        std::thread::sleep(FAST.refresh * 2);
+        let err = format!("{:#}", lock.ensure_held().unwrap_err());
+        assert!(err.contains("archive lock") && err.contains("lost"), "{err}");
+        // Nothing is written through the repository handle any more.
+        let err = format!("{:#}", repo.write_index_object(&crate::repository::index_object::IndexObject::new(vec![])).unwrap_err());
+        assert!(err.contains("lost"), "{err}");
+        assert!(repo.list_index_keys().unwrap().is_empty(), "an index object was written after the lock was lost");
+    }
+
+    #[test]
+    fn a_failed_delete_of_the_superseded_lock_is_only_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        faulty.fail(Op::Delete, "locks/");
+        let lock = Lock::acquire_timed(faulty.clone(), false, "archive", FAST).unwrap();
+        std::thread::sleep(FAST.ttl + FAST.refresh);
+        lock.ensure_held().expect("the lock was refreshed although old ones could not be deleted");
+        let live = lock_infos(&*faulty).into_iter().filter(|i| !i.is_stale()).count();
+        assert!(live >= 1, "no live lock in the repository");
+    }
+
+    #[test]
+    fn an_exclusive_lock_lists_again_after_writing_and_withdraws_for_a_rival() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        // A shared holder writes its lock between our listing and our write.
+        let (rival_backend, rival_key) = (faulty.clone(), Arc::new(Mutex::new(None)));
+        let slot = rival_key.clone();
+        faulty.before_next_put("locks/", move |_| {
+            let (key, _) = write_lock(&*rival_backend, false, "archive", &crate::util::now_rfc3339(), FAST).unwrap();
+            *slot.lock().unwrap() = Some(key);
+        });
+        let err = Lock::acquire_timed(faulty.clone(), true, "check", FAST).unwrap_err();
+        assert!(format!("{err:#}").contains("locked by archive"), "{err:#}");
+        let left: Vec<String> = list(&*faulty).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(left, vec![rival_key.lock().unwrap().clone().unwrap()], "the exclusive lock was not withdrawn");
+    }
+
+    fn info(pid: u32, process: Option<ProcessIdentity>) -> LockInfo {
+        LockInfo {
+            hostname: crate::util::hostname(),
+            pid,
+            time: crate::util::now_rfc3339(),
+            expires: (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            exclusive: false,
+            purpose: "archive".into(),
+            since: None,
+            process,
+        }
+    }
+
+    #[test]
+    fn only_a_certainly_dead_holder_makes_an_unexpired_lock_stale() {
+        let Some(me) = ProcessIdentity::current() else {
+            eprintln!("skipped: no /proc process identity on this system");
+            return;
+        };
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead_here = ProcessIdentity { start_ticks: 1, ..me.clone() };
+        assert!(info(dead_pid, Some(dead_here.clone())).is_stale(), "a finished process on this boot and namespace");
+        // Our own PID, but a process that started at another time: the PID was reused.
+        assert!(info(std::process::id(), Some(ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() })).is_stale());
+        assert!(!info(std::process::id(), Some(me.clone())).is_stale(), "this very process");
+        // Same hostname, but another PID namespace (a container) or another boot: proves nothing.
+        let other_ns = ProcessIdentity { pid_namespace: "pid:[1]".into(), ..dead_here.clone() };
+        assert!(!info(dead_pid, Some(other_ns)).is_stale());
+        let other_boot = ProcessIdentity { boot_id: "another-boot".into(), ..dead_here };
+        assert!(!info(dead_pid, Some(other_boot)).is_stale());
+        // An older lock with hostname and PID only: left to its expiry.
+        assert!(!info(dead_pid, None).is_stale());
+        // The identity survives the JSON round trip, and older JSON without it still reads.
+        let round: LockInfo = serde_json::from_slice(&serde_json::to_vec(&info(1, Some(me.clone()))).unwrap()).unwrap();
+        assert_eq!(round.process.as_ref(), Some(me));
+        let mut old = serde_json::to_value(info(1, None)).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| !["boot_id", "pid_namespace", "start_ticks"].contains(&k.as_str()));
+        assert!(serde_json::from_value::<LockInfo>(old).unwrap().process.is_none());
+    }
 }

@@ -45,6 +45,7 @@ pub fn mark_key(id: &Id) -> String {
 
 impl Repository {
     pub fn write_mark(&self, mark: &PruneMark) -> Result<String> {
+        self.ensure_locks_held()?;
         let bytes = serde_json::to_vec_pretty(mark)?;
         let key = mark_key(&Id::of(&bytes));
         self.backend().put(&key, &bytes).context("cannot store a prune mark")?;
@@ -68,6 +69,7 @@ impl Repository {
     }
 
     pub fn delete_mark(&self, key: &str) -> Result<()> {
+        self.ensure_locks_held()?;
         self.backend().delete(key).with_context(|| format!("cannot delete prune mark {key}"))?;
         Ok(())
     }

@@ -52,6 +52,8 @@ pub fn read_capped(backend: &dyn Backend, key: &str, listed_size: Option<u64>, c
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
+    /// Locks this handle writes under: once one is lost, every write is refused.
+    held_locks: Arc<std::sync::Mutex<Vec<lock::LockWatch>>>,
 }
 
 /// What writing one pack added to the repository.
@@ -90,7 +92,7 @@ impl Repository {
         }
         let bytes = serde_json::to_vec_pretty(&config)?;
         backend.put(CONFIG_KEY, &bytes).context("cannot write the repository config")?;
-        Ok(Repository { backend, config })
+        Ok(Repository { backend, config, held_locks: Default::default() })
     }
 
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository> {
@@ -102,7 +104,7 @@ impl Repository {
             Err(e) => return Err(e).context("cannot read the repository config"),
         };
         let config = Config::parse(&bytes).with_context(|| format!("repository at {}", backend.location()))?;
-        Ok(Repository { backend, config })
+        Ok(Repository { backend, config, held_locks: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -118,27 +120,49 @@ impl Repository {
         &self.backend
     }
 
+    /// Makes every later write or delete through this handle (and its clones)
+    /// first check that `lock` is still held, so a long archive, sync or prune
+    /// stops at its next pack, snapshot or deletion once its lock is lost.
+    pub fn hold_lock(&self, lock: &lock::Lock) {
+        self.held_locks.lock().expect("held locks mutex").push(lock.watch());
+    }
+
+    /// An error if a lock this handle writes under was lost.
+    pub fn ensure_locks_held(&self) -> Result<()> {
+        for watch in self.held_locks.lock().expect("held locks mutex").iter() {
+            watch.ensure_held()?;
+        }
+        Ok(())
+    }
+
     pub fn location(&self) -> String {
         self.backend.location()
     }
 
     /// Stores a finished pack, then the index object that lists it.
     pub fn write_pack(&self, builder: PackBuilder) -> Result<WrittenPack> {
+        self.ensure_locks_held()?;
         let (id, bytes, entries) = builder.finish();
         let pack_size = bytes.len() as u64;
         self.backend.put(&pack_key(&id), &bytes).context("cannot store pack")?;
         drop(bytes);
         let index = IndexObject::new(vec![IndexedPack::new(id, pack_size, &entries)]);
-        let index_key = self.write_index_object(&index)?;
-        let index_size = self.backend.size(&index_key).unwrap_or(0);
+        // The size stored is the size encoded: no lookup that could fail (and was once read as 0).
+        let (index_key, index_size) = self.put_index_object(&index)?;
         Ok(WrittenPack { id, entries, index_key, stored_bytes: pack_size + index_size, pack_size })
     }
 
     pub fn write_index_object(&self, index: &IndexObject) -> Result<String> {
+        Ok(self.put_index_object(index)?.0)
+    }
+
+    /// Stores an index object; returns its key and its size as stored.
+    fn put_index_object(&self, index: &IndexObject) -> Result<(String, u64)> {
+        self.ensure_locks_held()?;
         let enc = index.encode();
         let key = format!("index/{}", Id::of(&enc).to_hex());
         self.backend.put(&key, &enc).context("cannot store index object")?;
-        Ok(key)
+        Ok((key, enc.len() as u64))
     }
 
     pub fn read_index_object(&self, key: &str) -> Result<IndexObject> {
@@ -166,6 +190,7 @@ impl Repository {
     }
 
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.ensure_locks_held().context("no snapshot stored")?;
         let bytes = snap.to_bytes();
         let id = Snapshot::id_of(&bytes);
         self.backend.put(&snapshot_key(&id), &bytes).context("cannot store snapshot")?;
@@ -174,18 +199,21 @@ impl Repository {
 
     /// Deletes an index object (`prune`, after writing its replacement).
     pub fn delete_index_object(&self, key: &str) -> Result<()> {
+        self.ensure_locks_held()?;
         self.backend.delete(key).with_context(|| format!("cannot delete index object {key}"))?;
         Ok(())
     }
 
     /// Deletes a pack (`prune`, after no index object lists it).
     pub fn delete_pack(&self, id: &Id) -> Result<()> {
+        self.ensure_locks_held()?;
         self.backend.delete(&pack_key(id)).with_context(|| format!("cannot delete pack {}", id.to_hex()))?;
         Ok(())
     }
 
     /// Removes a snapshot object (`forget`); its data stays until `prune`.
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.ensure_locks_held()?;
         self.backend.delete(&snapshot_key(id)).with_context(|| format!("cannot remove snapshot {}", id.short()))?;
         Ok(())
     }

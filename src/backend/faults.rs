@@ -1,0 +1,94 @@
+//! Test-only decorator: a backend whose operations on chosen key prefixes
+//! fail on demand, to prove that callers notice (a lock that cannot be
+//! refreshed, a pack that cannot be read back, …).
+
+use super::{Backend, BackendError, BackendResult, ObjectInfo};
+use std::sync::{Arc, Mutex};
+
+/// The operations a fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    Delete,
+}
+
+/// Runs before a `put` goes through, once (a concurrent writer "between" two steps).
+type PutHook = Box<dyn FnOnce(&dyn Backend) + Send>;
+
+pub struct Faulty {
+    inner: Arc<dyn Backend>,
+    failing: Mutex<Vec<(Op, String)>>,
+    before_put: Mutex<Option<(String, PutHook)>>,
+}
+
+impl std::fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faulty").field("inner", &self.inner).field("failing", &self.failing).finish_non_exhaustive()
+    }
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn Backend>) -> Arc<Faulty> {
+        Arc::new(Faulty { inner, failing: Mutex::new(Vec::new()), before_put: Mutex::new(None) })
+    }
+
+    /// From now on, `op` on any key starting with `prefix` fails (`get` covers ranged reads).
+    pub fn fail(&self, op: Op, prefix: &str) {
+        self.failing.lock().unwrap().push((op, prefix.to_string()));
+    }
+
+    pub fn heal(&self) {
+        self.failing.lock().unwrap().clear();
+    }
+
+    /// Runs `hook` on the inner backend just before the next `put` under `prefix`.
+    pub fn before_next_put(&self, prefix: &str, hook: impl FnOnce(&dyn Backend) + Send + 'static) {
+        *self.before_put.lock().unwrap() = Some((prefix.to_string(), Box::new(hook)));
+    }
+
+    fn check(&self, op: Op, key: &str) -> BackendResult<()> {
+        if self.failing.lock().unwrap().iter().any(|(o, p)| *o == op && key.starts_with(p.as_str())) {
+            return Err(BackendError::Other { op: "injected fault", key: key.to_string(), message: format!("{op:?} refused") });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Faulty {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+        self.check(Op::Put, key)?;
+        let hook = {
+            let mut slot = self.before_put.lock().unwrap();
+            match &*slot {
+                Some((prefix, _)) if key.starts_with(prefix.as_str()) => slot.take().map(|(_, h)| h),
+                _ => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook(&*self.inner);
+        }
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
+        self.check(Op::Get, key)?;
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
+        self.check(Op::Get, key)?;
+        self.inner.get_range(key, offset, length)
+    }
+    fn size(&self, key: &str) -> BackendResult<u64> {
+        self.inner.size(key)
+    }
+    fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> BackendResult<()> {
+        self.check(Op::Delete, key)?;
+        self.inner.delete(key)
+    }
+}
