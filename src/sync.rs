@@ -304,13 +304,26 @@ fn same_content(rec: &ImageRecord, snap: &Snapshot) -> bool {
     rec.size == Some(snap.logical_bytes) && rec.updated_at.is_some() && rec.updated_at.as_deref() == held_updated
 }
 
+/// Whether `snap` recorded the metadata `rec` has now. Store locations are
+/// never archived (they can carry credentials), so they are compared on
+/// neither side: a snapshot from before they were dropped still matches.
+fn same_metadata(rec: &ImageRecord, snap: &Snapshot) -> bool {
+    let Some(listed) = rec.raw.as_object() else {
+        return false;
+    };
+    let (mut listed, mut held) = (listed.clone(), snap.metadata.clone());
+    crate::openstack::glance::redact_store_locations(&mut listed);
+    crate::openstack::glance::redact_store_locations(&mut held);
+    listed == held
+}
+
 fn plan(rec: &ImageRecord, held: &[(Id, Snapshot)]) -> Plan {
     if let Some(why) = rec.not_downloadable_reason() {
         return Plan::Skip(why);
     }
     // Newest first: the latest snapshot of this content decides.
     match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
-        Some((id, s)) if rec.raw.as_object() == Some(&s.metadata) => Plan::Unchanged(*id),
+        Some((id, s)) if same_metadata(rec, s) => Plan::Unchanged(*id),
         Some((id, s)) => Plan::NewMetadata(*id, Box::new(s.clone())),
         None => Plan::Download,
     }
@@ -439,7 +452,9 @@ pub fn sync(
             Plan::Unchanged(id) => e.snapshot = Some(id.to_hex()),
             Plan::NewMetadata(prev, snap) => {
                 let t = Instant::now();
-                let metadata = rec.raw.as_object().cloned().unwrap_or_default();
+                let mut metadata = rec.raw.as_object().cloned().unwrap_or_default();
+                // What archive drops (store locations can carry credentials) a metadata-only snapshot drops too.
+                crate::openstack::glance::redact_store_locations(&mut metadata);
                 match record_new_metadata(repo, index, &snap, display_name(&rec), metadata) {
                     Ok((id, _)) => {
                         e.result = ImageResult::MetadataUpdated;
