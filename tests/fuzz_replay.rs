@@ -95,6 +95,11 @@ fn write_fuzz_seeds() {
         exclusive: true,
         purpose: "prune".into(),
         since: Some("2026-01-01T00:00:00Z".into()),
+        process: Some(imgarc::repository::lock::ProcessIdentity {
+            boot_id: "0f3c9a2e-5b1d-4c7e-9a8b-2d6e4f1a3c5b".into(),
+            pid_namespace: "pid:[4026531836]".into(),
+            start_ticks: 123456,
+        }),
     };
     save("objects", "lock", &serde_json::to_vec_pretty(&lock).unwrap());
     let mark = marks::PruneMark {
