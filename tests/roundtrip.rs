@@ -220,7 +220,18 @@ fn conversions_are_exact_or_refused() {
     let a = env.json(&["archive", q.to_str().unwrap(), "--name", "el2-part"]);
     assert!(a["opaque"].is_null(), "{a}");
     assert_converts_exactly(&env, &s(&a, "snapshot"), &q);
+}
 
+#[test]
+fn containers_stored_as_bytes_refuse_conversion() {
+    if !have("qemu-img") {
+        eprintln!("skipped: qemu-img (qemu-utils) not installed");
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = imgarc::synthetic::SyntheticDisk::new(24 << 20, 13);
+    let raw = env.path("d.raw");
+    disk.write_night(&raw, 0).unwrap();
     // A container imgarc does not decompose: stored as its bytes, said so, never converted.
     let v = env.path("d.vmdk");
     qemu_img(&["convert", "-q", "-O", "vmdk", raw.to_str().unwrap(), v.to_str().unwrap()]);
