@@ -220,6 +220,9 @@ fn conversions_are_exact_or_refused() {
     let a = env.json(&["archive", q.to_str().unwrap(), "--name", "el2-part"]);
     assert!(a["opaque"].is_null(), "{a}");
     assert_converts_exactly(&env, &s(&a, "snapshot"), &q);
+    // check --read-data decodes every layout recipe as restore would.
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["ok"], true, "{c}");
 }
 
 #[test]
