@@ -159,6 +159,21 @@ fn extended_l2_partial_subclusters() {
 }
 
 #[test]
+fn extended_l2_preallocation() {
+    // Preallocated clusters have a host offset but unallocated (or zero) subclusters: their
+    // host bytes are stale, never guest data.
+    let t = tmp();
+    for mode in ["metadata", "falloc", "full"] {
+        let p = t.path().join(format!("el2-pre-{mode}.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("extended_l2=on,preallocation={mode}"), p.to_str().unwrap(), "2M"]);
+        qemu_io(&p, &["write -P 0xab 64k 3k", "write -z 1M 64k"]);
+        let (d, sink) = check_image(&p, &Policy::default());
+        assert!(d.opaque.is_none(), "{mode}: {:?}", d.opaque);
+        assert!(sink.guest[65536..65536 + 3072].iter().all(|&b| b == 0xab), "{mode}");
+    }
+}
+
+#[test]
 fn extended_l2_bad_subcluster_bitmap_is_opaque_and_exact() {
     // A subcluster both allocated and zero is invalid (qemu-img check calls it corrupt).
     let t = tmp();
