@@ -365,6 +365,7 @@ fn seeds(dir: &Path) -> Vec<Vec<u8>> {
         &["-c", "-o", "cluster_size=4k"][..],
         &["-c", "-o", "compression_type=zstd,cluster_size=4k"][..],
         &["-o", "compat=0.10,cluster_size=512"][..],
+        &["-o", "extended_l2=on,cluster_size=16k"][..],
     ]
     .iter()
     .enumerate()

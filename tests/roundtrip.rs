@@ -220,7 +220,21 @@ fn conversions_are_exact_or_refused() {
     let a = env.json(&["archive", q.to_str().unwrap(), "--name", "el2-part"]);
     assert!(a["opaque"].is_null(), "{a}");
     assert_converts_exactly(&env, &s(&a, "snapshot"), &q);
+    // check --read-data decodes every layout recipe as restore would.
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["ok"], true, "{c}");
+}
 
+#[test]
+fn containers_stored_as_bytes_refuse_conversion() {
+    if !have("qemu-img") {
+        eprintln!("skipped: qemu-img (qemu-utils) not installed");
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = imgarc::synthetic::SyntheticDisk::new(24 << 20, 13);
+    let raw = env.path("d.raw");
+    disk.write_night(&raw, 0).unwrap();
     // A container imgarc does not decompose: stored as its bytes, said so, never converted.
     let v = env.path("d.vmdk");
     qemu_img(&["convert", "-q", "-O", "vmdk", raw.to_str().unwrap(), v.to_str().unwrap()]);
@@ -252,6 +266,34 @@ fn conversions_are_exact_or_refused() {
     let o = env.run(&["restore", &snap, "-o", env.path("corrupt.raw").to_str().unwrap(), "--disk-format", "raw"]);
     assert!(!o.status.success(), "converting an opaque qcow2 must fail");
     assert!(String::from_utf8_lossy(&o.stderr).contains("corrupt bit"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn check_read_data_decodes_layout_recipes() {
+    if !have("qemu-img") {
+        eprintln!("skipped: qemu-img (qemu-utils) not installed");
+        return;
+    }
+    // A snapshot whose chunks are all intact but whose recipe does not fit what it records:
+    // only decoding the recipe finds it (here the recorded file length is off by one).
+    let env = Env::init("64K");
+    let raw = env.path("d.raw");
+    std::fs::write(&raw, bytes(2 << 20, 5, true)).unwrap();
+    let q = env.path("d.qcow2");
+    qemu_img(&["convert", "-q", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    let a = env.archive(&q, "d");
+    assert_eq!(env.json(&["check", "--read-data"])["ok"], true);
+    let old = env.repo.join("snapshots").join(s(&a, "snapshot"));
+    let mut snap: serde_json::Value = serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
+    snap["logical_bytes"] = (u(&snap, "logical_bytes") + 1).into();
+    let bytes = serde_json::to_vec_pretty(&snap).unwrap();
+    std::fs::write(env.repo.join("snapshots").join(blake3::hash(&bytes).to_hex().as_str()), &bytes).unwrap();
+    std::fs::remove_file(&old).unwrap();
+    env.ok(&["index", "rebuild"]);
+    let o = env.run(&["--json", "check", "--read-data"]);
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert!(!o.status.success(), "check --read-data passed a snapshot whose recipe does not match it: {c}");
+    assert!(c.to_string().contains("layout recipe"), "{c}");
 }
 
 #[test]

@@ -246,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn container_virtual_size_from_fixed_header_fields() {
+        let mut vmdk = vec![0u8; 4096];
+        vmdk[..4].copy_from_slice(b"KDMV");
+        vmdk[12..20].copy_from_slice(&(2048u64).to_le_bytes()); // capacity in sectors
+        assert_eq!(detect(&vmdk).virtual_size, Some(1 << 20));
+        let mut vhd = vec![0u8; 4096];
+        vhd[..8].copy_from_slice(b"conectix");
+        vhd[48..56].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        assert_eq!(detect(&vhd).virtual_size, Some(5 << 30));
+        let mut vdi = vec![0u8; 4096];
+        vdi[64..68].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        vdi[0x170..0x178].copy_from_slice(&(3u64 << 30).to_le_bytes());
+        assert_eq!(detect(&vdi).virtual_size, Some(3 << 30));
+        // Raw has none (the file is the disk); neither does a format without a fixed field.
+        assert_eq!(detect(&[0u8; 4096]).virtual_size, None);
+        let mut vhdx = vec![0u8; 4096];
+        vhdx[..8].copy_from_slice(b"vhdxfile");
+        assert_eq!(detect(&vhdx).virtual_size, None);
+        assert!(FormatKind::Raw.is_guest_disk() && FormatKind::Iso.is_guest_disk() && !FormatKind::Vmdk.is_guest_disk());
+        assert_eq!(FormatKind::from_name("vdi"), Some(FormatKind::Vdi));
+        assert_eq!(FormatKind::from_name("nope"), None);
+    }
+
+    #[test]
     fn declared_rules() {
         let q = detect(b"QFI\xfb\0\0\0\x03");
         assert_eq!(decide(Some("RAW"), &q), Ok(FormatKind::Raw));

@@ -110,17 +110,13 @@ impl Dec<'_> {
     /// Bytes at host offset `h` that are kept verbatim: zero runs become Zero segments,
     /// everything else goes to the literal stream.
     fn emit_literal(&mut self, h: u64, b: &[u8]) -> std::io::Result<()> {
-        if self.segs.len() >= self.policy.max_segments {
-            // Over the segment budget (the image is opaque by now): no more zero elision, so
-            // host-ordered literal bytes extend one segment instead of adding new ones.
-            self.sink.literal(b)?;
-            self.segs.push(h, Segment::Literal { len: b.len() as u64, lit_off: self.lit_off });
-            self.lit_off += b.len() as u64;
-            self.info.literal_bytes += b.len() as u64;
-            return Ok(());
-        }
         let mut i = 0usize;
         while i < b.len() {
+            if self.segs.len() >= self.policy.max_segments {
+                // Over the segment budget: no more zero elision, so host-ordered literal
+                // bytes extend one segment instead of adding new ones.
+                return self.push_literal(h + i as u64, &b[i..]);
+            }
             let zero_start = i;
             while i < b.len() && is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
                 i = (i + ZGRAIN).min(b.len());
@@ -132,14 +128,20 @@ impl Dec<'_> {
             while i < b.len() && !is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
                 i = (i + ZGRAIN).min(b.len());
             }
-            if i > lit_start {
-                let piece = &b[lit_start..i];
-                self.sink.literal(piece)?;
-                self.segs.push(h + lit_start as u64, Segment::Literal { len: piece.len() as u64, lit_off: self.lit_off });
-                self.lit_off += piece.len() as u64;
-                self.info.literal_bytes += piece.len() as u64;
-            }
+            self.push_literal(h + lit_start as u64, &b[lit_start..i])?;
         }
+        Ok(())
+    }
+
+    /// `piece` (at host `h`) goes to the literal stream verbatim.
+    fn push_literal(&mut self, h: u64, piece: &[u8]) -> std::io::Result<()> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        self.sink.literal(piece)?;
+        self.segs.push(h, Segment::Literal { len: piece.len() as u64, lit_off: self.lit_off });
+        self.lit_off += piece.len() as u64;
+        self.info.literal_bytes += piece.len() as u64;
         Ok(())
     }
 
