@@ -471,7 +471,7 @@ fn restore_stream(
     })();
     drop(tx);
     let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
-    let digests = finish_output(fetch.and_then(|()| written), expected, sink)?;
+    let digests = finish_output(fetch.and(written), expected, sink)?;
     Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
 }
 

@@ -441,9 +441,8 @@ impl GlanceClient {
         match url::Url::parse(link) {
             Ok(u) if super::keystone::same_origin(&base, &u) => Ok(link.to_string()),
             Ok(u) => Err(Error::Config(format!(
-                "the image list's next link points to another host ({}://{}) than the Glance endpoint {}; not followed",
-                u.scheme(),
-                u.authority(),
+                "the image list's next link points to another host ({}) than the Glance endpoint {}; not followed",
+                u.origin().ascii_serialization(),
                 self.base
             ))),
             Err(e) => Err(Error::Config(format!("the image list's next link {link:?} is not a URL: {e}"))),
