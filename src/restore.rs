@@ -197,17 +197,16 @@ impl Sink {
             .mode(mode)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let sink = Sink::File { file, tmp, path };
-        let Sink::File { file, tmp, .. } = &sink else { unreachable!() };
         // Exactly the bits asked for, whatever the umask.
-        let sized = file
+        let prepared = file
             .set_permissions(std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", tmp.display()))
             .and_then(|()| match size {
                 Some(n) => file.set_len(n).with_context(|| format!("cannot size {}", tmp.display())),
                 None => Ok(()),
             });
-        match sized {
+        let sink = Sink::File { file, tmp, path };
+        match prepared {
             Ok(()) => Ok(sink),
             Err(e) => Err(sink.discard(e)),
         }
@@ -472,7 +471,7 @@ fn restore_stream(
     })();
     drop(tx);
     let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
-    let digests = finish_output(fetch.and_then(|()| written), expected, sink)?;
+    let digests = finish_output(fetch.and(written), expected, sink)?;
     Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
 }
 

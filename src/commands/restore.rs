@@ -127,6 +127,15 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
             bail!("{e:#}; {fate}")
         }
     };
+    // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
+    if opts.disk_format.is_none() {
+        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::openstack::verify::Algo::Sha512)) {
+            if want != got {
+                let fate = discard_failed(ctx, args, &outcome.record.id);
+                bail!("uploaded sha512 {got} differs from the archived {want}; {fate}");
+            }
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     let json = serde_json::json!({
         "image_id": outcome.record.id, "name": outcome.record.name, "status": outcome.record.status,

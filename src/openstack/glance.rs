@@ -441,9 +441,8 @@ impl GlanceClient {
         match url::Url::parse(link) {
             Ok(u) if super::keystone::same_origin(&base, &u) => Ok(link.to_string()),
             Ok(u) => Err(Error::Config(format!(
-                "the image list's next link points to another host ({}://{}) than the Glance endpoint {}; not followed",
-                u.scheme(),
-                u.authority(),
+                "the image list's next link points to another host ({}) than the Glance endpoint {}; not followed",
+                u.origin().ascii_serialization(),
                 self.base
             ))),
             Err(e) => Err(Error::Config(format!("the image list's next link {link:?} is not a URL: {e}"))),
@@ -910,7 +909,7 @@ impl Default for RestoreOptions {
 pub struct RestoreOutcome {
     /// The new image, `active` (and `protected` again if the archive was).
     pub record: ImageRecord,
-    /// Digests of the bytes uploaded (md5 + sha512).
+    /// Digests of the bytes uploaded (md5, sha512 and the archived os_hash_algo).
     pub uploaded: crate::openstack::verify::Digests,
     /// What the new image was verified with, e.g. "os_hash_value (sha512)".
     pub verified_with: String,
@@ -950,7 +949,13 @@ pub fn restore_image(
         };
         Error::Restore { id: Some(id.clone()), message: format!("{what}; {fate}") }
     };
-    let mut reader = HashingReader::new(data, &[Algo::Md5, Algo::Sha512]);
+    // md5 and sha512 (Glance's default), plus the archived record's os_hash_algo: a
+    // target configured like the source (sha384 on FIPS clouds, with no md5) is then verifiable.
+    let mut algos = vec![Algo::Md5, Algo::Sha512];
+    if let Some(a) = archived.os_hash_algo.as_deref().and_then(Algo::parse).filter(|a| !algos.contains(a)) {
+        algos.push(a);
+    }
+    let mut reader = HashingReader::new(data, &algos);
     if let Some(n) = opts.size {
         reader = reader.with_size(n);
     }

@@ -66,7 +66,8 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
         match from {
             _ if attempt.previous().len() > 10 => attempt.error("more than 10 redirects"),
             Some(from) if !same_origin(&from, attempt.url()) => {
-                let to = format!("{}://{}", attempt.url().scheme(), attempt.url().authority());
+                // The origin only: a Location's user:password never reaches an error message.
+                let to = attempt.url().origin().ascii_serialization();
                 attempt.error(format!("refused a redirect to another host ({to}): the auth token is never sent there"))
             }
             _ => attempt.follow(),
