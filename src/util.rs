@@ -234,6 +234,34 @@ impl std::io::Read for PipeReader {
     }
 }
 
+/// File modes, set per file rather than through the process umask. Private:
+/// repository objects, the index cache, spill files (disk contents).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Reports and metrics: read by node_exporter and web servers as other users.
+pub const PUBLIC_FILE_MODE: u32 = 0o644;
+
+/// Writes a report or metrics file readable by everyone (`PUBLIC_FILE_MODE`,
+/// whatever the umask). The bytes go to a temporary name in the same directory
+/// first and are renamed into place, so a scraper never reads half a file.
+pub fn write_public_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE_MODE))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,32 +336,4 @@ mod tests {
         assert!(r.read_exact(&mut buf).is_err(), "the 10th byte must wait for the writer's verdict");
         t.join().unwrap();
     }
-}
-
-/// File modes, set per file rather than through the process umask. Private:
-/// repository objects, the index cache, spill files (disk contents).
-pub const PRIVATE_FILE_MODE: u32 = 0o600;
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
-/// Reports and metrics: read by node_exporter and web servers as other users.
-pub const PUBLIC_FILE_MODE: u32 = 0o644;
-
-/// Writes a report or metrics file readable by everyone (`PUBLIC_FILE_MODE`,
-/// whatever the umask). The bytes go to a temporary name in the same directory
-/// first and are renamed into place, so a scraper never reads half a file.
-pub fn write_public_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE_MODE))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

@@ -364,6 +364,27 @@ fn swift_native_dot_dot_keys_never_leave_the_container() {
     let container = need("IMGARC_SWIFT_CONTAINER");
     let prefix = unique("swiftdots");
     let victim = format!("{prefix}-victim");
+    /// Removes what the test planted even when an assertion fails (imgarc itself
+    /// refuses to name these objects), so a failed run leaves no container behind.
+    struct Cleanup<'a>(&'a str, &'a str, Vec<String>);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            for path in &self.2 {
+                raw_http(self.0, "DELETE", path, self.1, b"");
+            }
+        }
+    }
+    let raw_path = format!("{account}/{container}/{prefix}/locks/%2E%2E/%2E%2E/%2E%2E/{victim}/obj");
+    let _cleanup = Cleanup(
+        &session.storage_url,
+        &token,
+        vec![
+            raw_path.clone(),
+            format!("{account}/{container}/{prefix}/config"),
+            format!("{account}/{victim}/obj"),
+            format!("{account}/{victim}"),
+        ],
+    );
     assert!((200..300).contains(&raw_http(&session.storage_url, "PUT", &format!("{account}/{victim}"), &token, b"")));
     assert_eq!(raw_http(&session.storage_url, "PUT", &format!("{account}/{victim}/obj"), &token, b"precious"), 201);
 
@@ -372,7 +393,6 @@ fn swift_native_dot_dot_keys_never_leave_the_container() {
     let planted = format!("locks/../../../{victim}/obj");
     let stale_lock =
         br#"{"hostname":"x","pid":1,"time":"2000-01-01T00:00:00Z","expires":"2000-01-01T00:00:00Z","exclusive":false,"purpose":"archive"}"#;
-    let raw_path = format!("{account}/{container}/{prefix}/locks/%2E%2E/%2E%2E/%2E%2E/{victim}/obj");
     assert_eq!(raw_http(&session.storage_url, "PUT", &raw_path, &token, stale_lock), 201);
     let bare = swift_backend(&prefix, 1000);
     assert!(bare.list("locks/").unwrap().iter().any(|o| o.key == planted), "the planted name should be listed by the store");
@@ -387,12 +407,6 @@ fn swift_native_dot_dot_keys_never_leave_the_container() {
     assert!(bare.delete(&planted).is_err(), "the bare backend sent a dot-segment key");
     assert!(bare.get(&planted).is_err());
     assert_eq!(raw_http(&session.storage_url, "HEAD", &format!("{account}/{victim}/obj"), &token, b""), 200, "the victim is gone");
-
-    // Clean up with the raw API (imgarc itself refuses to name these).
-    raw_http(&session.storage_url, "DELETE", &raw_path, &token, b"");
-    raw_http(&session.storage_url, "DELETE", &format!("{account}/{victim}/obj"), &token, b"");
-    raw_http(&session.storage_url, "DELETE", &format!("{account}/{victim}"), &token, b"");
-    bare.delete("config").unwrap();
 }
 
 /// On RGW: a planted name outside the grammar is skipped by the repository's

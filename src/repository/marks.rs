@@ -39,6 +39,17 @@ pub struct MarkedPack {
     pub reason: String,
 }
 
+impl PruneMark {
+    /// Decodes a mark's bytes (the caller checks them against the name).
+    pub fn decode(bytes: &[u8]) -> Result<PruneMark> {
+        let mark: PruneMark = serde_json::from_slice(bytes).context("prune mark is malformed")?;
+        if mark.version != MARK_VERSION {
+            bail!("prune mark has version {}, which this imgarc does not read", mark.version);
+        }
+        Ok(mark)
+    }
+}
+
 pub fn mark_key(id: &Id) -> String {
     format!("{PREFIX}{}", id.to_hex())
 }
@@ -57,11 +68,7 @@ impl Repository {
         if key.strip_prefix(PREFIX).and_then(Id::from_hex) != Some(Id::of(&bytes)) {
             bail!("prune mark {key} is damaged (its content does not match its name)");
         }
-        let mark: PruneMark = serde_json::from_slice(&bytes).with_context(|| format!("prune mark {key} is malformed"))?;
-        if mark.version != MARK_VERSION {
-            bail!("prune mark {key} has version {}, which this imgarc does not read", mark.version);
-        }
-        Ok(mark)
+        PruneMark::decode(&bytes).with_context(|| format!("prune mark {key}"))
     }
 
     pub fn list_mark_keys(&self) -> Result<Vec<String>> {
