@@ -194,7 +194,7 @@ fn delete_packs(repo: &Repository, index: &mut Index, doomed: &[(Id, u64)]) -> R
         keys.extend(index.index_objects_listing(pack)?);
     }
     for key in keys {
-        let obj = match repo.read_index_object(&key) {
+        let obj = match repo.read_index_object(&key, None) {
             Ok(o) => o,
             Err(e) if crate::backend::is_not_found(&e) => {
                 index.remove_index_object(&key)?;

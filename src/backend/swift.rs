@@ -416,7 +416,11 @@ impl SwiftBackend {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(Duration::from_secs(20))
-            .pool_idle_timeout(Duration::from_secs(15));
+            .pool_idle_timeout(Duration::from_secs(15))
+            // Every request carries X-Auth-Token, which reqwest does not strip on a
+            // redirect to another host; neither Keystone nor Swift redirects, so a
+            // 3xx is an answer (an error), never followed.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(p) = &cfg.cacert {
             let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read OS_CACERT {}: {e}", p.display()))?;
             for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("invalid OS_CACERT {}: {e}", p.display()))? {

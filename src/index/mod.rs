@@ -710,10 +710,10 @@ impl Index {
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let listed: HashSet<String> = repo.list_index_keys()?.into_iter().collect();
+        let listed: HashMap<String, u64> = repo.list_index_objects()?.into_iter().collect();
         let mut n = 0;
-        for key in listed.difference(&known) {
-            let obj = match repo.read_index_object(key) {
+        for (key, size) in listed.iter().filter(|(k, _)| !known.contains(*k)) {
+            let obj = match repo.read_index_object(key, Some(*size)) {
                 Ok(o) => o,
                 Err(e) => {
                     eprintln!("warning: skipping {key}: {e:#}");
@@ -725,7 +725,7 @@ impl Index {
         }
         // After the additions: a prune writes an index object's replacement before
         // deleting it, so the packs that survive stay in the cache throughout.
-        for key in known.difference(&listed) {
+        for key in known.iter().filter(|k| !listed.contains_key(*k)) {
             if repo.backend().size(key).is_err_and(|e| e.is_not_found()) {
                 self.remove_index_object(key)?;
             }
@@ -955,7 +955,7 @@ mod tests {
             }
             repo.write_pack(builder).unwrap();
         }
-        for key in repo.list_index_keys().unwrap() {
+        for (key, _) in repo.list_index_objects().unwrap() {
             repo.delete_index_object(&key).unwrap();
         }
         let bound = 5; // two packs per object
@@ -963,11 +963,11 @@ mod tests {
         let per_object = bound / BLOBS_PER_PACK;
         assert_eq!(report.packs_adopted, PACKS);
         assert_eq!(report.index_objects_written, PACKS.div_ceil(per_object), "{report:?}");
-        let keys = repo.list_index_keys().unwrap();
+        let keys: Vec<String> = repo.list_index_objects().unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys.len(), report.index_objects_written);
         let mut listed = HashSet::new();
         for key in &keys {
-            let obj = repo.read_index_object(key).unwrap();
+            let obj = repo.read_index_object(key, None).unwrap();
             let blobs: usize = obj.packs.iter().map(|p| p.blobs.len()).sum();
             assert!(blobs <= bound, "{key} lists {blobs} blobs, above the bound {bound}");
             listed.extend(obj.packs.iter().map(|p| p.id));

@@ -468,7 +468,7 @@ mod tests {
         // Nothing is written through the repository handle any more.
         let err = format!("{:#}", repo.write_index_object(&crate::repository::index_object::IndexObject::new(vec![])).unwrap_err());
         assert!(err.contains("lost"), "{err}");
-        assert!(repo.list_index_keys().unwrap().is_empty(), "an index object was written after the lock was lost");
+        assert!(repo.list_index_objects().unwrap().is_empty(), "an index object was written after the lock was lost");
     }
 
     #[test]

@@ -165,8 +165,11 @@ impl Repository {
         Ok((key, enc.len() as u64))
     }
 
-    pub fn read_index_object(&self, key: &str) -> Result<IndexObject> {
-        let bytes = self.backend.get(key)?;
+    /// Reads and validates an index object. `listed_size` is its size from a
+    /// listing, when the caller has one (else the store is asked): an object
+    /// larger than any index object may decode to is refused unread.
+    pub fn read_index_object(&self, key: &str, listed_size: Option<u64>) -> Result<IndexObject> {
+        let bytes = read_capped(&*self.backend, key, listed_size, index_object::MAX_DECODED_LEN)?;
         IndexObject::decode(&bytes, &self.blob_limits()).with_context(|| format!("index object {key}"))
     }
 
@@ -231,8 +234,9 @@ impl Repository {
         Ok(self.backend.list("snapshots/")?.iter().filter_map(|o| Id::from_hex(o.key.strip_prefix("snapshots/")?)).collect())
     }
 
-    pub fn list_index_keys(&self) -> Result<Vec<String>> {
-        Ok(self.backend.list("index/")?.into_iter().map(|o| o.key).collect())
+    /// Every index object's key with its listed size.
+    pub fn list_index_objects(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.backend.list("index/")?.into_iter().map(|o| (o.key, o.size)).collect())
     }
 
     /// Every pack with its size.
@@ -320,6 +324,15 @@ mod tests {
         assert!(err.contains(&mark_key) && err.contains("more than"), "{err}");
         let err = format!("{:#}", repo.deleted_upstream().unwrap_err());
         assert!(err.contains(record_key) && err.contains("more than"), "{err}");
+        // Index objects may be larger, but not beyond what one may decode to.
+        let index_key = format!("index/{}", Id::of(b"a planted index object").to_hex());
+        plant(&root, &index_key, index_object::MAX_DECODED_LEN + 1);
+        let listed = repo.list_index_objects().unwrap();
+        assert_eq!(listed, vec![(index_key.clone(), index_object::MAX_DECODED_LEN + 1)]);
+        for listed_size in [None, Some(listed[0].1)] {
+            let err = format!("{:#}", repo.read_index_object(&index_key, listed_size).unwrap_err());
+            assert!(err.contains(&index_key) && err.contains("more than"), "{err}");
+        }
         plant(&root, CONFIG_KEY, HUGE);
         assert!(Repository::open(spy.clone()).is_err());
         assert!(
