@@ -1,8 +1,10 @@
 //! Test-only decorator: a backend whose operations on chosen key prefixes
 //! fail on demand, to prove that callers notice (a lock that cannot be
-//! refreshed, a pack that cannot be read back, …).
+//! refreshed, a pack that cannot be read back, …), and that records the
+//! largest read it served (to prove a cap held).
 
 use super::{Backend, BackendError, BackendResult, ObjectInfo};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The operations a fault can target.
@@ -20,6 +22,7 @@ pub struct Faulty {
     inner: Arc<dyn Backend>,
     failing: Mutex<Vec<(Op, String)>>,
     before_put: Mutex<Option<(String, PutHook)>>,
+    largest_read: AtomicU64,
 }
 
 impl std::fmt::Debug for Faulty {
@@ -30,7 +33,7 @@ impl std::fmt::Debug for Faulty {
 
 impl Faulty {
     pub fn new(inner: Arc<dyn Backend>) -> Arc<Faulty> {
-        Arc::new(Faulty { inner, failing: Mutex::new(Vec::new()), before_put: Mutex::new(None) })
+        Arc::new(Faulty { inner, failing: Mutex::new(Vec::new()), before_put: Mutex::new(None), largest_read: AtomicU64::new(0) })
     }
 
     /// From now on, `op` on any key starting with `prefix` fails (`get` covers ranged reads).
@@ -45,6 +48,16 @@ impl Faulty {
     /// Runs `hook` on the inner backend just before the next `put` under `prefix`.
     pub fn before_next_put(&self, prefix: &str, hook: impl FnOnce(&dyn Backend) + Send + 'static) {
         *self.before_put.lock().unwrap() = Some((prefix.to_string(), Box::new(hook)));
+    }
+
+    /// The most bytes one `get` or `get_range` has returned so far.
+    pub fn largest_read(&self) -> u64 {
+        self.largest_read.load(Ordering::SeqCst)
+    }
+
+    fn served(&self, bytes: Vec<u8>) -> Vec<u8> {
+        self.largest_read.fetch_max(bytes.len() as u64, Ordering::SeqCst);
+        bytes
     }
 
     fn check(&self, op: Op, key: &str) -> BackendResult<()> {
@@ -75,11 +88,11 @@ impl Backend for Faulty {
     }
     fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
         self.check(Op::Get, key)?;
-        self.inner.get(key)
+        self.inner.get(key).map(|b| self.served(b))
     }
     fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
         self.check(Op::Get, key)?;
-        self.inner.get_range(key, offset, length)
+        self.inner.get_range(key, offset, length).map(|b| self.served(b))
     }
     fn size(&self, key: &str) -> BackendResult<u64> {
         self.inner.size(key)

@@ -248,49 +248,7 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{local::LocalBackend, BackendResult, ObjectInfo};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// Records the largest read a caller makes.
-    #[derive(Debug)]
-    struct Spy {
-        inner: LocalBackend,
-        largest_read: AtomicU64,
-    }
-
-    impl Spy {
-        fn saw(&self, n: usize) {
-            self.largest_read.fetch_max(n as u64, Ordering::SeqCst);
-        }
-    }
-
-    impl Backend for Spy {
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-        fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
-            self.inner.put(key, data)
-        }
-        fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
-            let b = self.inner.get(key)?;
-            self.saw(b.len());
-            Ok(b)
-        }
-        fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
-            let b = self.inner.get_range(key, offset, length)?;
-            self.saw(b.len());
-            Ok(b)
-        }
-        fn size(&self, key: &str) -> BackendResult<u64> {
-            self.inner.size(key)
-        }
-        fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, key: &str) -> BackendResult<()> {
-            self.inner.delete(key)
-        }
-    }
+    use crate::backend::local::LocalBackend;
 
     /// Plants a sparse object of `len` bytes straight on disk.
     fn plant(root: &std::path::Path, key: &str, len: u64) {
@@ -303,7 +261,7 @@ mod tests {
     fn planted_huge_metadata_objects_are_refused_by_key_without_being_read() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("repo");
-        let spy = Arc::new(Spy { inner: LocalBackend::new(&root), largest_read: AtomicU64::new(0) });
+        let spy = crate::backend::faults::Faulty::new(Arc::new(LocalBackend::new(&root)));
         let repo = Repository::init(spy.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
         const HUGE: u64 = 200 << 20;
         let lock_key = "locks/00112233445566778899aabbccddeeff";
@@ -335,10 +293,6 @@ mod tests {
         }
         plant(&root, CONFIG_KEY, HUGE);
         assert!(Repository::open(spy.clone()).is_err());
-        assert!(
-            spy.largest_read.load(Ordering::SeqCst) <= config::MAX_CONFIG_BYTES,
-            "read {} bytes",
-            spy.largest_read.load(Ordering::SeqCst)
-        );
+        assert!(spy.largest_read() <= config::MAX_CONFIG_BYTES, "read {} bytes", spy.largest_read());
     }
 }
