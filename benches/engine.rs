@@ -71,7 +71,7 @@ fn whole(c: &mut Criterion) {
         declared_format: None,
         qcow2_policy: Default::default(),
     };
-    let pb = indicatif::ProgressBar::hidden();
+    let pb = imgarc::progress::none();
     g.bench_function("night 0 into an empty repository", |b| {
         b.iter_batched(
             || {

@@ -16,6 +16,7 @@ use crate::format::detect::{self, FormatKind};
 use crate::format::qcow2;
 use crate::ids::Id;
 use crate::index::Index;
+use crate::progress::SharedProgress;
 use crate::repository::config::Config;
 use crate::repository::extents::Extent;
 use crate::repository::snapshot::{Layout, Snapshot, SnapshotStats, Source};
@@ -23,7 +24,6 @@ use crate::repository::Repository;
 use crate::source::read_full;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::bounded;
-use indicatif::ProgressBar;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ struct TeeReader {
     inner: Box<dyn Read + Send>,
     digesters: Digesters,
     pos: u64,
-    pb: ProgressBar,
+    pb: SharedProgress,
 }
 
 impl Read for TeeReader {
@@ -209,7 +209,7 @@ fn read_image(
     policy: &qcow2::Policy,
     size_hint: Option<u64>,
     tx: crossbeam_channel::Sender<Result<Msg>>,
-    pb: ProgressBar,
+    pb: SharedProgress,
 ) -> (Result<()>, Digesters) {
     let mut tee = TeeReader { inner: reader, digesters, pos: 0, pb };
     let result = (|| -> Result<()> {
@@ -258,7 +258,7 @@ pub fn archive(
     index: &mut Index,
     reader: Box<dyn Read + Send>,
     req: ArchiveRequest,
-    progress: &ProgressBar,
+    progress: &SharedProgress,
 ) -> Result<ArchiveOutcome> {
     let started = Instant::now();
     let time = crate::util::now_rfc3339();
@@ -468,7 +468,7 @@ mod tests {
             qcow2_policy: Default::default(),
         };
         let file = std::fs::File::open(&qcow).unwrap();
-        let out = archive(&repo, &mut index, Box::new(file), req, &ProgressBar::hidden()).unwrap();
+        let out = archive(&repo, &mut index, Box::new(file), req, &crate::progress::none()).unwrap();
         faulty.heal();
         let snap = repo.load_snapshot(&Id::from_hex(&out.snapshot).unwrap()).unwrap();
         let Layout::Qcow2 { recipe, .. } = &snap.layout else { panic!("not decomposed as qcow2: {:?}", snap.layout) };
@@ -510,7 +510,7 @@ mod tests {
             declared_format: Some("raw".into()),
             qcow2_policy: Default::default(),
         };
-        let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), req, &ProgressBar::hidden()).unwrap_err();
+        let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap_err();
         assert!(format!("{err:#}").contains("archive lock on the repository"), "{err:#}");
         assert!(repo.list_snapshot_ids().unwrap().is_empty(), "a snapshot was written after the lock was lost");
     }

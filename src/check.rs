@@ -7,10 +7,10 @@
 
 use crate::ids::Id;
 use crate::index::Index;
+use crate::progress::SharedProgress;
 use crate::repository::pack::{self, PackEntry};
 use crate::repository::{pack_key, Repository};
 use anyhow::Result;
-use indicatif::ProgressBar;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, Clone, Default)]
@@ -61,7 +61,7 @@ pub fn snapshots_using(repo: &Repository, index: &Index, ids: &[Id]) -> Result<H
     Ok(out)
 }
 
-pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress: &ProgressBar) -> Result<CheckReport> {
+pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress: &SharedProgress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // chunk → (pack, problem) for every copy found bad.
     let mut damaged: BTreeMap<Id, (Option<Id>, String)> = BTreeMap::new();
@@ -342,7 +342,7 @@ mod tests {
 
         for fraction in [0.0, 1.0] {
             let opts = CheckOptions { read_data_fraction: fraction };
-            let report = check(&flaky, &mut index, &opts, &ProgressBar::hidden()).unwrap();
+            let report = check(&flaky, &mut index, &opts, &crate::progress::none()).unwrap();
             assert!(!report.ok, "an unreachable pack is not a pass");
             assert!(report.errors.iter().any(|e| e.contains("cannot") && e.contains("timed out")), "{:?}", report.errors);
             assert!(report.damaged_chunks.is_empty(), "nothing is known to be damaged: {:?}", report.damaged_chunks);

@@ -388,6 +388,7 @@ impl GlobalArgs {
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    init_logging();
     let out = cli.global.output();
     match commands::dispatch(&cli.global, cli.command) {
         Ok(()) => 0,
@@ -399,4 +400,30 @@ pub fn run() -> i32 {
             1
         }
     }
+}
+
+/// The library's `tracing` events on standard error, one line each, in the
+/// words the user has always seen: `imgarc: warning: …` for warnings,
+/// `imgarc: …` for information; debug events are not shown.
+fn init_logging() {
+    use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    struct Plain;
+    impl<S, N> FormatEvent<S, N> for Plain
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+            match *event.metadata().level() {
+                tracing::Level::ERROR => write!(w, "imgarc: error: ")?,
+                tracing::Level::WARN => write!(w, "imgarc: warning: ")?,
+                _ => write!(w, "imgarc: ")?,
+            }
+            ctx.field_format().format_fields(w.by_ref(), event)?;
+            writeln!(w)
+        }
+    }
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).event_format(Plain).try_init();
 }

@@ -28,3 +28,4 @@ pub mod store;
 pub mod sync;
 pub mod synthetic;
 pub mod util;
+pub mod warnings;

@@ -15,13 +15,13 @@ use crate::digest::{Digesters, Piece};
 use crate::format::qcow2;
 use crate::ids::Id;
 use crate::index::{Index, Location};
+use crate::progress::SharedProgress;
 use crate::repository::extents::{Extent, StreamRef};
 use crate::repository::pack::decode_blob;
 use crate::repository::snapshot::{Layout, Snapshot};
 use crate::repository::{pack_key, Repository};
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::bounded;
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -412,7 +412,7 @@ fn restore_stream(
     size: u64,
     expected: &BTreeMap<String, String>,
     target: Target,
-    progress: &ProgressBar,
+    progress: &SharedProgress,
 ) -> Result<RestoreOutcome> {
     let started = Instant::now();
     let extents = index.load_extents(repo, stream).context("cannot read the snapshot's extent list")?;
@@ -524,7 +524,7 @@ pub fn restore(
     snap: &Snapshot,
     target: Target,
     opts: &RestoreOptions,
-    progress: &ProgressBar,
+    progress: &SharedProgress,
 ) -> Result<RestoreOutcome> {
     let no_digests = BTreeMap::new();
     if matches!(opts.disk_format.as_deref(), Some("raw" | "qcow2")) {
@@ -764,7 +764,7 @@ struct DigestWriter<'a> {
     inner: &'a mut dyn Write,
     digesters: &'a Digesters,
     pos: u64,
-    pb: &'a ProgressBar,
+    pb: &'a SharedProgress,
 }
 
 impl Write for DigestWriter<'_> {
@@ -788,12 +788,13 @@ fn write_sequential(
     size: u64,
     expected: &BTreeMap<String, String>,
     target: Target,
-    progress: &ProgressBar,
+    progress: &SharedProgress,
     produce: impl FnOnce(&mut dyn Write) -> Result<u64>,
 ) -> Result<RestoreOutcome> {
     let started = Instant::now();
     let digesters = Digesters::start(&expected.keys().cloned().collect::<Vec<_>>());
     let mut sink = Sink::open(target, (size != u64::MAX).then_some(size))?;
+    let mut written = 0u64;
     let result = (|| -> Result<()> {
         let stream = sink.is_stream();
         let mut buffered: Box<dyn Write + '_> =
@@ -801,19 +802,20 @@ fn write_sequential(
         let mut w = DigestWriter { inner: &mut *buffered, digesters: &digesters, pos: 0, pb: progress };
         let n = produce(&mut w)?;
         w.flush().context("writing the output")?;
+        written = w.pos;
         if size != u64::MAX && n != size {
             bail!("rebuilt {n} bytes, the snapshot records {size}");
         }
         Ok(())
     })();
     let digests = finish_output(result.map(|()| digesters), expected, sink)?;
-    Ok(RestoreOutcome { bytes: progress.position(), seconds: started.elapsed().as_secs_f64(), digests })
+    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests })
 }
 
 /// A conversion: the output length is whatever the writer produces.
 fn write_sequential_unknown(
     target: Target,
-    progress: &ProgressBar,
+    progress: &SharedProgress,
     produce: impl FnOnce(&mut dyn Write) -> Result<u64>,
 ) -> Result<RestoreOutcome> {
     write_sequential(u64::MAX, &BTreeMap::new(), target, progress, produce)

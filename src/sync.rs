@@ -362,7 +362,7 @@ fn download_one(repo: &Repository, index: &mut Index, glance: &GlanceClient, rec
             declared_format: src.declared_format,
             qcow2_policy: opts.qcow2_policy.clone(),
         };
-        archive(repo, index, reader, req, &indicatif::ProgressBar::hidden())
+        archive(repo, index, reader, req, &crate::progress::none())
     })();
     let mut e = ImageEntry::new(ImageResult::Archived, rec);
     e.bytes_read = count.load(Ordering::Relaxed);
@@ -701,7 +701,7 @@ mod interrupted {
 
         let mut index = Index::open_at(&cache, &repo.config().id).unwrap();
         index.sync(&repo).unwrap();
-        let hidden = indicatif::ProgressBar::hidden();
+        let hidden = crate::progress::none();
         let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data.clone())), request(Some("00")), &hidden).unwrap_err();
         assert!(format!("{err:#}").contains("no snapshot stored"), "{err:#}");
         assert!(repo.list_snapshot_ids().unwrap().is_empty());

@@ -58,16 +58,16 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Tells the user about something that works but is unsafe or surprising,
-/// on standard error (the report on stdout stays clean); each distinct
-/// message once per process, however many clients or backends repeat it.
-/// The one place library code warns from.
+/// Tells the user about something that works but is unsafe or surprising
+/// about this process's setup (not about one operation's data: that is
+/// `warnings::Warnings`), as a `tracing` warning; each distinct message once
+/// per process, however many clients or backends repeat it.
 pub fn warn_once(message: &str) {
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if !seen.iter().any(|m| m == message) {
         seen.push(message.to_string());
-        eprintln!("imgarc: warning: {message}");
+        tracing::warn!("{message}");
     }
 }
 

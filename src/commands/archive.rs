@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         },
     };
     let pb = ctx.out.bar(src.size, "archive");
-    let r = archive(&repo, &mut index, src.reader, req, &pb)?;
+    let r = archive(&repo, &mut index, src.reader, req, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))?;
     pb.finish_and_clear();
     let mut json = serde_json::to_value(&r)?;
     let glance = args.source.starts_with("glance:");

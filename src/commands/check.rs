@@ -27,7 +27,12 @@ pub fn run(ctx: &Ctx, args: CheckArgs) -> Result<()> {
     let _lock = Lock::acquire(repo.backend().clone(), true, "check")?;
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let pb = ctx.out.bar(Some(0), "check");
-    let report = check(&repo, &mut index, &CheckOptions { read_data_fraction: fraction }, &pb)?;
+    let report = check(
+        &repo,
+        &mut index,
+        &CheckOptions { read_data_fraction: fraction },
+        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
+    )?;
     pb.finish_and_clear();
     ctx.emit(&serde_json::to_value(&report)?, || {
         let mut s = format!(

@@ -66,7 +66,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
             qcow2_policy: Default::default(),
         };
         let pb = ctx.out.bar(Some(size), &format!("night {n:02}"));
-        let r = archive(&repo, &mut index, Box::new(file), req, &pb)?;
+        let r = archive(&repo, &mut index, Box::new(file), req, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))?;
         pb.finish_and_clear();
         logical += r.logical_bytes;
         added += r.stored_bytes_added;
@@ -86,7 +86,14 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     let id = crate::ids::Id::from_hex(&last.snapshot).context("snapshot id")?;
     let snap = index.snapshot(&id)?.context("snapshot in index")?;
     let pb = ctx.out.bar(Some(size), "restore");
-    let rr = restore(&repo, &index, &snap, Target::File(out_path.clone()), &Default::default(), &pb)?;
+    let rr = restore(
+        &repo,
+        &index,
+        &snap,
+        Target::File(out_path.clone()),
+        &Default::default(),
+        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
+    )?;
     pb.finish_and_clear();
     let identical = files_equal(last_path, &out_path)?;
     if !identical {

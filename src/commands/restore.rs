@@ -31,8 +31,8 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         Target::for_path(std::path::Path::new(&output), args.mode, !args.no_write_zeros)?
     };
     let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
-    let r =
-        restore(&repo, &index, &snap, target, &opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
+    let r = restore(&repo, &index, &snap, target, &opts, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))
+        .with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
     pb.finish_and_clear();
     let json = serde_json::to_value(&r)?;
     let prose = format!(
@@ -109,7 +109,14 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
         glance::restore_image(&glance, &archived, data, &glance_opts)
     })?;
     let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
-    let restored = restore(repo, index, snap, Target::Stream(Box::new(writer)), opts, &pb);
+    let restored = restore(
+        repo,
+        index,
+        snap,
+        Target::Stream(Box::new(writer)),
+        opts,
+        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
+    );
     pb.finish_and_clear();
     match &restored {
         Ok(_) => end.finish(),
