@@ -2,7 +2,7 @@
 # ci/fuzz-replay.sh: replay the committed fuzz corpora (fuzz/seeds/*, fuzz/regressions/*)
 # through every fuzz target, so a regression fails CI. Takes seconds once built.
 #
-#   ci/fuzz-replay.sh               stable: `cargo test --test fuzz_replay` (same target
+#   ci/fuzz-replay.sh               stable: `cargo test --test integration fuzz_replay::` (same target
 #                                   functions, fuzz/src/lib.rs; no nightly, no cargo-fuzz)
 #   ci/fuzz-replay.sh --libfuzzer   only the libFuzzer side: installs nightly and cargo-fuzz
 #                                   when missing, builds every target (fuzz/target) and runs
@@ -15,7 +15,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 if [ "${1:-}" != "--libfuzzer" ]; then
-    exec cargo test --test fuzz_replay -- --nocapture
+    exec cargo test --test integration fuzz_replay:: -- --nocapture
 fi
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

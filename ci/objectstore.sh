@@ -3,7 +3,7 @@
 # .ci/run (bash):
 #
 #     . ci/objectstore.sh            # installs (cached) + starts, exports IMGARC_*
-#     cargo test --features remote-tests --test backend_conformance
+#     cargo test --features remote-tests --test integration backend_conformance::
 #     objectstore_stop               # stops only what this script started
 #
 # What it starts (scripts under tests/servers/, copied from the design work

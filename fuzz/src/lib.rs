@@ -1,6 +1,6 @@
 //! The fuzz targets, one function per parser of untrusted bytes, so that one implementation
 //! serves both the libFuzzer binaries (`fuzz_targets/*.rs`, nightly + cargo-fuzz) and the
-//! stable replay test of the main crate (`tests/fuzz_replay.rs` includes this file by path
+//! stable replay test of the main crate (`tests/integration/fuzz_replay.rs` includes this file by path
 //! and feeds it every file under `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/`).
 //!
 //! Every function must return normally for any input: a panic is a bug. Where a parser sits

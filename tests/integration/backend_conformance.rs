@@ -6,10 +6,8 @@
 //! server environment FAILS the test with a message naming ci/objectstore.sh:
 //!
 //!     . ci/objectstore.sh
-//!     cargo test --features remote-tests --test backend_conformance
-#![cfg(feature = "remote-tests")]
-
-mod backend_common;
+//!     cargo test --features remote-tests --test integration backend_conformance::
+use crate::support::backend_common;
 
 use backend_common::*;
 use imgarc::backend::retry::{http_status, is_transient};

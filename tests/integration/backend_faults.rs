@@ -6,10 +6,8 @@
 //! so this runs in parallel with the other suites.
 //!
 //!     . ci/objectstore.sh
-//!     cargo test --features remote-tests --test backend_faults
-#![cfg(feature = "remote-tests")]
-
-mod backend_common;
+//!     cargo test --features remote-tests --test integration backend_faults::
+use crate::support::backend_common;
 
 use backend_common::*;
 use imgarc::backend::retry::{RetryBackend, RetryPolicy};

@@ -3,7 +3,7 @@
 //! files are readable by everyone (0644) — modes are set per file, never
 //! inherited from the umask.
 
-mod support;
+use crate::support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use support::*;

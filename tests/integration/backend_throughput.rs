@@ -3,10 +3,8 @@
 //! check every byte that comes back. Run explicitly:
 //!
 //!     . ci/objectstore.sh
-//!     cargo test --features remote-tests --test backend_throughput -- --ignored --nocapture
-#![cfg(feature = "remote-tests")]
-
-mod backend_common;
+//!     cargo test --features remote-tests --test integration backend_throughput:: -- --ignored --nocapture
+use crate::support::backend_common;
 
 use backend_common::*;
 use imgarc::backend::{Backend, BackendResult, ObjectInfo};

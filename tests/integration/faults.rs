@@ -1,7 +1,7 @@
 //! Faults: a killed archive, damaged and truncated packs, a lost index,
 //! concurrent archives, and the CLI's error contract.
 
-mod support;
+use crate::support;
 use std::process::Stdio;
 use std::time::Duration;
 use support::*;

@@ -4,9 +4,8 @@
 //! without nightly or cargo-fuzz. Regressions are crash inputs found by fuzzing.
 
 #[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
-mod fuzz_targets;
-mod support;
+use crate::fuzz_targets;
+use crate::support;
 
 use std::path::Path;
 
@@ -36,7 +35,7 @@ fn seeds_and_regressions_replay_without_panic() {
 
 /// Regenerates the committed seed corpora of the repository-object and header targets from
 /// real objects the code writes (the qcow2 decompose/recipe seeds come from
-/// `qcow2_hostile::write_fuzz_seeds`): `cargo test --test fuzz_replay write_fuzz_seeds -- --ignored`.
+/// `qcow2_hostile::write_fuzz_seeds`): `cargo test --test integration fuzz_replay::write_fuzz_seeds -- --ignored`.
 /// Needs qemu-img for the header and detection seeds. Every seed stays under 64 KiB.
 #[test]
 #[ignore]

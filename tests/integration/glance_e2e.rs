@@ -2,11 +2,8 @@
 //! archive `glance:IMAGE` (digests checked against the record), restore
 //! `--to-glance` (os_hash_value checked), dedup of the round trip, and the
 //! failure cases. Run: `source ci/openstack.sh && cargo nextest run --features openstack-tests`.
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod os;
-mod support;
+use crate::support;
+use crate::support::openstack as os;
 
 use serde_json::json;
 use support::*;

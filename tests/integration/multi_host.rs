@@ -3,7 +3,7 @@
 //! pruned must still catch up, and one unreadable snapshot must not lock any
 //! host out of the others.
 
-mod support;
+use crate::support;
 use serde_json::Value;
 use std::path::PathBuf;
 use support::*;

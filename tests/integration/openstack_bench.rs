@@ -1,10 +1,7 @@
 //! Throughput of the client against the real noauth Glance, for comparison
 //! with curl (see docs/openstack.md). Not part of the normal run:
-//! `IMGARC_BENCH_MIB=256 cargo test --release --features openstack-tests --test openstack_bench -- --ignored --nocapture`
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod support;
+//! `IMGARC_BENCH_MIB=256 cargo test --release --features openstack-tests --test integration openstack_bench:: -- --ignored --nocapture`
+use crate::support::openstack as support;
 
 use serde_json::json;
 use std::io::Read;

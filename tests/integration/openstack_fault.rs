@@ -1,10 +1,7 @@
 //! Faults during a download: a connection cut mid-stream (resumed with
 //! Range, or a clear failure when the server ignores Range), and a Glance
 //! process killed mid-download and restarted (`GLANCE_FAULT_*`).
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod support;
+use crate::support::openstack as support;
 
 use imgarc::openstack::glance::{GlanceClient, RetryPolicy};
 use imgarc::openstack::Error;

@@ -1,9 +1,6 @@
 //! Glance v2 client against the real noauth Glance (`GLANCE_URL`).
-//! Run: `source ci/openstack.sh && cargo test --features openstack-tests --test openstack_glance`
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod support;
+//! Run: `source ci/openstack.sh && cargo test --features openstack-tests --test integration openstack_glance::`
+use crate::support::openstack as support;
 
 use imgarc::openstack::glance::{restore_metadata, GlanceClient, ImageRecord, UploadMethod};
 use imgarc::openstack::Error;

@@ -1,9 +1,6 @@
 //! Keystone v3 auth + Glance through the service catalog (`OS_*`,
 //! `KEYSTONE_*`, `GLANCE_KEYSTONE_URL` from `ci/openstack.sh`).
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod support;
+use crate::support::openstack as support;
 
 use imgarc::openstack::config::{AuthType, CloudConfig, Lookup};
 use imgarc::openstack::glance::GlanceClient;

@@ -2,7 +2,7 @@
 //! what the policy says, `prune` frees space in two phases, rescues what a
 //! concurrent archive came to need, and survives being killed at every step.
 
-mod support;
+use crate::support;
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! binary (`inspect`, `archive`) exits 1 with that field in its message.
 //! Headers are built in code, so this needs no qemu-img.
 
-mod support;
+use crate::support;
 use imgarc::format::qcow2::header;
 use std::process::{Command, Stdio};
 use support::Env;

@@ -2,8 +2,7 @@
 //! handled (opaque + flagged) — never a panic — and whatever is accepted still rebuilds
 //! byte-exactly. Also format detection and the declared-format rule (OSSA-2024-002), and a
 //! deterministic mutation run over seed images (what CI runs instead of libFuzzer).
-#[path = "support/qcow2_util.rs"]
-mod util;
+use crate::support::qcow2_util as util;
 use imgarc::format::detect::{check_declared, decide, detect, FormatError, FormatKind};
 use imgarc::format::qcow2::{self, Policy, Qcow2Error};
 use std::path::{Path, PathBuf};
@@ -419,7 +418,7 @@ fn mutation_run_never_panics_and_stays_exact() {
 }
 
 /// Regenerates the committed fuzz seed corpus (small real images and their recipes):
-/// `cargo test --test qcow2_hostile write_fuzz_seeds -- --ignored`.
+/// `cargo test --test integration qcow2_hostile::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore]
 fn write_fuzz_seeds() {

@@ -1,8 +1,7 @@
 //! Throughput measurement (ignored by default; run with
-//! `cargo test --test qcow2_perf -- --ignored --nocapture`, add `--release` for release
+//! `cargo test --test integration qcow2_perf:: -- --ignored --nocapture`, add `--release` for release
 //! numbers). Prints MB/s of file bytes for decompose and rebuild, plain and compressed.
-#[path = "support/qcow2_util.rs"]
-mod util;
+use crate::support::qcow2_util as util;
 use imgarc::format::qcow2::{self, Policy};
 use std::time::Instant;
 

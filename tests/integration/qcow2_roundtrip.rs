@@ -1,8 +1,7 @@
 //! Round-trip tests over every qcow2 variant qemu-img 10 creates: byte-exact rebuild, guest
 //! view equal to `qemu-img convert -O raw`, qcow2-rs agreement where it can open the image,
 //! and write_qcow2 output accepted by `qemu-img check` / `qemu-img compare`.
-#[path = "support/qcow2_util.rs"]
-mod util;
+use crate::support::qcow2_util as util;
 use imgarc::format::qcow2::{self, Policy};
 use std::path::{Path, PathBuf};
 use util::*;

@@ -1,9 +1,7 @@
 //! The same commands on remote repositories: Ceph RGW (S3) and Swift with
 //! Keystone (native API), started by `ci/objectstore.sh`.
-//! Run: `. ci/objectstore.sh && cargo nextest run --features remote-tests --test remote_e2e`.
-#![cfg(feature = "remote-tests")]
-
-mod support;
+//! Run: `. ci/objectstore.sh && cargo nextest run --features remote-tests --test integration remote_e2e::`.
+use crate::support;
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use support::*;

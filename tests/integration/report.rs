@@ -3,7 +3,7 @@
 //! a snapshot's removal really leaves unreferenced), every format's syntax,
 //! `--project` scoping, and the HTML page rendered in headless Chromium.
 
-mod support;
+use crate::support;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use support::*;

@@ -1,6 +1,6 @@
 //! Byte-exact round trips through the real binary, edge cases and dedup.
 
-mod support;
+use crate::support;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;

@@ -6,11 +6,8 @@
 //! run killed with SIGKILL and started again.
 //! Every test tags its images with a unique tag and syncs `--filter tag=<it>`,
 //! so tests sharing the Glance never see each other's images.
-#![cfg(feature = "openstack-tests")]
-
-#[path = "support/openstack.rs"]
-mod os;
-mod support;
+use crate::support;
+use crate::support::openstack as os;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

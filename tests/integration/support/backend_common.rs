@@ -1,6 +1,5 @@
 //! Shared helpers of the remote-backend integration tests: endpoints from the
 //! environment exported by `ci/objectstore.sh`, and backend constructors.
-#![allow(dead_code)]
 
 use imgarc::backend::s3::{S3Backend, S3Config, Secret};
 use imgarc::backend::swift::{KeystoneConfig, SwiftAuth, SwiftBackend, SwiftConfig};
@@ -16,7 +15,7 @@ pub fn need(var: &str) -> String {
         _ => panic!(
             "{var} is not set: the remote-backend tests need real servers. Run \
              `. ci/objectstore.sh` (starts Ceph RGW, Keystone and Swift and exports IMGARC_*) \
-             in this shell first, then `cargo test --features remote-tests --test backend_conformance`."
+             in this shell first, then `cargo test --features remote-tests --test integration backend_conformance::`."
         ),
     }
 }

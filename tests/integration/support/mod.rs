@@ -1,6 +1,12 @@
 //! Test harness: a temporary repository and cache, and a runner for the real
-//! `imgarc` binary.
-#![allow(dead_code)]
+//! `imgarc` binary; its submodules are the helpers of the qcow2, OpenStack and
+//! remote-backend suites.
+
+#[cfg(feature = "remote-tests")]
+pub mod backend_common;
+#[cfg(feature = "openstack-tests")]
+pub mod openstack;
+pub mod qcow2_util;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! Shared helpers of the OpenStack integration tests (`tests/openstack_*.rs`).
 //! They need the servers started by `ci/openstack.sh` (see docs/openstack.md)
 //! and FAIL, with instructions, when its variables are missing.
-#![allow(dead_code)]
 
 use imgarc::openstack::config::{CloudConfig, Lookup};
 use imgarc::openstack::glance::{GlanceClient, RetryPolicy};
@@ -22,7 +21,7 @@ pub fn env(name: &str) -> String {
         _ => panic!(
             "{name} is not set: the OpenStack integration tests need a real Glance/Keystone. \
              Run `source ci/openstack.sh` (starts them and exports GLANCE_URL, OS_* ...) and then \
-             `cargo test --features openstack-tests --test 'openstack_*'`; see docs/openstack.md"
+             `cargo test --features openstack-tests --test integration openstack_`; see docs/openstack.md"
         ),
     }
 }
@@ -261,7 +260,10 @@ fn proxy_conn(mut client: TcpStream, upstream: &str, mode: ProxyMode, heads: Arc
 /// so the OpenStack tests run one at a time: an exclusive `flock` on a file
 /// in the temp dir serializes them across threads (`cargo test`) and across
 /// processes (`cargo nextest`, several test binaries).
-pub struct Serial(std::fs::File);
+/// Holds the lock while alive (released when the file closes).
+pub struct Serial {
+    _lock: std::fs::File,
+}
 
 pub fn serial() -> Serial {
     use std::os::unix::io::AsRawFd;
@@ -270,5 +272,5 @@ pub fn serial() -> Serial {
     // SAFETY: flock on a file descriptor we own; released when the file is closed.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
     assert_eq!(rc, 0, "flock {}: {}", path.display(), std::io::Error::last_os_error());
-    Serial(f)
+    Serial { _lock: f }
 }

@@ -1,6 +1,5 @@
 //! Shared helpers for the qcow2 integration tests: image generation with real qemu-img,
 //! in-memory sink/source, and the oracles (qemu-img convert -O raw, qcow2-rs).
-#![allow(dead_code)]
 use imgarc::format::qcow2::{self, DecomposeSink, Decomposed, Policy, RebuildSource};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,48 @@
+//! The one integration-test binary: every suite is a module here (as ripgrep and rustic do), so the
+//! whole stack is linked once instead of once per file. Run one suite with a filter:
+//! `cargo nextest run -E 'test(/^roundtrip::/)'` or `cargo test --test integration roundtrip::`.
+//!
+//! Suites that talk to real servers are compiled only with their feature: `remote-tests` (Ceph RGW,
+//! Swift; `ci/objectstore.sh`) and `openstack-tests` (Keystone, Glance; `ci/openstack.sh`).
+
+mod support;
+
+// The fuzz target functions, shared with the libFuzzer binaries (fuzz/src/lib.rs has no crate
+// attributes so that it can be included here).
+#[path = "../../fuzz/src/lib.rs"]
+mod fuzz_targets;
+
+mod backend_modes;
+mod backend_retry;
+mod faults;
+mod fuzz_replay;
+mod multi_host;
+mod prune;
+mod qcow2_header;
+mod qcow2_hostile;
+mod qcow2_perf;
+mod qcow2_roundtrip;
+mod report;
+mod roundtrip;
+
+#[cfg(feature = "remote-tests")]
+mod backend_conformance;
+#[cfg(feature = "remote-tests")]
+mod backend_faults;
+#[cfg(feature = "remote-tests")]
+mod backend_throughput;
+#[cfg(feature = "remote-tests")]
+mod remote_e2e;
+
+#[cfg(feature = "openstack-tests")]
+mod glance_e2e;
+#[cfg(feature = "openstack-tests")]
+mod openstack_bench;
+#[cfg(feature = "openstack-tests")]
+mod openstack_fault;
+#[cfg(feature = "openstack-tests")]
+mod openstack_glance;
+#[cfg(feature = "openstack-tests")]
+mod openstack_keystone;
+#[cfg(feature = "openstack-tests")]
+mod sync_e2e;
