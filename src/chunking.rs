@@ -6,9 +6,41 @@
 //! `GuestChunker`, which is why the same disk yields the same chunks whatever
 //! its container. Pieces may arrive in any order; a piece that does not
 //! continue the previous one ends the current run.
+//!
+//! It also owns the chunker's parameters ([`ChunkerParams`], the `chunker` field of the
+//! repository's `config` object): `repository::config` depends on this module, not the reverse.
 
-use crate::repository::config::ChunkerParams;
+use anyhow::{bail, Result};
 use fastcdc::v2020;
+use serde::{Deserialize, Serialize};
+
+/// The FastCDC parameters of a repository (its `config` object's `chunker` field, format-spec §2):
+/// they fix every chunk boundary, so they are part of the repository format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ChunkerParams {
+    /// Always `fastcdc-2020`.
+    pub algorithm: ChunkAlgorithm,
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// FastCDC normalization level (1).
+    pub normalization: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub enum ChunkAlgorithm {
+    #[serde(rename = "fastcdc-2020")]
+    FastCdc2020,
+}
+
+impl ChunkerParams {
+    pub fn with_average(avg: u32) -> Result<ChunkerParams> {
+        if !(4096..=4 * 1024 * 1024).contains(&avg) || !avg.is_power_of_two() {
+            bail!("chunk size {avg} must be a power of two between 4 KiB and 4 MiB");
+        }
+        Ok(ChunkerParams { algorithm: ChunkAlgorithm::FastCdc2020, min_size: avg / 4, avg_size: avg, max_size: avg * 4, normalization: 1 })
+    }
+}
 
 /// A chunk of guest data at its guest offset.
 #[derive(Debug)]
@@ -218,5 +250,87 @@ mod tests {
         v[199_999] = 1;
         assert!(!is_zero(&v));
         assert!(is_zero(&[]));
+    }
+
+    /// Every boundary is part of the repository format (format-spec §2 names `fastcdc`'s
+    /// `v2020::cut` and its GEAR table): a dependency bump that moved one would silently stop
+    /// new archives from deduplicating against old ones. Pinned here for every chunk size a
+    /// repository may have, on fixed input with a hole (so hole handling is pinned too).
+    mod golden {
+        use super::*;
+
+        /// (average chunk size, number of chunks, BLAKE3 of the boundary list as
+        /// little-endian (u64 offset, u32 length) pairs).
+        const GOLDEN: &[(u32, usize, &str)] = &[
+            (4096, 28, "212ca5ed970143a8eb5444e2e12d1fec881bc33fda4de0e8b32b4fc7c970ab0f"),
+            (8192, 25, "97e5b6af61ab52fbf2de0862269d15a9a0b7ba07757524f97b74dcb7a8d83d76"),
+            (16384, 24, "0ccb25d024b82cd8114b45d88a67c05e543cd70da3de7f53a431f7f92968de43"),
+            (32768, 20, "7938c8155675990cae138a9f22e757b7eaab745b354fb4d66bc5c9e7726d9903"),
+            (65536, 23, "287da3e246d2eae029394499e4d9a0a16022769e86dbd670170e0c61ab321832"),
+            (131072, 23, "de2ef13dd664290e246800f70d3fdc5fb9cc5ad80e8f7d4d5209f0d8269f143c"),
+            (262144, 22, "bea4091f2a1ef975dbaae97219da39e66dcfdbc95f486796adc6fe97eca34757"),
+            (524288, 20, "48f317b0ed0544b14022c08f4e79fe82b5fad7db7382ed890144f0f17379566c"),
+            (1048576, 19, "cfde5f43b9ac2b53d1f10619b0c872fb19467528389cd914cffb570bd1b3a484"),
+            (2097152, 18, "e2833ec9e8d0656bebf39dd2fbb9a159456c2d194e3923dea173c4d95fbec52c"),
+            (4194304, 20, "046c51712be22fb6ffd8650724a4747304eba2288f9e9e70f7a1b948d6f6f58b"),
+        ];
+
+        /// The first boundaries at the default chunk size (64 KiB), spelled out.
+        const FIRST_AT_64K: &[(u64, usize)] = &[
+            (0, 22658),
+            (22658, 111312),
+            (133970, 45579),
+            (179549, 56117),
+            (235666, 76087),
+            (311753, 96176),
+            (407929, 17607),
+            (425536, 73115),
+        ];
+
+        /// Input for one chunk size: 16 average chunks of BLAKE3-XOF bytes (fast in a debug
+        /// build), an aligned 256 KiB hole, 8 more, and an unaligned tail.
+        fn input(avg: u32) -> Vec<u8> {
+            let avg = avg as usize;
+            let mut v = vec![0u8; 24 * avg + 256 * 1024 + 12_345];
+            blake3::Hasher::new().update(b"imgarc chunker golden").update(&avg.to_le_bytes()).finalize_xof().fill(&mut v);
+            let hole = (16 * avg).next_multiple_of(64 * 1024);
+            v[hole..hole + 256 * 1024].fill(0);
+            v
+        }
+
+        fn boundaries(avg: u32) -> Vec<(u64, usize)> {
+            let data = input(avg);
+            let mut c = GuestChunker::new(ChunkerParams::with_average(avg).unwrap(), 64 * 1024);
+            let mut v = vec![];
+            c.push(0, &data, &mut |ch| v.push((ch.offset, ch.data.len())));
+            c.finish(&mut |ch| v.push((ch.offset, ch.data.len())));
+            v
+        }
+
+        fn digest(list: &[(u64, usize)]) -> String {
+            let mut h = blake3::Hasher::new();
+            for (off, len) in list {
+                h.update(&off.to_le_bytes());
+                h.update(&(*len as u32).to_le_bytes());
+            }
+            h.finalize().to_hex().to_string()
+        }
+
+        #[test]
+        fn chunk_boundaries_are_pinned_for_every_chunk_size() {
+            let sizes: Vec<u32> = (12..=22).map(|b| 1u32 << b).collect();
+            assert_eq!(GOLDEN.iter().map(|g| g.0).collect::<Vec<_>>(), sizes, "one golden row per chunk size a repository may have");
+            let mut wrong = vec![];
+            for &(avg, count, hex) in GOLDEN {
+                let list = boundaries(avg);
+                let got = (list.len(), digest(&list));
+                if got != (count, hex.to_string()) {
+                    wrong.push(format!("({avg}, {}, \"{}\"),", got.0, got.1));
+                }
+            }
+            assert!(wrong.is_empty(), "chunk boundaries moved (the repository format changed):\n{}", wrong.join("\n"));
+            let first = boundaries(64 * 1024);
+            assert_eq!(&first[..FIRST_AT_64K.len()], FIRST_AT_64K);
+        }
     }
 }

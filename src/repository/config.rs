@@ -4,6 +4,8 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::chunking::{ChunkAlgorithm, ChunkerParams};
+
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Default average chunk size, chosen by measurement (see format-spec/README.md,
@@ -39,23 +41,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct ChunkerParams {
-    /// Always `fastcdc-2020`.
-    pub algorithm: ChunkAlgorithm,
-    pub min_size: u32,
-    pub avg_size: u32,
-    pub max_size: u32,
-    /// FastCDC normalization level (1).
-    pub normalization: u32,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub enum ChunkAlgorithm {
-    #[serde(rename = "fastcdc-2020")]
-    FastCdc2020,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Compression {
     /// Always `zstd` in format v1.
     pub algorithm: Zstd,
@@ -66,15 +51,6 @@ pub struct Compression {
 #[serde(rename_all = "lowercase")]
 pub enum Zstd {
     Zstd,
-}
-
-impl ChunkerParams {
-    pub fn with_average(avg: u32) -> Result<ChunkerParams> {
-        if !(4096..=4 * 1024 * 1024).contains(&avg) || !avg.is_power_of_two() {
-            bail!("chunk size {avg} must be a power of two between 4 KiB and 4 MiB");
-        }
-        Ok(ChunkerParams { algorithm: ChunkAlgorithm::FastCdc2020, min_size: avg / 4, avg_size: avg, max_size: avg * 4, normalization: 1 })
-    }
 }
 
 impl Config {

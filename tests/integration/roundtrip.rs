@@ -191,7 +191,7 @@ fn assert_converts_exactly(env: &Env, snap: &str, image: &std::path::Path) {
 #[test]
 fn conversions_are_exact_or_refused() {
     if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipped: qemu-img / qemu-io (qemu-utils) not installed");
+        skip_or_fail_in_ci("qemu-img / qemu-io (qemu-utils) not installed");
         return;
     }
     let env = Env::init("64K");
@@ -228,7 +228,7 @@ fn conversions_are_exact_or_refused() {
 #[test]
 fn containers_stored_as_bytes_refuse_conversion() {
     if !have("qemu-img") {
-        eprintln!("skipped: qemu-img (qemu-utils) not installed");
+        skip_or_fail_in_ci("qemu-img (qemu-utils) not installed");
         return;
     }
     let env = Env::init("64K");
@@ -271,7 +271,7 @@ fn containers_stored_as_bytes_refuse_conversion() {
 #[test]
 fn check_read_data_decodes_layout_recipes() {
     if !have("qemu-img") {
-        eprintln!("skipped: qemu-img (qemu-utils) not installed");
+        skip_or_fail_in_ci("qemu-img (qemu-utils) not installed");
         return;
     }
     // A snapshot whose chunks are all intact but whose recipe does not fit what it records:
@@ -299,7 +299,7 @@ fn check_read_data_decodes_layout_recipes() {
 #[test]
 fn archive_spill_flags() {
     if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipped: qemu-img / qemu-io (qemu-utils) not installed");
+        skip_or_fail_in_ci("qemu-img / qemu-io (qemu-utils) not installed");
         return;
     }
     // `qemu-img resize` moves the L1 behind the data, so all of it waits for its role: more
@@ -324,27 +324,69 @@ fn archive_spill_flags() {
 
 #[test]
 fn shared_corpus_round_trip() {
-    // CI sets IMGARC_CORPUS to a make-series output; elsewhere this test checks the synthetic series only.
-    let Ok(dir) = std::env::var("IMGARC_CORPUS") else {
-        eprintln!("IMGARC_CORPUS not set: corpus round trip skipped (the .ci/run script sets it)");
-        return;
-    };
+    // CI sets IMGARC_CORPUS to a make-series output; elsewhere the same round trip runs on a
+    // generated corpus of the same shape (two nights, raw and qcow2).
     let env = Env::init("64K");
+    let images = match std::env::var("IMGARC_CORPUS") {
+        Ok(dir) => corpus_images(std::path::Path::new(&dir)),
+        Err(_) => {
+            eprintln!("IMGARC_CORPUS not set: the round trip runs on a generated corpus (the .ci/run script sets it)");
+            generated_corpus(&env)
+        }
+    };
     let mut n = 0;
-    let manifest = std::fs::read_to_string(format!("{dir}/manifest.tsv")).unwrap();
-    for line in manifest.lines().skip(1) {
-        let f: Vec<&str> = line.split('\t').collect();
-        let (file, sha) = (f[3], f[5]);
-        let path = std::path::Path::new(&dir).join(file);
-        let a = env.archive(&path, file);
+    for (path, sha) in &images {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let a = env.archive(path, file);
         let out = env.path("corpus.out");
         env.ok(&["restore", &s(&a, "snapshot"), "-o", out.to_str().unwrap()]);
-        assert_eq!(sha256(&std::fs::read(&out).unwrap()), sha, "{file}");
+        assert_eq!(&sha256(&std::fs::read(&out).unwrap()), sha, "{file}");
         n += 1;
     }
     assert!(n >= 4, "corpus had only {n} images");
     let check = env.json(&["check", "--read-data"]);
     assert_eq!(check["ok"], true);
+}
+
+/// The images of a make-series corpus with their SHA-256 (`manifest.tsv`).
+fn corpus_images(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap();
+    manifest
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            (dir.join(f[3]), f[5].to_string())
+        })
+        .collect()
+}
+
+/// Two nights of a synthetic disk, raw and (with qemu-img) qcow2, as make-series lays them out.
+fn generated_corpus(env: &Env) -> Vec<(std::path::PathBuf, String)> {
+    let disk = imgarc::synthetic::SyntheticDisk::new(16 << 20, 31);
+    let mut images = Vec::new();
+    for night in 0..2 {
+        let raw = env.path(&format!("a-night{night}.raw"));
+        disk.write_night(&raw, night).unwrap();
+        images.push(raw.clone());
+        if have("qemu-img") {
+            let q = env.path(&format!("a-night{night}.qcow2"));
+            qemu_img(&["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+            images.push(q);
+        } else {
+            skip_or_fail_in_ci("qemu-img (qemu-utils) not installed: the generated corpus has no qcow2 images");
+            let copy = env.path(&format!("a-night{night}-copy.raw"));
+            std::fs::copy(&raw, &copy).unwrap();
+            images.push(copy);
+        }
+    }
+    images
+        .into_iter()
+        .map(|p| {
+            let sha = sha256(&std::fs::read(&p).unwrap());
+            (p, sha)
+        })
+        .collect()
 }
 
 /// An image with a hole in the middle (zeros a block device must get written).

@@ -126,3 +126,10 @@ pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// A test whose input this machine lacks says so and is skipped, never passes silently. In CI
+/// (`CI` set, as `.ci/run` does), where every such input is installed, a missing one fails the test.
+pub fn skip_or_fail_in_ci(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{why}: required in CI (.ci/run installs it)");
+    eprintln!("skipped: {why}");
+}
