@@ -331,7 +331,7 @@ pub fn page(r: &Report) -> String {
     .unwrap();
     s.push_str("<table><tr><th>id</th><th>name</th><th>time</th><th>logical</th><th>virtual</th><th>allocated</th><th>referenced</th><th>unique</th><th>shared</th></tr>\n");
     for x in rows.iter().take(TABLE_ROWS) {
-        let sizes: String = super::render::size_columns(x).iter().map(|c| format!("<td>{c}</td>")).collect();
+        let sizes: String = x.size_columns().iter().map(|c| format!("<td>{c}</td>")).collect();
         writeln!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>{sizes}</tr>", &x.id[..16], esc(&x.name), esc(&x.time)).unwrap();
     }
     s.push_str("</table>\n<h2>What the figures mean</h2><dl>");

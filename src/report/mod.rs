@@ -155,6 +155,14 @@ pub struct SnapshotFigures {
     extent_refs: u64,
 }
 
+impl SnapshotFigures {
+    /// The six sizes, human-readable, in the column order the table and the HTML page share.
+    pub(crate) fn size_columns(&self) -> [String; 6] {
+        [self.logical_bytes, self.virtual_bytes, self.allocated_bytes, self.referenced_bytes, self.unique_bytes, self.shared_bytes]
+            .map(crate::util::human_bytes)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupFigures {
     pub key: String,

@@ -118,7 +118,7 @@ pub fn table(r: &Report) -> String {
     )
     .unwrap();
     for x in &r.snapshots {
-        let sizes = size_columns(x);
+        let sizes = x.size_columns();
         writeln!(
             s,
             "{:<16}  {:<16}  {:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
@@ -153,10 +153,6 @@ pub fn table(r: &Report) -> String {
 
 /// A snapshot's sizes as the table and the HTML page show them: logical,
 /// virtual, allocated, referenced, unique, shared.
-pub(super) fn size_columns(x: &SnapshotFigures) -> [String; 6] {
-    [x.logical_bytes, x.virtual_bytes, x.allocated_bytes, x.referenced_bytes, x.unique_bytes, x.shared_bytes].map(human_bytes)
-}
-
 fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()

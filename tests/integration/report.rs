@@ -407,8 +407,7 @@ fn html_report_renders_in_chromium() {
     assert!(html.contains(&snaps[0].1[..16]));
 
     let Some(bin) = chromium() else {
-        assert!(std::env::var_os("CI").is_none(), "chromium is required in CI (.ci/run installs it)");
-        eprintln!("\n!!!!! chromium not installed: the HTML report was NOT rendered (apt-get install chromium) !!!!!\n");
+        skip_or_fail_in_ci("chromium not installed: the HTML report was NOT rendered (apt-get install chromium)");
         return;
     };
     let dom = chromium_run(bin, &["--dump-dom"], &page);
