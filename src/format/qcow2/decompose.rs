@@ -3,21 +3,23 @@
 //!
 //! Every host cluster gets exactly one fate when it is read (or when its role becomes known):
 //! metadata/free → literal (zero runs elided), data → guest data, compressed stream →
-//! recompression recipe or literal. Clusters whose role is unknown wait in a pool (RAM up to
-//! `Policy::max_pending_ram`, then an unlinked spill file). Because the bytes of every host
+//! recompression recipe or literal. Clusters whose role is unknown wait in the cluster pool
+//! (`pool`: RAM, then an unlinked spill file); what is refused or stored opaque from the header
+//! alone is the safety policy's call (`policy`). Because the bytes of every host
 //! range are recorded the moment they are consumed, a problem found late (corrupt tables,
 //! limits) switches to *opaque* mode without ever re-reading the input: the rest of the file
 //! and everything still pending becomes literal, and the recipe stays exact.
 use super::codec::{self, CODEC_ZLIB, CODEC_ZSTD};
 use super::error::Qcow2Error;
 use super::header::{self, Header};
+use super::pool::{Admitted, ClusterPool};
 use super::recipe::{Recipe, SegList, Segment, FLAG_OPAQUE};
 use super::{DecomposeSink, Decomposed, ImageInfo, Policy};
+use crate::chunking::is_zero;
+use crate::util::read_full;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -44,16 +46,6 @@ impl Role {
     fn soft(self) -> bool {
         matches!(self, Role::RefBlock | Role::Free)
     }
-}
-
-enum Store {
-    Ram(Vec<u8>),
-    Spill(u64),
-    Zero,
-}
-struct Held {
-    len: u64,
-    store: Store,
 }
 
 struct Job {
@@ -85,11 +77,7 @@ struct Dec<'a> {
     /// Bytes read so far (host offset of the next byte).
     pos: u64,
     roles: HashMap<u64, Role>,
-    pool: BTreeMap<u64, Held>,
-    pool_ram: usize,
-    pool_bytes: u64,
-    spill: Option<File>,
-    spill_len: u64,
+    pool: ClusterPool,
     /// Registered compressed streams, keyed by (end of upper bound, host offset).
     streams: BTreeMap<(u64, u64), u64>,
     jobs: Vec<Job>,
@@ -180,176 +168,36 @@ impl Dec<'_> {
         self.emit_literal(h + n as u64, rest)
     }
 
-    // ---------- pool of clusters with unknown role ----------
+    // ---------- clusters with unknown role ----------
 
+    /// Pools a cluster read before its role is known; past the spill limit the image goes
+    /// opaque from here on, and the cluster with it.
     fn pool_insert(&mut self, h: u64, b: Vec<u8>) -> Result<(), Qcow2Error> {
-        let len = b.len() as u64;
-        let store = if is_zero(&b) {
-            Store::Zero
-        } else if self.pool_ram + b.len() <= self.policy.max_pending_ram {
-            self.pool_ram += b.len();
-            Store::Ram(b)
-        } else {
-            if self.spill_len + len > self.policy.max_spill_bytes {
-                // Checked before writing: the spill file never grows past the limit.
-                self.go_opaque(format!(
-                    "clusters waiting for their role exceed the spill limit of {} bytes (--spill-limit)",
-                    self.policy.max_spill_bytes
-                ))?;
-                return Ok(self.emit_literal(h, &b)?);
-            }
-            if self.spill.is_none() {
-                let dir = &self.policy.spill_dir;
-                let f = open_spill(dir)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create a spill file in {}: {e}", dir.display())))?;
-                self.spill = Some(f);
-            }
-            let off = self.spill_len;
-            if let Some(f) = self.spill.as_mut() {
-                f.write_all(&b)?;
-            }
-            self.spill_len += len;
-            self.info.spilled_bytes += len;
-            Store::Spill(off)
-        };
-        self.pool_put(h, Held { len, store });
-        self.pool_bytes += len;
-        self.info.pending_peak_bytes = self.info.pending_peak_bytes.max(self.pool_bytes);
+        if let Admitted::OverSpillLimit(b) = self.pool.insert(h, b)? {
+            self.go_opaque(format!(
+                "clusters waiting for their role exceed the spill limit of {} bytes (--spill-limit)",
+                self.policy.max_spill_bytes
+            ))?;
+            self.emit_literal(h, &b)?;
+        }
         Ok(())
-    }
-
-    /// Insert an entry, coalescing with the previous one when both are zero runs or
-    /// contiguous spill extents, so bookkeeping stays small for long unresolved stretches.
-    fn pool_put(&mut self, h: u64, held: Held) {
-        if let Some((&pk, prev)) = self.pool.range_mut(..h).next_back() {
-            if pk + prev.len == h {
-                let merge = match (&prev.store, &held.store) {
-                    (Store::Zero, Store::Zero) => true,
-                    (Store::Spill(a), Store::Spill(b)) => a + prev.len == *b,
-                    _ => false,
-                };
-                if merge {
-                    prev.len += held.len;
-                    return;
-                }
-            }
-        }
-        self.pool.insert(h, held);
-    }
-
-    /// Bytes `[from, from+len)` of one pooled entry (never more than asked for).
-    fn read_part(&self, held: &Held, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        let (f, n) = (from as usize, len as usize);
-        Ok(match &held.store {
-            Store::Ram(v) => v.get(f..f + n).map(|s| s.to_vec()).unwrap_or_default(),
-            Store::Zero => vec![0u8; n],
-            Store::Spill(o) => {
-                let mut v = vec![0u8; n];
-                if let Some(file) = self.spill.as_ref() {
-                    file.read_exact_at(&mut v, o + from)?;
-                }
-                v
-            }
-        })
-    }
-
-    /// Copy of the contiguous pooled bytes starting at `a`, up to `b` (shorter at a gap).
-    fn pool_peek(&self, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut at = a;
-        let start = self.pool.range(..=a).next_back().map(|(k, _)| *k).unwrap_or(a);
-        for (&k, held) in self.pool.range(start..) {
-            if k > at || at >= b {
-                break;
-            }
-            if k + held.len <= at {
-                continue;
-            }
-            let to = b.min(k + held.len);
-            out.extend_from_slice(&self.read_part(held, at - k, to - at)?);
-            at = to;
-        }
-        Ok(out)
-    }
-
-    /// Remove exactly `[a, b)` from the pool and return its bytes; None if any byte of the
-    /// range is not pooled (already consumed by another role → caller treats as conflict).
-    fn pool_take(&mut self, a: u64, b: u64) -> Result<Option<Vec<u8>>, Qcow2Error> {
-        let start = match self.pool.range(..=a).next_back() {
-            Some((&k, h)) if k + h.len > a => k,
-            _ => return Ok(None),
-        };
-        let mut keys = Vec::new();
-        let mut at = start;
-        for (&k, held) in self.pool.range(start..) {
-            if k != at || at >= b {
-                break;
-            }
-            keys.push(k);
-            at = k + held.len;
-        }
-        if at < b {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity((b - a) as usize);
-        for k in keys {
-            let Some(held) = self.pool.remove(&k) else { continue };
-            let lo = a.max(k);
-            let hi = b.min(k + held.len);
-            out.extend_from_slice(&self.read_part(&held, lo - k, hi - lo)?);
-            self.pool_bytes -= hi - lo;
-            if k < lo {
-                let head = self.split_part(&held, 0, lo - k);
-                self.pool.insert(k, head);
-            }
-            if hi < k + held.len {
-                let tail = self.split_part(&held, hi - k, k + held.len - hi);
-                self.pool.insert(hi, tail);
-            }
-            if let Store::Ram(v) = &held.store {
-                self.pool_ram -= v.len();
-            }
-        }
-        Ok(Some(out))
-    }
-
-    /// The sub-range `[from, from+len)` of an entry as a new entry of the same kind; RAM
-    /// leftovers (at most one cluster) that are all zero stop costing memory.
-    fn split_part(&mut self, held: &Held, from: u64, len: u64) -> Held {
-        let store = match &held.store {
-            Store::Zero => Store::Zero,
-            Store::Spill(o) => Store::Spill(o + from),
-            Store::Ram(v) => {
-                let part = v.get(from as usize..(from + len) as usize).map(|s| s.to_vec()).unwrap_or_default();
-                if is_zero(&part) {
-                    Store::Zero
-                } else {
-                    self.pool_ram += part.len();
-                    Store::Ram(part)
-                }
-            }
-        };
-        Held { len, store }
     }
 
     /// Everything still pooled becomes literal, in host order (in bounded pieces).
     fn drain_pool(&mut self) -> Result<(), Qcow2Error> {
-        let pool = std::mem::take(&mut self.pool);
-        for (k, held) in pool {
+        for (k, held) in self.pool.drain() {
             let mut done = 0u64;
-            while done < held.len {
-                let n = (held.len - done).min(1 << 20);
-                if let Store::Zero = held.store {
+            while done < held.len() {
+                let n = (held.len() - done).min(1 << 20);
+                if held.is_zero() {
                     self.segs.push(k + done, Segment::Zero { len: n });
                 } else {
-                    let bytes = self.read_part(&held, done, n)?;
+                    let bytes = self.pool.read(&held, done, n)?;
                     self.emit_literal(k + done, &bytes)?;
                 }
                 done += n;
             }
         }
-        self.pool_ram = 0;
-        self.pool_bytes = 0;
         Ok(())
     }
 
@@ -404,7 +252,7 @@ impl Dec<'_> {
         }
         // Already read: the bytes must still be pooled.
         let end = (h + self.cs).min(self.pos);
-        match self.pool_take(h, end)? {
+        match self.pool.take(h, end)? {
             Some(bytes) => self.handle(h, bytes, role),
             None if role.soft() => Ok(()),
             None => self.corrupt(format!("host cluster at offset {h:#x} ({role:?}) was already used for something else")),
@@ -568,7 +416,7 @@ impl Dec<'_> {
                 break;
             }
             self.streams.remove(&(end, off));
-            let bytes = self.pool_peek(off, end.min(self.pos))?;
+            let bytes = self.pool.peek(off, end.min(self.pos))?;
             self.jobs.push(Job { off, guest, bytes });
             if self.jobs.len() as u64 * self.cs >= 16 << 20 && self.jobs.len() >= 4 {
                 self.flush_jobs()?;
@@ -606,7 +454,7 @@ impl Dec<'_> {
                         self.info.guest_bytes += n as u64;
                     }
                     let Some(exact) = exact else { continue }; // bytes stay pooled → literal
-                    let Some(bytes) = self.pool_take(j.off, j.off + exact)? else {
+                    let Some(bytes) = self.pool.take(j.off, j.off + exact)? else {
                         self.corrupt(format!("compressed cluster at host {:#x} overlaps other data", j.off))?;
                         break;
                     };
@@ -656,36 +504,6 @@ fn run_job(j: &Job, cs: usize, codec: u8, vsize: u64) -> Outcome {
     Outcome::Done { data: out, exact, codec }
 }
 
-pub(crate) fn is_zero(b: &[u8]) -> bool {
-    // Word-at-a-time check; the compiler vectorises the chunk loop.
-    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
-    pre.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
-}
-
-fn open_spill(dir: &std::path::Path) -> std::io::Result<File> {
-    // Create, then unlink at once: the spill file never outlives the process and is never
-    // visible to anyone looking for it by name.
-    for i in 0..100u32 {
-        let p = dir.join(format!(
-            ".imgarc-qcow2-spill-{}-{}-{i}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-        ));
-        // Mode 0600 set at creation (not left to the umask): the file holds image bytes.
-        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p) {
-            Ok(f) => {
-                let _ = std::fs::remove_file(&p);
-                return Ok(f);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("cannot create spill file"))
-}
-
-use crate::util::read_full;
-
 pub fn decompose<R: Read>(
     mut input: R,
     file_len: Option<u64>,
@@ -717,9 +535,6 @@ pub fn decompose<R: Read>(
         }
     }
     let h = header::parse(&head, file_len)?;
-    if h.size > policy.max_virtual_size {
-        return Err(Qcow2Error::Limit(format!("virtual size {} exceeds the limit of {} bytes", h.size, policy.max_virtual_size)));
-    }
     let cs = h.cluster_size();
     let mut info = ImageInfo {
         format: "qcow2".into(),
@@ -740,31 +555,7 @@ pub fn decompose<R: Read>(
         refcount_bits: 1 << h.refcount_order,
         ..Default::default()
     };
-    // Policy (format-spec/qcow2-layout.md §Safety policy).
-    let has_data_file =
-        h.incompatible & header::INCOMPAT_DATA_FILE != 0 || h.autoclear & header::AUTOCLEAR_RAW_DATA != 0 || h.data_file.is_some();
-    let mut opaque: Option<String> = None;
-    if has_data_file {
-        info.data_file.get_or_insert_with(String::new);
-        if !policy.allow_data_file_opaque {
-            return Err(Qcow2Error::DataFile(h.data_file.clone().unwrap_or_default()));
-        }
-        opaque = Some(format!("external data file {:?}", h.data_file.clone().unwrap_or_default()));
-    } else if let Some(b) = &h.backing_file {
-        if !policy.allow_backing_file_opaque {
-            return Err(Qcow2Error::BackingFile(b.clone()));
-        }
-        opaque = Some(format!("backing file {b:?}"));
-    } else if info.encrypted {
-        opaque = Some(format!("encrypted image (crypt_method {})", h.crypt_method));
-    } else if h.incompatible & !header::INCOMPAT_KNOWN != 0 {
-        opaque = Some(format!("unknown incompatible feature bits {:#x}", h.incompatible & !header::INCOMPAT_KNOWN));
-    } else if info.corrupt {
-        opaque = Some("the image's corrupt bit is set".into());
-    }
-    if let (Some(r), true) = (&opaque, policy.strict) {
-        return Err(Qcow2Error::Limit(format!("strict policy refuses opaque storage: {r}")));
-    }
+    let opaque = policy.admit(&h, &mut info)?;
     let codec = if h.compression_type == 1 { CODEC_ZSTD } else { CODEC_ZLIB };
     let mut d = Dec {
         sink,
@@ -773,11 +564,7 @@ pub fn decompose<R: Read>(
         file_len,
         pos: 0,
         roles: HashMap::new(),
-        pool: BTreeMap::new(),
-        pool_ram: 0,
-        pool_bytes: 0,
-        spill: None,
-        spill_len: 0,
+        pool: ClusterPool::new(policy),
         streams: BTreeMap::new(),
         jobs: Vec::new(),
         segs: SegList::default(),
@@ -870,9 +657,9 @@ pub fn decompose<R: Read>(
         flags: if d.opaque.is_some() { FLAG_OPAQUE } else { 0 },
         segments,
     };
-    if let (Some(r), true) = (&d.opaque, policy.strict) {
-        return Err(Qcow2Error::Limit(format!("strict policy refuses opaque storage: {r}")));
-    }
+    policy.refuse_opaque(d.opaque.as_deref())?;
+    d.info.spilled_bytes = d.pool.spilled_bytes();
+    d.info.pending_peak_bytes = d.pool.peak_bytes();
     d.info.literal_stream_bytes = d.lit_off;
     d.info.segments = recipe.segments.len() as u64;
     d.info.opaque = d.opaque.clone();
@@ -891,22 +678,4 @@ pub fn decompose<R: Read>(
     }
     d.info.recipe_bytes = enc.len() as u64;
     Ok(Decomposed { recipe: enc, info: d.info, opaque: d.opaque })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn spill_file_is_private_whatever_the_umask() {
-        let dir = tempfile::tempdir().unwrap();
-        // A permissive umask must not widen the mode: it is set at creation.
-        let old = unsafe { libc::umask(0o000) };
-        let f = open_spill(dir.path());
-        unsafe { libc::umask(old) };
-        let mode = f.unwrap().metadata().unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "spill file mode {mode:o}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill file not unlinked");
-    }
 }

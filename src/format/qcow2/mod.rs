@@ -3,14 +3,17 @@
 //! recipe codec ([`decode_recipe`]), a streaming writer of clean qcow2 v3 images
 //! ([`write_qcow2`]) and the safety policy ([`Policy`]).
 //!
-//! Layout of this module: `header` (header parsing and bounds), `decompose` (the one-pass
-//! decomposer), `codec` (zlib/zstd cluster codecs matching qemu), `recipe` (recipe encoding),
+//! Layout of this module: `header` (header parsing and bounds), `policy` (the safety policy:
+//! limits, and what is refused or stored opaque), `pool` (clusters waiting for their role, RAM
+//! then spill file), `decompose` (the one-pass decomposer), `codec` (zlib/zstd cluster codecs matching qemu), `recipe` (recipe encoding),
 //! `rebuild` (recipe → original bytes), `writer` (guest extents → new qcow2), `error`.
 //! The recipe encoding and the policy table are specified in `format-spec/qcow2-layout.md`.
 mod codec;
 mod decompose;
 mod error;
 pub mod header;
+mod policy;
+mod pool;
 mod rebuild;
 mod recipe;
 mod writer;
@@ -18,6 +21,7 @@ mod writer;
 pub use codec::{deflate_qemu, zlib_version, zstd_qemu, CODEC_ZLIB, CODEC_ZSTD};
 pub use decompose::decompose;
 pub use error::Qcow2Error;
+pub use policy::{Policy, DEFAULT_MAX_SEGMENTS, DEFAULT_SPILL_LIMIT};
 pub use rebuild::rebuild;
 pub use recipe::{compressed_check, Recipe, Segment, FLAG_OPAQUE, RECIPE_MAGIC, RECIPE_VERSION};
 /// Largest encoded recipe a reader accepts (and the decomposer produces).
@@ -41,54 +45,6 @@ pub trait RebuildSource {
     fn read_guest(&mut self, guest_offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
     /// Literal-stream bytes at `literal_offset`.
     fn read_literal(&mut self, literal_offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-/// Default [`Policy::max_spill_bytes`]: 2 GiB (`--spill-limit`).
-pub const DEFAULT_SPILL_LIMIT: u64 = 2 << 30;
-/// Default [`Policy::max_segments`]: 4 Mi segments (≈ 200 MiB of RAM at most; a plain image
-/// needs a few per 512 MiB of disk, a compressed one about one per compressed cluster).
-pub const DEFAULT_MAX_SEGMENTS: usize = 4 << 20;
-
-/// Safety policy and resource limits for decomposing untrusted images.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// Archive images with a backing file as opaque bytes (flagged) instead of refusing.
-    pub allow_backing_file_opaque: bool,
-    /// Archive images with an external data file as opaque bytes (flagged) instead of refusing.
-    pub allow_data_file_opaque: bool,
-    /// Bytes of clusters with unknown role held in RAM before spilling to `spill_dir`.
-    pub max_pending_ram: usize,
-    /// Directory of the (immediately unlinked, mode 0600) spill file.
-    pub spill_dir: std::path::PathBuf,
-    /// Upper bound on spilled bytes ([`DEFAULT_SPILL_LIMIT`]); beyond it the image is stored
-    /// opaque from that point on (exact, but the rest does not dedup as guest data).
-    pub max_spill_bytes: u64,
-    /// Upper bound on recipe segments held while decomposing ([`DEFAULT_MAX_SEGMENTS`]): it
-    /// bounds the decomposer's memory (~48 bytes a segment) and keeps the encoded recipe far
-    /// below the 256 MiB a reader accepts. Beyond it the image is stored opaque.
-    pub max_segments: usize,
-    /// Refuse images whose virtual size exceeds this.
-    pub max_virtual_size: u64,
-    /// Cap on outstanding table references (future roles, compressed streams).
-    pub max_tracked: usize,
-    /// Refuse (error) instead of falling back to opaque storage.
-    pub strict: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            allow_backing_file_opaque: false,
-            allow_data_file_opaque: false,
-            max_pending_ram: 64 << 20,
-            spill_dir: std::env::temp_dir(),
-            max_spill_bytes: DEFAULT_SPILL_LIMIT,
-            max_segments: DEFAULT_MAX_SEGMENTS,
-            max_virtual_size: 64 << 40,
-            max_tracked: 1 << 24,
-            strict: false,
-        }
-    }
 }
 
 /// What `imgarc inspect` reports about a qcow2 image (also stored with snapshots).

@@ -237,7 +237,7 @@ pub fn write_qcow2(
 /// Stored length of one cluster in the sizing pass: 0 if all zero, compressed length if it
 /// fits in less than a cluster (qemu's rule), else a full cluster.
 fn stored_len(d: &[u8]) -> u32 {
-    if super::decompose::is_zero(d) {
+    if crate::chunking::is_zero(d) {
         return 0;
     }
     match codec::deflate_qemu(d, CS as usize - 1) {
