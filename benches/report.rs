@@ -5,6 +5,9 @@
 //! Run: `cargo bench --bench report` (or `--profile dev`; SQLite is optimised in
 //! both). `REPORT_BENCH_VMS` / `REPORT_BENCH_NIGHTS` scale it down.
 
+// A benchmark reports its timings on stdout.
+#![allow(clippy::print_stdout)]
+
 use imgarc::ids::Id;
 use imgarc::index::Index;
 use imgarc::report::{self, render, GroupBy, Options};

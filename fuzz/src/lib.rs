@@ -17,8 +17,11 @@ use imgarc::repository::{self, config::Config, extents, index_object::IndexObjec
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// A fuzz target: must return normally for any input.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory name under seeds/ and regressions/).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("qcow2_header", qcow2_header),
     ("decompose", decompose),
     ("index_object", index_object),

@@ -36,8 +36,10 @@ fn assert_private(root: &Path) {
 
 #[test]
 fn repository_and_cache_are_private_and_reports_public_whatever_the_umask() {
-    // The children inherit the umask; this is the only test in this binary.
-    unsafe { libc::umask(0o022) };
+    // The children inherit the umask, which is process-wide: nextest runs this test in a process
+    // of its own; under `cargo test` the other tests' own files only become private meanwhile
+    // (imgarc sets every mode it promises explicitly), and the umask is restored at the end.
+    let inherited = unsafe { libc::umask(0o022) };
     let env = Env::init("64K");
     let img = env.path("img.raw");
     std::fs::write(&img, bytes(3 << 20, 7, false)).unwrap();
@@ -58,4 +60,5 @@ fn repository_and_cache_are_private_and_reports_public_whatever_the_umask() {
     let strict = env.path("strict.html");
     env.ok(&["report", "--format", "html", "-o", strict.to_str().unwrap()]);
     assert_eq!(mode(&strict), 0o644);
+    unsafe { libc::umask(inherited) };
 }

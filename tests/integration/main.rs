@@ -5,6 +5,9 @@
 //! Suites that talk to real servers are compiled only with their feature: `remote-tests` (Ceph RGW,
 //! Swift; `ci/objectstore.sh`) and `openstack-tests` (Keystone, Glance; `ci/openstack.sh`).
 
+// Tests report progress and skips on stderr, and call libc for umask, flock and getrusage.
+#![allow(clippy::print_stdout, clippy::print_stderr, unsafe_code)]
+
 mod support;
 
 // The fuzz target functions, shared with the libFuzzer binaries (fuzz/src/lib.rs has no crate

@@ -220,7 +220,7 @@ fn truncated_streams() {
         let mut sink = MemSink::new(1 << 20);
         // Declared length longer than the stream: refused as truncated (or not qcow2 when the
         // header itself is cut).
-        let e = qcow2::decompose(part, Some(img.len() as u64), &Policy::default(), &mut sink).err().expect("truncated must fail");
+        let e = qcow2::decompose(part, Some(img.len() as u64), &Policy::default(), &mut sink).expect_err("truncated must fail");
         assert!(matches!(e, Qcow2Error::Truncated { .. } | Qcow2Error::NotQcow2(_)), "{cut}: {e}");
         // Unknown length: whatever is accepted rebuilds exactly.
         if let Ok((d, mut sink)) = dec(part, &Policy::default(), false) {

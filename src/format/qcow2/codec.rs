@@ -7,6 +7,8 @@
 //! *stock* zlib (linked statically through `libz-sys`, not the host's zlib-ng, not zlib-rs or
 //! miniz) reproduces qemu's bytes. A test asserts reproduction so a build that picks another
 //! zlib fails loudly.
+// The one place of this module that calls C: every unsafe block is a zlib or libc call.
+#![allow(unsafe_code)]
 use libz_sys as z;
 use std::os::raw::c_int;
 
@@ -59,7 +61,7 @@ pub(crate) fn inflate_raw(input: &[u8], out: &mut [u8]) -> Option<Inflated> {
     // SAFETY: standard zlib usage; pointers stay valid for the duration of the calls, the
     // lengths given are the slice lengths, and inflateEnd is always called after init.
     unsafe {
-        let rc = z::inflateInit2_(&mut s, -12, z::zlibVersion(), std::mem::size_of::<z::z_stream>() as c_int);
+        let rc = z::inflateInit2_(&mut s, -12, z::zlibVersion(), size_of::<z::z_stream>() as c_int);
         if rc != z::Z_OK {
             return None;
         }
@@ -86,16 +88,8 @@ pub fn deflate_qemu(input: &[u8], limit: usize) -> Option<Vec<u8>> {
     let mut s = zstream();
     // SAFETY: as above; output buffer length is passed exactly.
     unsafe {
-        let rc = z::deflateInit2_(
-            &mut s,
-            -1,
-            z::Z_DEFLATED,
-            -12,
-            9,
-            z::Z_DEFAULT_STRATEGY,
-            z::zlibVersion(),
-            std::mem::size_of::<z::z_stream>() as c_int,
-        );
+        let rc =
+            z::deflateInit2_(&mut s, -1, z::Z_DEFLATED, -12, 9, z::Z_DEFAULT_STRATEGY, z::zlibVersion(), size_of::<z::z_stream>() as c_int);
         if rc != z::Z_OK {
             return None;
         }

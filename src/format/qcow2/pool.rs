@@ -265,6 +265,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    #[allow(unsafe_code)] // umask(2), restored before any assertion
     fn spill_file_is_private_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
         // A permissive umask must not widen the mode: it is set at creation.
