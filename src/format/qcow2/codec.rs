@@ -157,6 +157,44 @@ pub(crate) fn recompress(codec: u8, input: &[u8], limit: usize) -> Option<Vec<u8
     }
 }
 
+/// A compressed cluster that decompressed to exactly one cluster.
+pub(crate) struct Reproduced {
+    /// The guest cluster.
+    pub data: Vec<u8>,
+    /// How many of the compressed bytes the stream used (None: the stream did not say).
+    pub exact: Option<u64>,
+    /// The codec that recompresses `data` to exactly those bytes, if the linked one does.
+    pub codec: Option<u8>,
+}
+
+/// Decompresses one compressed cluster (`compressed`, up to its upper bound) with `codec` and
+/// checks whether recompression reproduces its exact bytes; None when it does not decompress to
+/// exactly one cluster of `cluster_size`. `guest_len` is the part of the cluster inside the
+/// virtual size: rebuild recompresses the cluster zero-padded past it, so that is what is compared.
+pub(crate) fn reproduce(compressed: &[u8], cluster_size: usize, codec: u8, guest_len: usize) -> Option<Reproduced> {
+    let mut out = vec![0u8; cluster_size];
+    let r = match codec {
+        CODEC_ZSTD => unzstd(compressed, &mut out),
+        _ => inflate_raw(compressed, &mut out),
+    }?;
+    if !r.full {
+        return None;
+    }
+    let exact = r.exact_len.map(|e| e as u64);
+    let mut input = std::borrow::Cow::Borrowed(&out[..]);
+    if guest_len < cluster_size && !crate::chunking::is_zero(&out[guest_len..]) {
+        let mut v = out.clone();
+        v[guest_len..].fill(0);
+        input = std::borrow::Cow::Owned(v);
+    }
+    let codec = exact.and_then(|e| {
+        let orig = compressed.get(..e as usize)?;
+        let again = recompress(codec, &input, cluster_size - 1)?;
+        (again == orig).then_some(codec)
+    });
+    Some(Reproduced { data: out, exact, codec })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

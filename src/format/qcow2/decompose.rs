@@ -9,7 +9,7 @@
 //! range are recorded the moment they are consumed, a problem found late (corrupt tables,
 //! limits) switches to *opaque* mode without ever re-reading the input: the rest of the file
 //! and everything still pending becomes literal, and the recipe stays exact.
-use super::codec::{self, CODEC_ZLIB, CODEC_ZSTD};
+use super::codec::{self, Reproduced, CODEC_ZLIB, CODEC_ZSTD};
 use super::error::Qcow2Error;
 use super::header::{self, Header};
 use super::pool::{Admitted, ClusterPool};
@@ -48,19 +48,12 @@ impl Role {
     }
 }
 
+/// A compressed stream waiting for [`codec::reproduce`]: its host offset, its guest offset and
+/// its bytes (up to the upper bound its L2 entry gives).
 struct Job {
     off: u64,
     guest: u64,
     bytes: Vec<u8>,
-}
-enum Outcome {
-    /// Decompressed to one cluster; `exact` compressed bytes; `codec` reproduced them.
-    Done {
-        data: Vec<u8>,
-        exact: Option<u64>,
-        codec: Option<u8>,
-    },
-    Failed,
 }
 
 /// Sector granularity for zero-run elision in literals.
@@ -435,19 +428,20 @@ impl Dec<'_> {
         }
         let jobs = std::mem::take(&mut self.jobs);
         let (cs, codec, vsize) = (self.cs as usize, self.codec, self.vsize());
-        let results: Vec<Outcome> = jobs.par_iter().map(|j| run_job(j, cs, codec, vsize)).collect();
+        let guest_len = |j: &Job| (cs as u64).min(vsize.saturating_sub(j.guest)) as usize;
+        let results: Vec<Option<Reproduced>> = jobs.par_iter().map(|j| codec::reproduce(&j.bytes, cs, codec, guest_len(j))).collect();
         for (j, r) in jobs.iter().zip(results) {
             if self.opaque.is_some() {
                 break;
             }
             match r {
-                Outcome::Failed => {
+                None => {
                     self.corrupt(format!(
                         "compressed cluster at host {:#x} (guest {:#x}) does not decompress to one cluster",
                         j.off, j.guest
                     ))?;
                 }
-                Outcome::Done { data, exact, codec } => {
+                Some(Reproduced { data, exact, codec }) => {
                     let n = (cs as u64).min(vsize - j.guest) as usize;
                     if !is_zero(&data[..n]) {
                         self.sink.guest(j.guest, &data[..n])?;
@@ -474,34 +468,6 @@ impl Dec<'_> {
         }
         Ok(())
     }
-}
-
-fn run_job(j: &Job, cs: usize, codec: u8, vsize: u64) -> Outcome {
-    let mut out = vec![0u8; cs];
-    let r = match codec {
-        CODEC_ZSTD => codec::unzstd(&j.bytes, &mut out),
-        _ => codec::inflate_raw(&j.bytes, &mut out),
-    };
-    let Some(r) = r else { return Outcome::Failed };
-    if !r.full {
-        return Outcome::Failed;
-    }
-    let exact = r.exact_len.map(|e| e as u64);
-    // Rebuild recompresses the guest cluster zero-padded past the virtual size, so compare
-    // against exactly that input.
-    let mut input = std::borrow::Cow::Borrowed(&out[..]);
-    let n = (cs as u64).min(vsize.saturating_sub(j.guest)) as usize;
-    if n < cs && !is_zero(&out[n..]) {
-        let mut v = out.clone();
-        v[n..].fill(0);
-        input = std::borrow::Cow::Owned(v);
-    }
-    let codec = exact.and_then(|e| {
-        let orig = j.bytes.get(..e as usize)?;
-        let again = codec::recompress(codec, &input, cs - 1)?;
-        (again == orig).then_some(codec)
-    });
-    Outcome::Done { data: out, exact, codec }
 }
 
 pub fn decompose<R: Read>(
