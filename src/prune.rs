@@ -25,7 +25,7 @@ use crate::repository::index_object::{IndexObject, IndexedPack};
 use crate::repository::lock;
 use crate::repository::marks::{MarkedPack, PruneMark, MARK_VERSION};
 use crate::repository::pack::{self, EncodedBlob, PackBuilder, PackEntry};
-use crate::repository::{self, Repository};
+use crate::repository::Repository;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashSet};
@@ -140,7 +140,7 @@ fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Re
 
 fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
     let locks: Vec<lock::LockInfo> =
-        lock::list(&**repo.backend())?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
+        repo.list_locks()?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
     for mark in index.marks()? {
         let Some(created) = crate::util::parse_rfc3339(&mark.created) else {
             report.warnings.push(format!("{} has an unreadable time; left alone", mark.key));
@@ -295,7 +295,7 @@ impl<'a> Repacker<'a> {
         if self.dry_run {
             return Ok(());
         }
-        let bytes = self.repo.backend().get(&repository::pack_key(pack)).with_context(|| format!("cannot read pack {}", pack.short()))?;
+        let bytes = self.repo.read_pack(pack).with_context(|| format!("cannot read pack {}", pack.short()))?;
         let mut blobs = Vec::with_capacity(entries.len());
         for e in entries {
             let stored = bytes
