@@ -403,8 +403,8 @@ pub fn restore(
             let unchecked = qcow2::decode_recipe(&recipe_bytes).map(|r| r.unchecked_compressed()).unwrap_or(0);
             if unchecked > 0 && snap.digests.is_empty() {
                 // A version-1 recipe has no per-cluster checks and no whole-file digest backs it.
-                eprintln!(
-                    "warning: {unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
+                tracing::warn!(
+                    "{unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
                 );
             }
             let mut src = TwoStreams { guest: source.reader(&snap.guest)?, literal: source.reader(literals)? };

@@ -288,4 +288,25 @@ mod tests {
         assert_eq!(other.packs().unwrap().len(), PACKS);
         assert_eq!(other.counts().unwrap().1, (PACKS * BLOBS_PER_PACK) as u64);
     }
+
+    /// What the catch-up cannot read is a warning in its report (and a log
+    /// event), and the rest is still ingested.
+    #[test]
+    fn an_index_object_that_does_not_match_its_name_is_a_warning_in_the_sync_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let backend = crate::backend::open(root.to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut builder = PackBuilder::new();
+        builder.add(&encode_blob(BlobKind::Data, b"one blob", 3));
+        let written = repo.write_pack(builder).unwrap();
+        let planted = IndexObject::id_key(&Id::of(b"not this object"));
+        std::fs::copy(root.join(&written.index_key), root.join(&planted)).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
+        let report = index.sync(&repo).unwrap();
+        assert_eq!(report.index_objects_added, 1);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(report.warnings[0].contains(&planted) && report.warnings[0].contains("does not match its name"), "{:?}", report.warnings);
+        assert!(index.packs().unwrap().contains_key(&written.id));
+    }
 }

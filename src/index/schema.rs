@@ -129,7 +129,7 @@ impl Index {
                 // Another version of this repository's cache: drop it inside this
                 // write transaction (no file deleted under a concurrent opener, which
                 // waits and then finds the new version) and refill it from the repository.
-                eprintln!(
+                tracing::info!(
                     "note: index cache {} has schema {}, this imgarc uses {SCHEMA_VERSION}: recreating it from the repository",
                     path.display(),
                     schema.as_deref().unwrap_or("(none)")

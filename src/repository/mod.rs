@@ -328,4 +328,38 @@ mod tests {
         assert!(Repository::open(spy.clone()).is_err());
         assert!(spy.largest_read() <= config::MAX_CONFIG_BYTES, "read {} bytes", spy.largest_read());
     }
+
+    /// Every kind is checked against its name the same way: an index object
+    /// stored under another object's hash is refused like a snapshot or a
+    /// mark would be, and an upstream record must name the image its key says.
+    #[test]
+    fn every_kind_is_refused_when_its_content_does_not_match_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(Arc::new(LocalBackend::new(&root)), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let good = repo.write_index_object(&IndexObject::new(vec![])).unwrap();
+        assert!(repo.read_index_object(&good, None).is_ok());
+        let moved = IndexObject::id_key(&Id::of(b"another index object"));
+        std::fs::copy(root.join(&good), root.join(&moved)).unwrap();
+        let err = format!("{:#}", repo.read_index_object(&moved, None).unwrap_err());
+        assert!(err.contains(&moved) && err.contains("does not match its name"), "{err}");
+
+        let record = upstream::DeletedUpstream { image_id: "img-1".into(), name: "web".into(), cloud: None, detected: "x".into() };
+        repo.record_deleted_upstream(&record).unwrap();
+        assert_eq!(repo.deleted_upstream().unwrap(), vec![record.clone()]);
+        let renamed = upstream::DeletedUpstream::key("img-2");
+        std::fs::copy(root.join(upstream::DeletedUpstream::key("img-1")), root.join(&renamed)).unwrap();
+        let err = format!("{:#}", repo.deleted_upstream().unwrap_err());
+        assert!(err.contains(&renamed) && err.contains("does not match its name"), "{err}");
+    }
+
+    /// A key of one kind is never read as another.
+    #[test]
+    fn a_key_of_another_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path().join("repo"))), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let key = repo.write_index_object(&IndexObject::new(vec![])).unwrap();
+        let err = format!("{:#}", repo.read_mark(&key).unwrap_err());
+        assert!(err.contains("not the key of a prune mark"), "{err}");
+    }
 }
