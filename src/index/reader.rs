@@ -32,8 +32,14 @@ pub struct DamagedChunk {
     pub cause: String,
 }
 
+/// One chunk's decoded bytes, or why none of its copies could be read.
+type OneChunk = Result<Vec<u8>, DamagedChunk>;
+
+/// An extent with every location its chunk is stored at.
+type Located = (Extent, Vec<Location>);
+
 /// Fetches the data of `extents` (each with its candidate locations), in order.
-fn fetch_batch(repo: &Repository, extents: &[(Extent, Vec<Location>)]) -> Result<Vec<Vec<u8>>, DamagedChunk> {
+fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, DamagedChunk> {
     // Group by the first location's pack, coalescing neighbours into ranged reads.
     let mut by_pack: HashMap<Id, Vec<usize>> = HashMap::new();
     for (i, (e, locs)) in extents.iter().enumerate() {
@@ -62,7 +68,7 @@ fn fetch_batch(repo: &Repository, extents: &[(Extent, Vec<Location>)]) -> Result
             reads.push((pack, group));
         }
     }
-    let results: Vec<Vec<(usize, Result<Vec<u8>, DamagedChunk>)>> = reads
+    let results: Vec<Vec<(usize, OneChunk)>> = reads
         .par_iter()
         .map(|(pack, group)| {
             let first = &extents[group[0]].1[0].entry;
@@ -161,7 +167,7 @@ impl<'a> ChunkReader<'a> {
         &self.extents
     }
     /// Extent `first` and the uncached extents after it, one batch's worth, with their locations.
-    fn window(&self, first: usize) -> Result<(Vec<usize>, Vec<(Extent, Vec<Location>)>)> {
+    fn window(&self, first: usize) -> Result<(Vec<usize>, Vec<Located>)> {
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
         let mut i = first;
