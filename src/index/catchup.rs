@@ -7,10 +7,8 @@
 use super::schema::remove_cache_files;
 use super::{cache_dir_for, Index, IndexedRepository};
 use crate::ids::Id;
-use crate::repository::file::RepoFile;
 use crate::repository::index_object::{IndexObject, IndexedPack};
 use crate::repository::marks::PruneMark;
-use crate::repository::snapshot::Snapshot;
 use crate::repository::Repository;
 use crate::warnings::Warnings;
 use anyhow::{Context, Result};
@@ -60,7 +58,7 @@ impl Index {
         }
         for id in in_cache.difference(&in_repo) {
             // A listing may lag on object stores: only a confirmed absence removes it.
-            match repo.stat::<Snapshot>(&Snapshot::id_key(id)) {
+            match repo.stat_snapshot(id) {
                 Err(e) if e.is_not_found() => {}
                 Ok(_) => continue,
                 Err(e) => {
@@ -223,6 +221,7 @@ impl Index {
 mod tests {
     use super::*;
     use crate::repository::config::Config;
+    use crate::repository::file::RepoFile;
     use crate::repository::pack::{encode_blob, BlobKind, Codec, PackBuilder, PackEntry};
 
     fn pack_of(n: usize, seed: u8) -> IndexedPack {

@@ -273,6 +273,11 @@ impl Repository {
         self.delete::<Snapshot>(&Snapshot::id_key(id))
     }
 
+    /// A snapshot's stored size, asked of the store itself (see [`Repository::stat`]).
+    pub fn stat_snapshot(&self, id: &Id) -> BackendResult<u64> {
+        self.stat::<Snapshot>(&Snapshot::id_key(id))
+    }
+
     pub fn list_snapshot_ids(&self) -> Result<Vec<Id>> {
         Ok(self.list::<Snapshot>()?.iter().filter_map(|(k, _)| Id::from_hex(Snapshot::name_of(k)?)).collect())
     }
