@@ -166,6 +166,9 @@ impl Repository {
     /// The stored size of the object at `key`: the store's own answer, for a
     /// caller that must not conclude absence from a (possibly lagging) listing.
     pub fn stat<T: RepoFile>(&self, key: &str) -> BackendResult<u64> {
+        if T::name_of(key).is_none() {
+            return Err(BackendError::Other { op: "size", key: key.to_string(), message: format!("not the key of a {}", T::KIND) });
+        }
         self.storage.size(key)
     }
 
