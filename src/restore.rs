@@ -1,9 +1,9 @@
 //! Restoring a snapshot: rebuilds the image byte-exactly from its extents.
 //!
-//! Chunks are fetched in batches: neighbouring chunks of one pack are read
-//! with one ranged read, decompressed and verified against their BLAKE3 ids in
-//! parallel, then written in order by a writer thread (sparse `pwrite` for a
-//! file, zeros for holes on a stream) that also feeds the digest threads.
+//! Chunks come from the one chunk reader (`index::ChunkReader`: batched
+//! ranged reads, parallel verify, read-ahead), through the indexed repository;
+//! this module only writes them, in order, by a writer thread (sparse `pwrite`
+//! for a file, zeros for holes on a stream) that also feeds the digest threads.
 //! Every digest the snapshot records is checked at the end; a file target is
 //! written under a temporary name (created exclusively, mode 0600 unless told
 //! otherwise), fsynced and renamed only when everything matched, so a file
