@@ -425,7 +425,8 @@ pub fn record_new_metadata(
         ..previous.clone()
     };
     // Reading the trees also proves every stream is still intact in the index.
-    let referenced = index.referenced_ids(repo, &snap).context("the previous snapshot's extent lists")?;
+    let referenced =
+        crate::index::IndexedRepository::new(repo, index).referenced_ids(&snap).context("the previous snapshot's extent lists")?;
     let id = repo.save_snapshot(&snap)?;
     index.add_snapshot(&id, &snap, &referenced)?;
     Ok((id, snap))
@@ -472,7 +473,7 @@ mod tests {
         faulty.heal();
         let snap = repo.load_snapshot(&Id::from_hex(&out.snapshot).unwrap()).unwrap();
         let Layout::Qcow2 { recipe, .. } = &snap.layout else { panic!("not decomposed as qcow2: {:?}", snap.layout) };
-        let recipe_chunks = index.load_extents(&repo, recipe).unwrap();
+        let recipe_chunks = crate::index::IndexedRepository::new(&repo, &index).load_extents(recipe).unwrap();
         assert!(!recipe_chunks.is_empty());
         for e in recipe_chunks {
             assert_eq!(index.ref_count(&e.id).unwrap(), 1, "recipe chunk {} is not counted as referenced", e.id.short());
@@ -483,14 +484,14 @@ mod tests {
     /// clear error and writes no snapshot: a prune no longer sees its lock.
     #[test]
     fn an_archive_whose_lock_is_lost_stores_no_snapshot() {
-        use crate::repository::lock::{Lock, LockTiming};
+        use crate::repository::lock::LockTiming;
         let dir = tempfile::tempdir().unwrap();
         let local = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
         let faulty = Faulty::new(local);
         let repo = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
         let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
         let timing = LockTiming { ttl: std::time::Duration::from_secs(2), refresh: std::time::Duration::from_millis(400) };
-        let lock = Lock::acquire_timed(repo.backend().clone(), false, "archive", timing).unwrap();
+        let lock = repo.acquire_lock_timed(false, "archive", timing).unwrap();
         repo.hold_lock(&lock);
         faulty.fail(Op::Put, "locks/");
         let deadline = Instant::now() + timing.ttl;

@@ -6,12 +6,12 @@
 //! same data stores it again.
 
 use crate::ids::Id;
-use crate::index::Index;
+use crate::index::{Index, IndexedRepository};
 use crate::progress::SharedProgress;
 use crate::repository::pack::{self, PackEntry};
-use crate::repository::{pack_key, Repository};
+use crate::repository::Repository;
 use anyhow::Result;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -40,27 +40,6 @@ pub struct DamagedChunkReport {
     pub snapshots: Vec<String>,
 }
 
-/// For each id in `ids`, the snapshots (id, name) whose streams reference it.
-pub fn snapshots_using(repo: &Repository, index: &Index, ids: &[Id]) -> Result<HashMap<Id, Vec<(Id, String)>>> {
-    let wanted: HashSet<Id> = ids.iter().copied().collect();
-    let mut out: HashMap<Id, Vec<(Id, String)>> = HashMap::new();
-    for row in index.snapshot_rows()? {
-        let Some(snap) = index.snapshot(&row.id)? else {
-            continue;
-        };
-        // Tree ids are in the snapshot itself: a lost tree is attributed even when
-        // the extent list it holds can no longer be read.
-        let mut refs: HashSet<Id> = snap.streams().iter().flat_map(|s| s.trees.iter().copied()).collect();
-        if let Ok(more) = index.referenced_ids(repo, &snap) {
-            refs.extend(more);
-        }
-        for id in refs.intersection(&wanted) {
-            out.entry(*id).or_default().push((row.id, row.name.clone()));
-        }
-    }
-    Ok(out)
-}
-
 pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress: &SharedProgress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // chunk → (pack, problem) for every copy found bad.
@@ -76,7 +55,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
             // Only the store's own "not found" means missing: any other failure
             // (timeout, 5xx, permissions) says nothing about the pack, and
             // dropping its rows would make archives store its chunks again.
-            None => match repo.backend().size(&pack_key(pack)) {
+            None => match repo.pack_size(pack) {
                 Ok(s) => Some(s),
                 Err(e) if e.is_not_found() => None,
                 Err(e) => {
@@ -146,7 +125,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         report.snapshots_checked += 1;
         let why = match repo.load_snapshot(&id) {
             Err(e) => format!("cannot read it: {e:#}"),
-            Ok(snap) => match index.referenced_ids(repo, &snap) {
+            Ok(snap) => match IndexedRepository::new(repo, index).referenced_ids(&snap) {
                 Err(e) => format!("cannot read its extent lists: {e:#}"),
                 Ok(_) => "readable now, but not in the index yet (run the check again)".to_string(),
             },
@@ -167,7 +146,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         let Some(snap) = index.snapshot(&row.id)? else {
             continue;
         };
-        let refs = match index.referenced_ids(repo, &snap) {
+        let refs = match IndexedRepository::new(repo, index).referenced_ids(&snap) {
             Ok(r) => r,
             Err(e) => {
                 report.errors.push(format!("snapshot {} ({}): cannot read its extent lists: {e:#}", row.id.to_hex(), row.name));
@@ -183,7 +162,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         }
         // Reading data includes the layout recipe: decoded as restore will decode it.
         if opts.read_data_fraction > 0.0 && complete {
-            if let Err(e) = check_recipe(repo, index, &snap) {
+            if let Err(e) = check_recipe(IndexedRepository::new(repo, index), &snap) {
                 report.errors.push(format!("snapshot {} ({}): layout recipe: {e:#}", row.id.to_hex(), row.name));
             }
         }
@@ -191,7 +170,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
 
     if !damaged.is_empty() {
         let ids: Vec<Id> = damaged.keys().copied().collect();
-        let users = snapshots_using(repo, index, &ids)?;
+        let users = IndexedRepository::new(repo, index).snapshots_using(&ids)?;
         // A bad copy matters only if no good copy remains.
         let still_present = index.contains_many(&ids)?;
         for (id, (pack, problem)) in damaged {
@@ -217,11 +196,11 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
 
 /// Decodes a qcow2 snapshot's recipe with restore's own reader and decoder, and checks it
 /// against what the snapshot records (file length, virtual size, literal stream length).
-fn check_recipe(repo: &Repository, index: &Index, snap: &crate::repository::snapshot::Snapshot) -> Result<()> {
+fn check_recipe(source: IndexedRepository, snap: &crate::repository::snapshot::Snapshot) -> Result<()> {
     let crate::repository::snapshot::Layout::Qcow2 { recipe, literals } = &snap.layout else {
         return Ok(());
     };
-    let r = crate::format::qcow2::decode_recipe(&crate::restore::read_small_stream(repo, index, recipe)?)?;
+    let r = crate::format::qcow2::decode_recipe(&source.read_recipe(recipe)?)?;
     if r.file_len != snap.logical_bytes {
         anyhow::bail!("rebuilds {} bytes, the snapshot records {}", r.file_len, snap.logical_bytes);
     }
@@ -238,7 +217,7 @@ fn check_recipe(repo: &Repository, index: &Index, snap: &crate::repository::snap
 /// is gone makes every blob bad; a read that fails otherwise is an error, as
 /// it proves nothing about the blobs.
 fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<Vec<(Id, String)>, crate::backend::BackendError> {
-    let bytes = match repo.backend().get(&pack_key(pack)) {
+    let bytes = match repo.read_pack(pack) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(expected.iter().map(|x| (x.id, "pack is missing".to_string())).collect()),
         Err(e) => return Err(e),

@@ -25,7 +25,7 @@ use crate::repository::index_object::{IndexObject, IndexedPack};
 use crate::repository::lock;
 use crate::repository::marks::{MarkedPack, PruneMark, MARK_VERSION};
 use crate::repository::pack::{self, EncodedBlob, PackBuilder, PackEntry};
-use crate::repository::{self, Repository};
+use crate::repository::Repository;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashSet};
@@ -99,13 +99,18 @@ pub fn parse_grace(s: &str) -> Result<chrono::Duration> {
 }
 
 /// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,
-/// as a kill -9 would, so tests can prove every point is recoverable.
+/// as a kill -9 would, so tests can prove every point is recoverable. Built
+/// only with the `test-hooks` feature: a shipped binary has no such switch.
+#[cfg(feature = "test-hooks")]
 fn crash_point(point: &str) {
     if std::env::var("IMGARC_TEST_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("imgarc: crashing at {point} (IMGARC_TEST_CRASH_AT)");
+        tracing::error!("crashing at {point} (IMGARC_TEST_CRASH_AT)");
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_point: &str) {}
 
 /// Runs both phases. The caller holds the `prune` singleton lock.
 pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {
@@ -140,7 +145,7 @@ fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Re
 
 fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
     let locks: Vec<lock::LockInfo> =
-        lock::list(&**repo.backend())?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
+        repo.list_locks()?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
     for mark in index.marks()? {
         let Some(created) = crate::util::parse_rfc3339(&mark.created) else {
             report.warnings.push(format!("{} has an unreadable time; left alone", mark.key));
@@ -295,7 +300,7 @@ impl<'a> Repacker<'a> {
         if self.dry_run {
             return Ok(());
         }
-        let bytes = self.repo.backend().get(&repository::pack_key(pack)).with_context(|| format!("cannot read pack {}", pack.short()))?;
+        let bytes = self.repo.read_pack(pack).with_context(|| format!("cannot read pack {}", pack.short()))?;
         let mut blobs = Vec::with_capacity(entries.len());
         for e in entries {
             let stored = bytes

@@ -13,7 +13,9 @@
 use imgarc::backend::{Backend, BackendError, BackendResult, ObjectInfo};
 use imgarc::format::{detect, qcow2};
 use imgarc::ids::Id;
-use imgarc::repository::{self, config::Config, extents, index_object::IndexObject, lock, marks, pack, Repository};
+use imgarc::repository::{
+    self, config::Config, extents, file::RepoFile, index_object::IndexObject, marks, pack, snapshot::Snapshot, Repository,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -276,7 +278,7 @@ fn mem_repository() -> (Arc<MemBackend>, Repository) {
 pub fn snapshot(data: &[u8]) {
     let (backend, repo) = mem_repository();
     let id = Id::of(data);
-    backend.put(&repository::snapshot_key(&id), data).expect("memory put");
+    backend.put(&<Snapshot as RepoFile>::id_key(&id), data).expect("memory put");
     if let Ok(snap) = repo.load_snapshot(&id) {
         for s in snap.streams() {
             let _ = (s.size, s.trees.len(), s.extent_count);
@@ -289,10 +291,10 @@ pub fn snapshot(data: &[u8]) {
 pub fn lock_mark_upstream(data: &[u8]) {
     let (backend, repo) = mem_repository();
     backend.put("locks/fuzz", data).expect("memory put");
-    let mark_key = marks::mark_key(&Id::of(data));
+    let mark_key = <marks::PruneMark as RepoFile>::id_key(&Id::of(data));
     backend.put(&mark_key, data).expect("memory put");
     backend.put(&format!("{}fuzz", repository::upstream::PREFIX), data).expect("memory put");
-    if let Ok(locks) = lock::list(backend.as_ref()) {
+    if let Ok(locks) = repo.list_locks() {
         for (_, info) in locks {
             let _ = (info.started(), info.is_stale());
         }

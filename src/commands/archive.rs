@@ -4,7 +4,6 @@ use super::Ctx;
 use crate::archive::{archive, ArchiveRequest};
 use crate::cli::ArchiveArgs;
 use crate::index::Index;
-use crate::repository::lock::Lock;
 use crate::util::human_bytes;
 use anyhow::{Context, Result};
 
@@ -14,7 +13,7 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     // Lock first, then catch up: every prune mark written before the lock is
     // seen (and its packs not deduplicated against); every later one is
     // postponed by our lock until this archive ends.
-    let lock = Lock::acquire(repo.backend().clone(), false, "archive")?;
+    let lock = repo.acquire_lock(false, "archive")?;
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let src = match args.source.strip_prefix("glance:") {

@@ -4,7 +4,6 @@ use super::Ctx;
 use crate::check::{check, CheckOptions};
 use crate::cli::CheckArgs;
 use crate::index::Index;
-use crate::repository::lock::Lock;
 use anyhow::{bail, Context, Result};
 
 pub fn parse_percent(s: &str) -> Result<f64> {
@@ -24,7 +23,7 @@ pub fn run(ctx: &Ctx, args: CheckArgs) -> Result<()> {
     };
     let repo = ctx.open_repo()?;
     // Lock first, then catch up: what the cache sees cannot change under the check.
-    let _lock = Lock::acquire(repo.backend().clone(), true, "check")?;
+    let _lock = repo.acquire_lock(true, "check")?;
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let pb = ctx.out.bar(Some(0), "check");
     let report = check(

@@ -5,7 +5,6 @@ use super::Ctx;
 use crate::cli::{ForgetArgs, GroupBy};
 use crate::ids::Id;
 use crate::index::Index;
-use crate::repository::lock::Lock;
 use crate::repository::snapshot::{Snapshot, Source};
 use crate::retention::{self, Item, Policy};
 use anyhow::{bail, Context, Result};
@@ -44,7 +43,7 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
         bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
     }
     let repo = ctx.open_repo()?;
-    let lock = if args.dry_run { None } else { Some(Lock::acquire(repo.backend().clone(), false, "forget")?) };
+    let lock = if args.dry_run { None } else { Some(repo.acquire_lock(false, "forget")?) };
     if let Some(l) = &lock {
         repo.hold_lock(l);
     }

@@ -2,14 +2,13 @@
 
 use super::Ctx;
 use crate::cli::{IndexAction, IndexArgs};
-use crate::repository::lock::Lock;
 use anyhow::Result;
 
 pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
     match args.action {
         IndexAction::Rebuild => {
             let repo = ctx.open_repo()?;
-            let lock = Lock::acquire(repo.backend().clone(), true, "index rebuild")?;
+            let lock = repo.acquire_lock(true, "index rebuild")?;
             repo.hold_lock(&lock);
             let (index, report) = crate::index::rebuild(&repo)?;
             let mut json = serde_json::to_value(&report)?;

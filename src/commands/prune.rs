@@ -5,14 +5,13 @@ use super::Ctx;
 use crate::cli::PruneArgs;
 use crate::index::Index;
 use crate::prune::{prune, PruneOptions};
-use crate::repository::lock::Lock;
 use crate::util::human_bytes;
 use anyhow::{Context, Result};
 
 pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     let repo = ctx.open_repo()?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
-    let lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
+    let lock = repo.acquire_singleton_lock("prune")?;
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace: args.grace, now: chrono::Utc::now() };

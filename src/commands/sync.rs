@@ -7,7 +7,6 @@
 use super::{AlreadyReported, Ctx};
 use crate::cli::SyncArgs;
 use crate::index::Index;
-use crate::repository::lock::Lock;
 use crate::sync::{Filters, ImageEntry, ImageResult, Scope, SyncOptions, SyncReport};
 use crate::util::human_bytes;
 use anyhow::{Context, Result};
@@ -17,7 +16,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     let repo = ctx.open_repo()?;
     // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
     // Lock first, then catch up, as `archive` does: no prune mark slips in between.
-    let lock = Lock::acquire_singleton(repo.backend().clone(), "sync").context("sync cannot start")?;
+    let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let glance = ctx.glance(None)?;

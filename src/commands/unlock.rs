@@ -2,16 +2,15 @@
 
 use super::Ctx;
 use crate::cli::UnlockArgs;
-use crate::repository::lock;
 use anyhow::Result;
 
 pub fn run(ctx: &Ctx, args: UnlockArgs) -> Result<()> {
     let repo = ctx.open_repo()?;
     let mut removed = Vec::new();
     let mut kept = Vec::new();
-    for (key, info) in lock::list(&**repo.backend())? {
+    for (key, info) in repo.list_locks()? {
         if args.all || info.is_stale() {
-            repo.backend().delete(&key)?;
+            repo.delete_lock(&key)?;
             removed.push(key);
         } else {
             kept.push(format!("{key} ({} on {} pid {})", info.purpose, info.hostname, info.pid));

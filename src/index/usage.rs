@@ -266,7 +266,7 @@ mod tests {
         let n: i64 = index.conn.query_row("SELECT COUNT(*) FROM refs", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "the old rows are gone");
         let v: String = index.conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).unwrap();
-        assert_eq!(v, super::super::SCHEMA_VERSION);
+        assert_eq!(v, super::super::schema::SCHEMA_VERSION);
         index.conn.execute("INSERT INTO refs(id, count, owner) VALUES(x'01', 1, 7)", []).unwrap();
         drop(index);
         // Another repository's cache is still refused.

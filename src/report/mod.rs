@@ -293,7 +293,7 @@ struct RefReader<'a> {
 impl RefReader<'_> {
     fn refs(&self, seq: i64) -> Result<HashSet<Id>> {
         let snap = self.docs.get(&seq).context("snapshot vanished from the report")?;
-        self.index.referenced_ids(self.repo, snap)
+        crate::index::IndexedRepository::new(self.repo, self.index).referenced_ids(snap)
     }
 
     /// Exact figures for a set of snapshots: the distinct blobs they reference,

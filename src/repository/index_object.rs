@@ -1,6 +1,7 @@
 //! Index objects: the repository's own record of which blobs each pack holds.
 //! A writer adds one immutable index object per pack it writes, stored at
-//! `index/<blake3 of the object>`; the local SQLite cache is built from them.
+//! `index/<blake3 of the object>` (a reader checks the name, as for every
+//! content-named object); the local SQLite cache is built from them.
 //! Encoding: zstd-compressed JSON (see format-spec/README.md).
 
 use super::pack::{self, BlobKind, BlobLimits, Codec, PackEntry};
@@ -65,6 +66,22 @@ impl IndexObject {
             pack::validate_entries(&entries, p.size, limits).with_context(|| format!("pack {}", p.id.to_hex()))?;
         }
         Ok(obj)
+    }
+}
+
+impl super::file::RepoFile for IndexObject {
+    const PREFIX: &'static str = "index/";
+    const KIND: &'static str = "index object";
+    /// Stored bytes are compressed: an object larger than it may decode to is refused unread.
+    const MAX_BYTES: u64 = MAX_DECODED_LEN;
+    const NAMING: super::file::Naming = super::file::Naming::ContentId;
+    const NEEDS_LOCK: bool = true;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(IndexObject::encode(self))
+    }
+    fn decode(bytes: &[u8], limits: &BlobLimits) -> Result<Self> {
+        IndexObject::decode(bytes, limits)
     }
 }
 

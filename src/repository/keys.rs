@@ -95,7 +95,7 @@ impl Backend for CheckedKeys {
         listed.retain(|o| match key_error(&o.key) {
             None => true,
             Some(why) => {
-                eprintln!("warning: {}: skipping object {:?}: {why}", self.inner.location(), o.key);
+                tracing::warn!("{}: skipping object {:?}: {why}", self.inner.location(), o.key);
                 false
             }
         });

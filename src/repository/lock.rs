@@ -17,7 +17,8 @@
 //! seeing the lock, might undercut. Locks are advisory: safety against
 //! concurrent prune rests on the two-phase design, not on locks alone.
 
-use crate::backend::Backend;
+use super::file::{Naming, RepoFile};
+use super::Repository;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -204,10 +205,26 @@ impl LockWatch {
     }
 }
 
+impl RepoFile for LockInfo {
+    const PREFIX: &'static str = "locks/";
+    const KIND: &'static str = "lock";
+    const MAX_BYTES: u64 = MAX_LOCK_BYTES;
+    const NAMING: Naming = Naming::Random;
+    /// A lock is what writes are checked against; writing or removing one never waits on another.
+    const NEEDS_LOCK: bool = false;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+    fn decode(bytes: &[u8], _: &super::pack::BlobLimits) -> Result<Self> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
 /// A held lock; refreshed in the background, removed when dropped.
 #[derive(Debug)]
 pub struct Lock {
-    backend: Arc<dyn Backend>,
+    repo: Repository,
     key: Arc<Mutex<String>>,
     state: Arc<LockState>,
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -215,7 +232,7 @@ pub struct Lock {
 }
 
 /// Writes a new lock object; returns its key and the monotonic instant it expires.
-fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str, since: &str, timing: LockTiming) -> Result<(String, Instant)> {
+fn write_lock(repo: &Repository, exclusive: bool, purpose: &str, since: &str, timing: LockTiming) -> Result<(String, Instant)> {
     let written = Instant::now();
     let now = chrono::Utc::now();
     let info = LockInfo {
@@ -228,8 +245,7 @@ fn write_lock(backend: &dyn Backend, exclusive: bool, purpose: &str, since: &str
         since: Some(since.to_string()),
         process: ProcessIdentity::current().cloned(),
     };
-    let key = format!("locks/{}", hex::encode(rand::random::<[u8; 16]>()));
-    backend.put(&key, &serde_json::to_vec_pretty(&info)?).with_context(|| format!("cannot write lock {key}"))?;
+    let (key, _) = repo.save(&info)?;
     Ok((key, written + timing.ttl))
 }
 
@@ -244,49 +260,73 @@ fn conflict(key: &str, info: &LockInfo) -> anyhow::Error {
     )
 }
 
-impl Lock {
-    pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str) -> Result<Lock> {
-        Self::acquire_timed(backend, exclusive, purpose, LockTiming::from_env()?)
+impl Repository {
+    /// Takes a shared lock (archive, forget) or an exclusive one (check, index rebuild).
+    pub fn acquire_lock(&self, exclusive: bool, purpose: &str) -> Result<Lock> {
+        Lock::acquire_timed(self, exclusive, purpose, LockTiming::from_env()?)
     }
 
-    pub fn acquire_timed(backend: Arc<dyn Backend>, exclusive: bool, purpose: &str, timing: LockTiming) -> Result<Lock> {
-        for (key, info) in list(&*backend)? {
+    /// [`Repository::acquire_lock`] with a given ttl and refresh interval (tests).
+    pub fn acquire_lock_timed(&self, exclusive: bool, purpose: &str, timing: LockTiming) -> Result<Lock> {
+        Lock::acquire_timed(self, exclusive, purpose, timing)
+    }
+
+    /// A shared lock of which only one may exist per `purpose` (see [`Lock::acquire_singleton`]).
+    pub fn acquire_singleton_lock(&self, purpose: &str) -> Result<Lock> {
+        Lock::acquire_singleton(self, purpose)
+    }
+
+    /// Every lock in the repository, by key. An oversized or unreadable lock is
+    /// listed as unreadable (hence stale, so `unlock` removes it), never read.
+    pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        list(self)
+    }
+
+    /// Removes a lock object (`unlock`); a key outside the grammar is refused.
+    pub fn delete_lock(&self, key: &str) -> Result<()> {
+        self.delete::<LockInfo>(key)
+    }
+}
+
+impl Lock {
+    fn acquire_timed(repo: &Repository, exclusive: bool, purpose: &str, timing: LockTiming) -> Result<Lock> {
+        for (key, info) in list(repo)? {
             if !info.is_stale() && (exclusive || info.exclusive) {
                 return Err(conflict(&key, &info));
             }
         }
         let since = crate::util::now_rfc3339();
-        let (mine, expires) = write_lock(&*backend, exclusive, purpose, &since, timing)?;
+        let (mine, expires) = write_lock(repo, exclusive, purpose, &since, timing)?;
         if exclusive {
             // Another holder may have written its lock between our listing and our
             // write; it would not see ours if it listed first. Listing again settles it.
-            let rival = match list(&*backend) {
+            let rival = match list(repo) {
                 Ok(locks) => locks.into_iter().find(|(k, i)| *k != mine && !i.is_stale()).map(|(k, i)| conflict(&k, &i)),
                 Err(e) => Some(e.context("cannot list the locks again after writing ours")),
             };
             if let Some(e) = rival {
-                withdraw(&*backend, &mine);
+                withdraw(repo, &mine);
                 return Err(e);
             }
         }
-        Self::hold(backend, mine, expires, exclusive, purpose, since, timing)
+        Self::hold(repo.clone(), mine, expires, exclusive, purpose, since, timing)
     }
 
     /// A shared lock of which only one may exist per `purpose` (one `sync`, one
     /// `prune`). Two processes that start at the same moment both write their
     /// lock, then list again: the older lock (by start time, then key) wins and the
     /// other withdraws, so at most one proceeds.
-    pub fn acquire_singleton(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lock> {
+    fn acquire_singleton(repo: &Repository, purpose: &str) -> Result<Lock> {
         let timing = LockTiming::from_env()?;
-        let rivals = |backend: &dyn Backend| -> Result<Vec<(String, LockInfo)>> {
-            Ok(list(backend)?.into_iter().filter(|(_, i)| !i.is_stale() && (i.exclusive || i.purpose == purpose)).collect())
+        let rivals = |repo: &Repository| -> Result<Vec<(String, LockInfo)>> {
+            Ok(list(repo)?.into_iter().filter(|(_, i)| !i.is_stale() && (i.exclusive || i.purpose == purpose)).collect())
         };
-        if let Some((key, info)) = rivals(&*backend)?.into_iter().next() {
+        if let Some((key, info)) = rivals(repo)?.into_iter().next() {
             return Err(conflict(&key, &info));
         }
         let since = crate::util::now_rfc3339();
-        let (mine, expires) = write_lock(&*backend, false, purpose, &since, timing)?;
-        let older = match rivals(&*backend) {
+        let (mine, expires) = write_lock(repo, false, purpose, &since, timing)?;
+        let older = match rivals(repo) {
             Ok(r) => r
                 .into_iter()
                 .find(|(k, i)| *k != mine && (i.exclusive || (i.started(), k.as_str()) < (since.as_str(), mine.as_str())))
@@ -294,10 +334,10 @@ impl Lock {
             Err(e) => Some(e.context("cannot list the locks again after writing ours")),
         };
         if let Some(e) = older {
-            withdraw(&*backend, &mine);
+            withdraw(repo, &mine);
             return Err(e);
         }
-        Self::hold(backend, mine, expires, false, purpose, since, timing)
+        Self::hold(repo.clone(), mine, expires, false, purpose, since, timing)
     }
 
     /// A handle for the code that writes under this lock (`Repository::hold_lock`).
@@ -311,7 +351,7 @@ impl Lock {
     }
 
     fn hold(
-        backend: Arc<dyn Backend>,
+        repo: Repository,
         key: String,
         expires: Instant,
         exclusive: bool,
@@ -328,7 +368,7 @@ impl Lock {
         });
         // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (b2, k2, s2, purpose) = (backend.clone(), key.clone(), state.clone(), purpose.to_string());
+        let (r2, k2, s2, purpose) = (repo.clone(), key.clone(), state.clone(), purpose.to_string());
         let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
             // After a failure, try again sooner: the lock is lost once less than
             // one refresh interval of its life is left.
@@ -338,14 +378,14 @@ impl Lock {
                 if s2.is_lost() {
                     return;
                 }
-                match write_lock(&*b2, exclusive, &purpose, &since, timing) {
+                match write_lock(&r2, exclusive, &purpose, &since, timing) {
                     Ok((new_key, new_expires)) => {
                         *s2.expires.lock().expect("lock state mutex") = new_expires;
                         let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
                         // The new lock is in place; a superseded one left behind only expires.
-                        if let Err(e) = b2.delete(&old) {
-                            if !e.is_not_found() {
-                                eprintln!("warning: cannot delete superseded lock {old} (it expires by itself): {e}");
+                        if let Err(e) = r2.delete_lock(&old) {
+                            if !crate::backend::is_not_found(&e) {
+                                tracing::warn!("cannot delete superseded lock {old} (it expires by itself): {e:#}");
                             }
                         }
                         wait = timing.refresh;
@@ -353,24 +393,24 @@ impl Lock {
                     Err(e) => {
                         let expires = *s2.expires.lock().expect("lock state mutex");
                         if Instant::now() + timing.refresh >= expires {
-                            eprintln!("error: the {purpose} lock could not be refreshed before its expiry: {e:#}");
+                            tracing::error!("the {purpose} lock could not be refreshed before its expiry: {e:#}");
                             *s2.lost.lock().expect("lock state mutex") = Some(format!("refresh failed: {e:#}"));
                             return;
                         }
-                        eprintln!("warning: cannot refresh the {purpose} lock (trying again): {e:#}");
+                        tracing::warn!("cannot refresh the {purpose} lock (trying again): {e:#}");
                         wait = retry;
                     }
                 }
             }
         })?;
-        Ok(Lock { backend, key, state, stop: Some(stop), refresher: Some(refresher) })
+        Ok(Lock { repo, key, state, stop: Some(stop), refresher: Some(refresher) })
     }
 }
 
 /// Deletes a lock we just wrote and will not hold (a failure only leaves it to expire).
-fn withdraw(backend: &dyn Backend, key: &str) {
-    if let Err(e) = backend.delete(key) {
-        eprintln!("warning: cannot withdraw lock {key} (it expires by itself): {e}");
+fn withdraw(repo: &Repository, key: &str) {
+    if let Err(e) = repo.delete_lock(key) {
+        tracing::warn!("cannot withdraw lock {key} (it expires by itself): {e:#}");
     }
 }
 
@@ -381,33 +421,34 @@ impl Drop for Lock {
             let _ = t.join();
         }
         let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
-        let _ = self.backend.delete(&key);
+        let _ = self.repo.delete_lock(&key);
     }
 }
 
-pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
+fn list(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
-    for o in backend.list("locks/")? {
+    for (key, size) in repo.list::<LockInfo>()? {
         // An oversized lock is never read: it is listed as unreadable (hence
         // stale, so `unlock` removes it), named in a warning.
-        let parsed = if o.size > MAX_LOCK_BYTES {
-            eprintln!(
-                "warning: lock {} is {} bytes, more than a lock may hold ({MAX_LOCK_BYTES}); treating it as unreadable",
-                o.key, o.size
-            );
+        let parsed = if size > MAX_LOCK_BYTES {
+            tracing::warn!("lock {key} is {size} bytes, more than a lock may hold ({MAX_LOCK_BYTES}); treating it as unreadable");
             None
         } else {
-            match super::read_capped(backend, &o.key, Some(o.size), MAX_LOCK_BYTES) {
-                Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
+            match repo.load::<LockInfo>(&key, Some(size)) {
+                Ok(info) => Some(info),
                 // A lock deleted between list and get is simply gone.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read lock {}", o.key)),
+                Err(e) if crate::backend::is_not_found(&e) => continue,
+                // Any other read failure says nothing about the lock: an error, not a stale lock.
+                Err(e) if e.chain().any(|c| c.is::<crate::backend::BackendError>()) => {
+                    return Err(e).with_context(|| format!("cannot read lock {key}"))
+                }
+                Err(_) => None,
             }
         };
         match parsed {
-            Some(info) => out.push((o.key, info)),
+            Some(info) => out.push((key, info)),
             None => out.push((
-                o.key,
+                key,
                 LockInfo {
                     hostname: "?".into(),
                     pid: 0,
@@ -428,6 +469,7 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
 mod tests {
     use super::*;
     use crate::backend::faults::{Faulty, Op};
+    use crate::backend::Backend;
 
     fn local(dir: &std::path::Path) -> Arc<dyn Backend> {
         crate::backend::open(dir.join("repo").to_str().unwrap(), &Default::default()).unwrap()
@@ -435,21 +477,24 @@ mod tests {
 
     const FAST: LockTiming = LockTiming { ttl: Duration::from_secs(3), refresh: Duration::from_millis(500) };
 
-    fn lock_infos(b: &dyn Backend) -> Vec<LockInfo> {
-        list(b).unwrap().into_iter().map(|(_, i)| i).collect()
+    fn repo_on(backend: Arc<dyn Backend>) -> Repository {
+        Repository::init(backend, crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap()
+    }
+
+    fn lock_infos(repo: &Repository) -> Vec<LockInfo> {
+        list(repo).unwrap().into_iter().map(|(_, i)| i).collect()
     }
 
     #[test]
     fn a_lock_whose_refresh_fails_is_lost_before_it_expires_and_stops_writes() {
         let dir = tempfile::tempdir().unwrap();
         let faulty = Faulty::new(local(dir.path()));
-        let repo =
-            crate::repository::Repository::init(faulty.clone(), crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
-        let lock = Lock::acquire_timed(repo.backend().clone(), false, "archive", FAST).unwrap();
+        let repo = repo_on(faulty.clone());
+        let lock = repo.acquire_lock_timed(false, "archive", FAST).unwrap();
         repo.hold_lock(&lock);
         std::thread::sleep(FAST.refresh * 2);
         lock.ensure_held().expect("a refreshed lock is held");
-        let expires = crate::util::parse_rfc3339(&lock_infos(&*faulty)[0].expires).unwrap();
+        let expires = crate::util::parse_rfc3339(&lock_infos(&repo)[0].expires).unwrap();
 
         faulty.fail(Op::Put, "locks/");
         let lost_at = loop {
@@ -475,11 +520,12 @@ mod tests {
     fn a_failed_delete_of_the_superseded_lock_is_only_a_warning() {
         let dir = tempfile::tempdir().unwrap();
         let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
         faulty.fail(Op::Delete, "locks/");
-        let lock = Lock::acquire_timed(faulty.clone(), false, "archive", FAST).unwrap();
+        let lock = repo.acquire_lock_timed(false, "archive", FAST).unwrap();
         std::thread::sleep(FAST.ttl + FAST.refresh);
         lock.ensure_held().expect("the lock was refreshed although old ones could not be deleted");
-        let live = lock_infos(&*faulty).into_iter().filter(|i| !i.is_stale()).count();
+        let live = lock_infos(&repo).into_iter().filter(|i| !i.is_stale()).count();
         assert!(live >= 1, "no live lock in the repository");
     }
 
@@ -488,15 +534,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faulty = Faulty::new(local(dir.path()));
         // A shared holder writes its lock between our listing and our write.
-        let (rival_backend, rival_key) = (faulty.clone(), Arc::new(Mutex::new(None)));
+        let repo = repo_on(faulty.clone());
+        let (rival_repo, rival_key) = (repo.clone(), Arc::new(Mutex::new(None)));
         let slot = rival_key.clone();
         faulty.before_next_put("locks/", move |_| {
-            let (key, _) = write_lock(&*rival_backend, false, "archive", &crate::util::now_rfc3339(), FAST).unwrap();
+            let (key, _) = write_lock(&rival_repo, false, "archive", &crate::util::now_rfc3339(), FAST).unwrap();
             *slot.lock().unwrap() = Some(key);
         });
-        let err = Lock::acquire_timed(faulty.clone(), true, "check", FAST).unwrap_err();
+        let err = repo.acquire_lock_timed(true, "check", FAST).unwrap_err();
         assert!(format!("{err:#}").contains("locked by archive"), "{err:#}");
-        let left: Vec<String> = list(&*faulty).unwrap().into_iter().map(|(k, _)| k).collect();
+        let left: Vec<String> = list(&repo).unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(left, vec![rival_key.lock().unwrap().clone().unwrap()], "the exclusive lock was not withdrawn");
     }
 

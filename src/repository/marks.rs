@@ -50,34 +50,35 @@ impl PruneMark {
     }
 }
 
-pub fn mark_key(id: &Id) -> String {
-    format!("{PREFIX}{}", id.to_hex())
+impl super::file::RepoFile for PruneMark {
+    const PREFIX: &'static str = PREFIX;
+    const KIND: &'static str = "prune mark";
+    const MAX_BYTES: u64 = MAX_MARK_BYTES;
+    const NAMING: super::file::Naming = super::file::Naming::ContentId;
+    const NEEDS_LOCK: bool = true;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+    fn decode(bytes: &[u8], _: &super::pack::BlobLimits) -> Result<Self> {
+        PruneMark::decode(bytes)
+    }
 }
 
 impl Repository {
     pub fn write_mark(&self, mark: &PruneMark) -> Result<String> {
-        self.ensure_locks_held()?;
-        let bytes = serde_json::to_vec_pretty(mark)?;
-        let key = mark_key(&Id::of(&bytes));
-        self.backend().put(&key, &bytes).context("cannot store a prune mark")?;
-        Ok(key)
+        Ok(self.save(mark)?.0)
     }
 
     pub fn read_mark(&self, key: &str) -> Result<PruneMark> {
-        let bytes = super::read_capped(&**self.backend(), key, None, MAX_MARK_BYTES).with_context(|| format!("prune mark {key}"))?;
-        if key.strip_prefix(PREFIX).and_then(Id::from_hex) != Some(Id::of(&bytes)) {
-            bail!("prune mark {key} is damaged (its content does not match its name)");
-        }
-        PruneMark::decode(&bytes).with_context(|| format!("prune mark {key}"))
+        self.load(key, None)
     }
 
     pub fn list_mark_keys(&self) -> Result<Vec<String>> {
-        Ok(self.backend().list(PREFIX)?.into_iter().map(|o| o.key).collect())
+        Ok(self.list::<PruneMark>()?.into_iter().map(|(k, _)| k).collect())
     }
 
     pub fn delete_mark(&self, key: &str) -> Result<()> {
-        self.ensure_locks_held()?;
-        self.backend().delete(key).with_context(|| format!("cannot delete prune mark {key}"))?;
-        Ok(())
+        self.delete::<PruneMark>(key)
     }
 }

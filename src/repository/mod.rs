@@ -1,56 +1,45 @@
 //! The repository: the on-disk (or in-bucket) format over a storage backend.
 //!
 //! Owns object naming and encoding: `config`, packs under `data/`, index
-//! objects under `index/`, snapshots under `snapshots/`, locks under `locks/`.
-//! It knows nothing of SQLite (that is `index`) nor of images (that is
+//! objects under `index/`, snapshots under `snapshots/`, locks under `locks/`,
+//! prune marks under `prune/`, upstream records under `upstream/deleted/`.
+//! Every small object is a [`file::RepoFile`] saved, loaded, listed and
+//! deleted by one generic method each, with one name check; packs are read
+//! here too. Nothing outside this module builds a key or reaches the
+//! backend, and every byte passes through `storage` (the seal/unseal seam
+//! encryption will use). It knows nothing of SQLite (that is `index`) nor of images (that is
 //! `archive`/`restore`). Write order that keeps crashes safe: a pack, then its
 //! index object, then — once every pack of an archive is indexed — the
 //! snapshot. An object is referenced only after it is durable.
 
 pub mod config;
 pub mod extents;
+pub mod file;
 pub mod index_object;
 pub mod keys;
 pub mod lock;
 pub mod marks;
 pub mod pack;
 pub mod snapshot;
+mod storage;
 pub mod upstream;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, BackendResult};
 use crate::ids::Id;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use config::Config;
+use file::{Naming, RepoFile};
 use index_object::{IndexObject, IndexedPack};
 use pack::{PackBuilder, PackEntry};
 use snapshot::Snapshot;
 use std::sync::Arc;
+use storage::Storage;
 
 pub const CONFIG_KEY: &str = "config";
 
-/// Reads a small metadata object whole, refusing one larger than `cap` (the
-/// per-prefix caps of format-spec §1) before a byte of it is fetched. The
-/// size comes from the listing when the caller has one, else from the store;
-/// the read is a range of exactly that size, so an object that is larger than
-/// it claims still costs at most `cap` bytes of memory.
-pub fn read_capped(backend: &dyn Backend, key: &str, listed_size: Option<u64>, cap: u64) -> Result<Vec<u8>, BackendError> {
-    let size = match listed_size {
-        Some(s) => s,
-        None => backend.size(key)?,
-    };
-    if size > cap {
-        return Err(BackendError::Other {
-            op: "read",
-            key: key.to_string(),
-            message: format!("object is {size} bytes, more than the {cap} bytes this kind of object may hold"),
-        });
-    }
-    backend.get_range(key, 0, size)
-}
-
 #[derive(Debug, Clone)]
 pub struct Repository {
-    backend: Arc<dyn Backend>,
+    storage: Storage,
     config: Config,
     /// Locks this handle writes under: once one is lost, every write is refused.
     held_locks: Arc<std::sync::Mutex<Vec<lock::LockWatch>>>,
@@ -67,44 +56,40 @@ pub struct WrittenPack {
     pub pack_size: u64,
 }
 
-pub fn pack_key(id: &Id) -> String {
+fn pack_key(id: &Id) -> String {
     let h = id.to_hex();
     format!("data/{}/{}", &h[..2], h)
 }
 
-pub fn pack_id_from_key(key: &str) -> Option<Id> {
+fn pack_id_from_key(key: &str) -> Option<Id> {
     let name = key.strip_prefix("data/")?.rsplit('/').next()?;
     Id::from_hex(name)
-}
-
-pub fn snapshot_key(id: &Id) -> String {
-    format!("snapshots/{}", id.to_hex())
 }
 
 impl Repository {
     /// Creates a repository; refuses if one (or anything else) is already there.
     pub fn init(backend: Arc<dyn Backend>, config: Config) -> Result<Repository> {
-        let backend: Arc<dyn Backend> = Arc::new(keys::CheckedKeys::new(backend));
-        match backend.size(CONFIG_KEY) {
-            Ok(_) => bail!("a repository already exists at {}", backend.location()),
+        let storage = Storage::new(backend);
+        match storage.size(CONFIG_KEY) {
+            Ok(_) => bail!("a repository already exists at {}", storage.location()),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e).context("cannot reach the repository location"),
         }
         let bytes = serde_json::to_vec_pretty(&config)?;
-        backend.put(CONFIG_KEY, &bytes).context("cannot write the repository config")?;
-        Ok(Repository { backend, config, held_locks: Default::default() })
+        storage.put(CONFIG_KEY, &bytes).context("cannot write the repository config")?;
+        Ok(Repository { storage, config, held_locks: Default::default() })
     }
 
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository> {
         // Every access from here on, locks and marks included, keeps to the key grammar.
-        let backend: Arc<dyn Backend> = Arc::new(keys::CheckedKeys::new(backend));
-        let bytes = match read_capped(&*backend, CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
+        let storage = Storage::new(backend);
+        let bytes = match storage.get_capped(CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
             Ok(b) => b,
-            Err(BackendError::NotFound(_)) => bail!("no imgarc repository at {} (create one with `imgarc init`)", backend.location()),
+            Err(BackendError::NotFound(_)) => bail!("no imgarc repository at {} (create one with `imgarc init`)", storage.location()),
             Err(e) => return Err(e).context("cannot read the repository config"),
         };
-        let config = Config::parse(&bytes).with_context(|| format!("repository at {}", backend.location()))?;
-        Ok(Repository { backend, config, held_locks: Default::default() })
+        let config = Config::parse(&bytes).with_context(|| format!("repository at {}", storage.location()))?;
+        Ok(Repository { storage, config, held_locks: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -114,10 +99,6 @@ impl Repository {
     /// The bounds every pack entry read from this repository must keep.
     pub fn blob_limits(&self) -> pack::BlobLimits {
         pack::BlobLimits::from_config(&self.config)
-    }
-
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
     }
 
     /// Makes every later write or delete through this handle (and its clones)
@@ -136,112 +117,172 @@ impl Repository {
     }
 
     pub fn location(&self) -> String {
-        self.backend.location()
+        self.storage.location()
     }
+
+    // ---- Typed objects: one save/load/list/delete for every kind, one name check.
+
+    /// Stores `obj` under the name its kind gives it; returns its key and its
+    /// size as stored (the size encoded: no lookup that could fail).
+    pub fn save<T: RepoFile>(&self, obj: &T) -> Result<(String, u64)> {
+        if T::NEEDS_LOCK {
+            self.ensure_locks_held()?;
+        }
+        let bytes = obj.encode()?;
+        let name = match T::NAMING {
+            Naming::ContentId => Id::of(&bytes).to_hex(),
+            Naming::Random => hex::encode(rand::random::<[u8; 16]>()),
+            Naming::Own => obj.own_name().with_context(|| format!("a {} without a name", T::KIND))?,
+        };
+        let key = T::key(&name);
+        self.storage.put(&key, &bytes).with_context(|| format!("cannot store {} {key}", T::KIND))?;
+        Ok((key, bytes.len() as u64))
+    }
+
+    /// Reads, checks and decodes the object at `key`. `listed_size` is its
+    /// size from a listing, when the caller has one (else the store is
+    /// asked): an object larger than its kind's cap is refused unread. The
+    /// name check is the same for every kind (format-spec §1): a content-named
+    /// object must hash to its name, a self-named one must name itself so.
+    pub fn load<T: RepoFile>(&self, key: &str, listed_size: Option<u64>) -> Result<T> {
+        let name = T::name_of(key).ok_or_else(|| anyhow!("{key} is not the key of a {}", T::KIND))?;
+        let bytes = self.storage.get_capped(key, listed_size, T::MAX_BYTES).with_context(|| format!("{} {key}", T::KIND))?;
+        let damaged = || anyhow!("{} {key} is damaged (its content does not match its name)", T::KIND);
+        if T::NAMING == Naming::ContentId && Id::from_hex(name) != Some(Id::of(&bytes)) {
+            return Err(damaged());
+        }
+        let obj = T::decode(&bytes, &self.blob_limits()).with_context(|| format!("{} {key}", T::KIND))?;
+        if T::NAMING == Naming::Own && obj.own_name().as_deref() != Some(name) {
+            return Err(damaged());
+        }
+        Ok(obj)
+    }
+
+    /// Every object of a kind: its key and its listed size.
+    pub fn list<T: RepoFile>(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.storage.list(T::PREFIX)?.into_iter().filter(|o| T::name_of(&o.key).is_some()).map(|o| (o.key, o.size)).collect())
+    }
+
+    /// The stored size of the object at `key`: the store's own answer, for a
+    /// caller that must not conclude absence from a (possibly lagging) listing.
+    pub fn stat<T: RepoFile>(&self, key: &str) -> BackendResult<u64> {
+        if T::name_of(key).is_none() {
+            return Err(BackendError::Other { op: "size", key: key.to_string(), message: format!("not the key of a {}", T::KIND) });
+        }
+        self.storage.size(key)
+    }
+
+    pub fn delete<T: RepoFile>(&self, key: &str) -> Result<()> {
+        if T::NEEDS_LOCK {
+            self.ensure_locks_held()?;
+        }
+        T::name_of(key).ok_or_else(|| anyhow!("{key} is not the key of a {}", T::KIND))?;
+        self.storage.delete(key).with_context(|| format!("cannot delete {} {key}", T::KIND))?;
+        Ok(())
+    }
+
+    // ---- Packs.
 
     /// Stores a finished pack, then the index object that lists it.
     pub fn write_pack(&self, builder: PackBuilder) -> Result<WrittenPack> {
         self.ensure_locks_held()?;
         let (id, bytes, entries) = builder.finish();
         let pack_size = bytes.len() as u64;
-        self.backend.put(&pack_key(&id), &bytes).context("cannot store pack")?;
+        self.storage.put(&pack_key(&id), &bytes).context("cannot store pack")?;
         drop(bytes);
         let index = IndexObject::new(vec![IndexedPack::new(id, pack_size, &entries)]);
-        // The size stored is the size encoded: no lookup that could fail (and was once read as 0).
-        let (index_key, index_size) = self.put_index_object(&index)?;
+        let (index_key, index_size) = self.save(&index)?;
         Ok(WrittenPack { id, entries, index_key, stored_bytes: pack_size + index_size, pack_size })
     }
 
-    pub fn write_index_object(&self, index: &IndexObject) -> Result<String> {
-        Ok(self.put_index_object(index)?.0)
+    /// A whole pack, as stored.
+    pub fn read_pack(&self, id: &Id) -> BackendResult<Vec<u8>> {
+        self.storage.get(&pack_key(id))
     }
 
-    /// Stores an index object; returns its key and its size as stored.
-    fn put_index_object(&self, index: &IndexObject) -> Result<(String, u64)> {
-        self.ensure_locks_held()?;
-        let enc = index.encode();
-        let key = format!("index/{}", Id::of(&enc).to_hex());
-        self.backend.put(&key, &enc).context("cannot store index object")?;
-        Ok((key, enc.len() as u64))
+    /// `len` bytes of a pack from `offset`.
+    pub fn read_pack_range(&self, id: &Id, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
+        self.storage.get_range(&pack_key(id), offset, len)
     }
 
-    /// Reads and validates an index object. `listed_size` is its size from a
-    /// listing, when the caller has one (else the store is asked): an object
-    /// larger than any index object may decode to is refused unread.
-    pub fn read_index_object(&self, key: &str, listed_size: Option<u64>) -> Result<IndexObject> {
-        let bytes = read_capped(&*self.backend, key, listed_size, index_object::MAX_DECODED_LEN)?;
-        IndexObject::decode(&bytes, &self.blob_limits()).with_context(|| format!("index object {key}"))
+    /// A pack's size, asked of the store itself (not a listing).
+    pub fn pack_size(&self, id: &Id) -> BackendResult<u64> {
+        self.storage.size(&pack_key(id))
     }
 
-    /// Reads one blob's stored bytes and decodes them (decompress + verify id).
-    pub fn read_blob(&self, pack: &Id, entry: &PackEntry) -> Result<Vec<u8>> {
-        let stored = self.backend.get_range(&pack_key(pack), entry.offset, entry.stored_len as u64)?;
-        pack::decode_blob(entry, &stored).with_context(|| format!("in pack {}", pack.short()))
-    }
-
-    /// Reads a pack's own trailer (two ranged reads), without its data.
-    pub fn read_pack_trailer(&self, pack: &Id) -> Result<Vec<PackEntry>> {
-        let key = pack_key(pack);
-        let len = self.backend.size(&key)?;
-        if len < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
-            bail!("pack {} is only {len} bytes: truncated", pack.short());
-        }
-        let footer = self.backend.get_range(&key, len - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
-        let (count, digest, entries_len) = pack::parse_footer(&footer, len).with_context(|| format!("pack {}", pack.short()))?;
-        let entries = self.backend.get_range(&key, len - pack::FOOTER_LEN as u64 - entries_len, entries_len)?;
-        pack::parse_entries(&entries, count, &digest, len, &self.blob_limits()).with_context(|| format!("pack {}", pack.short()))
-    }
-
-    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
-        self.ensure_locks_held().context("no snapshot stored")?;
-        let bytes = snap.to_bytes();
-        let id = Snapshot::id_of(&bytes);
-        self.backend.put(&snapshot_key(&id), &bytes).context("cannot store snapshot")?;
-        Ok(id)
-    }
-
-    /// Deletes an index object (`prune`, after writing its replacement).
-    pub fn delete_index_object(&self, key: &str) -> Result<()> {
-        self.ensure_locks_held()?;
-        self.backend.delete(key).with_context(|| format!("cannot delete index object {key}"))?;
-        Ok(())
+    /// Every pack with its size.
+    pub fn list_packs(&self) -> Result<Vec<(Id, u64)>> {
+        Ok(self.storage.list("data/")?.iter().filter_map(|o| Some((pack_id_from_key(&o.key)?, o.size))).collect())
     }
 
     /// Deletes a pack (`prune`, after no index object lists it).
     pub fn delete_pack(&self, id: &Id) -> Result<()> {
         self.ensure_locks_held()?;
-        self.backend.delete(&pack_key(id)).with_context(|| format!("cannot delete pack {}", id.to_hex()))?;
+        self.storage.delete(&pack_key(id)).with_context(|| format!("cannot delete pack {}", id.to_hex()))?;
         Ok(())
     }
 
-    /// Removes a snapshot object (`forget`); its data stays until `prune`.
-    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
-        self.ensure_locks_held()?;
-        self.backend.delete(&snapshot_key(id)).with_context(|| format!("cannot remove snapshot {}", id.short()))?;
-        Ok(())
+    /// Reads one blob's stored bytes and decodes them (decompress + verify id).
+    pub fn read_blob(&self, pack: &Id, entry: &PackEntry) -> Result<Vec<u8>> {
+        let stored = self.read_pack_range(pack, entry.offset, entry.stored_len as u64)?;
+        pack::decode_blob(entry, &stored).with_context(|| format!("in pack {}", pack.short()))
     }
 
-    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = read_capped(&*self.backend, &snapshot_key(id), None, snapshot::MAX_SNAPSHOT_BYTES)
-            .with_context(|| format!("snapshot {}", id.short()))?;
-        if Id::of(&bytes) != *id {
-            bail!("snapshot object {} is damaged (its content does not match its name)", id.to_hex());
+    /// Reads a pack's own trailer (two ranged reads), without its data.
+    pub fn read_pack_trailer(&self, pack: &Id) -> Result<Vec<PackEntry>> {
+        let len = self.pack_size(pack)?;
+        if len < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
+            bail!("pack {} is only {len} bytes: truncated", pack.short());
         }
-        Snapshot::decode(&bytes).with_context(|| format!("snapshot {}", id.short()))
+        let footer = self.read_pack_range(pack, len - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
+        let (count, digest, entries_len) = pack::parse_footer(&footer, len).with_context(|| format!("pack {}", pack.short()))?;
+        let entries = self.read_pack_range(pack, len - pack::FOOTER_LEN as u64 - entries_len, entries_len)?;
+        pack::parse_entries(&entries, count, &digest, len, &self.blob_limits()).with_context(|| format!("pack {}", pack.short()))
     }
 
-    pub fn list_snapshot_ids(&self) -> Result<Vec<Id>> {
-        Ok(self.backend.list("snapshots/")?.iter().filter_map(|o| Id::from_hex(o.key.strip_prefix("snapshots/")?)).collect())
+    // ---- Index objects and snapshots, by the names their callers use.
+
+    pub fn write_index_object(&self, index: &IndexObject) -> Result<String> {
+        Ok(self.save(index)?.0)
+    }
+
+    /// Reads and validates an index object (see [`Repository::load`]).
+    pub fn read_index_object(&self, key: &str, listed_size: Option<u64>) -> Result<IndexObject> {
+        self.load(key, listed_size)
     }
 
     /// Every index object's key with its listed size.
     pub fn list_index_objects(&self) -> Result<Vec<(String, u64)>> {
-        Ok(self.backend.list("index/")?.into_iter().map(|o| (o.key, o.size)).collect())
+        self.list::<IndexObject>()
     }
 
-    /// Every pack with its size.
-    pub fn list_packs(&self) -> Result<Vec<(Id, u64)>> {
-        Ok(self.backend.list("data/")?.iter().filter_map(|o| Some((pack_id_from_key(&o.key)?, o.size))).collect())
+    /// Deletes an index object (`prune`, after writing its replacement).
+    pub fn delete_index_object(&self, key: &str) -> Result<()> {
+        self.delete::<IndexObject>(key)
+    }
+
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.ensure_locks_held().context("no snapshot stored")?;
+        let (key, _) = self.save(snap)?;
+        Ok(Snapshot::name_of(&key).and_then(Id::from_hex).expect("a snapshot is named by its id"))
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        self.load(&Snapshot::id_key(id), None)
+    }
+
+    /// Removes a snapshot object (`forget`); its data stays until `prune`.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.delete::<Snapshot>(&Snapshot::id_key(id))
+    }
+
+    /// A snapshot's stored size, asked of the store itself (see [`Repository::stat`]).
+    pub fn stat_snapshot(&self, id: &Id) -> BackendResult<u64> {
+        self.stat::<Snapshot>(&Snapshot::id_key(id))
+    }
+
+    pub fn list_snapshot_ids(&self) -> Result<Vec<Id>> {
+        Ok(self.list::<Snapshot>()?.iter().filter_map(|(k, _)| Id::from_hex(Snapshot::name_of(k)?)).collect())
     }
 }
 
@@ -266,13 +307,13 @@ mod tests {
         const HUGE: u64 = 200 << 20;
         let lock_key = "locks/00112233445566778899aabbccddeeff";
         let snap = Id::of(b"a planted snapshot");
-        let mark_key = marks::mark_key(&Id::of(b"a planted mark"));
+        let mark_key = marks::PruneMark::id_key(&Id::of(b"a planted mark"));
         let record_key = "upstream/deleted/6f1c2a3e-0000-4000-8000-000000000000";
-        for key in [lock_key, &snapshot_key(&snap), &mark_key, record_key] {
+        for key in [lock_key, &Snapshot::id_key(&snap), &mark_key, record_key] {
             plant(&root, key, HUGE);
         }
 
-        let locks = lock::list(&**repo.backend()).unwrap();
+        let locks = repo.list_locks().unwrap();
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].0, lock_key);
         assert!(locks[0].1.is_stale(), "an unreadable lock is stale, so `unlock` can remove it");
@@ -294,5 +335,39 @@ mod tests {
         plant(&root, CONFIG_KEY, HUGE);
         assert!(Repository::open(spy.clone()).is_err());
         assert!(spy.largest_read() <= config::MAX_CONFIG_BYTES, "read {} bytes", spy.largest_read());
+    }
+
+    /// Every kind is checked against its name the same way: an index object
+    /// stored under another object's hash is refused like a snapshot or a
+    /// mark would be, and an upstream record must name the image its key says.
+    #[test]
+    fn every_kind_is_refused_when_its_content_does_not_match_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(Arc::new(LocalBackend::new(&root)), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let good = repo.write_index_object(&IndexObject::new(vec![])).unwrap();
+        assert!(repo.read_index_object(&good, None).is_ok());
+        let moved = IndexObject::id_key(&Id::of(b"another index object"));
+        std::fs::copy(root.join(&good), root.join(&moved)).unwrap();
+        let err = format!("{:#}", repo.read_index_object(&moved, None).unwrap_err());
+        assert!(err.contains(&moved) && err.contains("does not match its name"), "{err}");
+
+        let record = upstream::DeletedUpstream { image_id: "img-1".into(), name: "web".into(), cloud: None, detected: "x".into() };
+        repo.record_deleted_upstream(&record).unwrap();
+        assert_eq!(repo.deleted_upstream().unwrap(), vec![record.clone()]);
+        let renamed = upstream::DeletedUpstream::key("img-2");
+        std::fs::copy(root.join(upstream::DeletedUpstream::key("img-1")), root.join(&renamed)).unwrap();
+        let err = format!("{:#}", repo.deleted_upstream().unwrap_err());
+        assert!(err.contains(&renamed) && err.contains("does not match its name"), "{err}");
+    }
+
+    /// A key of one kind is never read as another.
+    #[test]
+    fn a_key_of_another_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path().join("repo"))), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let key = repo.write_index_object(&IndexObject::new(vec![])).unwrap();
+        let err = format!("{:#}", repo.read_mark(&key).unwrap_err());
+        assert!(err.contains("not the key of a prune mark"), "{err}");
     }
 }

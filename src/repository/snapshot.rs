@@ -106,3 +106,18 @@ impl Snapshot {
         v
     }
 }
+
+impl super::file::RepoFile for Snapshot {
+    const PREFIX: &'static str = "snapshots/";
+    const KIND: &'static str = "snapshot";
+    const MAX_BYTES: u64 = MAX_SNAPSHOT_BYTES;
+    const NAMING: super::file::Naming = super::file::Naming::ContentId;
+    const NEEDS_LOCK: bool = true;
+
+    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.to_bytes())
+    }
+    fn decode(bytes: &[u8], _: &super::pack::BlobLimits) -> anyhow::Result<Self> {
+        Snapshot::decode(bytes)
+    }
+}

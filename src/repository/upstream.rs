@@ -6,6 +6,7 @@
 //! unless the user passes `--include-deleted`. Write-once like every object;
 //! an image that comes back (same id) has its record deleted by `sync`.
 
+use super::file::{Naming, RepoFile};
 use super::Repository;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -27,35 +28,52 @@ pub struct DeletedUpstream {
     pub detected: String,
 }
 
-fn key(image_id: &str) -> String {
-    // Glance ids are UUIDs; anything else is made safe for an object key.
-    let safe: String = image_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    format!("{PREFIX}{safe}")
+/// The name a record is stored under: Glance ids are UUIDs; anything else
+/// is made safe for an object key.
+fn name(image_id: &str) -> String {
+    image_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+impl RepoFile for DeletedUpstream {
+    const PREFIX: &'static str = PREFIX;
+    const KIND: &'static str = "deleted-image record";
+    const MAX_BYTES: u64 = MAX_RECORD_BYTES;
+    /// Named by the image it records, so a record is found (and withdrawn) by image id.
+    const NAMING: Naming = Naming::Own;
+    const NEEDS_LOCK: bool = false;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+    fn decode(bytes: &[u8], _: &super::pack::BlobLimits) -> Result<Self> {
+        serde_json::from_slice(bytes).context("malformed")
+    }
+    fn own_name(&self) -> Option<String> {
+        Some(name(&self.image_id))
+    }
 }
 
 impl Repository {
     pub fn record_deleted_upstream(&self, record: &DeletedUpstream) -> Result<()> {
-        self.backend().put(&key(&record.image_id), &serde_json::to_vec_pretty(record)?).context("cannot record a deleted image")?;
+        self.save(record).context("cannot record a deleted image")?;
         Ok(())
     }
 
     /// Withdraws the record (the image is back upstream).
     pub fn clear_deleted_upstream(&self, image_id: &str) -> Result<()> {
-        self.backend().delete(&key(image_id)).context("cannot clear a deleted-image record")?;
-        Ok(())
+        self.delete::<DeletedUpstream>(&DeletedUpstream::key(&name(image_id))).context("cannot clear a deleted-image record")
     }
 
     /// Every image recorded as deleted upstream.
     pub fn deleted_upstream(&self) -> Result<Vec<DeletedUpstream>> {
         let mut out = Vec::new();
-        for o in self.backend().list(PREFIX)? {
-            // Gone between list and get: the record was withdrawn.
-            let bytes = match super::read_capped(&**self.backend(), &o.key, Some(o.size), MAX_RECORD_BYTES) {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => continue,
+        for (key, size) in self.list::<DeletedUpstream>()? {
+            match self.load(&key, Some(size)) {
+                Ok(record) => out.push(record),
+                // Gone between list and get: the record was withdrawn.
+                Err(e) if crate::backend::is_not_found(&e) => continue,
                 Err(e) => return Err(e).context("cannot read a deleted-image record"),
-            };
-            out.push(serde_json::from_slice(&bytes).with_context(|| format!("{} is malformed", o.key))?);
+            }
         }
         Ok(out)
     }

@@ -353,7 +353,7 @@ fn raw_http(url_base: &str, method: &str, path: &str, token: &str, body: &[u8]) 
 /// neither `unlock`'s path nor the bare backend can delete what it points at.
 #[test]
 fn swift_native_dot_dot_keys_never_leave_the_container() {
-    use imgarc::repository::{config::Config, lock, Repository};
+    use imgarc::repository::{config::Config, Repository};
     let ks = keystone(true);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let session = ks.authenticate(&reqwest::Client::new(), &rt).unwrap();
@@ -396,12 +396,12 @@ fn swift_native_dot_dot_keys_never_leave_the_container() {
     assert!(bare.list("locks/").unwrap().iter().any(|o| o.key == planted), "the planted name should be listed by the store");
 
     // What `imgarc unlock --all` does: list the locks, delete each.
-    let locks = lock::list(&**repo.backend()).unwrap();
+    let locks = repo.list_locks().unwrap();
     assert!(locks.iter().all(|(k, _)| *k != planted), "a key outside the grammar was listed: {locks:?}");
     for (key, _) in &locks {
-        repo.backend().delete(key).unwrap();
+        repo.delete_lock(key).unwrap();
     }
-    assert!(repo.backend().delete(&planted).is_err(), "the repository deleted a key outside the grammar");
+    assert!(repo.delete_lock(&planted).is_err(), "the repository deleted a key outside the grammar");
     assert!(bare.delete(&planted).is_err(), "the bare backend sent a dot-segment key");
     assert!(bare.get(&planted).is_err());
     assert_eq!(raw_http(&session.storage_url, "HEAD", &format!("{account}/{victim}/obj"), &token, b""), 200, "the victim is gone");
@@ -411,15 +411,15 @@ fn swift_native_dot_dot_keys_never_leave_the_container() {
 /// listing and cannot be requested; dot-segment keys never become requests.
 #[test]
 fn rgw_keys_outside_the_grammar_are_skipped_and_refused() {
-    use imgarc::repository::{config::Config, lock, Repository};
+    use imgarc::repository::{config::Config, Repository};
     let t = rgw();
     let prefix = unique("rgwkeys");
     let bare = s3_backend(&t, &prefix, 1000);
     let repo = Repository::init(Arc::from(s3_backend(&t, &prefix, 1000)), Config::new(64 << 10, 3).unwrap()).unwrap();
     let planted = "locks/not a lock, a planted name";
     bare.put(planted, b"{}").unwrap();
-    assert!(lock::list(&**repo.backend()).unwrap().is_empty(), "a key outside the grammar was listed");
-    assert!(repo.backend().delete(planted).is_err());
+    assert!(repo.list_locks().unwrap().is_empty(), "a key outside the grammar was listed");
+    assert!(repo.delete_lock(planted).is_err());
     assert!(bare.get(planted).is_ok(), "a refused delete reached the store");
     for key in ["locks/../../victim/obj", "locks/./x", "locks//x"] {
         assert!(bare.put(key, b"x").is_err(), "{key}");

@@ -46,7 +46,7 @@ fn trees(env: &Env, ids: &[String]) -> (u64, u64) {
             for tree in &stream.trees {
                 if seen.insert(*tree) {
                     n += 1;
-                    bytes += index.read_blob(&repo, tree).unwrap().len() as u64;
+                    bytes += imgarc::index::IndexedRepository::new(&repo, &index).read_blob(tree).unwrap().len() as u64;
                 }
             }
         }

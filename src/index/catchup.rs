@@ -1,0 +1,311 @@
+//! Catching up with the repository: `Index::sync` ingests index objects,
+//! prune marks and snapshots the cache has not seen and drops what is gone
+//! (each absence confirmed: listings may lag); `rebuild` regenerates the
+//! cache from nothing, adopting packs no index object lists. What cannot be
+//! read is a warning in the [`SyncReport`], never a stop for the rest.
+
+use super::schema::remove_cache_files;
+use super::{cache_dir_for, Index, IndexedRepository};
+use crate::ids::Id;
+use crate::repository::index_object::{IndexObject, IndexedPack};
+use crate::repository::marks::PruneMark;
+use crate::repository::Repository;
+use crate::warnings::Warnings;
+use anyhow::{Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub index_objects_added: usize,
+    pub snapshots_added: usize,
+    pub snapshots_removed: usize,
+    /// Snapshots listed in the repository that could not be read, with why (not in the cache).
+    pub snapshots_unreadable: Vec<String>,
+    /// Prune marks that could not be read, with why.
+    pub marks_unreadable: Vec<String>,
+    /// What the catch-up skipped or could not confirm (each also emitted as a
+    /// log event when it happened); unreadable marks are left to the caller,
+    /// for whom they are a warning (readers) or an error (writers).
+    pub warnings: Vec<String>,
+}
+
+impl Index {
+    /// Catches up with the repository: ingests index objects and snapshots it
+    /// has not seen, and forgets snapshots that are gone. Reads no packs except
+    /// the tree blobs of new snapshots.
+    pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
+        let warnings = Warnings::new();
+        let mut report = SyncReport { index_objects_added: self.sync_index_objects(repo, &warnings)?, ..Default::default() };
+        report.marks_unreadable = self.sync_marks(repo)?;
+        let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
+        let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
+        for id in in_repo.difference(&in_cache) {
+            // One snapshot that cannot be read (damaged tree, a listing ahead of
+            // the object) must not keep the cache from the others; it stays out
+            // of the cache, so `prune` refuses to run and `check` reports it.
+            let ingested = repo.load_snapshot(id).and_then(|snap| {
+                let ids = IndexedRepository::new(repo, self).referenced_ids(&snap).context("cannot read its extent lists")?;
+                self.add_snapshot(id, &snap, &ids)
+            });
+            match ingested {
+                Ok(()) => report.snapshots_added += 1,
+                Err(e) => {
+                    warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
+                    report.snapshots_unreadable.push(format!("{}: {e:#}", id.to_hex()));
+                }
+            }
+        }
+        for id in in_cache.difference(&in_repo) {
+            // A listing may lag on object stores: only a confirmed absence removes it.
+            match repo.stat_snapshot(id) {
+                Err(e) if e.is_not_found() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    warnings.warn(format!("snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex()));
+                    continue;
+                }
+            }
+            self.remove_snapshot(id)?;
+            report.snapshots_removed += 1;
+        }
+        report.warnings = warnings.take();
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RebuildReport {
+    pub index_objects: usize,
+    pub packs: usize,
+    /// Packs no index object listed, adopted by reading their trailers.
+    pub packs_adopted: usize,
+    /// Index objects written to list the adopted packs.
+    pub index_objects_written: usize,
+    pub packs_unreadable: Vec<String>,
+    pub snapshots: usize,
+    /// Snapshots that could not be read (left out of the cache), with why.
+    pub snapshots_unreadable: Vec<String>,
+    pub blobs: u64,
+}
+
+/// At most this many blobs go into one index object that `rebuild` writes.
+/// A blob costs at most ~130 bytes of JSON (`[id hex, kind, codec, three
+/// numbers]`), ~240 with its pack's own fields when every pack holds one blob,
+/// so such an object stays below the decode cap (`index_object::MAX_DECODED_LEN`)
+/// every reader enforces: one larger object would be skipped by every later
+/// sync, its packs unindexed forever.
+pub const MAX_BLOBS_PER_INDEX_OBJECT: usize = 1_000_000;
+const _: () = assert!(MAX_BLOBS_PER_INDEX_OBJECT as u64 * 240 <= crate::repository::index_object::MAX_DECODED_LEN);
+
+/// Regenerates the index cache from the repository alone: its index objects
+/// first, then the trailers of packs no index object lists (for which new
+/// index objects are written, repairing the repository), then its snapshots.
+pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
+    let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
+    rebuild_at(repo, &path, MAX_BLOBS_PER_INDEX_OBJECT)
+}
+
+/// `rebuild` into the cache file `path`, writing index objects of at most
+/// `max_blobs` blobs each (a pack is never split: one with more goes alone).
+fn rebuild_at(repo: &Repository, path: &Path, max_blobs: usize) -> Result<(Index, RebuildReport)> {
+    let path = path.to_path_buf();
+    remove_cache_files(&path)?;
+    let mut index = Index::open_at(&path, &repo.config().id)?;
+    let mut report = RebuildReport { index_objects: index.sync_index_objects(repo, &Warnings::new())?, ..Default::default() };
+    let known = index.packs()?;
+    let mut adopted = Vec::new();
+    for (pack, size) in repo.list_packs()? {
+        if known.contains_key(&pack) {
+            continue;
+        }
+        match repo.read_pack_trailer(&pack) {
+            Ok(entries) => adopted.push(IndexedPack::new(pack, size, &entries)),
+            Err(e) => report.packs_unreadable.push(format!("{}: {e:#}", pack.to_hex())),
+        }
+    }
+    report.packs_adopted = adopted.len();
+    for batch in batches_of_blobs(adopted, max_blobs) {
+        let obj = IndexObject::new(batch);
+        let key = repo.write_index_object(&obj)?;
+        index.add_index_object(&key, &obj)?;
+        report.index_objects_written += 1;
+    }
+    let sync = index.sync(repo)?;
+    report.snapshots = sync.snapshots_added;
+    report.snapshots_unreadable = sync.snapshots_unreadable;
+    let (_, blobs, packs) = index.counts()?;
+    report.blobs = blobs;
+    report.packs = packs as usize;
+    Ok((index, report))
+}
+
+/// Splits `packs` into consecutive groups of at most `max_blobs` blobs each
+/// (a pack with more is a group of its own).
+fn batches_of_blobs(packs: Vec<IndexedPack>, max_blobs: usize) -> Vec<Vec<IndexedPack>> {
+    let mut batches: Vec<Vec<IndexedPack>> = Vec::new();
+    let mut blobs_in_last = 0;
+    for p in packs {
+        if batches.is_empty() || blobs_in_last + p.blobs.len() > max_blobs {
+            batches.push(Vec::new());
+            blobs_in_last = 0;
+        }
+        blobs_in_last += p.blobs.len();
+        batches.last_mut().expect("a batch was just pushed").push(p);
+    }
+    batches
+}
+
+impl Index {
+    /// Ingests index objects not yet seen (returns how many) and drops those
+    /// a prune deleted, each confirmed gone (a listing may lag), with one
+    /// listing of `index/`.
+    fn sync_index_objects(&mut self, repo: &Repository, warnings: &Warnings) -> Result<usize> {
+        let known: HashSet<String> = {
+            let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let listed: HashMap<String, u64> = repo.list_index_objects()?.into_iter().collect();
+        let mut n = 0;
+        for (key, size) in listed.iter().filter(|(k, _)| !known.contains(*k)) {
+            let obj = match repo.read_index_object(key, Some(*size)) {
+                Ok(o) => o,
+                Err(e) => {
+                    warnings.warn(format!("skipping {key}: {e:#}"));
+                    continue;
+                }
+            };
+            self.add_index_object(key, &obj)?;
+            n += 1;
+        }
+        // After the additions: a prune writes an index object's replacement before
+        // deleting it, so the packs that survive stay in the cache throughout.
+        for key in known.iter().filter(|k| !listed.contains_key(*k)) {
+            if repo.stat::<IndexObject>(key).is_err_and(|e| e.is_not_found()) {
+                self.remove_index_object(key)?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Index {
+    /// Ingests prune marks not yet seen and drops those that are gone from
+    /// the repository — confirmed one by one, because a listing may lag
+    /// behind a write.
+    /// Returns the marks that could not be read, with why: a reader may go on
+    /// without them, a writer may not (see `Index::open_writer`).
+    fn sync_marks(&mut self, repo: &Repository) -> Result<Vec<String>> {
+        let listed: HashSet<String> = repo.list_mark_keys()?.into_iter().collect();
+        let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
+        let mut unreadable = Vec::new();
+        for key in listed.difference(&known) {
+            match repo.read_mark(key) {
+                Ok(mark) => self.add_mark(key, &mark)?,
+                // Deleted between list and get: that prune finished.
+                Err(e) if crate::backend::is_not_found(&e) => {}
+                Err(e) => unreadable.push(format!("{key}: {e:#}")),
+            }
+        }
+        for key in known.difference(&listed) {
+            if repo.stat::<PruneMark>(key).is_err_and(|e| e.is_not_found()) {
+                self.remove_mark(key)?;
+            }
+        }
+        Ok(unreadable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::config::Config;
+    use crate::repository::file::RepoFile;
+    use crate::repository::pack::{encode_blob, BlobKind, Codec, PackBuilder, PackEntry};
+
+    fn pack_of(n: usize, seed: u8) -> IndexedPack {
+        let entries = (0..n).map(|i| PackEntry {
+            id: Id::of(&[seed, i as u8]),
+            kind: BlobKind::Data,
+            codec: Codec::None,
+            offset: 0,
+            stored_len: 1,
+            raw_len: 1,
+        });
+        IndexedPack::new(Id::of(&[seed]), 1, &entries.collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn batches_never_exceed_the_bound_and_never_split_a_pack() {
+        let packs = vec![pack_of(2, 1), pack_of(2, 2), pack_of(7, 3), pack_of(1, 4), pack_of(3, 5)];
+        let batches = batches_of_blobs(packs, 5);
+        let sizes: Vec<Vec<usize>> = batches.iter().map(|b| b.iter().map(|p| p.blobs.len()).collect()).collect();
+        assert_eq!(sizes, vec![vec![2, 2], vec![7], vec![1, 3]]);
+        assert!(batches_of_blobs(vec![], 5).is_empty());
+    }
+
+    /// Packs whose index objects are lost: `index rebuild` adopts them in
+    /// ceil(blobs / bound) objects, each within the bound and readable under
+    /// the decode cap, and a second host's cache ingests every one of them.
+    #[test]
+    fn rebuild_writes_bounded_index_objects_that_another_host_ingests() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        const PACKS: usize = 7;
+        const BLOBS_PER_PACK: usize = 2;
+        for p in 0..PACKS {
+            let mut builder = PackBuilder::new();
+            for b in 0..BLOBS_PER_PACK {
+                builder.add(&encode_blob(BlobKind::Data, format!("pack {p} blob {b}").as_bytes(), 3));
+            }
+            repo.write_pack(builder).unwrap();
+        }
+        for (key, _) in repo.list_index_objects().unwrap() {
+            repo.delete_index_object(&key).unwrap();
+        }
+        let bound = 5; // two packs per object
+        let (_, report) = rebuild_at(&repo, &dir.path().join("a.sqlite"), bound).unwrap();
+        let per_object = bound / BLOBS_PER_PACK;
+        assert_eq!(report.packs_adopted, PACKS);
+        assert_eq!(report.index_objects_written, PACKS.div_ceil(per_object), "{report:?}");
+        let keys: Vec<String> = repo.list_index_objects().unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), report.index_objects_written);
+        let mut listed = HashSet::new();
+        for key in &keys {
+            let obj = repo.read_index_object(key, None).unwrap();
+            let blobs: usize = obj.packs.iter().map(|p| p.blobs.len()).sum();
+            assert!(blobs <= bound, "{key} lists {blobs} blobs, above the bound {bound}");
+            listed.extend(obj.packs.iter().map(|p| p.id));
+        }
+        assert_eq!(listed.len(), PACKS, "every adopted pack is listed exactly once");
+
+        let mut other = Index::open_at(&dir.path().join("b.sqlite"), &repo.config().id).unwrap();
+        let sync = other.sync(&repo).unwrap();
+        assert_eq!(sync.index_objects_added, keys.len());
+        assert_eq!(other.packs().unwrap().len(), PACKS);
+        assert_eq!(other.counts().unwrap().1, (PACKS * BLOBS_PER_PACK) as u64);
+    }
+
+    /// What the catch-up cannot read is a warning in its report (and a log
+    /// event), and the rest is still ingested.
+    #[test]
+    fn an_index_object_that_does_not_match_its_name_is_a_warning_in_the_sync_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let backend = crate::backend::open(root.to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut builder = PackBuilder::new();
+        builder.add(&encode_blob(BlobKind::Data, b"one blob", 3));
+        let written = repo.write_pack(builder).unwrap();
+        let planted = IndexObject::id_key(&Id::of(b"not this object"));
+        std::fs::copy(root.join(&written.index_key), root.join(&planted)).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
+        let report = index.sync(&repo).unwrap();
+        assert_eq!(report.index_objects_added, 1);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(report.warnings[0].contains(&planted) && report.warnings[0].contains("does not match its name"), "{:?}", report.warnings);
+        assert!(index.packs().unwrap().contains_key(&written.id));
+    }
+}

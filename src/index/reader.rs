@@ -1,0 +1,305 @@
+//! The chunk reader: the one way stored streams are read back. It fetches a
+//! stream's chunks in batches — neighbouring chunks of one pack with one
+//! ranged read, decompressed and verified against their BLAKE3 ids in
+//! parallel, any other copy tried when one is damaged — and reads the next
+//! batch ahead while the current one is consumed. `restore` reads through it
+//! in order ([`ChunkReader::read_sequential`]) or at random
+//! ([`ChunkReader::read_at`], for layouts and conversions); guest file access
+//! and NBD export will read through it too.
+
+use super::{IndexedRepository, Location};
+use crate::ids::Id;
+use crate::repository::extents::{Extent, StreamRef};
+use crate::repository::pack::decode_blob;
+use crate::repository::Repository;
+use anyhow::{anyhow, Result};
+use rayon::prelude::*;
+use std::collections::HashMap;
+
+/// Bytes of chunks fetched together (one read-ahead window).
+const BATCH_BYTES: u64 = 32 << 20;
+/// Chunks of one pack closer than this are fetched with one read.
+const COALESCE_GAP: u64 = 256 << 10;
+/// The longest one coalesced read may be.
+const MAX_READ: u64 = 16 << 20;
+
+/// A chunk that could not be read intact from any of its locations.
+#[derive(Debug, thiserror::Error)]
+#[error("chunk {id} (guest offset {offset}) is damaged or missing: {cause}")]
+pub struct DamagedChunk {
+    pub id: Id,
+    pub offset: u64,
+    pub cause: String,
+}
+
+/// One chunk's decoded bytes, or why none of its copies could be read.
+type OneChunk = Result<Vec<u8>, DamagedChunk>;
+
+/// An extent with every location its chunk is stored at.
+type Located = (Extent, Vec<Location>);
+
+/// Fetches the data of `extents` (each with its candidate locations), in order.
+fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, DamagedChunk> {
+    // Group by the first location's pack, coalescing neighbours into ranged reads.
+    let mut by_pack: HashMap<Id, Vec<usize>> = HashMap::new();
+    for (i, (e, locs)) in extents.iter().enumerate() {
+        match locs.first() {
+            Some(l) => by_pack.entry(l.pack).or_default().push(i),
+            None => return Err(DamagedChunk { id: e.id, offset: e.offset, cause: "not in the index".into() }),
+        }
+    }
+    let mut reads: Vec<(Id, Vec<usize>)> = Vec::new();
+    for (pack, mut idxs) in by_pack {
+        idxs.sort_by_key(|&i| extents[i].1[0].entry.offset);
+        let mut group: Vec<usize> = Vec::new();
+        for i in idxs {
+            if let Some(&first) = group.first() {
+                let start = extents[first].1[0].entry.offset;
+                let last = &extents[*group.last().expect("non-empty")].1[0].entry;
+                let this = &extents[i].1[0].entry;
+                let end = last.offset + last.stored_len as u64;
+                if this.offset > end + COALESCE_GAP || this.offset + this.stored_len as u64 - start > MAX_READ {
+                    reads.push((pack, std::mem::take(&mut group)));
+                }
+            }
+            group.push(i);
+        }
+        if !group.is_empty() {
+            reads.push((pack, group));
+        }
+    }
+    let results: Vec<Vec<(usize, OneChunk)>> = reads
+        .par_iter()
+        .map(|(pack, group)| {
+            let first = &extents[group[0]].1[0].entry;
+            let last = &extents[*group.last().expect("non-empty")].1[0].entry;
+            let start = first.offset;
+            let len = last.offset + last.stored_len as u64 - start;
+            let span = repo.read_pack_range(pack, start, len);
+            group
+                .iter()
+                .map(|&i| {
+                    let (e, locs) = &extents[i];
+                    let l = &locs[0];
+                    let primary = match &span {
+                        Ok(bytes) => {
+                            let s = (l.entry.offset - start) as usize;
+                            decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize])
+                        }
+                        Err(err) => Err(anyhow!("pack {}: {err}", pack.short())),
+                    };
+                    let data = match primary {
+                        Ok(d) => Ok(d),
+                        Err(first_err) => {
+                            // Fall back to any other copy of the chunk.
+                            let mut cause = format!("{first_err:#}");
+                            let mut found = None;
+                            for alt in &locs[1..] {
+                                match repo.read_blob(&alt.pack, &alt.entry) {
+                                    Ok(d) => {
+                                        found = Some(d);
+                                        break;
+                                    }
+                                    Err(e2) => cause = format!("{cause}; {e2:#}"),
+                                }
+                            }
+                            found.ok_or(DamagedChunk { id: e.id, offset: e.offset, cause })
+                        }
+                    };
+                    (i, data.and_then(|d| check_len(e, d)))
+                })
+                .collect()
+        })
+        .collect();
+    let mut out: Vec<Option<Vec<u8>>> = vec![None; extents.len()];
+    for (i, r) in results.into_iter().flatten() {
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().map(|d| d.expect("every extent fetched")).collect())
+}
+
+fn check_len(e: &Extent, d: Vec<u8>) -> Result<Vec<u8>, DamagedChunk> {
+    if d.len() != e.len as usize {
+        return Err(DamagedChunk {
+            id: e.id,
+            offset: e.offset,
+            cause: format!("chunk holds {} bytes, the extent needs {}", d.len(), e.len),
+        });
+    }
+    Ok(d)
+}
+
+/// Decoded chunks a `ChunkReader` keeps. Layouts read a stream roughly in
+/// order (qemu-img writes clusters from several coroutines, so guest order
+/// jitters by a few MiB); a cache larger than one read-ahead window absorbs that.
+const STREAM_CACHE_BYTES: u64 = 64 << 20;
+
+/// Random or sequential access to a stored stream, fetching chunks in read-ahead windows.
+pub struct ChunkReader<'a> {
+    source: IndexedRepository<'a>,
+    extents: Vec<Extent>,
+    /// Decoded chunks, by extent index.
+    cache: std::collections::BTreeMap<usize, Vec<u8>>,
+    cache_bytes: u64,
+    /// The next window, being fetched in the background while this one is consumed.
+    prefetch: Option<Prefetch>,
+}
+
+type Fetched = Result<Vec<Vec<u8>>, DamagedChunk>;
+
+struct Prefetch {
+    wanted: Vec<usize>,
+    handle: std::thread::JoinHandle<Fetched>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn open(source: IndexedRepository<'a>, stream: &StreamRef) -> Result<Self> {
+        Ok(ChunkReader { extents: source.load_extents(stream)?, ..Self::empty(source) })
+    }
+
+    /// A reader of an empty stream (all holes).
+    pub fn empty(source: IndexedRepository<'a>) -> Self {
+        ChunkReader { source, extents: Vec::new(), cache: Default::default(), cache_bytes: 0, prefetch: None }
+    }
+
+    /// The stream's extents, in offset order.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+    /// Extent `first` and the uncached extents after it, one batch's worth, with their locations.
+    fn window(&self, first: usize) -> Result<(Vec<usize>, Vec<Located>)> {
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        let mut i = first;
+        while i < self.extents.len() && (bytes < BATCH_BYTES || wanted.is_empty()) {
+            if !self.cache.contains_key(&i) {
+                wanted.push(i);
+                bytes += self.extents[i].len as u64;
+            }
+            i += 1;
+        }
+        let with_locs =
+            wanted.iter().map(|&i| Ok((self.extents[i], self.source.index.locations(&self.extents[i].id)?))).collect::<Result<_>>()?;
+        Ok((wanted, with_locs))
+    }
+
+    /// Makes extent `first` available: from the background fetch if it has it,
+    /// else fetched now; then starts fetching the window after it.
+    fn load_window(&mut self, first: usize) -> Result<()> {
+        let (wanted, fetched) = match self.prefetch.take() {
+            Some(p) if p.wanted.contains(&first) => {
+                let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
+                (p.wanted, fetched)
+            }
+            other => {
+                if let Some(p) = other {
+                    let _ = p.handle.join(); // a jump elsewhere: that window is not needed now
+                }
+                let (wanted, with_locs) = self.window(first)?;
+                (wanted, fetch_batch(self.source.repo, &with_locs))
+            }
+        };
+        let datas = fetched.map_err(|d| self.source.damaged_error(d))?;
+        let next = wanted.last().map_or(first, |&l| l + 1);
+        for (i, d) in wanted.into_iter().zip(datas) {
+            self.cache_bytes += d.len() as u64;
+            self.cache.insert(i, d);
+        }
+        // Evict whatever lies furthest from where reading is now.
+        while self.cache_bytes > STREAM_CACHE_BYTES && self.cache.len() > 1 {
+            let lo = *self.cache.keys().next().expect("non-empty");
+            let hi = *self.cache.keys().next_back().expect("non-empty");
+            let victim = if first.abs_diff(lo) >= first.abs_diff(hi) { lo } else { hi };
+            if victim == first {
+                break;
+            }
+            if let Some(d) = self.cache.remove(&victim) {
+                self.cache_bytes -= d.len() as u64;
+            }
+        }
+        if next < self.extents.len() {
+            let (wanted, with_locs) = self.window(next)?;
+            if !wanted.is_empty() {
+                let repo = self.source.repo.clone();
+                let handle = std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
+                self.prefetch = Some(Prefetch { wanted, handle });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read_at(&mut self, mut pos: u64, mut buf: &mut [u8]) -> Result<()> {
+        while !buf.is_empty() {
+            let i = self.extents.partition_point(|e| e.end() <= pos);
+            let n;
+            match self.extents.get(i).copied() {
+                Some(e) if e.offset <= pos => {
+                    if !self.cache.contains_key(&i) {
+                        self.load_window(i)?;
+                    }
+                    let data = &self.cache[&i];
+                    let from = (pos - e.offset) as usize;
+                    n = (data.len() - from).min(buf.len());
+                    buf[..n].copy_from_slice(&data[from..from + n]);
+                }
+                next => {
+                    // A hole: zeros up to the next extent.
+                    let gap = next.map_or(u64::MAX, |e| e.offset - pos);
+                    n = gap.min(buf.len() as u64) as usize;
+                    buf[..n].fill(0);
+                }
+            }
+            pos += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Every chunk of the stream, in order, to `each` (with its extent),
+    /// batch by batch, the next batch fetched while this one is consumed.
+    /// Stops early when `each` returns `false`.
+    pub fn read_sequential(&mut self, mut each: impl FnMut(Extent, Vec<u8>) -> Result<bool>) -> Result<()> {
+        let mut next = 0;
+        while next < self.extents.len() {
+            let (wanted, fetched) = match self.prefetch.take() {
+                Some(p) => {
+                    let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
+                    (p.wanted, fetched)
+                }
+                None => {
+                    let (wanted, with_locs) = self.window(next)?;
+                    (wanted, fetch_batch(self.source.repo, &with_locs))
+                }
+            };
+            let datas = fetched.map_err(|d| self.source.damaged_error(d))?;
+            next = wanted.last().map_or(next + 1, |&l| l + 1);
+            if next < self.extents.len() {
+                let (ahead, with_locs) = self.window(next)?;
+                if !ahead.is_empty() {
+                    let repo = self.source.repo.clone();
+                    let handle =
+                        std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
+                    self.prefetch = Some(Prefetch { wanted: ahead, handle });
+                }
+            }
+            for (i, d) in wanted.into_iter().zip(datas) {
+                if !each(self.extents[i], d)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IndexedRepository<'_> {
+    /// Turns a damaged chunk into an error naming every snapshot that uses it.
+    pub fn damaged_error(&self, d: DamagedChunk) -> anyhow::Error {
+        let users = self.snapshots_using(&[d.id]).unwrap_or_default();
+        let names: Vec<String> = users.get(&d.id).into_iter().flatten().map(|(id, name)| format!("{} ({name})", id.short())).collect();
+        anyhow!(
+            "{d}; snapshots affected: {}; run `imgarc check --read-data`",
+            if names.is_empty() { "unknown".into() } else { names.join(", ") }
+        )
+    }
+}
