@@ -4,46 +4,16 @@
 
 use super::keystone::{http_client, HttpOptions, Session};
 use super::{describe_reqwest, short_body, Error, Result, Secret};
-use rand::Rng;
 use reqwest::blocking::{Body, Client, RequestBuilder, Response};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-/// Retry behaviour for transient failures (connection refused/reset,
-/// timeouts, HTTP 5xx, 429, 503 with Retry-After). Delays grow
-/// exponentially from `initial_delay`, capped at `max_delay`, with ±50 %
-/// jitter; a `Retry-After` header is honoured up to `max_delay`.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt, per failure streak (a download that
-    /// makes progress gets a fresh budget).
-    pub max_retries: u32,
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
-    /// Print each retry to stderr (default true).
-    pub log: bool,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { max_retries: 6, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), log: true }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before retry number `n` (1-based).
-    pub fn delay(&self, n: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra.min(self.max_delay);
-        }
-        let exp = self.initial_delay.saturating_mul(1u32 << (n.saturating_sub(1)).min(16));
-        let capped = exp.min(self.max_delay);
-        let f: f64 = rand::thread_rng().gen_range(0.5..1.0);
-        capped.mul_f64(f)
-    }
-}
+/// The crate's one retry policy; a Glance client starts with
+/// [`RetryPolicy::openstack_api`].
+pub use crate::net::retry::RetryPolicy;
+use crate::net::retry::{is_transient_status, retry_after};
 
 #[derive(Clone)]
 enum Auth {
@@ -155,6 +125,29 @@ impl ImageRecord {
     }
 
     /// Why this image cannot be archived, if it cannot (`None` = active with data).
+    /// What the image data must hash to: `checksum` (md5),
+    /// `os_hash_algo`/`os_hash_value` (an algorithm outside
+    /// [`crate::digest::Algo`] is skipped) and `size`, for
+    /// [`crate::digest::HashingReader::verifying`].
+    pub fn expected(&self) -> crate::digest::Expected {
+        use crate::digest::Algo;
+        let mut digests = Vec::new();
+        if let Some(c) = self.checksum.as_deref().filter(|c| !c.is_empty()) {
+            digests.push((Algo::Md5, c.to_ascii_lowercase()));
+        }
+        if let (Some(a), Some(v)) = (self.os_hash_algo.as_deref().and_then(Algo::parse), self.os_hash_value.as_deref()) {
+            if !digests.iter().any(|(x, _)| *x == a) {
+                digests.push((a, v.to_ascii_lowercase()));
+            }
+        }
+        crate::digest::Expected {
+            digests,
+            size: self.size,
+            what: format!("download of image {}", self.id),
+            against: "the image record".into(),
+        }
+    }
+
     pub fn not_downloadable_reason(&self) -> Option<String> {
         if self.status != "active" {
             return Some(format!("status is {:?}, not \"active\"", self.status));
@@ -180,18 +173,6 @@ fn is_uuid(s: &str) -> bool {
     b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
-fn retry_after(resp: &Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-fn retryable_status(s: StatusCode) -> bool {
-    s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT
-}
-
 /// Upload requests are bounded by the per-read socket timeouts, not by a
 /// total deadline (reqwest's blocking timeout covers the body send).
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -205,7 +186,7 @@ impl GlanceClient {
             http: session.http().clone(),
             base: normalize_base(&url)?,
             auth: Auth::Session(session.clone()),
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::openstack_api(),
         })
     }
 
@@ -217,7 +198,12 @@ impl GlanceClient {
 
     /// [`GlanceClient::standalone`] with TLS options.
     pub fn standalone_with(url: &str, token: Option<Secret>, opts: &HttpOptions) -> Result<GlanceClient> {
-        Ok(GlanceClient { http: http_client(opts)?, base: normalize_base(url)?, auth: Auth::Static(token), retry: RetryPolicy::default() })
+        Ok(GlanceClient {
+            http: http_client(opts)?,
+            base: normalize_base(url)?,
+            auth: Auth::Static(token),
+            retry: RetryPolicy::openstack_api(),
+        })
     }
 
     /// Replace the retry policy.
@@ -322,18 +308,16 @@ impl GlanceClient {
                     if st == StatusCode::UNAUTHORIZED && !renewed {
                         if let Auth::Session(s) = &self.auth {
                             renewed = true;
-                            if self.retry.log {
-                                eprintln!("imgarc: glance: {method} {url}: HTTP 401; renewing the token and retrying once");
-                            }
+                            tracing::info!("glance: {method} {url}: HTTP 401; renewing the token and retrying once");
                             s.renew_after_401(generation)?;
                             attempt -= 1;
                             continue;
                         }
                     }
-                    if !(idempotent && retryable_status(st)) || attempt > self.retry.max_retries {
+                    if !(idempotent && is_transient_status(Some(st.as_u16()))) || attempt > self.retry.max_retries {
                         return Err(self.http_error(&method, url, resp));
                     }
-                    (format!("HTTP {}", st.as_u16()), retry_after(&resp))
+                    (format!("HTTP {}", st.as_u16()), retry_after(resp.headers()))
                 }
                 Err(e) => {
                     // a refused connection never reached the server: safe to retry any method
@@ -349,9 +333,7 @@ impl GlanceClient {
                 }
             };
             let d = self.retry.delay(attempt, ra);
-            if self.retry.log {
-                eprintln!("imgarc: glance: {method} {url}: {why}; retry {attempt}/{} in {:.1}s", self.retry.max_retries, d.as_secs_f64());
-            }
+            tracing::info!("glance: {method} {url}: {why}; retry {attempt}/{} in {:.1}s", self.retry.max_retries, d.as_secs_f64());
             std::thread::sleep(d);
         }
     }
@@ -766,17 +748,15 @@ impl ImageDownload {
                 ));
             }
             let d = p.delay(self.failures, None);
-            if p.log {
-                eprintln!(
-                    "imgarc: glance: download of image {}: {why} at byte {}{of}; {} in {:.1}s (retry {}/{})",
-                    self.id,
-                    self.pos,
-                    if self.pos > 0 { "resuming with Range" } else { "restarting" },
-                    d.as_secs_f64(),
-                    self.failures,
-                    p.max_retries
-                );
-            }
+            tracing::info!(
+                "glance: download of image {}: {why} at byte {}{of}; {} in {:.1}s (retry {}/{})",
+                self.id,
+                self.pos,
+                if self.pos > 0 { "resuming with Range" } else { "restarting" },
+                d.as_secs_f64(),
+                self.failures,
+                p.max_retries
+            );
             std::thread::sleep(d);
             // one attempt per failure here: this loop owns the retry budget
             match self.open_once() {
@@ -910,7 +890,7 @@ pub struct RestoreOutcome {
     /// The new image, `active` (and `protected` again if the archive was).
     pub record: ImageRecord,
     /// Digests of the bytes uploaded (md5, sha512 and the archived os_hash_algo).
-    pub uploaded: crate::openstack::verify::Digests,
+    pub uploaded: crate::digest::Digests,
     /// What the new image was verified with, e.g. "os_hash_value (sha512)".
     pub verified_with: String,
 }
@@ -928,7 +908,7 @@ pub fn restore_image(
     data: impl Read + Send + 'static,
     opts: &RestoreOptions,
 ) -> Result<RestoreOutcome> {
-    use crate::openstack::verify::{Algo, HashingReader};
+    use crate::digest::{Algo, HashingReader};
     let mut meta = restore_metadata(archived, &opts.overrides);
     // created unprotected so that a failure can delete it; protected is applied at the end
     let protect = match meta.remove("protected") {
@@ -1321,5 +1301,76 @@ mod tests {
         assert!(e.contains("another host"), "{e}");
         assert!(!e.contains("tok-secret-123"), "{e}");
         assert!(!carries_token(&elsewhere), "{:?}", elsewhere.heads.lock().unwrap());
+    }
+}
+
+/// Verification of downloaded data against the image record's digests.
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+    use crate::digest::{Algo, HashingReader};
+    use md5::Digest as _;
+    use serde_json::json;
+    use std::io;
+
+    fn record_of(data: &[u8]) -> ImageRecord {
+        ImageRecord::from_json(json!({
+            "id": "i1", "status": "active", "size": data.len(),
+            "checksum": hex::encode(md5::Md5::digest(data)),
+            "os_hash_algo": "sha512", "os_hash_value": hex::encode(sha2::Sha512::digest(data)),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_and_detects_tampering() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let r = record_of(&data);
+        let mut h = HashingReader::verifying(&data[..], r.expected());
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        let d = d.get().unwrap();
+        assert!(d.verified);
+        assert_eq!(d.bytes, data.len() as u64);
+        assert_eq!(d.get(Algo::Sha512), r.os_hash_value.as_deref());
+
+        let mut bad = data.clone();
+        bad[1234] ^= 1;
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], r.expected()), &mut io::sink()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("md5: expected") && s.contains("sha512: expected"), "{s}");
+
+        let e = io::copy(&mut HashingReader::verifying(&data[..1000], r.expected()), &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("size: expected 300000 bytes, got 1000"), "{e}");
+    }
+
+    #[test]
+    fn sha384_records_are_verified() {
+        let data = vec![9u8; 70_000];
+        let good = ImageRecord::from_json(json!({
+            "id": "fips", "status": "active", "size": data.len(),
+            "os_hash_algo": "sha384", "os_hash_value": hex::encode(sha2::Sha384::digest(&data)),
+        }))
+        .unwrap();
+        let mut h = HashingReader::verifying(&data[..], good.expected());
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        assert!(d.get().unwrap().verified);
+        let mut bad = data.clone();
+        bad[7] ^= 1;
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], good.expected()), &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("sha384: expected"), "{e}");
+    }
+
+    #[test]
+    fn unverifiable_record_computes_only() {
+        let r = ImageRecord::from_json(json!({"id": "old", "status": "active"})).unwrap();
+        let mut h = HashingReader::verifying(&b"abc"[..], r.expected());
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        let d = d.get().unwrap();
+        assert!(!d.verified);
+        assert_eq!(d.get(Algo::Md5), Some("900150983cd24fb0d6963f7d28e17f72"));
+        assert!(d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
     }
 }
