@@ -180,7 +180,7 @@ impl ImageDownload {
                     return Ok(());
                 }
                 Err(e @ (Error::Transport { .. } | Error::Auth { .. })) => why = e.to_string(),
-                Err(Error::Http { status, message, .. }) if status >= 500 || status == 429 || status == 408 => {
+                Err(Error::Http { status, message, .. }) if crate::net::retry::is_transient_status(Some(status)) => {
                     why = format!("HTTP {status}: {message}")
                 }
                 Err(e @ Error::Download { .. }) => return Err(io::Error::other(e)),
