@@ -1,15 +1,81 @@
-//! Whole-file digests (md5, sha1 and the SHA-2 family: every `os_hash_algo`
-//! a Glance can be configured with except sha3/blake2), each computed on its
-//! own thread beside the pipeline so that no serial hash caps throughput.
-//! This module owns the algorithms: `openstack::verify` hashes with them too.
+//! The one digest engine: whole-stream digests (md5, sha1 and the SHA-2
+//! family — every `os_hash_algo` a Glance can be configured with except
+//! sha3/blake2), each computed on its own thread beside the pipeline so
+//! that no serial hash caps throughput.
+//!
+//! * [`Algo`] names the algorithms (`--digest` values and Glance's
+//!   `os_hash_algo` map onto it); [`SUPPORTED`] lists their names.
+//! * [`Digesters`] hash a stream of [`Piece`]s (data or runs of zeros): the
+//!   archive and restore pipelines feed it.
+//! * [`HashingReader`] wraps any `Read` and hashes what passes through, with
+//!   optional verification against [`Expected`] digests (a Glance image
+//!   record supplies them): a mismatch or a short stream turns the final
+//!   `read` into an error, so a pipeline that reads to EOF fails before it
+//!   stores anything.
+//!
+//! ```
+//! use imgarc::digest::{Algo, HashingReader};
+//! let mut r = HashingReader::new(&b"abc"[..], &[Algo::Md5]);
+//! let digests = r.handle();
+//! std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+//! assert_eq!(digests.get().unwrap().get(Algo::Md5), Some("900150983cd24fb0d6963f7d28e17f72"));
+//! ```
 
 use anyhow::{bail, Result};
 use crossbeam_channel::{bounded, Sender};
 use md5::Digest as _;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// A digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Algo {
+    Md5,
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Algo {
+    /// Every algorithm, in the order of [`SUPPORTED`].
+    pub const ALL: [Algo; 6] = [Algo::Md5, Algo::Sha1, Algo::Sha224, Algo::Sha256, Algo::Sha384, Algo::Sha512];
+
+    /// From a `--digest` or `os_hash_algo` value (any case).
+    pub fn parse(s: &str) -> Option<Algo> {
+        let s = s.trim().to_ascii_lowercase();
+        Algo::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// The canonical lowercase name (`sha512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Md5 => "md5",
+            Algo::Sha1 => "sha1",
+            Algo::Sha224 => "sha224",
+            Algo::Sha256 => "sha256",
+            Algo::Sha384 => "sha384",
+            Algo::Sha512 => "sha512",
+        }
+    }
+
+    /// A running hasher of this algorithm.
+    pub fn hasher(self) -> Box<dyn Hasher> {
+        match self {
+            Algo::Md5 => Box::new(md5::Md5::new()),
+            Algo::Sha1 => Box::new(sha1::Sha1::new()),
+            Algo::Sha224 => Box::new(sha2::Sha224::new()),
+            Algo::Sha256 => Box::new(sha2::Sha256::new()),
+            Algo::Sha384 => Box::new(sha2::Sha384::new()),
+            Algo::Sha512 => Box::new(sha2::Sha512::new()),
+        }
+    }
+}
+
+/// The names of [`Algo::ALL`].
 pub const SUPPORTED: &[&str] = &["md5", "sha1", "sha224", "sha256", "sha384", "sha512"];
 
 /// A piece of the byte stream: shared data, or a run of zeros (holes on restore).
@@ -23,7 +89,7 @@ pub enum Piece {
 pub fn parse_list(s: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for name in s.split(',').map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()) {
-        if !SUPPORTED.contains(&name.as_str()) {
+        if Algo::parse(&name).is_none() {
             bail!("unknown digest {name:?} (supported: {})", SUPPORTED.join(", "));
         }
         if !out.contains(&name) {
@@ -50,32 +116,40 @@ impl<D: md5::Digest + Send> Hasher for D {
 
 /// A hasher for one of [`SUPPORTED`] (lowercase), or `None` for any other name.
 pub fn hasher_for(name: &str) -> Option<Box<dyn Hasher>> {
-    Some(match name {
-        "md5" => Box::new(md5::Md5::new()),
-        "sha1" => Box::new(sha1::Sha1::new()),
-        "sha224" => Box::new(sha2::Sha224::new()),
-        "sha256" => Box::new(sha2::Sha256::new()),
-        "sha384" => Box::new(sha2::Sha384::new()),
-        "sha512" => Box::new(sha2::Sha512::new()),
-        _ => return None,
-    })
+    Algo::parse(name).map(Algo::hasher)
+}
+
+/// Lowercase hex MD5 of `data` (Swift's PUT `ETag`).
+pub fn md5_hex(data: &[u8]) -> String {
+    hex::encode(md5::Md5::digest(data))
 }
 
 /// Digest threads fed with pieces of the stream in order.
 pub struct Digesters {
     senders: Vec<Sender<Piece>>,
-    threads: Vec<(String, JoinHandle<String>)>,
+    threads: Vec<(Algo, JoinHandle<String>)>,
 }
 
 impl Digesters {
+    /// One thread per named algorithm; the names come from [`parse_list`].
     pub fn start(names: &[String]) -> Digesters {
+        let algos: Vec<Algo> =
+            names.iter().map(|n| Algo::parse(n).unwrap_or_else(|| panic!("digest {n:?} is not one of {SUPPORTED:?}"))).collect();
+        Digesters::start_algos(&algos)
+    }
+
+    /// One thread per algorithm (duplicates hashed once).
+    pub fn start_algos(algos: &[Algo]) -> Digesters {
         let mut senders = Vec::new();
-        let mut threads = Vec::new();
-        for name in names {
-            let (tx, rx) = bounded::<Piece>(8);
-            let mut h = hasher_for(name).unwrap_or_else(|| panic!("digest {name:?} is not one of {SUPPORTED:?}"));
+        let mut threads: Vec<(Algo, JoinHandle<String>)> = Vec::new();
+        for &algo in algos {
+            if threads.iter().any(|(a, _)| *a == algo) {
+                continue;
+            }
+            let (tx, rx) = bounded::<Piece>(16);
+            let mut h = algo.hasher();
             let t = std::thread::Builder::new()
-                .name(format!("digest-{name}"))
+                .name(format!("digest-{}", algo.name()))
                 .spawn(move || {
                     let zeros = vec![0u8; 1 << 20];
                     for p in rx {
@@ -94,7 +168,7 @@ impl Digesters {
                 })
                 .expect("spawn digest thread");
             senders.push(tx);
-            threads.push((name.clone(), t));
+            threads.push((algo, t));
         }
         Digesters { senders, threads }
     }
@@ -110,18 +184,188 @@ impl Digesters {
         }
     }
 
-    pub fn finish(self) -> Result<BTreeMap<String, String>> {
+    /// The hex digests by algorithm, in the order they were started.
+    pub fn finish_algos(self) -> Result<Vec<(Algo, String)>> {
         drop(self.senders);
-        let mut out = BTreeMap::new();
-        for (name, t) in self.threads {
+        let mut out = Vec::new();
+        for (algo, t) in self.threads {
             match t.join() {
-                Ok(hex) => {
-                    out.insert(name, hex);
-                }
-                Err(_) => bail!("the {name} digest thread failed"),
+                Ok(hex) => out.push((algo, hex)),
+                Err(_) => bail!("the {} digest thread failed", algo.name()),
             }
         }
         Ok(out)
+    }
+
+    /// The hex digests by name.
+    pub fn finish(self) -> Result<BTreeMap<String, String>> {
+        Ok(self.finish_algos()?.into_iter().map(|(a, h)| (a.name().to_string(), h)).collect())
+    }
+}
+
+/// What was computed, and how it compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub bytes: u64,
+    /// (algorithm, lowercase hex) for every algorithm computed.
+    pub values: Vec<(Algo, String)>,
+    /// True when at least one expected digest was given and all matched.
+    pub verified: bool,
+}
+
+impl Digests {
+    pub fn get(&self, a: Algo) -> Option<&str> {
+        self.values.iter().find(|(x, _)| *x == a).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a stream must hash to, and what to call it in an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// (algorithm, lowercase hex); empty: nothing to verify.
+    pub digests: Vec<(Algo, String)>,
+    pub size: Option<u64>,
+    /// Prefix of the error message, e.g. `download of image 1234`.
+    pub what: String,
+    /// What the data is compared with, e.g. `the image record`.
+    pub against: String,
+}
+
+/// Data that did not hash to what was [`Expected`] (inside the `io::Error`
+/// the last `read` returns). The message names every mismatch.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: data does not match {against}: {problems}")]
+pub struct Mismatch {
+    pub what: String,
+    pub against: String,
+    pub problems: String,
+}
+
+/// Shared view of the result, usable after the reader was moved away
+/// (e.g. into `GlanceClient::upload`).
+#[derive(Debug, Clone, Default)]
+pub struct DigestHandle(Arc<Mutex<Option<Digests>>>);
+
+impl DigestHandle {
+    /// The digests once the stream reached EOF (and verified, if asked).
+    pub fn get(&self) -> Option<Digests> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Pass-through reader that hashes with [`Digesters`] (one thread per algorithm).
+pub struct HashingReader<R> {
+    inner: R,
+    digesters: Option<Digesters>,
+    expected: Expected,
+    bytes: u64,
+    handle: DigestHandle,
+    finish_at_size: bool,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Compute `algos`, verify nothing.
+    pub fn new(inner: R, algos: &[Algo]) -> Self {
+        HashingReader {
+            inner,
+            digesters: Some(Digesters::start_algos(algos)),
+            expected: Expected { what: "stream".into(), ..Default::default() },
+            bytes: 0,
+            handle: DigestHandle::default(),
+            finish_at_size: false,
+        }
+    }
+
+    /// Compute and check `expected` (its digests and size). With no expected
+    /// digest, computes md5 + sha512 and reports `verified: false`.
+    pub fn verifying(inner: R, expected: Expected) -> Self {
+        let mut algos: Vec<Algo> = expected.digests.iter().map(|(a, _)| *a).collect();
+        if algos.is_empty() {
+            algos = vec![Algo::Md5, Algo::Sha512];
+        }
+        let mut r = Self::new(inner, &algos);
+        r.expected = expected;
+        r
+    }
+
+    pub fn handle(&self) -> DigestHandle {
+        self.handle.clone()
+    }
+
+    /// The stream is exactly `n` bytes: finish (and publish the digests)
+    /// as soon as `n` bytes went through, without waiting for an EOF read.
+    /// Needed when the consumer stops at a known length, as an HTTP upload
+    /// with `Content-Length` does.
+    pub fn with_size(mut self, n: u64) -> Self {
+        self.expected.size = Some(n);
+        self.finish_at_size = true;
+        self
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(d) = self.digesters.take() else { return Ok(()) };
+        let values = d.finish_algos().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut problems = Vec::new();
+        if let Some(s) = self.expected.size {
+            if s != self.bytes {
+                problems.push(format!("size: expected {s} bytes, got {}", self.bytes));
+            }
+        }
+        for (a, want) in &self.expected.digests {
+            let got = values.iter().find(|(x, _)| x == a).map(|(_, v)| v.as_str()).unwrap_or("");
+            if got != want {
+                problems.push(format!("{}: expected {want}, computed {got}", a.name()));
+            }
+        }
+        let verified = !self.expected.digests.is_empty() && problems.is_empty();
+        *self.handle.0.lock().unwrap() = Some(Digests { bytes: self.bytes, values, verified });
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(Mismatch {
+                what: self.expected.what.clone(),
+                against: self.expected.against.clone(),
+                problems: problems.join("; "),
+            }))
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.digesters.is_none() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.finish()?;
+            return Ok(0);
+        }
+        self.bytes += n as u64;
+        if let Some(d) = &self.digesters {
+            if !d.is_empty() {
+                d.feed(Piece::Data(Arc::new(buf[..n].to_vec()), 0..n));
+            }
+        }
+        if self.finish_at_size && self.expected.size.is_some_and(|s| self.bytes >= s) {
+            self.finish()?;
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Drop for HashingReader<R> {
+    /// A reader dropped before EOF still publishes what it hashed (not verified).
+    fn drop(&mut self) {
+        let Some(d) = self.digesters.take() else { return };
+        if d.is_empty() {
+            return;
+        }
+        let values = d.finish_algos().unwrap_or_default();
+        let mut slot = self.handle.0.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(Digests { bytes: self.bytes, values, verified: false });
+        }
     }
 }
 
@@ -166,5 +410,54 @@ mod tests {
             assert_eq!(out[name], hex, "{name}");
         }
         assert!(hasher_for("sha3_512").is_none());
+    }
+
+    #[test]
+    fn algo_names_round_trip() {
+        assert_eq!(Algo::ALL.map(Algo::name), SUPPORTED);
+        assert_eq!(Algo::parse(" SHA384 "), Some(Algo::Sha384));
+        assert_eq!(Algo::parse("sha3_512"), None);
+    }
+
+    #[test]
+    fn verification_names_every_mismatch() {
+        use sha2::Digest;
+        let data = vec![9u8; 70_000];
+        let expected = Expected {
+            digests: vec![(Algo::Sha384, hex::encode(sha2::Sha384::digest(&data)))],
+            size: Some(70_000),
+            what: "download of image fips".into(),
+            against: "the image record".into(),
+        };
+        let mut h = HashingReader::verifying(&data[..], expected.clone());
+        let d = h.handle();
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        assert!(d.get().unwrap().verified);
+        let e = io::copy(&mut HashingReader::verifying(&data[..1000], expected), &mut io::sink()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("download of image fips: data does not match the image record: "), "{s}");
+        assert!(s.contains("size: expected 70000 bytes, got 1000") && s.contains("sha384: expected"), "{s}");
+    }
+
+    #[test]
+    fn with_size_finishes_without_eof_and_drop_publishes() {
+        use sha2::Digest;
+        let data = vec![5u8; 100_000];
+        let mut r = HashingReader::new(&data[..], &[Algo::Md5]).with_size(100_000);
+        let h = r.handle();
+        let mut buf = vec![0u8; 60_000];
+        r.read_exact(&mut buf).unwrap();
+        assert!(h.get().is_none());
+        r.read_exact(&mut buf[..40_000]).unwrap();
+        assert_eq!(h.get().unwrap().bytes, 100_000);
+        assert_eq!(h.get().unwrap().get(Algo::Md5), Some(hex::encode(md5::Md5::digest(&data)).as_str()));
+        // dropped half-way: digests of what went through, not verified
+        let mut r = HashingReader::new(&data[..], &[Algo::Sha256]);
+        let h = r.handle();
+        r.read_exact(&mut buf[..1000]).unwrap();
+        drop(r);
+        let d = h.get().unwrap();
+        assert_eq!((d.bytes, d.verified), (1000, false));
+        assert_eq!(d.get(Algo::Sha256), Some(hex::encode(sha2::Sha256::digest(&data[..1000])).as_str()));
     }
 }

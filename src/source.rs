@@ -2,8 +2,8 @@
 //! (`glance:IMAGE`). A source is read once, sequentially; it says what it
 //! vouches for (size, digests, declared format) so the archive can check it.
 
+use crate::net::ratelimit::{RateLimitedReader, RateLimiter};
 use crate::openstack::glance::{GlanceClient, ImageRecord};
-use crate::openstack::ratelimit::{RateLimitedReader, RateLimiter};
 use crate::repository::snapshot::Source;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;

@@ -14,8 +14,8 @@
 use crate::archive::{archive, record_new_metadata, ArchiveRequest};
 use crate::ids::Id;
 use crate::index::Index;
+use crate::net::ratelimit::RateLimiter;
 use crate::openstack::glance::{GlanceClient, ImageRecord};
-use crate::openstack::ratelimit::RateLimiter;
 use crate::repository::snapshot::{Snapshot, Source};
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;

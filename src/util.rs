@@ -18,7 +18,10 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Parses `65536`, `64K`, `64KiB`, `1M`, `1.5G` (binary multiples).
+/// The one parser of byte sizes and rates, with one unit rule: every suffix
+/// is binary. `65536`, `64K`, `64KiB`, `64KB` (all 65 536), `1.5G`, `10MiB/s`.
+/// Chunk sizes, spill limits, capacities and (through [`parse_rate`])
+/// `--limit-upload` / `--limit-download` all read sizes here.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -40,6 +43,26 @@ pub fn parse_size(s: &str) -> Result<u64> {
         bail!("size {s:?} is out of range");
     }
     Ok(v as u64)
+}
+
+/// A rate in bytes per second for `--limit-upload` / `--limit-download`:
+/// a [`parse_size`] (binary units: `50M` = 50·2^20 B/s), optionally ending in
+/// `/s` or `ps`; a `bit` suffix counts bits (`100Mbit` = 100·2^20/8 B/s).
+/// Zero is refused: no limit is written by leaving the option out.
+pub fn parse_rate(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase().replace(' ', "");
+    let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(&t);
+    let (t, bits) = match t.strip_suffix("bits").or_else(|| t.strip_suffix("bit")) {
+        Some(u) => (u, true),
+        None => (t, false),
+    };
+    let bytes =
+        parse_size(t).map_err(|_| anyhow::anyhow!("bad rate {s:?}: expected a number with an optional unit, e.g. 50M or 10MiB/s"))?;
+    let bytes = if bits { bytes / 8 } else { bytes };
+    if bytes == 0 {
+        bail!("bad rate {s:?}: must be at least 1 byte/s");
+    }
+    Ok(bytes)
 }
 
 /// `1.23 GiB` style rendering for people.
@@ -275,6 +298,23 @@ mod tests {
         assert_eq!(parse_size("10MiB/s").unwrap(), 10 << 20);
         assert!(parse_size("abc").is_err());
         assert!(parse_size("5X").is_err());
+        assert_eq!(parse_size("64KB").unwrap(), 65536);
+    }
+
+    #[test]
+    fn rates_are_binary() {
+        assert_eq!(parse_rate("1048576").unwrap(), 1048576);
+        assert_eq!(parse_rate("50M").unwrap(), 50 << 20);
+        assert_eq!(parse_rate("50MB/s").unwrap(), 50 << 20);
+        assert_eq!(parse_rate("10MiB/s").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_rate("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_rate("100Mbit").unwrap(), (100 << 20) / 8);
+        assert_eq!(parse_rate(" 2 KiB ").unwrap(), 2048);
+        assert_eq!(parse_rate("8mbps").unwrap(), 8 << 20);
+        for bad in ["", "0", "-5M", "fast", "5X", "M"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} should fail");
+        }
         assert_eq!(human_bytes(1536), "1.50 KiB");
     }
 

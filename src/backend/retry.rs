@@ -1,17 +1,19 @@
 //! Retry decorator: wraps any backend and retries transient failures with
-//! capped, jittered exponential backoff.
+//! the crate's one policy ([`crate::net::retry`]: capped, jittered
+//! exponential backoff, a server's `Retry-After` honoured).
 //!
-//! What is transient is decided by [`is_transient`]: HTTP 5xx except 501,
-//! 429 and 408, and connection-level failures (reset, refused, timed out,
-//! broken pipe, unexpected EOF). Never retried: 4xx (incl. 401/403/404/412),
-//! 501 Not Implemented, `NotFound`, and `Other` errors (configuration,
-//! protocol and decoding problems).
+//! What is transient is decided by [`is_transient`]: the policy's HTTP rule
+//! (5xx except 501, 429, 408) and connection-level failures (reset, refused,
+//! timed out, broken pipe, unexpected EOF). Never retried: 4xx (incl.
+//! 401/403/404/412), 501 Not Implemented, `NotFound`, and `Other` errors
+//! (configuration, protocol and decoding problems).
 //!
 //! Remote backends report HTTP failures through [`remote_error`], which puts
 //! a [`RemoteFailure`] (status code, if any) inside `BackendError::Io`, so the
 //! trait's error type stays the same for local and remote stores.
 
 use super::{Backend, BackendError, BackendResult, ObjectInfo};
+pub use crate::net::retry::RetryPolicy;
 use std::io;
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RemoteFailure {
     pub status: Option<u16>,
+    /// The server's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
     pub message: String,
 }
 
@@ -37,10 +41,7 @@ impl std::error::Error for RemoteFailure {}
 
 impl RemoteFailure {
     pub fn is_transient(&self) -> bool {
-        match self.status {
-            None => true,
-            Some(s) => s == 408 || s == 429 || (s >= 500 && s != 501),
-        }
+        crate::net::retry::is_transient_status(self.status)
     }
 }
 
@@ -48,6 +49,18 @@ impl RemoteFailure {
 /// request did not get an HTTP answer (network failure). Callers map 404 to
 /// `NotFound` themselves before calling this.
 pub fn remote_error(op: &'static str, key: &str, status: Option<u16>, message: impl Into<String>) -> BackendError {
+    remote_error_after(op, key, status, None, message)
+}
+
+/// [`remote_error`] with the server's `Retry-After`, which the retry
+/// decorator then waits instead of its own backoff.
+pub fn remote_error_after(
+    op: &'static str,
+    key: &str,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    message: impl Into<String>,
+) -> BackendError {
     let kind = match status {
         None => io::ErrorKind::ConnectionReset,
         Some(401) | Some(403) => io::ErrorKind::PermissionDenied,
@@ -56,7 +69,11 @@ pub fn remote_error(op: &'static str, key: &str, status: Option<u16>, message: i
         Some(s) if s >= 500 || s == 429 || s == 408 => io::ErrorKind::Other,
         Some(_) => io::ErrorKind::Other,
     };
-    BackendError::Io { op, key: key.to_string(), source: io::Error::new(kind, RemoteFailure { status, message: message.into() }) }
+    BackendError::Io {
+        op,
+        key: key.to_string(),
+        source: io::Error::new(kind, RemoteFailure { status, retry_after, message: message.into() }),
+    }
 }
 
 /// The HTTP status a backend error carries, if it came from [`remote_error`].
@@ -65,6 +82,18 @@ pub fn http_status(err: &BackendError) -> Option<u16> {
         BackendError::Io { source, .. } => source.get_ref().and_then(|e| e.downcast_ref::<RemoteFailure>()).and_then(|f| f.status),
         _ => None,
     }
+}
+
+fn remote_failure(err: &BackendError) -> Option<&RemoteFailure> {
+    match err {
+        BackendError::Io { source, .. } => source.get_ref().and_then(|e| e.downcast_ref::<RemoteFailure>()),
+        _ => None,
+    }
+}
+
+/// The `Retry-After` a backend error carries, if the server sent one.
+pub fn retry_after(err: &BackendError) -> Option<Duration> {
+    remote_failure(err).and_then(|f| f.retry_after)
 }
 
 /// Whether retrying the same request may succeed.
@@ -81,37 +110,6 @@ pub fn is_transient(err: &BackendError) -> bool {
                 ConnectionReset | ConnectionAborted | ConnectionRefused | TimedOut | Interrupted | BrokenPipe | UnexpectedEof | WouldBlock
             )
         }
-    }
-}
-
-/// How often and how long to retry.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt (0 = no retries).
-    pub max_retries: u32,
-    /// Backoff before the first retry; doubles each time.
-    pub base_delay: Duration,
-    /// Upper bound of one backoff.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { max_retries: 5, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
-    }
-}
-
-impl RetryPolicy {
-    /// "Full jitter" backoff for retry number `attempt` (1-based): a random
-    /// duration in [cap/2, cap] with cap = min(max_delay, base * 2^(attempt-1)).
-    /// The lower half-bound keeps retries from hammering a struggling server.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        use rand::Rng;
-        let exp = self.base_delay.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20));
-        let cap = exp.min(self.max_delay);
-        let half = cap / 2;
-        let jitter = rand::thread_rng().gen_range(0..=half.as_micros().max(1) as u64);
-        half + Duration::from_micros(jitter)
     }
 }
 
@@ -138,7 +136,7 @@ impl RetryBackend {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < self.policy.max_retries && is_transient(&e) => {
                     attempt += 1;
-                    std::thread::sleep(self.policy.delay(attempt));
+                    std::thread::sleep(self.policy.delay(attempt, retry_after(&e)));
                 }
                 Err(e) => return Err(e),
             }

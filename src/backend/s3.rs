@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// Credentials print as `***` (one secret type for the whole crate).
-pub use crate::openstack::Secret;
+pub use crate::secret::Secret;
 
 /// Everything needed to talk to one bucket.
 #[derive(Debug, Clone)]

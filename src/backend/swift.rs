@@ -1,12 +1,12 @@
-//! Native OpenStack Swift (v1 API) backend with a minimal Keystone v3 client.
+//! Native OpenStack Swift (v1 API) backend.
 //!
-//! * Auth: Keystone v3 application credential (preferred), password, or
-//!   token, from `OS_*` variables ([`KeystoneConfig::from_env`]); the storage
-//!   URL comes from the token's catalog (`object-store`, `OS_REGION_NAME`,
-//!   `OS_INTERFACE`). A pre-issued `OS_STORAGE_URL` + `OS_AUTH_TOKEN` pair
-//!   also works (no renewal possible).
-//! * Authentication sits behind [`SwiftAuth`], so the clouds.yaml module can
-//!   supply its own implementation later.
+//! * Auth sits behind [`SwiftAuth`]: the crate's one Keystone session
+//!   (`openstack::keystone::Session`, from clouds.yaml / `--repo-cloud` or
+//!   the `OS_*` variables) implements it, and so does [`PreAuthenticated`]
+//!   (a pre-issued `OS_STORAGE_URL` + `OS_AUTH_TOKEN`, no renewal). This
+//!   layer never imports `openstack`; it only knows the trait.
+//! * The HTTP client trusts what the auth says ([`SwiftAuth::http_options`]:
+//!   the cloud's `cacert` / `verify`), built by `net::http_client`.
 //! * A 401 from Swift drops the cached token, re-authenticates once and
 //!   repeats the request (Keystone tokens expire).
 //! * PUT sends `ETag: md5(body)`, so Swift verifies what it stored.
@@ -15,9 +15,9 @@
 //! * Delete of a missing object (404) is success.
 
 use super::retry::remote_error;
-use super::s3::Secret;
 use super::{Backend, BackendError, BackendResult, ObjectInfo};
-use md5::{Digest, Md5};
+use crate::net::HttpOptions;
+use crate::secret::Secret;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,12 +41,17 @@ impl fmt::Debug for SwiftSession {
     }
 }
 
-/// Something that can produce a (new) Swift session. Called at first use and
-/// again after a 401.
+/// What gives the backend a token and its storage URL. Called at first use,
+/// when the cached token is about to expire, and after a 401 (`renew`: Swift
+/// refused the token it was given, so a new one must be issued).
 pub trait SwiftAuth: Send + Sync + fmt::Debug {
-    fn authenticate(&self, client: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession>;
+    fn authenticate(&self, renew: bool) -> anyhow::Result<SwiftSession>;
     /// Where credentials come from, for messages (no secrets).
     fn describe(&self) -> String;
+    /// The TLS settings the storage requests use (the cloud's `cacert` / `verify`).
+    fn http_options(&self) -> HttpOptions {
+        HttpOptions::default()
+    }
 }
 
 /// An authentication failure with its HTTP status (None: no answer), so the
@@ -66,266 +71,6 @@ impl fmt::Display for AuthFailure {
 
 impl std::error::Error for AuthFailure {}
 
-/// Keystone v3 credentials.
-#[derive(Clone, Debug)]
-pub enum KeystoneCredential {
-    ApplicationCredential {
-        id: Option<String>,
-        /// by name: needs the user (name + domain, or id)
-        name: Option<String>,
-        user: Option<UserRef>,
-        secret: Secret,
-    },
-    Password {
-        user: UserRef,
-        password: Secret,
-        project: ProjectRef,
-    },
-    Token {
-        token: Secret,
-        project: ProjectRef,
-    },
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct UserRef {
-    pub id: Option<String>,
-    pub name: Option<String>,
-    pub domain_id: Option<String>,
-    pub domain_name: Option<String>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct ProjectRef {
-    pub id: Option<String>,
-    pub name: Option<String>,
-    pub domain_id: Option<String>,
-    pub domain_name: Option<String>,
-}
-
-/// Keystone v3 endpoint, credentials and catalog selection.
-#[derive(Clone, Debug)]
-pub struct KeystoneConfig {
-    /// e.g. `https://keystone:5000/v3` (a missing `/v3` is added).
-    pub auth_url: String,
-    pub credential: KeystoneCredential,
-    pub region: Option<String>,
-    /// public | internal | admin
-    pub interface: String,
-}
-
-fn domain_json(id: &Option<String>, name: &Option<String>) -> serde_json::Value {
-    match (id, name) {
-        (Some(i), _) => serde_json::json!({ "id": i }),
-        (None, Some(n)) => serde_json::json!({ "name": n }),
-        (None, None) => serde_json::json!({ "id": "default" }),
-    }
-}
-
-fn user_json(u: &UserRef) -> serde_json::Value {
-    match (&u.id, &u.name) {
-        (Some(i), _) => serde_json::json!({ "id": i }),
-        (None, n) => serde_json::json!({ "name": n, "domain": domain_json(&u.domain_id, &u.domain_name) }),
-    }
-}
-
-fn project_json(p: &ProjectRef) -> serde_json::Value {
-    match (&p.id, &p.name) {
-        (Some(i), _) => serde_json::json!({ "project": { "id": i } }),
-        (None, n) => serde_json::json!({ "project": { "name": n, "domain": domain_json(&p.domain_id, &p.domain_name) } }),
-    }
-}
-
-impl KeystoneConfig {
-    /// From the process environment (`OS_*`), see [`KeystoneConfig::from_lookup`].
-    pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    }
-
-    /// `OS_AUTH_URL`; `OS_AUTH_TYPE` (v3applicationcredential | password |
-    /// v3password | token | v3token; default: application credential if
-    /// `OS_APPLICATION_CREDENTIAL_SECRET` is set, else password if
-    /// `OS_PASSWORD` is set, else token); `OS_APPLICATION_CREDENTIAL_ID` /
-    /// `_NAME` / `_SECRET`; `OS_USERNAME` / `OS_USER_ID` / `OS_USER_DOMAIN_NAME`
-    /// / `OS_USER_DOMAIN_ID` / `OS_PASSWORD`; `OS_PROJECT_NAME` (or
-    /// `OS_TENANT_NAME`) / `OS_PROJECT_ID` / `OS_PROJECT_DOMAIN_NAME` /
-    /// `OS_PROJECT_DOMAIN_ID`; `OS_TOKEN`; `OS_REGION_NAME`; `OS_INTERFACE`.
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let auth_url = lookup("OS_AUTH_URL").ok_or_else(|| anyhow::anyhow!("swift: OS_AUTH_URL is not set (Keystone v3 URL)"))?;
-        let user = UserRef {
-            id: lookup("OS_USER_ID"),
-            name: lookup("OS_USERNAME"),
-            domain_id: lookup("OS_USER_DOMAIN_ID"),
-            domain_name: lookup("OS_USER_DOMAIN_NAME"),
-        };
-        let project = ProjectRef {
-            id: lookup("OS_PROJECT_ID").or_else(|| lookup("OS_TENANT_ID")),
-            name: lookup("OS_PROJECT_NAME").or_else(|| lookup("OS_TENANT_NAME")),
-            domain_id: lookup("OS_PROJECT_DOMAIN_ID"),
-            domain_name: lookup("OS_PROJECT_DOMAIN_NAME"),
-        };
-        let kind = lookup("OS_AUTH_TYPE").map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| {
-            if lookup("OS_APPLICATION_CREDENTIAL_SECRET").is_some() {
-                "v3applicationcredential".into()
-            } else if lookup("OS_PASSWORD").is_some() {
-                "password".into()
-            } else {
-                "token".into()
-            }
-        });
-        let need = |k: &str| lookup(k).ok_or_else(|| anyhow::anyhow!("swift: {k} is not set (OS_AUTH_TYPE {kind})"));
-        let credential = match kind.as_str() {
-            "v3applicationcredential" | "applicationcredential" | "application_credential" => {
-                let id = lookup("OS_APPLICATION_CREDENTIAL_ID");
-                let name = lookup("OS_APPLICATION_CREDENTIAL_NAME");
-                if id.is_none() && (name.is_none() || (user.id.is_none() && user.name.is_none())) {
-                    anyhow::bail!("swift: set OS_APPLICATION_CREDENTIAL_ID (or _NAME with OS_USERNAME)");
-                }
-                KeystoneCredential::ApplicationCredential {
-                    id,
-                    name,
-                    user: Some(user),
-                    secret: Secret::new(need("OS_APPLICATION_CREDENTIAL_SECRET")?),
-                }
-            }
-            "password" | "v3password" => {
-                if user.id.is_none() && user.name.is_none() {
-                    anyhow::bail!("swift: set OS_USERNAME or OS_USER_ID");
-                }
-                if project.id.is_none() && project.name.is_none() {
-                    anyhow::bail!("swift: set OS_PROJECT_NAME or OS_PROJECT_ID");
-                }
-                KeystoneCredential::Password { user, password: Secret::new(need("OS_PASSWORD")?), project }
-            }
-            "token" | "v3token" => KeystoneCredential::Token { token: Secret::new(need("OS_TOKEN")?), project },
-            other => anyhow::bail!("swift: unsupported OS_AUTH_TYPE {other:?}"),
-        };
-        let interface = lookup("OS_INTERFACE")
-            .or_else(|| lookup("OS_ENDPOINT_TYPE"))
-            .unwrap_or_else(|| "public".into())
-            .trim_end_matches("URL")
-            .to_ascii_lowercase();
-        Ok(KeystoneConfig { auth_url, credential, region: lookup("OS_REGION_NAME"), interface })
-    }
-
-    fn tokens_url(&self) -> String {
-        let base = self.auth_url.trim_end_matches('/');
-        if base.ends_with("/v3") {
-            format!("{base}/auth/tokens")
-        } else {
-            format!("{base}/v3/auth/tokens")
-        }
-    }
-
-    fn request_body(&self) -> serde_json::Value {
-        use serde_json::json;
-        match &self.credential {
-            KeystoneCredential::ApplicationCredential { id, name, user, secret } => {
-                let mut ac = json!({ "secret": secret.expose() });
-                if let Some(i) = id {
-                    ac["id"] = json!(i);
-                } else {
-                    ac["name"] = json!(name);
-                    ac["user"] = user_json(user.as_ref().unwrap());
-                }
-                json!({ "auth": { "identity": { "methods": ["application_credential"], "application_credential": ac } } })
-            }
-            KeystoneCredential::Password { user, password, project } => {
-                let mut u = user_json(user);
-                u["password"] = json!(password.expose());
-                json!({ "auth": { "identity": { "methods": ["password"], "password": { "user": u } },
-                                  "scope": project_json(project) } })
-            }
-            KeystoneCredential::Token { token, project } => json!({ "auth": {
-                "identity": { "methods": ["token"], "token": { "id": token.expose() } },
-                "scope": project_json(project) } }),
-        }
-    }
-
-    fn method_name(&self) -> &'static str {
-        match self.credential {
-            KeystoneCredential::ApplicationCredential { .. } => "application credential",
-            KeystoneCredential::Password { .. } => "password",
-            KeystoneCredential::Token { .. } => "token",
-        }
-    }
-}
-
-impl SwiftAuth for KeystoneConfig {
-    fn describe(&self) -> String {
-        format!("Keystone {} ({})", self.auth_url, self.method_name())
-    }
-
-    fn authenticate(&self, client: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
-        let url = self.tokens_url();
-        let body = self.request_body();
-        let (status, token, json) = rt
-            .block_on(async {
-                let r = client.post(&url).json(&body).send().await?;
-                let status = r.status().as_u16();
-                let token = r.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
-                let text = r.text().await?;
-                Ok::<_, reqwest::Error>((status, token, text))
-            })
-            .map_err(|e| AuthFailure { status: None, message: format!("{}: {}", self.describe(), without_url_secrets(&e)) })?;
-        if status == 401 || status == 403 {
-            return Err(AuthFailure {
-                status: Some(status),
-                message: format!("{}: authentication failed (HTTP {status}); check the OS_* credentials", self.describe()),
-            }
-            .into());
-        }
-        if !(200..300).contains(&status) {
-            let snippet: String = json.chars().take(300).collect();
-            return Err(AuthFailure { status: Some(status), message: format!("{}: HTTP {status}: {snippet}", self.describe()) }.into());
-        }
-        let token = token.ok_or_else(|| anyhow::anyhow!("{}: no X-Subject-Token in the answer", self.describe()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{}: invalid token JSON: {e}", self.describe()))?;
-        let storage_url = catalog_url(&v, "object-store", self.region.as_deref(), &self.interface).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: no object-store endpoint (interface {}, region {}) in the catalog",
-                self.describe(),
-                self.interface,
-                self.region.as_deref().unwrap_or("any")
-            )
-        })?;
-        let expires_at = v
-            .pointer("/token/expires_at")
-            .and_then(|e| e.as_str())
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-            .map(std::time::SystemTime::from);
-        Ok(SwiftSession { token: Secret::new(token), storage_url, expires_at })
-    }
-}
-
-fn without_url_secrets(e: &reqwest::Error) -> String {
-    // reqwest errors carry the URL; ours never contain credentials
-    let mut s = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// The endpoint URL of service `stype` in a Keystone v3 token body.
-pub fn catalog_url(token: &serde_json::Value, stype: &str, region: Option<&str>, interface: &str) -> Option<String> {
-    let cat = token.get("token")?.get("catalog")?.as_array()?;
-    for svc in cat.iter().filter(|s| s.get("type").and_then(|t| t.as_str()) == Some(stype)) {
-        for ep in svc.get("endpoints")?.as_array()? {
-            let iface = ep.get("interface").and_then(|v| v.as_str()).unwrap_or("");
-            let reg = ep.get("region_id").and_then(|v| v.as_str()).or_else(|| ep.get("region").and_then(|v| v.as_str()));
-            if iface == interface && region.is_none_or(|r| reg == Some(r)) {
-                return ep.get("url").and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/').to_string());
-            }
-        }
-    }
-    None
-}
-
 /// A fixed token + storage URL (`OS_AUTH_TOKEN` + `OS_STORAGE_URL`); cannot renew.
 #[derive(Debug, Clone)]
 pub struct PreAuthenticated(pub SwiftSession);
@@ -334,7 +79,7 @@ impl SwiftAuth for PreAuthenticated {
     fn describe(&self) -> String {
         format!("pre-issued token for {}", self.0.storage_url)
     }
-    fn authenticate(&self, _: &reqwest::Client, _: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
+    fn authenticate(&self, _renew: bool) -> anyhow::Result<SwiftSession> {
         Ok(self.0.clone())
     }
 }
@@ -348,8 +93,6 @@ pub struct SwiftConfig {
     /// Names per listing page (Swift's maximum is usually 10000).
     pub page_size: usize,
     pub timeout: Duration,
-    /// Extra CA bundle (`OS_CACERT`).
-    pub cacert: Option<std::path::PathBuf>,
     /// Send `ETag: md5(body)` on PUT so Swift verifies the stored bytes
     /// (costs one MD5 pass over each object on the client).
     pub put_etag: bool,
@@ -362,7 +105,6 @@ impl SwiftConfig {
             prefix: prefix.trim_matches('/').to_string(),
             page_size: 10000,
             timeout: Duration::from_secs(300),
-            cacert: std::env::var_os("OS_CACERT").map(Into::into),
             put_etag: true,
         }
     }
@@ -370,8 +112,7 @@ impl SwiftConfig {
 
 /// One Swift container (+ prefix) as a [`Backend`].
 pub struct SwiftBackend {
-    client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
+    client: reqwest::blocking::Client,
     auth: std::sync::Arc<dyn SwiftAuth>,
     session: Mutex<Option<SwiftSession>>,
     cfg: SwiftConfig,
@@ -408,29 +149,15 @@ enum Req<'a> {
 struct Resp {
     status: u16,
     len: Option<u64>,
+    retry_after: Option<Duration>,
     body: Vec<u8>,
 }
 
 impl SwiftBackend {
     pub fn new(cfg: SwiftConfig, auth: std::sync::Arc<dyn SwiftAuth>) -> anyhow::Result<Self> {
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(Duration::from_secs(20))
-            .pool_idle_timeout(Duration::from_secs(15))
-            // Every request carries X-Auth-Token, which reqwest does not strip on a
-            // redirect to another host; neither Keystone nor Swift redirects, so a
-            // 3xx is an answer (an error), never followed.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(p) = &cfg.cacert {
-            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read OS_CACERT {}: {e}", p.display()))?;
-            for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("invalid OS_CACERT {}: {e}", p.display()))? {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let client = b.build().map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
+        let client = crate::net::http_client(&auth.http_options()).map_err(|e| anyhow::anyhow!("swift: {e}"))?;
         let prefix = if cfg.prefix.is_empty() { String::new() } else { format!("{}/", cfg.prefix) };
-        Ok(SwiftBackend { client, rt, auth, session: Mutex::new(None), cfg, prefix })
+        Ok(SwiftBackend { client, auth, session: Mutex::new(None), cfg, prefix })
     }
 
     /// Switch the PUT ETag (MD5) verification on or off.
@@ -455,7 +182,7 @@ impl SwiftBackend {
                 return Ok(s.clone());
             }
         }
-        let s = self.auth.authenticate(&self.client, &self.rt).map_err(|e| match e.downcast_ref::<AuthFailure>() {
+        let s = self.auth.authenticate(rejected.is_some()).map_err(|e| match e.downcast_ref::<AuthFailure>() {
             // an unreachable / overloaded Keystone is transient (the retry decorator
             // retries it); 401/403 are not
             Some(f) => remote_error("authenticate", "", f.status, format!("{e:#}")),
@@ -480,7 +207,7 @@ impl SwiftBackend {
             Req::Put(data) => {
                 let mut rb = c.put(self.object_url(&s.storage_url, key));
                 if self.cfg.put_etag {
-                    rb = rb.header("ETag", hex::encode(Md5::digest(data)));
+                    rb = rb.header("ETag", crate::digest::md5_hex(data));
                 }
                 rb.header("Content-Type", "application/octet-stream")
                     // Swift answers 411 to a PUT without it (reqwest omits it for empty bodies)
@@ -497,15 +224,12 @@ impl SwiftBackend {
                 .get(format!("{}/{}", s.storage_url.trim_end_matches('/'), encode_name(&self.cfg.container)))
                 .query(&[("format", "json"), ("prefix", prefix), ("marker", marker), ("limit", &self.cfg.page_size.to_string())]),
         };
-        let rb = rb.header("X-Auth-Token", s.token.expose());
-        let is_head = matches!(req, Req::Head);
-        self.rt.block_on(async move {
-            let r = rb.send().await?;
-            let status = r.status().as_u16();
-            let len = r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-            let body = if is_head { Vec::new() } else { r.bytes().await?.to_vec() };
-            Ok(Resp { status, len, body })
-        })
+        let r = rb.header("X-Auth-Token", s.token.expose()).timeout(self.cfg.timeout).send()?;
+        let status = r.status().as_u16();
+        let len = r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let retry_after = crate::net::retry::retry_after(r.headers());
+        let body = if matches!(req, Req::Head) { Vec::new() } else { r.bytes()?.to_vec() };
+        Ok(Resp { status, len, retry_after, body })
     }
 
     /// Send with the cached session; on 401 renew the token once and resend.
@@ -518,7 +242,7 @@ impl SwiftBackend {
         loop {
             let r = self
                 .send_once(&s, key, &req)
-                .map_err(|e| remote_error(op, key, None, format!("{}: {}", self.location(), without_url_secrets(&e.without_url()))))?;
+                .map_err(|e| remote_error(op, key, None, format!("{}: {}", self.location(), crate::net::describe_reqwest(&e))))?;
             if r.status == 401 && !renewed {
                 renewed = true;
                 s = self.session(Some(&s.token))?;
@@ -535,7 +259,7 @@ impl SwiftBackend {
             403 => format!(" (access denied; {})", self.auth.describe()),
             _ => String::new(),
         };
-        remote_error(op, key, Some(r.status), format!("{}{hint}: {}", self.location(), msg.trim()))
+        super::retry::remote_error_after(op, key, Some(r.status), r.retry_after, format!("{}{hint}: {}", self.location(), msg.trim()))
     }
 }
 

@@ -4,16 +4,17 @@
 //!   servers). Credentials: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
 //!   (+`AWS_SESSION_TOKEN`) or `AWS_PROFILE`; `AWS_REGION`; `AWS_CA_BUNDLE`.
 //!   Path-style for every non-AWS host.
-//! * `swift:CONTAINER[/PREFIX]`, Keystone v3 from `OS_*` (see
-//!   [`super::swift::KeystoneConfig::from_lookup`]) or a
-//!   [`RemoteOptions::swift_auth`] supplied by the caller (clouds.yaml).
+//! * `swift:CONTAINER[/PREFIX]`, authenticated by the [`RemoteOptions::swift_auth`]
+//!   the caller supplies (the Keystone session of `--repo-cloud` or the
+//!   `OS_*` variables: `openstack::repository_session`), or by a pre-issued
+//!   `OS_STORAGE_URL` + `OS_AUTH_TOKEN` pair.
 //!
 //! [`open_remote`] stacks: store → retry → rate limit.
 
 use super::ratelimit::RateLimitBackend;
 use super::retry::{RetryBackend, RetryPolicy};
 use super::s3::{S3Backend, S3Config};
-use super::swift::{KeystoneConfig, PreAuthenticated, SwiftAuth, SwiftBackend, SwiftConfig, SwiftSession};
+use super::swift::{PreAuthenticated, SwiftAuth, SwiftBackend, SwiftConfig, SwiftSession};
 use super::Backend;
 use std::sync::Arc;
 
@@ -82,8 +83,9 @@ pub struct RemoteOptions {
     pub limit_download: Option<u64>,
     /// None = [`RetryPolicy::default`].
     pub retry: Option<RetryPolicy>,
-    /// Swift authentication to use instead of `OS_*` (e.g. from clouds.yaml /
-    /// `--repo-cloud`).
+    /// How a Swift repository authenticates: the Keystone session (clouds.yaml
+    /// / `--repo-cloud` / `OS_*`). Required for `swift:` unless the
+    /// environment holds a pre-issued `OS_STORAGE_URL` + `OS_AUTH_TOKEN`.
     pub swift_auth: Option<Arc<dyn SwiftAuth>>,
     /// Read AWS_* / OS_* from here instead of the process environment.
     pub env: Option<EnvLookup>,
@@ -117,9 +119,11 @@ pub fn open_remote(url: &str, opts: &RemoteOptions) -> anyhow::Result<Box<dyn Ba
                 Some(a) => a.clone(),
                 None => match (env("OS_STORAGE_URL"), env("OS_AUTH_TOKEN")) {
                     (Some(u), Some(t)) if env("OS_AUTH_URL").is_none() => {
-                        Arc::new(PreAuthenticated(SwiftSession { token: super::s3::Secret::new(t), storage_url: u, expires_at: None }))
+                        Arc::new(PreAuthenticated(SwiftSession { token: crate::secret::Secret::new(t), storage_url: u, expires_at: None }))
                     }
-                    _ => Arc::new(KeystoneConfig::from_lookup(env)?),
+                    _ => anyhow::bail!(
+                        "{url}: a Swift repository needs Keystone credentials (OS_AUTH_URL and the OS_* variables, or --repo-cloud)"
+                    ),
                 },
             };
             let b = SwiftBackend::new(SwiftConfig::new(&container, &prefix), auth)?;
@@ -132,7 +136,7 @@ pub fn open_remote(url: &str, opts: &RemoteOptions) -> anyhow::Result<Box<dyn Ba
                     Ok(()) => break,
                     Err(e) if attempt < policy.max_retries && super::retry::is_transient(&e) => {
                         attempt += 1;
-                        std::thread::sleep(policy.delay(attempt));
+                        std::thread::sleep(policy.delay(attempt, super::retry::retry_after(&e)));
                     }
                     Err(e) => return Err(anyhow::anyhow!("{url}: {e}")),
                 }
@@ -226,48 +230,5 @@ mod tests {
         let none = |_: &str| None;
         let e = S3Config::from_lookup("http://h:1", "b", "", &none).unwrap_err().to_string();
         assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
-    }
-
-    #[test]
-    fn keystone_from_lookup() {
-        let env = |k: &str| {
-            match k {
-                "OS_AUTH_URL" => Some("http://ks:5000"),
-                "OS_APPLICATION_CREDENTIAL_ID" => Some("acid"),
-                "OS_APPLICATION_CREDENTIAL_SECRET" => Some("acsecret"),
-                "OS_PASSWORD" => Some("pw-secret"),
-                "OS_USERNAME" => Some("u"),
-                "OS_PROJECT_NAME" => Some("p"),
-                "OS_INTERFACE" => Some("internalURL"),
-                _ => None,
-            }
-            .map(str::to_string)
-        };
-        let c = KeystoneConfig::from_lookup(&env).unwrap();
-        assert!(matches!(c.credential, super::super::swift::KeystoneCredential::ApplicationCredential { .. }));
-        assert_eq!(c.interface, "internal");
-        let d = format!("{c:?}");
-        assert!(!d.contains("acsecret") && !d.contains("pw-secret"), "{d}");
-        let env_pw = |k: &str| if k.starts_with("OS_APPLICATION") { None } else { env(k) };
-        let c = KeystoneConfig::from_lookup(&env_pw).unwrap();
-        assert!(matches!(c.credential, super::super::swift::KeystoneCredential::Password { .. }));
-        assert!(!format!("{c:?}").contains("pw-secret"));
-        let none = |_: &str| None;
-        assert!(KeystoneConfig::from_lookup(&none).unwrap_err().to_string().contains("OS_AUTH_URL"));
-    }
-
-    #[test]
-    fn catalog_selection() {
-        let tok = serde_json::json!({"token": {"catalog": [
-            {"type": "identity", "endpoints": [{"interface": "public", "region_id": "R1", "url": "http://ks"}]},
-            {"type": "object-store", "endpoints": [
-                {"interface": "internal", "region_id": "R1", "url": "http://int/v1/AUTH_x"},
-                {"interface": "public", "region_id": "R2", "url": "http://r2/v1/AUTH_x/"},
-                {"interface": "public", "region_id": "R1", "url": "http://r1/v1/AUTH_x"}]}]}});
-        use super::super::swift::catalog_url;
-        assert_eq!(catalog_url(&tok, "object-store", Some("R1"), "public").unwrap(), "http://r1/v1/AUTH_x");
-        assert_eq!(catalog_url(&tok, "object-store", Some("R2"), "public").unwrap(), "http://r2/v1/AUTH_x");
-        assert_eq!(catalog_url(&tok, "object-store", None, "internal").unwrap(), "http://int/v1/AUTH_x");
-        assert!(catalog_url(&tok, "object-store", Some("R3"), "public").is_none());
     }
 }

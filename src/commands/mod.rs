@@ -24,10 +24,10 @@ use crate::index::Index;
 use crate::openstack::config::CloudConfig;
 use crate::openstack::glance::GlanceClient;
 use crate::openstack::keystone::Session;
-use crate::openstack::ratelimit::{parse_rate, RateLimiter};
 use crate::openstack::Secret;
 use crate::progress::Output;
 use crate::repository::Repository;
+use crate::{net::ratelimit::RateLimiter, util::parse_rate};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
@@ -53,20 +53,7 @@ impl Ctx {
             limit_download: rate(&self.global.limit_download)?,
             ..Default::default()
         };
-        if let Some(cloud) = &self.global.repo_cloud {
-            // The repository's cloud replaces the OS_* variables for the Swift backend only.
-            let vars = os_vars(&CloudConfig::resolve(Some(cloud))?);
-            opts.env =
-                Some(Arc::new(
-                    move |k: &str| {
-                        if k.starts_with("OS_") {
-                            vars.get(k).cloned()
-                        } else {
-                            std::env::var(k).ok().filter(|v| !v.is_empty())
-                        }
-                    },
-                ));
-        }
+        opts.swift_auth = crate::openstack::repository_auth(&self.location, self.global.repo_cloud.as_deref())?;
         backend::open(&self.location, &opts)
     }
 
@@ -105,40 +92,6 @@ impl Ctx {
             print!("{}", prose());
         }
     }
-}
-
-/// A resolved cloud as the `OS_*` variables an openrc file would set.
-fn os_vars(c: &CloudConfig) -> std::collections::HashMap<String, String> {
-    use crate::openstack::config::AuthType;
-    let a = &c.auth;
-    let mut m = std::collections::HashMap::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            m.insert(k.to_string(), v);
-        }
-    };
-    put("OS_AUTH_URL", a.auth_url.clone());
-    put("OS_USERNAME", a.username.clone());
-    put("OS_USER_ID", a.user_id.clone());
-    put("OS_PASSWORD", a.password.as_ref().map(|s| s.expose().to_string()));
-    put("OS_PROJECT_NAME", a.project_name.clone());
-    put("OS_PROJECT_ID", a.project_id.clone());
-    put("OS_USER_DOMAIN_NAME", a.user_domain_name.clone().or(a.domain_name.clone()));
-    put("OS_USER_DOMAIN_ID", a.user_domain_id.clone().or(a.domain_id.clone()));
-    put("OS_PROJECT_DOMAIN_NAME", a.project_domain_name.clone().or(a.domain_name.clone()));
-    put("OS_PROJECT_DOMAIN_ID", a.project_domain_id.clone().or(a.domain_id.clone()));
-    put("OS_APPLICATION_CREDENTIAL_ID", a.application_credential_id.clone());
-    put("OS_APPLICATION_CREDENTIAL_NAME", a.application_credential_name.clone());
-    put("OS_APPLICATION_CREDENTIAL_SECRET", a.application_credential_secret.as_ref().map(|s| s.expose().to_string()));
-    put("OS_REGION_NAME", c.region_name.clone());
-    put("OS_INTERFACE", Some(c.interface.clone()));
-    let auth_type = match c.auth_type {
-        AuthType::ApplicationCredential => "v3applicationcredential",
-        AuthType::Token => "token",
-        _ => "password",
-    };
-    put("OS_AUTH_TYPE", Some(auth_type.to_string()));
-    m
 }
 
 pub fn default_repo() -> String {

@@ -3,8 +3,8 @@
 use super::Ctx;
 use crate::cli::RestoreArgs;
 use crate::index::Index;
+use crate::net::ratelimit::RateLimitedReader;
 use crate::openstack::glance::{self, ImageRecord, UploadMethod};
-use crate::openstack::ratelimit::RateLimitedReader;
 use crate::repository::snapshot::Snapshot;
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Target};
@@ -136,7 +136,7 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
     };
     // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
     if opts.disk_format.is_none() {
-        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::openstack::verify::Algo::Sha512)) {
+        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::digest::Algo::Sha512)) {
             if want != got {
                 let fate = discard_failed(ctx, args, &outcome.record.id);
                 bail!("uploaded sha512 {got} differs from the archived {want}; {fate}");

@@ -13,8 +13,8 @@
 //! Secrets end up in [`Secret`], so `{:?}` of a [`CloudConfig`] is safe to log.
 
 use super::{Error, Result, Secret};
-use serde_yaml::Value;
 use std::path::{Path, PathBuf};
+use yaml_serde::Value;
 
 /// How to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +411,11 @@ fn read_yaml(p: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
     // YAML is a superset of JSON, so clouds.json parses too. The parser's
     // message gives a position, not the content, so no secret leaks.
-    serde_yaml::from_str(&text).map_err(|e| Error::Config(format!("cannot parse {}: {e}", p.display())))
+    let mut doc: Value = yaml_serde::from_str(&text).map_err(|e| Error::Config(format!("cannot parse {}: {e}", p.display())))?;
+    // openstacksdk (PyYAML) honours merge keys, so clouds.yaml files share
+    // settings with `<<: *anchor`; the parser only expands the aliases.
+    doc.apply_merge().map_err(|e| Error::Config(format!("cannot apply the merge keys (<<) of {}: {e}", p.display())))?;
+    Ok(doc)
 }
 
 /// Deep merge `over` into `base` (mappings merge, everything else replaces).
@@ -516,6 +520,54 @@ clouds:
         assert_eq!(a.region_name.as_deref(), Some("R9"));
         assert!(a.insecure);
         assert!(!format!("{a:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn yaml_merge_keys_are_honoured() {
+        // The shape openstacksdk users write: shared settings behind an anchor,
+        // clouds that merge them in and override or extend some keys.
+        const ANCHORED: &str = r#"
+defaults: &defaults
+  auth_type: password
+  region_name: RegionOne
+  interface: internal
+common_auth: &common_auth
+  auth_url: https://keystone.example:5000/v3
+  username: alice
+  password: merged-secret
+  user_domain_name: Default
+clouds:
+  prod:
+    <<: *defaults
+    auth:
+      <<: *common_auth
+      project_name: web
+  staging:
+    <<: *defaults
+    region_name: RegionTwo
+    auth:
+      <<: *common_auth
+      username: bob
+      project_name: staging
+"#;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("clouds.yaml"), ANCHORED).unwrap();
+        let env = |_: &str| None;
+        let p = CloudConfig::resolve_with(Some("prod"), &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(p.auth_type, AuthType::Password);
+        assert_eq!(p.region_name.as_deref(), Some("RegionOne"));
+        assert_eq!(p.interface, "internal");
+        assert_eq!(p.auth.auth_url.as_deref(), Some("https://keystone.example:5000/v3"));
+        assert_eq!(p.auth.username.as_deref(), Some("alice"));
+        assert_eq!(p.auth.password.as_ref().unwrap().expose(), "merged-secret");
+        assert_eq!(p.auth.user_domain_name.as_deref(), Some("Default"));
+        assert_eq!(p.auth.project_name.as_deref(), Some("web"));
+        // the cloud's own keys win over the merged ones
+        let s = CloudConfig::resolve_with(Some("staging"), &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(s.region_name.as_deref(), Some("RegionTwo"));
+        assert_eq!(s.auth.username.as_deref(), Some("bob"));
+        assert_eq!(s.auth.project_name.as_deref(), Some("staging"));
+        assert_eq!(s.auth.auth_url.as_deref(), Some("https://keystone.example:5000/v3"));
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Keystone v3 session: authenticates (password, application credential,
-//! token), keeps the service catalog, renews the token before it expires
-//! (or once after a 401), and owns the configured HTTP client.
+//! The one Keystone v3 session of the crate: authenticates (password,
+//! application credential, token), keeps the service catalog, renews the
+//! token before it expires (or once after a 401), and owns the configured
+//! HTTP client (the cloud's `cacert` / `verify`). Glance uses it directly;
+//! the Swift repository backend gets it as a [`SwiftAuth`], so one cloud's
+//! configuration means the same credentials, domain, TLS settings and
+//! token for both.
 
 use super::config::{AuthType, CloudConfig};
 use super::{describe_reqwest, short_body, Error, Result, Secret};
+use crate::backend::swift::{AuthFailure, SwiftAuth, SwiftSession};
+use crate::net::retry::{is_transient_status, retry_after, RetryPolicy};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -12,67 +18,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Renew a token this long before its `expires_at`.
 pub const RENEW_MARGIN: Duration = Duration::from_secs(300);
 
-/// TLS and timeout settings for [`http_client`].
-#[derive(Debug, Clone, Default)]
-pub struct HttpOptions {
-    pub cacert: Option<std::path::PathBuf>,
-    pub insecure: bool,
-}
+pub use crate::net::{same_origin, HttpOptions};
 
-/// The HTTP client used for every OpenStack call: connect timeout 15 s,
-/// a per-read/response timeout of 120 s (so a stalled download fails, a
-/// slow one does not), TCP keepalive, up to 16 idle pooled connections per
-/// host, rustls with webpki + system roots, plus `cacert` if given.
-/// Redirects are followed only within one origin (scheme, host, port): the
-/// `X-Auth-Token` header goes with every request, and reqwest strips only
-/// the standard credential headers when a redirect changes host.
+/// The HTTP client of every OpenStack call ([`crate::net::http_client`]),
+/// with its error as an [`Error::Config`].
 pub fn http_client(opts: &HttpOptions) -> Result<Client> {
-    let mut b = Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(120))
-        .tcp_keepalive(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(16)
-        .user_agent(concat!("imgarc/", env!("CARGO_PKG_VERSION")))
-        .redirect(same_origin_redirects());
-    if let Some(p) = &opts.cacert {
-        let pem = std::fs::read(p).map_err(|e| Error::Config(format!("cannot read CA bundle {}: {e}", p.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::Config(format!("bad CA bundle {}: {}", p.display(), describe_reqwest(&e))))?;
-        if certs.is_empty() {
-            return Err(Error::Config(format!("CA bundle {} holds no certificate", p.display())));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    if opts.insecure {
-        crate::util::warn_once(
-            "TLS certificate verification is disabled (verify: false / OS_INSECURE): tokens and image data can be intercepted",
-        );
-        b = b.danger_accept_invalid_certs(true);
-    }
-    b.build().map_err(|e| Error::Config(format!("cannot build HTTP client: {}", describe_reqwest(&e))))
-}
-
-/// Whether two URLs have one origin: the same scheme, host and port.
-pub fn same_origin(a: &url::Url, b: &url::Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
-}
-
-fn same_origin_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let from = attempt.previous().first().cloned();
-        match from {
-            _ if attempt.previous().len() > 10 => attempt.error("more than 10 redirects"),
-            Some(from) if !same_origin(&from, attempt.url()) => {
-                // The origin only: a Location's user:password never reaches an error message.
-                let to = attempt.url().origin().ascii_serialization();
-                attempt.error(format!("refused a redirect to another host ({to}): the auth token is never sent there"))
-            }
-            _ => attempt.follow(),
-        }
-    })
+    crate::net::http_client(opts).map_err(Error::Config)
 }
 
 /// One endpoint of the catalog.
@@ -133,6 +84,21 @@ impl Session {
             s.authenticate(None)?;
         }
         Ok(s)
+    }
+
+    /// Like [`Session::new`] but authenticates at the first [`Session::token`]
+    /// instead of now (a backend that reports its own connection errors).
+    pub fn new_deferred(config: &CloudConfig) -> Result<Session> {
+        config.validate()?;
+        let http = http_client(&HttpOptions { cacert: config.cacert.clone(), insecure: config.insecure })?;
+        let auth_url = normalize_auth_url(config.auth.auth_url.as_deref().unwrap_or_default());
+        Ok(Session { inner: Arc::new(Inner { config: config.clone(), http, auth_url, state: Mutex::new(None) }) })
+    }
+
+    /// The TLS settings of the session's client, for a client that needs
+    /// different timeouts but must trust the same servers.
+    pub fn http_options(&self) -> HttpOptions {
+        HttpOptions { cacert: self.inner.config.cacert.clone(), insecure: self.inner.config.insecure }
     }
 
     pub fn config(&self) -> &CloudConfig {
@@ -342,21 +308,25 @@ impl Session {
         }
         let url = format!("{}/auth/tokens", self.inner.auth_url);
         let body = self.auth_body();
+        // Keystone behind a load balancer sheds load with 5xx / 429; the
+        // crate's one policy decides what is transient and how long to wait.
+        // Two retries only: a Keystone that stays down is the caller's to
+        // retry (the storage backends' decorator does), not ours to wait out.
+        let policy = RetryPolicy { max_retries: 2, ..RetryPolicy::openstack_api() };
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            match self.inner.http.post(&url).timeout(Duration::from_secs(60)).json(&body).send() {
-                Ok(r) if r.status().is_server_error() && attempt < 3 => {
-                    eprintln!("imgarc: keystone: POST {url}: HTTP {}; retrying ({attempt}/2)", r.status().as_u16());
-                    std::thread::sleep(Duration::from_millis(500 * attempt));
+            let (why, wait) = match self.inner.http.post(&url).timeout(Duration::from_secs(60)).json(&body).send() {
+                Ok(r) if is_transient_status(Some(r.status().as_u16())) && attempt <= policy.max_retries => {
+                    (format!("HTTP {}", r.status().as_u16()), retry_after(r.headers()))
                 }
                 Ok(r) => break r,
-                Err(e) if (e.is_connect() || e.is_timeout()) && attempt < 3 => {
-                    eprintln!("imgarc: keystone: POST {url}: {}; retrying ({attempt}/2)", describe_reqwest(&e));
-                    std::thread::sleep(Duration::from_millis(500 * attempt));
-                }
+                Err(e) if (e.is_connect() || e.is_timeout()) && attempt <= policy.max_retries => (describe_reqwest(&e), None),
                 Err(e) => return Err(Error::Transport { method: "POST".into(), url, message: describe_reqwest(&e) }),
-            }
+            };
+            let d = policy.delay(attempt, wait);
+            tracing::info!("keystone: POST {url}: {why}; retry {attempt}/{} in {:.1}s", policy.max_retries, d.as_secs_f64());
+            std::thread::sleep(d);
         };
         let status = resp.status();
         let token = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -400,6 +370,49 @@ impl Session {
             generation,
         });
         Ok(())
+    }
+}
+
+/// The Swift repository backend authenticates through the session: the same
+/// credentials, domain rules, token renewal and TLS settings as Glance. The
+/// storage URL is the catalog's `object-store` endpoint for the cloud's
+/// region and interface.
+impl SwiftAuth for Session {
+    fn authenticate(&self, renew: bool) -> anyhow::Result<SwiftSession> {
+        let failure = |e: Error| -> anyhow::Error {
+            let message = format!("{}: {e}", self.describe());
+            match e {
+                // an unreachable or overloaded Keystone is retried; a refusal is not
+                Error::Auth { status, .. } | Error::Http { status, .. } => AuthFailure { status: Some(status), message }.into(),
+                Error::Transport { .. } => AuthFailure { status: None, message }.into(),
+                _ => anyhow::anyhow!(message),
+            }
+        };
+        if renew {
+            self.renew_after_401(self.generation()).map_err(failure)?;
+        }
+        let (token, _) = self
+            .token()
+            .map_err(failure)?
+            .ok_or_else(|| anyhow::anyhow!("a Swift repository needs Keystone credentials (auth_type none has no token)"))?;
+        let c = &self.inner.config;
+        let storage_url =
+            self.endpoint_for("object-store", c.region_name.as_deref(), &c.interface).map_err(failure)?.trim_end_matches('/').to_string();
+        Ok(SwiftSession { token, storage_url, expires_at: self.expires_at() })
+    }
+
+    fn describe(&self) -> String {
+        let how = match self.inner.config.auth_type {
+            AuthType::Password => "password",
+            AuthType::ApplicationCredential => "application credential",
+            AuthType::Token => "token",
+            AuthType::None => "no auth",
+        };
+        format!("Keystone {} ({how})", self.inner.auth_url)
+    }
+
+    fn http_options(&self) -> HttpOptions {
+        Session::http_options(self)
     }
 }
 
@@ -509,15 +522,9 @@ mod tests {
     }
 
     #[test]
-    fn cacert_errors_are_clear() {
+    fn cacert_errors_are_config_errors() {
         let e = http_client(&HttpOptions { cacert: Some("/nonexistent/ca.pem".into()), insecure: false }).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("empty.pem");
-        std::fs::write(&p, "not a certificate\n").unwrap();
-        let e = http_client(&HttpOptions { cacert: Some(p.clone()), insecure: false }).unwrap_err();
-        assert!(e.to_string().contains("empty.pem"), "{e}");
-        http_client(&HttpOptions { cacert: None, insecure: true }).unwrap();
+        assert!(matches!(e, Error::Config(_)) && e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

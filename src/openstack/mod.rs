@@ -1,6 +1,7 @@
-//! OpenStack client: configuration (clouds.yaml / openrc), Keystone v3
-//! authentication and the Glance v2 image API, plus rate limiting for
-//! `--limit-download` / `--limit-upload`.
+//! OpenStack client: configuration (clouds.yaml / openrc), the one Keystone
+//! v3 session (which Glance and the Swift repository backend share) and the
+//! Glance v2 image API. HTTP client, retry policy and rate limiter are the
+//! crate's shared ones in `net`.
 //!
 //! Everything is blocking (`reqwest::blocking`), so it fits the engine's
 //! threads + rayon model. Secrets (passwords, application-credential
@@ -23,54 +24,8 @@
 pub mod config;
 pub mod glance;
 pub mod keystone;
-pub mod ratelimit;
-pub mod verify;
 
-use std::fmt;
-
-/// A secret string (password, token, application-credential secret).
-/// `Debug` and `Display` print `***`; use [`Secret::expose`] to get the value
-/// when it must go on the wire.
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret value. Only for building a request; never print it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret(s)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Secret(s.to_string())
-    }
-}
+pub use crate::secret::Secret;
 
 /// Errors of the OpenStack client. Messages never contain secrets: request
 /// bodies are not echoed, tokens travel in headers only, and server error
@@ -126,66 +81,24 @@ impl Error {
     }
 }
 
-/// Describe a reqwest error without its URL (we add our own, secret-free)
-/// and with its source chain (e.g. "connection refused").
-pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut msg = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else if e.is_body() || e.is_decode() {
-        "error reading the response body".to_string()
-    } else if e.is_request() {
-        "request failed".to_string()
-    } else {
-        "HTTP error".to_string()
+pub(crate) use crate::net::{describe_reqwest, short_body};
+
+/// How a `swift:` repository at `location` authenticates: a Keystone
+/// [`keystone::Session`] for the cloud `repo_cloud` names (`--repo-cloud`),
+/// else for the `OS_*` variables of an openrc (`OS_CLOUD` names Glance's
+/// cloud, not the repository's). The same session type Glance uses, so both
+/// read one configuration the same way (domains, token auth, `cacert`,
+/// `verify`). `None` for other locations and for a pre-issued
+/// `OS_STORAGE_URL` + `OS_AUTH_TOKEN`, which the backend uses as it is.
+pub fn repository_auth(location: &str, repo_cloud: Option<&str>) -> Result<Option<std::sync::Arc<dyn crate::backend::swift::SwiftAuth>>> {
+    if !location.starts_with("swift:") {
+        return Ok(None);
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = match repo_cloud {
+        Some(cloud) => config::CloudConfig::resolve(Some(cloud))?,
+        None if env("OS_AUTH_URL").is_none() && env("OS_STORAGE_URL").is_some() && env("OS_AUTH_TOKEN").is_some() => return Ok(None),
+        None => config::CloudConfig::from_env(&env)?,
     };
-    let mut src = e.source();
-    let mut last = String::new();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !t.is_empty() && t != last && !msg.contains(&t) {
-            msg.push_str(": ");
-            msg.push_str(&t);
-            last = t;
-        }
-        src = s.source();
-    }
-    msg
-}
-
-/// Shorten a server error body to something printable; drops HTML tags.
-pub(crate) fn short_body(body: &str) -> String {
-    let mut t = String::new();
-    let mut in_tag = false;
-    for c in body.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                t.push(' ');
-            }
-            _ if !in_tag => t.push(c),
-            _ => {}
-        }
-    }
-    let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
-        // Keystone: {"error":{"message":..}}; Glance sometimes returns JSON too
-        if let Some(m) = v.pointer("/error/message").and_then(|m| m.as_str()) {
-            return truncate(m, 300);
-        }
-    }
-    truncate(&t, 300)
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut o: String = s.chars().take(n).collect();
-        o.push('…');
-        o
-    }
+    Ok(Some(std::sync::Arc::new(keystone::Session::new(&config)?)))
 }

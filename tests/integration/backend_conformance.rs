@@ -191,11 +191,10 @@ fn swift_native_password_auth() {
 
 #[test]
 fn swift_native_wrong_credentials() {
-    let mut ks = keystone(true);
+    let mut cfg = keystone_config(true);
     let bad = "WrongAppCredSecret-do-not-print-42";
-    if let imgarc::backend::swift::KeystoneCredential::ApplicationCredential { secret, .. } = &mut ks.credential {
-        *secret = imgarc::backend::s3::Secret::new(bad);
-    }
+    cfg.auth.application_credential_secret = Some(imgarc::secret::Secret::new(bad));
+    let ks = imgarc::openstack::keystone::Session::new_deferred(&cfg).unwrap();
     let b = swift_backend_with(Arc::new(ks), &unique("swiftbad"), 1000);
     let e = b.connect().unwrap_err();
     assert_auth_error(&e, bad);
@@ -208,15 +207,15 @@ fn swift_native_wrong_credentials() {
 /// A token that Swift rejects (expired/revoked) is renewed once on 401.
 #[derive(Debug)]
 struct StaleFirst {
-    inner: imgarc::backend::swift::KeystoneConfig,
+    inner: imgarc::openstack::keystone::Session,
     calls: AtomicUsize,
 }
 
 impl SwiftAuth for StaleFirst {
-    fn authenticate(&self, c: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
-        let mut s = self.inner.authenticate(c, rt)?;
+    fn authenticate(&self, renew: bool) -> anyhow::Result<SwiftSession> {
+        let mut s = self.inner.authenticate(renew)?;
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            s.token = imgarc::backend::s3::Secret::new("gAAAAA-expired-token");
+            s.token = imgarc::secret::Secret::new("gAAAAA-expired-token");
         }
         Ok(s)
     }
@@ -254,13 +253,13 @@ fn swift_native_renews_token_on_401() {
 /// before the next request, without waiting for a 401.
 #[derive(Debug)]
 struct ShortLived {
-    inner: imgarc::backend::swift::KeystoneConfig,
+    inner: imgarc::openstack::keystone::Session,
     calls: AtomicUsize,
 }
 
 impl SwiftAuth for ShortLived {
-    fn authenticate(&self, c: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
-        let mut s = self.inner.authenticate(c, rt)?;
+    fn authenticate(&self, renew: bool) -> anyhow::Result<SwiftSession> {
+        let mut s = self.inner.authenticate(renew)?;
         assert!(s.expires_at.is_some(), "Keystone's expires_at was not parsed");
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             s.expires_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
@@ -317,10 +316,9 @@ fn open_remote_urls() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), need(v)))
     .collect();
-    let opts = RemoteOptions {
-        env: Some(Arc::new(move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))),
-        ..Default::default()
-    };
+    let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let session = imgarc::openstack::keystone::Session::new(&imgarc::openstack::config::CloudConfig::from_env(&env).unwrap()).unwrap();
+    let opts = RemoteOptions { swift_auth: Some(Arc::new(session)), ..Default::default() };
     let url = format!("swift:{}/{}", need("IMGARC_SWIFT_CONTAINER"), unique("url"));
     let b = open_remote(&url, &opts).unwrap();
     assert_eq!(b.location(), url);
@@ -355,8 +353,7 @@ fn raw_http(url_base: &str, method: &str, path: &str, token: &str, body: &[u8]) 
 fn swift_native_dot_dot_keys_never_leave_the_container() {
     use imgarc::repository::{config::Config, Repository};
     let ks = keystone(true);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let session = ks.authenticate(&reqwest::Client::new(), &rt).unwrap();
+    let session = ks.authenticate(false).unwrap();
     let token = session.token.expose().to_string();
     let account = format!("/{}", session.storage_url.strip_prefix("http://").unwrap().split_once('/').unwrap().1);
     let container = need("IMGARC_SWIFT_CONTAINER");

@@ -125,13 +125,13 @@ fn rgw_upload_survives_connection_cut_and_outage() {
 /// Keystone as usual, but the storage URL is rewritten to go through the forwarder.
 #[derive(Debug)]
 struct ViaForwarder {
-    inner: imgarc::backend::swift::KeystoneConfig,
+    inner: imgarc::openstack::keystone::Session,
     port: u16,
 }
 
 impl SwiftAuth for ViaForwarder {
-    fn authenticate(&self, c: &reqwest::Client, rt: &tokio::runtime::Runtime) -> anyhow::Result<SwiftSession> {
-        let mut s = self.inner.authenticate(c, rt)?;
+    fn authenticate(&self, renew: bool) -> anyhow::Result<SwiftSession> {
+        let mut s = self.inner.authenticate(renew)?;
         let mut u = url::Url::parse(&s.storage_url)?;
         u.set_port(Some(self.port)).unwrap();
         s.storage_url = u.to_string();

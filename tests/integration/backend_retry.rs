@@ -144,11 +144,11 @@ fn backoff_is_jittered_capped_and_growing() {
     for attempt in 1..=10 {
         let cap = Duration::from_millis(100 * (1u64 << (attempt - 1))).min(Duration::from_secs(2));
         for _ in 0..50 {
-            let d = p.delay(attempt);
+            let d = p.delay(attempt, None);
             assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} outside [{:?}, {cap:?}]", cap / 2);
         }
     }
-    let ds: std::collections::HashSet<_> = (0..20).map(|_| p.delay(3)).collect();
+    let ds: std::collections::HashSet<_> = (0..20).map(|_| p.delay(3, None)).collect();
     assert!(ds.len() > 1, "no jitter");
     // the whole retry loop respects the policy's delays
     let (b, _) = wrap(vec![http(503), http(503), http(503)]);
@@ -163,7 +163,8 @@ fn backoff_is_jittered_capped_and_growing() {
 #[test]
 fn real_clients_report_connection_failures_as_transient() {
     use imgarc::backend::s3::{S3Backend, S3Config};
-    use imgarc::backend::swift::{KeystoneConfig, SwiftBackend, SwiftConfig};
+    use imgarc::backend::swift::{SwiftBackend, SwiftConfig};
+    use imgarc::openstack::{config::CloudConfig, keystone::Session};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let secret = "closed-port-secret-do-not-print";
     let env = |k: &str| match k {
@@ -184,7 +185,11 @@ fn real_clients_report_connection_failures_as_transient() {
     let r = RetryBackend::new(Box::new(s3), policy);
     assert!(is_transient(&r.get("config").unwrap_err()));
 
-    let sw = SwiftBackend::new(SwiftConfig::new("c", ""), std::sync::Arc::new(KeystoneConfig::from_lookup(&env).unwrap())).unwrap();
+    let sw = SwiftBackend::new(
+        SwiftConfig::new("c", ""),
+        std::sync::Arc::new(Session::new_deferred(&CloudConfig::from_env(&env).unwrap()).unwrap()),
+    )
+    .unwrap();
     let e = sw.put("config", b"x").unwrap_err();
     assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
     assert!(e.to_string().contains("Keystone"), "{e}");

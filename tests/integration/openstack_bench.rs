@@ -46,7 +46,7 @@ fn glance_throughput() {
     }
     // with md5 + sha512 verification on their own threads (what `archive` does)
     let t = Instant::now();
-    let mut r = imgarc::openstack::verify::HashingReader::verifying(g.download(&rec).unwrap(), &rec);
+    let mut r = imgarc::digest::HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
     let h = r.handle();
     let mut buf = vec![0u8; 1 << 20];
     while r.read(&mut buf).unwrap() > 0 {}

@@ -150,9 +150,8 @@ fn glance_killed_mid_download() {
     // 3) killed and restarted while the client retries: resumed with Range
     let patient = GlanceClient::standalone(&url, None).unwrap().with_retry(RetryPolicy {
         max_retries: 30,
-        initial_delay: Duration::from_millis(500),
+        base_delay: Duration::from_millis(500),
         max_delay: Duration::from_secs(2),
-        log: true,
     });
     let mut dl = patient.download(&rec).unwrap();
     let mut got = vec![0u8; 1024 * 1024];
@@ -176,9 +175,8 @@ fn busy_server_503_retry_after_is_honoured() {
     let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::FailFirst { count: 2, status: 503, retry_after: 1 });
     let g = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(RetryPolicy {
         max_retries: 3,
-        initial_delay: Duration::from_millis(50),
+        base_delay: Duration::from_millis(50),
         max_delay: Duration::from_secs(5),
-        log: true,
     });
     let t = std::time::Instant::now();
     g.list_filtered(&[("name", "nothing-has-this-name")], 5).unwrap();

@@ -195,13 +195,13 @@ fn restore_metadata_is_accepted_by_glance() {
 
 #[test]
 fn tampered_store_file_is_detected() {
-    use imgarc::openstack::verify::{Algo, HashingReader};
+    use imgarc::digest::{Algo, HashingReader};
     let _serial = serial();
     let g = noauth();
     let data = bytes(1024 * 1024, 21);
     let (rec, _c) = upload_image(&g, &unique("tamper"), &data, json!({}));
     // intact: verified, digests equal Glance's
-    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), &rec);
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
     let h = r.handle();
     std::io::copy(&mut r, &mut std::io::sink()).unwrap();
     let d = h.get().unwrap();
@@ -213,7 +213,7 @@ fn tampered_store_file_is_detected() {
     assert_eq!(stored, data);
     stored[4242] ^= 0xff;
     std::fs::write(&path, &stored).unwrap();
-    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), &rec);
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
     let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
     let s = e.to_string();
     assert!(s.contains("does not match the image record") && s.contains("sha512: expected") && s.contains(&rec.id), "{s}");

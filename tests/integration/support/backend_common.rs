@@ -2,8 +2,9 @@
 //! environment exported by `ci/objectstore.sh`, and backend constructors.
 
 use imgarc::backend::s3::{S3Backend, S3Config, Secret};
-use imgarc::backend::swift::{KeystoneConfig, SwiftAuth, SwiftBackend, SwiftConfig};
+use imgarc::backend::swift::{SwiftAuth, SwiftBackend, SwiftConfig};
 use imgarc::backend::Backend;
+use imgarc::openstack::{config::CloudConfig, keystone::Session};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,9 +76,15 @@ pub fn s3_wrong_secret(t: &S3Target, prefix: &str, secret: &str) -> S3Backend {
     S3Backend::new(c).unwrap()
 }
 
-/// Keystone config of the demo user, the way a user would set OS_* —
-/// `app` = application credential, else password.
-pub fn keystone(app: bool) -> KeystoneConfig {
+/// The Keystone session of the demo user, configured the way a user would
+/// set OS_* — `app` = application credential, else password. It
+/// authenticates at first use.
+pub fn keystone(app: bool) -> Session {
+    Session::new_deferred(&keystone_config(app)).unwrap()
+}
+
+/// The cloud configuration behind [`keystone`].
+pub fn keystone_config(app: bool) -> CloudConfig {
     let auth = need("IMGARC_SWIFT_AUTH_URL");
     let region = need("IMGARC_SWIFT_REGION");
     let (id, sec) = (need("IMGARC_SWIFT_APP_CRED_ID"), need("IMGARC_SWIFT_APP_CRED_SECRET"));
@@ -96,7 +103,7 @@ pub fn keystone(app: bool) -> KeystoneConfig {
         };
         Some(v)
     };
-    KeystoneConfig::from_lookup(&env).unwrap()
+    CloudConfig::from_env(&env).unwrap()
 }
 
 pub fn swift_backend_with(auth: Arc<dyn SwiftAuth>, prefix: &str, page_size: usize) -> SwiftBackend {

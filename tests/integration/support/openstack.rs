@@ -28,7 +28,7 @@ pub fn env(name: &str) -> String {
 
 /// Short retries so failure tests stay fast.
 pub fn quick_retry() -> RetryPolicy {
-    RetryPolicy { max_retries: 2, initial_delay: Duration::from_millis(100), max_delay: Duration::from_millis(300), log: true }
+    RetryPolicy { max_retries: 2, base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(300) }
 }
 
 /// Client for the noauth Glance.
