@@ -12,6 +12,10 @@ use reqwest::blocking::Client;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Renew a token this long before it expires, so a long upload does not
+/// start with a token about to expire (Keystone sessions and Swift backends).
+pub const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
+
 /// TLS settings of a client: an extra CA bundle (`cacert` / `OS_CACERT`) and
 /// whether certificate verification is off (`verify: false` / `OS_INSECURE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
