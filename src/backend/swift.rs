@@ -31,9 +31,7 @@ pub struct SwiftSession {
     pub expires_at: Option<std::time::SystemTime>,
 }
 
-/// Renew a token this long before Keystone's `expires_at`, so a long upload
-/// does not start with a token about to expire.
-pub const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
+pub use crate::net::TOKEN_RENEW_MARGIN;
 
 impl fmt::Debug for SwiftSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,6 +12,10 @@ use reqwest::blocking::Client;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Renew a token this long before it expires, so a long upload does not
+/// start with a token about to expire (Keystone sessions and Swift backends).
+pub const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
+
 /// TLS settings of a client: an extra CA bundle (`cacert` / `OS_CACERT`) and
 /// whether certificate verification is off (`verify: false` / `OS_INSECURE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,6 +160,90 @@ mod tests {
         let e = http_client(&HttpOptions { cacert: Some(p.clone()), insecure: false }).unwrap_err();
         assert!(e.contains("empty.pem"), "{e}");
         http_client(&HttpOptions { cacert: None, insecure: true }).unwrap();
+    }
+
+    /// A private CA (openssl), a TLS server with a certificate it signed for
+    /// 127.0.0.1, and the client: unknown without the bundle, trusted with it.
+    /// Keystone, Glance and the Swift backend all get their client here.
+    #[test]
+    fn a_private_ca_bundle_is_trusted() {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        use std::io::{Read, Write};
+        let d = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new("openssl").args(args).current_dir(d.path()).output().expect("openssl (the test needs it)");
+            assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=imgarc test CA",
+        ]);
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
+        std::fs::write(d.path().join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(d.path().join("srv.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(d.path().join("srv.key")).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg.clone()).unwrap(), tcp);
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => break,
+                    }
+                }
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = tls.flush();
+            }
+        });
+        let plain = http_client(&HttpOptions::default()).unwrap();
+        let e = plain.get(&url).send().unwrap_err();
+        assert!(e.is_connect() || e.is_request(), "{e:?}");
+        let pinned = http_client(&HttpOptions { cacert: Some(d.path().join("ca.pem")), insecure: false }).unwrap();
+        let r = pinned.get(&url).send().unwrap();
+        assert_eq!((r.status().as_u16(), r.text().unwrap()), (200, "ok".to_string()));
     }
 
     #[test]

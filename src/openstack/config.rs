@@ -83,7 +83,7 @@ pub struct CloudConfig {
     pub region_name: Option<String>,
     /// `public` (default), `internal` or `admin` (`publicURL` etc. accepted).
     pub interface: String,
-    /// CA bundle (PEM) to trust in addition to the system/webpki roots.
+    /// CA bundle (PEM) to trust in addition to the platform roots (Glance, Keystone and a Swift repository).
     pub cacert: Option<PathBuf>,
     /// Skip TLS verification (`OS_INSECURE=true`, `verify: false`).
     pub insecure: bool,

@@ -13,10 +13,10 @@ use crate::net::retry::{is_transient_status, retry_after, RetryPolicy};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-/// Renew a token this long before its `expires_at`.
-pub const RENEW_MARGIN: Duration = Duration::from_secs(300);
+/// Renew a token this long before its `expires_at` (the backends' margin too).
+pub const RENEW_MARGIN: Duration = crate::net::TOKEN_RENEW_MARGIN;
 
 pub use crate::net::{same_origin, HttpOptions};
 
@@ -473,43 +473,16 @@ pub fn find_endpoint(catalog: &[Endpoint], service_type: &str, region: Option<&s
         })
 }
 
-/// Parse `2026-11-27T13:45:00.000000Z` (or `+00:00` offsets) to a time.
+/// Keystone's `expires_at` (`2026-11-27T13:45:00.000000Z`, or with an
+/// offset) as a time, through the crate's one RFC 3339 parser.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let (date, rest) = s.split_once(['T', ' '])?;
-    let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
-    let (time, offset_secs) = if let Some(t) = rest.strip_suffix('Z') {
-        (t, 0i64)
-    } else if let Some(i) = rest.rfind(['+', '-']).filter(|&i| i >= 6) {
-        let (t, off) = rest.split_at(i);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':').unwrap_or((&off[1..3], &off[3..]));
-        (t, sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().unwrap_or(0) * 60))
-    } else {
-        (rest, 0)
-    };
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let sec: f64 = t.next().unwrap_or("0").parse().ok()?;
-    // days from civil (Howard Hinnant)
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h * 3600 + mi * 60 - offset_secs;
-    if secs < 0 {
-        return None;
-    }
-    Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
+    crate::util::parse_rfc3339(s.trim()).map(SystemTime::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339() {
