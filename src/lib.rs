@@ -3,15 +3,14 @@
 //! Data flows one way: `source` (bytes in) → `chunking` (guest stream into
 //! chunks and holes) → `store` (hash, dedup, compress, pack) → `repository`
 //! (format) → `backend` (storage); `index` caches what the repository holds;
-//! `archive` drives the write path, `restore` and `check` read back. `cli` and
-//! `commands` are the user surface. See ARCHITECTURE.md.
+//! `archive` drives the write path, `restore` and `check` read back. The
+//! operations take one options struct and return a typed report; the binary
+//! (`src/main.rs`, `src/cli/`) parses arguments and prints. See ARCHITECTURE.md.
 
 pub mod archive;
 pub mod backend;
 pub mod check;
 pub mod chunking;
-pub mod cli;
-pub mod commands;
 pub mod digest;
 pub mod format;
 pub mod ids;

@@ -1,4 +1,7 @@
-//! The `imgarc` binary: everything lives in the library; see `cli`.
+//! The `imgarc` binary: argument parsing, printing and exit codes (`cli`);
+//! every operation it runs is in the `imgarc` library.
+mod cli;
+
 fn main() {
-    std::process::exit(imgarc::cli::run());
+    std::process::exit(cli::run());
 }

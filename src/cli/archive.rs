@@ -1,15 +1,65 @@
 //! `imgarc archive SOURCE`: archive one image.
 
 use super::Ctx;
-use crate::archive::{archive, ArchiveRequest};
-use crate::cli::ArchiveArgs;
-use crate::index::Index;
-use crate::repository::lock::Lock;
-use crate::util::human_bytes;
 use anyhow::{Context, Result};
+use clap::Args;
+use imgarc::archive::{archive, ArchiveRequest};
+use imgarc::index::Index;
+use imgarc::repository::lock::Lock;
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct ArchiveArgs {
+    /// Image file path, - for standard input, or glance:IMAGE (id or unique name)
+    pub source: String,
+    /// Snapshot name (default: the file name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Whole-file digests to compute and record, e.g. md5,sha512,sha256
+    #[arg(long, value_delimiter = ',')]
+    pub digest: Vec<String>,
+    /// The format the image is declared as (raw, qcow2, …); a declared raw image is never decomposed
+    #[arg(long)]
+    pub disk_format: Option<String>,
+    /// Archive a QCOW2 image with a backing file as opaque bytes instead of refusing it
+    #[arg(long)]
+    pub allow_backing_file_opaque: bool,
+    /// Archive a QCOW2 image with an external data file as opaque bytes instead of refusing it
+    #[arg(long)]
+    pub allow_data_file_opaque: bool,
+    #[command(flatten)]
+    pub spill: SpillArgs,
+}
+
+/// Where and how much the QCOW2 decomposer may spill (clusters read before the table that
+/// says what they are). Shared by every command that archives.
+#[derive(Args, Debug, Clone)]
+pub struct SpillArgs {
+    /// Directory for the QCOW2 decomposer's spill file (unlinked at once, mode 0600) [default: the system temp dir]
+    #[arg(long, env = "IMGARC_SPILL_DIR", value_name = "DIR")]
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Most bytes a QCOW2 image may spill; beyond it the rest is stored opaque (exact, and the archive says so)
+    #[arg(long, default_value = "2G", value_name = "SIZE")]
+    pub spill_limit: String,
+}
+
+impl SpillArgs {
+    /// The default QCOW2 policy with these spill settings.
+    pub fn qcow2_policy(&self) -> anyhow::Result<imgarc::format::qcow2::Policy> {
+        let mut policy = imgarc::format::qcow2::Policy::default();
+        if let Some(dir) = &self.spill_dir {
+            policy.spill_dir = dir.clone();
+        }
+        policy.max_spill_bytes = imgarc::util::parse_size(&self.spill_limit).map_err(|e| anyhow::anyhow!("--spill-limit: {e:#}"))?;
+        Ok(policy)
+    }
+}
 
 pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
-    let digests = crate::digest::parse_list(&args.digest.join(","))?;
+    let digests = imgarc::digest::parse_list(&args.digest.join(","))?;
     let repo = ctx.open_repo()?;
     // Lock first, then catch up: every prune mark written before the lock is
     // seen (and its packs not deduplicated against); every later one is
@@ -20,9 +70,9 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
     let src = match args.source.strip_prefix("glance:") {
         Some(image) => {
             let glance = ctx.glance(None)?;
-            crate::source::open_glance(&glance, image, ctx.global.os_cloud.as_deref(), Ctx::limiter(&ctx.global.limit_download)?)?
+            imgarc::source::open_glance(&glance, image, ctx.global.os_cloud.as_deref(), Ctx::limiter(&ctx.global.limit_download)?)?
         }
-        None => crate::source::open(&args.source)?,
+        None => imgarc::source::open(&args.source)?,
     };
     let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
     let unverifiable = src.unverifiable_digests.clone();
@@ -35,15 +85,15 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
         expected_size: src.size,
         metadata: src.metadata,
         declared_format: args.disk_format.or(src.declared_format),
-        qcow2_policy: crate::format::qcow2::Policy {
+        qcow2_policy: imgarc::format::qcow2::Policy {
             allow_backing_file_opaque: args.allow_backing_file_opaque,
             allow_data_file_opaque: args.allow_data_file_opaque,
             ..args.spill.qcow2_policy()?
         },
     };
     let pb = ctx.out.bar(src.size, "archive");
-    let r = archive(&repo, &mut index, src.reader, req, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))?;
-    pb.finish_and_clear();
+    let r = archive(&repo, &mut index, src.reader, req, &pb)?;
+    drop(pb);
     let mut json = serde_json::to_value(&r)?;
     let glance = args.source.starts_with("glance:");
     json["verified_digests"] = serde_json::json!(verified);
@@ -89,5 +139,5 @@ pub fn run(ctx: &Ctx, args: ArchiveArgs) -> Result<()> {
 }
 
 fn unverifiable_warning(algos: &[String]) -> String {
-    format!("the source's {} digest was not checked: imgarc computes {} only", algos.join(", "), crate::digest::SUPPORTED.join(", "))
+    format!("the source's {} digest was not checked: imgarc computes {} only", algos.join(", "), imgarc::digest::SUPPORTED.join(", "))
 }

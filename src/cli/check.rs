@@ -1,11 +1,21 @@
 //! `imgarc check [--read-data | --read-data-subset N%]`.
 
 use super::Ctx;
-use crate::check::{check, CheckOptions};
-use crate::cli::CheckArgs;
-use crate::index::Index;
-use crate::repository::lock::Lock;
 use anyhow::{bail, Context, Result};
+use clap::Args;
+use imgarc::check::{check, CheckOptions};
+use imgarc::index::Index;
+use imgarc::repository::lock::Lock;
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Read and verify every chunk
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a random subset of packs, e.g. 10%
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+}
 
 pub fn parse_percent(s: &str) -> Result<f64> {
     let v: f64 =
@@ -27,13 +37,8 @@ pub fn run(ctx: &Ctx, args: CheckArgs) -> Result<()> {
     let _lock = Lock::acquire(repo.backend().clone(), true, "check")?;
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let pb = ctx.out.bar(Some(0), "check");
-    let report = check(
-        &repo,
-        &mut index,
-        &CheckOptions { read_data_fraction: fraction },
-        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
-    )?;
-    pb.finish_and_clear();
+    let report = check(&repo, &mut index, &CheckOptions { read_data_fraction: fraction }, &pb)?;
+    drop(pb);
     ctx.emit(&serde_json::to_value(&report)?, || {
         let mut s = format!(
             "checked {} snapshots, {} packs ({} read, {} blobs verified)\n",

@@ -1,41 +1,19 @@
-//! One file per user verb. Each command opens what it needs through `Ctx`,
-//! does its work through the library modules, and prints either prose or one
-//! JSON document (`--json`).
+//! What every verb shares: `Ctx` opens the repository, its index cache and
+//! Glance from the global options, and prints either prose or one JSON
+//! document (`--json`) on standard output.
 
-pub mod archive;
-pub mod check;
-pub mod demo;
-pub mod forget;
-pub mod glance;
-pub mod index;
-pub mod init;
-pub mod inspect;
-pub mod list;
-pub mod prune;
-pub mod report;
-pub mod restore;
-pub mod show;
-pub mod sync;
-pub mod unlock;
-
-use crate::backend::{self, Backend};
-use crate::cli::{Command, GlobalArgs};
-use crate::index::Index;
-use crate::openstack::config::CloudConfig;
-use crate::openstack::glance::GlanceClient;
-use crate::openstack::keystone::Session;
-use crate::openstack::ratelimit::{parse_rate, RateLimiter};
-use crate::openstack::Secret;
-use crate::progress::Output;
-use crate::repository::Repository;
+use super::GlobalArgs;
+use crate::cli::progress::Output;
 use anyhow::{Context, Result};
+use imgarc::backend::{self, Backend};
+use imgarc::index::Index;
+use imgarc::openstack::config::CloudConfig;
+use imgarc::openstack::glance::GlanceClient;
+use imgarc::openstack::keystone::Session;
+use imgarc::openstack::ratelimit::{parse_rate, RateLimiter};
+use imgarc::openstack::Secret;
+use imgarc::repository::Repository;
 use std::sync::Arc;
-
-/// A failure whose details the command already printed (its JSON document
-/// says `ok: false`); the exit code is still 1, but no second document follows.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AlreadyReported(pub String);
 
 pub struct Ctx {
     pub location: String,
@@ -109,7 +87,7 @@ impl Ctx {
 
 /// A resolved cloud as the `OS_*` variables an openrc file would set.
 fn os_vars(c: &CloudConfig) -> std::collections::HashMap<String, String> {
-    use crate::openstack::config::AuthType;
+    use imgarc::openstack::config::AuthType;
     let a = &c.auth;
     let mut m = std::collections::HashMap::new();
     let mut put = |k: &str, v: Option<String>| {
@@ -139,29 +117,4 @@ fn os_vars(c: &CloudConfig) -> std::collections::HashMap<String, String> {
     };
     put("OS_AUTH_TYPE", Some(auth_type.to_string()));
     m
-}
-
-pub fn default_repo() -> String {
-    dirs::data_dir().map(|d| d.join("imgarc").join("repo").display().to_string()).unwrap_or_else(|| ".imgarc-repo".to_string())
-}
-
-pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<()> {
-    let ctx = Ctx { location: global.repo.clone().unwrap_or_else(default_repo), out: global.output(), global: global.clone() };
-    match command {
-        Command::Init(a) => init::run(&ctx, a),
-        Command::Archive(a) => archive::run(&ctx, a),
-        Command::List(a) => list::run(&ctx, a),
-        Command::Show(a) => show::run(&ctx, a),
-        Command::Restore(a) => restore::run(&ctx, a),
-        Command::Inspect(a) => inspect::run(&ctx, a),
-        Command::Check(a) => check::run(&ctx, a),
-        Command::Index(a) => index::run(&ctx, a),
-        Command::Unlock(a) => unlock::run(&ctx, a),
-        Command::Glance(a) => glance::run(&ctx, a),
-        Command::Demo(a) => demo::run(&ctx, a),
-        Command::Sync(a) => sync::run(&ctx, a),
-        Command::Forget(a) => forget::run(&ctx, a),
-        Command::Prune(a) => prune::run(&ctx, a),
-        Command::Report(a) => report::run(&ctx, a),
-    }
 }

@@ -3,21 +3,34 @@
 //! restored and verified, and what was stored compared with what was read.
 
 use super::Ctx;
-use crate::archive::{archive, ArchiveRequest};
-use crate::cli::DemoArgs;
-use crate::index::Index;
-use crate::prune::{prune, PruneOptions};
-use crate::report;
-use crate::repository::{config::Config, snapshot::Source, Repository};
-use crate::restore::{restore, Target};
-use crate::retention::{self, Item, Policy};
-use crate::synthetic::SyntheticDisk;
-use crate::util::human_bytes;
 use anyhow::{bail, Context, Result};
+use clap::Args;
+use imgarc::archive::{archive, ArchiveRequest};
+use imgarc::index::Index;
+use imgarc::prune::{prune, PruneOptions};
+use imgarc::report;
+use imgarc::repository::{config::Config, snapshot::Source, Repository};
+use imgarc::restore::{restore, Target};
+use imgarc::retention::{self, Item, Policy};
+use imgarc::synthetic::SyntheticDisk;
+use imgarc::util::human_bytes;
 use std::sync::Arc;
 
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Work directory (default: a new temporary directory, removed afterwards)
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Number of nights in the synthetic series
+    #[arg(long, default_value_t = 5)]
+    pub nights: u32,
+    /// Virtual disk size of the synthetic VM
+    #[arg(long, default_value = "256M")]
+    pub size: String,
+}
+
 pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
-    let size = crate::util::parse_size(&args.size)?;
+    let size = imgarc::util::parse_size(&args.size)?;
     if !(1 << 20..=64 << 30).contains(&size) || args.nights == 0 || args.nights > 60 {
         bail!("demo wants --size between 1M and 64G and --nights between 1 and 60");
     }
@@ -38,10 +51,10 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         }
     };
     let repo_dir = dir.join("repo");
-    let backend: Arc<dyn crate::backend::Backend> = Arc::new(crate::backend::local::LocalBackend::new(&repo_dir));
+    let backend: Arc<dyn imgarc::backend::Backend> = Arc::new(imgarc::backend::local::LocalBackend::new(&repo_dir));
     let repo = match Repository::open(backend.clone()) {
         Ok(r) => r,
-        Err(_) => Repository::init(backend, Config::new(crate::repository::config::DEFAULT_AVG_CHUNK, 3)?)?,
+        Err(_) => Repository::init(backend, Config::new(imgarc::repository::config::DEFAULT_AVG_CHUNK, 3)?)?,
     };
     // The demo keeps its index cache beside its repository, so it leaves nothing behind.
     std::env::set_var("IMGARC_CACHE_DIR", dir.join("cache"));
@@ -66,8 +79,8 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
             qcow2_policy: Default::default(),
         };
         let pb = ctx.out.bar(Some(size), &format!("night {n:02}"));
-        let r = archive(&repo, &mut index, Box::new(file), req, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))?;
-        pb.finish_and_clear();
+        let r = archive(&repo, &mut index, Box::new(file), req, &pb)?;
+        drop(pb);
         logical += r.logical_bytes;
         added += r.stored_bytes_added;
         say(format!(
@@ -83,18 +96,11 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     }
     let (last_path, last) = nights.last().expect("at least one night");
     let out_path = dir.join("restored.raw");
-    let id = crate::ids::Id::from_hex(&last.snapshot).context("snapshot id")?;
+    let id = imgarc::ids::Id::from_hex(&last.snapshot).context("snapshot id")?;
     let snap = index.snapshot(&id)?.context("snapshot in index")?;
     let pb = ctx.out.bar(Some(size), "restore");
-    let rr = restore(
-        &repo,
-        &index,
-        &snap,
-        Target::File(out_path.clone()),
-        &Default::default(),
-        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
-    )?;
-    pb.finish_and_clear();
+    let rr = restore(&repo, &index, &snap, Target::File(out_path.clone()), &Default::default(), &pb)?;
+    drop(pb);
     let identical = files_equal(last_path, &out_path)?;
     if !identical {
         bail!("restored image differs from {}", last_path.display());
@@ -114,7 +120,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     let items: Vec<Item> = rows
         .iter()
         .map(|r| Item {
-            time: crate::util::parse_rfc3339(&r.time).unwrap_or_default(),
+            time: imgarc::util::parse_rfc3339(&r.time).unwrap_or_default(),
             tags: r.tags.clone(),
             group: String::new(),
             image: None,
@@ -155,7 +161,7 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     ));
     if args.dir.is_some() {
         let page = dir.join("report.html");
-        crate::util::write_public_file(&page, report::render::render(&capacity, report::render::Format::Html).as_bytes())?;
+        imgarc::util::write_public_file(&page, report::render::render(&capacity, report::render::Format::Html).as_bytes())?;
         say(format!("capacity report with charts: {}", page.display()));
     }
     ctx.emit(
@@ -174,8 +180,8 @@ fn files_equal(a: &std::path::Path, b: &std::path::Path) -> Result<bool> {
     let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
-        let na = crate::source::read_full(&mut fa, &mut ba)?;
-        let nb = crate::source::read_full(&mut fb, &mut bb)?;
+        let na = imgarc::source::read_full(&mut fa, &mut ba)?;
+        let nb = imgarc::source::read_full(&mut fb, &mut bb)?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }

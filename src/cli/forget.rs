@@ -2,14 +2,63 @@
 //! what it keeps and why. Frees no space by itself: `prune` does that.
 
 use super::Ctx;
-use crate::cli::{ForgetArgs, GroupBy};
-use crate::ids::Id;
-use crate::index::Index;
-use crate::repository::lock::Lock;
-use crate::repository::snapshot::{Snapshot, Source};
-use crate::retention::{self, Item, Policy};
 use anyhow::{bail, Context, Result};
+use clap::Args;
+use imgarc::ids::Id;
+use imgarc::index::Index;
+use imgarc::repository::lock::Lock;
+use imgarc::repository::snapshot::{Snapshot, Source};
+use imgarc::retention::{self, Item, Policy};
 use std::collections::HashSet;
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove by id (or unique prefix), in addition to the policy
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (-1: all)
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_last: Option<i64>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_hourly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_daily: Option<i64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_weekly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_monthly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_yearly: Option<i64>,
+    /// Keep every snapshot within this span of the group's newest, e.g. 14d, 1y6m, 36h
+    #[arg(long)]
+    pub keep_within: Option<imgarc::retention::Span>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy per image (Glance image id, else name), per name, or to all snapshots at once
+    #[arg(long, value_enum, default_value = "image")]
+    pub group_by: GroupBy,
+    /// Only consider snapshots with this name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also let the policy remove the last snapshot of images deleted upstream
+    #[arg(long)]
+    pub include_deleted: bool,
+    /// Show what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Image,
+    Name,
+    None,
+}
 
 struct Candidate {
     id: Id,
@@ -71,7 +120,8 @@ pub fn run(ctx: &Ctx, args: ForgetArgs) -> Result<()> {
             continue;
         }
         let snap = index.snapshot(&row.id)?.context("snapshot vanished from the index")?;
-        let time = crate::util::parse_rfc3339(&snap.time).with_context(|| format!("snapshot {} has an unreadable time", row.id.short()))?;
+        let time =
+            imgarc::util::parse_rfc3339(&snap.time).with_context(|| format!("snapshot {} has an unreadable time", row.id.short()))?;
         let image = match &snap.source {
             Source::Glance { image_id, .. } => Some(image_id.clone()),
             _ => None,

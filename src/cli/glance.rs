@@ -1,11 +1,23 @@
 //! `imgarc glance list`: a cloud's images, and when each was last archived here.
 
 use super::Ctx;
-use crate::cli::{GlanceAction, GlanceArgs};
-use crate::repository::snapshot::Source;
-use crate::util::human_bytes;
 use anyhow::Result;
+use clap::{Args, Subcommand};
+use imgarc::repository::snapshot::Source;
+use imgarc::util::human_bytes;
 use std::collections::HashMap;
+
+#[derive(Args, Debug)]
+pub struct GlanceArgs {
+    #[command(subcommand)]
+    pub action: GlanceAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GlanceAction {
+    /// List the cloud's images with size, format, status and their latest archive
+    List,
+}
 
 pub fn run(ctx: &Ctx, args: GlanceArgs) -> Result<()> {
     match args.action {

@@ -1,9 +1,21 @@
 //! `imgarc index rebuild`: regenerate the local index from the repository.
 
 use super::Ctx;
-use crate::cli::{IndexAction, IndexArgs};
-use crate::repository::lock::Lock;
 use anyhow::Result;
+use clap::{Args, Subcommand};
+use imgarc::repository::lock::Lock;
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    pub action: IndexAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexAction {
+    /// Rebuild the local index from the repository alone
+    Rebuild,
+}
 
 pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
     match args.action {
@@ -11,7 +23,7 @@ pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
             let repo = ctx.open_repo()?;
             let lock = Lock::acquire(repo.backend().clone(), true, "index rebuild")?;
             repo.hold_lock(&lock);
-            let (index, report) = crate::index::rebuild(&repo)?;
+            let (index, report) = imgarc::index::rebuild(&repo)?;
             let mut json = serde_json::to_value(&report)?;
             json["path"] = serde_json::Value::String(index.path().display().to_string());
             ctx.emit(&json, || {

@@ -1,9 +1,19 @@
 //! `imgarc init`: create a repository.
 
 use super::Ctx;
-use crate::cli::InitArgs;
-use crate::repository::{config::Config, Repository};
 use anyhow::{bail, Context, Result};
+use clap::Args;
+use imgarc::repository::{config::Config, Repository};
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Average chunk size (power of two, 4K..4M)
+    #[arg(long, default_value = "64K")]
+    pub chunk_size: String,
+    /// Compression of chunk payloads: zstd:LEVEL (1..19)
+    #[arg(long, default_value = "zstd:3")]
+    pub compression: String,
+}
 
 pub fn parse_compression(s: &str) -> Result<i32> {
     let Some(level) = s.strip_prefix("zstd:") else {
@@ -13,7 +23,7 @@ pub fn parse_compression(s: &str) -> Result<i32> {
 }
 
 pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
-    let avg = crate::util::parse_size(&args.chunk_size)?;
+    let avg = imgarc::util::parse_size(&args.chunk_size)?;
     let avg = u32::try_from(avg).context("chunk size too large")?;
     let config = Config::new(avg, parse_compression(&args.compression)?)?;
     let repo = Repository::init(ctx.backend()?, config)?;

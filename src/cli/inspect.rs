@@ -2,10 +2,19 @@
 //! features and flags — read from a file (nothing stored) or from a snapshot.
 
 use super::Ctx;
-use crate::cli::InspectArgs;
-use crate::format::{detect, qcow2};
 use anyhow::{Context, Result};
+use clap::Args;
+use imgarc::format::{detect, qcow2};
 use std::io::Read;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// An image file (or -), or a snapshot id / unique prefix
+    pub target: String,
+    /// The format the image is declared as; a declared raw image is never decomposed
+    #[arg(long)]
+    pub disk_format: Option<String>,
+}
 
 /// Discards the decomposer's output, counting what a snapshot would store.
 #[derive(Default)]
@@ -43,9 +52,9 @@ pub fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
 }
 
 fn inspect_source(args: &InspectArgs) -> Result<serde_json::Value> {
-    let mut src = crate::source::open(&args.target)?;
+    let mut src = imgarc::source::open(&args.target)?;
     let mut head = vec![0u8; 64 << 10];
-    let n = crate::source::read_full(&mut src.reader, &mut head).context("reading the image header")?;
+    let n = imgarc::source::read_full(&mut src.reader, &mut head).context("reading the image header")?;
     head.truncate(n);
     let detected = detect::detect(&head);
     let kind = detect::decide(args.disk_format.as_deref(), &detected)?;

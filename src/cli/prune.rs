@@ -2,12 +2,32 @@
 //! period), marks what no snapshot needs now, and reports the space.
 
 use super::Ctx;
-use crate::cli::PruneArgs;
-use crate::index::Index;
-use crate::prune::{prune, PruneOptions};
-use crate::repository::lock::Lock;
-use crate::util::human_bytes;
 use anyhow::{Context, Result};
+use clap::Args;
+use imgarc::index::Index;
+use imgarc::prune::{prune, PruneOptions};
+use imgarc::repository::lock::Lock;
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be deleted and repacked, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Repack a pack when its still-used bytes are at most this fraction of its size (0 disables repacking)
+    #[arg(long, default_value_t = imgarc::prune::DEFAULT_MAX_REPACK_RATIO, value_parser = parse_ratio)]
+    pub max_repack_ratio: f64,
+    /// Time between marking a pack and deleting it (s, m, h, d: 23h, 90m, 0); must exceed the listing lag of the store
+    #[arg(long, default_value = imgarc::prune::DEFAULT_GRACE, value_parser = imgarc::prune::parse_grace)]
+    pub grace: chrono::Duration,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
+}
 
 pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     let repo = ctx.open_repo()?;

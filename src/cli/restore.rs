@@ -1,15 +1,66 @@
 //! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance`: rebuild an image.
 
 use super::Ctx;
-use crate::cli::RestoreArgs;
-use crate::index::Index;
-use crate::openstack::glance::{self, ImageRecord, UploadMethod};
-use crate::openstack::ratelimit::RateLimitedReader;
-use crate::repository::snapshot::Snapshot;
-use crate::repository::Repository;
-use crate::restore::{restore, RestoreOptions, Target};
-use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use imgarc::index::Index;
+use imgarc::openstack::glance::{self, ImageRecord, UploadMethod};
+use imgarc::openstack::ratelimit::RateLimitedReader;
+use imgarc::repository::snapshot::Snapshot;
+use imgarc::repository::Repository;
+use imgarc::restore::{restore, RestoreOptions, Target};
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id or unique prefix (8+ hex digits)
+    pub snapshot: String,
+    /// Output file, or - for standard output
+    #[arg(short, long, required_unless_present = "to_glance")]
+    pub output: Option<String>,
+    /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
+    #[arg(long, value_parser = ["raw", "qcow2"])]
+    pub disk_format: Option<String>,
+    /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
+    #[arg(long, requires = "disk_format")]
+    pub compress: bool,
+    /// Upload into Glance instead of writing a file (with the archived image metadata)
+    #[arg(long, conflicts_with = "output")]
+    pub to_glance: bool,
+    /// Cloud in clouds.yaml to restore into (default: the source credentials)
+    #[arg(long, requires = "to_glance")]
+    pub to_cloud: Option<String>,
+    /// Name of the new Glance image (default: the archived name)
+    #[arg(long, requires = "to_glance")]
+    pub name: Option<String>,
+    /// Visibility of the new Glance image (private, shared, community, public)
+    #[arg(long, requires = "to_glance")]
+    pub visibility: Option<String>,
+    /// Set an image property on the new Glance image (repeatable)
+    #[arg(long = "property", value_name = "K=V", requires = "to_glance")]
+    pub properties: Vec<String>,
+    /// Upload with a PUT of the data, or stage + glance-direct import
+    #[arg(long, default_value = "put", value_parser = ["put", "glance-direct"], requires = "to_glance")]
+    pub method: String,
+    /// Keep a half-created Glance image when the restore fails (default: delete it)
+    #[arg(long, requires = "to_glance")]
+    pub keep_failed: bool,
+    /// Permission bits of the restored file, in octal (default 0600); not for devices or FIFOs
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, conflicts_with = "to_glance")]
+    pub mode: Option<u32>,
+    /// Into a block device: skip the holes instead of writing their zeros (only if the device is already zeroed)
+    #[arg(long, conflicts_with = "to_glance")]
+    pub no_write_zeros: bool,
+}
+
+/// `0644`, `644` or `0o644`: permission bits of a created file.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode such as 0600 or 0644")),
+    }
+}
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let (repo, index) = ctx.open()?;
@@ -31,9 +82,9 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         Target::for_path(std::path::Path::new(&output), args.mode, !args.no_write_zeros)?
     };
     let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
-    let r = restore(&repo, &index, &snap, target, &opts, &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress))
-        .with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
-    pb.finish_and_clear();
+    let r =
+        restore(&repo, &index, &snap, target, &opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
+    drop(pb);
     let json = serde_json::to_value(&r)?;
     let prose = format!(
         "restored {} ({}) to {} in {:.1} s ({}/s); digests verified: {}\n",
@@ -97,7 +148,7 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
     };
     // The restore writes into a pipe; the upload reads it on its own thread. The
     // stream ends cleanly only once the restore verified every byte it wrote.
-    let (writer, reader) = crate::util::pipe(16);
+    let (writer, reader) = imgarc::util::pipe(16);
     let end = writer.end_handle();
     let limiter = Ctx::limiter(&ctx.global.limit_upload)?;
     let started = std::time::Instant::now();
@@ -109,15 +160,8 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
         glance::restore_image(&glance, &archived, data, &glance_opts)
     })?;
     let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
-    let restored = restore(
-        repo,
-        index,
-        snap,
-        Target::Stream(Box::new(writer)),
-        opts,
-        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
-    );
-    pb.finish_and_clear();
+    let restored = restore(repo, index, snap, Target::Stream(Box::new(writer)), opts, &pb);
+    drop(pb);
     match &restored {
         Ok(_) => end.finish(),
         Err(e) => end.fail(format!("the restore failed: {e:#}")),
@@ -136,7 +180,7 @@ fn to_glance(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args:
     };
     // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
     if opts.disk_format.is_none() {
-        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::openstack::verify::Algo::Sha512)) {
+        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(imgarc::openstack::verify::Algo::Sha512)) {
             if want != got {
                 let fate = discard_failed(ctx, args, &outcome.record.id);
                 bail!("uploaded sha512 {got} differs from the archived {want}; {fate}");

@@ -1,19 +1,43 @@
 //! `imgarc sync`: archive every matching Glance image the repository does not
-//! hold yet (the nightly job; docs/nightly.md). The work is `crate::sync`; this
+//! hold yet (the nightly job; docs/nightly.md). The work is `imgarc::sync`; this
 //! file resolves the scope, holds the `sync` singleton lock for the run, logs
 //! one timestamped line per image on stderr, and prints the summary (prose or
 //! one JSON document) on stdout.
 
 use super::{AlreadyReported, Ctx};
-use crate::cli::SyncArgs;
-use crate::index::Index;
-use crate::repository::lock::Lock;
-use crate::sync::{Filters, ImageEntry, ImageResult, Scope, SyncOptions, SyncReport};
-use crate::util::human_bytes;
 use anyhow::{Context, Result};
+use clap::Args;
+use imgarc::index::Index;
+use imgarc::repository::lock::Lock;
+use imgarc::sync::{Filters, ImageEntry, ImageResult, Scope, SyncOptions, SyncReport};
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Every project's images (needs an admin role); default: the images owned by the credentials' project
+    #[arg(long, conflicts_with = "project")]
+    pub all_projects: bool,
+    /// Only the images owned by this project (id or name)
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only images with KEY=VALUE: name=GLOB, tag=T, visibility=V, disk_format=F (repeatable; the same key ORs, different keys AND)
+    #[arg(long = "filter", value_name = "KEY=VALUE", value_parser = imgarc::sync::parse_filter)]
+    pub filters: Vec<imgarc::sync::FilterTerm>,
+    /// Leave out images with KEY=VALUE (same keys as --filter; repeatable)
+    #[arg(long = "exclude", value_name = "KEY=VALUE", value_parser = imgarc::sync::parse_filter)]
+    pub excludes: Vec<imgarc::sync::FilterTerm>,
+    /// Images downloaded and archived at the same time (images archived together cannot dedup against each other)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
+    #[arg(long, value_delimiter = ',')]
+    pub digest: Vec<String>,
+    #[command(flatten)]
+    pub spill: super::archive::SpillArgs,
+}
 
 pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
-    let digests = crate::digest::parse_list(&args.digest.join(","))?;
+    let digests = imgarc::digest::parse_list(&args.digest.join(","))?;
     let repo = ctx.open_repo()?;
     // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
     // Lock first, then catch up, as `archive` does: no prune mark slips in between.
@@ -37,12 +61,12 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             eprintln!("{}", log_line(e));
         }
     };
-    let report = crate::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
+    let report = imgarc::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
     if !quiet {
         for d in &report.deleted_upstream {
             eprintln!(
                 "{} deleted upstream {} ({}): last snapshot {} ({})",
-                crate::util::now_rfc3339(),
+                imgarc::util::now_rfc3339(),
                 d.name,
                 d.id,
                 short(&d.snapshot),
@@ -50,11 +74,11 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             );
         }
         for d in &report.reappeared {
-            eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", crate::util::now_rfc3339(), d.name, d.id);
+            eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", imgarc::util::now_rfc3339(), d.name, d.id);
         }
     }
     for w in &report.warnings {
-        eprintln!("{} warning: {w}", crate::util::now_rfc3339());
+        eprintln!("{} warning: {w}", imgarc::util::now_rfc3339());
     }
     ctx.emit(&serde_json::to_value(&report)?, || summary(&report));
     if report.ok {
@@ -67,7 +91,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
 /// `--all-projects`, `--project P` (an id, or a name looked up in Keystone),
 /// else the credentials' own project; with `--glance-url` and no Keystone
 /// there is no project, so every listed image is in scope.
-fn resolve_scope(glance: &crate::openstack::glance::GlanceClient, args: &SyncArgs) -> Result<Scope> {
+fn resolve_scope(glance: &imgarc::openstack::glance::GlanceClient, args: &SyncArgs) -> Result<Scope> {
     if args.all_projects {
         return Ok(Scope::AllProjects);
     }
@@ -97,7 +121,7 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::Skipped => "skipped",
         ImageResult::Failed => "failed",
     };
-    let mut s = format!("{} {what} {} ({})", crate::util::now_rfc3339(), e.name, e.id);
+    let mut s = format!("{} {what} {} ({})", imgarc::util::now_rfc3339(), e.name, e.id);
     if let Some(snap) = &e.snapshot {
         s.push_str(&format!(" snapshot {}", short(snap)));
     }

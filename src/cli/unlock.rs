@@ -1,9 +1,16 @@
 //! `imgarc unlock [--all]`: remove stale (or all) lock objects.
 
 use super::Ctx;
-use crate::cli::UnlockArgs;
-use crate::repository::lock;
 use anyhow::Result;
+use clap::Args;
+use imgarc::repository::lock;
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove every lock, not only stale ones
+    #[arg(long)]
+    pub all: bool,
+}
 
 pub fn run(ctx: &Ctx, args: UnlockArgs) -> Result<()> {
     let repo = ctx.open_repo()?;
