@@ -86,13 +86,13 @@ pub enum Command {
     /// Glance images of a cloud and whether they are archived
     Glance(glance::GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
-    Demo(demo::DemoArgs),
+    Demo(imgarc::demo::DemoOptions),
     /// Archive every matching Glance image the repository does not hold yet (nightly; docs/nightly.md)
     Sync(sync::SyncArgs),
     /// Remove snapshots by a retention policy (restic's rules) or by id
-    Forget(forget::ForgetArgs),
+    Forget(imgarc::forget::ForgetOptions),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
-    Prune(prune::PruneArgs),
+    Prune(imgarc::prune::PruneOptions),
     /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
     Report(report::ReportArgs),
 }

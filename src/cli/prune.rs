@@ -3,39 +3,19 @@
 
 use super::Ctx;
 use anyhow::{Context, Result};
-use clap::Args;
 use imgarc::index::Index;
 use imgarc::prune::{prune, PruneOptions};
 use imgarc::repository::lock::Lock;
 use imgarc::util::human_bytes;
 
-#[derive(Args, Debug)]
-pub struct PruneArgs {
-    /// Show what would be deleted and repacked, change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Repack a pack when its still-used bytes are at most this fraction of its size (0 disables repacking)
-    #[arg(long, default_value_t = imgarc::prune::DEFAULT_MAX_REPACK_RATIO, value_parser = parse_ratio)]
-    pub max_repack_ratio: f64,
-    /// Time between marking a pack and deleting it (s, m, h, d: 23h, 90m, 0); must exceed the listing lag of the store
-    #[arg(long, default_value = imgarc::prune::DEFAULT_GRACE, value_parser = imgarc::prune::parse_grace)]
-    pub grace: chrono::Duration,
-}
-
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
-    }
-}
-
-pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
     let repo = ctx.open_repo()?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
     let lock = Lock::acquire_singleton(repo.backend().clone(), "prune")?;
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
-    let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace: args.grace, now: chrono::Utc::now() };
+    // The clock starts once the lock is held and the index caught up.
+    opts.now = chrono::Utc::now();
     let r = prune(&repo, &mut index, &opts)?;
     ctx.emit(&serde_json::to_value(&r)?, || {
         let would = if r.dry_run { "would be " } else { "" };
