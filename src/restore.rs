@@ -20,6 +20,7 @@ use crate::repository::extents::{Extent, StreamRef};
 use crate::repository::pack::decode_blob;
 use crate::repository::snapshot::{Layout, Snapshot};
 use crate::repository::{pack_key, Repository};
+use crate::warnings::Warnings;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::bounded;
 use rayon::prelude::*;
@@ -298,6 +299,9 @@ pub struct RestoreOutcome {
     pub bytes: u64,
     pub seconds: f64,
     pub digests: BTreeMap<String, String>,
+    /// What the restore noticed and the user must know (each also logged as it happened).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A chunk that could not be read intact from any of its locations.
@@ -472,7 +476,7 @@ fn restore_stream(
     drop(tx);
     let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
     let digests = finish_output(fetch.and(written), expected, sink)?;
-    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
+    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
 }
 
 /// Ends a restore: the digests must match what the snapshot recorded; then the
@@ -538,17 +542,19 @@ pub fn restore(
         (None, Layout::Qcow2 { recipe, literals }) => {
             let recipe_bytes = read_small_stream(repo, index, recipe)?;
             let unchecked = qcow2::decode_recipe(&recipe_bytes).map(|r| r.unchecked_compressed()).unwrap_or(0);
+            let warnings = Warnings::new();
             if unchecked > 0 && snap.digests.is_empty() {
                 // A version-1 recipe has no per-cluster checks and no whole-file digest backs it.
-                eprintln!(
-                    "warning: {unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
-                );
+                warnings.warn(format!(
+                    "{unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
+                ));
             }
             let mut src =
                 TwoStreams { guest: StreamReader::open(repo, index, &snap.guest)?, literal: StreamReader::open(repo, index, literals)? };
             write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
                 qcow2::rebuild(&recipe_bytes, &mut src, out).map_err(|e| anyhow!("rebuilding the qcow2 file: {e}"))
             })
+            .map(|o| RestoreOutcome { warnings: warnings.take(), ..o })
         }
         (Some("raw"), _) => {
             if opts.compress {
@@ -809,7 +815,7 @@ fn write_sequential(
         Ok(())
     })();
     let digests = finish_output(result.map(|()| digesters), expected, sink)?;
-    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests })
+    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
 }
 
 /// A conversion: the output length is whatever the writer produces.

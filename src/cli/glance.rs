@@ -3,9 +3,8 @@
 use super::Ctx;
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use imgarc::repository::snapshot::Source;
+use imgarc::images::list_images;
 use imgarc::util::human_bytes;
-use std::collections::HashMap;
 
 #[derive(Args, Debug)]
 pub struct GlanceArgs {
@@ -27,33 +26,10 @@ pub fn run(ctx: &Ctx, args: GlanceArgs) -> Result<()> {
 
 fn list(ctx: &Ctx) -> Result<()> {
     let glance = ctx.glance(None)?;
-    let images = glance.list()?;
-    // Latest snapshot per Glance image id; an absent repository just means "not archived".
-    let mut archived: HashMap<String, (String, String)> = HashMap::new();
-    if let Ok((_repo, index)) = ctx.open() {
-        for row in index.snapshot_rows()? {
-            if let Some(snap) = index.snapshot(&row.id)? {
-                if let Source::Glance { image_id, .. } = &snap.source {
-                    let e = archived.entry(image_id.clone()).or_insert((String::new(), String::new()));
-                    if snap.time > e.0 {
-                        *e = (snap.time.clone(), row.id.to_hex());
-                    }
-                }
-            }
-        }
-    }
-    let rows: Vec<serde_json::Value> = images
-        .iter()
-        .map(|i| {
-            let a = archived.get(&i.id);
-            serde_json::json!({
-                "id": i.id, "name": i.name, "status": i.status, "disk_format": i.disk_format, "size": i.size,
-                "updated_at": i.updated_at, "archived": a.is_some(), "archived_at": a.map(|x| x.0.clone()),
-                "snapshot": a.map(|x| x.1.clone()),
-            })
-        })
-        .collect();
-    ctx.emit(&serde_json::Value::Array(rows), || {
+    // An absent repository just means "not archived".
+    let opened = ctx.open().ok();
+    let images = list_images(&glance, opened.as_ref().map(|(_repo, index)| index))?;
+    ctx.emit(&serde_json::to_value(&images)?, || {
         let mut s = format!("{:<36}  {:<24}  {:>10}  {:<6}  {:<10}  {}\n", "ID", "NAME", "SIZE", "FORMAT", "STATUS", "ARCHIVED");
         for i in &images {
             s.push_str(&format!(
@@ -63,7 +39,7 @@ fn list(ctx: &Ctx) -> Result<()> {
                 i.size.map(human_bytes).unwrap_or_default(),
                 i.disk_format.as_deref().unwrap_or(""),
                 i.status,
-                archived.get(&i.id).map_or("no".to_string(), |a| a.0.clone())
+                i.archived_at.clone().unwrap_or_else(|| "no".to_string())
             ));
         }
         s

@@ -66,7 +66,7 @@ pub struct GlobalArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new repository
-    Init(init::InitArgs),
+    Init(imgarc::maintenance::InitOptions),
     /// Archive an image file (or - for standard input)
     Archive(archive::ArchiveArgs),
     /// List snapshots
@@ -82,7 +82,7 @@ pub enum Command {
     /// Maintain the local index cache
     Index(index::IndexArgs),
     /// Remove stale locks (or all locks with --all)
-    Unlock(unlock::UnlockArgs),
+    Unlock(imgarc::maintenance::UnlockOptions),
     /// Glance images of a cloud and whether they are archived
     Glance(glance::GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
