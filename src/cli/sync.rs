@@ -77,9 +77,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", imgarc::util::now_rfc3339(), d.name, d.id);
         }
     }
-    for w in &report.warnings {
-        eprintln!("{} warning: {w}", imgarc::util::now_rfc3339());
-    }
+    // report.warnings were logged (stderr) by the library as they happened.
     ctx.emit(&serde_json::to_value(&report)?, || summary(&report));
     if report.ok {
         Ok(())

@@ -10,6 +10,7 @@ use crate::index::Index;
 use crate::openstack::glance::{GlanceClient, ImageRecord};
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;
+use crate::warnings::Warnings;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
@@ -111,7 +112,9 @@ pub fn sync(
         }
     }
 
-    find_deleted(repo, glance, opts, &held, &listed_ids, &recorded, &mut report)?;
+    let warnings = Warnings::new();
+    report.deleted_upstream.extend(find_deleted(repo, glance, opts, &held, &listed_ids, &recorded, &warnings)?);
+    report.warnings = warnings.take();
 
     let mut images: Vec<ImageRecord> = listed.into_iter().filter(|r| opts.scope.admits(r) && opts.filters.matches(r)).collect();
     images.sort_by(|a, b| (&a.name, &a.created_at, &a.id).cmp(&(&b.name, &b.created_at, &b.id)));

@@ -7,6 +7,7 @@ use crate::openstack::glance::{GlanceClient, ImageRecord};
 use crate::repository::snapshot::Snapshot;
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;
+use crate::warnings::Warnings;
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 
@@ -21,8 +22,9 @@ pub(super) fn find_deleted(
     held: &HashMap<String, Vec<(Id, Snapshot)>>,
     listed: &HashSet<String>,
     recorded: &HashMap<String, DeletedUpstream>,
-    report: &mut SyncReport,
-) -> Result<()> {
+    warnings: &Warnings,
+) -> Result<Vec<DeletedEntry>> {
+    let mut deleted = Vec::new();
     let mut missing: Vec<(&String, &(Id, Snapshot))> = held
         .iter()
         .filter(|(id, _)| !listed.contains(*id) && !recorded.contains_key(*id))
@@ -39,7 +41,7 @@ pub(super) fn find_deleted(
             Ok(now) if now.status == "deleted" => "status deleted".to_string(),
             Ok(_) => continue, // exists, just not listed here (filters, hidden, owner changed)
             Err(e) => {
-                report.warnings.push(format!("image {image_id} is not listed, but checking whether it was deleted failed: {e}"));
+                warnings.warn(format!("image {image_id} is not listed, but checking whether it was deleted failed: {e}"));
                 continue;
             }
         };
@@ -50,7 +52,7 @@ pub(super) fn find_deleted(
             cloud: opts.cloud.clone(),
             detected: crate::util::now_rfc3339(),
         })?;
-        report.deleted_upstream.push(entry);
+        deleted.push(entry);
     }
-    Ok(())
+    Ok(deleted)
 }
