@@ -29,7 +29,7 @@ pub struct DemoOptions {
     /// Number of nights in the synthetic series
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 5))]
     pub nights: u32,
-    /// Virtual disk size of the synthetic VM
+    /// Virtual disk size of the synthetic VM (K=1024, M=2^20, G=2^30)
     #[cfg_attr(feature = "clap", arg(long, default_value = "256M"))]
     pub size: String,
 }

@@ -25,6 +25,7 @@ pub mod prune;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod restore_glance;
 pub mod retention;
 pub mod source;
 pub mod store;

@@ -513,12 +513,16 @@ fn damaged_error(repo: &Repository, index: &Index, d: DamagedChunk) -> anyhow::E
     )
 }
 
-/// What a restore writes.
+/// What a restore writes (the `imgarc restore` flags: each doc line is its `--help`).
+/// `disk_format` `None`: the archived file byte-exactly; `raw`: the guest disk; `qcow2`: a clean QCOW2 v3.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct RestoreOptions {
-    /// `None`: the archived file byte-exactly. `raw`: the guest disk. `qcow2`: a clean QCOW2 v3.
+    /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
+    #[cfg_attr(feature = "clap", arg(long, value_parser = ["raw", "qcow2"]))]
     pub disk_format: Option<String>,
-    /// Compress clusters of a `qcow2` conversion (zlib, as `qemu-img convert -c`).
+    /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
+    #[cfg_attr(feature = "clap", arg(long, requires = "disk_format"))]
     pub compress: bool,
 }
 

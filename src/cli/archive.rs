@@ -41,7 +41,7 @@ pub struct SpillArgs {
     /// Directory for the QCOW2 decomposer's spill file (unlinked at once, mode 0600) [default: the system temp dir]
     #[arg(long, env = "IMGARC_SPILL_DIR", value_name = "DIR")]
     pub spill_dir: Option<std::path::PathBuf>,
-    /// Most bytes a QCOW2 image may spill; beyond it the rest is stored opaque (exact, and the archive says so)
+    /// Most bytes a QCOW2 image may spill (K=1024, M=2^20, G=2^30); beyond it the rest is stored opaque (exact, and the archive says so)
     #[arg(long, default_value = "2G", value_name = "SIZE")]
     pub spill_limit: String,
 }

@@ -55,10 +55,10 @@ pub struct GlobalArgs {
     /// A Glance endpoint to use directly (standalone or noauth Glance; token from OS_TOKEN)
     #[arg(long, global = true, env = "IMGARC_GLANCE_URL")]
     pub glance_url: Option<String>,
-    /// Cap the download rate from Glance, e.g. 50M (bytes per second)
+    /// Cap the download rate from Glance and from an s3:/swift: repository, e.g. 50M (bytes per second; K=1024, M=2^20, G=2^30)
     #[arg(long, global = true)]
     pub limit_download: Option<String>,
-    /// Cap the upload rate to Glance, e.g. 20M (bytes per second)
+    /// Cap the upload rate to Glance and to an s3:/swift: repository, e.g. 20M (bytes per second; K=1024, M=2^20, G=2^30)
     #[arg(long, global = true)]
     pub limit_upload: Option<String>,
 }

@@ -17,7 +17,7 @@ pub struct ReportArgs {
     /// Only this project's images (Glance owner); nothing repository-wide is shown
     #[arg(long)]
     pub project: Option<String>,
-    /// Capacity to project the growth against, e.g. 10T
+    /// Capacity to project the growth against, e.g. 10T (K=1024, M=2^20, G=2^30, T=2^40)
     #[arg(long)]
     pub capacity: Option<String>,
     /// Chunk references read at most for exact per-group figures
