@@ -68,7 +68,7 @@ pub enum Command {
     /// Create a new repository
     Init(imgarc::maintenance::InitOptions),
     /// Archive an image file (or - for standard input)
-    Archive(archive::ArchiveArgs),
+    Archive(imgarc::archive::ArchiveOptions),
     /// List snapshots
     List(list::ListArgs),
     /// Show one snapshot in detail

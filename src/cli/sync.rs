@@ -33,7 +33,7 @@ pub struct SyncArgs {
     #[arg(long, value_delimiter = ',')]
     pub digest: Vec<String>,
     #[command(flatten)]
-    pub spill: super::archive::SpillArgs,
+    pub spill: imgarc::archive::SpillOptions,
 }
 
 pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
