@@ -88,7 +88,7 @@ pub enum Command {
     /// Generate a small synthetic disk series, archive it, restore and verify it
     Demo(imgarc::demo::DemoOptions),
     /// Archive every matching Glance image the repository does not hold yet (nightly; docs/nightly.md)
-    Sync(sync::SyncArgs),
+    Sync(imgarc::sync::SyncFlags),
     /// Remove snapshots by a retention policy (restic's rules) or by id
     Forget(imgarc::forget::ForgetOptions),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)

@@ -25,9 +25,79 @@ pub use run::sync;
 
 use plan::display_name;
 
-use crate::openstack::glance::ImageRecord;
+use crate::openstack::glance::{GlanceClient, ImageRecord};
 use crate::openstack::ratelimit::RateLimiter;
+use anyhow::{Context, Result};
 use serde::Serialize;
+
+/// The `imgarc sync` flags (each doc line is its `--help`); [`SyncFlags::resolve`]
+/// turns them into the run's [`SyncOptions`] (a scope looked up in Keystone,
+/// parsed digests and QCOW2 policy).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SyncFlags {
+    /// Every project's images (needs an admin role); default: the images owned by the credentials' project
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "project"))]
+    pub all_projects: bool,
+    /// Only the images owned by this project (id or name)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub project: Option<String>,
+    /// Only images with KEY=VALUE: name=GLOB, tag=T, visibility=V, disk_format=F (repeatable; the same key ORs, different keys AND)
+    #[cfg_attr(feature = "clap", arg(long = "filter", value_name = "KEY=VALUE", value_parser = parse_filter))]
+    pub filters: Vec<FilterTerm>,
+    /// Leave out images with KEY=VALUE (same keys as --filter; repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "exclude", value_name = "KEY=VALUE", value_parser = parse_filter))]
+    pub excludes: Vec<FilterTerm>,
+    /// Images downloaded and archived at the same time (images archived together cannot dedup against each other)
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64)))]
+    pub jobs: u16,
+    /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ','))]
+    pub digest: Vec<String>,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub spill: crate::archive::SpillOptions,
+}
+
+impl SyncFlags {
+    /// The extra digests, checked before anything is opened.
+    pub fn digests(&self) -> Result<Vec<String>> {
+        crate::digest::parse_list(&self.digest.join(","))
+    }
+
+    /// The run's options: the scope resolved against `glance`'s session,
+    /// `cloud` recorded in each snapshot, `limit` shared by all downloads.
+    pub fn resolve(self, glance: &GlanceClient, cloud: Option<String>, limit: Option<RateLimiter>) -> Result<SyncOptions> {
+        Ok(SyncOptions {
+            scope: self.scope(glance)?,
+            digests: self.digests()?,
+            qcow2_policy: self.spill.qcow2_policy()?,
+            filters: Filters::new(self.filters, self.excludes),
+            jobs: self.jobs.max(1) as usize,
+            cloud,
+            limit,
+        })
+    }
+
+    /// `--all-projects`, `--project P` (an id, or a name looked up in Keystone),
+    /// else the credentials' own project; with `--glance-url` and no Keystone
+    /// there is no project, so every listed image is in scope.
+    fn scope(&self, glance: &GlanceClient) -> Result<Scope> {
+        if self.all_projects {
+            return Ok(Scope::AllProjects);
+        }
+        let session = glance.session();
+        match &self.project {
+            Some(p) => {
+                let is_id = p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit());
+                match session {
+                    Some(s) if !is_id => Ok(Scope::Project(s.project_id_by_name(p).with_context(|| format!("--project {p}"))?)),
+                    _ => Ok(Scope::Project(p.clone())),
+                }
+            }
+            None => Ok(session.and_then(|s| s.project_id()).map_or(Scope::Visible, Scope::Project)),
+        }
+    }
+}
 
 pub struct SyncOptions {
     pub scope: Scope,
