@@ -78,7 +78,7 @@ pub enum Command {
     /// Describe an image file or an archived snapshot: format, sizes, QCOW2 features and flags
     Inspect(inspect::InspectArgs),
     /// Verify the repository (structure; with --read-data every byte)
-    Check(check::CheckArgs),
+    Check(imgarc::check::CheckFlags),
     /// Maintain the local index cache
     Index(index::IndexArgs),
     /// Remove stale locks (or all locks with --all)
@@ -94,7 +94,7 @@ pub enum Command {
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
     Prune(imgarc::prune::PruneOptions),
     /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
-    Report(report::ReportArgs),
+    Report(imgarc::report::ReportFlags),
 }
 
 impl GlobalArgs {
