@@ -18,6 +18,7 @@ pub mod format;
 pub mod ids;
 pub mod images;
 pub mod index;
+pub mod inspect;
 pub mod maintenance;
 pub mod openstack;
 pub mod progress;

@@ -76,7 +76,7 @@ pub enum Command {
     /// Rebuild an archived image byte-exactly
     Restore(restore::RestoreArgs),
     /// Describe an image file or an archived snapshot: format, sizes, QCOW2 features and flags
-    Inspect(inspect::InspectArgs),
+    Inspect(imgarc::inspect::InspectOptions),
     /// Verify the repository (structure; with --read-data every byte)
     Check(imgarc::check::CheckFlags),
     /// Maintain the local index cache
