@@ -62,7 +62,7 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     };
     let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
     let r =
-        restore(&repo, &index, &snap, target, &opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
+        restore(&repo, &index, &snap, target, opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
     drop(pb);
     let json = serde_json::to_value(&r)?;
     let prose = format!(
