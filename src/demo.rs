@@ -192,3 +192,26 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole demo in a named directory: byte-identical restore, retention
+    /// applied, and the index cache inside the directory (no environment used).
+    #[test]
+    fn demo_keeps_everything_in_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("demo");
+        let opts = DemoOptions { dir: Some(work.clone()), nights: 4, size: "2M".into() };
+        let r = demo(&opts, &|_, _| crate::progress::none()).unwrap();
+        assert!(r.restored_identical);
+        assert_eq!(r.nights.len(), 4);
+        assert_eq!(r.forgotten, 4 - DEMO_KEEP_LAST as u64);
+        assert_eq!(r.report.snapshots, DEMO_KEEP_LAST as u64);
+        let repo_id = std::fs::read_dir(work.join("cache")).unwrap().next().unwrap().unwrap().file_name();
+        assert!(work.join("cache").join(repo_id).join("index.sqlite").exists());
+        assert_eq!(r.html_report.as_deref(), Some(work.join("report.html").as_path()));
+        assert!(demo(&DemoOptions { nights: 0, ..opts }, &|_, _| crate::progress::none()).is_err());
+    }
+}
