@@ -432,6 +432,149 @@ pub fn record_new_metadata(
     Ok((id, snap))
 }
 
+/// The `imgarc archive` flags (each doc line is its `--help`).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct ArchiveOptions {
+    /// Image file path, - for standard input, or glance:IMAGE (id or unique name)
+    pub source: String,
+    /// Snapshot name (default: the file name)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "tag"))]
+    pub tags: Vec<String>,
+    /// Whole-file digests to compute and record, e.g. md5,sha512,sha256
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ','))]
+    pub digest: Vec<String>,
+    /// The format the image is declared as (raw, qcow2, …); a declared raw image is never decomposed
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub disk_format: Option<String>,
+    /// Archive a QCOW2 image with a backing file as opaque bytes instead of refusing it
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub allow_backing_file_opaque: bool,
+    /// Archive a QCOW2 image with an external data file as opaque bytes instead of refusing it
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub allow_data_file_opaque: bool,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub spill: SpillOptions,
+    /// The `--os-cloud` name recorded for a glance: source.
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub cloud: Option<String>,
+    /// Cap on the download rate of a glance: source (the global `--limit-download`).
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub limit_download: Option<crate::net::ratelimit::RateLimiter>,
+}
+
+/// Where and how much the QCOW2 decomposer may spill (clusters read before the table that
+/// says what they are). Shared by every operation that archives.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SpillOptions {
+    /// Directory for the QCOW2 decomposer's spill file (unlinked at once, mode 0600) [default: the system temp dir]
+    #[cfg_attr(feature = "clap", arg(long, env = "IMGARC_SPILL_DIR", value_name = "DIR"))]
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Most bytes a QCOW2 image may spill (K=1024, M=2^20, G=2^30); beyond it the rest is stored opaque (exact, and the archive says so)
+    #[cfg_attr(feature = "clap", arg(long, default_value = "2G", value_name = "SIZE"))]
+    pub spill_limit: String,
+}
+
+impl Default for SpillOptions {
+    fn default() -> Self {
+        SpillOptions { spill_dir: None, spill_limit: "2G".into() }
+    }
+}
+
+impl SpillOptions {
+    /// The default QCOW2 policy with these spill settings.
+    pub fn qcow2_policy(&self) -> Result<qcow2::Policy> {
+        let mut policy = qcow2::Policy::default();
+        if let Some(dir) = &self.spill_dir {
+            policy.spill_dir = dir.clone();
+        }
+        policy.max_spill_bytes = crate::util::parse_size(&self.spill_limit).map_err(|e| anyhow!("--spill-limit: {e:#}"))?;
+        Ok(policy)
+    }
+}
+
+impl ArchiveOptions {
+    /// The digests to compute, checked before anything is opened.
+    pub fn digests(&self) -> Result<Vec<String>> {
+        crate::digest::parse_list(&self.digest.join(","))
+    }
+}
+
+/// An archive of a source named as on the command line, with what the
+/// source let imgarc verify.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceArchiveReport {
+    #[serde(flatten)]
+    pub outcome: ArchiveOutcome,
+    /// Digests the source vouched for and that matched.
+    pub verified_digests: Vec<String>,
+    /// Digests the source announced that imgarc cannot compute (not checked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unverifiable_digests: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// For a Glance source that nothing could be verified against: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
+    /// The source was a Glance image.
+    #[serde(skip)]
+    pub from_glance: bool,
+}
+
+/// The warning for digests the source announced that imgarc cannot check.
+pub fn unverifiable_warning(algos: &[String]) -> String {
+    format!("the source's {} digest was not checked: imgarc computes {} only", algos.join(", "), crate::digest::SUPPORTED.join(", "))
+}
+
+/// Opens `opts.source` (a file, `-`, or `glance:IMAGE` through the client
+/// `glance` makes) and archives it. The caller holds the archive lock and an
+/// index opened as a writer; `bar(total)` makes the progress handle once the
+/// source's size is known.
+pub fn archive_source(
+    repo: &Repository,
+    index: &mut Index,
+    opts: &ArchiveOptions,
+    glance: &dyn Fn() -> Result<crate::openstack::glance::GlanceClient>,
+    bar: &dyn Fn(Option<u64>) -> SharedProgress,
+) -> Result<SourceArchiveReport> {
+    let digests = opts.digests()?;
+    let src = match opts.source.strip_prefix("glance:") {
+        Some(image) => crate::source::open_glance(&glance()?, image, opts.cloud.as_deref(), opts.limit_download.clone())?,
+        None => crate::source::open(&opts.source)?,
+    };
+    let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
+    let unverifiable = src.unverifiable_digests.clone();
+    let req = ArchiveRequest {
+        name: opts.name.clone().unwrap_or(src.default_name),
+        tags: opts.tags.clone(),
+        source: src.source,
+        digests,
+        expected_digests: src.expected_digests,
+        expected_size: src.size,
+        metadata: src.metadata,
+        declared_format: opts.disk_format.clone().or(src.declared_format),
+        qcow2_policy: qcow2::Policy {
+            allow_backing_file_opaque: opts.allow_backing_file_opaque,
+            allow_data_file_opaque: opts.allow_data_file_opaque,
+            ..opts.spill.qcow2_policy()?
+        },
+    };
+    let outcome = archive(repo, index, src.reader, req, &bar(src.size))?;
+    let from_glance = opts.source.starts_with("glance:");
+    // A value of the report, shown in its prose and JSON (not logged: the
+    // prose on stdout is where this warning has always been).
+    let warnings = if unverifiable.is_empty() { vec![] } else { vec![unverifiable_warning(&unverifiable)] };
+    let unverified = (from_glance && verified.is_empty()).then(|| match warnings.first() {
+        Some(w) => w.clone(),
+        None => "the Glance image record has no checksum or os_hash_value: archived with the digests imgarc computed".to_string(),
+    });
+    Ok(SourceArchiveReport { outcome, verified_digests: verified, unverifiable_digests: unverifiable, warnings, unverified, from_glance })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

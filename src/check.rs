@@ -19,6 +19,40 @@ pub struct CheckOptions {
     pub read_data_fraction: f64,
 }
 
+/// The `imgarc check` flags (each doc line is its `--help`); [`CheckFlags::options`] makes the [`CheckOptions`].
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct CheckFlags {
+    /// Read and verify every chunk
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "read_data_subset"))]
+    pub read_data: bool,
+    /// Read and verify a random subset of packs, e.g. 10%
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub read_data_subset: Option<String>,
+}
+
+impl CheckFlags {
+    pub fn options(&self) -> Result<CheckOptions> {
+        let read_data_fraction = match (&self.read_data_subset, self.read_data) {
+            (Some(s), _) => parse_percent(s)?,
+            (None, true) => 1.0,
+            (None, false) => 0.0,
+        };
+        Ok(CheckOptions { read_data_fraction })
+    }
+}
+
+/// `10%` (or `10`): a fraction of more than 0 and at most 1.
+pub fn parse_percent(s: &str) -> Result<f64> {
+    use anyhow::Context;
+    let v: f64 =
+        s.trim().trim_end_matches('%').parse().with_context(|| format!("--read-data-subset {s:?}: expected a percentage like 10%"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        anyhow::bail!("--read-data-subset {s:?}: must be more than 0% and at most 100%");
+    }
+    Ok(v / 100.0)
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CheckReport {
     pub ok: bool,

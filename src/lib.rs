@@ -3,19 +3,23 @@
 //! Data flows one way: `source` (bytes in) → `chunking` (guest stream into
 //! chunks and holes) → `store` (hash, dedup, compress, pack) → `repository`
 //! (format) → `backend` (storage); `index` caches what the repository holds;
-//! `archive` drives the write path, `restore` and `check` read back. `cli` and
-//! `commands` are the user surface. See ARCHITECTURE.md.
+//! `archive` drives the write path, `restore` and `check` read back. The
+//! operations take one options struct and return a typed report; the binary
+//! (`src/main.rs`, `src/cli/`) parses arguments and prints. See ARCHITECTURE.md.
 
 pub mod archive;
 pub mod backend;
 pub mod check;
 pub mod chunking;
-pub mod cli;
-pub mod commands;
+pub mod demo;
 pub mod digest;
+pub mod forget;
 pub mod format;
 pub mod ids;
+pub mod images;
 pub mod index;
+pub mod inspect;
+pub mod maintenance;
 pub mod net;
 pub mod openstack;
 pub mod progress;
@@ -23,6 +27,7 @@ pub mod prune;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod restore_glance;
 pub mod retention;
 pub mod secret;
 pub mod source;

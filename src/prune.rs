@@ -34,13 +34,30 @@ use std::collections::{BTreeSet, HashSet};
 pub const DEFAULT_GRACE: &str = "23h";
 pub const DEFAULT_MAX_REPACK_RATIO: f64 = 0.5;
 
+/// What a prune does (the `imgarc prune` flags: each doc line is its `--help`).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct PruneOptions {
+    /// Show what would be deleted and repacked, change nothing
+    #[cfg_attr(feature = "clap", arg(long))]
     pub dry_run: bool,
-    /// Repack a pack whose still-needed bytes are at most this fraction of its size (0 = never repack).
+    /// Repack a pack when its still-used bytes are at most this fraction of its size (0 disables repacking)
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_MAX_REPACK_RATIO, value_parser = parse_ratio))]
     pub max_repack_ratio: f64,
+    /// Time between marking a pack and deleting it (s, m, h, d: 23h, 90m, 0); must exceed the listing lag of the store
+    #[cfg_attr(feature = "clap", arg(long, default_value = DEFAULT_GRACE, value_parser = parse_grace))]
     pub grace: chrono::Duration,
+    /// The prune's clock: marks older than `now - grace` are due (the time the options were made).
+    #[cfg_attr(feature = "clap", arg(skip = Utc::now()))]
     pub now: DateTime<Utc>,
+}
+
+/// A repack ratio: a fraction between 0 and 1.
+pub fn parse_ratio(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

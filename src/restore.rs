@@ -18,6 +18,7 @@ use crate::progress::SharedProgress;
 use crate::repository::extents::{Extent, StreamRef};
 use crate::repository::snapshot::{Layout, Snapshot};
 use crate::repository::Repository;
+use crate::warnings::Warnings;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::bounded;
 use std::collections::BTreeMap;
@@ -290,6 +291,9 @@ pub struct RestoreOutcome {
     pub bytes: u64,
     pub seconds: f64,
     pub digests: BTreeMap<String, String>,
+    /// What the restore noticed and the user must know (each also logged as it happened).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 enum Write_ {
@@ -344,7 +348,7 @@ fn restore_stream(
     drop(tx);
     let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
     let digests = finish_output(fetch.and(written), expected, sink)?;
-    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests })
+    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
 }
 
 /// Ends a restore: the digests must match what the snapshot recorded; then the
@@ -371,12 +375,16 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// What a restore writes.
+/// What a restore writes (the `imgarc restore` flags: each doc line is its `--help`).
+/// `disk_format` `None`: the archived file byte-exactly; `raw`: the guest disk; `qcow2`: a clean QCOW2 v3.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct RestoreOptions {
-    /// `None`: the archived file byte-exactly. `raw`: the guest disk. `qcow2`: a clean QCOW2 v3.
+    /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
+    #[cfg_attr(feature = "clap", arg(long, value_parser = ["raw", "qcow2"]))]
     pub disk_format: Option<String>,
-    /// Compress clusters of a `qcow2` conversion (zlib, as `qemu-img convert -c`).
+    /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
+    #[cfg_attr(feature = "clap", arg(long, requires = "disk_format"))]
     pub compress: bool,
 }
 
@@ -401,16 +409,18 @@ pub fn restore(
         (None, Layout::Qcow2 { recipe, literals }) => {
             let recipe_bytes = source.read_recipe(recipe)?;
             let unchecked = qcow2::decode_recipe(&recipe_bytes).map(|r| r.unchecked_compressed()).unwrap_or(0);
+            let warnings = Warnings::new();
             if unchecked > 0 && snap.digests.is_empty() {
                 // A version-1 recipe has no per-cluster checks and no whole-file digest backs it.
-                tracing::warn!(
+                warnings.warn(format!(
                     "{unchecked} compressed clusters of this snapshot are rebuilt with their length checked only (recipe version 1, no image digest recorded)"
-                );
+                ));
             }
             let mut src = TwoStreams { guest: source.reader(&snap.guest)?, literal: source.reader(literals)? };
             write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
                 qcow2::rebuild(&recipe_bytes, &mut src, out).map_err(|e| anyhow!("rebuilding the qcow2 file: {e}"))
             })
+            .map(|o| RestoreOutcome { warnings: warnings.take(), ..o })
         }
         (Some("raw"), _) => {
             if opts.compress {
@@ -538,7 +548,7 @@ fn write_sequential(
         Ok(())
     })();
     let digests = finish_output(result.map(|()| digesters), expected, sink)?;
-    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests })
+    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
 }
 
 /// A conversion: the output length is whatever the writer produces.

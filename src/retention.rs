@@ -68,15 +68,33 @@ impl Span {
 }
 
 /// A retention policy. `None` means the rule is not used; `Some(-1)` unlimited.
+/// These are the `imgarc forget --keep-*` flags (each doc line is its `--help`).
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct Policy {
+    /// Keep the N newest snapshots (-1: all)
+    #[cfg_attr(feature = "clap", arg(long = "keep-last", value_name = "KEEP_LAST", allow_negative_numbers = true))]
     pub last: Option<i64>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[cfg_attr(feature = "clap", arg(long = "keep-hourly", value_name = "KEEP_HOURLY", allow_negative_numbers = true))]
     pub hourly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[cfg_attr(feature = "clap", arg(long = "keep-daily", value_name = "KEEP_DAILY", allow_negative_numbers = true))]
     pub daily: Option<i64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[cfg_attr(feature = "clap", arg(long = "keep-weekly", value_name = "KEEP_WEEKLY", allow_negative_numbers = true))]
     pub weekly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[cfg_attr(feature = "clap", arg(long = "keep-monthly", value_name = "KEEP_MONTHLY", allow_negative_numbers = true))]
     pub monthly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[cfg_attr(feature = "clap", arg(long = "keep-yearly", value_name = "KEEP_YEARLY", allow_negative_numbers = true))]
     pub yearly: Option<i64>,
+    /// Keep every snapshot within this span of the group's newest, e.g. 14d, 1y6m, 36h
+    #[cfg_attr(feature = "clap", arg(long = "keep-within", value_name = "KEEP_WITHIN"))]
     pub within: Option<Span>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "keep-tag", value_name = "KEEP_TAGS"))]
     pub tags: Vec<String>,
 }
 

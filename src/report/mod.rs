@@ -85,6 +85,50 @@ impl Default for Options {
     }
 }
 
+/// The `imgarc report` flags (each doc line is its `--help`); [`ReportFlags::resolve`]
+/// makes the output format and the [`Options`].
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct ReportFlags {
+    /// Output format (the global --json means json)
+    #[cfg_attr(feature = "clap", arg(long, value_parser = ["table", "json", "csv", "prometheus", "html"]))]
+    pub format: Option<String>,
+    /// Group snapshots (html groups by name unless told otherwise)
+    #[cfg_attr(feature = "clap", arg(long, value_parser = ["image", "name", "project", "tag", "month"]))]
+    pub by: Option<String>,
+    /// Only this project's images (Glance owner); nothing repository-wide is shown
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub project: Option<String>,
+    /// Capacity to project the growth against, e.g. 10T (K=1024, M=2^20, G=2^30, T=2^40)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub capacity: Option<String>,
+    /// Chunk references read at most for exact per-group figures
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_SCAN_LIMIT))]
+    pub scan_limit: u64,
+    /// Write the report to FILE instead of standard output
+    #[cfg_attr(feature = "clap", arg(short, long, value_name = "FILE"))]
+    pub output: Option<std::path::PathBuf>,
+}
+
+impl ReportFlags {
+    /// The format (`json` when no `--format` and the global `--json`) and the options.
+    pub fn resolve(&self, json: bool) -> Result<(render::Format, Options)> {
+        use render::Format;
+        let format = match (&self.format, json) {
+            (Some(f), _) => Format::parse(f)?,
+            (None, true) => Format::Json,
+            (None, false) => Format::Table,
+        };
+        let mut by = self.by.as_deref().map(GroupBy::parse).transpose()?;
+        if format == Format::Html && by.is_none() {
+            // The page's "dedup by group" chart needs groups.
+            by = Some(GroupBy::Name);
+        }
+        let capacity = self.capacity.as_deref().map(crate::util::parse_size).transpose().context("--capacity")?;
+        Ok((format, Options { by, project: self.project.clone(), capacity, scan_limit: self.scan_limit }))
+    }
+}
+
 /// Byte figures use one convention: `*_bytes` are stored (compressed, one copy
 /// per distinct chunk: what the disk holds), `*_raw_bytes` the same chunks
 /// uncompressed. `definitions` in the JSON says what each figure means.

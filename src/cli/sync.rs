@@ -1,18 +1,17 @@
 //! `imgarc sync`: archive every matching Glance image the repository does not
-//! hold yet (the nightly job; docs/nightly.md). The work is `crate::sync`; this
-//! file resolves the scope, holds the `sync` singleton lock for the run, logs
+//! hold yet (the nightly job; docs/nightly.md). The work is `imgarc::sync`; this
+//! file holds the `sync` singleton lock for the run, logs
 //! one timestamped line per image on stderr, and prints the summary (prose or
 //! one JSON document) on stdout.
 
 use super::{AlreadyReported, Ctx};
-use crate::cli::SyncArgs;
-use crate::index::Index;
-use crate::sync::{Filters, ImageEntry, ImageResult, Scope, SyncOptions, SyncReport};
-use crate::util::human_bytes;
 use anyhow::{Context, Result};
+use imgarc::index::Index;
+use imgarc::sync::{ImageEntry, ImageResult, SyncFlags, SyncReport};
+use imgarc::util::human_bytes;
 
-pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
-    let digests = crate::digest::parse_list(&args.digest.join(","))?;
+pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
+    flags.digests()?;
     let repo = ctx.open_repo()?;
     // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
     // Lock first, then catch up, as `archive` does: no prune mark slips in between.
@@ -20,28 +19,19 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
     let glance = ctx.glance(None)?;
-    let scope = resolve_scope(&glance, &args)?;
-    let opts = SyncOptions {
-        scope,
-        filters: Filters::new(args.filters, args.excludes),
-        jobs: args.jobs as usize,
-        cloud: ctx.global.os_cloud.clone(),
-        limit: Ctx::limiter(&ctx.global.limit_download)?,
-        digests,
-        qcow2_policy: args.spill.qcow2_policy()?,
-    };
+    let opts = flags.resolve(&glance, ctx.global.os_cloud.clone(), Ctx::limiter(&ctx.global.limit_download)?)?;
     let quiet = ctx.out.quiet;
     let log = |e: &ImageEntry| {
         if !quiet || e.result == ImageResult::Failed {
             eprintln!("{}", log_line(e));
         }
     };
-    let report = crate::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
+    let report = imgarc::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
     if !quiet {
         for d in &report.deleted_upstream {
             eprintln!(
                 "{} deleted upstream {} ({}): last snapshot {} ({})",
-                crate::util::now_rfc3339(),
+                imgarc::util::now_rfc3339(),
                 d.name,
                 d.id,
                 short(&d.snapshot),
@@ -49,37 +39,15 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             );
         }
         for d in &report.reappeared {
-            eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", crate::util::now_rfc3339(), d.name, d.id);
+            eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", imgarc::util::now_rfc3339(), d.name, d.id);
         }
     }
-    for w in &report.warnings {
-        eprintln!("{} warning: {w}", crate::util::now_rfc3339());
-    }
+    // report.warnings were logged (stderr) by the library as they happened.
     ctx.emit(&serde_json::to_value(&report)?, || summary(&report));
     if report.ok {
         Ok(())
     } else {
         Err(AlreadyReported(format!("sync: {} of {} images failed", report.failed.len(), report.images)).into())
-    }
-}
-
-/// `--all-projects`, `--project P` (an id, or a name looked up in Keystone),
-/// else the credentials' own project; with `--glance-url` and no Keystone
-/// there is no project, so every listed image is in scope.
-fn resolve_scope(glance: &crate::openstack::glance::GlanceClient, args: &SyncArgs) -> Result<Scope> {
-    if args.all_projects {
-        return Ok(Scope::AllProjects);
-    }
-    let session = glance.session();
-    match &args.project {
-        Some(p) => {
-            let is_id = p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit());
-            match session {
-                Some(s) if !is_id => Ok(Scope::Project(s.project_id_by_name(p).with_context(|| format!("--project {p}"))?)),
-                _ => Ok(Scope::Project(p.clone())),
-            }
-        }
-        None => Ok(session.and_then(|s| s.project_id()).map_or(Scope::Visible, Scope::Project)),
     }
 }
 
@@ -96,7 +64,7 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::Skipped => "skipped",
         ImageResult::Failed => "failed",
     };
-    let mut s = format!("{} {what} {} ({})", crate::util::now_rfc3339(), e.name, e.id);
+    let mut s = format!("{} {what} {} ({})", imgarc::util::now_rfc3339(), e.name, e.id);
     if let Some(snap) = &e.snapshot {
         s.push_str(&format!(" snapshot {}", short(snap)));
     }

@@ -1,11 +1,39 @@
-//! `imgarc inspect SOURCE|SNAPSHOT`: what an image is — format, sizes, QCOW2
-//! features and flags — read from a file (nothing stored) or from a snapshot.
+//! Inspect: what an image is — format, sizes, QCOW2 features and flags — read
+//! from a file or standard input (nothing stored) or from a snapshot's record.
 
-use super::Ctx;
-use crate::cli::InspectArgs;
 use crate::format::{detect, qcow2};
+use crate::index::Index;
 use anyhow::{Context, Result};
 use std::io::Read;
+
+/// The `imgarc inspect` flags (each doc line is its `--help`).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct InspectOptions {
+    /// An image file (or -), or a snapshot id / unique prefix
+    pub target: String,
+    /// The format the image is declared as; a declared raw image is never decomposed
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub disk_format: Option<String>,
+}
+
+impl InspectOptions {
+    /// True when the target names a file (or `-`), not a snapshot.
+    pub fn is_file(&self) -> bool {
+        self.target == "-" || std::path::Path::new(&self.target).exists()
+    }
+}
+
+/// Describes the target: a file when [`InspectOptions::is_file`], else the
+/// snapshot it names in `index` (opened by `open_index` only then). One JSON
+/// object; its fields are the QCOW2 header info or the snapshot's record.
+pub fn inspect(opts: &InspectOptions, open_index: &dyn Fn() -> Result<Index>) -> Result<serde_json::Value> {
+    if opts.is_file() {
+        inspect_source(opts)
+    } else {
+        inspect_snapshot(&open_index()?, &opts.target)
+    }
+}
 
 /// Discards the decomposer's output, counting what a snapshot would store.
 #[derive(Default)]
@@ -25,24 +53,7 @@ impl qcow2::DecomposeSink for CountingSink {
     }
 }
 
-pub fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
-    let looks_like_file = args.target == "-" || std::path::Path::new(&args.target).exists();
-    let json = if looks_like_file { inspect_source(&args)? } else { inspect_snapshot(ctx, &args.target)? };
-    ctx.emit(&json, || {
-        let mut s = String::new();
-        if let Some(obj) = json.as_object() {
-            for (k, v) in obj {
-                if !v.is_null() {
-                    s.push_str(&format!("{k:>28}: {}\n", v.to_string().trim_matches('"')));
-                }
-            }
-        }
-        s
-    });
-    Ok(())
-}
-
-fn inspect_source(args: &InspectArgs) -> Result<serde_json::Value> {
+fn inspect_source(args: &InspectOptions) -> Result<serde_json::Value> {
     let mut src = crate::source::open(&args.target)?;
     let mut head = vec![0u8; 64 << 10];
     let n = crate::source::read_full(&mut src.reader, &mut head).context("reading the image header")?;
@@ -66,8 +77,7 @@ fn inspect_source(args: &InspectArgs) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-fn inspect_snapshot(ctx: &Ctx, target: &str) -> Result<serde_json::Value> {
-    let (_repo, index) = ctx.open()?;
+fn inspect_snapshot(index: &Index, target: &str) -> Result<serde_json::Value> {
     let id = index.resolve_snapshot(target)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
     let mut v = snap.image.clone().unwrap_or_else(|| serde_json::json!({}));

@@ -1,38 +1,19 @@
 //! `imgarc check [--read-data | --read-data-subset N%]`.
 
 use super::Ctx;
-use crate::check::{check, CheckOptions};
-use crate::cli::CheckArgs;
-use crate::index::Index;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use imgarc::check::{check, CheckFlags};
+use imgarc::index::Index;
 
-pub fn parse_percent(s: &str) -> Result<f64> {
-    let v: f64 =
-        s.trim().trim_end_matches('%').parse().with_context(|| format!("--read-data-subset {s:?}: expected a percentage like 10%"))?;
-    if !(v > 0.0 && v <= 100.0) {
-        bail!("--read-data-subset {s:?}: must be more than 0% and at most 100%");
-    }
-    Ok(v / 100.0)
-}
-
-pub fn run(ctx: &Ctx, args: CheckArgs) -> Result<()> {
-    let fraction = match (&args.read_data_subset, args.read_data) {
-        (Some(s), _) => parse_percent(s)?,
-        (None, true) => 1.0,
-        (None, false) => 0.0,
-    };
+pub fn run(ctx: &Ctx, flags: CheckFlags) -> Result<()> {
+    let opts = flags.options()?;
     let repo = ctx.open_repo()?;
     // Lock first, then catch up: what the cache sees cannot change under the check.
     let _lock = repo.acquire_lock(true, "check")?;
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let pb = ctx.out.bar(Some(0), "check");
-    let report = check(
-        &repo,
-        &mut index,
-        &CheckOptions { read_data_fraction: fraction },
-        &(std::sync::Arc::new(pb.clone()) as crate::progress::SharedProgress),
-    )?;
-    pb.finish_and_clear();
+    let report = check(&repo, &mut index, &opts, &pb)?;
+    drop(pb);
     ctx.emit(&serde_json::to_value(&report)?, || {
         let mut s = format!(
             "checked {} snapshots, {} packs ({} read, {} blobs verified)\n",

@@ -2,19 +2,19 @@
 //! period), marks what no snapshot needs now, and reports the space.
 
 use super::Ctx;
-use crate::cli::PruneArgs;
-use crate::index::Index;
-use crate::prune::{prune, PruneOptions};
-use crate::util::human_bytes;
 use anyhow::{Context, Result};
+use imgarc::index::Index;
+use imgarc::prune::{prune, PruneOptions};
+use imgarc::util::human_bytes;
 
-pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
     let repo = ctx.open_repo()?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
     let lock = repo.acquire_singleton_lock("prune")?;
     repo.hold_lock(&lock);
     let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
-    let opts = PruneOptions { dry_run: args.dry_run, max_repack_ratio: args.max_repack_ratio, grace: args.grace, now: chrono::Utc::now() };
+    // The clock starts once the lock is held and the index caught up.
+    opts.now = chrono::Utc::now();
     let r = prune(&repo, &mut index, &opts)?;
     ctx.emit(&serde_json::to_value(&r)?, || {
         let would = if r.dry_run { "would be " } else { "" };

@@ -1,15 +1,21 @@
 //! `imgarc show SNAPSHOT`: everything a snapshot records.
 
 use super::Ctx;
-use crate::cli::ShowArgs;
 use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Snapshot id or unique prefix (8+ hex digits)
+    pub snapshot: String,
+}
 
 pub fn run(ctx: &Ctx, args: ShowArgs) -> Result<()> {
     let (_repo, index) = ctx.open()?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let mut snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
     // Snapshots archived before store locations were dropped may still hold them.
-    crate::openstack::glance::redact_store_locations(&mut snap.metadata);
+    imgarc::openstack::glance::redact_store_locations(&mut snap.metadata);
     let mut json = serde_json::to_value(&snap)?;
     json["id"] = serde_json::Value::String(id.to_hex());
     ctx.emit(&json, || format!("snapshot {}\n{}\n", id.to_hex(), serde_json::to_string_pretty(&snap).unwrap_or_default()));

@@ -1,10 +1,17 @@
 //! `imgarc list`: the snapshots in the repository.
 
 use super::Ctx;
-use crate::cli::ListArgs;
-use crate::retention;
-use crate::util::human_bytes;
 use anyhow::Result;
+use clap::Args;
+use imgarc::retention;
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only snapshots with this name
+    #[arg(long)]
+    pub name: Option<String>,
+}
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let (_repo, index) = ctx.open()?;

@@ -1,8 +1,20 @@
 //! `imgarc index rebuild`: regenerate the local index from the repository.
 
 use super::Ctx;
-use crate::cli::{IndexAction, IndexArgs};
 use anyhow::Result;
+use clap::{Args, Subcommand};
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    pub action: IndexAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexAction {
+    /// Rebuild the local index from the repository alone
+    Rebuild,
+}
 
 pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
     match args.action {
@@ -10,7 +22,7 @@ pub fn run(ctx: &Ctx, args: IndexArgs) -> Result<()> {
             let repo = ctx.open_repo()?;
             let lock = repo.acquire_lock(true, "index rebuild")?;
             repo.hold_lock(&lock);
-            let (index, report) = crate::index::rebuild(&repo)?;
+            let (index, report) = imgarc::index::rebuild(&repo)?;
             let mut json = serde_json::to_value(&report)?;
             json["path"] = serde_json::Value::String(index.path().display().to_string());
             ctx.emit(&json, || {

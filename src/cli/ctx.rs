@@ -1,0 +1,74 @@
+//! What every verb shares: `Ctx` opens the repository, its index cache and
+//! Glance from the global options, and prints either prose or one JSON
+//! document (`--json`) on standard output.
+
+use super::GlobalArgs;
+use crate::cli::progress::Output;
+use anyhow::{Context, Result};
+use imgarc::backend::{self, Backend};
+use imgarc::index::Index;
+use imgarc::net::ratelimit::RateLimiter;
+use imgarc::openstack::config::CloudConfig;
+use imgarc::openstack::glance::GlanceClient;
+use imgarc::openstack::keystone::Session;
+use imgarc::openstack::Secret;
+use imgarc::repository::Repository;
+use imgarc::util::parse_rate;
+use std::sync::Arc;
+
+pub struct Ctx {
+    pub location: String,
+    pub out: Output,
+    pub global: GlobalArgs,
+}
+
+impl Ctx {
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        let rate = |r: &Option<String>| -> Result<Option<u64>> {
+            r.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
+        };
+        let mut opts = backend::url::RemoteOptions {
+            limit_upload: rate(&self.global.limit_upload)?,
+            limit_download: rate(&self.global.limit_download)?,
+            ..Default::default()
+        };
+        opts.swift_auth = imgarc::openstack::repository_auth(&self.location, self.global.repo_cloud.as_deref())?;
+        backend::open(&self.location, &opts)
+    }
+
+    pub fn open_repo(&self) -> Result<Repository> {
+        Repository::open(self.backend()?)
+    }
+
+    /// Opens the repository and its index cache, caught up with the repository.
+    pub fn open(&self) -> Result<(Repository, Index)> {
+        let repo = self.open_repo()?;
+        let index = Index::open(&repo).context("cannot bring the local index up to date")?;
+        Ok((repo, index))
+    }
+
+    /// A Glance client for `cloud` (else `--os-cloud`/`OS_CLOUD`, else `--glance-url`, else `OS_*`).
+    pub fn glance(&self, cloud: Option<&str>) -> Result<GlanceClient> {
+        let cloud = cloud.or(self.global.os_cloud.as_deref());
+        if let (None, Some(url)) = (cloud, &self.global.glance_url) {
+            let token = std::env::var("OS_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new);
+            return Ok(GlanceClient::standalone(url, token)?);
+        }
+        let config = CloudConfig::resolve(cloud)?;
+        let session = Session::new(&config)?;
+        Ok(GlanceClient::new(&session)?)
+    }
+
+    pub fn limiter(rate: &Option<String>) -> Result<Option<RateLimiter>> {
+        rate.as_deref().map(|r| parse_rate(r).map(RateLimiter::new).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
+    }
+
+    /// Prints the JSON document, or the prose, to stdout.
+    pub fn emit(&self, json: &serde_json::Value, prose: impl FnOnce() -> String) {
+        if self.out.json {
+            println!("{}", serde_json::to_string_pretty(json).expect("JSON serializes"));
+        } else if !self.out.quiet {
+            print!("{}", prose());
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `imgarc forget`: removes snapshots by retention policy or by id (the work
+//! is `imgarc::forget`), and says what it keeps and why.
+
+use super::Ctx;
+use anyhow::{Context, Result};
+use imgarc::forget::{forget, ForgetOptions, ForgetReport};
+use imgarc::index::Index;
+
+pub fn run(ctx: &Ctx, opts: ForgetOptions) -> Result<()> {
+    // Refused before the repository is opened.
+    opts.validate()?;
+    let repo = ctx.open_repo()?;
+    let lock = if opts.dry_run { None } else { Some(repo.acquire_lock(false, "forget")?) };
+    if let Some(l) = &lock {
+        repo.hold_lock(l);
+    }
+    let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
+    let report = forget(&repo, &mut index, &opts)?;
+    ctx.emit(&serde_json::to_value(&report)?, || prose(&report));
+    Ok(())
+}
+
+fn prose(r: &ForgetReport) -> String {
+    let readable = || r.keep.iter().chain(&r.remove).filter(|e| !e.unreadable());
+    let mut groups: Vec<&str> = readable().filter_map(|e| e.group.as_deref()).collect();
+    groups.sort();
+    groups.dedup();
+    let short = |id: &str| id[..16].to_string();
+    let field = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut s = String::new();
+    for g in groups {
+        let k: Vec<_> = r.keep.iter().filter(|e| e.group.as_deref() == Some(g)).collect();
+        let rm: Vec<_> = r.remove.iter().filter(|e| e.group.as_deref() == Some(g)).collect();
+        s.push_str(&format!("{g}: keep {}, remove {}\n", k.len(), rm.len()));
+        for e in k {
+            s.push_str(&format!("  keep    {}  {}  {}  ({})\n", short(&e.id), field(&e.time), field(&e.name), e.reasons.join(", ")));
+        }
+        for e in rm {
+            s.push_str(&format!("  remove  {}  {}  {}\n", short(&e.id), field(&e.time), field(&e.name)));
+        }
+    }
+    for e in r.remove.iter().filter(|e| e.unreadable()) {
+        s.push_str(&format!("  remove  {}  (unreadable)\n", short(&e.id)));
+    }
+    if r.dry_run {
+        s.push_str(&format!("dry run: {} snapshot(s) would be removed\n", r.remove.len()));
+    } else {
+        s.push_str(&format!("removed {} snapshot(s); run `imgarc prune` to reclaim their space\n", r.removed));
+    }
+    s
+}

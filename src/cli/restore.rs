@@ -1,0 +1,114 @@
+//! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance`: rebuild an image.
+
+use super::Ctx;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use imgarc::index::Index;
+use imgarc::repository::snapshot::Snapshot;
+use imgarc::repository::Repository;
+use imgarc::restore::{restore, RestoreOptions, Target};
+use imgarc::restore_glance::{restore_to_glance, ToGlanceOptions};
+use imgarc::util::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id or unique prefix (8+ hex digits)
+    pub snapshot: String,
+    /// Output file, or - for standard output
+    #[arg(short, long, required_unless_present = "to_glance")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub restore: RestoreOptions,
+    /// Upload into Glance instead of writing a file (with the archived image metadata)
+    #[arg(long, conflicts_with = "output")]
+    pub to_glance: bool,
+    #[command(flatten)]
+    pub glance: ToGlanceOptions,
+    /// Permission bits of the restored file, in octal (default 0600); not for devices or FIFOs
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, conflicts_with = "to_glance")]
+    pub mode: Option<u32>,
+    /// Into a block device: skip the holes instead of writing their zeros (only if the device is already zeroed)
+    #[arg(long, conflicts_with = "to_glance")]
+    pub no_write_zeros: bool,
+}
+
+/// `0644`, `644` or `0o644`: permission bits of a created file.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode such as 0600 or 0644")),
+    }
+}
+
+pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
+    let (repo, index) = ctx.open()?;
+    let id = index.resolve_snapshot(&args.snapshot)?;
+    let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
+    let opts = &args.restore;
+    if args.to_glance {
+        return to_glance(ctx, &repo, &index, &snap, args.glance.clone(), opts)
+            .with_context(|| format!("restoring snapshot {} ({}) into Glance", id.short(), snap.name));
+    }
+    let output = args.output.clone().expect("clap requires -o without --to-glance");
+    let to_stdout = output == "-";
+    let target = if to_stdout {
+        if args.mode.is_some() {
+            bail!("--mode applies to a file the restore creates, not to standard output");
+        }
+        Target::Stream(Box::new(std::io::BufWriter::with_capacity(1 << 20, std::io::stdout())))
+    } else {
+        Target::for_path(std::path::Path::new(&output), args.mode, !args.no_write_zeros)?
+    };
+    let pb = ctx.out.bar(Some(snap.logical_bytes), "restore");
+    let r =
+        restore(&repo, &index, &snap, target, opts, &pb).with_context(|| format!("restoring snapshot {} ({})", id.short(), snap.name))?;
+    drop(pb);
+    let json = serde_json::to_value(&r)?;
+    let prose = format!(
+        "restored {} ({}) to {} in {:.1} s ({}/s); digests verified: {}\n",
+        &id.to_hex()[..16],
+        human_bytes(r.bytes),
+        output,
+        r.seconds,
+        human_bytes((r.bytes as f64 / r.seconds.max(1e-6)) as u64),
+        if r.digests.is_empty() { "none recorded".to_string() } else { r.digests.keys().cloned().collect::<Vec<_>>().join(", ") }
+    );
+    if to_stdout {
+        // stdout carries the image: the report goes to stderr.
+        if ctx.out.json {
+            eprintln!("{}", serde_json::to_string_pretty(&json)?);
+        } else if !ctx.out.quiet {
+            eprint!("{prose}");
+        }
+    } else {
+        ctx.emit(&json, || prose);
+    }
+    Ok(())
+}
+
+fn to_glance(
+    ctx: &Ctx,
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    mut glance_opts: ToGlanceOptions,
+    opts: &RestoreOptions,
+) -> Result<()> {
+    let glance = ctx.glance(glance_opts.to_cloud.as_deref())?;
+    glance_opts.limit_upload = Ctx::limiter(&ctx.global.limit_upload)?;
+    let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
+    let r = restore_to_glance(repo, index, snap, &glance, opts, &glance_opts, &pb)?;
+    drop(pb);
+    ctx.emit(&serde_json::to_value(&r)?, || {
+        format!(
+            "restored into Glance as image {} ({}): {} in {:.1} s, verified with {}\n",
+            r.image_id,
+            r.name.as_deref().unwrap_or(""),
+            human_bytes(r.bytes),
+            r.seconds,
+            r.verified_with
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Restore into Glance (`imgarc restore --to-glance`): the restore writes into
+//! a pipe that a Glance upload reads on its own thread, with the archived
+//! image metadata (plus overrides). The stream ends cleanly only once the
+//! restore verified every byte it wrote; an image whose upload completed but
+//! whose bytes turn out wrong is deleted (unless `keep_failed`).
+
+use crate::index::Index;
+use crate::net::ratelimit::{RateLimitedReader, RateLimiter};
+use crate::openstack::glance::{self, GlanceClient, ImageRecord, UploadMethod};
+use crate::progress::SharedProgress;
+use crate::repository::snapshot::Snapshot;
+use crate::repository::Repository;
+use crate::restore::{restore, RestoreOptions, Target};
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The `imgarc restore --to-glance` flags (each doc line is its `--help`).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct ToGlanceOptions {
+    /// Cloud in clouds.yaml to restore into (default: the source credentials)
+    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    pub to_cloud: Option<String>,
+    /// Name of the new Glance image (default: the archived name)
+    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    pub name: Option<String>,
+    /// Visibility of the new Glance image (private, shared, community, public)
+    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    pub visibility: Option<String>,
+    /// Set an image property on the new Glance image (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "property", value_name = "K=V", requires = "to_glance"))]
+    pub properties: Vec<String>,
+    /// Upload with a PUT of the data, or stage + glance-direct import
+    #[cfg_attr(feature = "clap", arg(long, default_value = "put", value_parser = ["put", "glance-direct"], requires = "to_glance"))]
+    pub method: String,
+    /// Keep a half-created Glance image when the restore fails (default: delete it)
+    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    pub keep_failed: bool,
+    /// Cap on the upload rate (the global `--limit-upload`).
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub limit_upload: Option<RateLimiter>,
+}
+
+/// The new image and what was verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct GlanceRestoreReport {
+    pub image_id: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub verified_with: String,
+    pub os_hash_value: Option<String>,
+    pub digests: BTreeMap<String, String>,
+    /// The restore's warnings (each also logged as it happened).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The Glance record to restore from: the archived one, or one made from the snapshot.
+fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRecord> {
+    let mut metadata = snap.metadata.clone();
+    // Older snapshots may hold store locations (with credentials): never sent to a cloud.
+    glance::redact_store_locations(&mut metadata);
+    let mut raw = serde_json::Value::Object(metadata);
+    if snap.metadata.is_empty() {
+        raw = serde_json::json!({"id": "", "name": snap.name, "status": "active", "container_format": "bare", "disk_format": snap.format});
+    }
+    if let Some(f) = disk_format {
+        raw["disk_format"] = f.into();
+    }
+    Ok(ImageRecord::from_json(raw)?)
+}
+
+/// Restores `snap` into a new image of `glance`.
+pub fn restore_to_glance(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    glance: &GlanceClient,
+    restore_opts: &RestoreOptions,
+    opts: &ToGlanceOptions,
+    progress: &SharedProgress,
+) -> Result<GlanceRestoreReport> {
+    let archived = archived_record(snap, restore_opts.disk_format.as_deref())?;
+    let mut overrides = serde_json::Map::new();
+    if let Some(n) = &opts.name {
+        overrides.insert("name".into(), n.clone().into());
+    }
+    if let Some(v) = &opts.visibility {
+        overrides.insert("visibility".into(), v.clone().into());
+    }
+    for p in &opts.properties {
+        let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--property {p:?}: expected K=V"))?;
+        overrides.insert(k.to_string(), v.to_string().into());
+    }
+    let method = if opts.method == "glance-direct" { UploadMethod::GlanceDirect } else { UploadMethod::Put };
+    let glance_opts = glance::RestoreOptions {
+        overrides,
+        method,
+        size: restore_opts.disk_format.is_none().then_some(snap.logical_bytes),
+        converted: restore_opts.disk_format.is_some(),
+        keep_failed: opts.keep_failed,
+        ..Default::default()
+    };
+    // The restore writes into a pipe; the upload reads it on its own thread. The
+    // stream ends cleanly only once the restore verified every byte it wrote.
+    let (writer, reader) = crate::util::pipe(16);
+    let end = writer.end_handle();
+    let limiter = opts.limit_upload.clone();
+    let started = std::time::Instant::now();
+    let uploader = glance.clone();
+    let upload = std::thread::Builder::new().name("glance-upload".into()).spawn(move || {
+        let data: Box<dyn std::io::Read + Send> = match limiter {
+            Some(l) => Box::new(RateLimitedReader::new(reader, l)),
+            None => Box::new(reader),
+        };
+        glance::restore_image(&uploader, &archived, data, &glance_opts)
+    })?;
+    let restored = restore(repo, index, snap, Target::Stream(Box::new(writer)), restore_opts, progress);
+    match &restored {
+        Ok(_) => end.finish(),
+        Err(e) => end.fail(format!("the restore failed: {e:#}")),
+    }
+    let uploaded = upload.join().map_err(|_| anyhow!("upload thread panicked"))?;
+    let (restored, outcome) = match (restored, uploaded) {
+        (Ok(r), Ok(o)) => (r, o),
+        (Ok(_), Err(e)) => return Err(e.into()),
+        // The upload saw the restore's error and already deleted (or kept) the image.
+        (Err(restore_err), Err(upload_err)) => bail!("{restore_err:#}; {upload_err}"),
+        (Err(e), Ok(o)) => {
+            // Unreachable through the pipe (it withholds the end of a failed stream); never leave it active.
+            let fate = discard_failed(glance, opts, &o.record.id);
+            bail!("{e:#}; {fate}")
+        }
+    };
+    // With no conversion, the bytes uploaded are the archived ones: their digests must agree.
+    if restore_opts.disk_format.is_none() {
+        if let (Some(want), Some(got)) = (snap.digests.get("sha512"), outcome.uploaded.get(crate::digest::Algo::Sha512)) {
+            if want != got {
+                let fate = discard_failed(glance, opts, &outcome.record.id);
+                bail!("uploaded sha512 {got} differs from the archived {want}; {fate}");
+            }
+        }
+    }
+    Ok(GlanceRestoreReport {
+        image_id: outcome.record.id,
+        name: outcome.record.name,
+        status: outcome.record.status,
+        bytes: restored.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        verified_with: outcome.verified_with,
+        os_hash_value: outcome.record.os_hash_value,
+        digests: restored.digests,
+        warnings: restored.warnings,
+    })
+}
+
+/// Deletes an image whose restore failed after its upload completed, unless `keep_failed`.
+fn discard_failed(glance: &GlanceClient, opts: &ToGlanceOptions, id: &str) -> String {
+    if opts.keep_failed {
+        return format!("kept the failed image {id} (keep-failed)");
+    }
+    match glance.delete(id) {
+        Ok(()) => format!("deleted the incomplete image {id}"),
+        Err(e) => format!("could not delete the incomplete image {id}: {e:#}"),
+    }
+}

@@ -1,0 +1,171 @@
+//! Which images a sync run considers: the [`Scope`] (whose images) and the
+//! [`Filters`] (`--filter`/`--exclude` terms: name globs, tags, visibility,
+//! disk format), and the part of them Glance can apply server-side.
+
+use crate::openstack::glance::ImageRecord;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Whose images a run lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "project", rename_all = "snake_case")]
+pub enum Scope {
+    /// Images owned by this project id (the default: the credentials' project; or `--project`).
+    Project(String),
+    /// Every image the credentials can list (`--all-projects`; every project's for an admin).
+    AllProjects,
+    /// Every image the listing returns, when no project is known (`--glance-url` without Keystone).
+    Visible,
+}
+
+impl Scope {
+    pub(super) fn admits(&self, rec: &ImageRecord) -> bool {
+        match self {
+            Scope::Project(p) => rec.owner.as_deref() == Some(p.as_str()),
+            Scope::AllProjects | Scope::Visible => true,
+        }
+    }
+}
+
+/// The image fields `--filter`/`--exclude` can test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilterKey {
+    /// `name=GLOB` (`*` any run, `?` one character).
+    Name,
+    /// `tag=T`: the image has tag T.
+    Tag,
+    Visibility,
+    DiskFormat,
+}
+
+/// One `KEY=VALUE` term of `--filter` or `--exclude`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterTerm {
+    pub key: FilterKey,
+    pub value: String,
+}
+
+/// Parses `KEY=VALUE` (the clap value parser of `--filter`/`--exclude`).
+pub fn parse_filter(s: &str) -> std::result::Result<FilterTerm, String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let key = match k.trim() {
+        "name" => FilterKey::Name,
+        "tag" => FilterKey::Tag,
+        "visibility" => FilterKey::Visibility,
+        "disk_format" => FilterKey::DiskFormat,
+        other => return Err(format!("unknown filter key {other:?} (name, tag, visibility, disk_format)")),
+    };
+    Ok(FilterTerm { key, value: v.to_string() })
+}
+
+impl FilterTerm {
+    pub(super) fn matches(&self, rec: &ImageRecord) -> bool {
+        match self.key {
+            FilterKey::Name => glob_match(&self.value, rec.name.as_deref().unwrap_or("")),
+            FilterKey::Tag => rec.tags.contains(&self.value),
+            FilterKey::Visibility => rec.visibility.as_deref() == Some(self.value.as_str()),
+            FilterKey::DiskFormat => rec.disk_format.as_deref() == Some(self.value.as_str()),
+        }
+    }
+}
+
+/// `--filter` terms (same key: OR; different keys: AND) minus `--exclude` terms (any one removes).
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    include: BTreeMap<FilterKey, Vec<FilterTerm>>,
+    exclude: Vec<FilterTerm>,
+}
+
+impl Filters {
+    pub fn new(include: Vec<FilterTerm>, exclude: Vec<FilterTerm>) -> Filters {
+        let mut by_key: BTreeMap<FilterKey, Vec<FilterTerm>> = BTreeMap::new();
+        for t in include {
+            by_key.entry(t.key).or_default().push(t);
+        }
+        Filters { include: by_key, exclude }
+    }
+
+    pub fn matches(&self, rec: &ImageRecord) -> bool {
+        self.include.values().all(|any| any.iter().any(|t| t.matches(rec))) && !self.exclude.iter().any(|t| t.matches(rec))
+    }
+
+    /// Glance query parameters that narrow the listing to a superset of the
+    /// matches: only keys with a single value (Glance ANDs repeated
+    /// parameters), and names without glob characters.
+    pub(super) fn server_side(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        for (key, terms) in &self.include {
+            let [t] = terms.as_slice() else { continue };
+            match key {
+                FilterKey::Name if !t.value.contains(['*', '?']) => q.push(("name", t.value.clone())),
+                FilterKey::Name => {}
+                FilterKey::Tag => q.push(("tag", t.value.clone())),
+                FilterKey::Visibility => q.push(("visibility", t.value.clone())),
+                FilterKey::DiskFormat => q.push(("disk_format", t.value.clone())),
+            }
+        }
+        q
+    }
+}
+
+/// Shell-style glob: `*` matches any run of characters, `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it currently stands for.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::test_support::rec;
+    use serde_json::json;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("web-*", "web-01"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("w?b*-0?", "web-nightly-01"));
+        assert!(!glob_match("web-?", "web-01"));
+        assert!(glob_match("*a*b", "xxaxxab"));
+        assert!(!glob_match("*a*b", "xxaxxa"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn same_key_ors_different_keys_and_exclude_removes() {
+        let f = |inc: &[&str], exc: &[&str]| {
+            Filters::new(inc.iter().map(|s| parse_filter(s).unwrap()).collect(), exc.iter().map(|s| parse_filter(s).unwrap()).collect())
+        };
+        let web = rec(json!({"name": "web-01", "tags": ["nightly"], "disk_format": "qcow2", "visibility": "private"}));
+        let db = rec(json!({"name": "db-01", "tags": ["nightly", "keep"], "disk_format": "raw", "visibility": "private"}));
+        let both = f(&["name=web-*", "name=db-*"], &[]);
+        assert!(both.matches(&web) && both.matches(&db));
+        let and = f(&["name=*-01", "disk_format=raw"], &[]);
+        assert!(!and.matches(&web) && and.matches(&db));
+        let ex = f(&["tag=nightly"], &["tag=keep"]);
+        assert!(ex.matches(&web) && !ex.matches(&db));
+        assert!(f(&[], &[]).matches(&web));
+        assert!(parse_filter("owner=x").is_err() && parse_filter("name").is_err());
+        // Only single-valued keys and literal names go to Glance.
+        assert_eq!(both.server_side(), vec![]);
+        assert_eq!(f(&["name=db-01", "tag=a"], &[]).server_side(), vec![("name", "db-01".to_string()), ("tag", "a".to_string())]);
+    }
+}

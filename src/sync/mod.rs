@@ -1,0 +1,235 @@
+//! Nightly sync: bringing the repository up to date with a cloud's Glance images.
+//!
+//! Owns which images a run considers ([`Scope`] + [`Filters`]), the decision
+//! per image (`plan::Plan`: archive, unchanged, new metadata only, skip), running
+//! the downloads `jobs` at a time, finding images deleted upstream, and the
+//! run's [`SyncReport`]. It prints nothing: each finished image goes to the
+//! caller's `on_image` callback (`src/cli/sync.rs` logs it).
+//!
+//! An image is *held* when a snapshot from the same cloud has its id and its
+//! content digest (`os_hash_value`, else `checksum`, else size + `updated_at`).
+//! Every image's snapshot is written when that image completes, so a run that
+//! is killed and started again redoes only the images that were not finished.
+//!
+//! Files: `filter` (scope and filters), `plan` (what to do per image), `run`
+//! (the run and its downloads), `upstream` (deleted-upstream detection); this
+//! file holds the options and the report.
+
+mod filter;
+mod plan;
+mod run;
+mod upstream;
+
+pub use filter::{glob_match, parse_filter, FilterKey, FilterTerm, Filters, Scope};
+pub use run::sync;
+
+use plan::display_name;
+
+use crate::net::ratelimit::RateLimiter;
+use crate::openstack::glance::{GlanceClient, ImageRecord};
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// The `imgarc sync` flags (each doc line is its `--help`); [`SyncFlags::resolve`]
+/// turns them into the run's [`SyncOptions`] (a scope looked up in Keystone,
+/// parsed digests and QCOW2 policy).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SyncFlags {
+    /// Every project's images (needs an admin role); default: the images owned by the credentials' project
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "project"))]
+    pub all_projects: bool,
+    /// Only the images owned by this project (id or name)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub project: Option<String>,
+    /// Only images with KEY=VALUE: name=GLOB, tag=T, visibility=V, disk_format=F (repeatable; the same key ORs, different keys AND)
+    #[cfg_attr(feature = "clap", arg(long = "filter", value_name = "KEY=VALUE", value_parser = parse_filter))]
+    pub filters: Vec<FilterTerm>,
+    /// Leave out images with KEY=VALUE (same keys as --filter; repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "exclude", value_name = "KEY=VALUE", value_parser = parse_filter))]
+    pub excludes: Vec<FilterTerm>,
+    /// Images downloaded and archived at the same time (images archived together cannot dedup against each other)
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64)))]
+    pub jobs: u16,
+    /// Extra whole-file digests to compute and record, e.g. sha256 (as archive --digest)
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ','))]
+    pub digest: Vec<String>,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub spill: crate::archive::SpillOptions,
+}
+
+impl SyncFlags {
+    /// The extra digests, checked before anything is opened.
+    pub fn digests(&self) -> Result<Vec<String>> {
+        crate::digest::parse_list(&self.digest.join(","))
+    }
+
+    /// The run's options: the scope resolved against `glance`'s session,
+    /// `cloud` recorded in each snapshot, `limit` shared by all downloads.
+    pub fn resolve(self, glance: &GlanceClient, cloud: Option<String>, limit: Option<RateLimiter>) -> Result<SyncOptions> {
+        Ok(SyncOptions {
+            scope: self.scope(glance)?,
+            digests: self.digests()?,
+            qcow2_policy: self.spill.qcow2_policy()?,
+            filters: Filters::new(self.filters, self.excludes),
+            jobs: self.jobs.max(1) as usize,
+            cloud,
+            limit,
+        })
+    }
+
+    /// `--all-projects`, `--project P` (an id, or a name looked up in Keystone),
+    /// else the credentials' own project; with `--glance-url` and no Keystone
+    /// there is no project, so every listed image is in scope.
+    fn scope(&self, glance: &GlanceClient) -> Result<Scope> {
+        if self.all_projects {
+            return Ok(Scope::AllProjects);
+        }
+        let session = glance.session();
+        match &self.project {
+            Some(p) => {
+                let is_id = p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit());
+                match session {
+                    Some(s) if !is_id => Ok(Scope::Project(s.project_id_by_name(p).with_context(|| format!("--project {p}"))?)),
+                    _ => Ok(Scope::Project(p.clone())),
+                }
+            }
+            None => Ok(session.and_then(|s| s.project_id()).map_or(Scope::Visible, Scope::Project)),
+        }
+    }
+}
+
+pub struct SyncOptions {
+    pub scope: Scope,
+    pub filters: Filters,
+    /// Images downloaded and archived at once (at least 1).
+    pub jobs: usize,
+    /// The `--os-cloud` name recorded in each snapshot's source (`None` for OS_* / `--glance-url`).
+    pub cloud: Option<String>,
+    /// Shared by all jobs: a cap on the total download rate.
+    pub limit: Option<RateLimiter>,
+    /// Extra whole-file digests to record (as `archive --digest`).
+    pub digests: Vec<String>,
+    /// How QCOW2 images are decomposed (spill directory and limit).
+    pub qcow2_policy: crate::format::qcow2::Policy,
+}
+
+/// What happened to one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageResult {
+    Archived,
+    Unchanged,
+    MetadataUpdated,
+    Skipped,
+    Failed,
+}
+
+/// One image's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageEntry {
+    #[serde(skip)]
+    pub result: ImageResult,
+    pub id: String,
+    pub name: String,
+    /// The snapshot written (archived, metadata_updated) or already holding it (unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The snapshot whose data a metadata-only snapshot reuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Why it was skipped or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes downloaded from Glance (also for a failed download).
+    pub bytes_read: u64,
+    /// Bytes of packs and index objects added to the repository.
+    pub bytes_stored: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    pub seconds: f64,
+}
+
+impl ImageEntry {
+    pub(super) fn new(result: ImageResult, rec: &ImageRecord) -> ImageEntry {
+        ImageEntry {
+            result,
+            id: rec.id.clone(),
+            name: display_name(rec),
+            snapshot: None,
+            previous: None,
+            reason: None,
+            bytes_read: 0,
+            bytes_stored: 0,
+            logical_bytes: None,
+            new_bytes: None,
+            format: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// An image held here that Glance no longer has.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeletedEntry {
+    pub id: String,
+    pub name: String,
+    /// Its latest snapshot, which retention keeps unless `forget --include-deleted`.
+    pub snapshot: String,
+    /// What confirmed it: `404` or `status deleted`.
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub ok: bool,
+    pub scope: Option<Scope>,
+    /// Images that matched the scope and filters.
+    pub images: usize,
+    pub archived: Vec<ImageEntry>,
+    pub unchanged: Vec<ImageEntry>,
+    pub metadata_updated: Vec<ImageEntry>,
+    pub skipped: Vec<ImageEntry>,
+    pub failed: Vec<ImageEntry>,
+    /// Found gone from Glance in this run (and recorded under `upstream/deleted/`).
+    pub deleted_upstream: Vec<DeletedEntry>,
+    /// Recorded as deleted before, listed again now: their records were withdrawn.
+    pub reappeared: Vec<DeletedEntry>,
+    /// Things that did not fail an image but deserve a look (e.g. a deletion that could not be confirmed).
+    pub warnings: Vec<String>,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub seconds: f64,
+}
+
+impl SyncReport {
+    pub(super) fn add(&mut self, e: ImageEntry) {
+        self.bytes_read += e.bytes_read;
+        self.bytes_stored += e.bytes_stored;
+        match e.result {
+            ImageResult::Archived => self.archived.push(e),
+            ImageResult::Unchanged => self.unchanged.push(e),
+            ImageResult::MetadataUpdated => self.metadata_updated.push(e),
+            ImageResult::Skipped => self.skipped.push(e),
+            ImageResult::Failed => self.failed.push(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test_support {
+    use crate::openstack::glance::ImageRecord;
+    use serde_json::json;
+
+    pub fn rec(v: serde_json::Value) -> ImageRecord {
+        let mut base = json!({"id": "11111111-2222-3333-4444-555555555555", "status": "active", "size": 10});
+        for (k, x) in v.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        ImageRecord::from_json(base).unwrap()
+    }
+}

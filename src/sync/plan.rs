@@ -1,0 +1,125 @@
+//! The decision per listed image: which snapshots of the cloud the repository
+//! holds, whether one already holds the image's bytes (strongest digest
+//! first) and metadata, and so what a run does with it ([`Plan`]).
+
+use crate::ids::Id;
+use crate::index::Index;
+use crate::openstack::glance::ImageRecord;
+use crate::repository::snapshot::{Snapshot, Source};
+use anyhow::Result;
+use std::collections::HashMap;
+
+pub(super) fn display_name(rec: &ImageRecord) -> String {
+    rec.name.clone().unwrap_or_else(|| rec.id.clone())
+}
+
+/// What a run does with one listed image.
+pub(super) enum Plan {
+    Skip(String),
+    Unchanged(Id),
+    NewMetadata(Id, Box<Snapshot>),
+    Download,
+}
+
+/// Whether `snap` holds the bytes `rec` describes: its strongest digest, else
+/// its size and `updated_at` (images without any digest).
+pub(super) fn same_content(rec: &ImageRecord, snap: &Snapshot) -> bool {
+    let digest = |algo: &str| snap.digests.get(algo).map(|d| d.to_ascii_lowercase());
+    if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref().filter(|v| !v.is_empty())) {
+        if let Some(held) = digest(&algo.to_ascii_lowercase()) {
+            return held == value.to_ascii_lowercase();
+        }
+    }
+    if let Some(md5) = rec.checksum.as_deref().filter(|v| !v.is_empty()) {
+        if let Some(held) = digest("md5") {
+            return held == md5.to_ascii_lowercase();
+        }
+    }
+    let held_updated = snap.metadata.get("updated_at").and_then(|v| v.as_str());
+    rec.size == Some(snap.logical_bytes) && rec.updated_at.is_some() && rec.updated_at.as_deref() == held_updated
+}
+
+/// Whether `snap` recorded the metadata `rec` has now. Store locations are
+/// never archived (they can carry credentials), so they are compared on
+/// neither side: a snapshot from before they were dropped still matches.
+pub(super) fn same_metadata(rec: &ImageRecord, snap: &Snapshot) -> bool {
+    let Some(listed) = rec.raw.as_object() else {
+        return false;
+    };
+    let (mut listed, mut held) = (listed.clone(), snap.metadata.clone());
+    crate::openstack::glance::redact_store_locations(&mut listed);
+    crate::openstack::glance::redact_store_locations(&mut held);
+    listed == held
+}
+
+pub(super) fn plan(rec: &ImageRecord, held: &[(Id, Snapshot)]) -> Plan {
+    if let Some(why) = rec.not_downloadable_reason() {
+        return Plan::Skip(why);
+    }
+    // Newest first: the latest snapshot of this content decides.
+    match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
+        Some((id, s)) if same_metadata(rec, s) => Plan::Unchanged(*id),
+        Some((id, s)) => Plan::NewMetadata(*id, Box::new(s.clone())),
+        None => Plan::Download,
+    }
+}
+
+/// Glance snapshots of `cloud` in the repository, by image id, oldest first.
+pub(super) fn held_images(index: &Index, cloud: Option<&str>) -> Result<HashMap<String, Vec<(Id, Snapshot)>>> {
+    let mut held: HashMap<String, Vec<(Id, Snapshot)>> = HashMap::new();
+    for row in index.snapshot_rows()? {
+        let Some(snap) = index.snapshot(&row.id)? else { continue };
+        if let Source::Glance { image_id, cloud: c } = &snap.source {
+            if c.as_deref() == cloud {
+                held.entry(image_id.clone()).or_default().push((row.id, snap));
+            }
+        }
+    }
+    for v in held.values_mut() {
+        v.sort_by(|a, b| (&a.1.time, a.0).cmp(&(&b.1.time, b.0)));
+    }
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::snapshot::Source;
+    use crate::sync::test_support::rec;
+    use serde_json::json;
+
+    #[test]
+    fn content_identity_prefers_the_strongest_digest() {
+        let snap = |digests: &[(&str, &str)], size: u64, updated: &str| Snapshot {
+            version: 1,
+            name: "x".into(),
+            tags: vec![],
+            time: "t".into(),
+            hostname: "h".into(),
+            source: Source::Stdin,
+            logical_bytes: size,
+            virtual_bytes: None,
+            format: "raw".into(),
+            image: None,
+            layout: crate::repository::snapshot::Layout::Raw,
+            guest: crate::repository::extents::StreamRef {
+                size: 0,
+                extent_count: 0,
+                extents_blake3: Id([0; 32]),
+                trees: vec![],
+                data_bytes: 0,
+            },
+            digests: digests.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            stats: Default::default(),
+            metadata: json!({"updated_at": updated}).as_object().unwrap().clone(),
+        };
+        let r = rec(json!({"os_hash_algo": "sha512", "os_hash_value": "AA", "checksum": "bb"}));
+        assert!(same_content(&r, &snap(&[("sha512", "aa"), ("md5", "zz")], 1, "")));
+        assert!(!same_content(&r, &snap(&[("sha512", "ab"), ("md5", "bb")], 10, "")));
+        assert!(same_content(&r, &snap(&[("md5", "bb")], 1, "")));
+        let bare = rec(json!({"updated_at": "2026-01-01T00:00:00Z"}));
+        assert!(same_content(&bare, &snap(&[], 10, "2026-01-01T00:00:00Z")));
+        assert!(!same_content(&bare, &snap(&[], 10, "2026-01-02T00:00:00Z")));
+        assert!(!same_content(&bare, &snap(&[], 11, "2026-01-01T00:00:00Z")));
+    }
+}
