@@ -122,9 +122,10 @@ fn block_device_size(file: &std::fs::File) -> std::io::Result<u64> {
         target_arch = "sparc64"
     )))]
     {
-        let request = (2u32 << 30) | ((std::mem::size_of::<libc::size_t>() as u32) << 16) | (0x12 << 8) | 114;
+        let request = (2u32 << 30) | ((size_of::<libc::size_t>() as u32) << 16) | (0x12 << 8) | 114;
         let mut size: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which lives for the call.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut size as *mut u64) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());

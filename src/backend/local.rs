@@ -221,6 +221,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // umask, set and put back
     fn objects_and_directories_are_private_whatever_the_umask() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+    pub fn connect(&self) -> Result<Arc<dyn Backend>> {
         let rate = |r: &Option<String>| -> Result<Option<u64>> {
             r.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
         };
@@ -37,7 +37,7 @@ impl Ctx {
     }
 
     pub fn open_repo(&self) -> Result<Repository> {
-        Repository::open(self.backend()?)
+        Repository::open(self.connect()?)
     }
 
     /// Opens the repository and its index cache, caught up with the repository.

@@ -46,7 +46,7 @@ pub struct FilterTerm {
 }
 
 /// Parses `KEY=VALUE` (the clap value parser of `--filter`/`--exclude`).
-pub fn parse_filter(s: &str) -> std::result::Result<FilterTerm, String> {
+pub fn parse_filter(s: &str) -> Result<FilterTerm, String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     let key = match k.trim() {
         "name" => FilterKey::Name,
