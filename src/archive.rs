@@ -569,9 +569,11 @@ pub fn archive_source(
     };
     let outcome = archive(repo, index, src.reader, req, &bar(src.size))?;
     let from_glance = opts.source.starts_with("glance:");
-    // A value of the report, shown in its prose and JSON (not logged: the
-    // prose on stdout is where this warning has always been).
-    let warnings = if unverifiable.is_empty() { vec![] } else { vec![unverifiable_warning(&unverifiable)] };
+    let warnings = crate::warnings::Warnings::new();
+    if !unverifiable.is_empty() {
+        warnings.warn(unverifiable_warning(&unverifiable));
+    }
+    let warnings = warnings.take();
     let unverified = (from_glance && verified.is_empty()).then(|| match warnings.first() {
         Some(w) => w.clone(),
         None => "the Glance image record has no checksum or os_hash_value: archived with the digests imgarc computed".to_string(),

@@ -10,6 +10,7 @@ use crate::index::{Index, IndexedRepository};
 use crate::progress::SharedProgress;
 use crate::repository::pack::{self, PackEntry};
 use crate::repository::Repository;
+use crate::warnings::Warnings;
 use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,6 +77,7 @@ pub struct DamagedChunkReport {
 
 pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress: &SharedProgress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
+    let warnings = Warnings::new();
     // chunk → (pack, problem) for every copy found bad.
     let mut damaged: BTreeMap<Id, (Option<Id>, String)> = BTreeMap::new();
 
@@ -113,7 +115,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     }
     report.packs_checked = indexed.len();
     for pack in in_repo.keys().filter(|p| !indexed.contains_key(p)) {
-        report.warnings.push(format!(
+        warnings.warn(format!(
             "pack {} is in the repository but in no index object (left by an interrupted archive?); `imgarc index rebuild` adopts it",
             pack.to_hex()
         ));
@@ -125,7 +127,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         packs.sort();
         if opts.read_data_fraction < 1.0 {
             use rand::seq::SliceRandom;
-            packs.shuffle(&mut rand::thread_rng());
+            packs.shuffle(&mut rand::rng());
             let n = ((packs.len() as f64 * opts.read_data_fraction).ceil() as usize).min(packs.len());
             packs.truncate(n);
         }
@@ -170,7 +172,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     for row in index.snapshot_rows()? {
         report.snapshots_checked += 1;
         if crate::retention::is_future(&row.time, horizon) {
-            report.warnings.push(format!(
+            warnings.warn(format!(
                 "snapshot {} ({}) is dated {}, in the future: retention ignores it (check the clock of the host that wrote it)",
                 row.id.to_hex(),
                 row.name,
@@ -209,7 +211,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         let still_present = index.contains_many(&ids)?;
         for (id, (pack, problem)) in damaged {
             if still_present.contains(&id) {
-                report.warnings.push(format!("chunk {} had a bad copy ({problem}) but another copy is intact", id.to_hex()));
+                warnings.warn(format!("chunk {} had a bad copy ({problem}) but another copy is intact", id.to_hex()));
                 continue;
             }
             let snaps: Vec<String> = users.get(&id).into_iter().flatten().map(|(s, n)| format!("{} ({n})", s.to_hex())).collect();
@@ -225,6 +227,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         }
     }
     report.ok = report.errors.is_empty();
+    report.warnings = warnings.take();
     Ok(report)
 }
 

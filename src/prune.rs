@@ -26,6 +26,7 @@ use crate::repository::lock;
 use crate::repository::marks::{MarkedPack, PruneMark, MARK_VERSION};
 use crate::repository::pack::{self, EncodedBlob, PackBuilder, PackEntry};
 use crate::repository::Repository;
+use crate::warnings::Warnings;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashSet};
@@ -132,9 +133,11 @@ fn crash_point(_point: &str) {}
 /// Runs both phases. The caller holds the `prune` singleton lock.
 pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+    let warnings = Warnings::new();
     refuse_unless_every_snapshot_is_known(repo, index)?;
-    sweep(repo, index, opts, &mut report)?;
-    mark(repo, index, opts, &mut report)?;
+    sweep(repo, index, opts, &mut report, &warnings)?;
+    mark(repo, index, opts, &mut report, &warnings)?;
+    report.warnings = warnings.take();
     let now_marked = index.marks()?;
     report.bytes_awaiting_grace = now_marked.iter().flat_map(|m| &m.packs).map(|p| p.size).sum();
     report.next_sweep = now_marked
@@ -160,12 +163,12 @@ fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Re
     Ok(())
 }
 
-fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport, warnings: &Warnings) -> Result<()> {
     let locks: Vec<lock::LockInfo> =
         repo.list_locks()?.into_iter().map(|(_, l)| l).filter(|l| !l.is_stale() && l.purpose != "prune").collect();
     for mark in index.marks()? {
         let Some(created) = crate::util::parse_rfc3339(&mark.created) else {
-            report.warnings.push(format!("{} has an unreadable time; left alone", mark.key));
+            warnings.warn(format!("{} has an unreadable time; left alone", mark.key));
             continue;
         };
         if created + opts.grace > opts.now {
@@ -241,7 +244,7 @@ fn delete_packs(repo: &Repository, index: &mut Index, doomed: &[(Id, u64)]) -> R
     Ok(())
 }
 
-fn mark(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+fn mark(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport, warnings: &Warnings) -> Result<()> {
     let marked = index.marked_packs()?;
     let mut usage: Vec<_> = index.pack_usage()?.into_iter().filter(|u| !marked.contains(&u.pack)).collect();
     // Emptiest first: they free the most for the least copying.
@@ -272,7 +275,7 @@ fn mark(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut 
                     "repacked"
                 }
                 Err(e) => {
-                    report.warnings.push(format!("pack {} not repacked: {e:#}; run `imgarc check --read-data`", u.pack.to_hex()));
+                    warnings.warn(format!("pack {} not repacked: {e:#}; run `imgarc check --read-data`", u.pack.to_hex()));
                     continue;
                 }
             }

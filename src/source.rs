@@ -51,28 +51,16 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
     Ok(plain(Box::new(file), meta.is_file().then_some(meta.len()), Source::File { path: abs.display().to_string() }, name))
 }
 
-/// The digests a Glance record vouches for, in imgarc's algorithm names.
-pub fn glance_digests(rec: &ImageRecord) -> BTreeMap<String, String> {
-    glance_digest_claims(rec).0
-}
-
-/// The digests a Glance record vouches for that imgarc can check, and the
-/// names of those it cannot (an `os_hash_algo` outside [`crate::digest::SUPPORTED`]).
+/// The digests a Glance record vouches for that imgarc can check (its
+/// [`ImageRecord::expected`], in imgarc's algorithm names), and the name of an
+/// `os_hash_algo` it cannot compute (outside [`crate::digest::SUPPORTED`]).
 pub fn glance_digest_claims(rec: &ImageRecord) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut out = BTreeMap::new();
-    let mut unverifiable = Vec::new();
-    if let Some(md5) = rec.checksum.as_deref().filter(|s| !s.is_empty()) {
-        out.insert("md5".to_string(), md5.to_ascii_lowercase());
-    }
-    if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref().filter(|v| !v.is_empty())) {
-        let algo = algo.to_ascii_lowercase();
-        if crate::digest::SUPPORTED.contains(&algo.as_str()) {
-            out.insert(algo, value.to_ascii_lowercase());
-        } else {
-            unverifiable.push(algo);
-        }
-    }
-    (out, unverifiable)
+    let checked = rec.expected().digests.into_iter().map(|(algo, value)| (algo.name().to_string(), value)).collect();
+    let unverifiable = match (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref()) {
+        (Some(algo), Some(value)) if !value.is_empty() && crate::digest::Algo::parse(algo).is_none() => vec![algo.to_ascii_lowercase()],
+        _ => Vec::new(),
+    };
+    (checked, unverifiable)
 }
 
 /// Opens `GET /v2/images/{id}/file` of an active image as a stream.

@@ -27,18 +27,9 @@ impl Warnings {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(message);
     }
 
-    /// Everything recorded so far, in order.
-    pub fn to_vec(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Everything recorded so far; the list is left empty.
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 }
 
@@ -52,8 +43,7 @@ mod tests {
         let w2 = w.clone();
         w.warn("first");
         std::thread::spawn(move || w2.warn("second")).join().unwrap();
-        assert_eq!(w.to_vec(), ["first", "second"]);
         assert_eq!(w.take(), ["first", "second"]);
-        assert!(w.is_empty());
+        assert!(w.take().is_empty());
     }
 }

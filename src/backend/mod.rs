@@ -9,9 +9,9 @@
 //! `Box<dyn Backend>` rather than special-casing callers.
 
 #[cfg(test)]
-pub mod faults;
+pub(crate) mod faults;
 pub mod local;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod retry;
 pub mod s3;
 pub mod swift;

@@ -15,13 +15,13 @@
 
 mod blobs;
 mod catchup;
-pub mod filter;
+pub(crate) mod filter;
 mod indexed;
 mod marks;
 mod reader;
 mod schema;
 mod snapshots;
-pub mod usage;
+pub(crate) mod usage;
 
 pub use blobs::PackUsage;
 pub use catchup::{rebuild, RebuildReport, SyncReport, MAX_BLOBS_PER_INDEX_OBJECT};

@@ -6,7 +6,7 @@
 //! `openstack`, so both can use it.
 
 pub mod ratelimit;
-pub mod retry;
+pub(crate) mod retry;
 
 use reqwest::blocking::Client;
 use std::path::PathBuf;

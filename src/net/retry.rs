@@ -40,14 +40,13 @@ impl RetryPolicy {
     /// with cap = min(max_delay, base · 2^(attempt-1)). The lower half-bound
     /// keeps retries from hammering a struggling server.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        use rand::Rng;
         if let Some(ra) = retry_after {
             return ra.min(self.max_delay);
         }
         let exp = self.base_delay.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20));
         let cap = exp.min(self.max_delay);
         let half = cap / 2;
-        let jitter = rand::thread_rng().gen_range(0..=half.as_micros().max(1) as u64);
+        let jitter = rand::random_range(0..=half.as_micros().max(1) as u64);
         half + Duration::from_micros(jitter)
     }
 }

@@ -12,7 +12,7 @@
 //! references allow; other groups say `exact: false` and give the lower bound
 //! (their members' own unique bytes).
 
-pub mod html;
+pub(crate) mod html;
 pub mod render;
 
 use crate::ids::Id;

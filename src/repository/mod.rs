@@ -16,7 +16,7 @@ pub mod config;
 pub mod extents;
 pub mod file;
 pub mod index_object;
-pub mod keys;
+pub(crate) mod keys;
 pub mod lock;
 pub mod marks;
 pub mod pack;

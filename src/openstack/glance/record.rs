@@ -92,7 +92,6 @@ impl ImageRecord {
         })
     }
 
-    /// Why this image cannot be archived, if it cannot (`None` = active with data).
     /// What the image data must hash to: `checksum` (md5),
     /// `os_hash_algo`/`os_hash_value` (an algorithm outside
     /// [`crate::digest::Algo`] is skipped) and `size`, for
@@ -103,7 +102,10 @@ impl ImageRecord {
         if let Some(c) = self.checksum.as_deref().filter(|c| !c.is_empty()) {
             digests.push((Algo::Md5, c.to_ascii_lowercase()));
         }
-        if let (Some(a), Some(v)) = (self.os_hash_algo.as_deref().and_then(Algo::parse), self.os_hash_value.as_deref()) {
+        // An empty os_hash_value vouches for nothing (Glance leaves it empty while an image is queued).
+        if let (Some(a), Some(v)) =
+            (self.os_hash_algo.as_deref().and_then(Algo::parse), self.os_hash_value.as_deref().filter(|v| !v.is_empty()))
+        {
             if !digests.iter().any(|(x, _)| *x == a) {
                 digests.push((a, v.to_ascii_lowercase()));
             }
@@ -116,6 +118,7 @@ impl ImageRecord {
         }
     }
 
+    /// Why this image cannot be archived, if it cannot (`None` = active with data).
     pub fn not_downloadable_reason(&self) -> Option<String> {
         if self.status != "active" {
             return Some(format!("status is {:?}, not \"active\"", self.status));
