@@ -27,6 +27,7 @@ mod qcow2_perf;
 mod qcow2_roundtrip;
 mod report;
 mod roundtrip;
+mod tls;
 
 #[cfg(feature = "remote-tests")]
 mod backend_conformance;

@@ -437,58 +437,8 @@ fn swift_repository_honours_the_clouds_cacert() {
 /// close`. Returns (https base URL, path of the CA bundle); the CA files live
 /// in `dir`.
 fn tls_front(upstream: &str, dir: &std::path::Path) -> (String, std::path::PathBuf) {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     use std::io::{Read, Write};
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (the test needs it)");
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=imgarc e2e CA",
-    ]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join("srv.pem")).unwrap().collect::<Result<_, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    );
+    let (cfg, ca) = tls::private_ca(dir);
     let upstream = upstream.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -526,7 +476,7 @@ fn tls_front(upstream: &str, dir: &std::path::Path) -> (String, std::path::PathB
             });
         }
     });
-    (base, dir.join("ca.pem"))
+    (base, ca)
 }
 
 #[test]

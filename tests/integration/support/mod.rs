@@ -7,6 +7,7 @@ pub mod backend_common;
 #[cfg(feature = "openstack-tests")]
 pub mod openstack;
 pub mod qcow2_util;
+pub mod tls;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
