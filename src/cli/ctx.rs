@@ -24,12 +24,9 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn connect(&self) -> Result<Arc<dyn Backend>> {
-        let rate = |r: &Option<String>| -> Result<Option<u64>> {
-            r.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
-        };
         let mut opts = backend::url::RemoteOptions {
-            limit_upload: rate(&self.global.limit_upload)?,
-            limit_download: rate(&self.global.limit_download)?,
+            limit_upload: optional_rate(&self.global.limit_upload)?,
+            limit_download: optional_rate(&self.global.limit_download)?,
             ..Default::default()
         };
         opts.swift_auth = imgarc::openstack::repository_auth(&self.location, self.global.repo_cloud.as_deref())?;
@@ -60,7 +57,7 @@ impl Ctx {
     }
 
     pub fn limiter(rate: &Option<String>) -> Result<Option<RateLimiter>> {
-        rate.as_deref().map(|r| parse_rate(r).map(RateLimiter::new).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
+        Ok(optional_rate(rate)?.map(RateLimiter::new))
     }
 
     /// Prints the JSON document, or the prose, to stdout.
@@ -71,4 +68,9 @@ impl Ctx {
             print!("{}", prose());
         }
     }
+}
+
+/// A `--limit-upload`/`--limit-download` value in bytes per second, if given.
+fn optional_rate(rate: &Option<String>) -> Result<Option<u64>> {
+    rate.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
 }

@@ -32,7 +32,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     assert_eq!(b.get("config").unwrap(), small);
     b.put("config", &small).unwrap();
     assert_eq!(b.get("config").unwrap(), small);
-    let big = bytes(1, 5 * 1024 * 1024 + 17);
+    let big = crate::support::bytes(5 * 1024 * 1024 + 17, 1, false);
     let pack = format!("data/ab/ab{}", "0".repeat(62));
     b.put(&pack, &big).unwrap();
     assert_eq!(b.get(&pack).unwrap(), big);
@@ -68,7 +68,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
     let mut expect: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..10u64 {
         let k = format!("data/ab/{:064x}", i);
-        let v = bytes(100 + i, i as usize * 7);
+        let v = crate::support::bytes(i as usize * 7, 100 + i, false);
         b.put(&k, &v).unwrap();
         expect.insert(k, v.len() as u64);
     }
@@ -105,7 +105,7 @@ fn conformance(name: &str, make: &dyn Fn(&str, usize) -> Box<dyn Backend>) {
             s.spawn(move || {
                 for i in 0..4u64 {
                     let k = format!("index/par-{t}-{i}");
-                    let v = bytes(t * 100 + i, 64 * 1024 + i as usize);
+                    let v = crate::support::bytes(64 * 1024 + i as usize, t * 100 + i, false);
                     b.put(&k, &v).unwrap();
                     assert_eq!(b.get(&k).unwrap(), v);
                 }

@@ -93,7 +93,8 @@ fn policy() -> RetryPolicy {
 /// 4 x 8 MiB puts; the cut comes 3 MiB into the first upload, the "server"
 /// stays down 1.5 s (several retries hit the refused port).
 fn survive(name: &str, b: &dyn Backend, fwd: &Forwarder) {
-    let objs: Vec<(String, Vec<u8>)> = (0..4u64).map(|i| (format!("data/{i:02x}/pack-{i}"), bytes(i + 1000, 8 << 20))).collect();
+    let objs: Vec<(String, Vec<u8>)> =
+        (0..4u64).map(|i| (format!("data/{i:02x}/pack-{i}"), crate::support::bytes(8 << 20, i + 1000, false))).collect();
     let t = std::time::Instant::now();
     for (k, v) in &objs {
         b.put(k, v).unwrap_or_else(|e| panic!("{name}: put {k} not retried to success: {e}"));

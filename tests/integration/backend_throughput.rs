@@ -93,7 +93,7 @@ impl Backend for LocalDir {
 
 fn measure(name: &str, b: Box<dyn Backend>, objects: usize, threads: usize) {
     let b = Counting { inner: b, calls: AtomicU64::new(0) };
-    let data: Vec<Vec<u8>> = (0..objects).map(|i| bytes(i as u64 + 7, 32 * MIB)).collect();
+    let data: Vec<Vec<u8>> = (0..objects).map(|i| crate::support::bytes(32 * MIB, i as u64 + 7, false)).collect();
     let keys: Vec<String> = (0..objects).map(|i| format!("data/{:02x}/pack-{i}", i)).collect();
     let total = (objects * 32) as f64;
     let run = |f: &(dyn Fn(usize) + Sync)| {

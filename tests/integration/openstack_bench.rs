@@ -14,7 +14,7 @@ fn glance_throughput() {
     let _serial = serial();
     let mib: usize = std::env::var("IMGARC_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let g = noauth();
-    let data = bytes(mib * 1024 * 1024, 99);
+    let data = crate::support::bytes(mib * 1024 * 1024, 99, false);
     let rec = g.create(&meta(&unique("bench"), json!({}))).unwrap();
     let _c = Cleanup(g.clone(), rec.id.clone());
     let t = Instant::now();

@@ -15,7 +15,7 @@ use support::*;
 fn cut_connection_resumes_with_range() {
     let _serial = serial();
     let g = noauth();
-    let data = bytes(4 * 1024 * 1024, 11);
+    let data = crate::support::bytes(4 * 1024 * 1024, 11, false);
     let (rec, _c) = upload_image(&g, &unique("cut"), &data, json!({}));
     let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::CutFirstDownloadAfter(1_000_000));
     let pg = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(quick_retry());
@@ -37,7 +37,7 @@ fn cut_connection_resumes_with_range() {
 fn cut_connection_without_range_support_fails_clearly() {
     let _serial = serial();
     let g = noauth();
-    let data = bytes(2 * 1024 * 1024, 12);
+    let data = crate::support::bytes(2 * 1024 * 1024, 12, false);
     let (rec, _c) = upload_image(&g, &unique("norange"), &data, json!({}));
     let proxy = Proxy::start(&env("GLANCE_URL"), ProxyMode::CutAndStripRange(500_000));
     let pg = GlanceClient::standalone(&proxy.url, None).unwrap().with_retry(quick_retry());
@@ -127,7 +127,7 @@ fn glance_killed_mid_download() {
     let up = EnsureRunning(state.clone());
     up.check();
     let g = GlanceClient::standalone(&url, None).unwrap().with_retry(quick_retry());
-    let data = bytes(32 * 1024 * 1024, 13);
+    let data = crate::support::bytes(32 * 1024 * 1024, 13, false);
     let (rec, _c) = upload_image(&g, &unique("kill"), &data, json!({}));
 
     // 1) killed, not restarted in time: clear failure
@@ -199,7 +199,7 @@ fn token_renewed_on_resume() {
     let _serial = serial();
     let mut cfg = config_from(os_env()).unwrap();
     let direct = GlanceClient::new(&Session::new(&cfg).unwrap()).unwrap();
-    let data = bytes(3 * 1024 * 1024, 31);
+    let data = crate::support::bytes(3 * 1024 * 1024, 31, false);
     let (rec, _c) = upload_image(&direct, &unique("renew"), &data, json!({}));
     let proxy = Proxy::start(&env("GLANCE_KEYSTONE_URL"), ProxyMode::CutFirstDownloadAfter(600_000));
     cfg.image_endpoint_override = Some(proxy.url.clone());

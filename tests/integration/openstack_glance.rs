@@ -13,7 +13,7 @@ use support::*;
 fn upload_download_roundtrip_matches_glance_hashes() {
     let _serial = serial();
     let g = noauth();
-    let data = bytes(3 * 1024 * 1024 + 17, 1);
+    let data = crate::support::bytes(3 * 1024 * 1024 + 17, 1, false);
     let name = unique("rt");
     let (rec, _c) = upload_image(&g, &name, &data, json!({"hw_disk_bus": "scsi", "os_distro": "cirros", "tags": ["t1"]}));
     assert_eq!(rec.status, "active");
@@ -43,7 +43,7 @@ fn upload_download_roundtrip_matches_glance_hashes() {
 fn chunked_upload_without_size() {
     let _serial = serial();
     let g = noauth();
-    let data = bytes(1024 * 1024 + 3, 2);
+    let data = crate::support::bytes(1024 * 1024 + 3, 2, false);
     let rec = g.create(&meta(&unique("chunked"), json!({}))).unwrap();
     let _c = Cleanup(g.clone(), rec.id.clone());
     // a reader that hands out odd-sized pieces, size unknown -> Transfer-Encoding: chunked
@@ -57,7 +57,7 @@ fn glance_direct_stage_and_import() {
     let _serial = serial();
     let g = noauth();
     assert!(g.import_methods().unwrap().contains(&"glance-direct".to_string()));
-    let data = bytes(512 * 1024, 3);
+    let data = crate::support::bytes(512 * 1024, 3, false);
     let rec = g.create(&meta(&unique("direct"), json!({}))).unwrap();
     let _c = Cleanup(g.clone(), rec.id.clone());
     g.upload_with(&rec.id, std::io::Cursor::new(data.clone()), Some(data.len() as u64), UploadMethod::GlanceDirect).unwrap();
@@ -157,7 +157,7 @@ fn upload_errors_are_reported() {
     // qcow2 declared, random bytes sent: Glance's format inspection says 415
     let rec = g.create(&meta(&unique("badfmt"), json!({"disk_format": "qcow2"}))).unwrap();
     let _c = Cleanup(g.clone(), rec.id.clone());
-    let e = g.upload(&rec.id, std::io::Cursor::new(bytes(65536, 4)), Some(65536)).unwrap_err();
+    let e = g.upload(&rec.id, std::io::Cursor::new(crate::support::bytes(65536, 4, false)), Some(65536)).unwrap_err();
     assert_eq!(e.status(), Some(415), "{e}");
     // non-string custom property: 400 with Glance's reason
     let mut m = meta(&unique("badprop"), json!({}));
@@ -170,7 +170,7 @@ fn upload_errors_are_reported() {
 fn restore_metadata_is_accepted_by_glance() {
     let _serial = serial();
     let g = noauth();
-    let data = bytes(200_000, 5);
+    let data = crate::support::bytes(200_000, 5, false);
     let (rec, _c) = upload_image(
         &g,
         &unique("src"),
@@ -198,7 +198,7 @@ fn tampered_store_file_is_detected() {
     use imgarc::digest::{Algo, HashingReader};
     let _serial = serial();
     let g = noauth();
-    let data = bytes(1024 * 1024, 21);
+    let data = crate::support::bytes(1024 * 1024, 21, false);
     let (rec, _c) = upload_image(&g, &unique("tamper"), &data, json!({}));
     // intact: verified, digests equal Glance's
     let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
@@ -224,7 +224,7 @@ fn restore_image_flow() {
     use imgarc::openstack::glance::{restore_image, RestoreOptions};
     let _serial = serial();
     let g = noauth();
-    let data = bytes(1_500_000, 41);
+    let data = crate::support::bytes(1_500_000, 41, false);
     let (src, _c) = upload_image(&g, &unique("arch"), &data, json!({"hw_disk_bus": "virtio", "instance_uuid": "i-9", "tags": ["nightly"]}));
     // pretend the archived record was protected
     let mut raw = src.raw.clone();

@@ -12,7 +12,7 @@ use std::io::Read;
 use support::*;
 
 fn roundtrip(g: &GlanceClient, label: &str) {
-    let data = bytes(700_000, label.len() as u64);
+    let data = crate::support::bytes(700_000, label.len() as u64, false);
     let (rec, _c) = upload_image(g, &unique(label), &data, json!({}));
     let mut got = Vec::new();
     g.download(&rec).unwrap().read_to_end(&mut got).unwrap();

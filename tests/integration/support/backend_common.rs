@@ -115,16 +115,3 @@ pub fn swift_backend_with(auth: Arc<dyn SwiftAuth>, prefix: &str, page_size: usi
 pub fn swift_backend(prefix: &str, page_size: usize) -> Box<dyn Backend> {
     Box::new(swift_backend_with(Arc::new(keystone(true)), prefix, page_size))
 }
-
-/// Deterministic pseudo-random bytes.
-pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}

@@ -50,20 +50,6 @@ pub fn config_from(m: HashMap<String, String>) -> imgarc::openstack::Result<Clou
     CloudConfig::resolve_with(None, &Lookup { env: &f, dirs: vec![] })
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
-
 pub fn sha512_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha512::digest(b))
 }
