@@ -37,6 +37,49 @@ impl Id {
     }
 }
 
+/// How chunk and tree-blob ids are computed: unkeyed BLAKE3 (`chunk_id:
+/// blake3`, unencrypted repositories) or BLAKE3 keyed with a repository secret
+/// (`blake3-keyed`), so that an id reveals nothing about the content. Packs,
+/// index objects and snapshots are always named by the unkeyed BLAKE3 of the
+/// object as stored ([`Id::of`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdKey(Option<[u8; 32]>);
+
+impl IdKey {
+    pub const UNKEYED: IdKey = IdKey(None);
+
+    pub fn keyed(key: [u8; 32]) -> IdKey {
+        IdKey(Some(key))
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The id of a chunk or tree blob with these (uncompressed) bytes.
+    pub fn id_of(&self, data: &[u8]) -> Id {
+        match &self.0 {
+            None => Id::of(data),
+            Some(k) => Id(*blake3::keyed_hash(k, data).as_bytes()),
+        }
+    }
+}
+
+impl Drop for IdKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        if let Some(k) = &mut self.0 {
+            k.zeroize();
+        }
+    }
+}
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_keyed() { "IdKey(keyed, ***)" } else { "IdKey(unkeyed)" })
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::chunking::{ChunkAlgorithm, ChunkerParams};
+use crate::crypto::Cipher;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -33,9 +34,10 @@ pub struct Config {
     /// Size of the aligned blocks of the guest stream that are tested for zero.
     pub hole_block_size: u32,
     pub compression: Compression,
-    /// How chunk ids are computed: `blake3` (unkeyed). A keyed variant arrives with encryption.
+    /// How chunk ids are computed: `blake3` (unkeyed, unencrypted repositories)
+    /// or `blake3-keyed` (keyed with the repository's id key).
     pub chunk_id: String,
-    /// `none`. Reserved for authenticated encryption of packs.
+    /// `none`, or the AEAD every object is sealed with: `aes-256-gcm`, `xchacha20-poly1305`.
     pub encryption: String,
     pub pack_target_size: u64,
 }
@@ -71,6 +73,18 @@ impl Config {
         })
     }
 
+    /// The same config, encrypted with `cipher` (or not, for `None`): chunk ids follow.
+    pub fn with_encryption(mut self, cipher: Option<Cipher>) -> Config {
+        self.encryption = cipher.map_or("none", |c| c.name()).into();
+        self.chunk_id = if cipher.is_some() { "blake3-keyed" } else { "blake3" }.into();
+        self
+    }
+
+    /// The AEAD of an encrypted repository.
+    pub fn cipher(&self) -> Option<Cipher> {
+        Cipher::from_name(&self.encryption)
+    }
+
     /// Decodes and validates the `config` object. Every field is checked
     /// against its range (format-spec §2), because each steers something
     /// outside the repository: `id` names the cache directory, the sizes bound
@@ -95,8 +109,14 @@ impl Config {
         if crate::util::parse_rfc3339(&self.created).is_none() {
             bail!("field `created` is not an RFC 3339 time: {:?}", self.created.chars().take(80).collect::<String>());
         }
-        if self.encryption != "none" || self.chunk_id != "blake3" {
-            bail!("repository uses encryption {:?} / chunk ids {:?}, which this imgarc does not support", self.encryption, self.chunk_id);
+        match (self.encryption.as_str(), self.chunk_id.as_str()) {
+            ("none", "blake3") => {}
+            (e, "blake3-keyed") if Cipher::from_name(e).is_some() => {}
+            _ => bail!(
+                "repository uses encryption {:?} with chunk ids {:?}, which this imgarc does not support (none + blake3, or aes-256-gcm / xchacha20-poly1305 + blake3-keyed)",
+                self.encryption.chars().take(40).collect::<String>(),
+                self.chunk_id.chars().take(40).collect::<String>()
+            ),
         }
         let p = ChunkerParams::with_average(self.chunker.avg_size).context("field `chunker.avg_size`")?;
         if p != self.chunker {

@@ -36,6 +36,9 @@ pub trait RepoFile: Sized {
     /// Whether writing or deleting it needs the locks the handle holds (see
     /// `Repository::hold_lock`); locks themselves and upstream records do not.
     const NEEDS_LOCK: bool;
+    /// Whether an encrypted repository seals it (with the meta key). Key
+    /// objects are not sealed: they are what unseals.
+    const SEALED: bool = true;
 
     fn encode(&self) -> Result<Vec<u8>>;
     /// Decodes stored bytes (the name is checked by the caller, uniformly).

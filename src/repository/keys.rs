@@ -28,9 +28,13 @@ pub fn key_error(key: &str) -> Option<&'static str> {
     let ok = match key.split('/').collect::<Vec<_>>().as_slice() {
         ["config"] => true,
         ["data", xx, id] => is_hash(id) && xx.len() == 2 && id.starts_with(*xx),
-        ["index" | "snapshots" | "prune", id] => is_hash(id),
+        ["index" | "snapshots" | "prune" | "keys", id] => is_hash(id),
         ["locks", name] | ["upstream", "deleted", name] => is_name(name),
-        _ => return Some("not a repository key (format-spec §1: config, data/, index/, snapshots/, locks/, prune/, upstream/deleted/)"),
+        _ => {
+            return Some(
+                "not a repository key (format-spec §1: config, keys/, data/, index/, snapshots/, locks/, prune/, upstream/deleted/)",
+            )
+        }
     };
     (!ok).then_some("its name is not what its prefix requires (a 64-hex id, or letters, digits, '-' and '_')")
 }

@@ -25,8 +25,11 @@ mod storage;
 pub mod upstream;
 
 use crate::backend::{Backend, BackendError, BackendResult};
-use crate::ids::Id;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::crypto::keyfile::{KdfParams, KeyFile, NoPassword, PasswordSource, WrongPassword};
+use crate::crypto::{KeyKind, KeySet};
+use crate::ids::{Id, IdKey};
+use crate::secret::Secret;
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use config::Config;
 use file::{Naming, RepoFile};
 use index_object::{IndexObject, IndexedPack};
@@ -41,8 +44,19 @@ pub const CONFIG_KEY: &str = "config";
 pub struct Repository {
     storage: Storage,
     config: Config,
+    /// The `config` object exactly as stored: key objects bind to its hash.
+    config_bytes: Arc<Vec<u8>>,
+    /// The key object that opened an encrypted repository.
+    key_id: Option<Id>,
     /// Locks this handle writes under: once one is lost, every write is refused.
     held_locks: Arc<std::sync::Mutex<Vec<lock::LockWatch>>>,
+}
+
+/// The first key of a new encrypted repository (`init`).
+pub struct NewKey<'a> {
+    pub password: &'a Secret,
+    pub kdf: KdfParams,
+    pub label: &'a str,
 }
 
 /// What writing one pack added to the repository.
@@ -67,20 +81,53 @@ fn pack_id_from_key(key: &str) -> Option<Id> {
 }
 
 impl Repository {
-    /// Creates a repository; refuses if one (or anything else) is already there.
+    /// Creates an unencrypted repository (`config.encryption` must be `none`);
+    /// refuses if one (or anything else) is already there.
     pub fn init(backend: Arc<dyn Backend>, config: Config) -> Result<Repository> {
+        ensure!(config.cipher().is_none(), "an encrypted repository is created with a first key (Repository::init_encrypted)");
+        Repository::create(backend, config, None)
+    }
+
+    /// Creates an encrypted repository (`config.encryption` names the AEAD)
+    /// with fresh master keys and one full key object wrapped under `key`.
+    pub fn init_encrypted(backend: Arc<dyn Backend>, config: Config, key: &NewKey<'_>) -> Result<Repository> {
+        ensure!(config.cipher().is_some(), "an unencrypted repository has no keys (Repository::init)");
+        Repository::create(backend, config, Some(key))
+    }
+
+    fn create(backend: Arc<dyn Backend>, config: Config, key: Option<&NewKey<'_>>) -> Result<Repository> {
         let storage = Storage::new(backend);
         match storage.size(CONFIG_KEY) {
             Ok(_) => bail!("a repository already exists at {}", storage.location()),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e).context("cannot reach the repository location"),
         }
+        if !storage.list(KeyFile::PREFIX)?.is_empty() {
+            bail!("{} already holds key objects (keys/) but no config: not an empty location", storage.location());
+        }
         let bytes = serde_json::to_vec_pretty(&config)?;
-        storage.put(CONFIG_KEY, &bytes).context("cannot write the repository config")?;
-        Ok(Repository { storage, config, held_locks: Default::default() })
+        let mut repo = Repository { storage, config, config_bytes: Arc::new(bytes), key_id: None, held_locks: Default::default() };
+        if let (Some(key), Some(cipher)) = (key, repo.config.cipher()) {
+            // The key object first: a crash before the config leaves no repository,
+            // and `init` refuses the location until keys/ is emptied.
+            let keys = KeySet::generate(cipher);
+            let file = KeyFile::create(&keys, KeyKind::Full, key.password, key.kdf, key.label, &repo.config.id, &repo.config_bytes)?;
+            let (key_key, _) = repo.save(&file)?;
+            repo.key_id = KeyFile::name_of(&key_key).and_then(Id::from_hex);
+            repo.storage = repo.storage.with_keys(Arc::new(keys));
+        }
+        repo.storage.put(CONFIG_KEY, &repo.config_bytes).context("cannot write the repository config")?;
+        Ok(repo)
     }
 
+    /// Opens an unencrypted repository; an encrypted one needs [`Repository::open_with`].
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository> {
+        Repository::open_with(backend, &NoPassword)
+    }
+
+    /// Opens a repository; if it is encrypted, asks `passwords` once and
+    /// unwraps the first key object the password opens ([`WrongPassword`] if none).
+    pub fn open_with(backend: Arc<dyn Backend>, passwords: &dyn PasswordSource) -> Result<Repository> {
         // Every access from here on, locks and marks included, keeps to the key grammar.
         let storage = Storage::new(backend);
         let bytes = match storage.get_capped(CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
@@ -89,7 +136,75 @@ impl Repository {
             Err(e) => return Err(e).context("cannot read the repository config"),
         };
         let config = Config::parse(&bytes).with_context(|| format!("repository at {}", storage.location()))?;
-        Ok(Repository { storage, config, held_locks: Default::default() })
+        let mut repo = Repository { storage, config, config_bytes: Arc::new(bytes), key_id: None, held_locks: Default::default() };
+        if repo.config.cipher().is_some() {
+            repo.unlock(passwords)?;
+        }
+        Ok(repo)
+    }
+
+    fn unlock(&mut self, passwords: &dyn PasswordSource) -> Result<()> {
+        let cipher = self.config.cipher();
+        let listed = self.list::<KeyFile>()?;
+        if listed.is_empty() {
+            bail!("the repository at {} is encrypted but holds no key objects (keys/ is empty)", self.location());
+        }
+        let password = passwords.password().with_context(|| format!("cannot open the encrypted repository at {}", self.location()))?;
+        for (key, size) in listed {
+            let file: KeyFile = match self.load(&key, Some(size)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("skipping key object {key}: {e:#}");
+                    continue;
+                }
+            };
+            if let Some(keys) = file.open(&password, &self.config.id, &self.config_bytes).with_context(|| format!("key object {key}"))? {
+                ensure!(
+                    Some(keys.cipher()) == cipher,
+                    "key object {key} holds {} keys for a {} repository",
+                    keys.cipher(),
+                    self.config.encryption
+                );
+                self.key_id = KeyFile::name_of(&key).and_then(Id::from_hex);
+                self.storage = self.storage.with_keys(Arc::new(keys));
+                return Ok(());
+            }
+        }
+        Err(WrongPassword { location: self.location() }.into())
+    }
+
+    /// The unwrapped keys of an encrypted repository.
+    pub fn keys(&self) -> Option<&Arc<KeySet>> {
+        self.storage.keys()
+    }
+
+    /// Full or write-only; `None` for an unencrypted repository.
+    pub fn key_kind(&self) -> Option<KeyKind> {
+        self.keys().map(|k| k.kind())
+    }
+
+    /// The key object this handle was opened with.
+    pub fn key_id(&self) -> Option<Id> {
+        self.key_id
+    }
+
+    /// The `config` object exactly as stored.
+    pub fn config_bytes(&self) -> &[u8] {
+        &self.config_bytes
+    }
+
+    /// How chunk and tree-blob ids are computed in the repository-wide scope.
+    pub fn id_key(&self) -> IdKey {
+        self.keys().map(|k| k.id_key()).unwrap_or(IdKey::UNKEYED)
+    }
+
+    /// An error naming the operation unless this handle can open data
+    /// (unencrypted, or a full key): restore, show, check --read-data, prune.
+    pub fn require_full_key(&self, operation: &str) -> Result<()> {
+        if self.key_kind() == Some(KeyKind::WriteOnly) {
+            bail!("{operation} needs a full key: the repository was opened with a write-only key, which cannot read archived data");
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -128,15 +243,25 @@ impl Repository {
         if T::NEEDS_LOCK {
             self.ensure_locks_held()?;
         }
-        let bytes = obj.encode()?;
-        let name = match T::NAMING {
-            Naming::ContentId => Id::of(&bytes).to_hex(),
-            Naming::Random => hex::encode(rand::random::<[u8; 16]>()),
-            Naming::Own => obj.own_name().with_context(|| format!("a {} without a name", T::KIND))?,
+        let plain = obj.encode()?;
+        let seal = |binding: &str| if T::SEALED { self.storage.seal(binding, &plain) } else { std::borrow::Cow::Borrowed(&plain[..]) };
+        let (key, stored) = match T::NAMING {
+            Naming::ContentId => {
+                let stored = seal(T::PREFIX);
+                (T::id_key(&Id::of(&stored)), stored)
+            }
+            Naming::Random | Naming::Own => {
+                let name = match T::NAMING {
+                    Naming::Random => hex::encode(rand::random::<[u8; 16]>()),
+                    _ => obj.own_name().with_context(|| format!("a {} without a name", T::KIND))?,
+                };
+                let key = T::key(&name);
+                let stored = seal(&key);
+                (key, stored)
+            }
         };
-        let key = T::key(&name);
-        self.storage.put(&key, &bytes).with_context(|| format!("cannot store {} {key}", T::KIND))?;
-        Ok((key, bytes.len() as u64))
+        self.storage.put(&key, &stored).with_context(|| format!("cannot store {} {key}", T::KIND))?;
+        Ok((key, stored.len() as u64))
     }
 
     /// Reads, checks and decodes the object at `key`. `listed_size` is its
@@ -146,11 +271,14 @@ impl Repository {
     /// object must hash to its name, a self-named one must name itself so.
     pub fn load<T: RepoFile>(&self, key: &str, listed_size: Option<u64>) -> Result<T> {
         let name = T::name_of(key).ok_or_else(|| anyhow!("{key} is not the key of a {}", T::KIND))?;
-        let bytes = self.storage.get_capped(key, listed_size, T::MAX_BYTES).with_context(|| format!("{} {key}", T::KIND))?;
+        let stored = self.storage.get_capped(key, listed_size, T::MAX_BYTES).with_context(|| format!("{} {key}", T::KIND))?;
         let damaged = || anyhow!("{} {key} is damaged (its content does not match its name)", T::KIND);
-        if T::NAMING == Naming::ContentId && Id::from_hex(name) != Some(Id::of(&bytes)) {
+        if T::NAMING == Naming::ContentId && Id::from_hex(name) != Some(Id::of(&stored)) {
             return Err(damaged());
         }
+        let binding = if T::NAMING == Naming::ContentId { T::PREFIX } else { key };
+        let bytes =
+            if T::SEALED { self.storage.unseal(key, binding, stored).with_context(|| format!("{} {key}", T::KIND))? } else { stored };
         let obj = T::decode(&bytes, &self.blob_limits()).with_context(|| format!("{} {key}", T::KIND))?;
         if T::NAMING == Naming::Own && obj.own_name().as_deref() != Some(name) {
             return Err(damaged());

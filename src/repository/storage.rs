@@ -1,54 +1,91 @@
 //! The one path between the repository and its backend.
 //!
-//! Every byte the repository stores or reads — the config, typed objects
-//! (snapshots, index objects, marks, upstream records, locks) and packs,
-//! whole or by range — passes through [`Storage`], and through its one pair
-//! [`seal`]/[`unseal`] on the way. Both are the identity today; encryption
-//! goes there and nowhere else. The backend behind it is wrapped in
+//! Every byte the repository stores or reads — the config, key objects, typed
+//! objects (snapshots, index objects, marks, upstream records, locks) and
+//! packs, whole or by range — passes through [`Storage`]. It holds the
+//! repository's unwrapped [`KeySet`] and seals small objects with
+//! [`Storage::seal`]/[`Storage::unseal`] (identity for an unencrypted
+//! repository); packs are sealed blob by blob by the pack writer with keys
+//! from the same set (`Repository::seal_blob`), so ranged reads still work.
+//! The `config` and key objects are never sealed: they authenticate
+//! themselves (`crypto::keyfile`). The backend behind it is wrapped in
 //! [`super::keys::CheckedKeys`], so every key also keeps to the grammar.
 
 use super::keys::CheckedKeys;
 use crate::backend::{Backend, BackendError, BackendResult, ObjectInfo};
+use crate::crypto::KeySet;
+use std::borrow::Cow;
 use std::sync::Arc;
 
-/// What the repository stores under `key`, made from the bytes it means.
-/// Identity today; the encryption layer goes here (with [`unseal`]).
-fn seal<'a>(_key: &str, plain: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-    std::borrow::Cow::Borrowed(plain)
-}
-
-/// The bytes the repository means, from `stored` read at `offset` of the
-/// object `key` (0 for a whole object). Identity today (see [`seal`]).
-fn unseal(_key: &str, _offset: u64, stored: Vec<u8>) -> BackendResult<Vec<u8>> {
-    Ok(stored)
+/// Associated data of a sealed small object: it binds the object to where it
+/// may be stored. A content-named object (`index/`, `snapshots/`, `prune/`) is
+/// bound to its prefix (its name is the hash of the sealed bytes, so it cannot
+/// be in them); any other (`locks/`, `upstream/deleted/`) to its whole key.
+pub(crate) fn object_aad(binding: &str) -> Vec<u8> {
+    format!("imgarc object\0{binding}").into_bytes()
 }
 
 /// The repository's backend, behind the key grammar and the seal.
 #[derive(Debug, Clone)]
 pub(crate) struct Storage {
     backend: Arc<dyn Backend>,
+    /// The unwrapped keys of an encrypted repository.
+    keys: Option<Arc<KeySet>>,
 }
 
 impl Storage {
     pub(crate) fn new(backend: Arc<dyn Backend>) -> Storage {
-        Storage { backend: Arc::new(CheckedKeys::new(backend)) }
+        Storage { backend: Arc::new(CheckedKeys::new(backend)), keys: None }
+    }
+
+    /// The same store, sealing and opening with `keys` from now on.
+    pub(crate) fn with_keys(&self, keys: Arc<KeySet>) -> Storage {
+        Storage { backend: self.backend.clone(), keys: Some(keys) }
+    }
+
+    pub(crate) fn keys(&self) -> Option<&Arc<KeySet>> {
+        self.keys.as_ref()
+    }
+
+    /// What the repository stores for a small object's bytes `plain`, bound to
+    /// `binding` (see [`object_aad`]): sealed with the meta key when encrypted,
+    /// else `plain` itself.
+    pub(crate) fn seal<'a>(&self, binding: &str, plain: &'a [u8]) -> Cow<'a, [u8]> {
+        match &self.keys {
+            Some(k) => Cow::Owned(k.seal_meta(&object_aad(binding), plain)),
+            None => Cow::Borrowed(plain),
+        }
+    }
+
+    /// The bytes a stored small object means; an error naming `key` if it
+    /// does not open under this repository's keys.
+    pub(crate) fn unseal(&self, key: &str, binding: &str, stored: Vec<u8>) -> BackendResult<Vec<u8>> {
+        match &self.keys {
+            Some(k) => k.open_meta(&object_aad(binding), &stored).map_err(|e| BackendError::Other {
+                op: "open",
+                key: key.to_string(),
+                message: e.to_string(),
+            }),
+            None => Ok(stored),
+        }
     }
 
     pub(crate) fn location(&self) -> String {
         self.backend.location()
     }
 
-    pub(crate) fn put(&self, key: &str, plain: &[u8]) -> BackendResult<()> {
-        self.backend.put(key, &seal(key, plain))
+    /// Stores bytes as they are (already sealed, or of an object that is never sealed).
+    pub(crate) fn put(&self, key: &str, stored: &[u8]) -> BackendResult<()> {
+        self.backend.put(key, stored)
     }
 
-    /// A whole object (packs: `check`, `prune`'s repacking).
+    /// A whole object as stored (packs: `check`, `prune`'s repacking).
     pub(crate) fn get(&self, key: &str) -> BackendResult<Vec<u8>> {
-        unseal(key, 0, self.backend.get(key)?)
+        self.backend.get(key)
     }
 
     pub(crate) fn get_range(&self, key: &str, offset: u64, length: u64) -> BackendResult<Vec<u8>> {
-        unseal(key, offset, self.backend.get_range(key, offset, length)?)
+        self.backend.get_range(key, offset, length)
     }
 
     /// Reads a small object whole, refusing one larger than `cap` (the
