@@ -40,6 +40,26 @@ pub struct Config {
     /// `none`, or the AEAD every object is sealed with: `aes-256-gcm`, `xchacha20-poly1305`.
     pub encryption: String,
     pub pack_target_size: u64,
+    /// Which archives may share a chunk: the whole repository (default; absent
+    /// from the config, so unencrypted configs stay byte for byte v1) or only
+    /// those of one Glance project (`project`, encrypted repositories only).
+    #[serde(default, skip_serializing_if = "DedupScope::is_repository")]
+    pub dedup_scope: DedupScope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum DedupScope {
+    #[default]
+    Repository,
+    Project,
+}
+
+impl DedupScope {
+    fn is_repository(&self) -> bool {
+        *self == DedupScope::Repository
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -70,6 +90,7 @@ impl Config {
             chunk_id: "blake3".into(),
             encryption: "none".into(),
             pack_target_size: DEFAULT_PACK_TARGET,
+            dedup_scope: DedupScope::Repository,
         })
     }
 
@@ -117,6 +138,9 @@ impl Config {
                 self.encryption.chars().take(40).collect::<String>(),
                 self.chunk_id.chars().take(40).collect::<String>()
             ),
+        }
+        if self.dedup_scope == DedupScope::Project && self.cipher().is_none() {
+            bail!("field `dedup_scope` is `project`, which needs an encrypted repository (keyed chunk ids)");
         }
         let p = ChunkerParams::with_average(self.chunker.avg_size).context("field `chunker.avg_size`")?;
         if p != self.chunker {
