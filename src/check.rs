@@ -261,12 +261,12 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<V
     };
     if Id::of(&bytes) != *pack {
         // The pack's name is its hash: some byte changed. Find which blobs.
-        let trailer_ok = pack::parse_pack(&bytes, &repo.blob_limits()).is_ok();
+        let trailer_ok = pack::parse_pack(&bytes, &repo.blob_limits(), repo.keys().map(|k| &**k)).is_ok();
         let mut bad: Vec<(Id, String)> = Vec::new();
         for e in expected {
             let end = e.offset + e.stored_len as u64;
             let r = if end as usize <= bytes.len() {
-                pack::decode_blob(e, &bytes[e.offset as usize..end as usize]).map(|_| ())
+                repo.decode_blob(e, &bytes[e.offset as usize..end as usize]).map(|_| ())
             } else {
                 Err(anyhow::anyhow!("pack is truncated"))
             };
@@ -286,7 +286,7 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<V
         .filter_map(|e| {
             let end = (e.offset + e.stored_len as u64) as usize;
             let r =
-                bytes.get(e.offset as usize..end).ok_or_else(|| anyhow::anyhow!("outside the pack")).and_then(|s| pack::decode_blob(e, s));
+                bytes.get(e.offset as usize..end).ok_or_else(|| anyhow::anyhow!("outside the pack")).and_then(|s| repo.decode_blob(e, s));
             r.err().map(|err| (e.id, format!("{err:#}")))
         })
         .collect())

@@ -312,7 +312,7 @@ struct Repacker<'a> {
 
 impl<'a> Repacker<'a> {
     fn new(repo: &'a Repository, dry_run: bool) -> Self {
-        Repacker { repo, dry_run, builder: PackBuilder::new(), written: 0 }
+        Repacker { repo, dry_run, builder: repo.pack_builder(), written: 0 }
     }
 
     /// Reads `entries` of `pack` and verifies each before copying; copies nothing if one is damaged.
@@ -326,7 +326,7 @@ impl<'a> Repacker<'a> {
             let stored = bytes
                 .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
                 .with_context(|| format!("blob {} lies beyond the end of its pack", e.id.short()))?;
-            pack::decode_blob(e, stored)?;
+            self.repo.decode_blob(e, stored)?;
             blobs.push(EncodedBlob { id: e.id, kind: e.kind, codec: e.codec, raw_len: e.raw_len, stored: stored.to_vec() });
         }
         for b in &blobs {
@@ -342,7 +342,8 @@ impl<'a> Repacker<'a> {
         if self.builder.is_empty() {
             return Ok(());
         }
-        let written = self.repo.write_pack(std::mem::take(&mut self.builder))?;
+        let fresh = self.builder.fresh();
+        let written = self.repo.write_pack(std::mem::replace(&mut self.builder, fresh))?;
         index.add_pack(&written.index_key, &IndexedPack::new(written.id, written.pack_size, &written.entries))?;
         self.written += 1;
         Ok(())

@@ -9,7 +9,7 @@ use crate::ids::Id;
 use crate::index::{filter::ChunkFilter, Index};
 use crate::repository::extents::{self, Extent, StreamRef};
 use crate::repository::index_object::IndexedPack;
-use crate::repository::pack::{encode_blob_with_id, BlobKind, EncodedBlob, PackBuilder};
+use crate::repository::pack::{BlobKind, BlobWriter, EncodedBlob, PackBuilder};
 use crate::repository::Repository;
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Sender};
@@ -29,7 +29,8 @@ pub struct StoreStats {
 
 pub struct ChunkStore<'a> {
     index: &'a Index,
-    level: i32,
+    /// Names, compresses and seals this run's blobs.
+    writer: BlobWriter,
     pack_target: usize,
     filter: ChunkFilter,
     /// Blobs stored by this run (in packs that may not be indexed yet).
@@ -61,11 +62,11 @@ impl<'a> ChunkStore<'a> {
         })?;
         Ok(ChunkStore {
             index,
-            level: repo.config().compression.level,
+            writer: repo.blob_writer(None)?,
             pack_target: repo.config().pack_target_size as usize,
             filter,
             seen: HashSet::new(),
-            pack: PackBuilder::new(),
+            pack: repo.pack_builder(),
             upload_tx: Some(tx),
             uploader: Some(uploader),
             stats: StoreStats::default(),
@@ -74,14 +75,14 @@ impl<'a> ChunkStore<'a> {
 
     /// Stores a batch of chunks of one stream; returns their extents in batch order.
     pub fn store_chunks(&mut self, chunks: Vec<Chunk>) -> Result<Vec<Extent>> {
-        let ids: Vec<Id> = chunks.par_iter().map(|c| Id::of(&c.data)).collect();
+        let ids: Vec<Id> = chunks.par_iter().map(|c| self.writer.id_of(&c.data)).collect();
         let fresh = self.find_fresh(&ids)?;
         let blobs: Vec<EncodedBlob> = chunks
             .par_iter()
             .zip(&ids)
             .enumerate()
             .filter(|(i, _)| fresh.contains(i))
-            .map(|(_, (c, id))| encode_blob_with_id(*id, BlobKind::Data, &c.data, self.level))
+            .map(|(_, (c, id))| self.writer.encode_with_id(*id, BlobKind::Data, &c.data))
             .collect();
         for b in &blobs {
             self.stats.new_bytes += b.raw_len as u64;
@@ -120,7 +121,8 @@ impl<'a> ChunkStore<'a> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let full = std::mem::take(&mut self.pack);
+        let fresh = self.pack.fresh();
+        let full = std::mem::replace(&mut self.pack, fresh);
         let tx = self.upload_tx.as_ref().expect("store not finished");
         if tx.send(full).is_err() {
             // The uploader stopped on an error; `join_uploader` returns it.
@@ -136,9 +138,9 @@ impl<'a> ChunkStore<'a> {
         for part in list.chunks(extents::RECORDS_PER_TREE) {
             let bytes = extents::encode(part);
             hasher.update(&bytes);
-            let id = Id::of(&bytes);
+            let id = self.writer.id_of(&bytes);
             if self.find_fresh(&[id])?.contains(&0) {
-                let blob = encode_blob_with_id(id, BlobKind::Tree, &bytes, self.level);
+                let blob = self.writer.encode_with_id(id, BlobKind::Tree, &bytes);
                 self.add_to_pack(&blob)?;
             }
             trees.push(id);

@@ -167,7 +167,7 @@ pub fn index_object(data: &[u8]) {
 /// every entry's blob is decoded from the bytes it points at.
 pub fn pack_trailer_and_blobs(data: &[u8]) {
     for bytes in [data.to_vec(), with_trailer_digest(data)] {
-        let Ok(entries) = pack::parse_pack(&bytes, &pack::BlobLimits::default()) else { continue };
+        let Ok(entries) = pack::parse_pack(&bytes, &pack::BlobLimits::default(), None) else { continue };
         for e in entries {
             let start = e.offset as usize;
             let stored = bytes.get(start..start + e.stored_len as usize).expect("an accepted entry lies inside the pack");

@@ -10,7 +10,6 @@
 use super::{IndexedRepository, Location};
 use crate::ids::Id;
 use crate::repository::extents::{Extent, StreamRef};
-use crate::repository::pack::decode_blob;
 use crate::repository::Repository;
 use anyhow::{anyhow, Result};
 use rayon::prelude::*;
@@ -84,7 +83,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, D
                     let primary = match &span {
                         Ok(bytes) => {
                             let s = (l.entry.offset - start) as usize;
-                            decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize])
+                            repo.decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize])
                         }
                         Err(err) => Err(anyhow!("pack {}: {err}", pack.short())),
                     };

@@ -350,10 +350,35 @@ impl Repository {
         Ok(())
     }
 
-    /// Reads one blob's stored bytes and decodes them (decompress + verify id).
+    /// Reads one blob's stored bytes and decodes them (open, decompress, verify id).
     pub fn read_blob(&self, pack: &Id, entry: &PackEntry) -> Result<Vec<u8>> {
         let stored = self.read_pack_range(pack, entry.offset, entry.stored_len as u64)?;
-        pack::decode_blob(entry, &stored).with_context(|| format!("in pack {}", pack.short()))
+        self.decode_blob(entry, &stored).with_context(|| format!("in pack {}", pack.short()))
+    }
+
+    /// A blob from its stored bytes: opened (encrypted repositories: needs the
+    /// full key), decompressed and checked against its id.
+    pub fn decode_blob(&self, entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+        pack::open_blob(entry, stored, self.keys().map(|k| &**k))
+    }
+
+    /// Names, compresses and seals the blobs of one archive run. `project`:
+    /// the Glance project of the image, which keys the ids when the
+    /// repository's dedup scope is `project`.
+    pub fn blob_writer(&self, project: Option<&str>) -> Result<pack::BlobWriter> {
+        let level = self.config.compression.level;
+        let Some(keys) = self.keys() else { return Ok(pack::BlobWriter::plain(level)) };
+        let scope = match self.config.dedup_scope {
+            config::DedupScope::Repository => "",
+            config::DedupScope::Project => project.unwrap_or(""),
+        };
+        let id_key = if scope.is_empty() { keys.id_key() } else { keys.project_id_key(scope) };
+        pack::BlobWriter::sealed(level, keys, id_key, scope)
+    }
+
+    /// An empty pack for this repository (sealed trailer when encrypted).
+    pub fn pack_builder(&self) -> PackBuilder {
+        PackBuilder::with_keys(self.keys().cloned())
     }
 
     /// Reads a pack's own trailer (two ranged reads), without its data.
@@ -363,9 +388,11 @@ impl Repository {
             bail!("pack {} is only {len} bytes: truncated", pack.short());
         }
         let footer = self.read_pack_range(pack, len - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
-        let (count, digest, entries_len) = pack::parse_footer(&footer, len).with_context(|| format!("pack {}", pack.short()))?;
+        let limits = self.blob_limits();
+        let (count, digest, entries_len) = pack::parse_footer(&footer, len, &limits).with_context(|| format!("pack {}", pack.short()))?;
         let entries = self.read_pack_range(pack, len - pack::FOOTER_LEN as u64 - entries_len, entries_len)?;
-        pack::parse_entries(&entries, count, &digest, len, &self.blob_limits()).with_context(|| format!("pack {}", pack.short()))
+        pack::parse_entries(&entries, count, &digest, len, &limits, self.keys().map(|k| &**k))
+            .with_context(|| format!("pack {}", pack.short()))
     }
 
     // ---- Index objects and snapshots, by the names their callers use.
@@ -497,5 +524,104 @@ mod tests {
         let key = repo.write_index_object(&IndexObject::new(vec![])).unwrap();
         let err = format!("{:#}", repo.read_mark(&key).unwrap_err());
         assert!(err.contains("not the key of a prune mark"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod encrypted_tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::crypto::Cipher;
+    use pack::BlobKind;
+
+    const FAST: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+
+    fn init(root: &std::path::Path, cipher: Cipher, password: &str) -> Repository {
+        let config = Config::new(64 << 10, 3).unwrap().with_encryption(Some(cipher));
+        let key = NewKey { password: &Secret::new(password), kdf: FAST, label: "test" };
+        Repository::init_encrypted(Arc::new(LocalBackend::new(root)), config, &key).unwrap()
+    }
+
+    /// Every file under `root`, with its bytes.
+    fn files(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_encrypted_repository_round_trips_and_stores_no_plaintext() {
+        for cipher in Cipher::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("repo");
+            let repo = init(&root, cipher, "pw");
+            let secret_text = b"THE-DISTINCTIVE-GUEST-STRING ".repeat(200);
+            let writer = repo.blob_writer(None).unwrap();
+            let blob = writer.encode(BlobKind::Data, &secret_text);
+            assert_ne!(blob.id, Id::of(&secret_text), "ids are keyed");
+            let mut builder = repo.pack_builder();
+            builder.add(&blob);
+            builder.add(&writer.encode(BlobKind::Tree, b"a tree"));
+            let written = repo.write_pack(builder).unwrap();
+            let index = repo.read_index_object(&written.index_key, None).unwrap();
+            assert_eq!(index.packs[0].id, written.id);
+
+            let reopened = Repository::open_with(Arc::new(LocalBackend::new(&root)), &Secret::new("pw")).unwrap();
+            let trailer = reopened.read_pack_trailer(&written.id).unwrap();
+            assert_eq!(trailer, written.entries);
+            assert_eq!(reopened.read_blob(&written.id, &trailer[0]).unwrap(), secret_text);
+            let whole = reopened.read_pack(&written.id).unwrap();
+            assert_eq!(pack::parse_pack(&whole, &reopened.blob_limits(), reopened.keys().map(|k| &**k)).unwrap(), trailer);
+
+            let plain_id = Id::of(&secret_text).to_hex();
+            for (name, bytes) in files(&root) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains("THE-DISTINCTIVE"), "{cipher}: plaintext in {name}");
+                assert!(
+                    !text.contains(&plain_id) && !bytes.windows(32).any(|w| w == Id::of(&secret_text).0),
+                    "{cipher}: unkeyed id in {name}"
+                );
+            }
+
+            let err = Repository::open_with(Arc::new(LocalBackend::new(&root)), &Secret::new("wrong")).unwrap_err();
+            assert!(err.downcast_ref::<WrongPassword>().is_some(), "{err:#}");
+            assert!(Repository::open(Arc::new(LocalBackend::new(&root))).is_err());
+        }
+    }
+
+    #[test]
+    fn objects_from_another_repository_or_changed_bytes_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_root, b_root) = (dir.path().join("a"), dir.path().join("b"));
+        let a = init(&a_root, Cipher::Aes256Gcm, "pw");
+        let b = init(&b_root, Cipher::Aes256Gcm, "pw");
+        let key = a.write_index_object(&IndexObject::new(vec![])).unwrap();
+        // Planted in b under the same (content) name: b's keys do not open it.
+        std::fs::create_dir_all(b_root.join("index")).unwrap();
+        std::fs::copy(a_root.join(&key), b_root.join(&key)).unwrap();
+        let err = format!("{:#}", b.read_index_object(&key, None).unwrap_err());
+        assert!(err.contains(&key) && err.contains("cannot be authenticated"), "{err}");
+        // A record moved to another name is refused: its key is its associated data.
+        let record = upstream::DeletedUpstream { image_id: "img-1".into(), name: "web".into(), cloud: None, detected: "x".into() };
+        a.record_deleted_upstream(&record).unwrap();
+        let moved = upstream::DeletedUpstream::key("img-2");
+        std::fs::copy(a_root.join(upstream::DeletedUpstream::key("img-1")), a_root.join(&moved)).unwrap();
+        let err = format!("{:#}", a.deleted_upstream().unwrap_err());
+        assert!(err.contains(&moved) && err.contains("cannot be authenticated"), "{err}");
+        // A changed config no longer matches any key object.
+        let cfg = a_root.join(CONFIG_KEY);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace("\"level\": 3", "\"level\": 4");
+        std::fs::write(&cfg, text).unwrap();
+        let err = format!("{:#}", Repository::open_with(Arc::new(LocalBackend::new(&a_root)), &Secret::new("pw")).unwrap_err());
+        assert!(err.contains("config was changed"), "{err}");
     }
 }

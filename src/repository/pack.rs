@@ -14,8 +14,10 @@
 //! names: an archive that writes a pack anew can never land on the name of a
 //! pack that a concurrent prune is deleting.
 
-use crate::ids::Id;
-use anyhow::{bail, ensure, Result};
+use crate::crypto::{BlobSealer, KeySet};
+use crate::ids::{Id, IdKey};
+use anyhow::{anyhow, bail, ensure, Result};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"IMGARCPK";
 pub const END_MAGIC: &[u8; 8] = b"IMGPKEND";
@@ -89,22 +91,113 @@ fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Compresses `raw` with zstd unless that does not make it smaller.
+/// A blob of an unencrypted repository: unkeyed id, compressed with zstd
+/// unless that does not make it smaller.
 pub fn encode_blob(kind: BlobKind, raw: &[u8], level: i32) -> EncodedBlob {
     let id = Id::of(raw);
     encode_blob_with_id(id, kind, raw, level)
 }
 
 pub fn encode_blob_with_id(id: Id, kind: BlobKind, raw: &[u8], level: i32) -> EncodedBlob {
-    let compressed = compress(raw, level).ok().filter(|c| c.len() < raw.len());
-    let (codec, stored) = match compressed {
-        Some(c) => (Codec::Zstd, c),
-        None => (Codec::None, raw.to_vec()),
-    };
+    let (codec, stored) = compress_unless_larger(raw, level);
     EncodedBlob { id, kind, codec, raw_len: raw.len() as u32, stored }
 }
 
-/// Turns stored bytes back into the blob and checks them against the id.
+fn compress_unless_larger(raw: &[u8], level: i32) -> (Codec, Vec<u8>) {
+    match compress(raw, level).ok().filter(|c| c.len() < raw.len()) {
+        Some(c) => (Codec::Zstd, c),
+        None => (Codec::None, raw.to_vec()),
+    }
+}
+
+/// Associated data of a sealed blob: it cannot be read as another blob or kind.
+fn blob_aad(kind: BlobKind, id: &Id) -> Vec<u8> {
+    let mut aad = b"imgarc blob\0".to_vec();
+    aad.push(kind as u8);
+    aad.extend_from_slice(&id.0);
+    aad
+}
+
+/// Associated data of a sealed pack trailer.
+fn entries_aad(count: u32) -> Vec<u8> {
+    let mut aad = b"imgarc pack entries\0".to_vec();
+    aad.extend_from_slice(&count.to_le_bytes());
+    aad
+}
+
+/// Longest dedup scope a sealed blob records (a Glance project id is 32 hex digits).
+pub const MAX_SCOPE_LEN: usize = 255;
+
+/// Names, compresses and (in an encrypted repository) seals the blobs of one
+/// archive run: made by `Repository::blob_writer` for one dedup scope.
+pub struct BlobWriter {
+    level: i32,
+    id_key: IdKey,
+    /// The sealer to the repository's public key and the scope every blob records.
+    seal: Option<(BlobSealer, Vec<u8>)>,
+}
+
+impl BlobWriter {
+    /// An unencrypted repository's writer: unkeyed ids, no sealing (format v1).
+    pub fn plain(level: i32) -> BlobWriter {
+        BlobWriter { level, id_key: IdKey::UNKEYED, seal: None }
+    }
+
+    /// An encrypted repository's writer for the dedup scope `scope` (empty:
+    /// the whole repository), whose ids are keyed with `id_key`.
+    pub fn sealed(level: i32, keys: &KeySet, id_key: IdKey, scope: &str) -> Result<BlobWriter> {
+        ensure!(scope.len() <= MAX_SCOPE_LEN, "a dedup scope is at most {MAX_SCOPE_LEN} bytes");
+        Ok(BlobWriter { level, id_key, seal: Some((keys.blob_sealer(), scope.as_bytes().to_vec())) })
+    }
+
+    /// The id a blob with these bytes gets.
+    pub fn id_of(&self, raw: &[u8]) -> Id {
+        self.id_key.id_of(raw)
+    }
+
+    pub fn encode(&self, kind: BlobKind, raw: &[u8]) -> EncodedBlob {
+        self.encode_with_id(self.id_of(raw), kind, raw)
+    }
+
+    /// Encodes `raw`, already named `id` by [`BlobWriter::id_of`].
+    pub fn encode_with_id(&self, id: Id, kind: BlobKind, raw: &[u8]) -> EncodedBlob {
+        let (codec, body) = compress_unless_larger(raw, self.level);
+        let stored = match &self.seal {
+            None => body,
+            Some((sealer, scope)) => {
+                let mut plain = Vec::with_capacity(1 + scope.len() + body.len());
+                plain.push(scope.len() as u8);
+                plain.extend_from_slice(scope);
+                plain.extend_from_slice(&body);
+                sealer.seal(&blob_aad(kind, &id), &plain)
+            }
+        };
+        EncodedBlob { id, kind, codec, raw_len: raw.len() as u32, stored }
+    }
+}
+
+/// Turns stored bytes back into the blob and checks them against the id: an
+/// unencrypted repository's blob (`keys` = `None`), or an encrypted one's,
+/// opened with the full key and checked against the id key of the scope it records.
+pub fn open_blob(entry: &PackEntry, stored: &[u8], keys: Option<&KeySet>) -> Result<Vec<u8>> {
+    let Some(keys) = keys else { return decode_blob(entry, stored) };
+    ensure!(
+        stored.len() == entry.stored_len as usize,
+        "blob {} is damaged: {} stored bytes, expected {}",
+        entry.id,
+        stored.len(),
+        entry.stored_len
+    );
+    let plain = keys.open_blob(&blob_aad(entry.kind, &entry.id), stored).map_err(|e| anyhow!("blob {}: {e}", entry.id))?;
+    let scope_len = *plain.first().ok_or_else(|| anyhow!("blob {} is damaged: empty", entry.id))? as usize;
+    ensure!(plain.len() > scope_len, "blob {} is damaged: its scope is longer than the blob", entry.id);
+    let scope =
+        std::str::from_utf8(&plain[1..1 + scope_len]).map_err(|_| anyhow!("blob {} is damaged: its scope is not UTF-8", entry.id))?;
+    let id_key = if scope.is_empty() { keys.id_key() } else { keys.project_id_key(scope) };
+    decode_body(entry, &plain[1 + scope_len..], &id_key)
+}
+
+/// Turns an unencrypted repository's stored bytes back into the blob and checks them against the id.
 pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     ensure!(
         stored.len() == entry.stored_len as usize,
@@ -113,6 +206,11 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
         stored.len(),
         entry.stored_len
     );
+    decode_body(entry, stored, &IdKey::UNKEYED)
+}
+
+/// Decompresses a blob's codec bytes and checks the result against its id.
+fn decode_body(entry: &PackEntry, stored: &[u8], id_key: &IdKey) -> Result<Vec<u8>> {
     let raw = match entry.codec {
         Codec::None => stored.to_vec(),
         Codec::Zstd => {
@@ -128,7 +226,7 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
         raw.len(),
         entry.raw_len
     );
-    let actual = Id::of(&raw);
+    let actual = id_key.id_of(&raw);
     ensure!(actual == entry.id, "blob {} is damaged: its content hashes to {}", entry.id, actual.short());
     Ok(raw)
 }
@@ -137,21 +235,29 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
-}
-
-impl Default for PackBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// An encrypted repository's keys: the trailer is sealed with the meta key.
+    keys: Option<Arc<KeySet>>,
 }
 
 impl PackBuilder {
+    /// A pack of an unencrypted repository (format v1).
     pub fn new() -> Self {
+        Self::with_keys(None)
+    }
+
+    /// A pack of an encrypted repository when `keys` is given (the blobs added
+    /// must come from a sealing [`BlobWriter`] of the same keys).
+    pub fn with_keys(keys: Option<Arc<KeySet>>) -> Self {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&[1, 0]);
+        buf.extend_from_slice(&[1, keys.is_some() as u8]);
         buf.extend_from_slice(&rand::random::<[u8; 6]>());
-        PackBuilder { buf, entries: Vec::new() }
+        PackBuilder { buf, entries: Vec::new(), keys }
+    }
+
+    /// An empty pack of the same kind (same keys).
+    pub fn fresh(&self) -> Self {
+        Self::with_keys(self.keys.clone())
     }
 
     pub fn add(&mut self, blob: &EncodedBlob) {
@@ -176,17 +282,22 @@ impl PackBuilder {
 
     /// Appends the trailer; returns the pack bytes, its id and its entries.
     pub fn finish(mut self) -> (Id, Vec<u8>, Vec<PackEntry>) {
-        let start = self.buf.len();
+        let mut entries = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
-            self.buf.extend_from_slice(&e.id.0);
-            self.buf.push(e.kind as u8);
-            self.buf.push(e.codec as u8);
-            self.buf.extend_from_slice(&[0, 0]);
-            self.buf.extend_from_slice(&e.raw_len.to_le_bytes());
-            self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
-            self.buf.extend_from_slice(&e.offset.to_le_bytes());
-            self.buf.extend_from_slice(&[0, 0, 0, 0]);
+            entries.extend_from_slice(&e.id.0);
+            entries.push(e.kind as u8);
+            entries.push(e.codec as u8);
+            entries.extend_from_slice(&[0, 0]);
+            entries.extend_from_slice(&e.raw_len.to_le_bytes());
+            entries.extend_from_slice(&e.stored_len.to_le_bytes());
+            entries.extend_from_slice(&e.offset.to_le_bytes());
+            entries.extend_from_slice(&[0, 0, 0, 0]);
         }
+        if let Some(keys) = &self.keys {
+            entries = keys.seal_meta(&entries_aad(self.entries.len() as u32), &entries);
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&entries);
         let digest = blake3::hash(&self.buf[start..]);
         self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&[0, 0, 0, 0]);
@@ -205,18 +316,38 @@ pub struct BlobLimits {
     pub max_data_len: u32,
     /// Largest `raw_len` of a tree blob (and of any stored_len): [`MAX_BLOB_LEN`].
     pub max_tree_len: u32,
+    /// What sealing adds, in an encrypted repository.
+    pub sealed: Option<SealedLimits>,
+}
+
+/// Bytes sealing adds to the blobs and trailer of an encrypted repository's packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedLimits {
+    /// Smallest addition to a blob's codec bytes: ephemeral key, nonce, tag and
+    /// the scope's length byte; the scope itself adds up to [`MAX_SCOPE_LEN`] more.
+    pub blob_overhead: u32,
+    /// What sealing adds to the entries region: nonce and tag.
+    pub trailer_overhead: u32,
 }
 
 impl Default for BlobLimits {
     /// The format's own bounds, for readers without a config (fuzzing, tools).
     fn default() -> Self {
-        BlobLimits { max_data_len: MAX_BLOB_LEN, max_tree_len: MAX_BLOB_LEN }
+        BlobLimits { max_data_len: MAX_BLOB_LEN, max_tree_len: MAX_BLOB_LEN, sealed: None }
     }
 }
 
 impl BlobLimits {
     pub fn from_config(config: &super::config::Config) -> Self {
-        BlobLimits { max_data_len: config.chunker.max_size.min(MAX_BLOB_LEN), max_tree_len: MAX_BLOB_LEN }
+        let sealed =
+            config.cipher().map(|c| SealedLimits { blob_overhead: (32 + c.overhead() + 1) as u32, trailer_overhead: c.overhead() as u32 });
+        BlobLimits { max_data_len: config.chunker.max_size.min(MAX_BLOB_LEN), max_tree_len: MAX_BLOB_LEN, sealed }
+    }
+
+    /// Bytes of a pack's trailer (entries region and footer) for `count` entries, if representable.
+    fn trailer_len(&self, count: u64) -> Option<u64> {
+        let overhead = self.sealed.map_or(0, |s| s.trailer_overhead as u64);
+        count.checked_mul(ENTRY_LEN as u64)?.checked_add(FOOTER_LEN as u64 + overhead)
     }
 }
 
@@ -227,7 +358,7 @@ impl BlobLimits {
 /// overlapping. Pack trailers and index objects both pass through here, so a
 /// reader can slice and decompress any entry it accepted without checking again.
 pub fn validate_entries(entries: &[PackEntry], pack_len: u64, limits: &BlobLimits) -> Result<()> {
-    let trailer_len = (entries.len() as u64).checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add((HEADER_LEN + FOOTER_LEN) as u64));
+    let trailer_len = limits.trailer_len(entries.len() as u64).and_then(|n| n.checked_add(HEADER_LEN as u64));
     let data_end = match trailer_len {
         Some(t) if t <= pack_len => pack_len - t + HEADER_LEN as u64,
         _ => bail!("{} entries do not fit in a {pack_len}-byte pack", entries.len()),
@@ -238,15 +369,22 @@ pub fn validate_entries(entries: &[PackEntry], pack_len: u64, limits: &BlobLimit
             BlobKind::Tree => limits.max_tree_len,
         };
         ensure!(e.raw_len <= max_raw, "blob {} claims raw_len {}, above the repository's limit of {max_raw} for its kind", e.id, e.raw_len);
+        // What the codec bytes may add to a sealed blob, from least to most.
+        let (least, most) = limits.sealed.map_or((0, 0), |s| (s.blob_overhead, s.blob_overhead + MAX_SCOPE_LEN as u32));
         match e.codec {
             Codec::None => ensure!(
-                e.stored_len == e.raw_len,
-                "blob {} is stored uncompressed but stored_len {} ≠ raw_len {}",
+                (e.raw_len as u64 + least as u64..=e.raw_len as u64 + most as u64).contains(&(e.stored_len as u64)),
+                "blob {} is stored uncompressed but stored_len {} does not match raw_len {}",
                 e.id,
                 e.stored_len,
                 e.raw_len
             ),
-            Codec::Zstd => ensure!(e.stored_len <= MAX_BLOB_LEN, "blob {} claims stored_len {}, larger than any blob", e.id, e.stored_len),
+            Codec::Zstd => ensure!(
+                (least..=MAX_BLOB_LEN.saturating_add(most)).contains(&e.stored_len),
+                "blob {} claims stored_len {}, which no blob has",
+                e.id,
+                e.stored_len
+            ),
         }
         let end = e.offset.checked_add(e.stored_len as u64);
         ensure!(
@@ -268,23 +406,37 @@ pub fn validate_entries(entries: &[PackEntry], pack_len: u64, limits: &BlobLimit
 
 /// Reads the entry count from a pack's last `FOOTER_LEN` bytes; returns the
 /// length of the entries region that precedes the footer.
-pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<(u32, [u8; 32], u64)> {
+pub fn parse_footer(footer: &[u8], pack_len: u64, limits: &BlobLimits) -> Result<(u32, [u8; 32], u64)> {
     ensure!(footer.len() == FOOTER_LEN, "pack footer is {} bytes, expected {FOOTER_LEN}", footer.len());
     ensure!(&footer[40..48] == END_MAGIC, "pack does not end with the pack trailer magic (truncated or not a pack)");
     let count = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes"));
     let digest: [u8; 32] = footer[8..40].try_into().expect("32 bytes");
-    let entries_len = count as u64 * ENTRY_LEN as u64;
-    ensure!(
-        entries_len + (HEADER_LEN + FOOTER_LEN) as u64 <= pack_len,
-        "pack trailer claims {count} entries, more than a {pack_len}-byte pack can hold"
-    );
-    Ok((count, digest, entries_len))
+    let trailer_len = limits.trailer_len(count as u64).expect("a u32 count of entries fits");
+    ensure!(trailer_len + HEADER_LEN as u64 <= pack_len, "pack trailer claims {count} entries, more than a {pack_len}-byte pack can hold");
+    Ok((count, digest, trailer_len - FOOTER_LEN as u64))
 }
 
-/// Parses and validates the entries region of a pack ([`validate_entries`]).
-pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u64, limits: &BlobLimits) -> Result<Vec<PackEntry>> {
-    ensure!(entries.len() as u64 == count as u64 * ENTRY_LEN as u64, "pack trailer has the wrong length");
-    ensure!(blake3::hash(entries).as_bytes() == digest, "pack trailer checksum mismatch (damaged trailer)");
+/// Parses and validates the entries region of a pack ([`validate_entries`]);
+/// in an encrypted repository (`keys`), opens it with the meta key first.
+pub fn parse_entries(
+    stored: &[u8],
+    count: u32,
+    digest: &[u8; 32],
+    pack_len: u64,
+    limits: &BlobLimits,
+    keys: Option<&KeySet>,
+) -> Result<Vec<PackEntry>> {
+    ensure!(Some(stored.len() as u64 + FOOTER_LEN as u64) == limits.trailer_len(count as u64), "pack trailer has the wrong length");
+    ensure!(blake3::hash(stored).as_bytes() == digest, "pack trailer checksum mismatch (damaged trailer)");
+    let opened;
+    let entries = match (limits.sealed, keys) {
+        (None, _) => stored,
+        (Some(_), Some(keys)) => {
+            opened = keys.open_meta(&entries_aad(count), stored).map_err(|e| anyhow!("pack trailer: {e}"))?;
+            &opened[..]
+        }
+        (Some(_), None) => bail!("pack trailer is sealed and no keys were given"),
+    };
     let mut out = Vec::with_capacity(count as usize);
     for raw in entries.chunks_exact(ENTRY_LEN) {
         let kind = match raw[32] {
@@ -311,15 +463,20 @@ pub fn parse_entries(entries: &[u8], count: u32, digest: &[u8; 32], pack_len: u6
 }
 
 /// Parses a whole pack held in memory (used by `check --read-data` and rebuild tests).
-pub fn parse_pack(pack: &[u8], limits: &BlobLimits) -> Result<Vec<PackEntry>> {
+pub fn parse_pack(pack: &[u8], limits: &BlobLimits, keys: Option<&KeySet>) -> Result<Vec<PackEntry>> {
     ensure!(pack.len() >= HEADER_LEN + FOOTER_LEN, "pack is only {} bytes: truncated", pack.len());
     ensure!(&pack[..8] == MAGIC, "pack does not start with the pack magic");
     ensure!(pack[8] == 1, "pack version {} is not supported", pack[8]);
-    ensure!(pack[9] == 0, "pack is encrypted, which this imgarc does not support");
+    match (pack[9], limits.sealed.is_some()) {
+        (0, false) | (1, true) => {}
+        (0, true) => bail!("pack is not encrypted, in an encrypted repository"),
+        (1, false) => bail!("pack is encrypted, in an unencrypted repository"),
+        (e, _) => bail!("pack has unknown encryption {e}"),
+    }
     let len = pack.len() as u64;
-    let (count, digest, entries_len) = parse_footer(&pack[pack.len() - FOOTER_LEN..], len)?;
+    let (count, digest, entries_len) = parse_footer(&pack[pack.len() - FOOTER_LEN..], len, limits)?;
     let start = pack.len() - FOOTER_LEN - entries_len as usize;
-    parse_entries(&pack[start..pack.len() - FOOTER_LEN], count, &digest, len, limits)
+    parse_entries(&pack[start..pack.len() - FOOTER_LEN], count, &digest, len, limits, keys)
 }
 
 #[cfg(test)]
@@ -337,7 +494,7 @@ mod tests {
         let (id, bytes, entries) = b.finish();
         assert_eq!(id, Id::of(&bytes));
         assert_eq!(enc[0].codec, Codec::Zstd);
-        let parsed = parse_pack(&bytes, &BlobLimits::default()).unwrap();
+        let parsed = parse_pack(&bytes, &BlobLimits::default(), None).unwrap();
         assert_eq!(parsed, entries);
         for (e, raw) in parsed.iter().zip(&blobs) {
             let s = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
@@ -351,7 +508,7 @@ mod tests {
         assert!(decode_blob(e, s).unwrap_err().to_string().contains("damaged"));
         // A truncated pack is refused with a message, not a panic.
         for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
-            assert!(parse_pack(&bytes[..cut], &BlobLimits::default()).is_err());
+            assert!(parse_pack(&bytes[..cut], &BlobLimits::default(), None).is_err());
         }
     }
 
@@ -376,12 +533,12 @@ mod tests {
         }
         let (_, bytes, entries) = b.finish();
         let limits = BlobLimits::default();
-        assert!(parse_pack(&bytes, &limits).is_ok());
+        assert!(parse_pack(&bytes, &limits, None).is_ok());
         let overlap = with_offset(&bytes, 3, 1, entries[0].offset + 1);
-        let err = parse_pack(&overlap, &limits).unwrap_err().to_string();
+        let err = parse_pack(&overlap, &limits, None).unwrap_err().to_string();
         assert!(err.contains("overlap"), "{err}");
         let wrap = with_offset(&bytes, 3, 2, u64::MAX - 5);
-        let err = parse_pack(&wrap, &limits).unwrap_err().to_string();
+        let err = parse_pack(&wrap, &limits, None).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
     }
 }
