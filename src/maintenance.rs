@@ -3,7 +3,9 @@
 //! `unlock` (remove stale, or all, lock objects).
 
 use crate::backend::Backend;
-use crate::repository::{config::Config, Repository};
+use crate::crypto::keyfile::{KdfParams, PasswordSource};
+use crate::crypto::Cipher;
+use crate::repository::{config::Config, NewKey, Repository};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -18,6 +20,9 @@ pub struct InitOptions {
     /// Compression of chunk payloads: zstd:LEVEL (1..19)
     #[cfg_attr(feature = "clap", arg(long, default_value = "zstd:3"))]
     pub compression: String,
+    /// Authenticated encryption of every object: aes-256-gcm, xchacha20-poly1305 or none
+    #[cfg_attr(feature = "clap", arg(long, default_value = "none"))]
+    pub encryption: String,
 }
 
 /// `zstd:LEVEL`: the zstd level.
@@ -28,12 +33,22 @@ pub fn parse_compression(s: &str) -> Result<i32> {
     level.parse().with_context(|| format!("compression {s:?}: LEVEL must be a number"))
 }
 
-/// Creates a repository on `backend`.
-pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions) -> Result<Repository> {
+/// Creates a repository on `backend`; an encrypted one's first key is wrapped under `password`.
+pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, password: &dyn PasswordSource) -> Result<Repository> {
     let avg = crate::util::parse_size(&opts.chunk_size)?;
     let avg = u32::try_from(avg).context("chunk size too large")?;
     let config = Config::new(avg, parse_compression(&opts.compression)?)?;
-    Repository::init(backend, config)
+    if opts.encryption == "none" {
+        return Repository::init(backend, config);
+    }
+    let cipher = Cipher::from_name(&opts.encryption)
+        .with_context(|| format!("encryption {:?}: expected aes-256-gcm, xchacha20-poly1305 or none", opts.encryption))?;
+    let password = password.password()?;
+    Repository::init_encrypted(
+        backend,
+        config.with_encryption(Some(cipher)),
+        &NewKey { password: &password, kdf: KdfParams::DEFAULT, label: "" },
+    )
 }
 
 /// The `imgarc unlock` flags.

@@ -5,7 +5,7 @@ use anyhow::Result;
 use imgarc::maintenance::{init, InitOptions};
 
 pub fn run(ctx: &Ctx, opts: InitOptions) -> Result<()> {
-    let repo = init(ctx.connect()?, &opts)?;
+    let repo = init(ctx.connect()?, &opts, &super::ctx::EnvPassword)?;
     let c = repo.config();
     ctx.emit(
         &serde_json::json!({"repository": repo.location(), "id": c.id, "chunk_size": c.chunker.avg_size, "compression": format!("zstd:{}", c.compression.level), "version": c.version}),
