@@ -1,7 +1,9 @@
 //! What every verb shares: `Ctx` opens the repository, its index cache and
-//! Glance from the global options, and prints either prose or one JSON
+//! Glance from the global options (asking the password only of an encrypted
+//! repository), and prints either prose or one JSON
 //! document (`--json`) on standard output.
 
+use super::password::CliPasswords;
 use super::GlobalArgs;
 use crate::cli::progress::Output;
 use anyhow::{Context, Result};
@@ -20,6 +22,8 @@ pub struct Ctx {
     pub location: String,
     pub out: Output,
     pub global: GlobalArgs,
+    /// Asked only if the repository is encrypted, at most once.
+    pub passwords: CliPasswords,
 }
 
 impl Ctx {
@@ -34,7 +38,7 @@ impl Ctx {
     }
 
     pub fn open_repo(&self) -> Result<Repository> {
-        Repository::open(self.connect()?)
+        Repository::open_with(self.connect()?, &self.passwords)
     }
 
     /// Opens the repository and its index cache, caught up with the repository.

@@ -300,6 +300,6 @@ mod tests {
         forged[2 + 32 * 4 + 1] ^= 1; // not a clamped bit (X25519 ignores the low three bits of byte 0)
         assert!(KeySet::from_bytes(&forged).is_none(), "a secret that is not the public key's");
         assert_ne!(full.project_id_key("a").id_of(b"x"), full.project_id_key("b").id_of(b"x"));
-        assert_ne!(full.id_key().id_of(b"x"), crate::ids::IdKey::UNKEYED.id_of(b"x"));
+        assert_ne!(full.id_key().id_of(b"x"), IdKey::UNKEYED.id_of(b"x"));
     }
 }

@@ -192,7 +192,8 @@ fn a_week_of_nights_syncs_once_then_only_what_changed() {
     assert_eq!(ids(&rot, "archived"), vec![new_id.clone()]);
     assert_eq!(ids(&rot, "deleted_upstream"), vec![old_id.clone()]);
     assert!(env.repo.join("upstream/deleted").join(&old_id).is_file());
-    let record: Value = serde_json::from_slice(&std::fs::read(env.repo.join("upstream/deleted").join(&old_id)).unwrap()).unwrap();
+    let key = format!("upstream/deleted/{old_id}");
+    let record = serde_json::to_value(env.open_repo().load::<imgarc::repository::upstream::DeletedUpstream>(&key, None).unwrap()).unwrap();
     assert_eq!(record["image_id"], old_id.as_str());
     let new_entry = entry(&rot, "archived", &new_id);
     assert!(u(new_entry, "bytes_stored") < u(new_entry, "bytes_read") / 4, "tonight dedups against last night: {new_entry}");
