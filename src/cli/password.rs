@@ -199,7 +199,7 @@ fn termios_get(fd: i32) -> Result<libc::termios> {
 #[allow(unsafe_code)] // tcsetattr(3) on a descriptor we own
 fn termios_set(fd: i32, t: &libc::termios) -> Result<()> {
     // SAFETY: `t` is a valid termios from tcgetattr.
-    if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, t) } != 0 {
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) } != 0 {
         return Err(std::io::Error::last_os_error()).context("cannot change the terminal's settings");
     }
     Ok(())

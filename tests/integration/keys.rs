@@ -464,3 +464,49 @@ fn demo_never_prompts_and_keeps_its_password_in_a_private_file() {
     let o = run_within(c, Duration::from_secs(60));
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
+
+/// Runs `imgarc ARGS` on a pseudo-terminal (util-linux `script`), typing `lines`
+/// once the prompt is up; returns the exit code and everything the terminal showed.
+fn on_a_terminal(env: &Env, args: &str, lines: &[&str]) -> Option<(i32, String)> {
+    if Command::new("script").arg("--version").output().is_err() {
+        skip_or_fail_in_ci("util-linux `script` (a pseudo-terminal for the prompt tests) is not installed");
+        return None;
+    }
+    let bin = env!("CARGO_BIN_EXE_imgarc");
+    // The same environment as bare_cmd gives; script puts imgarc in a new session on its terminal.
+    let mut s = Command::new("script");
+    s.args(["-qec", &format!("{bin} --repo {} {args}", env.repo.display()), "/dev/null"]);
+    s.env("IMGARC_CACHE_DIR", &env.cache).env("IMGARC_TEST_KDF", "fast");
+    for var in ["IMGARC_PASSWORD", "IMGARC_PASSWORD_FILE", "CREDENTIALS_DIRECTORY", "IMGARC_REPO"] {
+        s.env_remove(var);
+    }
+    let mut child = s.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    for line in lines {
+        std::thread::sleep(Duration::from_millis(700));
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    Some((o.status.code().unwrap_or(-1), format!("{}{}", text(&o.stdout), text(&o.stderr))))
+}
+
+#[test]
+fn a_terminal_prompt_hides_the_password_and_init_asks_twice() {
+    let env = Env::new();
+    let Some((code, shown)) = on_a_terminal(&env, "init", &["typed pw 1", "typed pw 2"]) else { return };
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("the two passwords differ"), "{shown}");
+    assert!(!env.repo.join("config").exists());
+    let (code, shown) = on_a_terminal(&env, "init", &["typed pw 1", "typed pw 1"]).unwrap();
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("Enter repository password again") && shown.contains("encrypted with"), "{shown}");
+    assert!(!shown.contains("typed pw"), "the prompt echoed the password: {shown}");
+    let (code, shown) = on_a_terminal(&env, "list", &["typed pw 1"]).unwrap();
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains("again"), "opening asks once: {shown}");
+    let (code, _) = on_a_terminal(&env, "list", &["typed pw 2"]).unwrap();
+    assert_eq!(code, 12);
+}
