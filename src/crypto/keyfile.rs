@@ -246,8 +246,9 @@ mod tests {
 }
 
 /// Timings behind the default cipher and the Argon2id cost (format-spec/encryption.md §2):
-/// `cargo test --lib crypto::keyfile::measure -- --ignored --nocapture` (dependencies are
-/// built at opt-level 2 even in the dev profile, so the figures are the libraries' own speed).
+/// `cargo test --release --lib crypto::keyfile::measure -- --ignored --nocapture`. Only a
+/// release build gives meaningful figures: the RustCrypto ciphers are generic, so their
+/// code is instantiated in this crate, at its (dev: unoptimized) level.
 #[cfg(test)]
 mod measure {
     use super::*;
