@@ -3,16 +3,21 @@
 //! and verified, retention and prune applied, and the capacity report
 //! computed. Everything (repository, index cache, images) stays inside the
 //! demo's directory, which is removed afterwards unless the caller named it.
+//! The repository is encrypted, as `init` makes them by default, under a random
+//! password the demo writes (0600) into its directory: it never prompts.
 
 use crate::archive::{archive, ArchiveOutcome, ArchiveRequest};
+use crate::crypto::keyfile::{KdfParams, PasswordSource};
+use crate::crypto::Cipher;
 use crate::forget::{forget, ForgetOptions, GroupBy};
 use crate::index::Index;
 use crate::progress::SharedProgress;
 use crate::prune::{prune, PruneOptions, PruneReport};
 use crate::report;
-use crate::repository::{config::Config, snapshot::Source, Repository};
+use crate::repository::{config::Config, snapshot::Source, NewKey, Repository, CONFIG_KEY};
 use crate::restore::{restore, RestoreOutcome, Target};
 use crate::retention::Policy;
+use crate::secret::Secret;
 use crate::synthetic::SyntheticDisk;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -49,6 +54,10 @@ pub struct DemoReport {
     pub restore: RestoreOutcome,
     pub restored_identical: bool,
     pub dir: String,
+    /// The repository's AEAD (`none` for a demo directory made before the demo encrypted).
+    pub encryption: String,
+    /// The 0600 file holding the repository's random password.
+    pub password_file: Option<String>,
     /// Snapshots removed by the retention step.
     pub forgotten: u64,
     /// Prune's mark phase, then its sweep.
@@ -82,9 +91,15 @@ pub fn demo(opts: &DemoOptions, bar: &dyn Fn(&str, u64) -> SharedProgress) -> Re
     };
     let repo_dir = dir.join("repo");
     let backend: Arc<dyn crate::backend::Backend> = Arc::new(crate::backend::local::LocalBackend::new(&repo_dir));
-    let repo = match Repository::open(backend.clone()) {
-        Ok(r) => r,
-        Err(_) => Repository::init(backend, Config::new(crate::repository::config::DEFAULT_AVG_CHUNK, 3)?)?,
+    let password_file = dir.join(DEMO_PASSWORD_FILE);
+    let repo = match backend.size(CONFIG_KEY) {
+        Ok(_) => Repository::open_with(backend, &DemoPassword(&password_file))?,
+        Err(e) if e.is_not_found() => {
+            let password = new_password_file(&password_file)?;
+            let config = Config::new(crate::repository::config::DEFAULT_AVG_CHUNK, 3)?.with_encryption(Some(Cipher::Aes256Gcm));
+            Repository::init_encrypted(backend, config, &NewKey { password: &password, kdf: KdfParams::for_new_keys(), label: "demo" })?
+        }
+        Err(e) => return Err(e).context("cannot reach the demo repository"),
     };
     // The index cache lives beside the repository (as `IMGARC_CACHE_DIR=DIR/cache`
     // would place it), so the demo leaves nothing behind.
@@ -153,12 +168,45 @@ pub fn demo(opts: &DemoOptions, bar: &dyn Fn(&str, u64) -> SharedProgress) -> Re
         restore: rr,
         restored_identical: identical,
         dir: dir.display().to_string(),
+        encryption: repo.config().encryption.clone(),
+        password_file: repo.keys().map(|_| password_file.display().to_string()),
         forgotten,
         prune: [marked, swept],
         report: capacity.totals,
         disk_size: size,
         html_report,
     })
+}
+
+/// The demo repository's password file, in the demo's directory.
+pub const DEMO_PASSWORD_FILE: &str = "password";
+
+/// The password of a demo directory made earlier, read from its file.
+struct DemoPassword<'a>(&'a Path);
+
+impl PasswordSource for DemoPassword<'_> {
+    fn password(&self) -> Result<Secret> {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(self.0).with_context(|| format!("the demo repository's password file {}", self.0.display()))?,
+        );
+        Ok(Secret::new(text.trim_end_matches('\n')))
+    }
+}
+
+/// A random password, written to a new file only its owner can read.
+fn new_password_file(path: &Path) -> Result<Secret> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let password = Secret::new(hex::encode(rand::random::<[u8; 24]>()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the demo password file {}", path.display()))?;
+    f.write_all(format!("{}\n", password.expose()).as_bytes())?;
+    f.sync_all()?;
+    Ok(password)
 }
 
 fn files_equal(a: &Path, b: &Path) -> Result<bool> {
@@ -212,6 +260,14 @@ mod tests {
         let repo_id = std::fs::read_dir(work.join("cache")).unwrap().next().unwrap().unwrap().file_name();
         assert!(work.join("cache").join(repo_id).join("index.sqlite").exists());
         assert_eq!(r.html_report.as_deref(), Some(work.join("report.html").as_path()));
+        assert_eq!(r.encryption, "aes-256-gcm");
+        let pw = work.join(DEMO_PASSWORD_FILE);
+        assert_eq!(r.password_file.as_deref(), Some(pw.to_str().unwrap()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777, 0o600);
+        // The same directory again reopens its repository with the password file.
+        let again = demo(&DemoOptions { nights: 1, ..opts.clone() }, &|_, _| crate::progress::none()).unwrap();
+        assert!(again.restored_identical);
         assert!(demo(&DemoOptions { nights: 0, ..opts }, &|_, _| crate::progress::none()).is_err());
     }
 }

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod images;
 pub mod index;
 pub mod inspect;
+pub mod key;
 pub mod maintenance;
 pub mod net;
 pub mod openstack;

@@ -1,7 +1,9 @@
 //! What every verb shares: `Ctx` opens the repository, its index cache and
-//! Glance from the global options, and prints either prose or one JSON
+//! Glance from the global options (asking the password only of an encrypted
+//! repository), and prints either prose or one JSON
 //! document (`--json`) on standard output.
 
+use super::password::CliPasswords;
 use super::GlobalArgs;
 use crate::cli::progress::Output;
 use anyhow::{Context, Result};
@@ -20,6 +22,8 @@ pub struct Ctx {
     pub location: String,
     pub out: Output,
     pub global: GlobalArgs,
+    /// Asked only if the repository is encrypted, at most once.
+    pub passwords: CliPasswords,
 }
 
 impl Ctx {
@@ -34,7 +38,7 @@ impl Ctx {
     }
 
     pub fn open_repo(&self) -> Result<Repository> {
-        Repository::open_with(self.connect()?, &EnvPassword)
+        Repository::open_with(self.connect()?, &self.passwords)
     }
 
     /// Opens the repository and its index cache, caught up with the repository.
@@ -73,16 +77,4 @@ impl Ctx {
 /// A `--limit-upload`/`--limit-download` value in bytes per second, if given.
 fn optional_rate(rate: &Option<String>) -> Result<Option<u64>> {
     rate.as_deref().map(|r| parse_rate(r).map_err(|e| anyhow::anyhow!("rate {r:?}: {e}"))).transpose()
-}
-
-/// The repository password from `IMGARC_PASSWORD` (interim: the password sources of issue 11 replace it).
-pub struct EnvPassword;
-
-impl imgarc::crypto::keyfile::PasswordSource for EnvPassword {
-    fn password(&self) -> Result<Secret> {
-        match std::env::var("IMGARC_PASSWORD") {
-            Ok(p) if !p.is_empty() => Ok(p.into()),
-            _ => anyhow::bail!("the repository is encrypted: set IMGARC_PASSWORD"),
-        }
-    }
 }

@@ -7,12 +7,13 @@ use imgarc::demo::{demo, DemoOptions, DemoReport, DEMO_KEEP_LAST};
 use imgarc::util::human_bytes;
 
 pub fn run(ctx: &Ctx, opts: DemoOptions) -> Result<()> {
+    let dir_removed = opts.dir.is_none();
     let r = demo(&opts, &|what, total| ctx.out.bar(Some(total), what))?;
-    ctx.emit(&serde_json::to_value(&r)?, || prose(&r));
+    ctx.emit(&serde_json::to_value(&r)?, || prose(&r, dir_removed));
     Ok(())
 }
 
-fn prose(r: &DemoReport) -> String {
+fn prose(r: &DemoReport, dir_removed: bool) -> String {
     let mut lines =
         vec![format!("imgarc demo: {} nights of a {} synthetic VM disk in {}", r.nights.len(), human_bytes(r.disk_size), r.dir)];
     for (n, a) in r.nights.iter().enumerate() {
@@ -25,6 +26,14 @@ fn prose(r: &DemoReport) -> String {
             a.logical_bytes as f64 / a.seconds.max(1e-6) / 1e6,
             &a.snapshot[..16]
         ));
+    }
+    match &r.password_file {
+        Some(f) => lines.push(format!(
+            "repository encrypted with {}; its random password is in {f} (0600){}",
+            r.encryption,
+            if dir_removed { ", removed with the directory" } else { "" }
+        )),
+        None => lines.push(format!("repository not encrypted (encryption {})", r.encryption)),
     }
     let rr = &r.restore;
     lines.push(format!(

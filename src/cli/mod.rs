@@ -1,5 +1,5 @@
 //! The command line (binary only): global options, the verbs and their
-//! dispatch, the exit-code contract (0 ok, 1 failed, 2 usage), the JSON error
+//! dispatch, the exit-code contract (0 ok, 1 failed, 2 usage, 12 wrong password), the JSON error
 //! document, and the tracing subscriber that prints the library's events.
 //! Each verb lives in its own file: its clap arguments beside its `run`,
 //! which calls one library operation and presents its typed report.
@@ -13,7 +13,9 @@ mod glance;
 mod index;
 mod init;
 mod inspect;
+mod key;
 mod list;
+mod password;
 mod progress;
 mod prune;
 mod report;
@@ -27,7 +29,14 @@ pub use ctx::Ctx;
 use progress::Output;
 
 #[derive(Parser, Debug)]
-#[command(name = "imgarc", version, about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)")]
+#[command(
+    name = "imgarc",
+    version,
+    about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)",
+    after_help = "Password of an encrypted repository, first match wins: --password-command, --password-file, \
+                  IMGARC_PASSWORD_FILE, IMGARC_PASSWORD, $CREDENTIALS_DIRECTORY/imgarc-password (systemd), a terminal prompt.\n\
+                  Exit codes: 0 success, 1 the operation failed, 2 usage error, 12 wrong password."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -61,12 +70,20 @@ pub struct GlobalArgs {
     /// Cap the upload rate to Glance and to an s3:/swift: repository, e.g. 20M (bytes per second; K=1024, M=2^20, G=2^30)
     #[arg(long, global = true)]
     pub limit_upload: Option<String>,
+    /// Run this shell command (sh -c) to get the repository password: its standard output minus one trailing newline
+    #[arg(long, global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
+    /// Read the repository password from this file (one trailing newline is ignored; also IMGARC_PASSWORD_FILE)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a new repository
+    /// Create a new repository (encrypted unless --encryption none)
     Init(imgarc::maintenance::InitOptions),
+    /// Manage the keys (passwords) of an encrypted repository: list, add, remove, passwd
+    Key(key::KeyArgs),
     /// Archive an image file (or - for standard input)
     Archive(imgarc::archive::ArchiveOptions),
     /// List snapshots
@@ -101,7 +118,14 @@ impl GlobalArgs {
     pub fn output(&self) -> Output {
         Output { json: self.json, quiet: self.quiet }
     }
+
+    pub fn passwords(&self) -> password::PasswordSpec {
+        password::PasswordSpec { command: self.password_command.clone(), file: self.password_file.clone() }
+    }
 }
+
+/// The exit code of a wrong password (restic's): no key of the repository opened.
+pub const EXIT_WRONG_PASSWORD: i32 = 12;
 
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn run() -> i32 {
@@ -115,7 +139,11 @@ pub fn run() -> i32 {
                 println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
             }
             eprintln!("imgarc: error: {e:#}");
-            1
+            if e.downcast_ref::<imgarc::crypto::keyfile::WrongPassword>().is_some() {
+                EXIT_WRONG_PASSWORD
+            } else {
+                1
+            }
         }
     }
 }
@@ -157,9 +185,15 @@ pub fn default_repo() -> String {
 }
 
 pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
-    let ctx = Ctx { location: global.repo.clone().unwrap_or_else(default_repo), out: global.output(), global: global.clone() };
+    let ctx = Ctx {
+        location: global.repo.clone().unwrap_or_else(default_repo),
+        out: global.output(),
+        global: global.clone(),
+        passwords: password::CliPasswords::new(global.passwords()),
+    };
     match command {
         Command::Init(a) => init::run(&ctx, a),
+        Command::Key(a) => key::run(&ctx, a),
         Command::Archive(a) => archive::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),
         Command::Show(a) => show::run(&ctx, a),

@@ -60,6 +60,20 @@ pub struct KdfParams {
 impl KdfParams {
     /// m = 64 MiB, t = 3, p = 1 (format-spec/encryption.md, "Passwords").
     pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 1 };
+    /// The parameters new key objects get (`init`, `key add`, `key passwd`):
+    /// [`KdfParams::DEFAULT`]. Only a build with the `test-hooks` feature reads
+    /// `IMGARC_TEST_KDF=fast` (m = 1 MiB, t = 1), so that the hundreds of CLI
+    /// invocations of the test suite do not each spend an Argon2id unwrap; a
+    /// release build has no such switch. A reader always uses what the key
+    /// object records, so keys made either way open everywhere.
+    pub fn for_new_keys() -> KdfParams {
+        #[cfg(feature = "test-hooks")]
+        if std::env::var("IMGARC_TEST_KDF").as_deref() == Ok("fast") {
+            return KdfParams { m_kib: 1024, t: 1, p: 1 };
+        }
+        KdfParams::DEFAULT
+    }
+
     /// Bounds a reader accepts: a planted key object must not make `open`
     /// allocate gigabytes or spin for minutes.
     const MAX_M_KIB: u32 = 4 << 20;
@@ -228,5 +242,44 @@ mod tests {
         let mut file = KeyFile::create(&keys, KeyKind::Full, &Secret::new("pw"), FAST, "", &id, b"c").unwrap();
         file.kdf_params.m_kib = u32::MAX;
         assert!(file.open(&Secret::new("pw"), &id, b"c").is_err());
+    }
+}
+
+/// Timings behind the default cipher and the Argon2id cost (format-spec/encryption.md §2):
+/// `cargo test --release --lib crypto::keyfile::measure -- --ignored --nocapture`. Only a
+/// release build gives meaningful figures: the RustCrypto ciphers are generic, so their
+/// code is instantiated in this crate, at its (dev: unoptimized) level.
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "a measurement, not a check: run by hand"]
+    fn measure_ciphers_and_kdf() {
+        let blob = vec![0x5au8; 64 << 10];
+        for cipher in Cipher::ALL {
+            let key = AeadKey::new(cipher, &[7; 32]);
+            let rounds = 4000;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                let sealed = key.seal(b"aad", &blob);
+                assert_eq!(key.open(b"aad", &sealed).unwrap().len(), blob.len());
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let mib = (rounds * blob.len()) as f64 / (1 << 20) as f64;
+            println!("{cipher}: seal+open of 64 KiB blobs: {:.0} MiB/s ({:.1} µs per blob)", mib / secs, secs * 1e6 / rounds as f64);
+        }
+        let pw = Secret::new("measure");
+        for t in [2, 3] {
+            let params = KdfParams { m_kib: 64 * 1024, t, p: 1 };
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let start = Instant::now();
+                params.derive(&pw, &[1u8; 16]).unwrap();
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            println!("argon2id m=64MiB t={t} p=1: {:.3} s (best of 5)", best);
+        }
     }
 }

@@ -143,7 +143,8 @@ fn usage_and_operation_errors_have_distinct_codes() {
 
 #[test]
 fn stale_lock_blocks_check_until_unlocked() {
-    let env = Env::init("64K");
+    // Plants a plaintext lock: an unencrypted repository (an encrypted one seals its locks).
+    let env = Env::init_unencrypted("64K");
     std::fs::create_dir_all(env.repo.join("locks")).unwrap();
     let lock = serde_json::json!({"hostname": "other-host", "pid": 1, "time": "2026-01-01T00:00:00Z",
         "expires": "2999-01-01T00:00:00Z", "exclusive": false, "purpose": "archive"});

@@ -50,7 +50,7 @@ fn write_fuzz_seeds() {
     };
 
     // A real repository: config, index objects, packs and snapshots as `archive` writes them.
-    let env = support::Env::init("64K");
+    let env = support::Env::init_unencrypted("64K");
     let input = env.path("input.bin");
     let mut data = support::bytes(96 << 10, 7, true);
     data.extend(vec![0u8; 64 << 10]);

@@ -19,6 +19,7 @@ mod backend_modes;
 mod backend_retry;
 mod faults;
 mod fuzz_replay;
+mod keys;
 mod multi_host;
 mod prune;
 mod qcow2_header;

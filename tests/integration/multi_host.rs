@@ -203,7 +203,8 @@ fn unreadable_snapshots_are_named_and_never_block_the_others() {
 /// is refused, the cache has not even been opened.
 #[test]
 fn writers_take_their_lock_before_catching_up() {
-    let site = Site::new();
+    // Plants a plaintext lock: an unencrypted repository (an encrypted one seals its locks).
+    let site = Site { env: Env::init_unencrypted("64K"), nights: Vec::new() };
     let now = chrono::Utc::now();
     let held = serde_json::json!({
         "hostname": "elsewhere", "pid": 1, "time": now.to_rfc3339(), "expires": (now + chrono::Duration::hours(1)).to_rfc3339(),

@@ -245,7 +245,7 @@ fn plant_dated_copy(env: &Env, id: &str, time: &str) -> String {
 
 #[test]
 fn a_snapshot_dated_in_the_future_steers_no_policy_and_is_flagged() {
-    let env = Env::init("64K");
+    let env = Env::init_unencrypted("64K");
     let p = env.path("img");
     std::fs::write(&p, bytes(1 << 20, 9, false)).unwrap();
     let real = s(&env.archive(&p, "vm"), "snapshot");

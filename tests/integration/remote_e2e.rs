@@ -47,7 +47,8 @@ impl Remote {
     }
 
     fn cmd(&self, cache: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
+        let mut c = bare_cmd();
+        c.env("IMGARC_PASSWORD", PASSWORD);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OS_") || k.starts_with("AWS_")) {
             c.env_remove(k);
         }

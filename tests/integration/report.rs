@@ -34,8 +34,7 @@ fn file_sizes(paths: &[PathBuf]) -> u64 {
 /// The distinct tree blobs (extent lists) of snapshots and their raw bytes, read
 /// from the repository: archive outcomes count data chunks only.
 fn trees(env: &Env, ids: &[String]) -> (u64, u64) {
-    let backend = imgarc::backend::open(env.repo.to_str().unwrap(), &Default::default()).unwrap();
-    let repo = imgarc::repository::Repository::open(backend).unwrap();
+    let repo = env.open_repo();
     let cache = env.cache.join(&repo.config().id).join("index.sqlite");
     let index = imgarc::index::Index::open_at(&cache, &repo.config().id).unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -268,8 +267,7 @@ fn fleet() -> (Env, Vec<(String, String)>) {
             out.push((vm.to_string(), s(&a, "snapshot")));
         }
     }
-    let backend = imgarc::backend::open(env.repo.to_str().unwrap(), &Default::default()).unwrap();
-    let repo = imgarc::repository::Repository::open(backend).unwrap();
+    let repo = env.open_repo();
     let mut renamed = Vec::new();
     for (i, (vm, id)) in out.iter().enumerate() {
         let mut snap = repo.load_snapshot(&imgarc::ids::Id::from_hex(id).unwrap()).unwrap();

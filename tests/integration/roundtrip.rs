@@ -276,7 +276,8 @@ fn check_read_data_decodes_layout_recipes() {
     }
     // A snapshot whose chunks are all intact but whose recipe does not fit what it records:
     // only decoding the recipe finds it (here the recorded file length is off by one).
-    let env = Env::init("64K");
+    // The snapshot is forged as plaintext: an unencrypted repository.
+    let env = Env::init_unencrypted("64K");
     let raw = env.path("d.raw");
     std::fs::write(&raw, bytes(2 << 20, 5, true)).unwrap();
     let q = env.path("d.qcow2");
@@ -604,7 +605,8 @@ fn glance_record(id: &str, data: &[u8], algo: &str, value: &str) -> serde_json::
 #[test]
 fn glance_sha384_records_are_verified_and_store_locations_never_archived() {
     use sha2::Digest;
-    let env = Env::init("64K");
+    // The snapshot object is read as plaintext: an unencrypted repository.
+    let env = Env::init_unencrypted("64K");
     let data = bytes(1_500_000, 31, false);
     let id = "6f0a3c7e-0000-4000-8000-000000000384";
     let good = hex::encode(sha2::Sha384::digest(&data));
@@ -645,7 +647,8 @@ fn glance_sha384_records_are_verified_and_store_locations_never_archived() {
 
 #[test]
 fn show_and_report_redact_store_locations_of_older_snapshots() {
-    let env = Env::init("64K");
+    // The older snapshot is forged as plaintext: an unencrypted repository.
+    let env = Env::init_unencrypted("64K");
     let data = bytes(300_000, 32, false);
     let p = env.path("old.raw");
     std::fs::write(&p, &data).unwrap();

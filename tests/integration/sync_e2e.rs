@@ -192,7 +192,8 @@ fn a_week_of_nights_syncs_once_then_only_what_changed() {
     assert_eq!(ids(&rot, "archived"), vec![new_id.clone()]);
     assert_eq!(ids(&rot, "deleted_upstream"), vec![old_id.clone()]);
     assert!(env.repo.join("upstream/deleted").join(&old_id).is_file());
-    let record: Value = serde_json::from_slice(&std::fs::read(env.repo.join("upstream/deleted").join(&old_id)).unwrap()).unwrap();
+    let key = format!("upstream/deleted/{old_id}");
+    let record = serde_json::to_value(env.open_repo().load::<imgarc::repository::upstream::DeletedUpstream>(&key, None).unwrap()).unwrap();
     assert_eq!(record["image_id"], old_id.as_str());
     let new_entry = entry(&rot, "archived", &new_id);
     assert!(u(new_entry, "bytes_stored") < u(new_entry, "bytes_read") / 4, "tonight dedups against last night: {new_entry}");
@@ -206,8 +207,15 @@ fn a_week_of_nights_syncs_once_then_only_what_changed() {
     assert!(ids(&quiet, "deleted_upstream").is_empty() && ids(&quiet, "archived").is_empty());
     let (back_id, _, _) = &images[1];
     let back = env.repo.join("upstream/deleted").join(back_id);
-    std::fs::write(&back, serde_json::to_vec(&json!({"image_id": back_id, "name": "x", "detected": "2026-01-01T00:00:00Z"})).unwrap())
-        .unwrap();
+    // Records are sealed in an encrypted repository: written through the library.
+    let record = imgarc::repository::upstream::DeletedUpstream {
+        image_id: back_id.clone(),
+        name: "x".into(),
+        cloud: None,
+        detected: "2026-01-01T00:00:00Z".into(),
+    };
+    env.open_repo().save(&record).unwrap();
+    assert!(back.is_file());
     let (code, re, _) = sync(&env, &tag, &[]);
     assert_eq!(code, 0);
     assert_eq!(ids(&re, "reappeared"), vec![back_id.clone()]);
@@ -344,12 +352,10 @@ fn killed_sync_resumes_and_a_second_sync_is_refused() {
     // Started again, it finishes the rest; meanwhile a second sync is refused, naming the holder.
     let rerun = spawn_sync(&env, &tag, &slow);
     let pid = rerun.id();
-    let locks = env.repo.join("locks");
+    // Locks are sealed in an encrypted repository: read through the library.
+    let repo = env.open_repo();
     wait_for(30, "the rerun's lock", || {
-        std::fs::read_dir(&locks).into_iter().flatten().flatten().any(|e| {
-            let lock: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap_or_default()).unwrap_or_default();
-            lock["purpose"] == "sync" && lock["pid"] == pid
-        })
+        repo.list_locks().unwrap_or_default().iter().any(|(_, lock)| lock.purpose == "sync" && lock.pid == pid)
     });
     let (code, refused, err) = sync(&env, &tag, &[]);
     assert_eq!(code, 1);

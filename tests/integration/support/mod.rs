@@ -1,5 +1,8 @@
 //! Test harness: a temporary repository and cache, and a runner for the real
-//! `imgarc` binary; its submodules are the helpers of the qcow2, OpenStack and
+//! `imgarc` binary, which every test runs with the repository password
+//! [`PASSWORD`] (so the whole suite runs on encrypted repositories), cheap
+//! Argon2id for the keys it makes (`IMGARC_TEST_KDF=fast`, a `test-hooks`
+//! switch), and no controlling terminal (a prompt fails, never hangs); its submodules are the helpers of the qcow2, OpenStack and
 //! remote-backend suites.
 
 #[cfg(feature = "remote-tests")]
@@ -12,6 +15,9 @@ pub mod tls;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+/// The password every CLI test passes (`IMGARC_PASSWORD`).
+pub const PASSWORD: &str = "imgarc test password 7f3c";
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -27,10 +33,25 @@ impl Env {
         Env { dir, repo, cache }
     }
 
+    /// A new encrypted repository (the default), password [`PASSWORD`].
     pub fn init(chunk: &str) -> Env {
         let env = Env::new();
         env.ok(&["init", "--chunk-size", chunk]);
         env
+    }
+
+    /// A new unencrypted repository (`--encryption none`): for tests that read
+    /// or forge its objects' v1 bytes directly.
+    pub fn init_unencrypted(chunk: &str) -> Env {
+        let env = Env::new();
+        env.ok(&["init", "--chunk-size", chunk, "--encryption", "none"]);
+        env
+    }
+
+    /// The repository opened in-process, with [`PASSWORD`] if it is encrypted.
+    pub fn open_repo(&self) -> imgarc::repository::Repository {
+        let backend = imgarc::backend::open(self.repo.to_str().unwrap(), &Default::default()).unwrap();
+        imgarc::repository::Repository::open_with(backend, &imgarc::secret::Secret::new(PASSWORD)).unwrap()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -38,8 +59,9 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
+        let mut c = bare_cmd();
         c.arg("--repo").arg(&self.repo).args(args).env("IMGARC_CACHE_DIR", &self.cache).env_remove("IMGARC_REPO");
+        c.env("IMGARC_PASSWORD", PASSWORD);
         c
     }
 
@@ -83,6 +105,26 @@ impl Env {
         v.sort();
         v
     }
+}
+
+/// The `imgarc` binary with no password source from the caller's environment,
+/// cheap Argon2id for new keys, and no controlling terminal: it runs in a new
+/// session (setsid), so opening `/dev/tty` fails and a prompt cannot hang a test.
+pub fn bare_cmd() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgarc"));
+    for var in ["IMGARC_PASSWORD", "IMGARC_PASSWORD_FILE", "CREDENTIALS_DIRECTORY"] {
+        c.env_remove(var);
+    }
+    c.env("IMGARC_TEST_KDF", "fast");
+    // SAFETY: setsid(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    c
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
