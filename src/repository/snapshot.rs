@@ -156,7 +156,15 @@ pub struct SnapshotHead {
     /// removed ([`MetadataHasher`]): sync compares records by it, so a head
     /// reveals whether a record changed, not what it holds.
     pub metadata_hash: String,
+    /// The fields of the source record that sync's scope and filters test
+    /// (`SELECTION_FIELDS`), for judging an image that is no longer listed.
+    #[serde(default)]
+    pub selection: serde_json::Map<String, serde_json::Value>,
 }
+
+/// What [`SnapshotHead::selection`] keeps of a Glance record: its identity and
+/// what `sync --project`/`--filter` select by; nothing else of the record.
+pub const SELECTION_FIELDS: &[&str] = &["id", "name", "owner", "visibility", "disk_format", "tags", "status"];
 
 /// Hashes a source metadata record for [`SnapshotHead::metadata_hash`]. Keyed
 /// in an encrypted repository (key derived from the id key, which every key
@@ -221,6 +229,12 @@ impl SnapshotHead {
             stored_bytes_added: snap.stats.stored_bytes_added,
             updated_at: snap.metadata.get("updated_at").and_then(|v| v.as_str()).map(str::to_string),
             metadata_hash: hasher.hash(&snap.metadata),
+            selection: snap
+                .metadata
+                .iter()
+                .filter(|(k, _)| SELECTION_FIELDS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
