@@ -288,3 +288,108 @@ impl super::file::RepoFile for SnapshotObject {
         Ok(SnapshotObject(bytes.to_vec()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::crypto::keyfile::{KdfParams, KeyFile};
+    use crate::crypto::{Cipher, KeyKind};
+    use crate::repository::config::Config;
+    use crate::repository::file::RepoFile;
+    use crate::repository::{NewKey, Repository};
+    use crate::secret::Secret;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const FAST: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+
+    fn snapshot(name: &str, metadata: serde_json::Value) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            name: name.into(),
+            tags: vec!["nightly".into()],
+            time: "2026-12-01T00:00:00Z".into(),
+            hostname: "h".into(),
+            source: Source::Glance { image_id: "img-1".into(), cloud: None },
+            logical_bytes: 10,
+            virtual_bytes: Some(10),
+            format: "raw".into(),
+            image: None,
+            layout: Layout::Raw,
+            guest: StreamRef { size: 10, extent_count: 1, extents_blake3: Id::of(b"e"), trees: vec![Id::of(b"t")], data_bytes: 10 },
+            digests: [("sha256".to_string(), "ab".to_string())].into(),
+            stats: SnapshotStats::default(),
+            metadata: metadata.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn an_unencrypted_snapshot_is_stored_byte_for_byte_as_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(Arc::new(LocalBackend::new(&root)), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let snap = snapshot("web", json!({"id": "img-1"}));
+        let id = repo.save_snapshot(&snap).unwrap();
+        assert_eq!(id, Snapshot::id_of(&snap.to_bytes()));
+        assert_eq!(std::fs::read(root.join(Snapshot::id_key(&id))).unwrap(), snap.to_bytes());
+        assert_eq!(repo.load_snapshot(&id).unwrap(), snap);
+        assert_eq!(repo.load_snapshot_head(&id).unwrap(), SnapshotHead::of(&snap, &MetadataHasher::UNKEYED));
+    }
+
+    #[test]
+    fn a_write_only_key_reads_the_head_only_and_a_body_under_another_head_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let config = Config::new(64 << 10, 3).unwrap().with_encryption(Some(Cipher::XChaCha20Poly1305));
+        let full = Repository::init_encrypted(
+            Arc::new(LocalBackend::new(&root)),
+            config,
+            &NewKey { password: &Secret::new("full"), kdf: FAST, label: "" },
+        )
+        .unwrap();
+        let file =
+            KeyFile::create(full.keys().unwrap(), KeyKind::WriteOnly, &Secret::new("wo"), FAST, "", &full.config().id, full.config_bytes())
+                .unwrap();
+        full.save(&file).unwrap();
+        let wo = Repository::open_with(Arc::new(LocalBackend::new(&root)), &Secret::new("wo")).unwrap();
+
+        let snap = snapshot("web", json!({"id": "img-1", "secret_property": "s3cr3t", "updated_at": "u"}));
+        // Written by the write-only key, read back by the full key.
+        let id = wo.save_snapshot(&snap).unwrap();
+        assert_eq!(full.load_snapshot(&id).unwrap(), snap);
+        let head = wo.load_snapshot_head(&id).unwrap();
+        assert_eq!((head.name.as_str(), head.updated_at.as_deref(), head.logical_bytes), ("web", Some("u"), 10));
+        assert_eq!(head, full.load_snapshot_head(&id).unwrap());
+        assert!(!serde_json::to_string(&head).unwrap().contains("s3cr3t"), "the head holds the metadata record: {head:?}");
+        assert_eq!(head.selection, *json!({"id": "img-1"}).as_object().unwrap());
+        let err = format!("{:#}", wo.load_snapshot(&id).unwrap_err());
+        assert!(err.contains("write-only key") && err.contains(&id.to_hex()), "{err}");
+
+        // The body of one snapshot spliced under the head of another: refused by name.
+        let other = wo.save_snapshot(&snapshot("db", json!({"id": "img-2"}))).unwrap();
+        let open =
+            |id: &Id| wo.keys().unwrap().open_meta(b"imgarc object\0snapshots/", &std::fs::read(root.join(Snapshot::id_key(id))).unwrap());
+        let (a, b) = (open(&id).unwrap(), open(&other).unwrap());
+        let head_end = |p: &[u8]| 4 + u32::from_le_bytes(p[..4].try_into().unwrap()) as usize;
+        let spliced = [&b[..head_end(&b)], &a[head_end(&a)..]].concat();
+        let stored = wo.keys().unwrap().seal_meta(b"imgarc object\0snapshots/", &spliced);
+        let planted = Id::of(&stored);
+        std::fs::write(root.join(Snapshot::id_key(&planted)), &stored).unwrap();
+        let err = format!("{:#}", full.load_snapshot(&planted).unwrap_err());
+        assert!(err.contains(&planted.to_hex()) && err.contains("cannot be authenticated"), "{err}");
+    }
+
+    #[test]
+    fn the_metadata_hash_ignores_store_locations_and_is_keyed() {
+        let keyed = MetadataHasher::new(&IdKey::keyed([7; 32]));
+        let record = json!({"id": "img-1", "name": "web", "min_ram": 0});
+        let with_locations = json!({"id": "img-1", "name": "web", "min_ram": 0, "locations": [{"url": "rbd://secret"}], "direct_url": "x"});
+        let (r, l) = (record.as_object().unwrap(), with_locations.as_object().unwrap());
+        assert_eq!(keyed.hash(r), keyed.hash(l));
+        assert_ne!(keyed.hash(r), keyed.hash(json!({"id": "img-1", "name": "web", "min_ram": 1}).as_object().unwrap()));
+        assert_ne!(keyed.hash(r), MetadataHasher::UNKEYED.hash(r));
+        assert_ne!(keyed.hash(r), MetadataHasher::new(&IdKey::keyed([8; 32])).hash(r));
+        assert!(!format!("{keyed:?}").contains('7'), "{keyed:?}");
+    }
+}

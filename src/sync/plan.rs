@@ -127,4 +127,31 @@ mod tests {
         assert!(!same_content(&bare, &head(&[], 10, "2026-01-02T00:00:00Z")));
         assert!(!same_content(&bare, &head(&[], 11, "2026-01-01T00:00:00Z")));
     }
+
+    #[test]
+    fn new_metadata_reuses_the_held_streams_only_with_a_key_that_reads_them() {
+        let hasher = MetadataHasher::new(&crate::ids::IdKey::keyed([3; 32]));
+        let listed = json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0});
+        let snap = |metadata: serde_json::Value| {
+            let mut s: Snapshot = serde_json::from_value(json!({
+                "version": 1, "name": "web", "time": "t", "hostname": "h", "source": {"kind": "stdin"}, "logical_bytes": 10,
+                "format": "raw", "layout": {"kind": "raw"}, "stats": {"chunks": 0, "new_chunks": 0, "new_bytes": 0,
+                "stored_bytes_added": 0, "hole_bytes": 0, "seconds": 0.0},
+                "guest": {"size": 0, "extent_count": 0, "extents_blake3": Id([0; 32]), "trees": [], "data_bytes": 0},
+                "digests": {"sha512": "aa"}
+            }))
+            .unwrap();
+            s.metadata = rec(metadata).raw.as_object().unwrap().clone();
+            SnapshotHead::of(&s, &hasher)
+        };
+        let r = rec(listed.clone());
+        let same = vec![(Id([1; 32]), snap(listed.clone()))];
+        let changed = vec![(Id([2; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 1})))];
+        for reads_bodies in [true, false] {
+            assert!(matches!(plan(&r, &same, &hasher, reads_bodies), Plan::Unchanged(id) if id == Id([1; 32])));
+        }
+        assert!(matches!(plan(&r, &changed, &hasher, true), Plan::NewMetadata(id) if id == Id([2; 32])));
+        assert!(matches!(plan(&r, &changed, &hasher, false), Plan::Download), "a write-only key archives again");
+        assert!(matches!(plan(&r, &[], &hasher, true), Plan::Download));
+    }
 }
