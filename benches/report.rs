@@ -14,7 +14,7 @@ use imgarc::report::{self, render, GroupBy, Options};
 use imgarc::repository::extents::StreamRef;
 use imgarc::repository::index_object::{IndexObject, IndexedPack};
 use imgarc::repository::pack::{BlobKind, Codec, PackEntry};
-use imgarc::repository::snapshot::{Layout, Snapshot, SnapshotStats, Source};
+use imgarc::repository::snapshot::{Layout, MetadataHasher, Snapshot, SnapshotHead, SnapshotStats, Source};
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -105,7 +105,9 @@ fn main() {
                 refs.extend(slice(night - 1).take(2 * SLICE as usize / 3));
             }
             let snap = snapshot(vm, night);
-            index.add_snapshot(&Snapshot::id_of(&snap.to_bytes()), &snap, &refs).unwrap();
+            index
+                .add_snapshot(&Snapshot::id_of(&snap.to_bytes()), &SnapshotHead::of(&snap, &MetadataHasher::UNKEYED), &snap, &refs)
+                .unwrap();
         }
     }
     let fill_snapshots = t.elapsed();
@@ -122,7 +124,7 @@ fn main() {
     let big: HashSet<Id> = (0..30_000u64).map(|i| blob(i % vms, i / vms % BLOBS_PER_VM)).collect();
     let mut snap = snapshot(vms, 0);
     snap.hostname = format!("bench-{}", imgarc::util::now_rfc3339());
-    index.add_snapshot(&Snapshot::id_of(&snap.to_bytes()), &snap, &big).unwrap();
+    index.add_snapshot(&Snapshot::id_of(&snap.to_bytes()), &SnapshotHead::of(&snap, &MetadataHasher::UNKEYED), &snap, &big).unwrap();
     println!("add_snapshot with {} references: {:.2?}", big.len(), t.elapsed());
 
     for round in 0..3 {

@@ -19,7 +19,7 @@ use crate::index::Index;
 use crate::progress::SharedProgress;
 use crate::repository::config::Config;
 use crate::repository::extents::Extent;
-use crate::repository::snapshot::{Layout, Snapshot, SnapshotStats, Source};
+use crate::repository::snapshot::{Layout, Snapshot, SnapshotHead, SnapshotStats, Source};
 use crate::repository::Repository;
 use crate::source::read_full;
 use anyhow::{anyhow, bail, Context, Result};
@@ -382,7 +382,7 @@ pub fn archive(
     for stream in snap.streams() {
         referenced.extend(stream.trees.iter().copied());
     }
-    index.add_snapshot(&id, &snap, &referenced)?;
+    index.add_snapshot(&id, &SnapshotHead::of(&snap, &repo.metadata_hasher()), &snap, &referenced)?;
     Ok(ArchiveOutcome {
         snapshot: id.to_hex(),
         name: snap.name,
@@ -404,7 +404,8 @@ pub fn archive(
 /// new snapshot that reuses `previous`'s layout, streams and digests (the same
 /// extents — no byte is read or stored) with `name` and `metadata` replaced.
 /// Its stats say nothing new was stored. Used by `sync` when only a Glance
-/// image's properties changed.
+/// image's properties changed, with a key that reads the previous snapshot's
+/// trees (a write-only host archives the image again instead: see `sync::plan`).
 pub fn record_new_metadata(
     repo: &Repository,
     index: &mut Index,
@@ -432,7 +433,7 @@ pub fn record_new_metadata(
     let referenced =
         crate::index::IndexedRepository::new(repo, index).referenced_ids(&snap).context("the previous snapshot's extent lists")?;
     let id = repo.save_snapshot(&snap)?;
-    index.add_snapshot(&id, &snap, &referenced)?;
+    index.add_snapshot(&id, &SnapshotHead::of(&snap, &repo.metadata_hasher()), &snap, &referenced)?;
     Ok((id, snap))
 }
 

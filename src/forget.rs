@@ -109,6 +109,8 @@ struct Candidate {
 /// Applies the policy (and the ids named) and, unless a dry run, removes the
 /// snapshots it does not keep from the repository and the index.
 pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Result<ForgetReport> {
+    // A write-only host may add history, never remove it: a stolen one cannot erase the backups.
+    repo.require_full_key("forget")?;
     opts.validate()?;
     let policy = &opts.policy;
     let mut named: HashSet<Id> = HashSet::new();

@@ -55,7 +55,7 @@ pub fn list_images(glance: &GlanceClient, index: Option<&Index>) -> Result<Vec<I
 fn latest_snapshots(index: &Index) -> Result<HashMap<String, (String, String)>> {
     let mut archived: HashMap<String, (String, String)> = HashMap::new();
     for row in index.snapshot_rows()? {
-        if let Some(snap) = index.snapshot(&row.id)? {
+        if let Some(snap) = index.snapshot_head(&row.id)? {
             if let Source::Glance { image_id, .. } = &snap.source {
                 let e = archived.entry(image_id.clone()).or_insert((String::new(), String::new()));
                 if snap.time > e.0 {

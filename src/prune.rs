@@ -132,6 +132,8 @@ fn crash_point(_point: &str) {}
 
 /// Runs both phases. The caller holds the `prune` singleton lock.
 pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {
+    // What is unused is known only from every snapshot's extent lists.
+    repo.require_full_key("prune")?;
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
     let warnings = Warnings::new();
     refuse_unless_every_snapshot_is_known(repo, index)?;

@@ -397,6 +397,7 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &SharedProgress,
 ) -> Result<RestoreOutcome> {
+    repo.require_full_key("restore")?;
     let no_digests = BTreeMap::new();
     let source = IndexedRepository::new(repo, index);
     if matches!(opts.disk_format.as_deref(), Some("raw" | "qcow2")) {

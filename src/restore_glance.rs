@@ -83,6 +83,7 @@ pub fn restore_to_glance(
     opts: &ToGlanceOptions,
     progress: &SharedProgress,
 ) -> Result<GlanceRestoreReport> {
+    repo.require_full_key("restore")?;
     let archived = archived_record(snap, restore_opts.disk_format.as_deref())?;
     let mut overrides = serde_json::Map::new();
     if let Some(n) = &opts.name {

@@ -5,7 +5,11 @@ use anyhow::Result;
 use imgarc::inspect::{inspect, InspectOptions};
 
 pub fn run(ctx: &Ctx, opts: InspectOptions) -> Result<()> {
-    let json = inspect(&opts, &|| Ok(ctx.open()?.1))?;
+    let json = inspect(&opts, &|| {
+        let (repo, index) = ctx.open()?;
+        repo.require_full_key("inspect of a snapshot")?;
+        Ok(index)
+    })?;
     ctx.emit(&json, || {
         let mut s = String::new();
         if let Some(obj) = json.as_object() {

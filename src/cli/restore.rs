@@ -43,6 +43,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let (repo, index) = ctx.open()?;
+    repo.require_full_key("restore")?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
     let opts = &args.restore;

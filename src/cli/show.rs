@@ -11,7 +11,8 @@ pub struct ShowArgs {
 }
 
 pub fn run(ctx: &Ctx, args: ShowArgs) -> Result<()> {
-    let (_repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open()?;
+    repo.require_full_key("show")?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let mut snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
     // Snapshots archived before store locations were dropped may still hold them.

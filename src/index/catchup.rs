@@ -2,13 +2,16 @@
 //! prune marks and snapshots the cache has not seen and drops what is gone
 //! (each absence confirmed: listings may lag); `rebuild` regenerates the
 //! cache from nothing, adopting packs no index object lists. What cannot be
-//! read is a warning in the [`SyncReport`], never a stop for the rest.
+//! read is a warning in the [`SyncReport`], never a stop for the rest. With a
+//! write-only key, snapshots are ingested from their heads (no references).
 
 use super::schema::remove_cache_files;
 use super::{cache_dir_for, Index, IndexedRepository};
+use crate::crypto::KeyKind;
 use crate::ids::Id;
 use crate::repository::index_object::{IndexObject, IndexedPack};
 use crate::repository::marks::PruneMark;
+use crate::repository::snapshot::SnapshotHead;
 use crate::repository::Repository;
 use crate::warnings::Warnings;
 use anyhow::{Context, Result};
@@ -44,10 +47,15 @@ impl Index {
             // One snapshot that cannot be read (damaged tree, a listing ahead of
             // the object) must not keep the cache from the others; it stays out
             // of the cache, so `prune` refuses to run and `check` reports it.
-            let ingested = repo.load_snapshot(id).and_then(|snap| {
-                let ids = IndexedRepository::new(repo, self).referenced_ids(&snap).context("cannot read its extent lists")?;
-                self.add_snapshot(id, &snap, &ids)
-            });
+            // A write-only key reads the head only: a row without references.
+            let ingested = if repo.key_kind() == Some(KeyKind::WriteOnly) {
+                repo.load_snapshot_head(id).and_then(|head| self.add_snapshot_head(id, &head))
+            } else {
+                repo.load_snapshot(id).and_then(|snap| {
+                    let ids = IndexedRepository::new(repo, self).referenced_ids(&snap).context("cannot read its extent lists")?;
+                    self.add_snapshot(id, &SnapshotHead::of(&snap, &repo.metadata_hasher()), &snap, &ids)
+                })
+            };
             match ingested {
                 Ok(()) => report.snapshots_added += 1,
                 Err(e) => {
@@ -102,7 +110,7 @@ const _: () = assert!(MAX_BLOBS_PER_INDEX_OBJECT as u64 * 240 <= crate::reposito
 /// first, then the trailers of packs no index object lists (for which new
 /// index objects are written, repairing the repository), then its snapshots.
 pub fn rebuild(repo: &Repository) -> Result<(Index, RebuildReport)> {
-    let path = cache_dir_for(&repo.config().id)?.join("index.sqlite");
+    let path = cache_dir_for(&repo.config().id)?.join(super::cache_file_name(repo));
     rebuild_at(repo, &path, MAX_BLOBS_PER_INDEX_OBJECT)
 }
 

@@ -59,6 +59,16 @@ pub fn cache_dir_for(repo_id: &str) -> Result<PathBuf> {
     Ok(base.join(repo_id))
 }
 
+/// The cache file of `repo` in its cache directory. A write-only key's cache
+/// is a file of its own: it holds snapshot rows without references (their
+/// extent lists are sealed), which a full key's prune or report must never count.
+pub fn cache_file_name(repo: &Repository) -> &'static str {
+    match repo.key_kind() {
+        Some(crate::crypto::KeyKind::WriteOnly) => "index-write-only.sqlite",
+        _ => "index.sqlite",
+    }
+}
+
 fn id_of(blob: Vec<u8>) -> rusqlite::Result<Id> {
     Id::from_slice(&blob).ok_or(rusqlite::Error::InvalidQuery)
 }
@@ -117,7 +127,7 @@ impl Index {
 
     fn open_synced(repo: &Repository) -> Result<(Index, SyncReport)> {
         let dir = cache_dir_for(&repo.config().id)?;
-        let mut index = Index::open_at(&dir.join("index.sqlite"), &repo.config().id)?;
+        let mut index = Index::open_at(&dir.join(cache_file_name(repo)), &repo.config().id)?;
         let report = index.sync(repo)?;
         Ok((index, report))
     }

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-pub(super) const SCHEMA_VERSION: &str = "4";
+pub(super) const SCHEMA_VERSION: &str = "5";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,7 +21,8 @@ CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS index_objects(key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS snapshots(
     id BLOB NOT NULL UNIQUE, name TEXT NOT NULL, time TEXT NOT NULL, logical_bytes INTEGER NOT NULL,
-    stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT NOT NULL,
+    stored_bytes_added INTEGER NOT NULL, tags TEXT NOT NULL, json TEXT, head TEXT NOT NULL,
+    refs_known INTEGER NOT NULL DEFAULT 1,
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     referenced_blobs INTEGER NOT NULL DEFAULT 0, referenced_raw_bytes INTEGER NOT NULL DEFAULT 0,
     referenced_stored_bytes INTEGER NOT NULL DEFAULT 0);
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS marked_packs(
 // by the time a host learns a snapshot is gone, a prune on another host may
 // have deleted the very tree blobs that list them. It is filled, like every
 // other row, when the snapshot is ingested from the repository.
+// `snapshots.head` is the snapshot's head (what every key reads); `json` the
+// whole snapshot, NULL when this cache's key cannot open its body (a
+// write-only key, for snapshots other hosts wrote). Such a row has
+// `refs_known = 0` and an empty reference list: its extent lists are sealed.
+// A write-only key's cache is a file of its own (`cache_file_name`), so a
+// full key never counts references from one.
 
 /// Removes a cache file and its WAL companions (missing ones are fine).
 pub(super) fn remove_cache_files(path: &Path) -> Result<()> {

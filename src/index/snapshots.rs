@@ -1,9 +1,11 @@
 //! Snapshot rows of the cache: adding one counts a reference for every blob
-//! it uses, removing one uncounts them from its stored reference list.
+//! it uses, removing one uncounts them from its stored reference list. A row
+//! always holds the snapshot's head; its whole snapshot and references only
+//! when this cache's key could read them (see `schema`).
 
 use super::{id_of, Index};
 use crate::ids::Id;
-use crate::repository::snapshot::Snapshot;
+use crate::repository::snapshot::{Snapshot, SnapshotHead};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
@@ -21,20 +23,35 @@ pub struct SnapshotRow {
 impl Index {
     /// Adds a snapshot and counts one reference for each distinct blob it uses.
     /// Idempotent: a snapshot already present changes nothing.
-    pub fn add_snapshot(&mut self, id: &Id, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
+    pub fn add_snapshot(&mut self, id: &Id, head: &SnapshotHead, snap: &Snapshot, referenced: &HashSet<Id>) -> Result<()> {
+        self.insert_snapshot(id, head, Some(snap), Some(referenced))
+    }
+
+    /// Adds a snapshot of which only the head is readable (a write-only key):
+    /// a row without references (`refs_known = 0`).
+    pub fn add_snapshot_head(&mut self, id: &Id, head: &SnapshotHead) -> Result<()> {
+        self.insert_snapshot(id, head, None, None)
+    }
+
+    fn insert_snapshot(&mut self, id: &Id, head: &SnapshotHead, snap: Option<&Snapshot>, referenced: Option<&HashSet<Id>>) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO snapshots(id, name, time, logical_bytes, stored_bytes_added, tags, json) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO snapshots(id, name, time, logical_bytes, stored_bytes_added, tags, json, head, refs_known) \
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &id.0[..],
-                snap.name,
-                snap.time,
-                snap.logical_bytes as i64,
-                snap.stats.stored_bytes_added as i64,
-                serde_json::to_string(&snap.tags)?,
-                serde_json::to_string(snap)?
+                head.name,
+                head.time,
+                head.logical_bytes as i64,
+                head.stored_bytes_added as i64,
+                serde_json::to_string(&head.tags)?,
+                snap.map(serde_json::to_string).transpose()?,
+                serde_json::to_string(head)?,
+                referenced.is_some()
             ],
         )?;
+        let empty = HashSet::new();
+        let referenced = referenced.unwrap_or(&empty);
         if inserted == 1 {
             let seq = tx.last_insert_rowid();
             let mut count_ref = tx.prepare(
@@ -110,9 +127,23 @@ impl Index {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The whole snapshot, if the row has it: `None` both for an unknown id
+    /// and for a row of which this cache's key reads only the head.
     pub fn snapshot(&self, id: &Id) -> Result<Option<Snapshot>> {
-        let json: Option<String> = self.conn.query_row("SELECT json FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
-        json.map(|j| serde_json::from_str(&j).context("cached snapshot is malformed")).transpose()
+        let json: Option<Option<String>> =
+            self.conn.query_row("SELECT json FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        json.flatten().map(|j| serde_json::from_str(&j).context("cached snapshot is malformed")).transpose()
+    }
+
+    /// A snapshot's head (every row has one).
+    pub fn snapshot_head(&self, id: &Id) -> Result<Option<SnapshotHead>> {
+        let json: Option<String> = self.conn.query_row("SELECT head FROM snapshots WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
+        json.map(|j| serde_json::from_str(&j).context("cached snapshot head is malformed")).transpose()
+    }
+
+    /// Snapshots whose references this cache does not know (write-only key).
+    pub fn snapshots_without_references(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM snapshots WHERE refs_known = 0", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Resolves a full id or a unique prefix of at least 8 hex digits.

@@ -228,7 +228,8 @@ mod tests {
         for (n, set) in sets.iter().enumerate() {
             let snap = snapshot(&format!("s{n}"));
             let id = Snapshot::id_of(&snap.to_bytes());
-            index.add_snapshot(&id, &snap, &set.iter().map(|&i| blob(i)).collect::<HashSet<_>>()).unwrap();
+            let head = crate::repository::snapshot::SnapshotHead::of(&snap, &crate::repository::snapshot::MetadataHasher::UNKEYED);
+            index.add_snapshot(&id, &head, &snap, &set.iter().map(|&i| blob(i)).collect::<HashSet<_>>()).unwrap();
             seqs.push(index.snapshot_usage().unwrap().into_iter().find(|u| u.id == id).unwrap().seq);
         }
         let usage = index.blob_usage().unwrap();

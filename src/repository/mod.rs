@@ -34,7 +34,7 @@ use config::Config;
 use file::{Naming, RepoFile};
 use index_object::{IndexObject, IndexedPack};
 use pack::{PackBuilder, PackEntry};
-use snapshot::Snapshot;
+use snapshot::{Snapshot, SnapshotHead};
 use std::sync::Arc;
 use storage::Storage;
 
@@ -416,14 +416,53 @@ impl Repository {
         self.delete::<IndexObject>(key)
     }
 
+    /// Stores a snapshot: its JSON in an unencrypted repository (byte for byte
+    /// the v1 object), else the envelope of its head and its sealed body
+    /// (`snapshot::seal_envelope`). Any key kind may write one.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
         self.ensure_locks_held().context("no snapshot stored")?;
-        let (key, _) = self.save(snap)?;
+        let bytes = match self.keys() {
+            None => snap.to_bytes(),
+            Some(keys) => snapshot::seal_envelope(snap, &self.metadata_hasher(), keys),
+        };
+        let (key, _) = self.save(&snapshot::SnapshotObject(bytes))?;
         Ok(Snapshot::name_of(&key).and_then(Id::from_hex).expect("a snapshot is named by its id"))
     }
 
+    /// Reads a whole snapshot. In an encrypted repository its body opens with
+    /// the full key only: a write-only key gets an error naming the key type.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        self.load(&Snapshot::id_key(id), None)
+        let key = Snapshot::id_key(id);
+        let plain = self.load::<snapshot::SnapshotObject>(&key, None)?.0;
+        let Some(keys) = self.keys() else { return Snapshot::decode(&plain).with_context(|| format!("snapshot {key}")) };
+        let (head, aad, body) = snapshot::open_envelope(&plain).with_context(|| format!("snapshot {key}"))?;
+        let body = keys.open_blob(&aad, body).map_err(|e| match e {
+            crate::crypto::CryptoError::WriteOnlyKey => {
+                anyhow!("snapshot {key}: its contents are sealed for full keys, and this repository was opened with a write-only key")
+            }
+            e => anyhow!("snapshot {key}: its body: {e}"),
+        })?;
+        let snap = Snapshot::decode(&body).with_context(|| format!("snapshot {key}"))?;
+        ensure!(SnapshotHead::of(&snap, &self.metadata_hasher()) == head, "snapshot {key}: its head does not describe its body");
+        Ok(snap)
+    }
+
+    /// What every key reads of a snapshot: the stored head of an encrypted
+    /// repository's snapshot (its body is not opened), or the head of an
+    /// unencrypted one's.
+    pub fn load_snapshot_head(&self, id: &Id) -> Result<SnapshotHead> {
+        let key = Snapshot::id_key(id);
+        let plain = self.load::<snapshot::SnapshotObject>(&key, None)?.0;
+        if self.keys().is_none() {
+            let snap = Snapshot::decode(&plain).with_context(|| format!("snapshot {key}"))?;
+            return Ok(SnapshotHead::of(&snap, &self.metadata_hasher()));
+        }
+        Ok(snapshot::open_envelope(&plain).with_context(|| format!("snapshot {key}"))?.0)
+    }
+
+    /// How this repository hashes source metadata records into snapshot heads.
+    pub fn metadata_hasher(&self) -> snapshot::MetadataHasher {
+        snapshot::MetadataHasher::new(&self.id_key())
     }
 
     /// Removes a snapshot object (`forget`); its data stays until `prune`.

@@ -5,7 +5,7 @@
 use crate::ids::Id;
 use crate::index::Index;
 use crate::openstack::glance::ImageRecord;
-use crate::repository::snapshot::{Snapshot, Source};
+use crate::repository::snapshot::{MetadataHasher, SnapshotHead, Source};
 use anyhow::Result;
 use std::collections::HashMap;
 
@@ -17,14 +17,16 @@ pub(super) fn display_name(rec: &ImageRecord) -> String {
 pub(super) enum Plan {
     Skip(String),
     Unchanged(Id),
-    NewMetadata(Id, Box<Snapshot>),
+    /// The content is held by this snapshot, the metadata is new: a snapshot
+    /// reusing its streams is written (a key that reads snapshot bodies only).
+    NewMetadata(Id),
     Download,
 }
 
-/// Whether `snap` holds the bytes `rec` describes: its strongest digest, else
+/// Whether `held` holds the bytes `rec` describes: its strongest digest, else
 /// its size and `updated_at` (images without any digest).
-pub(super) fn same_content(rec: &ImageRecord, snap: &Snapshot) -> bool {
-    let digest = |algo: &str| snap.digests.get(algo).map(|d| d.to_ascii_lowercase());
+pub(super) fn same_content(rec: &ImageRecord, held: &SnapshotHead) -> bool {
+    let digest = |algo: &str| held.digests.get(algo).map(|d| d.to_ascii_lowercase());
     if let (Some(algo), Some(value)) = (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref().filter(|v| !v.is_empty())) {
         if let Some(held) = digest(&algo.to_ascii_lowercase()) {
             return held == value.to_ascii_lowercase();
@@ -35,43 +37,44 @@ pub(super) fn same_content(rec: &ImageRecord, snap: &Snapshot) -> bool {
             return held == md5.to_ascii_lowercase();
         }
     }
-    let held_updated = snap.metadata.get("updated_at").and_then(|v| v.as_str());
-    rec.size == Some(snap.logical_bytes) && rec.updated_at.is_some() && rec.updated_at.as_deref() == held_updated
+    rec.size == Some(held.logical_bytes) && rec.updated_at.is_some() && rec.updated_at == held.updated_at
 }
 
-/// Whether `snap` recorded the metadata `rec` has now. Store locations are
-/// never archived (they can carry credentials), so they are compared on
-/// neither side: a snapshot from before they were dropped still matches.
-pub(super) fn same_metadata(rec: &ImageRecord, snap: &Snapshot) -> bool {
+/// Whether `held` recorded the metadata `rec` has now, compared by the heads'
+/// keyed hash of the record. Store locations are never archived (they can
+/// carry credentials), so the hash leaves them out on both sides: a snapshot
+/// from before they were dropped still matches.
+pub(super) fn same_metadata(rec: &ImageRecord, held: &SnapshotHead, hasher: &MetadataHasher) -> bool {
     let Some(listed) = rec.raw.as_object() else {
         return false;
     };
-    let (mut listed, mut held) = (listed.clone(), snap.metadata.clone());
-    crate::openstack::glance::redact_store_locations(&mut listed);
-    crate::openstack::glance::redact_store_locations(&mut held);
-    listed == held
+    hasher.hash(listed) == held.metadata_hash
 }
 
-pub(super) fn plan(rec: &ImageRecord, held: &[(Id, Snapshot)]) -> Plan {
+/// `reads_bodies`: whether this key can read the previous snapshot's trees to
+/// reuse them for new metadata; a write-only key cannot, so it archives the
+/// image again, which stores nothing the repository holds (dedup) but reads it.
+pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool) -> Plan {
     if let Some(why) = rec.not_downloadable_reason() {
         return Plan::Skip(why);
     }
     // Newest first: the latest snapshot of this content decides.
     match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
-        Some((id, s)) if same_metadata(rec, s) => Plan::Unchanged(*id),
-        Some((id, s)) => Plan::NewMetadata(*id, Box::new(s.clone())),
-        None => Plan::Download,
+        Some((id, s)) if same_metadata(rec, s, hasher) => Plan::Unchanged(*id),
+        Some((id, _)) if reads_bodies => Plan::NewMetadata(*id),
+        Some(_) | None => Plan::Download,
     }
 }
 
-/// Glance snapshots of `cloud` in the repository, by image id, oldest first.
-pub(super) fn held_images(index: &Index, cloud: Option<&str>) -> Result<HashMap<String, Vec<(Id, Snapshot)>>> {
-    let mut held: HashMap<String, Vec<(Id, Snapshot)>> = HashMap::new();
+/// Glance snapshots of `cloud` in the repository, by image id, oldest first,
+/// from their heads (what every key reads).
+pub(super) fn held_images(index: &Index, cloud: Option<&str>) -> Result<HashMap<String, Vec<(Id, SnapshotHead)>>> {
+    let mut held: HashMap<String, Vec<(Id, SnapshotHead)>> = HashMap::new();
     for row in index.snapshot_rows()? {
-        let Some(snap) = index.snapshot(&row.id)? else { continue };
-        if let Source::Glance { image_id, cloud: c } = &snap.source {
+        let Some(head) = index.snapshot_head(&row.id)? else { continue };
+        if let Source::Glance { image_id, cloud: c } = &head.source {
             if c.as_deref() == cloud {
-                held.entry(image_id.clone()).or_default().push((row.id, snap));
+                held.entry(image_id.clone()).or_default().push((row.id, head));
             }
         }
     }
@@ -84,7 +87,7 @@ pub(super) fn held_images(index: &Index, cloud: Option<&str>) -> Result<HashMap<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repository::snapshot::Source;
+    use crate::repository::snapshot::{Snapshot, Source};
     use crate::sync::test_support::rec;
     use serde_json::json;
 
@@ -113,13 +116,42 @@ mod tests {
             stats: Default::default(),
             metadata: json!({"updated_at": updated}).as_object().unwrap().clone(),
         };
+        let head =
+            |digests: &[(&str, &str)], size: u64, updated: &str| SnapshotHead::of(&snap(digests, size, updated), &MetadataHasher::UNKEYED);
         let r = rec(json!({"os_hash_algo": "sha512", "os_hash_value": "AA", "checksum": "bb"}));
-        assert!(same_content(&r, &snap(&[("sha512", "aa"), ("md5", "zz")], 1, "")));
-        assert!(!same_content(&r, &snap(&[("sha512", "ab"), ("md5", "bb")], 10, "")));
-        assert!(same_content(&r, &snap(&[("md5", "bb")], 1, "")));
+        assert!(same_content(&r, &head(&[("sha512", "aa"), ("md5", "zz")], 1, "")));
+        assert!(!same_content(&r, &head(&[("sha512", "ab"), ("md5", "bb")], 10, "")));
+        assert!(same_content(&r, &head(&[("md5", "bb")], 1, "")));
         let bare = rec(json!({"updated_at": "2026-01-01T00:00:00Z"}));
-        assert!(same_content(&bare, &snap(&[], 10, "2026-01-01T00:00:00Z")));
-        assert!(!same_content(&bare, &snap(&[], 10, "2026-01-02T00:00:00Z")));
-        assert!(!same_content(&bare, &snap(&[], 11, "2026-01-01T00:00:00Z")));
+        assert!(same_content(&bare, &head(&[], 10, "2026-01-01T00:00:00Z")));
+        assert!(!same_content(&bare, &head(&[], 10, "2026-01-02T00:00:00Z")));
+        assert!(!same_content(&bare, &head(&[], 11, "2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn new_metadata_reuses_the_held_streams_only_with_a_key_that_reads_them() {
+        let hasher = MetadataHasher::new(&crate::ids::IdKey::keyed([3; 32]));
+        let listed = json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0});
+        let snap = |metadata: serde_json::Value| {
+            let mut s: Snapshot = serde_json::from_value(json!({
+                "version": 1, "name": "web", "time": "t", "hostname": "h", "source": {"kind": "stdin"}, "logical_bytes": 10,
+                "format": "raw", "layout": {"kind": "raw"}, "stats": {"chunks": 0, "new_chunks": 0, "new_bytes": 0,
+                "stored_bytes_added": 0, "hole_bytes": 0, "seconds": 0.0},
+                "guest": {"size": 0, "extent_count": 0, "extents_blake3": Id([0; 32]), "trees": [], "data_bytes": 0},
+                "digests": {"sha512": "aa"}
+            }))
+            .unwrap();
+            s.metadata = rec(metadata).raw.as_object().unwrap().clone();
+            SnapshotHead::of(&s, &hasher)
+        };
+        let r = rec(listed.clone());
+        let same = vec![(Id([1; 32]), snap(listed.clone()))];
+        let changed = vec![(Id([2; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 1})))];
+        for reads_bodies in [true, false] {
+            assert!(matches!(plan(&r, &same, &hasher, reads_bodies), Plan::Unchanged(id) if id == Id([1; 32])));
+        }
+        assert!(matches!(plan(&r, &changed, &hasher, true), Plan::NewMetadata(id) if id == Id([2; 32])));
+        assert!(matches!(plan(&r, &changed, &hasher, false), Plan::Download), "a write-only key archives again");
+        assert!(matches!(plan(&r, &[], &hasher, true), Plan::Download));
     }
 }

@@ -122,20 +122,27 @@ pub fn sync(
 
     let mut downloads = VecDeque::new();
     let no_snapshots = Vec::new();
+    let hasher = repo.metadata_hasher();
+    let reads_bodies = repo.key_kind() != Some(crate::crypto::KeyKind::WriteOnly);
     for rec in images {
         let mut e = ImageEntry::new(ImageResult::Unchanged, &rec);
-        match plan(&rec, held.get(&rec.id).unwrap_or(&no_snapshots)) {
+        match plan(&rec, held.get(&rec.id).unwrap_or(&no_snapshots), &hasher, reads_bodies) {
             Plan::Skip(why) => {
                 e.result = ImageResult::Skipped;
                 e.reason = Some(why);
             }
             Plan::Unchanged(id) => e.snapshot = Some(id.to_hex()),
-            Plan::NewMetadata(prev, snap) => {
+            Plan::NewMetadata(prev) => {
                 let t = Instant::now();
                 let mut metadata = rec.raw.as_object().cloned().unwrap_or_default();
                 // What archive drops (store locations can carry credentials) a metadata-only snapshot drops too.
                 crate::openstack::glance::redact_store_locations(&mut metadata);
-                match record_new_metadata(repo, index, &snap, display_name(&rec), metadata) {
+                let previous = match index.snapshot(&prev) {
+                    Ok(Some(snap)) => Ok(snap),
+                    Ok(None) => repo.load_snapshot(&prev),
+                    Err(e) => Err(e),
+                };
+                match previous.and_then(|snap| record_new_metadata(repo, index, &snap, display_name(&rec), metadata)) {
                     Ok((id, _)) => {
                         e.result = ImageResult::MetadataUpdated;
                         e.snapshot = Some(id.to_hex());

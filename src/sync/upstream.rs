@@ -4,7 +4,7 @@
 use super::*;
 use crate::ids::Id;
 use crate::openstack::glance::{GlanceClient, ImageRecord};
-use crate::repository::snapshot::Snapshot;
+use crate::repository::snapshot::SnapshotHead;
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;
 use crate::warnings::Warnings;
@@ -19,20 +19,20 @@ pub(super) fn find_deleted(
     repo: &Repository,
     glance: &GlanceClient,
     opts: &SyncOptions,
-    held: &HashMap<String, Vec<(Id, Snapshot)>>,
+    held: &HashMap<String, Vec<(Id, SnapshotHead)>>,
     listed: &HashSet<String>,
     recorded: &HashMap<String, DeletedUpstream>,
     warnings: &Warnings,
 ) -> Result<Vec<DeletedEntry>> {
     let mut deleted = Vec::new();
-    let mut missing: Vec<(&String, &(Id, Snapshot))> = held
+    let mut missing: Vec<(&String, &(Id, SnapshotHead))> = held
         .iter()
         .filter(|(id, _)| !listed.contains(*id) && !recorded.contains_key(*id))
         .filter_map(|(id, snaps)| snaps.last().map(|last| (id, last)))
         .collect();
     missing.sort_by(|a, b| a.0.cmp(b.0));
     for (image_id, (snap_id, snap)) in missing {
-        let Ok(last) = ImageRecord::from_json(serde_json::Value::Object(snap.metadata.clone())) else { continue };
+        let Ok(last) = ImageRecord::from_json(serde_json::Value::Object(snap.selection.clone())) else { continue };
         if !(opts.scope.admits(&last) && opts.filters.matches(&last)) {
             continue;
         }

@@ -29,6 +29,7 @@ mod qcow2_roundtrip;
 mod report;
 mod roundtrip;
 mod tls;
+mod write_only;
 
 #[cfg(feature = "remote-tests")]
 mod backend_conformance;
