@@ -10,14 +10,14 @@
 //! The image is read once and never held whole; bounded channels give
 //! back-pressure so memory stays flat as images grow.
 
-use crate::chunking::{Chunk, GuestChunker};
+use crate::chunking::{Chunk, Gear, GuestChunker};
 use crate::digest::{Digesters, Piece};
 use crate::format::detect::{self, FormatKind};
 use crate::format::qcow2;
 use crate::ids::Id;
 use crate::index::Index;
 use crate::progress::SharedProgress;
-use crate::repository::config::Config;
+use crate::repository::config::{Config, DedupScope};
 use crate::repository::extents::Extent;
 use crate::repository::snapshot::{Layout, Snapshot, SnapshotHead, SnapshotStats, Source};
 use crate::repository::Repository;
@@ -47,6 +47,9 @@ pub struct ArchiveRequest {
     /// it must agree with what is detected, and a declared raw image is never decomposed.
     pub declared_format: Option<String>,
     pub qcow2_policy: qcow2::Policy,
+    /// The Glance project (image `owner`) the image belongs to. In a repository
+    /// whose dedup scope is `project` it keys the chunk ids and is required.
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -123,8 +126,9 @@ struct StreamBatcher {
 }
 
 impl StreamBatcher {
-    fn new(kind: StreamKind, config: &Config, tx: crossbeam_channel::Sender<Result<Msg>>) -> Self {
-        StreamBatcher { kind, chunker: GuestChunker::new(config.chunker, config.hole_block_size), batch: Vec::new(), batch_bytes: 0, tx }
+    fn new(kind: StreamKind, config: &Config, gear: &Arc<Gear>, tx: crossbeam_channel::Sender<Result<Msg>>) -> Self {
+        let chunker = GuestChunker::new(config.chunker, config.hole_block_size, gear.clone());
+        StreamBatcher { kind, chunker, batch: Vec::new(), batch_bytes: 0, tx }
     }
 
     fn push(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
@@ -209,6 +213,7 @@ fn read_image(
     reader: Box<dyn Read + Send>,
     digesters: Digesters,
     config: &Config,
+    gear: &Arc<Gear>,
     declared: Option<&str>,
     policy: &qcow2::Policy,
     size_hint: Option<u64>,
@@ -223,9 +228,9 @@ fn read_image(
         let detected = detect::detect(&head);
         let kind = detect::decide(declared, &detected)?;
         let mut input = std::io::Cursor::new(head).chain(&mut tee);
-        let mut guest = StreamBatcher::new(StreamKind::Guest, config, tx.clone());
+        let mut guest = StreamBatcher::new(StreamKind::Guest, config, gear, tx.clone());
         let shape = if kind == FormatKind::Qcow2 {
-            let literal = StreamBatcher::new(StreamKind::Literal, config, tx.clone());
+            let literal = StreamBatcher::new(StreamKind::Literal, config, gear, tx.clone());
             let mut sink = QcowSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
             let d = qcow2::decompose(&mut input, size_hint, policy, &mut sink)?;
             sink.finish()?;
@@ -276,7 +281,15 @@ pub fn archive(
     let config = repo.config().clone();
     let config_copy = config.clone();
     let expected_chunks = req.expected_size.map_or(0, |s| (s / config.chunker.avg_size as u64) as usize);
-    let mut store = crate::store::ChunkStore::new(repo, &*index, expected_chunks)?;
+    let project = req.project.as_deref().filter(|p| !p.is_empty());
+    if repo.keys().is_some() && config.dedup_scope == DedupScope::Project && project.is_none() {
+        // The repository-wide scope would let this image share chunks with any other
+        // unattributed one; an operator says which tenant it belongs to instead.
+        bail!("this repository's dedup scope is `project`, and the image has no project: give --project PROJECT (a Glance source's owner is used when it has one)");
+    }
+    let mut store = crate::store::ChunkStore::new(repo, &*index, expected_chunks, project)?;
+    let gear = Gear::for_chunker_key(repo.keys().map(|k| k.chunker_key()));
+    let recipe_gear = gear.clone();
 
     let (tx, rx) = bounded::<Result<Msg>>(2);
     let pb = progress.clone();
@@ -284,7 +297,7 @@ pub fn archive(
     let policy = req.qcow2_policy.clone();
     let size_hint = req.expected_size;
     let reader_thread = std::thread::Builder::new().name("read".into()).spawn(move || {
-        let (result, digesters) = read_image(reader, digesters, &config, declared.as_deref(), &policy, size_hint, tx.clone(), pb);
+        let (result, digesters) = read_image(reader, digesters, &config, &gear, declared.as_deref(), &policy, size_hint, tx.clone(), pb);
         if let Err(e) = result {
             let _ = tx.send(Err(e));
         }
@@ -323,7 +336,7 @@ pub fn archive(
         }
         Shape::Qcow2(d) => {
             // The recipe is a small byte stream of its own, chunked like any other.
-            let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX);
+            let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX, recipe_gear);
             let mut recipe_chunks = Vec::new();
             chunker.push(0, &d.recipe, &mut |c| recipe_chunks.push(c));
             chunker.finish(&mut |c| recipe_chunks.push(c));
@@ -461,6 +474,9 @@ pub struct ArchiveOptions {
     /// Archive a QCOW2 image with an external data file as opaque bytes instead of refusing it
     #[cfg_attr(feature = "clap", arg(long))]
     pub allow_data_file_opaque: bool,
+    /// The Glance project the image belongs to (recorded as its owner); required for a file in a repository with dedup scope project
+    #[cfg_attr(feature = "clap", arg(long, value_name = "PROJECT"))]
+    pub project: Option<String>,
     #[cfg_attr(feature = "clap", command(flatten))]
     pub spill: SpillOptions,
     /// The `--os-cloud` name recorded for a glance: source.
@@ -535,6 +551,25 @@ pub fn unverifiable_warning(algos: &[String]) -> String {
     format!("the source's {} digest was not checked: imgarc computes {} only", algos.join(", "), crate::digest::SUPPORTED.join(", "))
 }
 
+/// The project an image belongs to: its Glance record's `owner`, or `--project`
+/// for a file (then recorded as the snapshot's `owner`, which `report --project`
+/// groups by). A `--project` that contradicts the record's owner is refused
+/// rather than put a tenant's image in another tenant's dedup scope.
+fn source_project(metadata: &mut serde_json::Map<String, serde_json::Value>, flag: Option<&str>) -> Result<Option<String>> {
+    let owner = metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string);
+    match (owner, flag) {
+        (Some(owner), Some(flag)) if owner != flag => {
+            bail!("--project {flag} contradicts the Glance image's owner {owner}; leave --project out for a Glance source")
+        }
+        (Some(owner), _) => Ok(Some(owner)),
+        (None, Some(flag)) => {
+            metadata.insert("owner".into(), flag.into());
+            Ok(Some(flag.to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Opens `opts.source` (a file, `-`, or `glance:IMAGE` through the client
 /// `glance` makes) and archives it. The caller holds the archive lock and an
 /// index opened as a writer; `bar(total)` makes the progress handle once the
@@ -553,6 +588,8 @@ pub fn archive_source(
     };
     let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
     let unverifiable = src.unverifiable_digests.clone();
+    let mut metadata = src.metadata;
+    let project = source_project(&mut metadata, opts.project.as_deref())?;
     let req = ArchiveRequest {
         name: opts.name.clone().unwrap_or(src.default_name),
         tags: opts.tags.clone(),
@@ -560,13 +597,14 @@ pub fn archive_source(
         digests,
         expected_digests: src.expected_digests,
         expected_size: src.size,
-        metadata: src.metadata,
+        metadata,
         declared_format: opts.disk_format.clone().or(src.declared_format),
         qcow2_policy: qcow2::Policy {
             allow_backing_file_opaque: opts.allow_backing_file_opaque,
             allow_data_file_opaque: opts.allow_data_file_opaque,
             ..opts.spill.qcow2_policy()?
         },
+        project,
     };
     let outcome = archive(repo, index, src.reader, req, &bar(src.size))?;
     let from_glance = opts.source.starts_with("glance:");
@@ -617,6 +655,7 @@ mod tests {
             metadata: Default::default(),
             declared_format: Some("qcow2".into()),
             qcow2_policy: Default::default(),
+            project: None,
         };
         let file = std::fs::File::open(&qcow).unwrap();
         let out = archive(&repo, &mut index, Box::new(file), req, &crate::progress::none()).unwrap();
@@ -660,6 +699,7 @@ mod tests {
             metadata: Default::default(),
             declared_format: Some("raw".into()),
             qcow2_policy: Default::default(),
+            project: None,
         };
         let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap_err();
         assert!(format!("{err:#}").contains("archive lock on the repository"), "{err:#}");

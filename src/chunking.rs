@@ -7,12 +7,18 @@
 //! its container. Pieces may arrive in any order; a piece that does not
 //! continue the previous one ends the current run.
 //!
+//! Boundaries come from a [`Gear`] table: FastCDC's standard one for
+//! unencrypted repositories (byte for byte the v1 format), or one derived from
+//! the repository's secret `chunker_key` when encrypted, so that chunk lengths
+//! are no longer a public function of the data (format-spec/encryption.md §6).
+//!
 //! It also owns the chunker's parameters ([`ChunkerParams`], the `chunker` field of the
 //! repository's `config` object): `repository::config` depends on this module, not the reverse.
 
 use anyhow::{bail, Result};
 use fastcdc::v2020;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The FastCDC parameters of a repository (its `config` object's `chunker` field, format-spec §2):
 /// they fix every chunk boundary, so they are part of the repository format.
@@ -42,6 +48,59 @@ impl ChunkerParams {
     }
 }
 
+/// BLAKE3 key-derivation context of the keyed gear table (format-spec/encryption.md §6).
+const GEAR_CONTEXT: &str = "imgarc 2026-12-01 fastcdc gear table";
+
+/// The gear hash table FastCDC rolls over the data, and its left-shifted twin
+/// (`v2020::cut_gear` takes both): which table a repository uses is part of its format.
+pub struct Gear {
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+}
+
+impl Gear {
+    /// FastCDC 2020's own table (unencrypted repositories; the golden test pins it).
+    pub fn standard() -> Arc<Gear> {
+        let (gear, gear_ls) = v2020::get_gear_with_seed(0);
+        Arc::new(Gear { gear, gear_ls })
+    }
+
+    /// The table of an encrypted repository: 256 little-endian u64 read from the
+    /// BLAKE3 XOF of `chunker_key` (derive-key mode, [`GEAR_CONTEXT`]). Secret, so an
+    /// observer without the key cannot compute a known image's chunk lengths.
+    pub fn keyed(chunker_key: &[u8; 32]) -> Arc<Gear> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 256 * 8]);
+        blake3::Hasher::new_derive_key(GEAR_CONTEXT).update(chunker_key).finalize_xof().fill(&mut bytes[..]);
+        let mut gear = Box::new([0u64; 256]);
+        let mut gear_ls = Box::new([0u64; 256]);
+        for (i, word) in bytes.chunks_exact(8).enumerate() {
+            gear[i] = u64::from_le_bytes(word.try_into().expect("8-byte chunks"));
+            // The same relation fastcdc's GEAR_LS has to GEAR.
+            gear_ls[i] = gear[i] << 1;
+        }
+        Arc::new(Gear { gear, gear_ls })
+    }
+
+    /// The table of a repository: keyed by its chunker key when it has keys.
+    pub fn for_chunker_key(chunker_key: Option<&[u8; 32]>) -> Arc<Gear> {
+        chunker_key.map_or_else(Gear::standard, Gear::keyed)
+    }
+}
+
+impl Drop for Gear {
+    fn drop(&mut self) {
+        // A keyed table is derived key material: it would let anyone compute chunk lengths.
+        zeroize::Zeroize::zeroize(&mut self.gear[..]);
+        zeroize::Zeroize::zeroize(&mut self.gear_ls[..]);
+    }
+}
+
+impl std::fmt::Debug for Gear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gear(***)")
+    }
+}
+
 /// A chunk of guest data at its guest offset.
 #[derive(Debug)]
 pub struct Chunk {
@@ -51,6 +110,7 @@ pub struct Chunk {
 
 pub struct GuestChunker {
     params: ChunkerParams,
+    gear: Arc<Gear>,
     masks: (u64, u64),
     block: u64,
     /// Bytes of the aligned block being assembled, and where it starts.
@@ -80,12 +140,15 @@ pub fn is_zero(mut data: &[u8]) -> bool {
 }
 
 impl GuestChunker {
-    pub fn new(params: ChunkerParams, hole_block: u32) -> Self {
+    /// `gear`: the repository's table ([`Gear::for_chunker_key`]); a wrong one
+    /// silently stops deduplication against what is stored.
+    pub fn new(params: ChunkerParams, hole_block: u32, gear: Arc<Gear>) -> Self {
         let bits = v2020::logarithm2(params.avg_size);
         let level = params.normalization;
         let masks = (v2020::MASKS[(bits + level) as usize], v2020::MASKS[(bits - level) as usize]);
         GuestChunker {
             params,
+            gear,
             masks,
             block: hole_block as u64,
             block_buf: Vec::with_capacity(hole_block as usize),
@@ -169,7 +232,8 @@ impl GuestChunker {
         let (min, avg, max) = (self.params.min_size as usize, self.params.avg_size as usize, self.params.max_size as usize);
         let mut pos = 0;
         while pos < self.run.len() && (last || self.run.len() - pos >= max) {
-            let (_, len) = v2020::cut(&self.run[pos..], min, avg, max, self.masks.0, self.masks.1, self.masks.0 << 1, self.masks.1 << 1);
+            let (m, g) = (self.masks, &*self.gear);
+            let (_, len) = v2020::cut_gear(&self.run[pos..], min, avg, max, m.0, m.1, m.0 << 1, m.1 << 1, &g.gear, &g.gear_ls);
             let len = len.max(1).min(self.run.len() - pos);
             out(Chunk { offset: self.run_start + pos as u64, data: self.run[pos..pos + len].to_vec() });
             pos += len;
@@ -202,7 +266,7 @@ mod tests {
     }
 
     fn chunks_of(pieces: &[(u64, &[u8])]) -> Vec<(u64, Vec<u8>)> {
-        let mut c = GuestChunker::new(params(), 64 * 1024);
+        let mut c = GuestChunker::new(params(), 64 * 1024, Gear::standard());
         let mut v = vec![];
         for (off, d) in pieces {
             c.push(*off, d, &mut |ch| v.push((ch.offset, ch.data)));
@@ -299,8 +363,12 @@ mod tests {
         }
 
         fn boundaries(avg: u32) -> Vec<(u64, usize)> {
+            boundaries_with(avg, Gear::standard())
+        }
+
+        fn boundaries_with(avg: u32, gear: Arc<Gear>) -> Vec<(u64, usize)> {
             let data = input(avg);
-            let mut c = GuestChunker::new(ChunkerParams::with_average(avg).unwrap(), 64 * 1024);
+            let mut c = GuestChunker::new(ChunkerParams::with_average(avg).unwrap(), 64 * 1024, gear);
             let mut v = vec![];
             c.push(0, &data, &mut |ch| v.push((ch.offset, ch.data.len())));
             c.finish(&mut |ch| v.push((ch.offset, ch.data.len())));
@@ -331,6 +399,71 @@ mod tests {
             assert!(wrong.is_empty(), "chunk boundaries moved (the repository format changed):\n{}", wrong.join("\n"));
             let first = boundaries(64 * 1024);
             assert_eq!(&first[..FIRST_AT_64K.len()], FIRST_AT_64K);
+        }
+
+        /// The chunker key of the keyed golden rows: bytes 0, 1, …, 31.
+        fn golden_key() -> [u8; 32] {
+            std::array::from_fn(|i| i as u8)
+        }
+
+        /// (average chunk size, number of chunks, BLAKE3 of the boundary list) with the
+        /// gear table of [`golden_key`]: the keyed table's derivation is part of the
+        /// format of every encrypted repository (format-spec/encryption.md §6).
+        const GOLDEN_KEYED: &[(u32, usize, &str)] = &[
+            (4096, 21, "8ac9e2dcb5b70afc8289532361bafb898fd02995d32cbaeb638bf97030ef0dd6"),
+            (65536, 23, "bfc052615cdba599009989b3dc4d5317ab1b7bcd3906d7bcf953492e1f4b1ccf"),
+            (1048576, 19, "d426f2427a1cdd36d06064825f7d9f002c0f7e6e1b3b6e2f325d305cfb7f2bf6"),
+        ];
+
+        /// The first boundaries at 64 KiB with the keyed table, spelled out.
+        const FIRST_AT_64K_KEYED: &[(u64, usize)] = &[
+            (0, 69617),
+            (69617, 60819),
+            (130436, 112585),
+            (243021, 67299),
+            (310320, 93209),
+            (403529, 102192),
+            (505721, 46548),
+            (552269, 51708),
+        ];
+
+        /// The first words of the keyed table for [`golden_key`] (format-spec test vector).
+        const KEYED_GEAR_FIRST: [u64; 3] = [0xad7d10f3aaa9506f, 0x0ba10d52aa89735c, 0xd2ca5cdb95b38cb3];
+
+        #[test]
+        fn keyed_gear_table_boundaries_are_pinned() {
+            let mut wrong = vec![];
+            for &(avg, count, hex) in GOLDEN_KEYED {
+                let list = boundaries_with(avg, Gear::keyed(&golden_key()));
+                let got = (list.len(), digest(&list));
+                if got != (count, hex.to_string()) {
+                    wrong.push(format!("({avg}, {}, \"{}\"),", got.0, got.1));
+                }
+                assert_ne!(list, boundaries(avg), "the keyed table cuts where the public one does at {avg}");
+            }
+            let first = boundaries_with(64 * 1024, Gear::keyed(&golden_key()));
+            assert!(
+                wrong.is_empty(),
+                "keyed chunk boundaries moved (the encrypted format changed):\n{}\nfirst: {:?}",
+                wrong.join("\n"),
+                &first[..8]
+            );
+            assert_eq!(&first[..FIRST_AT_64K_KEYED.len()], FIRST_AT_64K_KEYED);
+            let gear = Gear::keyed(&golden_key());
+            let words: Vec<String> = gear.gear[..3].iter().map(|w| format!("{w:#018x}")).collect();
+            assert_eq!(gear.gear[..3], KEYED_GEAR_FIRST, "{words:?}");
+        }
+
+        /// The keyed table keeps fastcdc's relation between its two tables, and a
+        /// different key gives different boundaries.
+        #[test]
+        fn keyed_tables_follow_fastcdc_and_depend_on_the_key() {
+            let std = Gear::standard();
+            assert!(std.gear.iter().zip(std.gear_ls.iter()).all(|(g, ls)| g << 1 == *ls));
+            let mut other = golden_key();
+            other[0] ^= 1;
+            assert_ne!(boundaries_with(64 * 1024, Gear::keyed(&golden_key())), boundaries_with(64 * 1024, Gear::keyed(&other)));
+            assert_eq!(format!("{:?}", Gear::keyed(&other)), "Gear(***)");
         }
     }
 }

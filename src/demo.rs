@@ -125,6 +125,7 @@ pub fn demo(opts: &DemoOptions, bar: &dyn Fn(&str, u64) -> SharedProgress) -> Re
             metadata: Default::default(),
             declared_format: None,
             qcow2_policy: Default::default(),
+            project: None,
         };
         let r = archive(&repo, &mut index, Box::new(file), req, &bar(&format!("night {n:02}"), size))?;
         logical += r.logical_bytes;

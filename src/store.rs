@@ -2,7 +2,9 @@
 //! names them (BLAKE3, in parallel), drops those the repository already holds
 //! (Bloom filter, then batched SQLite lookups), compresses the rest (zstd, in
 //! parallel), appends them to packs and hands full packs to an uploader
-//! thread, which stores each pack and then its index object.
+//! thread, which stores each pack and then its index object. In a repository
+//! whose dedup scope is `project`, one store names blobs in one project's scope,
+//! so it dedups only against that project's data.
 
 use crate::chunking::Chunk;
 use crate::ids::Id;
@@ -42,7 +44,9 @@ pub struct ChunkStore<'a> {
 }
 
 impl<'a> ChunkStore<'a> {
-    pub fn new(repo: &Repository, index: &'a Index, expected_chunks: usize) -> Result<ChunkStore<'a>> {
+    /// `project`: the Glance project the archived image belongs to, which keys
+    /// the blob ids when the repository's dedup scope is `project`.
+    pub fn new(repo: &Repository, index: &'a Index, expected_chunks: usize, project: Option<&str>) -> Result<ChunkStore<'a>> {
         let filter = index.build_filter(expected_chunks)?;
         let (tx, rx) = bounded::<PackBuilder>(1);
         let repo2 = repo.clone();
@@ -62,7 +66,7 @@ impl<'a> ChunkStore<'a> {
         })?;
         Ok(ChunkStore {
             index,
-            writer: repo.blob_writer(None)?,
+            writer: repo.blob_writer(project)?,
             pack_target: repo.config().pack_target_size as usize,
             filter,
             seen: HashSet::new(),

@@ -56,6 +56,7 @@ pub(super) fn download_one(
             metadata: src.metadata,
             declared_format: src.declared_format,
             qcow2_policy: opts.qcow2_policy.clone(),
+            project: rec.owner.clone(),
         };
         archive(repo, index, reader, req, &crate::progress::none())
     })();
@@ -247,6 +248,7 @@ mod interrupted {
             metadata: Default::default(),
             declared_format: Some("raw".into()),
             qcow2_policy: Default::default(),
+            project: None,
         }
     }
 
