@@ -34,6 +34,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("objects", lock_mark_upstream),
     ("recipe", recipe),
     ("detect", format_detection),
+    ("sealed_pack", sealed_pack),
+    ("sealed_blob", sealed_blob),
+    ("key_object", key_object),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -301,4 +304,125 @@ pub fn lock_mark_upstream(data: &[u8]) {
     }
     let _ = repo.read_mark(&mark_key);
     let _ = repo.deleted_upstream();
+}
+
+// ---- Encrypted repositories: what is parsed after a seal opens.
+
+/// A field of the first test vector of format-spec/encryption.md §8.
+fn vector_field(name: &str) -> &'static str {
+    let spec = include_str!("../../format-spec/encryption.md");
+    let prefix = format!("{name}: ");
+    spec.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(str::trim).expect("a field of the §8 vectors")
+}
+
+/// The fixed full keys of the first test vector, so an input means the same on every run
+/// (a crash reproduces) and sealed input opens.
+fn fixed_keys() -> &'static imgarc::crypto::KeySet {
+    static KEYS: std::sync::OnceLock<imgarc::crypto::KeySet> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| imgarc::crypto::KeySet::from_bytes(&hex_decode(vector_field("keyset"))).expect("the vector's keyset"))
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+}
+
+fn encrypted_limits() -> pack::BlobLimits {
+    let config = Config::new(64 << 10, 3).expect("config").with_encryption(Some(fixed_keys().cipher()));
+    pack::BlobLimits::from_config(&config)
+}
+
+/// Associated data of a sealed blob (format-spec/encryption.md §4): `"imgarc blob\0" ‖ kind ‖ id`.
+fn blob_aad(kind: pack::BlobKind, id: &Id) -> Vec<u8> {
+    let mut aad = b"imgarc blob\0".to_vec();
+    aad.push(kind as u8);
+    aad.extend_from_slice(&id.0);
+    aad
+}
+
+/// An encrypted pack: the input as a whole stored pack (sealed trailer expected), and the
+/// input's tail as the *plaintext* of a trailer sealed with the fixed meta key behind a
+/// valid header, footer and checksum, so entry parsing and validation after the seal run.
+/// Every accepted entry's blob is opened with the full key.
+pub fn sealed_pack(data: &[u8]) {
+    let keys = fixed_keys();
+    let limits = encrypted_limits();
+    let open_all = |bytes: &[u8]| {
+        let Ok(entries) = pack::parse_pack(bytes, &limits, Some(keys)) else { return };
+        for e in entries {
+            let start = e.offset as usize;
+            let stored = bytes.get(start..start + e.stored_len as usize).expect("an accepted entry lies inside the pack");
+            let _ = pack::open_blob(&e, stored, Some(keys));
+        }
+    };
+    open_all(data);
+    // First two bytes: how many 56-byte entries the tail holds; the bytes before them are the blobs region.
+    if data.len() < 2 {
+        return;
+    }
+    let count = (u16::from_le_bytes([data[0], data[1]]) as usize).min((data.len() - 2) / pack::ENTRY_LEN);
+    let (blobs, entries) = data[2..].split_at(data.len() - 2 - count * pack::ENTRY_LEN);
+    let mut p = pack::MAGIC.to_vec();
+    p.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]);
+    p.extend_from_slice(blobs);
+    let mut aad = b"imgarc pack entries\0".to_vec();
+    aad.extend_from_slice(&(count as u32).to_le_bytes());
+    let sealed = keys.seal_meta(&aad, entries);
+    let digest = *blake3::hash(&sealed).as_bytes();
+    p.extend_from_slice(&sealed);
+    p.extend_from_slice(&(count as u32).to_le_bytes());
+    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&digest);
+    p.extend_from_slice(pack::END_MAGIC);
+    open_all(&p);
+}
+
+/// One sealed blob. The first 6 bytes choose the entry (kind, codec, raw_len); the rest is the
+/// blob's plaintext (`scope_len ‖ scope ‖ codec bytes`), sealed to the fixed keys under the id
+/// the data would have, so scope parsing, decompression and the id check after the seal run;
+/// the same bytes are also opened as they are (a forged sealed blob).
+pub fn sealed_blob(data: &[u8]) {
+    let keys = fixed_keys();
+    if data.len() < 6 {
+        return;
+    }
+    let kind = if data[0] & 1 == 0 { pack::BlobKind::Data } else { pack::BlobKind::Tree };
+    let codec = if data[1] & 1 == 0 { pack::Codec::None } else { pack::Codec::Zstd };
+    let raw_len = u32::from_le_bytes(data[2..6].try_into().expect("4 bytes")) % ((1 << 20) + 1); // bounds the decompression buffer, as validate_entries does for real entries
+    let plain = &data[6..];
+    // The id the codec bytes would have if they were the raw blob after the scope: reached when codec is none.
+    let scope_len = plain.first().map_or(0, |&n| n as usize);
+    let body = plain.get(1 + scope_len..).unwrap_or(&[]);
+    let id = match std::str::from_utf8(plain.get(1..1 + scope_len).unwrap_or(&[])) {
+        Ok("") | Err(_) => keys.id_key().id_of(body),
+        Ok(scope) => keys.project_id_key(scope).id_of(body),
+    };
+    let sealed = keys.blob_sealer().seal(&blob_aad(kind, &id), plain);
+    for stored in [&sealed[..], plain] {
+        let entry = pack::PackEntry { id, kind, codec, raw_len, stored_len: stored.len() as u32, offset: pack::HEADER_LEN as u64 };
+        if let Ok(raw) = pack::open_blob(&entry, stored, Some(keys)) {
+            assert_eq!(raw.len(), raw_len as usize, "an accepted blob has its entry's length");
+        }
+        assert!(pack::open_blob(&entry, stored, Some(&keys.write_only())).is_err(), "a write-only key opened a blob");
+    }
+}
+
+/// Key objects (`keys/<id>`): the JSON decoder, and `open` — only for objects whose KDF
+/// parameters are tiny, so an iteration stays fast (the reader's own bounds on planted
+/// parameters are tested in `crypto::keyfile`) — and the KeySet bytes a wrap holds.
+pub fn key_object(data: &[u8]) {
+    use imgarc::crypto::keyfile::KeyFile;
+    if let Ok(file) = <KeyFile as RepoFile>::decode(data, &pack::BlobLimits::default()) {
+        let p = file.kdf_params;
+        if p.m_kib <= 256 && p.t <= 2 && p.p <= 2 {
+            // The vector's password, repository and config: the vector's own key object opens all the way.
+            let config = hex_decode(vector_field("config"));
+            let password = imgarc::secret::Secret::new(vector_field("password"));
+            let _ = file.open(&password, vector_field("repository_id"), &config);
+        }
+        let again = <KeyFile as RepoFile>::encode(&file).expect("a key object encodes");
+        assert!(<KeyFile as RepoFile>::decode(&again, &pack::BlobLimits::default()).is_ok(), "an accepted key object re-decodes");
+    }
+    if let Some(keys) = imgarc::crypto::KeySet::from_bytes(data) {
+        assert_eq!(&keys.to_bytes()[..], data, "accepted KeySet bytes re-encode identically");
+    }
 }

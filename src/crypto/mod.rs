@@ -8,6 +8,8 @@
 pub mod aead;
 pub mod keyfile;
 pub mod keyset;
+#[cfg(test)]
+mod vectors;
 
 pub use aead::{AeadKey, Cipher};
 pub use keyset::{BlobSealer, KeyKind, KeySet};

@@ -58,14 +58,13 @@ impl Storage {
     }
 
     /// The bytes a stored small object means; an error naming `key` if it
-    /// does not open under this repository's keys.
-    pub(crate) fn unseal(&self, key: &str, binding: &str, stored: Vec<u8>) -> BackendResult<Vec<u8>> {
+    /// does not open under this repository's keys. Not a [`BackendError`]: the
+    /// store answered, the bytes are bad (so a lock that does not open is
+    /// unreadable, hence stale, as a malformed one is, instead of an I/O error
+    /// that no `unlock` could ever clear).
+    pub(crate) fn unseal(&self, key: &str, binding: &str, stored: Vec<u8>) -> anyhow::Result<Vec<u8>> {
         match &self.keys {
-            Some(k) => k.open_meta(&object_aad(binding), &stored).map_err(|e| BackendError::Other {
-                op: "open",
-                key: key.to_string(),
-                message: e.to_string(),
-            }),
+            Some(k) => k.open_meta(&object_aad(binding), &stored).map_err(|e| anyhow::Error::new(e).context(format!("open {key}"))),
             None => Ok(stored),
         }
     }

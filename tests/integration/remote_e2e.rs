@@ -175,6 +175,47 @@ fn end_to_end(r: Remote) {
     assert!(named > 0, "no damaged chunk names its snapshots; errors: {errors}");
 }
 
+/// An encrypted repository on the remote: archive, restore, `check --read-data`, a new host's
+/// catch-up and `index rebuild`, all through sealed objects; the wrong password is refused.
+fn encrypted_end_to_end(r: Remote, cipher: &str) {
+    let pw = |mut c: Command| {
+        c.env("IMGARC_PASSWORD", "remote test password").stdin(Stdio::null());
+        c
+    };
+    let json = |cache: &str, args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = pw(r.cmd(cache, &a)).output().unwrap();
+        assert!(o.status.success(), "imgarc {args:?} on {}: {}", r.repo, String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    json("c1", &["init", "--encryption", cipher]);
+    let data = bytes(5 << 20, 11, false);
+    let p = r.file("enc.raw", &data);
+    let a = json("c1", &["archive", &p, "--name", "vm"]);
+    let out = r.work.path().join("enc.out");
+    json("c1", &["restore", &s(&a, "snapshot"), "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == data, "encrypted restore from {} differs", r.repo);
+    assert_eq!(json("c1", &["check", "--read-data"])["ok"], true);
+    assert_eq!(json("c2", &["list"]).as_array().unwrap().len(), 1);
+    assert_eq!(u(&json("c3", &["index", "rebuild"]), "snapshots"), 1);
+    std::fs::remove_file(&out).unwrap();
+    json("c3", &["restore", &s(&a, "snapshot"), "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == data);
+    let o = r.cmd("c4", &["list"]).env("IMGARC_PASSWORD", "wrong").stdin(Stdio::null()).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("wrong password"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn rgw_encrypted_end_to_end() {
+    encrypted_end_to_end(Remote::rgw(), "aes-256-gcm");
+}
+
+#[test]
+fn swift_encrypted_end_to_end() {
+    encrypted_end_to_end(Remote::swift(), "xchacha20-poly1305");
+}
+
 #[test]
 fn rgw_end_to_end() {
     end_to_end(Remote::rgw());
