@@ -108,8 +108,11 @@ fn require_full(repo: &Repository, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every key object, read (not unwrapped): `(key, file)` and what could not be read.
-fn load_all(repo: &Repository) -> Result<(Vec<(String, KeyFile)>, Vec<String>)> {
+/// Key objects by their object key, as read (not unwrapped).
+type KeyFiles = Vec<(String, KeyFile)>;
+
+/// Every key object, read (not unwrapped), and what could not be read.
+fn load_all(repo: &Repository) -> Result<(KeyFiles, Vec<String>)> {
     let mut keys = Vec::new();
     let mut unreadable = Vec::new();
     for (key, size) in repo.list::<KeyFile>()? {
