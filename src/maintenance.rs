@@ -81,6 +81,8 @@ pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, passwords: &dyn Passw
     if config.cipher().is_none() {
         return Repository::init(backend, config);
     }
+    // Refuse an occupied location before asking for a password that would be typed for nothing.
+    Repository::ensure_creatable(&backend)?;
     let password = passwords.password().context("the first key of the new encrypted repository needs a password")?;
     Repository::init_encrypted(backend, config, &NewKey { password: &password, kdf: KdfParams::for_new_keys(), label: "" })
 }

@@ -25,6 +25,13 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    /// Passwords and keys do not outlive their use in freed memory.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

@@ -95,8 +95,13 @@ impl Repository {
         Repository::create(backend, config, Some(key))
     }
 
-    fn create(backend: Arc<dyn Backend>, config: Config, key: Option<&NewKey<'_>>) -> Result<Repository> {
-        let storage = Storage::new(backend);
+    /// An error unless a repository can be created at `backend`: no config and
+    /// no key objects there (init asks for a password only after this).
+    pub fn ensure_creatable(backend: &Arc<dyn Backend>) -> Result<()> {
+        Repository::ensure_empty(&Storage::new(backend.clone()))
+    }
+
+    fn ensure_empty(storage: &Storage) -> Result<()> {
         match storage.size(CONFIG_KEY) {
             Ok(_) => bail!("a repository already exists at {}", storage.location()),
             Err(e) if e.is_not_found() => {}
@@ -105,6 +110,12 @@ impl Repository {
         if !storage.list(KeyFile::PREFIX)?.is_empty() {
             bail!("{} already holds key objects (keys/) but no config: not an empty location", storage.location());
         }
+        Ok(())
+    }
+
+    fn create(backend: Arc<dyn Backend>, config: Config, key: Option<&NewKey<'_>>) -> Result<Repository> {
+        let storage = Storage::new(backend);
+        Repository::ensure_empty(&storage)?;
         let bytes = serde_json::to_vec_pretty(&config)?;
         let mut repo = Repository { storage, config, config_bytes: Arc::new(bytes), key_id: None, held_locks: Default::default() };
         if let (Some(key), Some(cipher)) = (key, repo.config.cipher()) {
