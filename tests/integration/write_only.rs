@@ -90,6 +90,14 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
     let list = json(&env, WRITE_ONLY, &["list"]);
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
     assert!(env.cache.read_dir().unwrap().flatten().any(|d| d.path().join("index-write-only.sqlite").exists()));
+    // Its cache is derivable with its own key: trailers, index objects and heads.
+    let rebuilt = json(&env, WRITE_ONLY, &["index", "rebuild"]);
+    assert_eq!(u(&rebuilt, "snapshots"), 4, "{rebuilt}");
+    assert!(rebuilt["snapshots_unreadable"].as_array().is_some_and(|a| a.is_empty()), "{rebuilt}");
+    let list = json(&env, WRITE_ONLY, &["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+    let again = json(&env, WRITE_ONLY, &["archive", nights[1].0.to_str().unwrap(), "--name", "vm"]);
+    assert_eq!(u(&again, "new_chunks"), 0, "after a rebuild: {again}");
 
     let snap = s(n2, "snapshot");
     let out = env.path("refused.raw");
@@ -135,7 +143,8 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
     assert!(unused > 0, "the prune found nothing unused after the base was forgotten");
     // The write-only host catches up (a forgotten snapshot leaves its cache) and archives again.
     let list = json(&env, WRITE_ONLY, &["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 4, "four nights of vm, the base gone: {list}");
+    assert!(!list.to_string().contains(&s(&base_snap, "snapshot")), "{list}");
     let night3 = env.path("night-3.raw");
     disk.write_night(&night3, 3).unwrap();
     let n3 = json(&env, WRITE_ONLY, &["archive", night3.to_str().unwrap(), "--name", "vm"]);
