@@ -276,3 +276,61 @@ fn the_write_only_key_objects_secrets_open_no_stored_blob_and_no_snapshot_body()
         assert!(!String::from_utf8_lossy(&std::fs::read(&f).unwrap()).contains("THE-DISTINCTIVE"), "plaintext in {}", f.display());
     }
 }
+
+/// `sync` with a write-only key against the real Glance: it archives and
+/// dedups, a re-run reads nothing (decided from the heads), a metadata-only
+/// change is archived again (the previous snapshot's streams are unreadable)
+/// storing nothing new, and the full key agrees and restores.
+#[cfg(feature = "openstack-tests")]
+#[test]
+fn a_write_only_host_syncs_from_glance_deciding_from_the_snapshot_heads() {
+    use crate::support::openstack as os;
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = encrypted_env();
+    let tag = os::unique("write-only-sync");
+    let disk = imgarc::synthetic::SyntheticDisk::new(8 << 20, 21);
+    let mut images = Vec::new();
+    for night in 0..2 {
+        let p = env.path(&format!("n{night}.raw"));
+        disk.write_night(&p, night).unwrap();
+        let data = std::fs::read(&p).unwrap();
+        let (rec, guard) = os::upload_image(&g, &format!("{tag}-vm-n{night}"), &data, serde_json::json!({"tags": [tag]}));
+        images.push((rec.id, data, guard));
+    }
+    let sync = |password: &str| json(&env, password, &["--glance-url", &os::env("GLANCE_URL"), "sync", "--filter", &format!("tag={tag}")]);
+    let ids = |doc: &Value, key: &str| -> Vec<String> {
+        let mut v: Vec<String> = doc[key].as_array().unwrap().iter().map(|e| s(e, "id")).collect();
+        v.sort();
+        v
+    };
+    let mut all: Vec<String> = images.iter().map(|i| i.0.clone()).collect();
+    all.sort();
+
+    let first = sync(WRITE_ONLY);
+    assert_eq!(ids(&first, "archived"), all, "{first}");
+    assert!(u(&first, "bytes_stored") < u(&first, "bytes_read") * 3 / 4, "the second night dedups: {first}");
+    let again = sync(WRITE_ONLY);
+    assert_eq!(ids(&again, "unchanged"), all, "{again}");
+    assert_eq!(u(&again, "bytes_read"), 0, "{again}");
+
+    let (changed, data, _) = &images[0];
+    g.update(changed, &[serde_json::json!({"op": "add", "path": "/backup_note", "value": "tuesday"})]).unwrap();
+    let meta = sync(WRITE_ONLY);
+    assert_eq!(ids(&meta, "archived"), vec![changed.clone()], "a write-only key archives again: {meta}");
+    assert!(ids(&meta, "metadata_updated").is_empty(), "{meta}");
+    assert_eq!(u(&meta, "bytes_read"), data.len() as u64, "{meta}");
+    assert!(u(&meta, "bytes_stored") < data.len() as u64 / 50, "the same bytes again store (almost) nothing: {meta}");
+    let snap = s(&meta["archived"][0], "snapshot");
+    assert_eq!(ids(&sync(WRITE_ONLY), "unchanged"), all);
+    assert_refused(&env, &["--glance-url", &os::env("GLANCE_URL"), "restore", &snap, "--to-glance"], "restore");
+
+    // The full key sees the same: nothing changed since the write-only host's run.
+    assert_eq!(ids(&sync(FULL), "unchanged"), all);
+    let shown = json(&env, FULL, &["show", &snap]);
+    assert_eq!(shown["metadata"]["backup_note"], "tuesday", "{shown}");
+    let restored = env.path("restored.raw");
+    let o = run(&env, FULL, &["restore", &snap, "-o", restored.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&restored).unwrap() == *data, "the re-archived image differs after restore");
+}
