@@ -80,6 +80,12 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
         nights.push((p, a));
     }
     let (n1, n2) = (&nights[0].1, &nights[1].1);
+    eprintln!(
+        "new bytes: base (full key) {}, night 1 {}, night 2 (write-only) {}",
+        u(&base_snap, "new_bytes"),
+        u(n1, "new_bytes"),
+        u(n2, "new_bytes")
+    );
     // A night changes about a tenth of the disk (roundtrip::synthetic_nights_dedup).
     assert!(u(n1, "new_bytes") * 100 < u(&base_snap, "new_bytes") * 35, "night 1 stored too much: {n1} vs {base_snap}");
     assert!(u(n2, "new_bytes") * 100 < u(&base_snap, "new_bytes") * 35, "night 2 stored too much: {n2} vs {base_snap}");
