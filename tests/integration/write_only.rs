@@ -80,6 +80,12 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
         nights.push((p, a));
     }
     let (n1, n2) = (&nights[0].1, &nights[1].1);
+    eprintln!(
+        "new bytes: base (full key) {}, night 1 {}, night 2 (write-only) {}",
+        u(&base_snap, "new_bytes"),
+        u(n1, "new_bytes"),
+        u(n2, "new_bytes")
+    );
     // A night changes about a tenth of the disk (roundtrip::synthetic_nights_dedup).
     assert!(u(n1, "new_bytes") * 100 < u(&base_snap, "new_bytes") * 35, "night 1 stored too much: {n1} vs {base_snap}");
     assert!(u(n2, "new_bytes") * 100 < u(&base_snap, "new_bytes") * 35, "night 2 stored too much: {n2} vs {base_snap}");
@@ -90,6 +96,14 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
     let list = json(&env, WRITE_ONLY, &["list"]);
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
     assert!(env.cache.read_dir().unwrap().flatten().any(|d| d.path().join("index-write-only.sqlite").exists()));
+    // Its cache is derivable with its own key: trailers, index objects and heads.
+    let rebuilt = json(&env, WRITE_ONLY, &["index", "rebuild"]);
+    assert_eq!(u(&rebuilt, "snapshots"), 4, "{rebuilt}");
+    assert!(rebuilt["snapshots_unreadable"].as_array().is_some_and(|a| a.is_empty()), "{rebuilt}");
+    let list = json(&env, WRITE_ONLY, &["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+    let again = json(&env, WRITE_ONLY, &["archive", nights[1].0.to_str().unwrap(), "--name", "vm"]);
+    assert_eq!(u(&again, "new_chunks"), 0, "after a rebuild: {again}");
 
     let snap = s(n2, "snapshot");
     let out = env.path("refused.raw");
@@ -135,7 +149,8 @@ fn a_write_only_host_archives_and_dedups_is_refused_reads_and_the_full_key_resto
     assert!(unused > 0, "the prune found nothing unused after the base was forgotten");
     // The write-only host catches up (a forgotten snapshot leaves its cache) and archives again.
     let list = json(&env, WRITE_ONLY, &["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 4, "four nights of vm, the base gone: {list}");
+    assert!(!list.to_string().contains(&s(&base_snap, "snapshot")), "{list}");
     let night3 = env.path("night-3.raw");
     disk.write_night(&night3, 3).unwrap();
     let n3 = json(&env, WRITE_ONLY, &["archive", night3.to_str().unwrap(), "--name", "vm"]);
@@ -266,4 +281,62 @@ fn the_write_only_key_objects_secrets_open_no_stored_blob_and_no_snapshot_body()
     for f in files {
         assert!(!String::from_utf8_lossy(&std::fs::read(&f).unwrap()).contains("THE-DISTINCTIVE"), "plaintext in {}", f.display());
     }
+}
+
+/// `sync` with a write-only key against the real Glance: it archives and
+/// dedups, a re-run reads nothing (decided from the heads), a metadata-only
+/// change is archived again (the previous snapshot's streams are unreadable)
+/// storing nothing new, and the full key agrees and restores.
+#[cfg(feature = "openstack-tests")]
+#[test]
+fn a_write_only_host_syncs_from_glance_deciding_from_the_snapshot_heads() {
+    use crate::support::openstack as os;
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = encrypted_env();
+    let tag = os::unique("write-only-sync");
+    let disk = imgarc::synthetic::SyntheticDisk::new(8 << 20, 21);
+    let mut images = Vec::new();
+    for night in 0..2 {
+        let p = env.path(&format!("n{night}.raw"));
+        disk.write_night(&p, night).unwrap();
+        let data = std::fs::read(&p).unwrap();
+        let (rec, guard) = os::upload_image(&g, &format!("{tag}-vm-n{night}"), &data, serde_json::json!({"tags": [tag]}));
+        images.push((rec.id, data, guard));
+    }
+    let sync = |password: &str| json(&env, password, &["--glance-url", &os::env("GLANCE_URL"), "sync", "--filter", &format!("tag={tag}")]);
+    let ids = |doc: &Value, key: &str| -> Vec<String> {
+        let mut v: Vec<String> = doc[key].as_array().unwrap().iter().map(|e| s(e, "id")).collect();
+        v.sort();
+        v
+    };
+    let mut all: Vec<String> = images.iter().map(|i| i.0.clone()).collect();
+    all.sort();
+
+    let first = sync(WRITE_ONLY);
+    assert_eq!(ids(&first, "archived"), all, "{first}");
+    assert!(u(&first, "bytes_stored") < u(&first, "bytes_read") * 3 / 4, "the second night dedups: {first}");
+    let again = sync(WRITE_ONLY);
+    assert_eq!(ids(&again, "unchanged"), all, "{again}");
+    assert_eq!(u(&again, "bytes_read"), 0, "{again}");
+
+    let (changed, data, _) = &images[0];
+    g.update(changed, &[serde_json::json!({"op": "add", "path": "/backup_note", "value": "tuesday"})]).unwrap();
+    let meta = sync(WRITE_ONLY);
+    assert_eq!(ids(&meta, "archived"), vec![changed.clone()], "a write-only key archives again: {meta}");
+    assert!(ids(&meta, "metadata_updated").is_empty(), "{meta}");
+    assert_eq!(u(&meta, "bytes_read"), data.len() as u64, "{meta}");
+    assert!(u(&meta, "bytes_stored") < data.len() as u64 / 50, "the same bytes again store (almost) nothing: {meta}");
+    let snap = s(&meta["archived"][0], "snapshot");
+    assert_eq!(ids(&sync(WRITE_ONLY), "unchanged"), all);
+    assert_refused(&env, &["--glance-url", &os::env("GLANCE_URL"), "restore", &snap, "--to-glance"], "restore");
+
+    // The full key sees the same: nothing changed since the write-only host's run.
+    assert_eq!(ids(&sync(FULL), "unchanged"), all);
+    let shown = json(&env, FULL, &["show", &snap]);
+    assert_eq!(shown["metadata"]["backup_note"], "tuesday", "{shown}");
+    let restored = env.path("restored.raw");
+    let o = run(&env, FULL, &["restore", &snap, "-o", restored.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&restored).unwrap() == *data, "the re-archived image differs after restore");
 }
