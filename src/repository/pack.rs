@@ -241,6 +241,7 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     /// A pack of an unencrypted repository (format v1).
+    #[allow(clippy::new_without_default)] // no Default: `mem::take` would silently swap in an unencrypted pack
     pub fn new() -> Self {
         Self::with_keys(None)
     }
