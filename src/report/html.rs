@@ -240,9 +240,9 @@ pub fn page(r: &Report) -> String {
     let mut s = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title><style>{CSS}</style></head><body>\n"
     );
-    write!(s, "<h1>{title}</h1><div class=\"muted\">generated {}</div>\n", esc(&r.generated)).unwrap();
+    writeln!(s, "<h1>{title}</h1><div class=\"muted\">generated {}</div>", esc(&r.generated)).unwrap();
     if let Some(why) = &r.reason {
-        write!(s, "<p class=\"muted\">Withheld ({}): {}</p>\n", esc(&r.withheld.join(", ")), esc(why)).unwrap();
+        writeln!(s, "<p class=\"muted\">Withheld ({}): {}</p>", esc(&r.withheld.join(", ")), esc(why)).unwrap();
     }
     s.push_str("<div class=\"cards\">");
     let ratio = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
