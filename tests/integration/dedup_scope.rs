@@ -183,3 +183,43 @@ fn a_project_report_withholds_cross_project_figures_unless_the_scope_is_project(
         }
     }
 }
+
+/// Sync passes each Glance image's `owner` as its project: the same bytes uploaded as two
+/// images of two projects are stored twice with scope `project`, once with scope `repository`.
+#[cfg(feature = "openstack-tests")]
+#[test]
+fn sync_keys_each_image_by_its_glance_owner() {
+    use crate::support::openstack as os;
+    let _serial = os::serial();
+    let session = imgarc::openstack::keystone::Session::new(&os::config_from(os::os_env()).unwrap()).unwrap();
+    let g = imgarc::openstack::glance::GlanceClient::new(&session).unwrap().with_retry(os::quick_retry());
+    let tag = os::unique("dedup-scope");
+    let data = bytes(2 << 20, 31, false);
+    let (own, _c1) = os::upload_image(&g, &format!("{tag}-own"), &data, serde_json::json!({"tags": [tag]}));
+    let demo_project = os::env("KEYSTONE_DEMO_PROJECT_ID");
+    let (other, _c2) = os::upload_image(&g, &format!("{tag}-demo"), &data, serde_json::json!({"tags": [tag], "owner": demo_project}));
+    assert_ne!(own.owner, other.owner);
+    for scope in [DedupScope::Repository, DedupScope::Project] {
+        let env = encrypted_env(scope);
+        let filter = format!("tag={tag}");
+        let doc = json(&env, &["sync", "--filter", &filter, "--all-projects"]);
+        let archived = doc["archived"].as_array().unwrap_or_else(|| panic!("{doc}"));
+        assert_eq!(archived.len(), 2, "{doc}");
+        let stored: Vec<u64> = archived.iter().map(|e| n(e, "bytes_stored")).collect();
+        let (small, large) = (*stored.iter().min().unwrap(), *stored.iter().max().unwrap());
+        match scope {
+            DedupScope::Repository => assert!(small * 20 < large, "scope repository stored the second copy again: {doc}"),
+            DedupScope::Project => assert!(small * 10 >= large * 9, "scope project dedup'ed across projects: {doc}"),
+        }
+        for e in archived {
+            assert!(restored(&env, e["snapshot"].as_str().unwrap()) == data, "restore of {e} is not byte-exact");
+        }
+        let projects: std::collections::HashSet<String> = json(&env, &["report"])["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["project"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(projects.len(), 2, "each snapshot records its image's owner");
+    }
+}
