@@ -669,6 +669,51 @@ mod tests {
         }
     }
 
+    /// An encrypted repository cuts with the gear table of its chunker key, not
+    /// FastCDC's public one: the stored extents are the keyed chunker's, and differ
+    /// from what the public table cuts (whose lengths an observer could precompute).
+    #[test]
+    fn an_encrypted_repository_cuts_with_its_keyed_gear_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let config = Config::new(16 << 10, 3).unwrap().with_encryption(Some(crate::crypto::Cipher::XChaCha20Poly1305));
+        let password = crate::secret::Secret::new("pw");
+        let key =
+            crate::repository::NewKey { password: &password, kdf: crate::crypto::keyfile::KdfParams { m_kib: 8, t: 1, p: 1 }, label: "t" };
+        let repo = Repository::init_encrypted(local, config, &key).unwrap();
+        let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
+        let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let req = ArchiveRequest {
+            name: "vm".into(),
+            tags: vec![],
+            source: Source::Stdin,
+            digests: vec![],
+            expected_digests: Default::default(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("raw".into()),
+            qcow2_policy: Default::default(),
+            project: None,
+        };
+        let out = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data.clone())), req, &crate::progress::none()).unwrap();
+        let snap = repo.load_snapshot(&Id::from_hex(&out.snapshot).unwrap()).unwrap();
+        let stored: Vec<(u64, u32)> = crate::index::IndexedRepository::new(&repo, &index)
+            .load_extents(&snap.guest)
+            .unwrap()
+            .iter()
+            .map(|e| (e.offset, e.len))
+            .collect();
+        let cut = |gear| {
+            let mut c = GuestChunker::new(repo.config().chunker, repo.config().hole_block_size, gear);
+            let mut v = vec![];
+            c.push(0, &data, &mut |ch| v.push((ch.offset, ch.data.len() as u32)));
+            c.finish(&mut |ch| v.push((ch.offset, ch.data.len() as u32)));
+            v
+        };
+        assert_eq!(stored, cut(Gear::keyed(repo.keys().unwrap().chunker_key())));
+        assert_ne!(stored, cut(Gear::standard()), "the encrypted repository cut where the public table cuts");
+    }
+
     /// An archive whose lock was lost (its refresh kept failing) stops with a
     /// clear error and writes no snapshot: a prune no longer sees its lock.
     #[test]

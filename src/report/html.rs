@@ -44,8 +44,9 @@ fn growth_chart(r: &Report) -> String {
         return s;
     }
     let (pw, ph) = (w - left - right, h - top - bottom);
-    let max_add = nice_max(days.iter().map(|d| d.stored_bytes_added).max().unwrap_or(0) as f64);
-    let max_cum = nice_max(days.last().map_or(0, |d| d.cumulative_bytes) as f64);
+    // Withheld growth (`Report::withheld`) draws as an empty chart.
+    let max_add = nice_max(days.iter().filter_map(|d| d.stored_bytes_added).max().unwrap_or(0) as f64);
+    let max_cum = nice_max(days.last().and_then(|d| d.cumulative_bytes).unwrap_or(0) as f64);
     let slot = pw / days.len() as f64;
     for i in 0..=4 {
         let y = top + ph - ph * i as f64 / 4.0;
@@ -71,7 +72,7 @@ fn growth_chart(r: &Report) -> String {
     let mut points = Vec::new();
     for (i, d) in days.iter().enumerate() {
         let x = left + slot * i as f64;
-        let bh = ph * d.stored_bytes_added as f64 / max_add;
+        let bh = ph * d.stored_bytes_added.unwrap_or(0) as f64 / max_add;
         let bw = (slot * 0.7).max(1.0);
         write!(
             s,
@@ -79,11 +80,13 @@ fn growth_chart(r: &Report) -> String {
             x + slot * 0.15,
             top + ph - bh,
             d.date,
-            human_bytes(d.stored_bytes_added),
+            d.stored_bytes_added.map_or_else(|| "-".into(), human_bytes),
             d.snapshots
         )
         .unwrap();
-        points.push(format!("{:.1},{:.1}", x + slot / 2.0, top + ph - ph * d.cumulative_bytes as f64 / max_cum));
+        if let Some(cum) = d.cumulative_bytes {
+            points.push(format!("{:.1},{:.1}", x + slot / 2.0, top + ph - ph * cum as f64 / max_cum));
+        }
         if i % label_every == 0 {
             write!(s, r##"<text x="{:.1}" y="{}" text-anchor="middle" class="axis">{}</text>"##, x + slot / 2.0, h - bottom + 18.0, d.date)
                 .unwrap();
@@ -237,7 +240,11 @@ pub fn page(r: &Report) -> String {
     let mut s = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title><style>{CSS}</style></head><body>\n"
     );
-    write!(s, "<h1>{title}</h1><div class=\"muted\">generated {}</div>\n<div class=\"cards\">", esc(&r.generated)).unwrap();
+    writeln!(s, "<h1>{title}</h1><div class=\"muted\">generated {}</div>", esc(&r.generated)).unwrap();
+    if let Some(why) = &r.reason {
+        writeln!(s, "<p class=\"muted\">Withheld ({}): {}</p>", esc(&r.withheld.join(", ")), esc(why)).unwrap();
+    }
+    s.push_str("<div class=\"cards\">");
     let ratio = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
     let mut cards = vec![
         ("snapshots", t.snapshots.to_string()),
@@ -276,13 +283,16 @@ pub fn page(r: &Report) -> String {
     }
     s.push_str("<h2>Top consumers</h2>\n");
     let mut top: Vec<(String, u64, u64)> = if r.groups.is_empty() {
-        r.snapshots.iter().map(|x| (format!("{} {}", &x.id[..8], x.name), x.unique_bytes, x.shared_bytes)).collect()
+        r.snapshots
+            .iter()
+            .map(|x| (format!("{} {}", &x.id[..8], x.name), x.unique_bytes.unwrap_or(0), x.shared_bytes.unwrap_or(0)))
+            .collect()
     } else {
         r.groups
             .iter()
             .map(|g| match g.unique_bytes {
                 Some(u) => (g.key.clone(), u, g.shared_bytes.unwrap_or(0)),
-                None => (format!("{} *", g.key), g.members_unique_bytes, 0),
+                None => (format!("{} *", g.key), g.members_unique_bytes.unwrap_or(0), 0),
             })
             .collect()
     };
@@ -313,7 +323,9 @@ pub fn page(r: &Report) -> String {
                 human_bytes(g.logical_bytes),
                 opt(g.referenced_raw_bytes),
                 opt(g.referenced_bytes),
-                g.unique_bytes.map(human_bytes).unwrap_or_else(|| format!("≥ {}", human_bytes(g.members_unique_bytes))),
+                g.unique_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| g.members_unique_bytes.map_or_else(|| "-".into(), |m| format!("≥ {}", human_bytes(m)))),
                 opt(g.shared_bytes)
             )
             .unwrap();

@@ -143,6 +143,44 @@ pub struct Report {
     pub groups: Vec<GroupFigures>,
     pub growth: Growth,
     pub definitions: BTreeMap<&'static str, &'static str>,
+    /// Figures set to `null` in this report, and why ([`withheld_reason`]): a
+    /// `--project` report of a repository whose chunks projects share.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The figures a `--project` report withholds when projects share chunks: each
+/// is computed against what other projects store (a blob is unique only if no
+/// other project uses it; an archive adds only what no project holds yet), so
+/// a tenant could learn from them whether another tenant holds given data.
+pub const WITHHELD_ACROSS_PROJECTS: [&str; 9] = [
+    "unique_chunks",
+    "unique_bytes",
+    "unique_raw_bytes",
+    "shared_bytes",
+    "shared_raw_bytes",
+    "stored_bytes_added",
+    "members_unique_bytes",
+    "members_unique_raw_bytes",
+    "cumulative_bytes",
+];
+
+/// Why a `--project` report withholds [`WITHHELD_ACROSS_PROJECTS`], or `None`
+/// when its figures reveal nothing of other projects: no `--project`, a
+/// repository whose dedup scope is `project` (no chunk is shared across
+/// projects, so every figure is exact and the project's own), or an
+/// unencrypted repository (which promises tenants no confidentiality; its
+/// reports keep the v1 figures).
+pub fn withheld_reason(repo: &Repository, project: Option<&str>) -> Option<String> {
+    let shared_scope = repo.config().cipher().is_some() && repo.config().dedup_scope == crate::repository::config::DedupScope::Repository;
+    (project.is_some() && shared_scope).then(|| {
+        "the repository's dedup scope is `repository`: projects share chunks, so unique, shared and added bytes \
+         would be measured against other projects' data; they are null (a repository created with \
+         --dedup-scope project reports them exactly)"
+            .to_string()
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -155,8 +193,9 @@ pub struct Totals {
     pub chunks: u64,
     pub deduplicated_bytes: u64,
     pub stored_bytes: u64,
-    pub unique_bytes: u64,
-    pub unique_raw_bytes: u64,
+    /// `null` when withheld ([`Report::withheld`]).
+    pub unique_bytes: Option<u64>,
+    pub unique_raw_bytes: Option<u64>,
     pub dedup_ratio: Option<f64>,
     pub compression_ratio: Option<f64>,
     pub total_ratio: Option<f64>,
@@ -187,12 +226,13 @@ pub struct SnapshotFigures {
     pub chunks: u64,
     pub referenced_bytes: u64,
     pub referenced_raw_bytes: u64,
-    pub unique_chunks: u64,
-    pub unique_bytes: u64,
-    pub unique_raw_bytes: u64,
-    pub shared_bytes: u64,
-    pub shared_raw_bytes: u64,
-    pub stored_bytes_added: u64,
+    /// The unique, shared and added figures are `null` when withheld ([`Report::withheld`]).
+    pub unique_chunks: Option<u64>,
+    pub unique_bytes: Option<u64>,
+    pub unique_raw_bytes: Option<u64>,
+    pub shared_bytes: Option<u64>,
+    pub shared_raw_bytes: Option<u64>,
+    pub stored_bytes_added: Option<u64>,
     #[serde(skip)]
     seq: i64,
     #[serde(skip)]
@@ -202,8 +242,16 @@ pub struct SnapshotFigures {
 impl SnapshotFigures {
     /// The six sizes, human-readable, in the column order the table and the HTML page share.
     pub(crate) fn size_columns(&self) -> [String; 6] {
-        [self.logical_bytes, self.virtual_bytes, self.allocated_bytes, self.referenced_bytes, self.unique_bytes, self.shared_bytes]
-            .map(crate::util::human_bytes)
+        let opt = |b: Option<u64>| b.map_or_else(|| "-".to_string(), crate::util::human_bytes);
+        let h = crate::util::human_bytes;
+        [
+            h(self.logical_bytes),
+            h(self.virtual_bytes),
+            h(self.allocated_bytes),
+            h(self.referenced_bytes),
+            opt(self.unique_bytes),
+            opt(self.shared_bytes),
+        ]
     }
 }
 
@@ -214,9 +262,10 @@ pub struct GroupFigures {
     pub logical_bytes: u64,
     pub virtual_bytes: u64,
     pub allocated_bytes: u64,
-    pub stored_bytes_added: u64,
-    pub members_unique_bytes: u64,
-    pub members_unique_raw_bytes: u64,
+    /// These three are `null` when withheld ([`Report::withheld`]).
+    pub stored_bytes_added: Option<u64>,
+    pub members_unique_bytes: Option<u64>,
+    pub members_unique_raw_bytes: Option<u64>,
     /// Whether the figures below were computed (exactly); `false` when over the scan limit.
     pub exact: bool,
     pub chunks: Option<u64>,
@@ -240,8 +289,9 @@ pub struct GrowthDay {
     /// UTC date of the snapshots' time, `YYYY-MM-DD`.
     pub date: String,
     pub snapshots: u64,
-    pub stored_bytes_added: u64,
-    pub cumulative_bytes: u64,
+    /// `null` when withheld ([`Report::withheld`]).
+    pub stored_bytes_added: Option<u64>,
+    pub cumulative_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -293,7 +343,9 @@ fn meta_str(snap: &Snapshot, key: &str) -> Option<String> {
     snap.metadata.get(key).and_then(|v| v.as_str()).map(str::to_string)
 }
 
-fn snapshot_figures(u: &SnapshotUsage, snap: &Snapshot, unique: Bytes) -> SnapshotFigures {
+/// One snapshot's figures; `withhold`: leave out those measured against other projects.
+fn snapshot_figures(u: &SnapshotUsage, snap: &Snapshot, unique: Bytes, withhold: bool) -> SnapshotFigures {
+    let shown = |v: u64| (!withhold).then_some(v);
     let virtual_bytes = snap.virtual_bytes.unwrap_or(snap.logical_bytes);
     let image = meta_str(snap, "id").or_else(|| match &snap.source {
         Source::Glance { image_id, .. } => Some(image_id.clone()),
@@ -316,12 +368,12 @@ fn snapshot_figures(u: &SnapshotUsage, snap: &Snapshot, unique: Bytes) -> Snapsh
         chunks: u.referenced.blobs,
         referenced_bytes: u.referenced.stored,
         referenced_raw_bytes: u.referenced.raw,
-        unique_chunks: unique.blobs,
-        unique_bytes: unique.stored,
-        unique_raw_bytes: unique.raw,
-        shared_bytes: shared.stored,
-        shared_raw_bytes: shared.raw,
-        stored_bytes_added: snap.stats.stored_bytes_added,
+        unique_chunks: shown(unique.blobs),
+        unique_bytes: shown(unique.stored),
+        unique_raw_bytes: shown(unique.raw),
+        shared_bytes: shown(shared.stored),
+        shared_raw_bytes: shown(shared.raw),
+        stored_bytes_added: shown(snap.stats.stored_bytes_added),
         seq: u.seq,
         extent_refs: snap.stats.chunks,
     }
@@ -380,6 +432,8 @@ pub fn compute(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
 }
 
 fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Report> {
+    let reason = withheld_reason(repo, opts.project.as_deref());
+    let withhold = reason.is_some();
     let usage = index.blob_usage()?;
     let mut snapshots = Vec::new();
     let mut docs = HashMap::new();
@@ -393,7 +447,7 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
             }
         }
         let unique = usage.unique_by_owner.get(&u.seq).copied().unwrap_or_default();
-        snapshots.push(snapshot_figures(&u, &snap, unique));
+        snapshots.push(snapshot_figures(&u, &snap, unique, withhold));
         docs.insert(u.seq, snap);
     }
     let reader = RefReader { repo, index, docs };
@@ -403,9 +457,10 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
         totals.logical_bytes += s.logical_bytes;
         totals.virtual_bytes += s.virtual_bytes;
         totals.allocated_bytes += s.allocated_bytes;
-        totals.unique_bytes += s.unique_bytes;
-        totals.unique_raw_bytes += s.unique_raw_bytes;
     }
+    // Absent (withheld) member figures make the sums absent too.
+    totals.unique_bytes = snapshots.iter().map(|s| s.unique_bytes).sum();
+    totals.unique_raw_bytes = snapshots.iter().map(|s| s.unique_raw_bytes).sum();
     let used_bytes;
     if opts.project.is_some() {
         // A tenant's totals: the distinct blobs of its own snapshots, exactly
@@ -433,11 +488,18 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
     totals.total_ratio = ratio(totals.logical_bytes, totals.stored_bytes);
 
     let groups = match opts.by {
-        Some(by) => compute_groups(by, &snapshots, &reader, opts.scan_limit)?,
+        Some(by) => compute_groups(by, &snapshots, &reader, opts.scan_limit, withhold)?,
         None => Vec::new(),
     };
     let days = growth_days(&snapshots);
-    let projection = opts.capacity.map(|c| project(&days, used_bytes, c, GROWTH_WINDOW_DAYS));
+    let projection = opts.capacity.map(|c| {
+        let mut p = project(&days, used_bytes, c, GROWTH_WINDOW_DAYS);
+        if withhold && used_bytes < c {
+            // The growth rate is the stored bytes added, which is withheld.
+            p.note = "no growth rate: the bytes archives added are withheld (see `reason`)".into();
+        }
+        p
+    });
     Ok(Report {
         generated: crate::util::now_rfc3339(),
         project: opts.project.clone(),
@@ -447,10 +509,18 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
         groups,
         growth: Growth { days, projection },
         definitions: definitions().into_iter().filter(|(k, _)| opts.project.is_none() || !REPOSITORY_WIDE.contains(k)).collect(),
+        withheld: if withhold { WITHHELD_ACROSS_PROJECTS.to_vec() } else { Vec::new() },
+        reason,
     })
 }
 
-fn compute_groups(by: GroupBy, snapshots: &[SnapshotFigures], reader: &RefReader, scan_limit: u64) -> Result<Vec<GroupFigures>> {
+fn compute_groups(
+    by: GroupBy,
+    snapshots: &[SnapshotFigures],
+    reader: &RefReader,
+    scan_limit: u64,
+    withhold: bool,
+) -> Result<Vec<GroupFigures>> {
     let mut by_key: BTreeMap<String, Vec<&SnapshotFigures>> = BTreeMap::new();
     for s in snapshots {
         for k in group_keys(by, s) {
@@ -466,9 +536,9 @@ fn compute_groups(by: GroupBy, snapshots: &[SnapshotFigures], reader: &RefReader
             logical_bytes: 0,
             virtual_bytes: 0,
             allocated_bytes: 0,
-            stored_bytes_added: 0,
-            members_unique_bytes: 0,
-            members_unique_raw_bytes: 0,
+            stored_bytes_added: members.iter().map(|m| m.stored_bytes_added).sum(),
+            members_unique_bytes: members.iter().map(|m| m.unique_bytes).sum(),
+            members_unique_raw_bytes: members.iter().map(|m| m.unique_raw_bytes).sum(),
             exact: false,
             chunks: None,
             referenced_bytes: None,
@@ -483,16 +553,15 @@ fn compute_groups(by: GroupBy, snapshots: &[SnapshotFigures], reader: &RefReader
             g.logical_bytes += m.logical_bytes;
             g.virtual_bytes += m.virtual_bytes;
             g.allocated_bytes += m.allocated_bytes;
-            g.stored_bytes_added += m.stored_bytes_added;
-            g.members_unique_bytes += m.unique_bytes;
-            g.members_unique_raw_bytes += m.unique_raw_bytes;
         }
         let cost: u64 = members.iter().map(|m| m.extent_refs.max(1)).sum();
         let figures = if members.len() == 1 {
             // One member: its own figures are already exact.
             let m = members[0];
             let referenced = Bytes { blobs: m.chunks, raw: m.referenced_raw_bytes, stored: m.referenced_bytes };
-            Some((referenced, Bytes { blobs: m.unique_chunks, raw: m.unique_raw_bytes, stored: m.unique_bytes }))
+            let unique =
+                Bytes { blobs: m.unique_chunks.unwrap_or(0), raw: m.unique_raw_bytes.unwrap_or(0), stored: m.unique_bytes.unwrap_or(0) };
+            Some((referenced, unique))
         } else if cost <= budget {
             budget -= cost;
             let seqs: Vec<i64> = members.iter().map(|m| m.seq).collect();
@@ -506,10 +575,12 @@ fn compute_groups(by: GroupBy, snapshots: &[SnapshotFigures], reader: &RefReader
             g.chunks = Some(referenced.blobs);
             g.referenced_bytes = Some(referenced.stored);
             g.referenced_raw_bytes = Some(referenced.raw);
-            g.unique_bytes = Some(unique.stored);
-            g.unique_raw_bytes = Some(unique.raw);
-            g.shared_bytes = Some(shared.stored);
-            g.shared_raw_bytes = Some(shared.raw);
+            if !withhold {
+                g.unique_bytes = Some(unique.stored);
+                g.unique_raw_bytes = Some(unique.raw);
+                g.shared_bytes = Some(shared.stored);
+                g.shared_raw_bytes = Some(shared.raw);
+            }
             g.dedup_ratio = ratio(g.logical_bytes, referenced.raw);
         }
         out.push(g);
@@ -519,20 +590,20 @@ fn compute_groups(by: GroupBy, snapshots: &[SnapshotFigures], reader: &RefReader
 
 /// Stored bytes added per UTC day of snapshot time, with the running total.
 pub fn growth_days(snapshots: &[SnapshotFigures]) -> Vec<GrowthDay> {
-    let mut by_day: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut by_day: BTreeMap<String, (u64, Option<u64>)> = BTreeMap::new();
     for s in snapshots {
         let day = crate::util::parse_rfc3339(&s.time)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| s.time.chars().take(10).collect());
-        let e = by_day.entry(day).or_default();
+        let e = by_day.entry(day).or_insert((0, Some(0)));
         e.0 += 1;
-        e.1 += s.stored_bytes_added;
+        e.1 = e.1.zip(s.stored_bytes_added).map(|(a, b)| a + b);
     }
-    let mut cumulative = 0;
+    let mut cumulative = Some(0);
     by_day
         .into_iter()
         .map(|(date, (snapshots, added))| {
-            cumulative += added;
+            cumulative = cumulative.zip(added).map(|(a, b)| a + b);
             GrowthDay { date, snapshots, stored_bytes_added: added, cumulative_bytes: cumulative }
         })
         .collect()
@@ -554,7 +625,8 @@ pub fn project(days: &[GrowthDay], used: u64, capacity: u64, window: i64) -> Pro
         full_on: None,
         note: String::new(),
     };
-    let dated: Vec<(chrono::NaiveDate, f64)> = days.iter().filter_map(|d| Some((parse_day(&d.date)?, d.cumulative_bytes as f64))).collect();
+    let dated: Vec<(chrono::NaiveDate, f64)> =
+        days.iter().filter_map(|d| Some((parse_day(&d.date)?, d.cumulative_bytes? as f64))).collect();
     let Some(&(last, _)) = dated.last() else {
         p.note = "no snapshots: no growth to project".into();
         return p;
@@ -596,7 +668,7 @@ mod tests {
     use super::*;
 
     fn day(date: &str, cumulative: u64) -> GrowthDay {
-        GrowthDay { date: date.into(), snapshots: 1, stored_bytes_added: 0, cumulative_bytes: cumulative }
+        GrowthDay { date: date.into(), snapshots: 1, stored_bytes_added: Some(0), cumulative_bytes: Some(cumulative) }
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub fn table(r: &Report) -> String {
         Some(p) => writeln!(s, "Capacity report for project {p}").unwrap(),
         None => writeln!(s, "Capacity report").unwrap(),
     }
+    if let Some(why) = &r.reason {
+        writeln!(s, "  (unique, shared and added bytes withheld: {why})").unwrap();
+    }
     let mut line = |k: &str, v: String| writeln!(s, "  {k:<28} {v}").unwrap();
     line("snapshots", t.snapshots.to_string());
     line("logical (image files)", human_bytes(t.logical_bytes));
@@ -94,7 +97,7 @@ pub fn table(r: &Report) -> String {
         for g in &r.groups {
             let unique = match g.unique_bytes {
                 Some(u) => human_bytes(u),
-                None => format!("{}*", human_bytes(g.members_unique_bytes)),
+                None => g.members_unique_bytes.map_or_else(|| "-".into(), |m| format!("{}*", human_bytes(m))),
             };
             writeln!(
                 s,
@@ -142,8 +145,8 @@ pub fn table(r: &Report) -> String {
                 "  {}  {:>4} snapshots  +{:>11}  total {:>11}",
                 d.date,
                 d.snapshots,
-                human_bytes(d.stored_bytes_added),
-                human_bytes(d.cumulative_bytes)
+                opt_bytes(d.stored_bytes_added),
+                opt_bytes(d.cumulative_bytes)
             )
             .unwrap();
         }
@@ -197,12 +200,12 @@ fn snapshot_csv_row(x: &SnapshotFigures) -> String {
     let text =
         [&x.id, &x.name, &x.time, &x.tags.join(" "), x.project.as_deref().unwrap_or(""), x.image.as_deref().unwrap_or(""), &x.format];
     let nums = [
-        x.logical_bytes,
-        x.virtual_bytes,
-        x.allocated_bytes,
-        x.chunks,
-        x.referenced_bytes,
-        x.referenced_raw_bytes,
+        Some(x.logical_bytes),
+        Some(x.virtual_bytes),
+        Some(x.allocated_bytes),
+        Some(x.chunks),
+        Some(x.referenced_bytes),
+        Some(x.referenced_raw_bytes),
         x.unique_chunks,
         x.unique_bytes,
         x.unique_raw_bytes,
@@ -210,22 +213,22 @@ fn snapshot_csv_row(x: &SnapshotFigures) -> String {
         x.shared_raw_bytes,
         x.stored_bytes_added,
     ];
-    text.iter().map(|t| csv_field(t)).chain(nums.iter().map(u64::to_string)).collect::<Vec<_>>().join(",")
+    text.iter().map(|t| csv_field(t)).chain(nums.map(opt)).collect::<Vec<_>>().join(",")
 }
 
 fn group_csv_row(by: &str, g: &GroupFigures) -> String {
     let mut f = vec![csv_field(by), csv_field(&g.key)];
     f.extend(
         [
-            g.snapshots,
-            g.logical_bytes,
-            g.virtual_bytes,
-            g.allocated_bytes,
+            Some(g.snapshots),
+            Some(g.logical_bytes),
+            Some(g.virtual_bytes),
+            Some(g.allocated_bytes),
             g.stored_bytes_added,
             g.members_unique_bytes,
             g.members_unique_raw_bytes,
         ]
-        .map(|v| v.to_string()),
+        .map(opt),
     );
     f.push(g.exact.to_string());
     f.extend(
@@ -288,11 +291,12 @@ pub fn prometheus(r: &Report) -> String {
             m.sample(&name, &scope, v);
         }
     }
-    type SnapField = fn(&SnapshotFigures) -> u64;
+    // A withheld figure (`Report::withheld`) has no sample.
+    type SnapField = fn(&SnapshotFigures) -> Option<u64>;
     let per_snapshot: [(&str, &str, SnapField); 7] = [
-        ("logical_bytes", "Length of the image file", |x| x.logical_bytes),
-        ("allocated_bytes", "Guest bytes that are not holes", |x| x.allocated_bytes),
-        ("referenced_bytes", "Stored bytes of the distinct blobs the snapshot uses", |x| x.referenced_bytes),
+        ("logical_bytes", "Length of the image file", |x| Some(x.logical_bytes)),
+        ("allocated_bytes", "Guest bytes that are not holes", |x| Some(x.allocated_bytes)),
+        ("referenced_bytes", "Stored bytes of the distinct blobs the snapshot uses", |x| Some(x.referenced_bytes)),
         ("unique_bytes", "Stored bytes only this snapshot uses: freed by forgetting it", |x| x.unique_bytes),
         ("unique_raw_bytes", "Uncompressed bytes only this snapshot uses", |x| x.unique_raw_bytes),
         ("shared_bytes", "Stored bytes the snapshot shares with others", |x| x.shared_bytes),
@@ -304,7 +308,9 @@ pub fn prometheus(r: &Report) -> String {
         for x in &r.snapshots {
             let image = x.image.as_deref().unwrap_or("");
             let project = x.project.as_deref().unwrap_or("");
-            m.sample(&name, &[("snapshot", &x.id[..16]), ("name", &x.name), ("image", image), ("project", project)], get(x) as f64);
+            if let Some(v) = get(x) {
+                m.sample(&name, &[("snapshot", &x.id[..16]), ("name", &x.name), ("image", image), ("project", project)], v as f64);
+            }
         }
     }
     if let Some(by) = &r.group_by {
@@ -314,7 +320,7 @@ pub fn prometheus(r: &Report) -> String {
             ("logical_bytes", "Length of the group's image files", |g| Some(g.logical_bytes)),
             ("referenced_bytes", "Stored bytes of the distinct blobs the group uses", |g| g.referenced_bytes),
             ("unique_bytes", "Stored bytes only the group uses: freed by forgetting all of it", |g| g.unique_bytes),
-            ("members_unique_bytes", "Sum of the members' own unique bytes", |g| Some(g.members_unique_bytes)),
+            ("members_unique_bytes", "Sum of the members' own unique bytes", |g| g.members_unique_bytes),
             ("shared_bytes", "Stored bytes the group shares with snapshots outside it", |g| g.shared_bytes),
         ];
         for (name, help, get) in per_group {
