@@ -54,16 +54,22 @@ pub(super) fn same_metadata(rec: &ImageRecord, held: &SnapshotHead, hasher: &Met
 /// `reads_bodies`: whether this key can read the previous snapshot's trees to
 /// reuse them for new metadata; a write-only key cannot, so it archives the
 /// image again, which stores nothing the repository holds (dedup) but reads it.
-pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool) -> Plan {
+/// `per_project`: the repository keys chunk ids per Glance project, so a snapshot
+/// of another owner's chunks is never reused for this image (it is archived again).
+pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool, per_project: bool) -> Plan {
     if let Some(why) = rec.not_downloadable_reason() {
         return Plan::Skip(why);
     }
     // Newest first: the latest snapshot of this content decides.
     match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
         Some((id, s)) if same_metadata(rec, s, hasher) => Plan::Unchanged(*id),
-        Some((id, _)) if reads_bodies => Plan::NewMetadata(*id),
+        Some((id, s)) if reads_bodies && (!per_project || same_owner(rec, s)) => Plan::NewMetadata(*id),
         Some(_) | None => Plan::Download,
     }
+}
+
+fn same_owner(rec: &ImageRecord, head: &SnapshotHead) -> bool {
+    head.selection.get("owner").and_then(|v| v.as_str()) == rec.owner.as_deref()
 }
 
 /// Glance snapshots of `cloud` in the repository, by image id, oldest first,
@@ -148,10 +154,16 @@ mod tests {
         let same = vec![(Id([1; 32]), snap(listed.clone()))];
         let changed = vec![(Id([2; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 1})))];
         for reads_bodies in [true, false] {
-            assert!(matches!(plan(&r, &same, &hasher, reads_bodies), Plan::Unchanged(id) if id == Id([1; 32])));
+            assert!(matches!(plan(&r, &same, &hasher, reads_bodies, false), Plan::Unchanged(id) if id == Id([1; 32])));
         }
-        assert!(matches!(plan(&r, &changed, &hasher, true), Plan::NewMetadata(id) if id == Id([2; 32])));
-        assert!(matches!(plan(&r, &changed, &hasher, false), Plan::Download), "a write-only key archives again");
-        assert!(matches!(plan(&r, &[], &hasher, true), Plan::Download));
+        assert!(matches!(plan(&r, &changed, &hasher, true, false), Plan::NewMetadata(id) if id == Id([2; 32])));
+        assert!(matches!(plan(&r, &changed, &hasher, false, false), Plan::Download), "a write-only key archives again");
+        assert!(matches!(plan(&r, &[], &hasher, true, false), Plan::Download));
+        // Dedup scope project: an image that changed owner never reuses the old owner's chunks.
+        let moved = rec(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p2"}));
+        let held =
+            vec![(Id([3; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p1"})))];
+        assert!(matches!(plan(&moved, &held, &hasher, true, true), Plan::Download));
+        assert!(matches!(plan(&moved, &held, &hasher, true, false), Plan::NewMetadata(id) if id == Id([3; 32])));
     }
 }

@@ -125,9 +125,10 @@ pub fn sync(
     let no_snapshots = Vec::new();
     let hasher = repo.metadata_hasher();
     let reads_bodies = repo.key_kind() != Some(crate::crypto::KeyKind::WriteOnly);
+    let per_project = repo.config().dedup_scope == crate::repository::config::DedupScope::Project;
     for rec in images {
         let mut e = ImageEntry::new(ImageResult::Unchanged, &rec);
-        match plan(&rec, held.get(&rec.id).unwrap_or(&no_snapshots), &hasher, reads_bodies) {
+        match plan(&rec, held.get(&rec.id).unwrap_or(&no_snapshots), &hasher, reads_bodies, per_project) {
             Plan::Skip(why) => {
                 e.result = ImageResult::Skipped;
                 e.reason = Some(why);
