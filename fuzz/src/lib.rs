@@ -213,11 +213,19 @@ pub fn extent_list(data: &[u8]) {
     }
 }
 
-/// The repository config.
+/// The repository config, with its encryption fields: an accepted config is unencrypted with
+/// unkeyed ids, or names a known AEAD with keyed ids; a project dedup scope only when encrypted.
 pub fn config(data: &[u8]) {
     if let Ok(c) = Config::parse(data) {
         let again = serde_json::to_vec(&c).expect("config serializes");
         Config::parse(&again).expect("an accepted config re-parses");
+        match c.cipher() {
+            None => assert!(c.encryption == "none" && c.chunk_id == "blake3", "accepted {:?} / {:?}", c.encryption, c.chunk_id),
+            Some(_) => assert_eq!(c.chunk_id, "blake3-keyed", "an encrypted config with unkeyed ids was accepted"),
+        }
+        assert!(c.cipher().is_some() || c.dedup_scope == repository::config::DedupScope::Repository);
+        let limits = pack::BlobLimits::from_config(&c);
+        assert_eq!(limits.sealed.is_some(), c.cipher().is_some(), "sealed limits follow the config's encryption");
     }
 }
 
@@ -396,13 +404,16 @@ pub fn sealed_blob(data: &[u8]) {
         Ok("") | Err(_) => keys.id_key().id_of(body),
         Ok(scope) => keys.project_id_key(scope).id_of(body),
     };
-    let sealed = keys.blob_sealer().seal(&blob_aad(kind, &id), plain);
+    // One sealer for the whole run, as one archive run has: X25519 once, not per input.
+    static SEALER: std::sync::OnceLock<(imgarc::crypto::BlobSealer, imgarc::crypto::KeySet)> = std::sync::OnceLock::new();
+    let (sealer, write_only) = SEALER.get_or_init(|| (keys.blob_sealer(), keys.write_only()));
+    let sealed = sealer.seal(&blob_aad(kind, &id), plain);
     for stored in [&sealed[..], plain] {
         let entry = pack::PackEntry { id, kind, codec, raw_len, stored_len: stored.len() as u32, offset: pack::HEADER_LEN as u64 };
         if let Ok(raw) = pack::open_blob(&entry, stored, Some(keys)) {
             assert_eq!(raw.len(), raw_len as usize, "an accepted blob has its entry's length");
         }
-        assert!(pack::open_blob(&entry, stored, Some(&keys.write_only())).is_err(), "a write-only key opened a blob");
+        assert!(pack::open_blob(&entry, stored, Some(write_only)).is_err(), "a write-only key opened a blob");
     }
 }
 
