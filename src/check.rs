@@ -87,6 +87,14 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
     // chunk → (pack, problem) for every copy found bad.
     let mut damaged: BTreeMap<Id, (Option<Id>, String)> = BTreeMap::new();
 
+    // 0. Index objects: one the cache could not take in (damaged, unauthentic) is an error, named.
+    let taken_in = index.index_object_keys()?;
+    for (key, size) in repo.list_index_objects()?.into_iter().filter(|(k, _)| !taken_in.contains(k)) {
+        if let Err(e) = repo.read_index_object(&key, Some(size)) {
+            report.errors.push(format!("index object {key}: {e:#}"));
+        }
+    }
+
     // 1. Packs: present, right size.
     let in_repo: HashMap<Id, u64> = repo.list_packs()?.into_iter().collect();
     let indexed = index.packs()?;

@@ -74,10 +74,11 @@ impl KdfParams {
         KdfParams::DEFAULT
     }
 
-    /// Bounds a reader accepts: a planted key object must not make `open`
-    /// allocate gigabytes or spin for minutes.
-    const MAX_M_KIB: u32 = 4 << 20;
-    const MAX_T: u32 = 64;
+    /// Bounds a reader accepts, so a planted key object cannot make `open`
+    /// allocate more than 1 GiB or spin for minutes: 1 GiB and 10 passes are
+    /// 16× and 3⅓× the defaults, a few seconds here at worst.
+    const MAX_M_KIB: u32 = 1 << 20;
+    const MAX_T: u32 = 10;
 
     fn validate(&self) -> Result<()> {
         ensure!((8 * self.p..=Self::MAX_M_KIB).contains(&self.m_kib), "argon2id memory {} KiB out of range", self.m_kib);

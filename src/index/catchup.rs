@@ -168,12 +168,15 @@ impl Index {
     /// Ingests index objects not yet seen (returns how many) and drops those
     /// a prune deleted, each confirmed gone (a listing may lag), with one
     /// listing of `index/`.
+    /// Keys of the index objects the cache has taken in.
+    pub fn index_object_keys(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn sync_index_objects(&mut self, repo: &Repository, warnings: &Warnings) -> Result<usize> {
-        let known: HashSet<String> = {
-            let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let known = self.index_object_keys()?;
         let listed: HashMap<String, u64> = repo.list_index_objects()?.into_iter().collect();
         let mut n = 0;
         for (key, size) in listed.iter().filter(|(k, _)| !known.contains(*k)) {

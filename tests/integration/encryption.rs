@@ -137,6 +137,7 @@ fn raw_and_qcow2_round_trip_with_both_ciphers_through_rebuild_and_check() {
         assert!(!o.status.success());
         let o = env.cmd(&["list"]).env("IMGARC_PASSWORD", "wrong").output().unwrap();
         assert_refused(&o, "wrong password", "wrong password");
+        assert_eq!(o.status.code(), Some(12), "a wrong password exits 12");
     }
 }
 
@@ -191,7 +192,7 @@ fn ext4_image(dir: &Path) -> Option<PathBuf> {
 #[test]
 fn no_object_holds_guest_plaintext_or_an_unkeyed_chunk_id() {
     let env = init(Cipher::Aes256Gcm);
-    let twin = Env::init("64K");
+    let twin = Env::init_unencrypted("64K");
     let raw = env.path("disk.raw");
     std::fs::write(&raw, raw_image(4 << 20, 3)).unwrap();
     let mut images = vec![raw];
@@ -287,8 +288,7 @@ fn rename_to_content(root: &Path, key: &str) -> String {
 
 /// The read skipped the object with a warning naming it (as `list` does with any
 /// damaged object) or failed naming it; either way without a panic. `check` names
-/// it too (today as a warning: it checks packs against the index objects that
-/// open, see the notes).
+/// it too (an index object or snapshot that does not open is one of its errors).
 #[track_caller]
 fn assert_skipped_by_name(env: &Env, o: &Output, what: &str, case: &str) {
     // Warnings go to stderr; a report (`index rebuild`) lists what it skipped on stdout.
@@ -340,8 +340,9 @@ fn a_changed_config_or_key_object_is_refused() {
     changed[at] = if changed[at] == b'0' { b'1' } else { b'0' };
     std::fs::write(env.repo.join(&key), &changed).unwrap();
     let o = run(&env, &["list"]);
-    // Exit code 12 comes with the password sources (another branch of issue 11); here: refused, by message.
+    // A changed wrap cannot be told from another password's: the AEAD only says "does not open".
     assert_refused(&o, "wrong password", "changed sealed bytes of a key object");
+    assert_eq!(o.status.code(), Some(12));
     // A byte that is no longer hex: an error naming the key object.
     let env = copy_of(&f.env);
     flip(&env.repo, &key, at);
@@ -378,6 +379,7 @@ fn changed_index_objects_snapshots_and_packs_are_refused_by_name() {
         flip(&env.repo, &index[0], at);
         let renamed = rename_to_content(&env.repo, &index[0]);
         assert_skipped_by_name(&env, &run(&env, &["list"]), &renamed, "re-named flipped index object");
+        assert!(!run(&env, &["check"]).status.success(), "check passes over an index object that does not open");
         let o = run(&env, &["index", "rebuild"]);
         assert_skipped_by_name(&env, &o, &renamed, "index rebuild over a flipped index object");
     }
@@ -391,6 +393,7 @@ fn changed_index_objects_snapshots_and_packs_are_refused_by_name() {
         let o = run(&env, &["--json", "list"]);
         assert_skipped_by_name(&env, &o, &id, "flipped snapshot");
         assert!(!String::from_utf8_lossy(&o.stdout).contains(&id), "a changed snapshot is listed");
+        assert!(!run(&env, &["check"]).status.success(), "check passes over a snapshot that does not open");
     }
 
     // Pack blobs: restore reads ranges, so the blob's own seal catches it, naming the blob.
@@ -483,6 +486,7 @@ fn objects_of_another_repository_are_refused_by_name() {
         let o = run(&env, &["list"]);
         assert_skipped_by_name(&env, &o, name, prefix);
         assert_skipped_by_name(&env, &o, "cannot be authenticated", prefix);
+        assert!(!run(&env, &["check"]).status.success(), "{prefix}: check passes over another repository's object");
     }
     // B's key object planted in A does not open A (it is bound to B's repository id and config).
     let env = copy_of(&a.env);
