@@ -256,7 +256,10 @@ fn csv_and_prometheus_are_well_formed() {
 /// through the binary, then re-dated and given Glance-like metadata through the
 /// library (the CLI sets neither), replacing the original snapshot objects.
 fn fleet() -> (Env, Vec<(String, String)>) {
-    let env = Env::init("16K");
+    fleet_in(Env::init("16K"))
+}
+
+fn fleet_in(env: Env) -> (Env, Vec<(String, String)>) {
     let mut out = Vec::new();
     for (vm, seed) in [("web", 5), ("db", 9)] {
         let disk = imgarc::synthetic::SyntheticDisk::new(6 << 20, seed);
@@ -283,7 +286,9 @@ fn fleet() -> (Env, Vec<(String, String)>) {
 
 #[test]
 fn project_scope_shows_only_that_project() {
-    let (env, snaps) = fleet();
+    // Exact per-project figures: an unencrypted repository (an encrypted one whose dedup scope is
+    // `repository` withholds the figures measured against other projects: the dedup_scope suite).
+    let (env, snaps) = fleet_in(Env::init_unencrypted("16K"));
     let all = report(&env, &["--by", "project"]);
     assert_eq!(u(&all["totals"], "snapshots"), 8);
     let web_ids: Vec<&String> = snaps.iter().filter(|(vm, _)| vm == "web").map(|(_, id)| id).collect();
