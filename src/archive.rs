@@ -623,6 +623,22 @@ pub fn archive_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw archive from standard input, with nothing announced about it.
+    fn stdin_request(name: &str) -> ArchiveRequest {
+        ArchiveRequest {
+            name: name.into(),
+            tags: vec![],
+            source: Source::Stdin,
+            digests: vec![],
+            expected_digests: Default::default(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("raw".into()),
+            qcow2_policy: Default::default(),
+            project: None,
+        }
+    }
     use crate::backend::faults::{Faulty, Op};
 
     /// The recipe's chunks are counted as referenced from the ids the archive
@@ -683,18 +699,7 @@ mod tests {
         let repo = Repository::init_encrypted(local, config, &key).unwrap();
         let mut index = Index::open_at(&dir.path().join("index.sqlite"), &repo.config().id).unwrap();
         let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-        let req = ArchiveRequest {
-            name: "vm".into(),
-            tags: vec![],
-            source: Source::Stdin,
-            digests: vec![],
-            expected_digests: Default::default(),
-            expected_size: None,
-            metadata: Default::default(),
-            declared_format: Some("raw".into()),
-            qcow2_policy: Default::default(),
-            project: None,
-        };
+        let req = stdin_request("vm");
         let out = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data.clone())), req, &crate::progress::none()).unwrap();
         let snap = repo.load_snapshot(&Id::from_hex(&out.snapshot).unwrap()).unwrap();
         let stored: Vec<(u64, u32)> = crate::index::IndexedRepository::new(&repo, &index)
@@ -734,18 +739,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-        let req = ArchiveRequest {
-            name: "vm".into(),
-            tags: vec![],
-            source: Source::Stdin,
-            digests: vec![],
-            expected_digests: Default::default(),
-            expected_size: None,
-            metadata: Default::default(),
-            declared_format: Some("raw".into()),
-            qcow2_policy: Default::default(),
-            project: None,
-        };
+        let req = stdin_request("vm");
         let err = archive(&repo, &mut index, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap_err();
         assert!(format!("{err:#}").contains("archive lock on the repository"), "{err:#}");
         assert!(repo.list_snapshot_ids().unwrap().is_empty(), "a snapshot was written after the lock was lost");

@@ -181,13 +181,7 @@ impl BlobWriter {
 /// opened with the full key and checked against the id key of the scope it records.
 pub fn open_blob(entry: &PackEntry, stored: &[u8], keys: Option<&KeySet>) -> Result<Vec<u8>> {
     let Some(keys) = keys else { return decode_blob(entry, stored) };
-    ensure!(
-        stored.len() == entry.stored_len as usize,
-        "blob {} is damaged: {} stored bytes, expected {}",
-        entry.id,
-        stored.len(),
-        entry.stored_len
-    );
+    check_stored_len(entry, stored)?;
     let plain = keys.open_blob(&blob_aad(entry.kind, &entry.id), stored).map_err(|e| anyhow!("blob {}: {e}", entry.id))?;
     let scope_len = *plain.first().ok_or_else(|| anyhow!("blob {} is damaged: empty", entry.id))? as usize;
     ensure!(plain.len() > scope_len, "blob {} is damaged: its scope is longer than the blob", entry.id);
@@ -199,6 +193,11 @@ pub fn open_blob(entry: &PackEntry, stored: &[u8], keys: Option<&KeySet>) -> Res
 
 /// Turns an unencrypted repository's stored bytes back into the blob and checks them against the id.
 pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    check_stored_len(entry, stored)?;
+    decode_body(entry, stored, &IdKey::UNKEYED)
+}
+
+fn check_stored_len(entry: &PackEntry, stored: &[u8]) -> Result<()> {
     ensure!(
         stored.len() == entry.stored_len as usize,
         "blob {} is damaged: {} stored bytes, expected {}",
@@ -206,7 +205,7 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
         stored.len(),
         entry.stored_len
     );
-    decode_body(entry, stored, &IdKey::UNKEYED)
+    Ok(())
 }
 
 /// Decompresses a blob's codec bytes and checks the result against its id.
