@@ -149,7 +149,20 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
         for (pack, size) in &packs {
             let expected = index.pack_entries(pack)?;
             let bad = match verify_pack(repo, pack, &expected) {
-                Ok(bad) => bad,
+                Ok((bad, damage)) => {
+                    match damage {
+                        Some(PackDamage::Trailer(why)) => report.errors.push(format!(
+                            "pack {}: its header or trailer is damaged ({why}); its blobs are intact and read through the index objects, but the pack no longer describes itself",
+                            pack.to_hex()
+                        )),
+                        Some(PackDamage::Name) => warnings.warn(format!(
+                            "pack {}: its bytes no longer match its name (a header or gap byte changed); its trailer and every blob are intact",
+                            pack.to_hex()
+                        )),
+                        None => {}
+                    }
+                    bad
+                }
                 Err(e) => {
                     // Not read is not damaged: the locations stay.
                     report.errors.push(format!("pack {}: cannot read it: {e}", pack.to_hex()));
@@ -277,15 +290,29 @@ fn check_recipe(source: IndexedRepository, snap: &crate::repository::snapshot::S
 /// Reads a whole pack and returns the blobs that are not intact. A pack that
 /// is gone makes every blob bad; a read that fails otherwise is an error, as
 /// it proves nothing about the blobs.
-fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<Vec<(Id, String)>, crate::backend::BackendError> {
+/// What is wrong with a pack as a whole, beyond its blobs.
+enum PackDamage {
+    /// Its own header or trailer no longer parses or opens: the pack no longer
+    /// describes itself (what `index rebuild` relies on).
+    Trailer(String),
+    /// Its bytes no longer hash to its name, yet its trailer and blobs are intact
+    /// (a header or gap byte changed).
+    Name,
+}
+
+fn verify_pack(
+    repo: &Repository,
+    pack: &Id,
+    expected: &[PackEntry],
+) -> Result<(Vec<(Id, String)>, Option<PackDamage>), crate::backend::BackendError> {
     let bytes = match repo.read_pack(pack) {
         Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(expected.iter().map(|x| (x.id, "pack is missing".to_string())).collect()),
+        Err(e) if e.is_not_found() => return Ok((expected.iter().map(|x| (x.id, "pack is missing".to_string())).collect(), None)),
         Err(e) => return Err(e),
     };
     if Id::of(&bytes) != *pack {
         // The pack's name is its hash: some byte changed. Find which blobs.
-        let trailer_ok = pack::parse_pack(&bytes, &repo.blob_limits(), repo.keys().map(|k| &**k)).is_ok();
+        let trailer = pack::parse_pack(&bytes, &repo.blob_limits(), repo.keys().map(|k| &**k));
         let mut bad: Vec<(Id, String)> = Vec::new();
         for e in expected {
             let end = e.offset + e.stored_len as u64;
@@ -298,14 +325,15 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<V
                 bad.push((e.id, format!("{err:#}")));
             }
         }
-        if bad.is_empty() && trailer_ok {
-            // Only padding or the trailer changed; the blobs are fine.
-            return Ok(vec![]);
-        }
-        return Ok(bad);
+        let damage = match trailer {
+            Err(e) => Some(PackDamage::Trailer(format!("{e:#}"))),
+            Ok(_) if bad.is_empty() => Some(PackDamage::Name),
+            Ok(_) => None,
+        };
+        return Ok((bad, damage));
     }
     use rayon::prelude::*;
-    Ok(expected
+    let bad = expected
         .par_iter()
         .filter_map(|e| {
             let end = (e.offset + e.stored_len as u64) as usize;
@@ -313,7 +341,8 @@ fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<V
                 bytes.get(e.offset as usize..end).ok_or_else(|| anyhow::anyhow!("outside the pack")).and_then(|s| repo.decode_blob(e, s));
             r.err().map(|err| (e.id, format!("{err:#}")))
         })
-        .collect())
+        .collect();
+    Ok((bad, None))
 }
 
 #[cfg(test)]

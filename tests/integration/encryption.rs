@@ -451,11 +451,27 @@ fn changed_index_objects_snapshots_and_packs_are_refused_by_name() {
         let o = run(&env, &["index", "rebuild"]);
         assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("panicked"));
         let o = run(&env, &["check", "--read-data"]);
-        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+        let told = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        assert!(!told.contains("panicked"));
+        // The encryption byte contradicts the repository: an error; a salt byte: a warning (nothing else changed).
+        let said = if at == 9 { "header or trailer is damaged" } else { "no longer match its name" };
+        assert!(told.contains(said), "header byte {at}: check does not say the pack changed:\n{told}");
+        assert_eq!(o.status.success(), at != 9, "header byte {at}: {told}");
         for (snap, want) in f.snaps.iter().zip(&f.images) {
             assert!(restore(&env, snap) == *want, "header byte {at}: a changed header changes no blob");
         }
     }
+
+    // A damaged trailer of an indexed pack: the blobs still read (through the index objects), but
+    // `check --read-data` fails naming the pack, which no longer describes itself.
+    let env = copy_of(&f.env);
+    let mut b = std::fs::read(env.repo.join(pack)).unwrap();
+    let at = b.len() - 48 - 20;
+    b[at] ^= 1;
+    std::fs::write(env.repo.join(pack), &b).unwrap();
+    let o = run(&env, &["check", "--read-data"]);
+    assert_refused(&o, "header or trailer is damaged", "damaged trailer of an indexed pack");
+    assert_refused(&o, &pack_id[..8], "damaged trailer of an indexed pack");
 
     // A swapped pack: pack A's bytes under pack B's name.
     let env = copy_of(&f.env);
