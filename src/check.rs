@@ -300,11 +300,10 @@ enum PackDamage {
     Name,
 }
 
-fn verify_pack(
-    repo: &Repository,
-    pack: &Id,
-    expected: &[PackEntry],
-) -> Result<(Vec<(Id, String)>, Option<PackDamage>), crate::backend::BackendError> {
+/// The blobs of a pack found bad (id, why), and what is wrong with the pack as a whole.
+type PackVerdict = (Vec<(Id, String)>, Option<PackDamage>);
+
+fn verify_pack(repo: &Repository, pack: &Id, expected: &[PackEntry]) -> Result<PackVerdict, crate::backend::BackendError> {
     let bytes = match repo.read_pack(pack) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok((expected.iter().map(|x| (x.id, "pack is missing".to_string())).collect(), None)),
