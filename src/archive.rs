@@ -52,6 +52,26 @@ pub struct ArchiveRequest {
     pub project: Option<String>,
 }
 
+#[cfg(test)]
+impl ArchiveRequest {
+    /// A raw image from `source` with nothing announced about it: the request
+    /// unit tests start from (and adjust the one field they are about).
+    pub(crate) fn raw_for_tests(name: &str, source: Source) -> ArchiveRequest {
+        ArchiveRequest {
+            name: name.into(),
+            tags: vec![],
+            source,
+            digests: vec![],
+            expected_digests: Default::default(),
+            expected_size: None,
+            metadata: Default::default(),
+            declared_format: Some("raw".into()),
+            qcow2_policy: Default::default(),
+            project: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ArchiveOutcome {
     pub snapshot: String,
@@ -624,20 +644,8 @@ pub fn archive_source(
 mod tests {
     use super::*;
 
-    /// A raw archive from standard input, with nothing announced about it.
     fn stdin_request(name: &str) -> ArchiveRequest {
-        ArchiveRequest {
-            name: name.into(),
-            tags: vec![],
-            source: Source::Stdin,
-            digests: vec![],
-            expected_digests: Default::default(),
-            expected_size: None,
-            metadata: Default::default(),
-            declared_format: Some("raw".into()),
-            qcow2_policy: Default::default(),
-            project: None,
-        }
+        ArchiveRequest::raw_for_tests(name, Source::Stdin)
     }
     use crate::backend::faults::{Faulty, Op};
 

@@ -239,18 +239,10 @@ mod interrupted {
     use crate::repository::Repository;
 
     fn request(expected_md5: Option<&str>) -> ArchiveRequest {
-        ArchiveRequest {
-            name: "img".into(),
-            tags: vec![],
-            source: Source::Glance { image_id: "11111111-2222-3333-4444-555555555555".into(), cloud: None },
-            digests: vec![],
-            expected_digests: expected_md5.map(|m| ("md5".to_string(), m.to_string())).into_iter().collect(),
-            expected_size: None,
-            metadata: Default::default(),
-            declared_format: Some("raw".into()),
-            qcow2_policy: Default::default(),
-            project: None,
-        }
+        let source = Source::Glance { image_id: "11111111-2222-3333-4444-555555555555".into(), cloud: None };
+        let mut req = ArchiveRequest::raw_for_tests("img", source);
+        req.expected_digests = expected_md5.map(|m| ("md5".to_string(), m.to_string())).into_iter().collect();
+        req
     }
 
     /// What a sync killed mid-image leaves behind: packs (and their index
