@@ -171,31 +171,22 @@ pub const SELECTION_FIELDS: &[&str] = &["id", "name", "owner", "visibility", "di
 /// kind holds), so a guessed record cannot be confirmed without a key;
 /// unkeyed in an unencrypted one, whose snapshots are plaintext anyway.
 #[derive(Clone)]
-pub struct MetadataHasher(Option<[u8; 32]>);
+pub struct MetadataHasher(IdKey);
 
 impl std::fmt::Debug for MetadataHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "MetadataHasher(keyed, ***)" } else { "MetadataHasher(unkeyed)" })
-    }
-}
-
-impl Drop for MetadataHasher {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        if let Some(k) = &mut self.0 {
-            k.zeroize();
-        }
+        write!(f, "MetadataHasher({:?})", self.0)
     }
 }
 
 impl MetadataHasher {
-    pub const UNKEYED: MetadataHasher = MetadataHasher(None);
+    pub const UNKEYED: MetadataHasher = MetadataHasher(IdKey::UNKEYED);
 
     /// The hasher of a repository whose chunk ids are computed with `id_key`.
     pub fn new(id_key: &IdKey) -> MetadataHasher {
         // A keyed hash of a fixed context string is a key derived from the id key.
         if id_key.is_keyed() {
-            MetadataHasher(Some(id_key.id_of(METADATA_HASH_CONTEXT).0))
+            MetadataHasher(IdKey::keyed(id_key.id_of(METADATA_HASH_CONTEXT).0))
         } else {
             MetadataHasher::UNKEYED
         }
@@ -207,10 +198,7 @@ impl MetadataHasher {
         let mut record = record.clone();
         crate::openstack::glance::redact_store_locations(&mut record);
         let bytes = serde_json::to_vec(&record).expect("a JSON map serializes");
-        match &self.0 {
-            None => blake3::hash(&bytes).to_hex().to_string(),
-            Some(k) => blake3::keyed_hash(k, &bytes).to_hex().to_string(),
-        }
+        self.0.id_of(&bytes).to_hex()
     }
 }
 
