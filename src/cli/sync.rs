@@ -62,6 +62,7 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::Unchanged => "unchanged",
         ImageResult::MetadataUpdated => "metadata-updated",
         ImageResult::Skipped => "skipped",
+        ImageResult::VolumeBacked => "volume-backed",
         ImageResult::Failed => "failed",
     };
     let mut s = format!("{} {what} {} ({})", imgarc::util::now_rfc3339(), e.name, e.id);
@@ -75,7 +76,7 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::MetadataUpdated => {
             s.push_str(&format!(": new metadata, data of {} reused", e.previous.as_deref().map(short).unwrap_or("?")))
         }
-        ImageResult::Skipped | ImageResult::Failed => s.push_str(&format!(": {}", e.reason.as_deref().unwrap_or(""))),
+        ImageResult::Skipped | ImageResult::VolumeBacked | ImageResult::Failed => s.push_str(&format!(": {}", e.reason.as_deref().unwrap_or(""))),
         ImageResult::Unchanged => {}
     }
     s

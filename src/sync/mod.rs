@@ -122,7 +122,35 @@ pub enum ImageResult {
     Unchanged,
     MetadataUpdated,
     Skipped,
+    /// A nearly empty instance snapshot of a boot-from-volume VM (`block_device_mapping`):
+    /// its data is in Cinder volume snapshots, not in the image, so the archive does not protect it.
+    VolumeBacked,
     Failed,
+}
+
+impl ImageResult {
+    /// Every outcome, in report order; `name` is its `--json` list and metric label.
+    pub const ALL: [ImageResult; 6] = [
+        ImageResult::Archived,
+        ImageResult::Unchanged,
+        ImageResult::MetadataUpdated,
+        ImageResult::Skipped,
+        ImageResult::VolumeBacked,
+        ImageResult::Failed,
+    ];
+
+    /// The outcome's name: its `--json` list in [`SyncReport`] and the `outcome` label of
+    /// `imgarc_sync_images`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageResult::Archived => "archived",
+            ImageResult::Unchanged => "unchanged",
+            ImageResult::MetadataUpdated => "metadata_updated",
+            ImageResult::Skipped => "skipped",
+            ImageResult::VolumeBacked => "volume_backed",
+            ImageResult::Failed => "failed",
+        }
+    }
 }
 
 /// One image's line in the report.
@@ -194,6 +222,8 @@ pub struct SyncReport {
     pub unchanged: Vec<ImageEntry>,
     pub metadata_updated: Vec<ImageEntry>,
     pub skipped: Vec<ImageEntry>,
+    /// Instance snapshots of boot-from-volume VMs: not archivable as images (see [`ImageResult::VolumeBacked`]).
+    pub volume_backed: Vec<ImageEntry>,
     pub failed: Vec<ImageEntry>,
     /// Found gone from Glance in this run (and recorded under `upstream/deleted/`).
     pub deleted_upstream: Vec<DeletedEntry>,
@@ -215,8 +245,27 @@ impl SyncReport {
             ImageResult::Unchanged => self.unchanged.push(e),
             ImageResult::MetadataUpdated => self.metadata_updated.push(e),
             ImageResult::Skipped => self.skipped.push(e),
+            ImageResult::VolumeBacked => self.volume_backed.push(e),
             ImageResult::Failed => self.failed.push(e),
         }
+    }
+
+    /// The images of one outcome.
+    pub fn entries(&self, result: ImageResult) -> &[ImageEntry] {
+        match result {
+            ImageResult::Archived => &self.archived,
+            ImageResult::Unchanged => &self.unchanged,
+            ImageResult::MetadataUpdated => &self.metadata_updated,
+            ImageResult::Skipped => &self.skipped,
+            ImageResult::VolumeBacked => &self.volume_backed,
+            ImageResult::Failed => &self.failed,
+        }
+    }
+
+    /// How many images had each outcome (every outcome, zeros included: a metric that
+    /// vanishes when it is zero cannot be alerted on).
+    pub fn outcome_counts(&self) -> Vec<(ImageResult, usize)> {
+        ImageResult::ALL.iter().map(|&r| (r, self.entries(r).len())).collect()
     }
 }
 
