@@ -22,6 +22,7 @@ pub mod index;
 pub mod inspect;
 pub mod key;
 pub mod maintenance;
+pub mod metrics;
 pub mod net;
 pub mod openstack;
 pub mod progress;

@@ -238,11 +238,6 @@ fn group_csv_row(by: &str, g: &GroupFigures) -> String {
     f.join(",")
 }
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 struct Metrics(String);
 
 impl Metrics {
@@ -251,7 +246,7 @@ impl Metrics {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", crate::metrics::escape_label_value(v))).collect();
         let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
         writeln!(self.0, "{name}{labels} {value}").unwrap();
     }

@@ -249,15 +249,25 @@ fn write_lock(repo: &Repository, exclusive: bool, purpose: &str, since: &str, ti
     Ok((key, written + timing.ttl))
 }
 
+/// A live lock of another process stands in the way: the lock could not be
+/// acquired (the binary exits 11 on it, restic's code). Not a lock lost while held.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
+    holder.purpose,
+    holder.hostname,
+    holder.pid,
+    holder.time,
+    if holder.exclusive { ", exclusively" } else { "" }
+)]
+pub struct LockConflict {
+    /// The key of the lock object that stands in the way.
+    pub key: String,
+    pub holder: LockInfo,
+}
+
 fn conflict(key: &str, info: &LockInfo) -> anyhow::Error {
-    anyhow::anyhow!(
-        "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
-        info.purpose,
-        info.hostname,
-        info.pid,
-        info.time,
-        if info.exclusive { ", exclusively" } else { "" }
-    )
+    LockConflict { key: key.to_string(), holder: info.clone() }.into()
 }
 
 impl Repository {

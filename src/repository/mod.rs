@@ -40,6 +40,14 @@ use storage::Storage;
 
 pub const CONFIG_KEY: &str = "config";
 
+/// No `config` object at the location: no repository was ever created there
+/// (the binary exits 10 on it, restic's code; `init` is the one verb that expects this).
+#[derive(Debug, thiserror::Error)]
+#[error("no imgarc repository at {location} (create one with `imgarc init`)")]
+pub struct RepositoryNotFound {
+    pub location: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Repository {
     storage: Storage,
@@ -143,7 +151,7 @@ impl Repository {
         let storage = Storage::new(backend);
         let bytes = match storage.get_capped(CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
             Ok(b) => b,
-            Err(BackendError::NotFound(_)) => bail!("no imgarc repository at {} (create one with `imgarc init`)", storage.location()),
+            Err(BackendError::NotFound(_)) => return Err(RepositoryNotFound { location: storage.location() }.into()),
             Err(e) => return Err(e).context("cannot read the repository config"),
         };
         let config = Config::parse(&bytes).with_context(|| format!("repository at {}", storage.location()))?;
