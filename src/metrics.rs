@@ -44,9 +44,15 @@ impl Textfile {
         self
     }
 
-    /// True when no family holds a sample of this name (a metric not recorded yet).
-    pub fn has(&self, name: &str) -> bool {
-        self.families.iter().any(|f| f.name == name)
+    /// Adds every sample of `other`, after this textfile's own.
+    pub fn extend(&mut self, other: &Textfile) -> &mut Textfile {
+        for f in &other.families {
+            for (labels, value) in &f.samples {
+                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.gauge(&f.name, &f.help, &labels, *value);
+            }
+        }
+        self
     }
 
     /// The exposition text: one HELP and one TYPE line per family, then its samples; ends with a newline.

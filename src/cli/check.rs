@@ -14,6 +14,7 @@ pub fn run(ctx: &Ctx, flags: CheckFlags) -> Result<()> {
     let pb = ctx.out.bar(Some(0), "check");
     let report = check(&repo, &mut index, &opts, &pb)?;
     drop(pb);
+    super::run_metrics::record(&report);
     ctx.emit(&serde_json::to_value(&report)?, || {
         let mut s = format!(
             "checked {} snapshots, {} packs ({} read, {} blobs verified)\n",

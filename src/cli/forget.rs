@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, opts: ForgetOptions) -> Result<()> {
     }
     let mut index = Index::open(&repo).context("cannot bring the local index up to date")?;
     let report = forget(&repo, &mut index, &opts)?;
+    super::run_metrics::record(&report);
     ctx.emit(&serde_json::to_value(&report)?, || prose(&report));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The command line (binary only): global options, the verbs and their
-//! dispatch, the exit-code contract (0 ok, 1 failed, 2 usage, 12 wrong password), the JSON error
-//! document, and the tracing subscriber that prints the library's events.
+//! dispatch, the exit-code contract ([`exit_code`]: restic's codes), and the JSON error
+//! document. The log subscriber is `logging`, SIGINT/SIGTERM `signals`, `--metrics-file` `run_metrics`.
 //! Each verb lives in its own file: its clap arguments beside its `run`,
 //! which calls one library operation and presents its typed report.
 
@@ -15,12 +15,15 @@ mod init;
 mod inspect;
 mod key;
 mod list;
+mod logging;
 mod password;
 mod progress;
 mod prune;
 mod report;
 mod restore;
+mod run_metrics;
 mod show;
+mod signals;
 mod sync;
 mod unlock;
 
@@ -35,7 +38,10 @@ use progress::Output;
     about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)",
     after_help = "Password of an encrypted repository, first match wins: --password-command, --password-file, \
                   IMGARC_PASSWORD_FILE, IMGARC_PASSWORD, $CREDENTIALS_DIRECTORY/imgarc-password (systemd), a terminal prompt.\n\
-                  Exit codes: 0 success, 1 the operation failed, 2 usage error, 12 wrong password."
+                  Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 finished but some items failed (sync: an image), \
+                  10 no repository at that location, 11 the repository is locked by another process, 12 wrong password, \
+                  130 interrupted (SIGINT), 143 stopped (SIGTERM).\n\
+                  Logs: standard error; -v debug, -vv trace; IMGARC_LOG takes a tracing filter (e.g. imgarc=debug,reqwest=info) and overrides both."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -76,6 +82,21 @@ pub struct GlobalArgs {
     /// Read the repository password from this file (one trailing newline is ignored; also IMGARC_PASSWORD_FILE)
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
+    /// More log detail on standard error: -v debug events of imgarc, -vv trace (and debug of the libraries it uses)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log lines as text, or as one JSON object per line (timestamp, level, target, message, fields)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// After sync, forget, prune or check, write run metrics here (node_exporter textfile, 0644), also when the run fails
+    #[arg(long, global = true, value_name = "PATH")]
+    pub metrics_file: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +135,30 @@ pub enum Command {
     Report(imgarc::report::ReportFlags),
 }
 
+impl Command {
+    /// The verb as typed (`sync`, `forget`, …): the `<cmd>` of the metric names.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Key(_) => "key",
+            Command::Archive(_) => "archive",
+            Command::List(_) => "list",
+            Command::Show(_) => "show",
+            Command::Restore(_) => "restore",
+            Command::Inspect(_) => "inspect",
+            Command::Check(_) => "check",
+            Command::Index(_) => "index",
+            Command::Unlock(_) => "unlock",
+            Command::Glance(_) => "glance",
+            Command::Demo(_) => "demo",
+            Command::Sync(_) => "sync",
+            Command::Forget(_) => "forget",
+            Command::Prune(_) => "prune",
+            Command::Report(_) => "report",
+        }
+    }
+}
+
 impl GlobalArgs {
     pub fn output(&self) -> Output {
         Output { json: self.json, quiet: self.quiet }
@@ -126,53 +171,109 @@ impl GlobalArgs {
 
 /// The exit code of a wrong password (restic's): no key of the repository opened.
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
+/// A command line clap accepts but imgarc refuses ([`UsageError`]), as clap's own usage errors.
+pub const EXIT_USAGE: i32 = 2;
+/// The command finished, but some of its items failed ([`SomeItemsFailed`]).
+pub const EXIT_SOME_FAILED: i32 = 3;
+/// No repository at the location ([`imgarc::repository::RepositoryNotFound`]).
+pub const EXIT_NO_REPOSITORY: i32 = 10;
+/// A lock could not be acquired ([`imgarc::repository::lock::LockConflict`]).
+pub const EXIT_LOCKED: i32 = 11;
+
+/// The exit code of a failed run: the first cause in the error chain that has a code of its own, else 1.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        let code = if cause.is::<UsageError>() {
+            EXIT_USAGE
+        } else if cause.is::<SomeItemsFailed>() {
+            EXIT_SOME_FAILED
+        } else if cause.is::<imgarc::repository::RepositoryNotFound>() {
+            EXIT_NO_REPOSITORY
+        } else if cause.is::<imgarc::repository::lock::LockConflict>() {
+            EXIT_LOCKED
+        } else if cause.is::<imgarc::crypto::keyfile::WrongPassword>() {
+            EXIT_WRONG_PASSWORD
+        } else {
+            continue;
+        };
+        return code;
+    }
+    1
+}
 
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
-    init_logging();
     let out = cli.global.output();
-    match dispatch(&cli.global, cli.command) {
+    let result = start(&cli.global, &cli.command).and_then(|()| dispatch(&cli.global, cli.command));
+    let code = match &result {
         Ok(()) => 0,
+        Err(e) => exit_code(e),
+    };
+    let (code, written) = run_metrics::finish(code);
+    if let Err(e) = &result {
+        if out.json && e.downcast_ref::<AlreadyReported>().is_none() && e.downcast_ref::<SomeItemsFailed>().is_none() {
+            println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}"), "exit_code": code }));
+        }
+        eprintln!("imgarc: error: {e:#}");
+    }
+    match written {
+        Ok(()) => code,
         Err(e) => {
-            if out.json && e.downcast_ref::<AlreadyReported>().is_none() {
-                println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}") }));
-            }
+            // Monitoring that reads a stale file would miss this run: a success becomes a failure.
             eprintln!("imgarc: error: {e:#}");
-            if e.downcast_ref::<imgarc::crypto::keyfile::WrongPassword>().is_some() {
-                EXIT_WRONG_PASSWORD
-            } else {
+            if code == 0 {
                 1
+            } else {
+                code
             }
         }
     }
 }
 
-/// The library's `tracing` events on standard error, one line each, in the
-/// words the user has always seen: `imgarc: warning: …` for warnings,
-/// `imgarc: …` for information; debug events are not shown.
-fn init_logging() {
-    use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields};
-    use tracing_subscriber::registry::LookupSpan;
-
-    struct Plain;
-    impl<S, N> FormatEvent<S, N> for Plain
-    where
-        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-        N: for<'a> FormatFields<'a> + 'static,
-    {
-        fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
-            match *event.metadata().level() {
-                tracing::Level::ERROR => write!(w, "imgarc: error: ")?,
-                tracing::Level::WARN => write!(w, "imgarc: warning: ")?,
-                _ => write!(w, "imgarc: ")?,
-            }
-            ctx.field_format().format_fields(w.by_ref(), event)?;
-            writeln!(w)
+/// Everything before the command: the signal thread (first, before any other thread exists),
+/// the log subscriber, and `--metrics-file` (refused on a verb that writes no metrics).
+fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
+    let json = global.json;
+    signals::install(move |signal| {
+        let (code, written) = run_metrics::finish(signals::exit_code(signal));
+        imgarc::repository::lock::release_held_locks();
+        signals::restore_tty();
+        let error = format!("interrupted by {}", signals::name(signal));
+        if json {
+            println!("{}", serde_json::json!({ "ok": false, "error": error, "exit_code": code }));
         }
+        eprintln!("imgarc: error: {error}");
+        if let Err(e) = written {
+            eprintln!("imgarc: error: {e:#}");
+        }
+        std::process::exit(code);
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up the SIGINT/SIGTERM handling: {e}"))?;
+    logging::init(global)?;
+    if let Some(path) = &global.metrics_file {
+        let verb = command.name();
+        if !run_metrics::METERED.contains(&verb) {
+            return Err(UsageError(format!("--metrics-file is for {} (not {verb})", run_metrics::METERED.join(", "))).into());
+        }
+        if path.is_dir() || path.file_name().is_none() {
+            return Err(UsageError(format!("--metrics-file {}: a file name is needed, not a directory", path.display())).into());
+        }
+        run_metrics::start(path.clone(), verb);
     }
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).event_format(Plain).try_init();
+    Ok(())
 }
+
+/// A command line clap accepts but imgarc refuses: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The command ran to its end but some of its items failed (a sync with a failed image; copy and
+/// drill later): exit code 3. Like [`AlreadyReported`], its JSON document was printed already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SomeItemsFailed(pub String);
 
 /// A failure whose details the command already printed (its JSON document
 /// says `ok: false`); the exit code is still 1, but no second document follows.

@@ -187,7 +187,7 @@ fn read_hidden(tty: &std::fs::File, prompt: &str) -> Result<Zeroizing<String>> {
 }
 
 #[allow(unsafe_code)] // tcgetattr(3) on a descriptor we own
-fn termios_get(fd: i32) -> Result<libc::termios> {
+pub(super) fn termios_get(fd: i32) -> Result<libc::termios> {
     // SAFETY: termios is plain data; tcgetattr fills it or fails.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
@@ -197,7 +197,7 @@ fn termios_get(fd: i32) -> Result<libc::termios> {
 }
 
 #[allow(unsafe_code)] // tcsetattr(3) on a descriptor we own
-fn termios_set(fd: i32, t: &libc::termios) -> Result<()> {
+pub(super) fn termios_set(fd: i32, t: &libc::termios) -> Result<()> {
     // SAFETY: `t` is a valid termios from tcgetattr.
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) } != 0 {
         return Err(std::io::Error::last_os_error()).context("cannot change the terminal's settings");

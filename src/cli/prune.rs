@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
     // The clock starts once the lock is held and the index caught up.
     opts.now = chrono::Utc::now();
     let r = prune(&repo, &mut index, &opts)?;
+    super::run_metrics::record(&r);
     ctx.emit(&serde_json::to_value(&r)?, || {
         let would = if r.dry_run { "would be " } else { "" };
         let mut s = format!(

@@ -4,7 +4,7 @@
 //! one timestamped line per image on stderr, and prints the summary (prose or
 //! one JSON document) on stdout.
 
-use super::{AlreadyReported, Ctx};
+use super::{Ctx, SomeItemsFailed};
 use anyhow::{Context, Result};
 use imgarc::index::Index;
 use imgarc::sync::{ImageEntry, ImageResult, SyncFlags, SyncReport};
@@ -43,11 +43,12 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
         }
     }
     // report.warnings were logged (stderr) by the library as they happened.
+    super::run_metrics::record(&report);
     ctx.emit(&serde_json::to_value(&report)?, || summary(&report));
     if report.ok {
         Ok(())
     } else {
-        Err(AlreadyReported(format!("sync: {} of {} images failed", report.failed.len(), report.images)).into())
+        Err(SomeItemsFailed(format!("sync: {} of {} images failed", report.failed.len(), report.images)).into())
     }
 }
 

@@ -231,6 +231,23 @@ pub struct Lock {
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Every lock this process holds (its repository and current key), so that a process about to
+/// exit on a signal, without unwinding, can still remove them ([`release_held_locks`]).
+static HELD: Mutex<Vec<(Repository, Arc<Mutex<String>>)>> = Mutex::new(Vec::new());
+
+/// Deletes the lock object of every lock this process holds: for a process that exits on
+/// SIGINT/SIGTERM without dropping them. Best effort: a lock that cannot be deleted (or that a
+/// refresh was writing at that moment) is left to go stale, at once on this host, else when it expires.
+pub fn release_held_locks() {
+    let held: Vec<_> = HELD.lock().map(|h| h.clone()).unwrap_or_default();
+    for (repo, key) in held {
+        let key = key.lock().map(|k| k.clone()).unwrap_or_default();
+        if let Err(e) = repo.delete_lock(&key) {
+            tracing::warn!("cannot remove lock {key} (it goes stale by itself): {e:#}");
+        }
+    }
+}
+
 /// Writes a new lock object; returns its key and the monotonic instant it expires.
 fn write_lock(repo: &Repository, exclusive: bool, purpose: &str, since: &str, timing: LockTiming) -> Result<(String, Instant)> {
     let written = Instant::now();
@@ -370,6 +387,9 @@ impl Lock {
         timing: LockTiming,
     ) -> Result<Lock> {
         let key = Arc::new(Mutex::new(key));
+        if let Ok(mut held) = HELD.lock() {
+            held.push((repo.clone(), key.clone()));
+        }
         let state = Arc::new(LockState {
             purpose: purpose.to_string(),
             expires: Mutex::new(expires),
@@ -429,6 +449,9 @@ impl Drop for Lock {
         drop(self.stop.take());
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
+        }
+        if let Ok(mut held) = HELD.lock() {
+            held.retain(|(_, k)| !Arc::ptr_eq(k, &self.key));
         }
         let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
         let _ = self.repo.delete_lock(&key);
