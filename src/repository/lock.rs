@@ -386,6 +386,7 @@ impl Lock {
         since: String,
         timing: LockTiming,
     ) -> Result<Lock> {
+        tracing::debug!(lock = %key, purpose, exclusive, "acquired the {purpose} lock");
         let key = Arc::new(Mutex::new(key));
         if let Ok(mut held) = HELD.lock() {
             held.push((repo.clone(), key.clone()));
@@ -455,6 +456,7 @@ impl Drop for Lock {
         }
         let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
         let _ = self.repo.delete_lock(&key);
+        tracing::debug!(lock = %key, "released the lock");
     }
 }
 

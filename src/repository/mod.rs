@@ -159,6 +159,7 @@ impl Repository {
         if repo.config.cipher().is_some() {
             repo.unlock(passwords)?;
         }
+        tracing::debug!(location = %repo.storage.location(), encryption = %repo.config.encryption, "opened the repository");
         Ok(repo)
     }
 

@@ -127,7 +127,7 @@ fn usage_and_operation_errors_have_distinct_codes() {
     assert_eq!(env.run(&["archive"]).status.code(), Some(2));
     assert_eq!(env.run(&["frobnicate"]).status.code(), Some(2));
     let o = env.run(&["list"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(10), "a missing repository exits 10 (restic's code)");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no imgarc repository"));
     env.ok(&["init"]);
     assert_eq!(env.run(&["init"]).status.code(), Some(1));

@@ -288,7 +288,7 @@ fn failing_and_inactive_images_do_not_stop_the_others() {
     assert!(resp.status().is_success(), "deactivate: {}", resp.status());
 
     let (code, doc, err) = sync(&env, &tag, &["--jobs", "1"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 3, "a sync with a failed image exits 3: {err}");
     assert_eq!(doc["ok"], false);
     assert_eq!(ids(&doc, "archived"), sorted(vec![good_a.clone(), good_z.clone()]));
     assert_eq!(ids(&doc, "failed"), sorted(vec![tampered.clone(), backing.clone()]));
@@ -302,9 +302,9 @@ fn failing_and_inactive_images_do_not_stop_the_others() {
     assert!(err.lines().any(|l| l.contains(" failed ") && l.contains(&tampered)), "{err}");
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 2);
 
-    // Without --json: the summary on stdout names each failure; still exit 1.
+    // Without --json: the summary on stdout names each failure; still exit 3.
     let o = env.run(&sync_args(&tag, false, &[]).iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("2 unchanged") && out.contains("2 failed") && out.contains(&format!("FAILED {tag}-c-backing")), "{out}");
 }
@@ -358,7 +358,7 @@ fn killed_sync_resumes_and_a_second_sync_is_refused() {
         repo.list_locks().unwrap_or_default().iter().any(|(_, lock)| lock.purpose == "sync" && lock.pid == pid)
     });
     let (code, refused, err) = sync(&env, &tag, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 11, "a held lock exits 11 (restic's code)");
     assert_eq!(refused["ok"], false);
     assert!(err.contains("locked by sync") && err.contains(&format!("pid {pid}")), "{err}");
     let out = rerun.wait_with_output().unwrap();

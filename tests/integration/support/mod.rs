@@ -9,6 +9,7 @@
 pub mod backend_common;
 #[cfg(feature = "openstack-tests")]
 pub mod openstack;
+pub mod prom;
 pub mod qcow2_util;
 pub mod tls;
 
