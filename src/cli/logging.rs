@@ -22,6 +22,28 @@ pub fn init(global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The binary's own final error line (never filtered out): `imgarc: error: …`, or with
+/// `--log-format json` an ERROR object like the events', its `fields` holding the exit code.
+pub fn error_line(format: LogFormat, message: &str, exit_code: i32) {
+    match format {
+        LogFormat::Text => eprintln!("imgarc: error: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": now_rfc3339_micros(),
+                "level": "ERROR",
+                "target": "imgarc",
+                "message": message,
+                "fields": { "exit_code": exit_code },
+            })
+        ),
+    }
+}
+
+fn now_rfc3339_micros() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// The filter of a run: `IMGARC_LOG` when set and not empty (an invalid one is a usage error), else by verbosity.
 fn filter(env: Option<&str>, verbose: u8, quiet: bool) -> anyhow::Result<EnvFilter> {
     if let Some(spec) = env.filter(|s| !s.trim().is_empty()) {
@@ -75,7 +97,7 @@ where
         event.record(&mut fields);
         let meta = event.metadata();
         let line = serde_json::json!({
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "timestamp": now_rfc3339_micros(),
             "level": meta.level().as_str(),
             "target": meta.target(),
             "message": fields.message.unwrap_or_default(),

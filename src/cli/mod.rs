@@ -205,6 +205,7 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 pub fn run() -> i32 {
     let cli = Cli::parse();
     let out = cli.global.output();
+    let format = cli.global.log_format;
     let result = start(&cli.global, &cli.command).and_then(|()| dispatch(&cli.global, cli.command));
     let code = match &result {
         Ok(()) => 0,
@@ -215,13 +216,13 @@ pub fn run() -> i32 {
         if out.json && e.downcast_ref::<AlreadyReported>().is_none() && e.downcast_ref::<SomeItemsFailed>().is_none() {
             println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}"), "exit_code": code }));
         }
-        eprintln!("imgarc: error: {e:#}");
+        logging::error_line(format, &format!("{e:#}"), code);
     }
     match written {
         Ok(()) => code,
         Err(e) => {
             // Monitoring that reads a stale file would miss this run: a success becomes a failure.
-            eprintln!("imgarc: error: {e:#}");
+            logging::error_line(format, &format!("{e:#}"), code);
             if code == 0 {
                 1
             } else {
@@ -234,7 +235,7 @@ pub fn run() -> i32 {
 /// Everything before the command: the signal thread (first, before any other thread exists),
 /// the log subscriber, and `--metrics-file` (refused on a verb that writes no metrics).
 fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
-    let json = global.json;
+    let (json, format) = (global.json, global.log_format);
     signals::install(move |signal| {
         let (code, written) = run_metrics::finish(signals::exit_code(signal));
         imgarc::repository::lock::release_held_locks();
@@ -243,9 +244,9 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::json!({ "ok": false, "error": error, "exit_code": code }));
         }
-        eprintln!("imgarc: error: {error}");
+        logging::error_line(format, &error, code);
         if let Err(e) = written {
-            eprintln!("imgarc: error: {e:#}");
+            logging::error_line(format, &format!("{e:#}"), code);
         }
         std::process::exit(code);
     })

@@ -100,6 +100,13 @@ fn a_missing_repository_exits_10_and_says_so_in_json_and_metrics() {
     assert_eq!(m.value("imgarc_check_exit_code", &[]), Some(10.0));
     assert_eq!(m.value("imgarc_check_last_success_timestamp_seconds", &[]), None, "never succeeded: the series is left out");
     assert!(m.value("imgarc_check_last_run_timestamp_seconds", &[]).unwrap() > now() - 600.0);
+    // With JSON logs the final error line is a JSON object too, carrying the code.
+    let o = env.run(&["--log-format", "json", "list"]);
+    assert_eq!(code(&o), 10);
+    let last: serde_json::Value = serde_json::from_str(stderr(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["fields"]["exit_code"], 10);
+    assert!(last["message"].as_str().unwrap().contains("no imgarc repository"), "{last}");
     // init is the verb that expects no repository.
     env.ok(&["init"]);
 }
