@@ -126,7 +126,7 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             continue;
         }
         // name [ { labels } ] value [ timestamp ]
-        let name_end = line.find(|c: char| c == '{' || c == ' ' || c == '\t').ok_or_else(|| err("a sample without a value".into()))?;
+        let name_end = line.find(['{', ' ', '\t']).ok_or_else(|| err("a sample without a value".into()))?;
         let name = &line[..name_end];
         if !metric_name_ok(name) {
             return Err(err(format!("bad metric name {name:?}")));
