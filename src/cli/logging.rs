@@ -155,8 +155,8 @@ mod tests {
     fn verbosity_picks_the_filter_and_imgarc_log_overrides_it() {
         assert_eq!(filter(None, 0, false).unwrap().to_string(), "info");
         assert_eq!(filter(None, 0, true).unwrap().to_string(), "warn");
-        assert_eq!(filter(None, 1, true).unwrap().to_string(), "info,imgarc=debug");
-        assert_eq!(filter(None, 2, false).unwrap().to_string(), "debug,imgarc=trace");
+        assert_eq!(filter(None, 1, true).unwrap().to_string(), "imgarc=debug,info");
+        assert_eq!(filter(None, 2, false).unwrap().to_string(), "imgarc=trace,debug");
         assert_eq!(filter(Some("imgarc::sync=trace"), 0, false).unwrap().to_string(), "imgarc::sync=trace");
         assert_eq!(filter(Some("  "), 0, false).unwrap().to_string(), "info");
     }
