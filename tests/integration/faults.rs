@@ -150,7 +150,7 @@ fn stale_lock_blocks_check_until_unlocked() {
         "expires": "2999-01-01T00:00:00Z", "exclusive": false, "purpose": "archive"});
     std::fs::write(env.repo.join("locks/abc"), lock.to_string()).unwrap();
     let o = env.run(&["check"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(11), "a lock held by another process exits 11 (restic's code)");
     assert!(String::from_utf8_lossy(&o.stderr).contains("other-host"));
     env.ok(&["unlock", "--all"]);
     env.ok(&["check"]);

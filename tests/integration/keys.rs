@@ -229,7 +229,8 @@ fn a_wrong_password_exits_12_with_nothing_on_stdout() {
     let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document on stdout");
     assert_eq!(doc["ok"], false);
     assert!(doc["error"].as_str().unwrap().contains("wrong password"), "{doc}");
-    assert_eq!(doc.as_object().unwrap().len(), 2, "only the error document: {doc}");
+    assert_eq!(doc["exit_code"], 12, "{doc}");
+    assert_eq!(doc.as_object().unwrap().len(), 3, "only the error document (ok, error, exit_code): {doc}");
     // The exit code is documented.
     let help = env.ok(&["--help"]);
     assert!(help.contains("12 wrong password"), "{help}");
