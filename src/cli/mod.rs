@@ -260,6 +260,11 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
         if path.is_dir() || path.file_name().is_none() {
             return Err(UsageError(format!("--metrics-file {}: a file name is needed, not a directory", path.display())).into());
         }
+        // Refused now rather than after a night's sync: the file could not be written then.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(UsageError(format!("--metrics-file {}: directory {} does not exist", path.display(), dir.display())).into());
+        }
         run_metrics::start(path.clone(), verb);
     }
     Ok(())

@@ -219,6 +219,9 @@ fn usage_errors_exit_2_naming_what_is_wrong() {
     assert!(!file.exists());
     let o = env.run(&["check", "--metrics-file", env.dir.path().to_str().unwrap()]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = env.run(&["check", "--metrics-file", env.path("no/such/dir/m.prom").to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     let o = env.cmd(&["list"]).env("IMGARC_LOG", "imgarc=loud").stdin(Stdio::null()).output().unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("IMGARC_LOG=\"imgarc=loud\" is not a log filter"), "{}", stderr(&o));
@@ -316,6 +319,41 @@ fn a_missing_repository_on_s3_exits_10() {
         .unwrap();
     assert_eq!(code(&o), 10, "{}", stderr(&o));
     assert!(stderr(&o).contains("no imgarc repository at s3:"), "{}", stderr(&o));
+}
+
+/// A missing swift: repository exits 10 too; its trace log (Keystone application-credential
+/// auth, then Swift) holds neither the credential's secret nor a token.
+#[cfg(feature = "remote-tests")]
+#[test]
+fn a_missing_repository_on_swift_exits_10_and_its_trace_log_holds_no_secret() {
+    let need = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run `. ci/objectstore.sh` first"));
+    let secret = need("IMGARC_SWIFT_APP_CRED_SECRET");
+    let mut c = bare_cmd();
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OS_")) {
+        c.env_remove(k);
+    }
+    let repo = format!("swift:{}/operator-missing-{}", need("IMGARC_SWIFT_CONTAINER"), std::process::id());
+    let o = c
+        .args(["--log-format", "json", "--repo", &repo, "list"])
+        .env("IMGARC_LOG", "trace")
+        .env("OS_AUTH_URL", need("IMGARC_SWIFT_AUTH_URL"))
+        .env("OS_AUTH_TYPE", "v3applicationcredential")
+        .env("OS_APPLICATION_CREDENTIAL_ID", need("IMGARC_SWIFT_APP_CRED_ID"))
+        .env("OS_APPLICATION_CREDENTIAL_SECRET", &secret)
+        .env("OS_REGION_NAME", need("IMGARC_SWIFT_REGION"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.lines().count() > 1, "trace logged nothing: {err}");
+    for line in err.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    }
+    assert!(err.contains("no imgarc repository at swift:"), "{err}");
+    assert!(!err.contains(&secret), "the application credential's secret is in the trace log");
+    assert!(!err.contains("gAAAAA"), "a token is in the trace log");
+    assert!(!err.to_ascii_lowercase().contains("x-auth-token"), "the token header is in the trace log");
 }
 
 #[cfg(feature = "openstack-tests")]
