@@ -41,7 +41,7 @@ use progress::Output;
                   Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 finished but some items failed (sync: an image), \
                   10 no repository at that location, 11 the repository is locked by another process, 12 wrong password, \
                   130 interrupted (SIGINT), 143 stopped (SIGTERM).\n\
-                  Logs: standard error; -v debug, -vv trace; IMGARC_LOG takes a tracing filter (e.g. imgarc=debug,reqwest=info) and overrides both."
+                  Logs: standard error; -v debug, -vv trace; IMGARC_LOG takes a tracing filter (e.g. imgarc=debug,hyper_util=info) and overrides both."
 )]
 pub struct Cli {
     #[command(flatten)]
