@@ -16,11 +16,14 @@ pub(super) fn display_name(rec: &ImageRecord) -> String {
 /// What a run does with one listed image.
 pub(super) enum Plan {
     Skip(String),
+    /// A boot-from-volume instance snapshot: nothing to download; the reason names its volume snapshots.
+    VolumeBacked(String),
     Unchanged(Id),
     /// The content is held by this snapshot, the metadata is new: a snapshot
     /// reusing its streams is written (a key that reads snapshot bodies only).
     NewMetadata(Id),
-    Download,
+    /// Why the image is downloaded (what `sync --dry-run` says it would archive).
+    Download(&'static str),
 }
 
 /// Whether `held` holds the bytes `rec` describes: its strongest digest, else
@@ -57,6 +60,13 @@ pub(super) fn same_metadata(rec: &ImageRecord, held: &SnapshotHead, hasher: &Met
 /// `per_project`: the repository keys chunk ids per Glance project, so a snapshot
 /// of another owner's chunks is never reused for this image (it is archived again).
 pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool, per_project: bool) -> Plan {
+    // Before the size-0 skip: these are the nearly empty images Nova makes, and an
+    // operator must see that their VMs are not protected by the image archive.
+    if rec.status == "active" {
+        if let Some(vb) = rec.volume_backed() {
+            return Plan::VolumeBacked(vb.reason());
+        }
+    }
     if let Some(why) = rec.not_downloadable_reason() {
         return Plan::Skip(why);
     }
@@ -64,7 +74,10 @@ pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &Meta
     match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
         Some((id, s)) if same_metadata(rec, s, hasher) => Plan::Unchanged(*id),
         Some((id, s)) if reads_bodies && (!per_project || same_owner(rec, s)) => Plan::NewMetadata(*id),
-        Some(_) | None => Plan::Download,
+        Some(_) if !reads_bodies => Plan::Download("new metadata, and a write-only key cannot reuse the held data"),
+        Some(_) => Plan::Download("new owner, and the repository dedups per project"),
+        None if held.is_empty() => Plan::Download("new image"),
+        None => Plan::Download("new content"),
     }
 }
 
@@ -157,13 +170,13 @@ mod tests {
             assert!(matches!(plan(&r, &same, &hasher, reads_bodies, false), Plan::Unchanged(id) if id == Id([1; 32])));
         }
         assert!(matches!(plan(&r, &changed, &hasher, true, false), Plan::NewMetadata(id) if id == Id([2; 32])));
-        assert!(matches!(plan(&r, &changed, &hasher, false, false), Plan::Download), "a write-only key archives again");
-        assert!(matches!(plan(&r, &[], &hasher, true, false), Plan::Download));
+        assert!(matches!(plan(&r, &changed, &hasher, false, false), Plan::Download(_)), "a write-only key archives again");
+        assert!(matches!(plan(&r, &[], &hasher, true, false), Plan::Download(_)));
         // Dedup scope project: an image that changed owner never reuses the old owner's chunks.
         let moved = rec(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p2"}));
         let held =
             vec![(Id([3; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p1"})))];
-        assert!(matches!(plan(&moved, &held, &hasher, true, true), Plan::Download));
+        assert!(matches!(plan(&moved, &held, &hasher, true, true), Plan::Download(_)));
         assert!(matches!(plan(&moved, &held, &hasher, true, false), Plan::NewMetadata(id) if id == Id([3; 32])));
     }
 }

@@ -19,5 +19,5 @@ mod tests;
 pub use client::{GlanceClient, RetryPolicy};
 pub use download::ImageDownload;
 pub use images::UploadMethod;
-pub use record::{redact_store_locations, ImageRecord, STORE_LOCATION_FIELDS};
+pub use record::{redact_store_locations, ImageRecord, VolumeBacked, STORE_LOCATION_FIELDS};
 pub use restore::{restore_image, restore_metadata, RestoreOptions, RestoreOutcome, GLANCE_OWNED, SOURCE_CLOUD_ONLY};
