@@ -110,6 +110,50 @@ mod tests {
     use crate::sync::test_support::rec;
     use serde_json::json;
 
+    /// Nova's instance snapshot of a boot-from-volume VM (`bdm_v2`, a mapping list as a JSON
+    /// string, no data) is its own outcome naming the volume snapshots; an image with data
+    /// is archived whatever its properties, and one not active is skipped as before.
+    #[test]
+    fn volume_backed_instance_snapshots_are_told_apart_from_empty_images() {
+        let hasher = MetadataHasher::UNKEYED;
+        let bdm = json!([
+            {"boot_index": 0, "source_type": "snapshot", "destination_type": "volume", "snapshot_id": "snap-1", "device_name": "/dev/vda"},
+            {"boot_index": null, "source_type": "blank", "destination_type": "local", "snapshot_id": null},
+            {"boot_index": 1, "source_type": "snapshot", "destination_type": "volume", "snapshot_id": "snap-2"}
+        ])
+        .to_string();
+        let nova = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": bdm, "root_device_name": "/dev/vda"}));
+        match plan(&nova, &[], &hasher, true, false) {
+            Plan::VolumeBacked(why) => {
+                assert!(why.contains("volume snapshot(s) snap-1, snap-2") && why.contains("boot-from-volume"), "{why}")
+            }
+            _ => panic!("not volume-backed"),
+        }
+        // Size absent (not yet reported) counts as no data.
+        let size_unknown = rec(json!({"size": null, "block_device_mapping": bdm.clone()}));
+        assert!(matches!(plan(&size_unknown, &[], &hasher, true, false), Plan::VolumeBacked(_)));
+        let unreadable = rec(json!({"size": 0, "bdm_v2": true, "block_device_mapping": "[{not json"}));
+        assert!(matches!(plan(&unreadable, &[], &hasher, true, false), Plan::VolumeBacked(why) if why.contains("not a JSON list")));
+        // The owner's text in a log line: control characters replaced, a long list cut short.
+        let many: Vec<serde_json::Value> = (0..40).map(|i| json!({"snapshot_id": format!("s{i}\nforged log line")})).collect();
+        let hostile = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": serde_json::Value::Array(many).to_string()}));
+        assert!(
+            matches!(plan(&hostile, &[], &hasher, true, false), Plan::VolumeBacked(why) if !why.contains('\n') && why.contains("s15?forged") && why.ends_with("and 24 more"))
+        );
+        let no_snapshots = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": "[]"}));
+        assert!(
+            matches!(plan(&no_snapshots, &[], &hasher, true, false), Plan::VolumeBacked(why) if why.contains("name no volume snapshot"))
+        );
+        // Not volume-backed: an empty image, one with data, one not active, bdm_v2 "False" without mappings.
+        assert!(matches!(plan(&rec(json!({"size": 0})), &[], &hasher, true, false), Plan::Skip(why) if why.contains("size 0")));
+        let with_data = rec(json!({"size": 10, "bdm_v2": "True", "block_device_mapping": bdm.clone()}));
+        assert!(matches!(plan(&with_data, &[], &hasher, true, false), Plan::Download("new image")));
+        let queued = rec(json!({"status": "queued", "size": 0, "bdm_v2": "True", "block_device_mapping": bdm}));
+        assert!(matches!(plan(&queued, &[], &hasher, true, false), Plan::Skip(why) if why.contains("queued")));
+        let flag_off = rec(json!({"size": 0, "bdm_v2": "False"}));
+        assert!(matches!(plan(&flag_off, &[], &hasher, true, false), Plan::Skip(_)));
+    }
+
     #[test]
     fn content_identity_prefers_the_strongest_digest() {
         let snap = |digests: &[(&str, &str)], size: u64, updated: &str| Snapshot {

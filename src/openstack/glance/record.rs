@@ -154,7 +154,8 @@ impl ImageRecord {
             .iter()
             .filter_map(|m| m.get("snapshot_id").and_then(|v| v.as_str()))
             .filter(|id| !id.is_empty())
-            .map(str::to_string)
+            // Image properties are the image owner's text and end up in log lines: no control characters.
+            .map(|id| id.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
             .collect();
         Some(VolumeBacked { snapshot_ids, unreadable: false })
     }
@@ -189,7 +190,13 @@ impl VolumeBacked {
         } else if self.snapshot_ids.is_empty() {
             format!("{what} (its block device mappings name no volume snapshot)")
         } else {
-            format!("{what}: volume snapshot(s) {}", self.snapshot_ids.join(", "))
+            // A log line, not a dump: a mapping list of any length names at most MAX_SHOWN.
+            const MAX_SHOWN: usize = 16;
+            let mut shown = self.snapshot_ids.iter().take(MAX_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if self.snapshot_ids.len() > MAX_SHOWN {
+                shown.push_str(&format!(" and {} more", self.snapshot_ids.len() - MAX_SHOWN));
+            }
+            format!("{what}: volume snapshot(s) {shown}")
         }
     }
 }
