@@ -15,13 +15,19 @@ use imgarc::util::human_bytes;
 pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     flags.digests()?;
     let repo = ctx.open_repo()?;
+    // One sync per repository at a time; the lock stays held (and refreshed) until the run ends,
+    // when `_lock` is dropped. Lock first, then catch up, as `archive` does: no prune mark slips in between.
+    let _lock = match flags.dry_run {
+        true => None,
+        false => {
+            let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
+            repo.hold_lock(&lock);
+            Some(lock)
+        }
+    };
     let mut index = if flags.dry_run {
         Index::open(&repo).context("cannot bring the local index up to date")?
     } else {
-        // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
-        // Lock first, then catch up, as `archive` does: no prune mark slips in between.
-        let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
-        repo.hold_lock(&lock);
         Index::open_writer(&repo).context("cannot bring the local index up to date")?
     };
     let glance = ctx.glance(None)?;
