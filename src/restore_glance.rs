@@ -46,6 +46,24 @@ pub struct ToGlanceOptions {
     pub limit_upload: Option<RateLimiter>,
 }
 
+impl ToGlanceOptions {
+    /// The first of these flags given, if any: without `--to-glance` each is an error,
+    /// not ignored (clap's `requires` does not see a defaulted bool flag as missing; and a
+    /// `--dry-run` that went on to restore a file would be worse than no flag at all).
+    pub fn given_flag(&self) -> Option<&'static str> {
+        [
+            (self.dry_run, "--dry-run"),
+            (self.to_cloud.is_some(), "--to-cloud"),
+            (self.name.is_some(), "--name"),
+            (self.visibility.is_some(), "--visibility"),
+            (!self.properties.is_empty(), "--property"),
+            (self.keep_failed, "--keep-failed"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+}
+
 /// The new image and what was verified.
 #[derive(Debug, Clone, Serialize)]
 pub struct GlanceRestoreReport {

@@ -42,6 +42,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
+    if let (false, Some(flag)) = (args.to_glance, args.glance.given_flag()) {
+        bail!("{flag} applies to --to-glance only");
+    }
     let (repo, index) = ctx.open()?;
     repo.require_full_key("restore")?;
     let id = index.resolve_snapshot(&args.snapshot)?;

@@ -577,6 +577,15 @@ fn dry_run_downloads_and_writes_nothing_and_the_run_does_what_it_said() {
     );
     assert!(g.list_filtered(&[("name", &target)], 10).unwrap().is_empty(), "the dry run created an image");
 
+    // Without --to-glance, --dry-run (and every --to-glance flag) is refused, not ignored: no file is written.
+    let file = env.path("not-written.raw");
+    let o = env.run(&["restore", &snapshot, "-o", file.to_str().unwrap(), "--dry-run"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--dry-run applies to --to-glance only"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!file.exists(), "a dry run without --to-glance restored the file");
+    let o = env.run(&["restore", &snapshot, "-o", file.to_str().unwrap(), "--name", "x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--name applies to --to-glance only") && !file.exists());
+
     // The restore creates exactly that record.
     let done = env.json(&restore_args(false).iter().map(String::as_str).collect::<Vec<_>>());
     let _g7 = os::Cleanup(g.clone(), s(&done, "image_id"));
