@@ -87,7 +87,8 @@ fn log_line(e: &ImageEntry) -> String {
         // A dry run: `would-archived`/`would-metadata-updated` keep the word a grep for the real outcome finds.
         s = s.replacen(&format!(" {what} "), &format!(" would-{what} "), 1);
         let size = e.logical_bytes.map(|b| format!(", {}", human_bytes(b))).unwrap_or_default();
-        s.push_str(&format!(": {would}{size}"));
+        // ("would-archived …: new image", not "…: archive: new image")
+        s.push_str(&format!(": {}{size}", would.strip_prefix("archive: ").unwrap_or(would)));
         return s;
     }
     match e.result {
@@ -125,7 +126,8 @@ fn summary(r: &SyncReport) -> String {
     if r.dry_run {
         for e in &r.archived {
             let size = e.logical_bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default();
-            s.push_str(&format!("  would archive {} ({}){size}: {}\n", e.name, e.id, e.would.as_deref().unwrap_or("")));
+            let why = e.would.as_deref().unwrap_or("");
+            s.push_str(&format!("  would archive {} ({}){size}: {}\n", e.name, e.id, why.strip_prefix("archive: ").unwrap_or(why)));
         }
         for e in &r.metadata_updated {
             let prev = e.previous.as_deref().map(short).unwrap_or("?");

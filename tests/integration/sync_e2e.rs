@@ -525,14 +525,19 @@ fn dry_run_downloads_and_writes_nothing_and_the_run_does_what_it_said() {
     assert_eq!(gets_after, gets_before, "the dry run downloaded image data");
     assert_eq!(repository_files(&env), before, "the dry run changed the repository");
     assert!(!env.repo.join("upstream/deleted").join(&gone.id).exists());
-    assert!(err.contains(&format!(" would-archived {tag}-fresh ")) && err.contains("volume-backed"), "{err}");
+    assert!(err.contains(&format!(" would-archived {tag}-fresh ({}): new image, 1.00 MiB", fresh.id)), "{err}");
+    assert!(err.contains(&format!(" volume-backed {tag}-bfv ({bfv}): ")), "{err}");
 
     // The prose: "would archive …" and the volume-backed count.
     let o = env.run(&sync_args(&tag, false, &["--dry-run"]).iter().map(String::as_str).collect::<Vec<_>>());
     let prose = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{prose}");
     assert!(prose.starts_with("sync --dry-run: 5 images: 1 would be archived"), "{prose}");
-    assert!(prose.contains("1 volume-backed") && prose.contains(&format!("would archive {tag}-fresh ({})", fresh.id)), "{prose}");
+    assert!(
+        prose.contains("1 volume-backed") && prose.contains(&format!("would archive {tag}-fresh ({}) (1.00 MiB): new image\n", fresh.id)),
+        "{prose}"
+    );
+    assert!(prose.contains(&format!("  volume-backed {tag}-bfv ({bfv}): ")), "{prose}");
 
     // The real run does what the dry run said, and Glance served the new image's data.
     let (code, real, err) = sync(&env, &tag, &[]);
