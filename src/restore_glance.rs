@@ -2,7 +2,8 @@
 //! a pipe that a Glance upload reads on its own thread, with the archived
 //! image metadata (plus overrides). The stream ends cleanly only once the
 //! restore verified every byte it wrote; an image whose upload completed but
-//! whose bytes turn out wrong is deleted (unless `keep_failed`).
+//! whose bytes turn out wrong is deleted (unless `keep_failed`). Its dry run
+//! ([`plan_restore_to_glance`]) shows the image record it would create.
 
 use crate::index::Index;
 use crate::net::ratelimit::{RateLimitedReader, RateLimiter};
@@ -37,9 +38,30 @@ pub struct ToGlanceOptions {
     /// Keep a half-created Glance image when the restore fails (default: delete it)
     #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
     pub keep_failed: bool,
+    /// Show the image record that would be created (and what it would be checked against); create nothing
+    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    pub dry_run: bool,
     /// Cap on the upload rate (the global `--limit-upload`).
     #[cfg_attr(feature = "clap", arg(skip))]
     pub limit_upload: Option<RateLimiter>,
+}
+
+impl ToGlanceOptions {
+    /// The first of these flags given, if any: without `--to-glance` each is an error,
+    /// not ignored (clap's `requires` does not see a defaulted bool flag as missing; and a
+    /// `--dry-run` that went on to restore a file would be worse than no flag at all).
+    pub fn given_flag(&self) -> Option<&'static str> {
+        [
+            (self.dry_run, "--dry-run"),
+            (self.to_cloud.is_some(), "--to-cloud"),
+            (self.name.is_some(), "--name"),
+            (self.visibility.is_some(), "--visibility"),
+            (!self.properties.is_empty(), "--property"),
+            (self.keep_failed, "--keep-failed"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
 }
 
 /// The new image and what was verified.
@@ -73,17 +95,39 @@ fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRe
     Ok(ImageRecord::from_json(raw)?)
 }
 
-/// Restores `snap` into a new image of `glance`.
-pub fn restore_to_glance(
-    repo: &Repository,
-    index: &Index,
+/// What `restore --to-glance --dry-run` shows: the image a restore would create
+/// and what its upload would be checked against. Nothing is created.
+#[derive(Debug, Clone, Serialize)]
+pub struct GlanceRestorePlan {
+    pub dry_run: bool,
+    pub snapshot: String,
+    /// The target: the clouds.yaml cloud (`None`: `OS_*` or `--glance-url`) and its Glance endpoint.
+    pub cloud: Option<String>,
+    pub glance_url: String,
+    /// `put` or `glance-direct`.
+    pub method: String,
+    /// The `POST /v2/images` body: name, disk_format, container_format, visibility, min_disk, min_ram, properties.
+    pub image: serde_json::Map<String, serde_json::Value>,
+    /// Set once the upload is verified (the image is created unprotected so a failure can delete it).
+    pub protected: bool,
+    /// Bytes the upload sends and Glance must store; `None` when converted (`--disk-format`), known only after.
+    pub size: Option<u64>,
+    /// The archived digests the uploaded bytes must match (empty when converted: then only
+    /// Glance's digests of what was uploaded are compared).
+    pub expected_digests: BTreeMap<String, String>,
+    /// The format the data is converted to (`--disk-format`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub converted_to: Option<String>,
+    /// Images of that name already in the target (a restore adds another one, it replaces none).
+    pub existing_images: Vec<String>,
+}
+
+/// The archived record to create from and the upload's options (shared by the restore and its dry run).
+fn restore_request(
     snap: &Snapshot,
-    glance: &GlanceClient,
     restore_opts: &RestoreOptions,
     opts: &ToGlanceOptions,
-    progress: &SharedProgress,
-) -> Result<GlanceRestoreReport> {
-    repo.require_full_key("restore")?;
+) -> Result<(ImageRecord, glance::RestoreOptions)> {
     let archived = archived_record(snap, restore_opts.disk_format.as_deref())?;
     let mut overrides = serde_json::Map::new();
     if let Some(n) = &opts.name {
@@ -105,6 +149,60 @@ pub fn restore_to_glance(
         keep_failed: opts.keep_failed,
         ..Default::default()
     };
+    Ok((archived, glance_opts))
+}
+
+/// `restore --to-glance --dry-run`: the image [`restore_to_glance`] would create in
+/// `glance` (`cloud` is the name it was resolved from). Reads the target's image
+/// list for the name; creates, uploads and changes nothing.
+pub fn plan_restore_to_glance(
+    snap: &Snapshot,
+    snapshot_id: &str,
+    glance: &GlanceClient,
+    cloud: Option<String>,
+    restore_opts: &RestoreOptions,
+    opts: &ToGlanceOptions,
+) -> Result<GlanceRestorePlan> {
+    let (archived, glance_opts) = restore_request(snap, restore_opts, opts)?;
+    let (image, protected) = glance::create_request(&archived, &glance_opts.overrides);
+    let mut expected_digests = BTreeMap::new();
+    if !glance_opts.converted {
+        expected_digests.extend(snap.digests.iter().map(|(k, v)| (k.clone(), v.to_ascii_lowercase())));
+        if let (Some(a), Some(v)) = (archived.os_hash_algo.as_deref(), archived.os_hash_value.as_deref().filter(|v| !v.is_empty())) {
+            expected_digests.entry(a.to_ascii_lowercase()).or_insert_with(|| v.to_ascii_lowercase());
+        }
+    }
+    let existing_images = match image.get("name").and_then(|n| n.as_str()) {
+        Some(name) => glance.list_filtered(&[("name", name)], 100)?.into_iter().map(|r| r.id).collect(),
+        None => Vec::new(),
+    };
+    Ok(GlanceRestorePlan {
+        dry_run: true,
+        snapshot: snapshot_id.to_string(),
+        cloud,
+        glance_url: glance.endpoint().to_string(),
+        method: opts.method.clone(),
+        image,
+        protected,
+        size: glance_opts.size,
+        expected_digests,
+        converted_to: restore_opts.disk_format.clone(),
+        existing_images,
+    })
+}
+
+/// Restores `snap` into a new image of `glance`.
+pub fn restore_to_glance(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    glance: &GlanceClient,
+    restore_opts: &RestoreOptions,
+    opts: &ToGlanceOptions,
+    progress: &SharedProgress,
+) -> Result<GlanceRestoreReport> {
+    repo.require_full_key("restore")?;
+    let (archived, glance_opts) = restore_request(snap, restore_opts, opts)?;
     // The restore writes into a pipe; the upload reads it on its own thread. The
     // stream ends cleanly only once the restore verified every byte it wrote.
     let (writer, reader) = crate::util::pipe(16);

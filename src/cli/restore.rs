@@ -1,4 +1,4 @@
-//! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance`: rebuild an image.
+//! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance` (`--dry-run`: only show the image it would create): rebuild an image.
 
 use super::Ctx;
 use anyhow::{bail, Context, Result};
@@ -7,7 +7,7 @@ use imgarc::index::Index;
 use imgarc::repository::snapshot::Snapshot;
 use imgarc::repository::Repository;
 use imgarc::restore::{restore, RestoreOptions, Target};
-use imgarc::restore_glance::{restore_to_glance, ToGlanceOptions};
+use imgarc::restore_glance::{plan_restore_to_glance, restore_to_glance, GlanceRestorePlan, ToGlanceOptions};
 use imgarc::util::human_bytes;
 
 #[derive(Args, Debug)]
@@ -42,12 +42,19 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
+    if let (false, Some(flag)) = (args.to_glance, args.glance.given_flag()) {
+        bail!("{flag} applies to --to-glance only");
+    }
     let (repo, index) = ctx.open()?;
     repo.require_full_key("restore")?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;
     let opts = &args.restore;
     if args.to_glance {
+        if args.glance.dry_run {
+            return to_glance_dry_run(ctx, &snap, &id.to_hex(), &args.glance, opts)
+                .with_context(|| format!("planning the restore of snapshot {} ({}) into Glance", id.short(), snap.name));
+        }
         return to_glance(ctx, &repo, &index, &snap, args.glance.clone(), opts)
             .with_context(|| format!("restoring snapshot {} ({}) into Glance", id.short(), snap.name));
     }
@@ -112,4 +119,51 @@ fn to_glance(
         )
     });
     Ok(())
+}
+
+/// `--to-glance --dry-run`: the record that would be created, read from the snapshot and the target; nothing is created.
+fn to_glance_dry_run(ctx: &Ctx, snap: &Snapshot, id: &str, glance_opts: &ToGlanceOptions, opts: &RestoreOptions) -> Result<()> {
+    let cloud = glance_opts.to_cloud.clone().or_else(|| ctx.global.os_cloud.clone());
+    let glance = ctx.glance(glance_opts.to_cloud.as_deref())?;
+    let plan = plan_restore_to_glance(snap, id, &glance, cloud, opts, glance_opts)?;
+    ctx.emit(&serde_json::to_value(&plan)?, || plan_prose(&plan));
+    Ok(())
+}
+
+fn plan_prose(p: &GlanceRestorePlan) -> String {
+    let field = |k: &str| p.image.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "-".into());
+    let target = match &p.cloud {
+        Some(c) => format!("cloud {c} ({})", p.glance_url),
+        None => p.glance_url.clone(),
+    };
+    let mut s = format!("restore --dry-run: would create in {target}, uploading by {}:\n", p.method);
+    for k in ["name", "disk_format", "container_format", "visibility", "min_disk", "min_ram"] {
+        s.push_str(&format!("  {k}: {}\n", field(k)));
+    }
+    let core = ["name", "disk_format", "container_format", "visibility", "min_disk", "min_ram", "tags"];
+    let props: Vec<String> = p
+        .image
+        .iter()
+        .filter(|(k, _)| !core.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        .collect();
+    s.push_str(&format!("  tags: {}\n", field("tags")));
+    s.push_str(&format!("  properties: {}\n", if props.is_empty() { "none".into() } else { props.join(", ") }));
+    s.push_str(&format!("  protected once verified: {}\n", if p.protected { "yes" } else { "no" }));
+    match (p.size, &p.converted_to) {
+        (_, Some(f)) => s.push_str(&format!("  data: converted to {f}; checked against what is uploaded only\n")),
+        (Some(n), None) => {
+            let digests: Vec<String> = p.expected_digests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s.push_str(&format!(
+                "  data: {n} bytes ({}), checked against {}\n",
+                human_bytes(n),
+                if digests.is_empty() { "its size only".into() } else { digests.join(", ") }
+            ));
+        }
+        (None, None) => {}
+    }
+    if !p.existing_images.is_empty() {
+        s.push_str(&format!("  already in the target with this name: {} (a restore adds another image)\n", p.existing_images.join(", ")));
+    }
+    s
 }

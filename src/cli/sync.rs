@@ -2,7 +2,9 @@
 //! hold yet (the nightly job; docs/nightly.md). The work is `imgarc::sync`; this
 //! file holds the `sync` singleton lock for the run, logs
 //! one timestamped line per image on stderr, and prints the summary (prose or
-//! one JSON document) on stdout.
+//! one JSON document) on stdout. A `--dry-run` takes no lock (as `forget
+//! --dry-run`): it writes nothing, and one that waited for a running sync would
+//! only report what that sync is about to do anyway.
 
 use super::{Ctx, SomeItemsFailed};
 use anyhow::{Context, Result};
@@ -13,11 +15,21 @@ use imgarc::util::human_bytes;
 pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     flags.digests()?;
     let repo = ctx.open_repo()?;
-    // One sync per repository at a time; the lock stays held (and refreshed) until the run ends.
-    // Lock first, then catch up, as `archive` does: no prune mark slips in between.
-    let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
-    repo.hold_lock(&lock);
-    let mut index = Index::open_writer(&repo).context("cannot bring the local index up to date")?;
+    // One sync per repository at a time; the lock stays held (and refreshed) until the run ends,
+    // when `_lock` is dropped. Lock first, then catch up, as `archive` does: no prune mark slips in between.
+    let _lock = match flags.dry_run {
+        true => None,
+        false => {
+            let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
+            repo.hold_lock(&lock);
+            Some(lock)
+        }
+    };
+    let mut index = if flags.dry_run {
+        Index::open(&repo).context("cannot bring the local index up to date")?
+    } else {
+        Index::open_writer(&repo).context("cannot bring the local index up to date")?
+    };
     let glance = ctx.glance(None)?;
     let opts = flags.resolve(&glance, ctx.global.os_cloud.clone(), Ctx::limiter(&ctx.global.limit_download)?)?;
     let quiet = ctx.out.quiet;
@@ -28,9 +40,10 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     };
     let report = imgarc::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
     if !quiet {
+        let would = if report.dry_run { "would record " } else { "" };
         for d in &report.deleted_upstream {
             eprintln!(
-                "{} deleted upstream {} ({}): last snapshot {} ({})",
+                "{} {would}deleted upstream {} ({}): last snapshot {} ({})",
                 imgarc::util::now_rfc3339(),
                 d.name,
                 d.id,
@@ -39,7 +52,8 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
             );
         }
         for d in &report.reappeared {
-            eprintln!("{} reappeared {} ({}): deleted-upstream record withdrawn", imgarc::util::now_rfc3339(), d.name, d.id);
+            let withdrawn = if report.dry_run { "would withdraw the deleted-upstream record" } else { "deleted-upstream record withdrawn" };
+            eprintln!("{} reappeared {} ({}): {withdrawn}", imgarc::util::now_rfc3339(), d.name, d.id);
         }
     }
     // report.warnings were logged (stderr) by the library as they happened.
@@ -70,6 +84,14 @@ fn log_line(e: &ImageEntry) -> String {
     if let Some(snap) = &e.snapshot {
         s.push_str(&format!(" snapshot {}", short(snap)));
     }
+    if let Some(would) = &e.would {
+        // A dry run: `would-archived`/`would-metadata-updated` keep the word a grep for the real outcome finds.
+        s = s.replacen(&format!(" {what} "), &format!(" would-{what} "), 1);
+        let size = e.logical_bytes.map(|b| format!(", {}", human_bytes(b))).unwrap_or_default();
+        // ("would-archived …: new image", not "…: archive: new image")
+        s.push_str(&format!(": {}{size}", would.strip_prefix("archive: ").unwrap_or(would)));
+        return s;
+    }
     match e.result {
         ImageResult::Archived => {
             s.push_str(&format!(": {} read, {} stored, {:.1} s", human_bytes(e.bytes_read), human_bytes(e.bytes_stored), e.seconds))
@@ -86,27 +108,45 @@ fn log_line(e: &ImageEntry) -> String {
 }
 
 fn summary(r: &SyncReport) -> String {
+    // A dry run says "would" for what a run changes; unchanged, skipped and volume-backed read the same.
+    let (head, would) = if r.dry_run { ("sync --dry-run", "would be ") } else { ("sync", "") };
     let mut s = format!(
-        "sync: {} images: {} archived, {} unchanged, {} metadata updated, {} skipped, {} failed; {} deleted upstream\n  {} read, {} stored, {:.1} s\n",
+        "{head}: {} images: {} {would}archived, {} unchanged, {} {would}metadata updated, {} skipped, {} volume-backed, {} failed; {} {would}deleted upstream\n  {} read, {} stored, {:.1} s\n",
         r.images,
         r.archived.len(),
         r.unchanged.len(),
         r.metadata_updated.len(),
         r.skipped.len(),
+        r.volume_backed.len(),
         r.failed.len(),
         r.deleted_upstream.len(),
         human_bytes(r.bytes_read),
         human_bytes(r.bytes_stored),
         r.seconds
     );
+    if r.dry_run {
+        for e in &r.archived {
+            let size = e.logical_bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default();
+            let why = e.would.as_deref().unwrap_or("");
+            s.push_str(&format!("  would archive {} ({}){size}: {}\n", e.name, e.id, why.strip_prefix("archive: ").unwrap_or(why)));
+        }
+        for e in &r.metadata_updated {
+            let prev = e.previous.as_deref().map(short).unwrap_or("?");
+            s.push_str(&format!("  would record new metadata of {} ({}), reusing the data of snapshot {prev}\n", e.name, e.id));
+        }
+    }
     for e in &r.skipped {
         s.push_str(&format!("  skipped {} ({}): {}\n", e.name, e.id, e.reason.as_deref().unwrap_or("")));
+    }
+    for e in &r.volume_backed {
+        s.push_str(&format!("  volume-backed {} ({}): {}\n", e.name, e.id, e.reason.as_deref().unwrap_or("")));
     }
     for e in &r.failed {
         s.push_str(&format!("  FAILED {} ({}): {}\n", e.name, e.id, e.reason.as_deref().unwrap_or("")));
     }
     for d in &r.deleted_upstream {
-        s.push_str(&format!("  deleted upstream {} ({}): last snapshot {}\n", d.name, d.id, short(&d.snapshot)));
+        let would = if r.dry_run { "would record " } else { "" };
+        s.push_str(&format!("  {would}deleted upstream {} ({}): last snapshot {}\n", d.name, d.id, short(&d.snapshot)));
     }
     s
 }

@@ -105,12 +105,24 @@ pub struct ReportFlags {
     /// Chunk references read at most for exact per-group figures
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_SCAN_LIMIT))]
     pub scan_limit: u64,
-    /// Write the report to FILE instead of standard output
+    /// Write the report to FILE instead of standard output (atomically, mode 0644, for node_exporter's textfile collector)
     #[cfg_attr(feature = "clap", arg(short, long, value_name = "FILE"))]
     pub output: Option<std::path::PathBuf>,
+    /// Prometheus series: per image (and group), or also one set per snapshot
+    #[cfg_attr(feature = "clap", arg(long, value_name = "LEVEL", value_parser = ["image", "snapshot"]))]
+    pub metrics_detail: Option<String>,
 }
 
 impl ReportFlags {
+    /// The Prometheus series asked for; `--metrics-detail` with another format is an error, not ignored.
+    pub fn metrics_detail(&self, format: render::Format) -> Result<render::MetricsDetail> {
+        match &self.metrics_detail {
+            None => Ok(render::MetricsDetail::default()),
+            Some(_) if format != render::Format::Prometheus => bail!("--metrics-detail applies to --format prometheus only"),
+            Some(d) => render::MetricsDetail::parse(d),
+        }
+    }
+
     /// The format (`json` when no `--format` and the global `--json`) and the options.
     pub fn resolve(&self, json: bool) -> Result<(render::Format, Options)> {
         use render::Format;

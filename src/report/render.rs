@@ -29,12 +29,38 @@ impl Format {
     }
 }
 
+/// Which Prometheus series a report has besides the repository's: one set per
+/// image (the default: a series count that grows with the images, not with every
+/// night's snapshot), or also one per snapshot (`--metrics-detail snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsDetail {
+    #[default]
+    Image,
+    Snapshot,
+}
+
+impl MetricsDetail {
+    pub fn parse(s: &str) -> Result<MetricsDetail> {
+        Ok(match s {
+            "image" => MetricsDetail::Image,
+            "snapshot" => MetricsDetail::Snapshot,
+            _ => bail!("unknown metrics detail {s:?} (image or snapshot)"),
+        })
+    }
+}
+
+/// The report in `format`, with the default [`MetricsDetail`].
 pub fn render(report: &Report, format: Format) -> String {
+    render_with(report, format, MetricsDetail::default())
+}
+
+/// The report in `format`; `detail` chooses the Prometheus series (the other formats ignore it).
+pub fn render_with(report: &Report, format: Format, detail: MetricsDetail) -> String {
     match format {
         Format::Table => table(report),
         Format::Json => serde_json::to_string_pretty(report).expect("report serializes") + "\n",
         Format::Csv => csv(report),
-        Format::Prometheus => prometheus(report),
+        Format::Prometheus => prometheus_with(report, detail),
         Format::Html => super::html::page(report),
     }
 }
@@ -252,9 +278,42 @@ impl Metrics {
     }
 }
 
-/// node_exporter textfile-collector format: every family has HELP and TYPE,
-/// every value is a gauge. Scoped reports carry a `project` label.
+/// [`prometheus_with`] the default detail (per image, no per-snapshot series).
 pub fn prometheus(r: &Report) -> String {
+    prometheus_with(r, MetricsDetail::default())
+}
+
+/// One image's series: the snapshots of one Glance image (by id), or of one
+/// name for archives of files and streams, which have no image id.
+struct ImageSeries<'a> {
+    latest: &'a SnapshotFigures,
+    latest_time: Option<chrono::DateTime<chrono::Utc>>,
+    snapshots: u64,
+}
+
+fn image_series(r: &Report) -> Vec<ImageSeries<'_>> {
+    let mut by_key: std::collections::BTreeMap<(bool, &str), ImageSeries<'_>> = Default::default();
+    for x in &r.snapshots {
+        let key = match x.image.as_deref() {
+            Some(id) if !id.is_empty() => (true, id),
+            _ => (false, x.name.as_str()),
+        };
+        let time = crate::util::parse_rfc3339(&x.time);
+        let s = by_key.entry(key).or_insert(ImageSeries { latest: x, latest_time: time, snapshots: 0 });
+        s.snapshots += 1;
+        if time > s.latest_time {
+            (s.latest, s.latest_time) = (x, time);
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// node_exporter textfile-collector format: every family has HELP and TYPE,
+/// every value is a gauge. Scoped reports carry a `project` label. Per image:
+/// `imgarc_image_*{image,name,project}` (`image` is empty for file archives,
+/// which are told apart by name; `name` is that of the latest snapshot);
+/// per snapshot (`imgarc_snapshot_*`) only with [`MetricsDetail::Snapshot`].
+pub fn prometheus_with(r: &Report, detail: MetricsDetail) -> String {
     let mut m = Metrics(String::new());
     let scope: Vec<(&str, &str)> = r.project.as_deref().map(|p| vec![("project", p)]).unwrap_or_default();
     let t = &r.totals;
@@ -286,6 +345,26 @@ pub fn prometheus(r: &Report) -> String {
             m.sample(&name, &scope, v);
         }
     }
+    let images = image_series(r);
+    type ImageField = fn(&ImageSeries) -> Option<f64>;
+    let per_image: [(&str, &str, ImageField); 3] = [
+        ("last_snapshot_timestamp_seconds", "Time of the image's latest snapshot (Unix seconds): alert when it is too old", |s| {
+            s.latest_time.map(|t| t.timestamp() as f64)
+        }),
+        ("snapshots", "Snapshots of the image in the repository", |s| Some(s.snapshots as f64)),
+        ("last_snapshot_logical_bytes", "Length of the image file in its latest snapshot", |s| Some(s.latest.logical_bytes as f64)),
+    ];
+    for (name, help, get) in per_image {
+        let name = format!("imgarc_image_{name}");
+        m.family(&name, help);
+        for s in &images {
+            let x = s.latest;
+            if let Some(v) = get(s) {
+                let (image, project) = (x.image.as_deref().unwrap_or(""), x.project.as_deref().unwrap_or(""));
+                m.sample(&name, &[("image", image), ("name", &x.name), ("project", project)], v);
+            }
+        }
+    }
     // A withheld figure (`Report::withheld`) has no sample.
     type SnapField = fn(&SnapshotFigures) -> Option<u64>;
     let per_snapshot: [(&str, &str, SnapField); 7] = [
@@ -297,6 +376,7 @@ pub fn prometheus(r: &Report) -> String {
         ("shared_bytes", "Stored bytes the snapshot shares with others", |x| x.shared_bytes),
         ("stored_bytes_added", "Bytes the archive added to the repository", |x| x.stored_bytes_added),
     ];
+    let per_snapshot = if detail == MetricsDetail::Snapshot { &per_snapshot[..] } else { &[] };
     for (name, help, get) in per_snapshot {
         let name = format!("imgarc_snapshot_{name}");
         m.family(&name, help);

@@ -56,6 +56,9 @@ pub struct SyncFlags {
     pub digest: Vec<String>,
     #[cfg_attr(feature = "clap", command(flatten))]
     pub spill: crate::archive::SpillOptions,
+    /// List what would be archived, updated, skipped and found deleted upstream; download nothing and write nothing to the repository (takes no lock)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub dry_run: bool,
 }
 
 impl SyncFlags {
@@ -75,6 +78,7 @@ impl SyncFlags {
             jobs: self.jobs.max(1) as usize,
             cloud,
             limit,
+            dry_run: self.dry_run,
         })
     }
 
@@ -112,6 +116,9 @@ pub struct SyncOptions {
     pub digests: Vec<String>,
     /// How QCOW2 images are decomposed (spill directory and limit).
     pub qcow2_policy: crate::format::qcow2::Policy,
+    /// Decide and report only: no download, nothing written to the repository
+    /// (no snapshot, no upstream record); each entry says what it `would` do.
+    pub dry_run: bool,
 }
 
 /// What happened to one image.
@@ -166,9 +173,12 @@ pub struct ImageEntry {
     /// The snapshot whose data a metadata-only snapshot reuses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// Why it was skipped or failed.
+    /// Why it was skipped, failed or is volume-backed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In a dry run: what a real run would do with it and why (e.g. "archive: new content").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<String>,
     /// Bytes downloaded from Glance (also for a failed download).
     pub bytes_read: u64,
     /// Bytes of packs and index objects added to the repository.
@@ -191,6 +201,7 @@ impl ImageEntry {
             snapshot: None,
             previous: None,
             reason: None,
+            would: None,
             bytes_read: 0,
             bytes_stored: 0,
             logical_bytes: None,
@@ -210,11 +221,16 @@ pub struct DeletedEntry {
     pub snapshot: String,
     /// What confirmed it: `404` or `status deleted`.
     pub evidence: String,
+    /// In a dry run: the record a real run would write or withdraw (nothing was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
     pub ok: bool,
+    /// A `--dry-run`: nothing was downloaded or written; the lists say what a run would do.
+    pub dry_run: bool,
     pub scope: Option<Scope>,
     /// Images that matched the scope and filters.
     pub images: usize,
@@ -225,7 +241,7 @@ pub struct SyncReport {
     /// Instance snapshots of boot-from-volume VMs: not archivable as images (see [`ImageResult::VolumeBacked`]).
     pub volume_backed: Vec<ImageEntry>,
     pub failed: Vec<ImageEntry>,
-    /// Found gone from Glance in this run (and recorded under `upstream/deleted/`).
+    /// Found gone from Glance in this run (and recorded under `upstream/deleted/`, unless a dry run).
     pub deleted_upstream: Vec<DeletedEntry>,
     /// Recorded as deleted before, listed again now: their records were withdrawn.
     pub reappeared: Vec<DeletedEntry>,

@@ -16,11 +16,14 @@ pub(super) fn display_name(rec: &ImageRecord) -> String {
 /// What a run does with one listed image.
 pub(super) enum Plan {
     Skip(String),
+    /// A boot-from-volume instance snapshot: nothing to download; the reason names its volume snapshots.
+    VolumeBacked(String),
     Unchanged(Id),
     /// The content is held by this snapshot, the metadata is new: a snapshot
     /// reusing its streams is written (a key that reads snapshot bodies only).
     NewMetadata(Id),
-    Download,
+    /// Why the image is downloaded (what `sync --dry-run` says it would archive).
+    Download(&'static str),
 }
 
 /// Whether `held` holds the bytes `rec` describes: its strongest digest, else
@@ -57,6 +60,13 @@ pub(super) fn same_metadata(rec: &ImageRecord, held: &SnapshotHead, hasher: &Met
 /// `per_project`: the repository keys chunk ids per Glance project, so a snapshot
 /// of another owner's chunks is never reused for this image (it is archived again).
 pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool, per_project: bool) -> Plan {
+    // Before the size-0 skip: these are the nearly empty images Nova makes, and an
+    // operator must see that their VMs are not protected by the image archive.
+    if rec.status == "active" {
+        if let Some(vb) = rec.volume_backed() {
+            return Plan::VolumeBacked(vb.reason());
+        }
+    }
     if let Some(why) = rec.not_downloadable_reason() {
         return Plan::Skip(why);
     }
@@ -64,7 +74,10 @@ pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &Meta
     match held.iter().rev().find(|(_, s)| same_content(rec, s)) {
         Some((id, s)) if same_metadata(rec, s, hasher) => Plan::Unchanged(*id),
         Some((id, s)) if reads_bodies && (!per_project || same_owner(rec, s)) => Plan::NewMetadata(*id),
-        Some(_) | None => Plan::Download,
+        Some(_) if !reads_bodies => Plan::Download("new metadata, and a write-only key cannot reuse the held data"),
+        Some(_) => Plan::Download("new owner, and the repository dedups per project"),
+        None if held.is_empty() => Plan::Download("new image"),
+        None => Plan::Download("new content"),
     }
 }
 
@@ -96,6 +109,50 @@ mod tests {
     use crate::repository::snapshot::{Snapshot, Source};
     use crate::sync::test_support::rec;
     use serde_json::json;
+
+    /// Nova's instance snapshot of a boot-from-volume VM (`bdm_v2`, a mapping list as a JSON
+    /// string, no data) is its own outcome naming the volume snapshots; an image with data
+    /// is archived whatever its properties, and one not active is skipped as before.
+    #[test]
+    fn volume_backed_instance_snapshots_are_told_apart_from_empty_images() {
+        let hasher = MetadataHasher::UNKEYED;
+        let bdm = json!([
+            {"boot_index": 0, "source_type": "snapshot", "destination_type": "volume", "snapshot_id": "snap-1", "device_name": "/dev/vda"},
+            {"boot_index": null, "source_type": "blank", "destination_type": "local", "snapshot_id": null},
+            {"boot_index": 1, "source_type": "snapshot", "destination_type": "volume", "snapshot_id": "snap-2"}
+        ])
+        .to_string();
+        let nova = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": bdm, "root_device_name": "/dev/vda"}));
+        match plan(&nova, &[], &hasher, true, false) {
+            Plan::VolumeBacked(why) => {
+                assert!(why.contains("volume snapshot(s) snap-1, snap-2") && why.contains("boot-from-volume"), "{why}")
+            }
+            _ => panic!("not volume-backed"),
+        }
+        // Size absent (not yet reported) counts as no data.
+        let size_unknown = rec(json!({"size": null, "block_device_mapping": bdm.clone()}));
+        assert!(matches!(plan(&size_unknown, &[], &hasher, true, false), Plan::VolumeBacked(_)));
+        let unreadable = rec(json!({"size": 0, "bdm_v2": true, "block_device_mapping": "[{not json"}));
+        assert!(matches!(plan(&unreadable, &[], &hasher, true, false), Plan::VolumeBacked(why) if why.contains("not a JSON list")));
+        // The owner's text in a log line: control characters replaced, a long list cut short.
+        let many: Vec<serde_json::Value> = (0..40).map(|i| json!({"snapshot_id": format!("s{i}\nforged log line")})).collect();
+        let hostile = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": serde_json::Value::Array(many).to_string()}));
+        assert!(
+            matches!(plan(&hostile, &[], &hasher, true, false), Plan::VolumeBacked(why) if !why.contains('\n') && why.contains("s15?forged") && why.ends_with("and 24 more"))
+        );
+        let no_snapshots = rec(json!({"size": 0, "bdm_v2": "True", "block_device_mapping": "[]"}));
+        assert!(
+            matches!(plan(&no_snapshots, &[], &hasher, true, false), Plan::VolumeBacked(why) if why.contains("name no volume snapshot"))
+        );
+        // Not volume-backed: an empty image, one with data, one not active, bdm_v2 "False" without mappings.
+        assert!(matches!(plan(&rec(json!({"size": 0})), &[], &hasher, true, false), Plan::Skip(why) if why.contains("size 0")));
+        let with_data = rec(json!({"size": 10, "bdm_v2": "True", "block_device_mapping": bdm.clone()}));
+        assert!(matches!(plan(&with_data, &[], &hasher, true, false), Plan::Download("new image")));
+        let queued = rec(json!({"status": "queued", "size": 0, "bdm_v2": "True", "block_device_mapping": bdm}));
+        assert!(matches!(plan(&queued, &[], &hasher, true, false), Plan::Skip(why) if why.contains("queued")));
+        let flag_off = rec(json!({"size": 0, "bdm_v2": "False"}));
+        assert!(matches!(plan(&flag_off, &[], &hasher, true, false), Plan::Skip(_)));
+    }
 
     #[test]
     fn content_identity_prefers_the_strongest_digest() {
@@ -157,13 +214,13 @@ mod tests {
             assert!(matches!(plan(&r, &same, &hasher, reads_bodies, false), Plan::Unchanged(id) if id == Id([1; 32])));
         }
         assert!(matches!(plan(&r, &changed, &hasher, true, false), Plan::NewMetadata(id) if id == Id([2; 32])));
-        assert!(matches!(plan(&r, &changed, &hasher, false, false), Plan::Download), "a write-only key archives again");
-        assert!(matches!(plan(&r, &[], &hasher, true, false), Plan::Download));
+        assert!(matches!(plan(&r, &changed, &hasher, false, false), Plan::Download(_)), "a write-only key archives again");
+        assert!(matches!(plan(&r, &[], &hasher, true, false), Plan::Download(_)));
         // Dedup scope project: an image that changed owner never reuses the old owner's chunks.
         let moved = rec(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p2"}));
         let held =
             vec![(Id([3; 32]), snap(json!({"os_hash_algo": "sha512", "os_hash_value": "aa", "name": "web", "min_ram": 0, "owner": "p1"})))];
-        assert!(matches!(plan(&moved, &held, &hasher, true, true), Plan::Download));
+        assert!(matches!(plan(&moved, &held, &hasher, true, true), Plan::Download(_)));
         assert!(matches!(plan(&moved, &held, &hasher, true, false), Plan::NewMetadata(id) if id == Id([3; 32])));
     }
 }

@@ -79,7 +79,9 @@ pub(super) fn download_one(
     e
 }
 
-/// Brings the repository up to date with the images `opts` selects. Errors
+/// Brings the repository up to date with the images `opts` selects (with
+/// `opts.dry_run`, only says what it would do: no image data is read and
+/// nothing is written to the repository). Errors
 /// only when the run cannot start (listing, repository); each image's own
 /// failure is in the report, which says `ok: false` if any image failed.
 pub fn sync(
@@ -90,7 +92,7 @@ pub fn sync(
     on_image: &(dyn Fn(&ImageEntry) + Sync),
 ) -> Result<SyncReport> {
     let started = Instant::now();
-    let mut report = SyncReport { scope: Some(opts.scope.clone()), ..Default::default() };
+    let mut report = SyncReport { scope: Some(opts.scope.clone()), dry_run: opts.dry_run, ..Default::default() };
     let held = held_images(index, opts.cloud.as_deref())?;
 
     let mut query = opts.filters.server_side();
@@ -107,9 +109,18 @@ pub fn sync(
     let recorded: HashMap<String, DeletedUpstream> = repo.deleted_upstream()?.into_iter().map(|d| (d.image_id.clone(), d)).collect();
     for rec in &listed {
         if let Some(d) = recorded.get(&rec.id) {
-            repo.clear_deleted_upstream(&rec.id)?;
+            let would = opts.dry_run.then(|| "withdraw its deleted-upstream record".to_string());
+            if !opts.dry_run {
+                repo.clear_deleted_upstream(&rec.id)?;
+            }
             let snapshot = held.get(&rec.id).and_then(|v| v.last()).map(|(id, _)| id.to_hex()).unwrap_or_default();
-            report.reappeared.push(DeletedEntry { id: rec.id.clone(), name: d.name.clone(), snapshot, evidence: "listed again".into() });
+            report.reappeared.push(DeletedEntry {
+                id: rec.id.clone(),
+                name: d.name.clone(),
+                snapshot,
+                evidence: "listed again".into(),
+                would,
+            });
         }
     }
 
@@ -133,7 +144,22 @@ pub fn sync(
                 e.result = ImageResult::Skipped;
                 e.reason = Some(why);
             }
+            Plan::VolumeBacked(why) => {
+                e.result = ImageResult::VolumeBacked;
+                e.reason = Some(why);
+            }
             Plan::Unchanged(id) => e.snapshot = Some(id.to_hex()),
+            Plan::NewMetadata(prev) if opts.dry_run => {
+                e.result = ImageResult::MetadataUpdated;
+                e.previous = Some(prev.to_hex());
+                e.would = Some("record a snapshot of the new metadata, reusing the held data".into());
+            }
+            Plan::Download(why) if opts.dry_run => {
+                e.result = ImageResult::Archived;
+                e.logical_bytes = rec.size;
+                e.format = rec.disk_format.clone();
+                e.would = Some(format!("archive: {why}"));
+            }
             Plan::NewMetadata(prev) => {
                 let t = Instant::now();
                 let mut metadata = rec.raw.as_object().cloned().unwrap_or_default();
@@ -157,7 +183,7 @@ pub fn sync(
                 }
                 e.seconds = t.elapsed().as_secs_f64();
             }
-            Plan::Download => {
+            Plan::Download(_) => {
                 downloads.push_back(rec);
                 continue;
             }

@@ -11,7 +11,7 @@ use crate::warnings::Warnings;
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 
-/// Held images missing from the listing. Only those the run would have
+/// Held images missing from the listing (recorded unless `opts.dry_run`). Only those the run would have
 /// selected (judged by their last archived record) are candidates, and each
 /// is confirmed with a GET (404 or status `deleted`): a listing alone — paged,
 /// filtered, hiding `os_hidden` images — never proves a deletion.
@@ -45,7 +45,12 @@ pub(super) fn find_deleted(
                 continue;
             }
         };
-        let entry = DeletedEntry { id: image_id.clone(), name: snap.name.clone(), snapshot: snap_id.to_hex(), evidence };
+        let mut entry = DeletedEntry { id: image_id.clone(), name: snap.name.clone(), snapshot: snap_id.to_hex(), evidence, would: None };
+        if opts.dry_run {
+            entry.would = Some("record it as deleted upstream".into());
+            deleted.push(entry);
+            continue;
+        }
         repo.record_deleted_upstream(&DeletedUpstream {
             image_id: image_id.clone(),
             name: snap.name.clone(),

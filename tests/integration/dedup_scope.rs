@@ -119,8 +119,14 @@ fn a_file_needs_a_project_in_a_project_scoped_repository() {
 /// The figures of one project's report, and every format's text.
 fn project_report(env: &Env) -> (Value, Vec<String>) {
     let r = json(env, &["report", "--project", "proj-a", "--by", "image", "--capacity", "1G"]);
-    let texts =
-        ["table", "csv", "prometheus", "html"].iter().map(|f| text(env, &["report", "--format", f, "--project", "proj-a"])).collect();
+    // Per-snapshot Prometheus series are opt-in: ask for them, so their withholding is checked too.
+    let texts = ["table", "csv", "prometheus", "html"]
+        .iter()
+        .map(|f| {
+            let detail: &[&str] = if *f == "prometheus" { &["--metrics-detail", "snapshot"] } else { &[] };
+            text(env, &[&["report", "--format", f, "--project", "proj-a"][..], detail].concat())
+        })
+        .collect();
     (r, texts)
 }
 

@@ -228,7 +228,7 @@ fn csv_and_prometheus_are_well_formed() {
     assert_eq!(grouped.len(), 3, "{grouped:?}");
     assert!(grouped[1..].iter().all(|r| r.len() == grouped[0].len()));
 
-    let prom = env.ok(&["report", "--format", "prometheus", "--by", "name", "--capacity", "1G"]);
+    let prom = env.ok(&["report", "--format", "prometheus", "--metrics-detail", "snapshot", "--by", "name", "--capacity", "1G"]);
     let samples = parse_prometheus(&prom);
     let value = |name: &str, label: &str| {
         samples.iter().find(|(n, l, _)| n == name && l.contains(label)).unwrap_or_else(|| panic!("{name} {label} missing:\n{prom}")).2
@@ -313,7 +313,9 @@ fn project_scope_shows_only_that_project() {
     assert!(p["full_on"].as_str().unwrap() > "2026-11-04", "{p}");
     assert_eq!(scoped["growth"]["days"].as_array().unwrap().len(), 4);
     for format in ["json", "table", "csv", "prometheus", "html"] {
-        let text = env.ok(&["report", "--format", format, "--project", "proj-web"]);
+        // (per-snapshot Prometheus series are opt-in: asked for, so each snapshot is named)
+        let detail: &[&str] = if format == "prometheus" { &["--metrics-detail", "snapshot"] } else { &[] };
+        let text = env.ok(&[&["report", "--format", format, "--project", "proj-web"][..], detail].concat());
         for id in &db_ids {
             assert!(!text.contains(&id[..16]), "{format} shows another project's snapshot");
         }
@@ -321,6 +323,89 @@ fn project_scope_shows_only_that_project() {
         assert!(web_ids.iter().all(|id| text.contains(&id[..16])), "{format} misses the project's snapshots");
         assert!(!text.contains("pack_bytes") && !text.contains("unreferenced"), "{format} leaks repository totals");
     }
+}
+
+/// The default Prometheus report has one series set per image (Glance images by
+/// id, file archives by name) with the "no backup in 26 h" timestamp, and no
+/// per-snapshot series; `--metrics-detail snapshot` adds those.
+#[test]
+fn prometheus_is_per_image_unless_snapshot_detail_is_asked_for() {
+    let (env, snaps) = fleet();
+    let p = env.path("notes.raw");
+    std::fs::write(&p, bytes(1 << 20, 3, false)).unwrap();
+    let notes = [s(&env.archive(&p, "notes"), "snapshot"), s(&env.archive(&p, "notes"), "snapshot")];
+
+    let prom = env.ok(&["report", "--format", "prometheus"]);
+    let samples = parse_prometheus(&prom);
+    assert!(!prom.contains("imgarc_snapshot_"), "per-snapshot series by default:\n{prom}");
+    for (_, id) in &snaps {
+        assert!(!prom.contains(&id[..16]), "a snapshot id in the default metrics:\n{prom}");
+    }
+    let series = |name: &str| samples.iter().filter(|(n, _, _)| n == name).map(|(_, l, v)| (l.clone(), *v)).collect::<Vec<_>>();
+    // The fleet's latest night of each VM is 2026-11-04 02:00 UTC.
+    let night4 = chrono::DateTime::parse_from_rfc3339("2026-11-04T02:00:00Z").unwrap().timestamp() as f64;
+    let mut last = series("imgarc_image_last_snapshot_timestamp_seconds");
+    last.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(last.len(), 3, "{prom}");
+    assert_eq!(last[0], (r#"image="",name="notes",project="""#.to_string(), last[0].1));
+    assert_eq!(last[1], (r#"image="image-db",name="db",project="proj-db""#.to_string(), night4));
+    assert_eq!(last[2], (r#"image="image-web",name="web",project="proj-web""#.to_string(), night4));
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - last[0].1).abs() < 600.0, "the file archive's latest snapshot is from just now: {}", last[0].1);
+    let mut counts = series("imgarc_image_snapshots");
+    counts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(counts.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![2.0, 4.0, 4.0], "{prom}");
+
+    let detailed = env.ok(&["report", "--format", "prometheus", "--metrics-detail", "snapshot"]);
+    let samples = parse_prometheus(&detailed);
+    let unique: Vec<&(String, String, f64)> = samples.iter().filter(|(n, _, _)| n == "imgarc_snapshot_unique_bytes").collect();
+    assert_eq!(unique.len(), snaps.len() + notes.len(), "{detailed}");
+    for id in snaps.iter().map(|(_, id)| id).chain(&notes) {
+        assert!(unique.iter().any(|(_, l, _)| l.contains(&format!("snapshot=\"{}\"", &id[..16]))), "{id} missing:\n{detailed}");
+    }
+    assert!(samples.iter().any(|(n, _, _)| n == "imgarc_image_last_snapshot_timestamp_seconds"), "the image series stay");
+
+    let o = env.run(&["report", "--format", "csv", "--metrics-detail", "snapshot"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--metrics-detail applies to --format prometheus"), "{err}");
+}
+
+/// `report -o FILE` replaces the file by a rename (a scraper never reads half of
+/// it, and a hard link to the old file keeps the old text), mode 0644, and
+/// leaves no temporary file behind, also when the write fails.
+#[test]
+fn report_files_are_replaced_atomically_and_world_readable() {
+    let env = Env::init("16K");
+    let p = env.path("a.raw");
+    std::fs::write(&p, bytes(1 << 20, 1, false)).unwrap();
+    env.archive(&p, "web");
+    let dir = env.path("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let out = dir.join("imgarc.prom");
+    std::fs::write(&out, "old\n").unwrap();
+    let old_link = env.path("old-link.prom");
+    std::fs::hard_link(&out, &old_link).unwrap();
+
+    env.ok(&["report", "--format", "prometheus", "-o", out.to_str().unwrap()]);
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(parse_prometheus(&written).iter().filter(|(n, _, _)| n == "imgarc_image_snapshots").count(), 1, "{written}");
+    assert_eq!(std::fs::read_to_string(&old_link).unwrap(), "old\n", "the old file was rewritten in place, not replaced");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777, 0o644);
+    let names = |d: &Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    assert_eq!(names(&dir), vec!["imgarc.prom".to_string()], "a temporary file was left behind");
+
+    // A target that cannot be replaced (a directory): an error naming it, and still no temporary file.
+    let blocked = dir.join("blocked.prom");
+    std::fs::create_dir(&blocked).unwrap();
+    let o = env.run(&["report", "--format", "prometheus", "-o", blocked.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("blocked.prom"), "{err}");
+    let mut left = names(&dir);
+    left.sort();
+    assert_eq!(left, vec!["blocked.prom".to_string(), "imgarc.prom".to_string()], "a temporary file was left behind");
 }
 
 /// Width, height and pixels of an 8-bit RGB/RGBA non-interlaced PNG (what Chromium writes).

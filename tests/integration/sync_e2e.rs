@@ -417,3 +417,187 @@ fn scope_defaults_to_the_credentials_project() {
     assert_eq!(code, 1);
     assert!(bad["error"].as_str().unwrap().contains("no-such-project-xyz"), "{bad}");
 }
+
+/// `GET /v2/images/<id>/file` requests for `id` in the Glance access log (the
+/// noauth Glance of `ci/openstack.sh` logs every request to `GLANCE_LOG`):
+/// what Glance itself saw, not imgarc's own byte counters.
+fn file_gets(id: &str) -> usize {
+    let log = std::fs::read_to_string(os::env("GLANCE_LOG")).expect("the Glance log");
+    let needle = format!("GET /v2/images/{id}/file ");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// Every file of the repository with its length: what a dry run must leave as it is.
+fn repository_files(env: &Env) -> Vec<(PathBuf, u64)> {
+    fn walk(d: &Path, out: &mut Vec<(PathBuf, u64)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push((p.clone(), std::fs::metadata(&p).unwrap().len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&env.repo, &mut out);
+    out.sort();
+    out
+}
+
+/// A boot-from-volume instance snapshot as Nova makes it: the record with
+/// `bdm_v2` and a `block_device_mapping` JSON string naming a Cinder volume
+/// snapshot, then an empty upload (Nova's `force_activate`), so it is active with size 0 (raw: this
+/// Glance inspects uploads and refuses empty data declared qcow2).
+fn volume_backed_image(g: &imgarc::openstack::glance::GlanceClient, name: &str, tag: &str, volume_snapshot: &str) -> (String, os::Cleanup) {
+    let bdm = json!([{
+        "boot_index": 0, "device_name": "/dev/vda", "source_type": "snapshot", "destination_type": "volume",
+        "snapshot_id": volume_snapshot, "volume_id": null, "image_id": null, "volume_size": 10,
+        "delete_on_termination": false, "disk_bus": "virtio", "device_type": "disk", "tag": null, "no_device": null
+    }]);
+    let extra = json!({
+        "disk_format": "raw", "tags": [tag], "bdm_v2": "True", "root_device_name": "/dev/vda",
+        "block_device_mapping": bdm.to_string(), "instance_uuid": "0b8e3c4e-50a1-4f0e-9b7e-6c1e2b5d9a01"
+    });
+    let rec = g.create(&os::meta(name, extra)).expect("create");
+    let guard = os::Cleanup(g.clone(), rec.id.clone());
+    g.upload(&rec.id, std::io::Cursor::new(Vec::new()), Some(0)).expect("empty upload");
+    let rec = g.wait_active(&rec.id, Duration::from_secs(60)).expect("active");
+    assert_eq!(rec.size, Some(0), "{rec:?}");
+    (rec.id, guard)
+}
+
+/// `sync --dry-run` says what a run would do — archive a new image, record new
+/// metadata, skip an unfinished upload, report a volume-backed snapshot, find a
+/// deletion — while Glance serves no image data (its access log) and the
+/// repository stays byte for byte the same; it takes no lock (it runs while a
+/// sync holds it). The real run then does what the dry run said.
+#[test]
+fn dry_run_downloads_and_writes_nothing_and_the_run_does_what_it_said() {
+    let _serial = os::serial();
+    let g = os::noauth();
+    let env = Env::init("64K");
+    let tag = os::unique("sync-dry");
+    let data = |seed: u64| bytes(1 << 20, seed, false);
+    let (kept, _g1) = os::upload_image(&g, &format!("{tag}-kept"), &data(1), json!({"tags": [tag]}));
+    let (relabelled, _g2) = os::upload_image(&g, &format!("{tag}-relabelled"), &data(2), json!({"tags": [tag]}));
+    let (gone, gone_guard) = os::upload_image(&g, &format!("{tag}-gone"), &data(3), json!({"tags": [tag]}));
+    let (code, first, err) = sync(&env, &tag, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ids(&first, "archived").len(), 3, "{first}");
+    assert_eq!(first["dry_run"], false);
+
+    let (fresh, _g4) = os::upload_image(&g, &format!("{tag}-fresh"), &data(4), json!({"tags": [tag]}));
+    g.update(&relabelled.id, &[json!({"op": "add", "path": "/backup_note", "value": "dry"})]).unwrap();
+    g.delete(&gone.id).unwrap();
+    drop(gone_guard);
+    let (bfv, _g5) = volume_backed_image(&g, &format!("{tag}-bfv"), &tag, "7d0a1e2f-3b4c-4d5e-8f60-718293a4b5c6");
+    let queued = g.create(&os::meta(&format!("{tag}-queued"), json!({"tags": [tag]}))).unwrap();
+    let _g6 = os::Cleanup(g.clone(), queued.id.clone());
+
+    let before = repository_files(&env);
+    let gets_before: Vec<usize> = [&kept.id, &relabelled.id, &fresh.id, &bfv].iter().map(|id| file_gets(id)).collect();
+    // A running sync holds the lock: the dry run neither waits for it nor fails.
+    let repo = env.open_repo();
+    let lock = repo.acquire_singleton_lock("sync").unwrap();
+    let (code, dry, err) = sync(&env, &tag, &["--dry-run"]);
+    drop(lock);
+    assert_eq!(code, 0, "{err}\n{dry}");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(u(&dry, "bytes_read"), 0);
+    assert_eq!(u(&dry, "bytes_stored"), 0);
+    assert_eq!(ids(&dry, "archived"), vec![fresh.id.clone()]);
+    let would = entry(&dry, "archived", &fresh.id);
+    assert_eq!(s(would, "would"), "archive: new image");
+    assert_eq!(u(would, "logical_bytes"), 1 << 20);
+    assert!(would.get("snapshot").is_none(), "a dry run wrote a snapshot? {would}");
+    assert_eq!(ids(&dry, "metadata_updated"), vec![relabelled.id.clone()]);
+    assert!(s(entry(&dry, "metadata_updated", &relabelled.id), "would").contains("new metadata"), "{dry}");
+    assert_eq!(ids(&dry, "unchanged"), vec![kept.id.clone()]);
+    assert_eq!(ids(&dry, "skipped"), vec![queued.id.clone()]);
+    assert!(s(entry(&dry, "skipped", &queued.id), "reason").contains("queued"), "{dry}");
+    assert_eq!(ids(&dry, "volume_backed"), vec![bfv.clone()]);
+    assert!(s(entry(&dry, "volume_backed", &bfv), "reason").contains("7d0a1e2f-3b4c-4d5e-8f60-718293a4b5c6"), "{dry}");
+    assert_eq!(ids(&dry, "deleted_upstream"), vec![gone.id.clone()]);
+    assert!(s(&dry["deleted_upstream"][0], "would").contains("deleted upstream"), "{dry}");
+    // What Glance saw: not one data request. What the repository holds: the same files, the same sizes.
+    let gets_after: Vec<usize> = [&kept.id, &relabelled.id, &fresh.id, &bfv].iter().map(|id| file_gets(id)).collect();
+    assert_eq!(gets_after, gets_before, "the dry run downloaded image data");
+    assert_eq!(repository_files(&env), before, "the dry run changed the repository");
+    assert!(!env.repo.join("upstream/deleted").join(&gone.id).exists());
+    assert!(err.contains(&format!(" would-archived {tag}-fresh ({}): new image, 1.00 MiB", fresh.id)), "{err}");
+    assert!(err.contains(&format!(" volume-backed {tag}-bfv ({bfv}): ")), "{err}");
+
+    // The prose: "would archive …" and the volume-backed count.
+    let o = env.run(&sync_args(&tag, false, &["--dry-run"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let prose = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{prose}");
+    assert!(prose.starts_with("sync --dry-run: 5 images: 1 would be archived"), "{prose}");
+    assert!(
+        prose.contains("1 volume-backed") && prose.contains(&format!("would archive {tag}-fresh ({}) (1.00 MiB): new image\n", fresh.id)),
+        "{prose}"
+    );
+    assert!(prose.contains(&format!("  volume-backed {tag}-bfv ({bfv}): ")), "{prose}");
+
+    // The real run does what the dry run said, and Glance served the new image's data.
+    let (code, real, err) = sync(&env, &tag, &[]);
+    assert_eq!(code, 0, "{err}");
+    for key in ["archived", "metadata_updated", "unchanged", "skipped", "volume_backed", "deleted_upstream"] {
+        assert_eq!(ids(&real, key), ids(&dry, key), "{key}: {real}");
+    }
+    assert!(file_gets(&fresh.id) > gets_before[2], "the access log does not show downloads: this test would prove nothing");
+    assert!(file_gets(&bfv) == gets_before[3], "a volume-backed image was downloaded");
+    assert!(env.repo.join("upstream/deleted").join(&gone.id).is_file());
+    assert!(entry(&real, "archived", &fresh.id).get("would").is_none());
+
+    // restore --to-glance --dry-run: the record it would create, and nothing is created.
+    let snapshot = s(entry(&real, "archived", &fresh.id), "snapshot");
+    let target = format!("{tag}-restored");
+    let restore_args = |dry: bool| {
+        let mut a = vec!["--glance-url".to_string(), os::env("GLANCE_URL"), "restore".into(), snapshot.clone()];
+        a.extend(["--to-glance", "--name", &target, "--property", "restored_by=imgarc", "--visibility", "shared"].map(String::from));
+        if dry {
+            a.push("--dry-run".into());
+        }
+        a
+    };
+    let plan = env.json(&restore_args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["image"]["name"], target.as_str());
+    assert_eq!(plan["image"]["visibility"], "shared");
+    assert_eq!(plan["image"]["restored_by"], "imgarc");
+    assert_eq!(plan["image"]["disk_format"], "raw");
+    assert_eq!(plan["image"]["container_format"], "bare");
+    assert!(plan["image"].get("id").is_none() && plan["image"].get("os_hash_value").is_none(), "{plan}");
+    assert_eq!(u(&plan, "size"), 1 << 20);
+    assert_eq!(plan["expected_digests"]["sha512"], os::sha512_hex(&data(4)).as_str());
+    assert_eq!(plan["expected_digests"]["md5"], os::md5_hex(&data(4)).as_str());
+    assert!(s(&plan, "glance_url").starts_with(&os::env("GLANCE_URL")), "{plan}");
+    assert!(g.list_filtered(&[("name", &target)], 10).unwrap().is_empty(), "the dry run created an image");
+    let o = env.run(&restore_args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    let prose = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        prose.contains("would create in") && prose.contains(&format!("name: {target}")) && prose.contains("restored_by=imgarc"),
+        "{prose}"
+    );
+    assert!(g.list_filtered(&[("name", &target)], 10).unwrap().is_empty(), "the dry run created an image");
+
+    // Without --to-glance, --dry-run (and every --to-glance flag) is refused, not ignored: no file is written.
+    let file = env.path("not-written.raw");
+    let o = env.run(&["restore", &snapshot, "-o", file.to_str().unwrap(), "--dry-run"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--dry-run applies to --to-glance only"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!file.exists(), "a dry run without --to-glance restored the file");
+    let o = env.run(&["restore", &snapshot, "-o", file.to_str().unwrap(), "--name", "x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--name applies to --to-glance only") && !file.exists());
+
+    // The restore creates exactly that record.
+    let done = env.json(&restore_args(false).iter().map(String::as_str).collect::<Vec<_>>());
+    let _g7 = os::Cleanup(g.clone(), s(&done, "image_id"));
+    let created = g.get(&s(&done, "image_id")).unwrap();
+    for (k, v) in plan["image"].as_object().unwrap() {
+        assert_eq!(&created.raw[k], v, "{k}: planned {v}, created {}", created.raw[k]);
+    }
+    assert_eq!(created.size, Some(1 << 20));
+    assert_eq!(created.os_hash_value.as_deref(), plan["expected_digests"]["sha512"].as_str());
+}

@@ -6,7 +6,7 @@
 //! * `record` — [`ImageRecord`] and the store-location fields never kept.
 //! * `download` — [`ImageDownload`], the resumable `Read` of image data.
 //! * `images` — image operations (`image`, `list`, `create`, `upload_with`, `wait_active`, …).
-//! * `restore` — [`restore_image`] and [`restore_metadata`].
+//! * `restore` — [`restore_image`], [`create_request`] and [`restore_metadata`].
 
 mod client;
 mod download;
@@ -19,5 +19,5 @@ mod tests;
 pub use client::{GlanceClient, RetryPolicy};
 pub use download::ImageDownload;
 pub use images::UploadMethod;
-pub use record::{redact_store_locations, ImageRecord, STORE_LOCATION_FIELDS};
-pub use restore::{restore_image, restore_metadata, RestoreOptions, RestoreOutcome, GLANCE_OWNED, SOURCE_CLOUD_ONLY};
+pub use record::{redact_store_locations, ImageRecord, VolumeBacked, STORE_LOCATION_FIELDS};
+pub use restore::{create_request, restore_image, restore_metadata, RestoreOptions, RestoreOutcome, GLANCE_OWNED, SOURCE_CLOUD_ONLY};

@@ -118,6 +118,48 @@ impl ImageRecord {
         }
     }
 
+    /// The Cinder volume snapshots a boot-from-volume instance snapshot points to, or
+    /// `None` when this is not one. Nova makes such an image (`bdm_v2` "True" and a
+    /// `block_device_mapping` JSON list whose entries have `source_type: snapshot` and
+    /// a `snapshot_id`) with no data of its own (size 0): the disks live in Cinder.
+    /// An image that has data is never one, whatever its properties say (its bytes are archivable).
+    pub fn volume_backed(&self) -> Option<VolumeBacked> {
+        if self.size.is_some_and(|s| s > 0) {
+            return None;
+        }
+        let bdm_v2 = match self.properties.get("bdm_v2") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        // Glance properties are strings: Nova stores the mapping list as a JSON text.
+        let mappings = match self.properties.get("block_device_mapping") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(serde_json::from_str::<Value>(s).ok()),
+            Some(v) => Some(Some(v.clone())),
+        };
+        let readable = match &mappings {
+            Some(Some(Value::Array(a))) => Some(a.clone()),
+            Some(_) => None,
+            None if bdm_v2 => None,
+            None => return None,
+        };
+        let Some(list) = readable else {
+            return Some(VolumeBacked { snapshot_ids: Vec::new(), unreadable: true });
+        };
+        if list.is_empty() && !bdm_v2 {
+            return None;
+        }
+        let snapshot_ids = list
+            .iter()
+            .filter_map(|m| m.get("snapshot_id").and_then(|v| v.as_str()))
+            .filter(|id| !id.is_empty())
+            // Image properties are the image owner's text and end up in log lines: no control characters.
+            .map(|id| id.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+            .collect();
+        Some(VolumeBacked { snapshot_ids, unreadable: false })
+    }
+
     /// Why this image cannot be archived, if it cannot (`None` = active with data).
     pub fn not_downloadable_reason(&self) -> Option<String> {
         if self.status != "active" {
@@ -127,6 +169,35 @@ impl ImageRecord {
             return Some("it has no data (size 0)".into());
         }
         None
+    }
+}
+
+/// What [`ImageRecord::volume_backed`] found in a boot-from-volume instance snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeBacked {
+    /// The `snapshot_id`s of its block device mappings (Cinder volume snapshots).
+    pub snapshot_ids: Vec<String>,
+    /// `block_device_mapping` is there but is not a JSON list.
+    pub unreadable: bool,
+}
+
+impl VolumeBacked {
+    /// The report's reason: which volume snapshots hold the VM's disks.
+    pub fn reason(&self) -> String {
+        let what = "instance snapshot of a boot-from-volume VM, its disks are not in the image";
+        if self.unreadable {
+            format!("{what} (block_device_mapping is not a JSON list)")
+        } else if self.snapshot_ids.is_empty() {
+            format!("{what} (its block device mappings name no volume snapshot)")
+        } else {
+            // A log line, not a dump: a mapping list of any length names at most MAX_SHOWN.
+            const MAX_SHOWN: usize = 16;
+            let mut shown = self.snapshot_ids.iter().take(MAX_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if self.snapshot_ids.len() > MAX_SHOWN {
+                shown.push_str(&format!(" and {} more", self.snapshot_ids.len() - MAX_SHOWN));
+            }
+            format!("{what}: volume snapshot(s) {shown}")
+        }
     }
 }
 

@@ -66,13 +66,7 @@ pub fn restore_image(
     opts: &RestoreOptions,
 ) -> Result<RestoreOutcome> {
     use crate::digest::{Algo, HashingReader};
-    let mut meta = restore_metadata(archived, &opts.overrides);
-    // created unprotected so that a failure can delete it; protected is applied at the end
-    let protect = match meta.remove("protected") {
-        Some(Value::Bool(b)) => b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => archived.protected,
-    };
+    let (meta, protect) = create_request(archived, &opts.overrides);
     let created = glance.create(&meta).map_err(|e| Error::Restore { id: None, message: format!("creating the image failed: {e}") })?;
     let id = created.id.clone();
     let fail = |what: String| -> Error {
@@ -149,6 +143,19 @@ pub fn restore_image(
         rec
     };
     Ok(RestoreOutcome { record, uploaded: up, verified_with })
+}
+
+/// The `POST /v2/images` body [`restore_image`] sends (see [`restore_metadata`]) and
+/// whether the image is made `protected` once verified: it is created unprotected so
+/// that a failed restore can still delete it. `restore --to-glance --dry-run` shows these.
+pub fn create_request(archived: &ImageRecord, overrides: &Map<String, Value>) -> (Map<String, Value>, bool) {
+    let mut meta = restore_metadata(archived, overrides);
+    let protect = match meta.remove("protected") {
+        Some(Value::Bool(b)) => b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => archived.protected,
+    };
+    (meta, protect)
 }
 
 /// Top-level fields Glance owns or forbids on create (dropped on restore).
