@@ -47,7 +47,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Repository: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX] or swift:CONTAINER[/PREFIX] (default: $IMGARC_REPO, else ~/.local/share/imgarc/repo)
-    #[arg(long, global = true, env = "IMGARC_REPO")]
+    #[arg(long, short = 'r', global = true, env = "IMGARC_REPO")]
     pub repo: Option<String>,
     /// Print one JSON document on stdout instead of prose
     #[arg(long, global = true)]
@@ -86,7 +86,8 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Archive an image file (or - for standard input)
     Archive(imgarc::archive::ArchiveOptions),
-    /// List snapshots
+    /// List snapshots (alias: snapshots)
+    #[command(visible_alias = "snapshots")]
     List(list::ListArgs),
     /// Show one snapshot in detail
     Show(show::ShowArgs),
