@@ -61,6 +61,18 @@ pub struct GlobalArgs {
     /// Cloud in clouds.yaml holding the images (else the OS_* variables)
     #[arg(long, global = true, env = "OS_CLOUD")]
     pub os_cloud: Option<String>,
+    /// Region of the images' cloud (over OS_REGION_NAME and clouds.yaml; one of its regions: list if it has one)
+    #[arg(long, global = true, value_name = "REGION")]
+    pub os_region_name: Option<String>,
+    /// Endpoint interface of the images' cloud: public, internal or admin (over OS_INTERFACE and clouds.yaml)
+    #[arg(long, global = true, value_name = "INTERFACE")]
+    pub os_interface: Option<String>,
+    /// CA bundle (PEM) the images' cloud is verified with, besides the system roots (over OS_CACERT and clouds.yaml)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub os_cacert: Option<std::path::PathBuf>,
+    /// Do not verify the TLS certificates of the images' cloud (over OS_INSECURE and clouds.yaml verify:)
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// A Glance endpoint to use directly (standalone or noauth Glance; token from OS_TOKEN)
     #[arg(long, global = true, env = "IMGARC_GLANCE_URL")]
     pub glance_url: Option<String>,
