@@ -27,6 +27,8 @@ pub enum GroupBy {
 /// What `forget` removes (the `imgarc forget` flags: each doc line is its `--help`).
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
+// The selector's --latest is refused here (see `validate`): not offered in --help.
+#[cfg_attr(feature = "clap", command(mut_arg("latest", |a| a.hide(true))))]
 pub struct ForgetOptions {
     /// Snapshots to remove by id (or unique prefix), in addition to the policy
     pub snapshots: Vec<String>,

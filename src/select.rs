@@ -31,7 +31,7 @@ pub struct SnapshotSelector {
     #[cfg_attr(feature = "clap", arg(long, value_name = "GLOB"))]
     pub name: Option<String>,
     /// Only snapshots with these tags: `--tag a,b` needs both, a repeated --tag takes either; `--tag ''` selects untagged ones
-    #[cfg_attr(feature = "clap", arg(long = "tag", value_name = "T[,T...]"))]
+    #[cfg_attr(feature = "clap", arg(long = "tag", id = "select_tags", value_name = "T[,T...]"))]
     pub tags: Vec<String>,
     /// Only snapshots of this Glance image id (or a unique prefix of at least 8 characters)
     #[cfg_attr(feature = "clap", arg(long, value_name = "ID"))]

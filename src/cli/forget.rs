@@ -11,6 +11,7 @@ pub fn run(ctx: &Ctx, opts: ForgetOptions) -> Result<()> {
         // A usage error (exit 2, clap's form), not a failed forget: nothing was looked at.
         use clap::CommandFactory;
         let mut cli = super::Cli::command();
+        cli.build();
         let forget = cli.find_subcommand_mut("forget").expect("forget is a subcommand");
         forget
             .error(

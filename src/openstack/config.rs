@@ -926,6 +926,220 @@ clouds:
         assert!(e.contains("OS_AUTH_URL") && e.contains("--os-cloud"), "{e}");
     }
 
+    fn flags(region: Option<&str>, interface: Option<&str>, cacert: Option<&str>, insecure: bool) -> CloudOverrides {
+        let mut origin = Vec::new();
+        for (f, name, given) in [
+            ("region_name", "--os-region-name", region.is_some()),
+            ("interface", "--os-interface", interface.is_some()),
+            ("cacert", "--os-cacert", cacert.is_some()),
+            ("insecure", "--insecure", insecure),
+        ] {
+            if given {
+                origin.push((f, name.to_string()));
+            }
+        }
+        CloudOverrides {
+            region_name: region.map(str::to_string),
+            interface: interface.map(str::to_string),
+            cacert: cacert.map(PathBuf::from),
+            insecure: insecure.then_some(true),
+            origin,
+        }
+    }
+
+    #[test]
+    fn os_variables_override_a_named_cloud_but_not_its_auth() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("clouds.yaml"), CLOUDS).unwrap();
+        std::fs::write(d.path().join("secure.yaml"), SECURE).unwrap();
+        let m = envmap(&[
+            ("OS_REGION_NAME", "RegionEnv"),
+            ("OS_INTERFACE", "adminURL"),
+            ("OS_CACERT", "/env/ca.pem"),
+            ("OS_INSECURE", "yes"),
+            ("OS_USERNAME", "mallory"),
+            ("OS_PASSWORD", "env-password-not-used"),
+            ("OS_AUTH_URL", "http://evil.example/v3"),
+        ]);
+        let env = |k: &str| m.get(k).cloned();
+        let none = CloudOverrides::default();
+        let c = CloudConfig::resolve_for_client_with(Some("prod"), &none, &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(c.region_name.as_deref(), Some("RegionEnv"));
+        assert_eq!(c.interface, "admin");
+        assert_eq!(c.cacert.as_deref(), Some(Path::new("/env/ca.pem")));
+        assert!(c.insecure);
+        // A named cloud's credentials come from its files only.
+        assert_eq!(c.auth.username.as_deref(), Some("alice"));
+        assert_eq!(c.auth.password.as_ref().unwrap().expose(), "hunter2-very-secret");
+        assert_eq!(c.auth.auth_url.as_deref(), Some("https://keystone.example:5000/v3"));
+        assert!(c.overridden.iter().any(|o| o == "region_name from OS_REGION_NAME"), "{:?}", c.overridden);
+        // The flags win over the variables.
+        let f = flags(Some("RegionFlag"), Some("public"), Some("/flag/ca.pem"), false);
+        let c = CloudConfig::resolve_for_client_with(Some("prod"), &f, &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(c.region_name.as_deref(), Some("RegionFlag"));
+        assert_eq!(c.interface, "public");
+        assert_eq!(c.cacert.as_deref(), Some(Path::new("/flag/ca.pem")));
+        assert!(c.insecure, "OS_INSECURE still applies: --insecure was not given");
+        assert!(
+            c.describe().contains("region RegionFlag") && c.describe().contains("region_name from --os-region-name"),
+            "{}",
+            c.describe()
+        );
+        // Without overrides the files say it all (what `resolve` gives a repository's cloud).
+        let c = CloudConfig::resolve_with(Some("prod"), &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str(), c.insecure), (Some("RegionTwo"), "internal", false));
+        // A bad override names where it came from.
+        let e = CloudConfig::resolve_for_client_with(Some("prod"), &flags(None, Some("private"), None, false), &lookup(&env, &[d.path()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private") && e.contains("--os-interface"), "{e}");
+        let bad = envmap(&[("OS_INSECURE", "sometimes")]);
+        let benv = |k: &str| bad.get(k).cloned();
+        let e = CloudConfig::resolve_for_client_with(Some("prod"), &none, &lookup(&benv, &[d.path()])).unwrap_err().to_string();
+        assert!(e.contains("OS_INSECURE"), "{e}");
+    }
+
+    #[test]
+    fn flags_over_an_openrc() {
+        let m = envmap(&[
+            ("OS_AUTH_URL", "http://k/v3"),
+            ("OS_USERNAME", "u"),
+            ("OS_PASSWORD", "p-secret-77"),
+            ("OS_REGION_NAME", "R1"),
+            ("OS_INTERFACE", "internal"),
+        ]);
+        let env = |k: &str| m.get(k).cloned();
+        let c = CloudConfig::resolve_for_client_with(None, &CloudOverrides::default(), &lookup(&env, &[])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str()), (Some("R1"), "internal"));
+        let c = CloudConfig::resolve_for_client_with(None, &flags(Some("R2"), Some("admin"), None, true), &lookup(&env, &[])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str(), c.insecure), (Some("R2"), "admin", true));
+        assert!(!c.describe().contains("p-secret-77"));
+    }
+
+    #[test]
+    fn profiles_from_clouds_public_yaml() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("clouds-public.yaml"),
+            r#"
+public-clouds:
+  acme:
+    auth:
+      auth_url: https://identity.acme.example/v3
+      user_domain_name: AcmeUsers
+    regions: [north, south]
+    interface: internal
+    image_endpoint_override: https://glance.acme.example
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("clouds.yaml"),
+            r#"
+clouds:
+  mine:
+    profile: acme
+    auth: {username: bob, password: bob-secret-1, project_name: p}
+    interface: public
+  older:
+    cloud: acme
+    region_name: south
+    auth: {username: carol, password: carol-secret-2, project_name: q}
+  missing:
+    profile: nowhere
+    auth: {username: u, password: p}
+"#,
+        )
+        .unwrap();
+        let env = |_: &str| None;
+        let lk = lookup(&env, &[d.path()]);
+        let c = CloudConfig::resolve_with(Some("mine"), &lk).unwrap();
+        assert_eq!(c.auth.auth_url.as_deref(), Some("https://identity.acme.example/v3"), "from the profile");
+        assert_eq!(c.auth.user_domain_name.as_deref(), Some("AcmeUsers"), "auth sections merge");
+        assert_eq!(c.auth.username.as_deref(), Some("bob"));
+        assert_eq!(c.interface, "public", "the cloud's own key wins over the profile's");
+        assert_eq!(c.region_name.as_deref(), Some("north"), "the first of the profile's regions");
+        assert_eq!(c.image_endpoint_override.as_deref(), Some("https://glance.acme.example"));
+        assert!(c.source.contains("profile acme") && c.source.contains("clouds-public.yaml"), "{}", c.source);
+        let o = CloudConfig::resolve_with(Some("older"), &lk).unwrap();
+        assert_eq!(o.region_name.as_deref(), Some("south"));
+        assert_eq!(o.interface, "internal");
+        let e = CloudConfig::resolve_with(Some("missing"), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"nowhere\"") && e.contains("profiles there: acme"), "{e}");
+        // A profile and no clouds-public.yaml anywhere: the error says where it looked.
+        let e2 = tempfile::tempdir().unwrap();
+        std::fs::copy(d.path().join("clouds.yaml"), e2.path().join("clouds.yaml")).unwrap();
+        let e = CloudConfig::resolve_with(Some("mine"), &lookup(&env, &[e2.path()])).unwrap_err().to_string();
+        assert!(e.contains("no clouds-public.yaml") && e.contains("clouds-public.yml"), "{e}");
+    }
+
+    #[test]
+    fn regions_lists_bound_the_region_and_their_values_override() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("clouds.yaml"),
+            r#"
+clouds:
+  multi:
+    auth: {auth_url: "http://k/v3", username: u, password: pw-secret-3}
+    interface: public
+    regions:
+      - east
+      - name: west
+        values:
+          interface: internal
+          image_endpoint_override: http://glance-west:9292
+  pinned:
+    auth: {auth_url: "http://k/v3", username: u, password: pw}
+    region_name: central
+    regions: [east, west]
+"#,
+        )
+        .unwrap();
+        let env = |_: &str| None;
+        let lk = lookup(&env, &[d.path()]);
+        let none = CloudOverrides::default();
+        let c = CloudConfig::resolve_for_client_with(Some("multi"), &none, &lk).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str()), (Some("east"), "public"));
+        assert!(c.image_endpoint_override.is_none());
+        let w = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("west"), None, None, false), &lk).unwrap();
+        assert_eq!((w.region_name.as_deref(), w.interface.as_str()), (Some("west"), "internal"));
+        assert_eq!(w.image_endpoint_override.as_deref(), Some("http://glance-west:9292"));
+        // A flag still beats the region's values.
+        let w = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("west"), Some("admin"), None, false), &lk).unwrap();
+        assert_eq!(w.interface, "admin");
+        let e = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("south"), None, None, false), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"south\"") && e.contains("--os-region-name") && e.contains("east, west") && e.contains("clouds.yaml"), "{e}");
+        let e = CloudConfig::resolve_with(Some("pinned"), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"central\"") && e.contains("east, west"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn describe_names_what_was_used_and_no_secret() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("clouds.yaml"), CLOUDS).unwrap();
+        std::fs::write(d.path().join("secure.yaml"), SECURE).unwrap();
+        let env = |_: &str| None;
+        let c = CloudConfig::resolve_with(Some("prod"), &lookup(&env, &[d.path()])).unwrap();
+        let s = c.describe();
+        for want in [
+            "cloud prod",
+            "clouds.yaml",
+            "secure.yaml",
+            "auth_url https://keystone.example:5000/v3",
+            "region RegionTwo",
+            "interface internal",
+            "project web",
+            "user alice",
+        ] {
+            assert!(s.contains(want), "{want:?} missing in {s}");
+        }
+        assert!(!s.contains("hunter2"), "{s}");
+        let a = CloudConfig::resolve_with(Some("appcred"), &lookup(&env, &[d.path()])).unwrap().describe();
+        assert!(a.contains("application credential ac123") && !a.contains("s3cr3t"), "{a}");
+    }
+
     #[test]
     fn secret_redaction() {
         let s = Secret::new("topsecret");
