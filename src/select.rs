@@ -87,7 +87,7 @@ impl SnapshotSelector {
     }
 
     fn matches_name(&self, name: &str) -> bool {
-        self.name.as_deref().is_none_or(|p| p == name || glob_match(p, name))
+        self.name.as_deref().is_none_or(|p| name_matches(p, name))
     }
 
     fn matches_tags(&self, tags: &[String]) -> bool {
@@ -173,6 +173,13 @@ fn resolve_image<'a>(want: &str, sources: impl Iterator<Item = &'a Source>) -> R
         [] => Ok(want.to_string()),
         many => bail!("--image {want}: the prefix is ambiguous, {} images match ({})", many.len(), many.join(", ")),
     }
+}
+
+/// A name pattern as every `--name`/`name=` takes it: the name itself, or a
+/// glob matching it, so a name that holds glob characters still selects
+/// itself as it did before patterns were globs.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    pattern == name || glob_match(pattern, name)
 }
 
 /// Shell-style glob: `*` matches any run of characters, `?` exactly one,

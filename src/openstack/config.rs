@@ -448,7 +448,16 @@ impl CloudConfig {
                 s.push_str(&format!(", {k} {v}"));
             }
         };
-        field("auth_url", a.auth_url.as_deref());
+        // An auth_url could carry user:password@ (never needed for Keystone): shown without it.
+        let auth_url = a.auth_url.as_deref().map(|u| match url::Url::parse(u) {
+            Ok(mut p) if !p.username().is_empty() || p.password().is_some() => {
+                let _ = p.set_username("");
+                let _ = p.set_password(None);
+                p.to_string()
+            }
+            _ => u.to_string(),
+        });
+        field("auth_url", auth_url.as_deref());
         field("region", Some(self.region_name.as_deref().unwrap_or("(any)")));
         field("interface", Some(&self.interface));
         field("project", a.project_name.as_deref().or(a.project_id.as_deref()));
@@ -1138,6 +1147,10 @@ clouds:
         assert!(!s.contains("hunter2"), "{s}");
         let a = CloudConfig::resolve_with(Some("appcred"), &lookup(&env, &[d.path()])).unwrap().describe();
         assert!(a.contains("application credential ac123") && !a.contains("s3cr3t"), "{a}");
+        let mut odd = c.clone();
+        odd.auth.auth_url = Some("https://bob:url-secret-9@keystone.example/v3".into());
+        let d = odd.describe();
+        assert!(d.contains("keystone.example/v3") && !d.contains("url-secret-9") && !d.contains("bob"), "{d}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn parse_filter(s: &str) -> Result<FilterTerm, String> {
 impl FilterTerm {
     pub(super) fn matches(&self, rec: &ImageRecord) -> bool {
         match self.key {
-            FilterKey::Name => glob_match(&self.value, rec.name.as_deref().unwrap_or("")),
+            FilterKey::Name => crate::select::name_matches(&self.value, rec.name.as_deref().unwrap_or("")),
             FilterKey::Tag => rec.tags.contains(&self.value),
             FilterKey::Visibility => rec.visibility.as_deref() == Some(self.value.as_str()),
             FilterKey::DiskFormat => rec.disk_format.as_deref() == Some(self.value.as_str()),
