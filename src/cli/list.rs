@@ -10,6 +10,9 @@ use imgarc::util::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
+    /// Only these snapshots (ids or unique prefixes of 8+ hex digits)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
     #[command(flatten)]
     pub select: SnapshotSelector,
 }
@@ -18,7 +21,7 @@ pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
     // Refused before the repository is opened (and a password asked).
     args.select.validate()?;
     let (_repo, index) = ctx.open()?;
-    let rows = args.select.select(&index, &[])?;
+    let rows = args.select.select(&index, &args.snapshots)?;
     // Dated after now + the clock skew allowed: retention ignores these (see `retention`).
     let horizon = retention::horizon(chrono::Utc::now());
     let future: Vec<bool> = rows.iter().map(|r| retention::is_future(&r.time, horizon)).collect();

@@ -74,6 +74,13 @@ fn list_selects_by_glob_tag_and_latest() {
     // Files have no Glance image: --image selects none of them.
     assert_eq!(ids(&e.json(&["list", "--image", "0f3e9c1a-0000-4000-8000-000000000000"])), Vec::<String>::new());
 
+    // Positional ids (or prefixes) narrow too, and combine with the rest.
+    assert_eq!(ids(&e.json(&["snapshots", &f.ids[3][..10], &f.ids[2]])), want(&[&f.ids[2], &f.ids[3]]));
+    assert_eq!(ids(&e.json(&["list", &f.ids[3][..10], &f.ids[2], "--tag", "nightly"])), want(&[&f.ids[3]]));
+    let o = e.run(&["list", "deadbeefdeadbeef"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no snapshot deadbeefdeadbeef"), "{}", String::from_utf8_lossy(&o.stderr));
+
     // Prose lists the same rows.
     let prose = e.ok(&["list", "--name", "web-0[2]"]);
     assert!(prose.contains(&f.ids[1][..16]) && !prose.contains(&f.ids[0][..16]), "{prose}");
