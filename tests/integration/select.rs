@@ -139,6 +139,10 @@ fn every_verb_parses_its_help() {
         let o = crate::support::bare_cmd().args([verb, "--help"]).output().unwrap();
         assert!(o.status.success(), "imgarc {verb} --help: {}", String::from_utf8_lossy(&o.stderr));
     }
+    for nested in [["key", "add"], ["key", "remove"], ["key", "passwd"], ["key", "list"], ["index", "rebuild"], ["glance", "list"]] {
+        let o = crate::support::bare_cmd().args(nested).arg("--help").output().unwrap();
+        assert!(o.status.success(), "imgarc {nested:?} --help: {}", String::from_utf8_lossy(&o.stderr));
+    }
     let help = String::from_utf8(crate::support::bare_cmd().args(["forget", "--help"]).output().unwrap().stdout).unwrap();
     assert!(help.contains("--name <GLOB>") && help.contains("--tag") && help.contains("--image") && !help.contains("--latest"), "{help}");
     let top = String::from_utf8(crate::support::bare_cmd().arg("--help").output().unwrap().stdout).unwrap();
