@@ -12,7 +12,7 @@ use imgarc::index::Index;
 use imgarc::net::ratelimit::RateLimiter;
 use imgarc::openstack::config::{CloudConfig, CloudOverrides};
 use imgarc::openstack::glance::GlanceClient;
-use imgarc::openstack::keystone::Session;
+use imgarc::openstack::keystone::{HttpOptions, Session};
 use imgarc::openstack::Secret;
 use imgarc::repository::Repository;
 use imgarc::util::parse_rate;
@@ -54,7 +54,10 @@ impl Ctx {
         let cloud = cloud.or(self.global.os_cloud.as_deref());
         if let (None, Some(url)) = (cloud, &self.global.glance_url) {
             let token = std::env::var("OS_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new);
-            return Ok(GlanceClient::standalone(url, token)?);
+            // No cloud, but the same TLS conventions: --os-cacert/--insecure, else OS_CACERT/OS_INSECURE.
+            let tls = self.cloud_flags().over(CloudOverrides::from_env(&|k| std::env::var(k).ok())?);
+            let http = HttpOptions { cacert: tls.cacert, insecure: tls.insecure.unwrap_or(false) };
+            return Ok(GlanceClient::standalone_with(url, token, &http)?);
         }
         let config = CloudConfig::resolve_for_client(cloud, &self.cloud_flags())?;
         tracing::debug!("openstack: {}", config.describe());

@@ -209,6 +209,12 @@ mod openstack {
         // --latest 1 counts per image, not per name (all three share one name).
         assert_eq!(ids(&e.json(&["list", "--latest", "1"])), want(&[&b1, &a2]));
         assert_eq!(ids(&e.json(&["list", "--latest", "1", "--image", &a.id])), want(&[&a2]));
+        // --glance-url (no cloud) takes the same TLS flags: a missing CA bundle is refused naming it.
+        let missing = e.path("no-such-ca.pem");
+        let o = e.run(&["--glance-url", &url, "--os-cacert", missing.to_str().unwrap(), "glance", "list"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-ca.pem"), "{}", String::from_utf8_lossy(&o.stderr));
+        e.ok(&["--glance-url", &url, "--insecure", "glance", "list"]);
         // forget --image narrows the policy to that image.
         let v = e.json(&["forget", "--image", &a.id, "--keep-last", "1", "--dry-run"]);
         assert_eq!(ids(&v["remove"]), want(&[&a1]));
