@@ -76,9 +76,7 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::MetadataUpdated => {
             s.push_str(&format!(": new metadata, data of {} reused", e.previous.as_deref().map(short).unwrap_or("?")))
         }
-        ImageResult::Skipped | ImageResult::VolumeBacked | ImageResult::Failed => {
-            s.push_str(&format!(": {}", e.reason.as_deref().unwrap_or("")))
-        }
+        ImageResult::Skipped | ImageResult::VolumeBacked | ImageResult::Failed => s.push_str(&format!(": {}", e.reason.as_deref().unwrap_or(""))),
         ImageResult::Unchanged => {}
     }
     s
