@@ -147,9 +147,8 @@ pub fn demo(opts: &DemoOptions, bar: &dyn Fn(&str, u64) -> SharedProgress) -> Re
     // Retention: keep the last three nights, then reclaim the rest in prune's two phases
     // (no grace period: nothing else uses the demo's repository).
     let policy = Policy { last: Some(DEMO_KEEP_LAST), ..Default::default() };
-    let forgotten =
-        forget(&repo, &mut index, &ForgetOptions { policy, group_by: GroupBy::None, name: Some("demo-vm".into()), ..Default::default() })?
-            .removed;
+    let select = crate::select::SnapshotSelector { name: Some("demo-vm".into()), ..Default::default() };
+    let forgotten = forget(&repo, &mut index, &ForgetOptions { policy, group_by: GroupBy::None, select, ..Default::default() })?.removed;
     let opts_prune = PruneOptions { dry_run: false, max_repack_ratio: 0.5, grace: chrono::Duration::zero(), now: chrono::Utc::now() };
     let marked = prune(&repo, &mut index, &opts_prune)?;
     let swept = prune(&repo, &mut index, &PruneOptions { now: chrono::Utc::now(), ..opts_prune })?;

@@ -8,6 +8,7 @@ use crate::index::Index;
 use crate::repository::snapshot::{Snapshot, Source};
 use crate::repository::Repository;
 use crate::retention::{self, Item, Policy};
+use crate::select::{image_group, SnapshotSelector};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -26,6 +27,8 @@ pub enum GroupBy {
 /// What `forget` removes (the `imgarc forget` flags: each doc line is its `--help`).
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
+// The selector's --latest is refused here (see `validate`): not offered in --help.
+#[cfg_attr(feature = "clap", command(mut_arg("latest", |a| a.hide(true))))]
 pub struct ForgetOptions {
     /// Snapshots to remove by id (or unique prefix), in addition to the policy
     pub snapshots: Vec<String>,
@@ -34,9 +37,9 @@ pub struct ForgetOptions {
     /// Apply the policy per image (Glance image id, else name), per name, or to all snapshots at once
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value = "image"))]
     pub group_by: GroupBy,
-    /// Only consider snapshots with this name
-    #[cfg_attr(feature = "clap", arg(long))]
-    pub name: Option<String>,
+    /// Which snapshots the policy considers (`--name`, `--tag`, `--image`; `--latest` is refused: use --keep-last)
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub select: SnapshotSelector,
     /// Also let the policy remove the last snapshot of images deleted upstream
     #[cfg_attr(feature = "clap", arg(long))]
     pub include_deleted: bool,
@@ -46,8 +49,14 @@ pub struct ForgetOptions {
 }
 
 impl ForgetOptions {
-    /// Refuses options that would remove nothing (no policy and no ids).
+    /// Refuses options that would remove nothing (no policy and no ids), and
+    /// `--latest`: narrowing the policy to the newest N would let it remove
+    /// only among the newest, never what is older, surely not what was meant.
     pub fn validate(&self) -> Result<()> {
+        if self.select.latest.is_some() {
+            bail!("forget --latest: not a selection forget takes (the policy would only see the newest N); keep the newest N with --keep-last N");
+        }
+        self.select.validate()?;
         if self.policy.is_empty() && self.snapshots.is_empty() {
             bail!("no policy given (--keep-last, --keep-daily, …, --keep-tag) and no snapshot ids: nothing to do, nothing removed");
         }
@@ -93,10 +102,10 @@ pub struct ForgetReport {
 }
 
 fn group_key(by: GroupBy, snap: &Snapshot) -> String {
-    match (by, &snap.source) {
-        (GroupBy::Image, Source::Glance { image_id, .. }) => format!("image {image_id}"),
-        (GroupBy::Image | GroupBy::Name, _) => format!("name {}", snap.name),
-        (GroupBy::None, _) => "all".to_string(),
+    match by {
+        GroupBy::Image => image_group(&snap.source, &snap.name),
+        GroupBy::Name => format!("name {}", snap.name),
+        GroupBy::None => "all".to_string(),
     }
 }
 
@@ -128,9 +137,11 @@ pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Res
             },
         }
     }
+    // The selector narrows what the policy sees; snapshots named by id are removed whatever it says.
+    let selected: HashSet<Id> = opts.select.select(index, &[])?.into_iter().map(|r| r.id).collect();
     let mut candidates = Vec::new();
     for row in index.snapshot_rows()? {
-        if opts.name.as_ref().is_some_and(|n| *n != row.name) && !named.contains(&row.id) {
+        if !selected.contains(&row.id) && !named.contains(&row.id) {
             continue;
         }
         let snap = index.snapshot(&row.id)?.context("snapshot vanished from the index")?;

@@ -33,6 +33,7 @@ pub mod restore;
 pub mod restore_glance;
 pub mod retention;
 pub mod secret;
+pub mod select;
 pub(crate) mod source;
 pub(crate) mod store;
 pub mod sync;

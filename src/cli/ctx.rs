@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 use imgarc::backend::{self, Backend};
 use imgarc::index::Index;
 use imgarc::net::ratelimit::RateLimiter;
-use imgarc::openstack::config::CloudConfig;
+use imgarc::openstack::config::{CloudConfig, CloudOverrides};
 use imgarc::openstack::glance::GlanceClient;
-use imgarc::openstack::keystone::Session;
+use imgarc::openstack::keystone::{HttpOptions, Session};
 use imgarc::openstack::Secret;
 use imgarc::repository::Repository;
 use imgarc::util::parse_rate;
@@ -48,16 +48,44 @@ impl Ctx {
         Ok((repo, index))
     }
 
-    /// A Glance client for `cloud` (else `--os-cloud`/`OS_CLOUD`, else `--glance-url`, else `OS_*`).
+    /// A Glance client for `cloud` (else `--os-cloud`/`OS_CLOUD`, else `--glance-url`, else `OS_*`),
+    /// with `--os-region-name`, `--os-interface`, `--os-cacert`, `--insecure` (else their `OS_*`) over the cloud's files.
     pub fn glance(&self, cloud: Option<&str>) -> Result<GlanceClient> {
         let cloud = cloud.or(self.global.os_cloud.as_deref());
         if let (None, Some(url)) = (cloud, &self.global.glance_url) {
             let token = std::env::var("OS_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new);
-            return Ok(GlanceClient::standalone(url, token)?);
+            // No cloud, but the same TLS conventions: --os-cacert/--insecure, else OS_CACERT/OS_INSECURE.
+            let tls = self.cloud_flags().over(CloudOverrides::from_env(&|k| std::env::var(k).ok())?);
+            let http = HttpOptions { cacert: tls.cacert, insecure: tls.insecure.unwrap_or(false) };
+            return Ok(GlanceClient::standalone_with(url, token, &http)?);
         }
-        let config = CloudConfig::resolve(cloud)?;
+        let config = CloudConfig::resolve_for_client(cloud, &self.cloud_flags())?;
+        tracing::debug!("openstack: {}", config.describe());
         let session = Session::new(&config)?;
         Ok(GlanceClient::new(&session)?)
+    }
+
+    /// The OpenStack flags of the command line, each marked as coming from its flag.
+    fn cloud_flags(&self) -> CloudOverrides {
+        let g = &self.global;
+        let mut origin = Vec::new();
+        for (field, flag, given) in [
+            ("region_name", "--os-region-name", g.os_region_name.is_some()),
+            ("interface", "--os-interface", g.os_interface.is_some()),
+            ("cacert", "--os-cacert", g.os_cacert.is_some()),
+            ("insecure", "--insecure", g.insecure),
+        ] {
+            if given {
+                origin.push((field, flag.to_string()));
+            }
+        }
+        CloudOverrides {
+            region_name: g.os_region_name.clone(),
+            interface: g.os_interface.clone(),
+            cacert: g.os_cacert.clone(),
+            insecure: g.insecure.then_some(true),
+            origin,
+        }
     }
 
     pub fn limiter(rate: &Option<String>) -> Result<Option<RateLimiter>> {

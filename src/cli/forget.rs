@@ -7,6 +7,19 @@ use imgarc::forget::{forget, ForgetOptions, ForgetReport};
 use imgarc::index::Index;
 
 pub fn run(ctx: &Ctx, opts: ForgetOptions) -> Result<()> {
+    if opts.select.latest.is_some() {
+        // A usage error (exit 2, clap's form), not a failed forget: nothing was looked at.
+        use clap::CommandFactory;
+        let mut cli = super::Cli::command();
+        cli.build();
+        let forget = cli.find_subcommand_mut("forget").expect("forget is a subcommand");
+        forget
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--latest is not a selection forget takes (the policy would see only the newest N); keep the newest N with --keep-last N",
+            )
+            .exit();
+    }
     // Refused before the repository is opened.
     opts.validate()?;
     let repo = ctx.open_repo()?;

@@ -1,21 +1,27 @@
-//! `imgarc list`: the snapshots in the repository.
+//! `imgarc list` (alias `snapshots`): the snapshots in the repository the
+//! selector (`imgarc::select`) picks.
 
 use super::Ctx;
 use anyhow::Result;
 use clap::Args;
 use imgarc::retention;
+use imgarc::select::SnapshotSelector;
 use imgarc::util::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// Only snapshots with this name
-    #[arg(long)]
-    pub name: Option<String>,
+    /// Only these snapshots (ids or unique prefixes of 8+ hex digits)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub select: SnapshotSelector,
 }
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
+    // Refused before the repository is opened (and a password asked).
+    args.select.validate()?;
     let (_repo, index) = ctx.open()?;
-    let rows: Vec<_> = index.snapshot_rows()?.into_iter().filter(|r| args.name.as_ref().is_none_or(|n| &r.name == n)).collect();
+    let rows = args.select.select(&index, &args.snapshots)?;
     // Dated after now + the clock skew allowed: retention ignores these (see `retention`).
     let horizon = retention::horizon(chrono::Utc::now());
     let future: Vec<bool> = rows.iter().map(|r| retention::is_future(&r.time, horizon)).collect();

@@ -53,7 +53,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Repository: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX] or swift:CONTAINER[/PREFIX] (default: $IMGARC_REPO, else ~/.local/share/imgarc/repo)
-    #[arg(long, global = true, env = "IMGARC_REPO")]
+    #[arg(long, short = 'r', global = true, env = "IMGARC_REPO")]
     pub repo: Option<String>,
     /// Print one JSON document on stdout instead of prose
     #[arg(long, global = true)]
@@ -67,6 +67,18 @@ pub struct GlobalArgs {
     /// Cloud in clouds.yaml holding the images (else the OS_* variables)
     #[arg(long, global = true, env = "OS_CLOUD")]
     pub os_cloud: Option<String>,
+    /// Region of the images' cloud (over OS_REGION_NAME and clouds.yaml; one of its regions: list if it has one)
+    #[arg(long, global = true, value_name = "REGION")]
+    pub os_region_name: Option<String>,
+    /// Endpoint interface of the images' cloud: public, internal or admin (over OS_INTERFACE and clouds.yaml)
+    #[arg(long, global = true, value_name = "INTERFACE")]
+    pub os_interface: Option<String>,
+    /// CA bundle (PEM) the images' cloud is verified with, besides the system roots (over OS_CACERT and clouds.yaml)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub os_cacert: Option<std::path::PathBuf>,
+    /// Do not verify the TLS certificates of the images' cloud (over OS_INSECURE and clouds.yaml verify:)
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// A Glance endpoint to use directly (standalone or noauth Glance; token from OS_TOKEN)
     #[arg(long, global = true, env = "IMGARC_GLANCE_URL")]
     pub glance_url: Option<String>,
@@ -107,7 +119,8 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Archive an image file (or - for standard input)
     Archive(imgarc::archive::ArchiveOptions),
-    /// List snapshots
+    /// List snapshots (alias: snapshots)
+    #[command(visible_alias = "snapshots")]
     List(list::ListArgs),
     /// Show one snapshot in detail
     Show(show::ShowArgs),

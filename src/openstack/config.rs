@@ -7,8 +7,22 @@
 //!   `/etc/openstack/clouds.{yaml,yml,json}`, deep-merged with the first
 //!   existing `secure.{yaml,yml,json}` (same directories,
 //!   `$OS_CLIENT_SECURE_FILE` first); secure.yaml wins on conflicts.
-//!   `OS_REGION_NAME`/`OS_INTERFACE` are NOT applied to a named cloud.
+//!   A cloud with `profile: NAME` (or the older `cloud: NAME`) lies over the
+//!   `public-clouds.NAME` entry of the first `clouds-public.{yaml,yml,json}`
+//!   (same directories): the cloud's own keys win. A `regions:` list (names,
+//!   or `{name, values}` maps) says which regions the cloud has: the region
+//!   chosen must be one of them (the first when none is chosen), and its
+//!   `values` override the cloud's settings.
 //! * Without a name: the `OS_*` variables of an openrc file.
+//!
+//! [`CloudOverrides`] are what the client's command line says over the
+//! files, as the `openstack` CLI does with its argparse defaults: region,
+//! interface, CA bundle and TLS verification, from the flags
+//! (`--os-region-name`, `--os-interface`, `--os-cacert`, `--insecure`), else
+//! `OS_REGION_NAME`, `OS_INTERFACE`, `OS_CACERT`, `OS_INSECURE`. Precedence:
+//! flag > `OS_*` > clouds.yaml (+ secure.yaml; a region's `values`) >
+//! profile. The auth variables (`OS_USERNAME`, `OS_PASSWORD`, …) never
+//! override a named cloud (openstacksdk's rule): a name means its files.
 //!
 //! Secrets end up in [`Secret`], so `{:?}` of a [`CloudConfig`] is safe to log.
 
@@ -89,6 +103,92 @@ pub struct CloudConfig {
     pub insecure: bool,
     /// `image_endpoint_override` / `OS_IMAGE_URL`: use this Glance URL instead of the catalog.
     pub image_endpoint_override: Option<String>,
+    /// Which settings an override replaced and where it came from
+    /// (`region_name from --os-region-name`), for messages.
+    pub overridden: Vec<String>,
+}
+
+/// What the command line and the `OS_*` variables say over a named cloud's
+/// files (see the module doc for the precedence). `None`: not said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloudOverrides {
+    pub region_name: Option<String>,
+    pub interface: Option<String>,
+    pub cacert: Option<PathBuf>,
+    pub insecure: Option<bool>,
+    /// Where each value came from (`--os-region-name`, `OS_REGION_NAME`), by field name.
+    pub origin: Vec<(&'static str, String)>,
+}
+
+impl CloudOverrides {
+    /// The `OS_REGION_NAME`, `OS_INTERFACE` (or `OS_ENDPOINT_TYPE`),
+    /// `OS_CACERT` and `OS_INSECURE` variables; a non-boolean `OS_INSECURE`
+    /// is an error.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<CloudOverrides> {
+        let e = |k: &str| env(k).filter(|v| !v.is_empty());
+        let mut o = CloudOverrides::default();
+        if let Some(r) = e("OS_REGION_NAME") {
+            o.region_name = Some(r);
+            o.origin.push(("region_name", "OS_REGION_NAME".into()));
+        }
+        if let Some((var, i)) =
+            e("OS_INTERFACE").map(|i| ("OS_INTERFACE", i)).or_else(|| e("OS_ENDPOINT_TYPE").map(|i| ("OS_ENDPOINT_TYPE", i)))
+        {
+            o.interface = Some(i);
+            o.origin.push(("interface", var.into()));
+        }
+        if let Some(c) = e("OS_CACERT") {
+            o.cacert = Some(PathBuf::from(c));
+            o.origin.push(("cacert", "OS_CACERT".into()));
+        }
+        if let Some(v) = e("OS_INSECURE") {
+            o.insecure = Some(truthy(&v).ok_or_else(|| Error::Config(format!("OS_INSECURE={v:?} is not a boolean (true/false)")))?);
+            o.origin.push(("insecure", "OS_INSECURE".into()));
+        }
+        Ok(o)
+    }
+
+    /// Field by field, `self` where it says something, else `under`.
+    pub fn over(self, under: CloudOverrides) -> CloudOverrides {
+        let pick = |field: &'static str, mine: bool, a: &CloudOverrides, b: &CloudOverrides| {
+            let from = if mine { a } else { b };
+            from.origin.iter().filter(|(f, _)| *f == field).cloned().collect::<Vec<_>>()
+        };
+        let mut origin = Vec::new();
+        origin.extend(pick("region_name", self.region_name.is_some(), &self, &under));
+        origin.extend(pick("interface", self.interface.is_some(), &self, &under));
+        origin.extend(pick("cacert", self.cacert.is_some(), &self, &under));
+        origin.extend(pick("insecure", self.insecure.is_some(), &self, &under));
+        CloudOverrides {
+            region_name: self.region_name.or(under.region_name),
+            interface: self.interface.or(under.interface),
+            cacert: self.cacert.or(under.cacert),
+            insecure: self.insecure.or(under.insecure),
+            origin,
+        }
+    }
+
+    fn origin_of(&self, field: &str) -> String {
+        self.origin.iter().find(|(f, _)| *f == field).map(|(_, o)| o.clone()).unwrap_or_else(|| "an override".into())
+    }
+
+    /// Sets what this says on `cfg` (interface, CA bundle, verification; the
+    /// region is chosen before, against the cloud's `regions:`).
+    fn apply(&self, cfg: &mut CloudConfig) -> Result<()> {
+        if let Some(i) = &self.interface {
+            cfg.interface = normalize_interface(Some(i)).map_err(|e| Error::Config(format!("{} ({})", e, self.origin_of("interface"))))?;
+            cfg.overridden.push(format!("interface from {}", self.origin_of("interface")));
+        }
+        if let Some(c) = &self.cacert {
+            cfg.cacert = Some(c.clone());
+            cfg.overridden.push(format!("cacert from {}", self.origin_of("cacert")));
+        }
+        if let Some(i) = self.insecure {
+            cfg.insecure = i;
+            cfg.overridden.push(format!("insecure from {}", self.origin_of("insecure")));
+        }
+        Ok(())
+    }
 }
 
 /// Where to look for clouds.yaml and how to read the environment. `resolve`
@@ -141,10 +241,39 @@ impl CloudConfig {
         }
     }
 
+    /// The cloud the client works with: [`CloudConfig::resolve`], then the
+    /// command line's `flags` over the `OS_*` overrides over the files (see
+    /// the module doc). A repository's own cloud (`--repo-cloud`) is resolved
+    /// without these: the client's flags are about the images' cloud.
+    pub fn resolve_for_client(os_cloud: Option<&str>, flags: &CloudOverrides) -> Result<CloudConfig> {
+        Self::resolve_for_client_with(os_cloud, flags, &Lookup::standard())
+    }
+
+    /// [`CloudConfig::resolve_for_client`] with an explicit environment and search path.
+    pub fn resolve_for_client_with(os_cloud: Option<&str>, flags: &CloudOverrides, lk: &Lookup<'_>) -> Result<CloudConfig> {
+        let env = |k: &str| (lk.env)(k).filter(|v| !v.is_empty());
+        let over = flags.clone().over(CloudOverrides::from_env(lk.env)?);
+        match os_cloud.map(str::to_string).or_else(|| env("OS_CLOUD")) {
+            Some(name) => Self::from_clouds_yaml_with(&name, &over, lk),
+            None => {
+                // The OS_* variables are the configuration itself here: only the flags lie over them.
+                let mut cfg = Self::from_env(lk.env)?;
+                if let Some(r) = &flags.region_name {
+                    cfg.region_name = Some(r.clone());
+                    cfg.overridden.push(format!("region_name from {}", flags.origin_of("region_name")));
+                }
+                let flags_only = CloudOverrides { region_name: None, ..flags.clone() };
+                flags_only.apply(&mut cfg)?;
+                cfg.validate()?;
+                Ok(cfg)
+            }
+        }
+    }
+
     /// Candidate files: `override_var` first, then `<dir>/<stem>.<suffix>`.
     fn candidates(stem: &str, override_var: &str, lk: &Lookup<'_>) -> Vec<PathBuf> {
         let mut v = Vec::new();
-        if let Some(f) = (lk.env)(override_var).filter(|f| !f.is_empty()) {
+        if let Some(f) = Some(override_var).filter(|v| !v.is_empty()).and_then(|v| (lk.env)(v)).filter(|f| !f.is_empty()) {
             v.push(PathBuf::from(f));
         }
         for d in &lk.dirs {
@@ -155,8 +284,13 @@ impl CloudConfig {
         v
     }
 
-    /// Load cloud `name` from the first clouds.yaml found (+ secure.yaml).
+    /// Load cloud `name` from the first clouds.yaml found (+ secure.yaml, its profile, its region).
     pub fn from_clouds_yaml(name: &str, lk: &Lookup<'_>) -> Result<CloudConfig> {
+        Self::from_clouds_yaml_with(name, &CloudOverrides::default(), lk)
+    }
+
+    /// [`CloudConfig::from_clouds_yaml`] with `over` lying over the files.
+    pub fn from_clouds_yaml_with(name: &str, over: &CloudOverrides, lk: &Lookup<'_>) -> Result<CloudConfig> {
         let cands = Self::candidates("clouds", "OS_CLIENT_CONFIG_FILE", lk);
         let Some(path) = cands.iter().find(|p| p.is_file()) else {
             return Err(Error::Config(format!(
@@ -186,10 +320,61 @@ impl CloudConfig {
                 source.push_str(&format!(" + {}", sp.display()));
             }
         }
-        let mut cfg = Self::from_yaml_cloud(&cloud)?;
+        let mut cloud = normalize_keys(&cloud);
+        if let Some(profile) = cloud.get("profile").or_else(|| cloud.get("cloud")).and_then(scalar_string) {
+            let (base, from) = Self::profile(name, &profile, lk)?;
+            let mut merged = normalize_keys(&base);
+            merge(&mut merged, &cloud);
+            cloud = merged;
+            source.push_str(&format!(" + profile {profile} of {}", from.display()));
+        }
+        let mut overridden = Vec::new();
+        let region = select_region(name, &source, &mut cloud, over)?;
+        if over.region_name.is_some() {
+            overridden.push(format!("region_name from {}", over.origin_of("region_name")));
+        }
+        if let (Some(r), Value::Mapping(m)) = (region, &mut cloud) {
+            m.insert(Value::String("region_name".into()), Value::String(r));
+        }
+        let mut cfg = Self::from_yaml_cloud(&cloud).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("cloud {name:?} ({source}): {m}")),
+            e => e,
+        })?;
         cfg.name = Some(name.to_string());
         cfg.source = source;
+        cfg.overridden = overridden;
+        over.apply(&mut cfg)?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The `public-clouds.<profile>` entry of the first clouds-public.yaml
+    /// found, and that file. Profiles built into openstacksdk are not known
+    /// here: one must be in such a file.
+    fn profile(cloud: &str, profile: &str, lk: &Lookup<'_>) -> Result<(Value, PathBuf)> {
+        let cands = Self::candidates("clouds-public", "", lk);
+        let Some(path) = cands.iter().find(|p| p.is_file()) else {
+            return Err(Error::Config(format!(
+                "cloud {cloud:?} uses profile {profile:?} but no clouds-public.yaml was found (looked in: {})",
+                cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let doc = read_yaml(path)?;
+        let profiles = doc.get("public-clouds").or_else(|| doc.get("public_clouds"));
+        match profiles.and_then(|p| p.get(profile)) {
+            Some(p) => Ok((p.clone(), path.clone())),
+            None => {
+                let names: Vec<String> = profiles
+                    .and_then(|c| c.as_mapping())
+                    .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                Err(Error::Config(format!(
+                    "cloud {cloud:?}: profile {profile:?} not found in {} (profiles there: {})",
+                    path.display(),
+                    if names.is_empty() { "none".into() } else { names.join(", ") }
+                )))
+            }
+        }
     }
 
     /// Build from one `clouds.<name>` mapping (already merged with secure.yaml).
@@ -243,9 +428,47 @@ impl CloudConfig {
             cacert: s(cloud.get("cacert")).map(PathBuf::from),
             insecure,
             image_endpoint_override: s(cloud.get("image_endpoint_override")),
+            overridden: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// What this configuration is, for error messages: cloud, file(s),
+    /// auth_url, region, interface, project and user (ids or names), and
+    /// what an override set. Never a secret.
+    pub fn describe(&self) -> String {
+        let a = &self.auth;
+        let mut s = match &self.name {
+            Some(n) => format!("cloud {n} ({})", self.source),
+            None => self.source.clone(),
+        };
+        let mut field = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                s.push_str(&format!(", {k} {v}"));
+            }
+        };
+        // An auth_url could carry user:password@ (never needed for Keystone): shown without it.
+        let auth_url = a.auth_url.as_deref().map(|u| match url::Url::parse(u) {
+            Ok(mut p) if !p.username().is_empty() || p.password().is_some() => {
+                let _ = p.set_username("");
+                let _ = p.set_password(None);
+                p.to_string()
+            }
+            _ => u.to_string(),
+        });
+        field("auth_url", auth_url.as_deref());
+        field("region", Some(self.region_name.as_deref().unwrap_or("(any)")));
+        field("interface", Some(&self.interface));
+        field("project", a.project_name.as_deref().or(a.project_id.as_deref()));
+        field("project domain", a.project_domain_name.as_deref().or(a.project_domain_id.as_deref()));
+        field("user", a.username.as_deref().or(a.user_id.as_deref()));
+        field("user domain", a.user_domain_name.as_deref().or(a.user_domain_id.as_deref()));
+        field("application credential", a.application_credential_id.as_deref().or(a.application_credential_name.as_deref()));
+        if !self.overridden.is_empty() {
+            s.push_str(&format!(" ({})", self.overridden.join(", ")));
+        }
+        s
     }
 
     /// Build from openrc-style `OS_*` variables.
@@ -295,6 +518,7 @@ impl CloudConfig {
             cacert: e("OS_CACERT").map(PathBuf::from),
             insecure,
             image_endpoint_override: e("OS_IMAGE_URL").or_else(|| e("OS_IMAGE_ENDPOINT")),
+            overridden: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -356,6 +580,46 @@ impl CloudConfig {
             .cloned()
             .collect()
     }
+}
+
+/// The region of a named cloud: the override's, else `region_name`, else the
+/// first of `regions:`. With a `regions:` list it must be one of them, and
+/// its `values` are merged over the cloud (openstacksdk's rule).
+fn select_region(name: &str, source: &str, cloud: &mut Value, over: &CloudOverrides) -> Result<Option<String>> {
+    let listed: Vec<(String, Option<Value>)> = cloud
+        .get("regions")
+        .and_then(|r| r.as_sequence())
+        .into_iter()
+        .flatten()
+        .map(|r| match scalar_string(r) {
+            Some(n) => Ok((n, None)),
+            None => r
+                .get("name")
+                .and_then(scalar_string)
+                .map(|n| (n, r.get("values").cloned()))
+                .ok_or_else(|| Error::Config(format!("cloud {name:?} ({source}): an entry of regions: has no name"))),
+        })
+        .collect::<Result<_>>()?;
+    let chosen = over
+        .region_name
+        .clone()
+        .or_else(|| cloud.get("region_name").and_then(scalar_string))
+        .or_else(|| listed.first().map(|r| r.0.clone()));
+    let Some(region) = chosen else { return Ok(None) };
+    if listed.is_empty() {
+        return Ok(Some(region));
+    }
+    let Some((_, values)) = listed.iter().find(|r| r.0 == region) else {
+        let from = if over.region_name.is_some() { format!(" (from {})", over.origin_of("region_name")) } else { String::new() };
+        return Err(Error::Config(format!(
+            "cloud {name:?} ({source}): region {region:?}{from} is not one of its regions: {}",
+            listed.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    if let Some(v) = values {
+        merge(cloud, &normalize_keys(v));
+    }
+    Ok(Some(region))
 }
 
 /// openstacksdk's default when no auth type is given is `password`; an
@@ -669,6 +933,224 @@ clouds:
         assert!(e.contains("OS_INSECURE"), "{e}");
         let e = CloudConfig::from_env(&|_| None).unwrap_err().to_string();
         assert!(e.contains("OS_AUTH_URL") && e.contains("--os-cloud"), "{e}");
+    }
+
+    fn flags(region: Option<&str>, interface: Option<&str>, cacert: Option<&str>, insecure: bool) -> CloudOverrides {
+        let mut origin = Vec::new();
+        for (f, name, given) in [
+            ("region_name", "--os-region-name", region.is_some()),
+            ("interface", "--os-interface", interface.is_some()),
+            ("cacert", "--os-cacert", cacert.is_some()),
+            ("insecure", "--insecure", insecure),
+        ] {
+            if given {
+                origin.push((f, name.to_string()));
+            }
+        }
+        CloudOverrides {
+            region_name: region.map(str::to_string),
+            interface: interface.map(str::to_string),
+            cacert: cacert.map(PathBuf::from),
+            insecure: insecure.then_some(true),
+            origin,
+        }
+    }
+
+    #[test]
+    fn os_variables_override_a_named_cloud_but_not_its_auth() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("clouds.yaml"), CLOUDS).unwrap();
+        std::fs::write(d.path().join("secure.yaml"), SECURE).unwrap();
+        let m = envmap(&[
+            ("OS_REGION_NAME", "RegionEnv"),
+            ("OS_INTERFACE", "adminURL"),
+            ("OS_CACERT", "/env/ca.pem"),
+            ("OS_INSECURE", "yes"),
+            ("OS_USERNAME", "mallory"),
+            ("OS_PASSWORD", "env-password-not-used"),
+            ("OS_AUTH_URL", "http://evil.example/v3"),
+        ]);
+        let env = |k: &str| m.get(k).cloned();
+        let none = CloudOverrides::default();
+        let c = CloudConfig::resolve_for_client_with(Some("prod"), &none, &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(c.region_name.as_deref(), Some("RegionEnv"));
+        assert_eq!(c.interface, "admin");
+        assert_eq!(c.cacert.as_deref(), Some(Path::new("/env/ca.pem")));
+        assert!(c.insecure);
+        // A named cloud's credentials come from its files only.
+        assert_eq!(c.auth.username.as_deref(), Some("alice"));
+        assert_eq!(c.auth.password.as_ref().unwrap().expose(), "hunter2-very-secret");
+        assert_eq!(c.auth.auth_url.as_deref(), Some("https://keystone.example:5000/v3"));
+        assert!(c.overridden.iter().any(|o| o == "region_name from OS_REGION_NAME"), "{:?}", c.overridden);
+        // The flags win over the variables.
+        let f = flags(Some("RegionFlag"), Some("public"), Some("/flag/ca.pem"), false);
+        let c = CloudConfig::resolve_for_client_with(Some("prod"), &f, &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!(c.region_name.as_deref(), Some("RegionFlag"));
+        assert_eq!(c.interface, "public");
+        assert_eq!(c.cacert.as_deref(), Some(Path::new("/flag/ca.pem")));
+        assert!(c.insecure, "OS_INSECURE still applies: --insecure was not given");
+        assert!(
+            c.describe().contains("region RegionFlag") && c.describe().contains("region_name from --os-region-name"),
+            "{}",
+            c.describe()
+        );
+        // Without overrides the files say it all (what `resolve` gives a repository's cloud).
+        let c = CloudConfig::resolve_with(Some("prod"), &lookup(&env, &[d.path()])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str(), c.insecure), (Some("RegionTwo"), "internal", false));
+        // A bad override names where it came from.
+        let e = CloudConfig::resolve_for_client_with(Some("prod"), &flags(None, Some("private"), None, false), &lookup(&env, &[d.path()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private") && e.contains("--os-interface"), "{e}");
+        let bad = envmap(&[("OS_INSECURE", "sometimes")]);
+        let benv = |k: &str| bad.get(k).cloned();
+        let e = CloudConfig::resolve_for_client_with(Some("prod"), &none, &lookup(&benv, &[d.path()])).unwrap_err().to_string();
+        assert!(e.contains("OS_INSECURE"), "{e}");
+    }
+
+    #[test]
+    fn flags_over_an_openrc() {
+        let m = envmap(&[
+            ("OS_AUTH_URL", "http://k/v3"),
+            ("OS_USERNAME", "u"),
+            ("OS_PASSWORD", "p-secret-77"),
+            ("OS_REGION_NAME", "R1"),
+            ("OS_INTERFACE", "internal"),
+        ]);
+        let env = |k: &str| m.get(k).cloned();
+        let c = CloudConfig::resolve_for_client_with(None, &CloudOverrides::default(), &lookup(&env, &[])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str()), (Some("R1"), "internal"));
+        let c = CloudConfig::resolve_for_client_with(None, &flags(Some("R2"), Some("admin"), None, true), &lookup(&env, &[])).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str(), c.insecure), (Some("R2"), "admin", true));
+        assert!(!c.describe().contains("p-secret-77"));
+    }
+
+    #[test]
+    fn profiles_from_clouds_public_yaml() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("clouds-public.yaml"),
+            r#"
+public-clouds:
+  acme:
+    auth:
+      auth_url: https://identity.acme.example/v3
+      user_domain_name: AcmeUsers
+    regions: [north, south]
+    interface: internal
+    image_endpoint_override: https://glance.acme.example
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("clouds.yaml"),
+            r#"
+clouds:
+  mine:
+    profile: acme
+    auth: {username: bob, password: bob-secret-1, project_name: p}
+    interface: public
+  older:
+    cloud: acme
+    region_name: south
+    auth: {username: carol, password: carol-secret-2, project_name: q}
+  missing:
+    profile: nowhere
+    auth: {username: u, password: p}
+"#,
+        )
+        .unwrap();
+        let env = |_: &str| None;
+        let lk = lookup(&env, &[d.path()]);
+        let c = CloudConfig::resolve_with(Some("mine"), &lk).unwrap();
+        assert_eq!(c.auth.auth_url.as_deref(), Some("https://identity.acme.example/v3"), "from the profile");
+        assert_eq!(c.auth.user_domain_name.as_deref(), Some("AcmeUsers"), "auth sections merge");
+        assert_eq!(c.auth.username.as_deref(), Some("bob"));
+        assert_eq!(c.interface, "public", "the cloud's own key wins over the profile's");
+        assert_eq!(c.region_name.as_deref(), Some("north"), "the first of the profile's regions");
+        assert_eq!(c.image_endpoint_override.as_deref(), Some("https://glance.acme.example"));
+        assert!(c.source.contains("profile acme") && c.source.contains("clouds-public.yaml"), "{}", c.source);
+        let o = CloudConfig::resolve_with(Some("older"), &lk).unwrap();
+        assert_eq!(o.region_name.as_deref(), Some("south"));
+        assert_eq!(o.interface, "internal");
+        let e = CloudConfig::resolve_with(Some("missing"), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"nowhere\"") && e.contains("profiles there: acme"), "{e}");
+        // A profile and no clouds-public.yaml anywhere: the error says where it looked.
+        let e2 = tempfile::tempdir().unwrap();
+        std::fs::copy(d.path().join("clouds.yaml"), e2.path().join("clouds.yaml")).unwrap();
+        let e = CloudConfig::resolve_with(Some("mine"), &lookup(&env, &[e2.path()])).unwrap_err().to_string();
+        assert!(e.contains("no clouds-public.yaml") && e.contains("clouds-public.yml"), "{e}");
+    }
+
+    #[test]
+    fn regions_lists_bound_the_region_and_their_values_override() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("clouds.yaml"),
+            r#"
+clouds:
+  multi:
+    auth: {auth_url: "http://k/v3", username: u, password: pw-secret-3}
+    interface: public
+    regions:
+      - east
+      - name: west
+        values:
+          interface: internal
+          image_endpoint_override: http://glance-west:9292
+  pinned:
+    auth: {auth_url: "http://k/v3", username: u, password: pw}
+    region_name: central
+    regions: [east, west]
+"#,
+        )
+        .unwrap();
+        let env = |_: &str| None;
+        let lk = lookup(&env, &[d.path()]);
+        let none = CloudOverrides::default();
+        let c = CloudConfig::resolve_for_client_with(Some("multi"), &none, &lk).unwrap();
+        assert_eq!((c.region_name.as_deref(), c.interface.as_str()), (Some("east"), "public"));
+        assert!(c.image_endpoint_override.is_none());
+        let w = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("west"), None, None, false), &lk).unwrap();
+        assert_eq!((w.region_name.as_deref(), w.interface.as_str()), (Some("west"), "internal"));
+        assert_eq!(w.image_endpoint_override.as_deref(), Some("http://glance-west:9292"));
+        // A flag still beats the region's values.
+        let w = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("west"), Some("admin"), None, false), &lk).unwrap();
+        assert_eq!(w.interface, "admin");
+        let e = CloudConfig::resolve_for_client_with(Some("multi"), &flags(Some("south"), None, None, false), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"south\"") && e.contains("--os-region-name") && e.contains("east, west") && e.contains("clouds.yaml"), "{e}");
+        let e = CloudConfig::resolve_with(Some("pinned"), &lk).unwrap_err().to_string();
+        assert!(e.contains("\"central\"") && e.contains("east, west"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn describe_names_what_was_used_and_no_secret() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("clouds.yaml"), CLOUDS).unwrap();
+        std::fs::write(d.path().join("secure.yaml"), SECURE).unwrap();
+        let env = |_: &str| None;
+        let c = CloudConfig::resolve_with(Some("prod"), &lookup(&env, &[d.path()])).unwrap();
+        let s = c.describe();
+        for want in [
+            "cloud prod",
+            "clouds.yaml",
+            "secure.yaml",
+            "auth_url https://keystone.example:5000/v3",
+            "region RegionTwo",
+            "interface internal",
+            "project web",
+            "user alice",
+        ] {
+            assert!(s.contains(want), "{want:?} missing in {s}");
+        }
+        assert!(!s.contains("hunter2"), "{s}");
+        let a = CloudConfig::resolve_with(Some("appcred"), &lookup(&env, &[d.path()])).unwrap().describe();
+        assert!(a.contains("application credential ac123") && !a.contains("s3cr3t"), "{a}");
+        let mut odd = c.clone();
+        odd.auth.auth_url = Some("https://bob:url-secret-9@keystone.example/v3".into());
+        let d = odd.describe();
+        assert!(d.contains("keystone.example/v3") && !d.contains("url-secret-9") && !d.contains("bob"), "{d}");
     }
 
     #[test]

@@ -81,9 +81,26 @@ impl Session {
         let auth_url = normalize_auth_url(&auth_url);
         let s = Session { inner: Arc::new(Inner { config: config.clone(), http, auth_url, state: Mutex::new(None) }) };
         if config.auth_type != AuthType::None {
-            s.authenticate(None)?;
+            s.authenticate(None).map_err(|e| s.explain(e))?;
         }
         Ok(s)
+    }
+
+    /// A Keystone failure (refused, unreachable, no such endpoint) with what
+    /// was used appended: cloud, file, auth_url, region, interface, project,
+    /// user ([`CloudConfig::describe`]; never a secret). Other errors as they are.
+    pub fn explain(&self, e: Error) -> Error {
+        let used = format!("used: {}", self.inner.config.describe());
+        match e {
+            Error::Auth { url, status, message } => Error::Auth { url, status, message: format!("{message}; {used}") },
+            Error::Transport { method, url, message } if url.starts_with(&self.inner.auth_url) => {
+                Error::Transport { method, url, message: format!("{message}; {used}") }
+            }
+            Error::NoEndpoint { service_type, region, interface, available } => {
+                Error::NoEndpoint { service_type, region, interface, available: format!("{available}; {used}") }
+            }
+            e => e,
+        }
     }
 
     /// Like [`Session::new`] but authenticates at the first [`Session::token`]
@@ -147,7 +164,7 @@ impl Session {
                 }
             }
         }
-        self.authenticate(None)?;
+        self.authenticate(None).map_err(|e| self.explain(e))?;
         let st = self.inner.state.lock().unwrap();
         Ok(st.as_ref().map(|s| (s.token.clone(), s.generation)))
     }
@@ -158,7 +175,7 @@ impl Session {
         if self.inner.config.auth_type == AuthType::None {
             return Ok(());
         }
-        self.authenticate(Some(refused_generation))
+        self.authenticate(Some(refused_generation)).map_err(|e| self.explain(e))
     }
 
     /// Mark the current token as expired (tests; forces a renewal on next use).
@@ -192,7 +209,7 @@ impl Session {
         if c.auth_type == AuthType::None {
             return c.auth.endpoint.clone().ok_or_else(|| Error::Config("no image endpoint".into()));
         }
-        self.endpoint_for("image", c.region_name.as_deref(), &c.interface)
+        self.endpoint_for("image", c.region_name.as_deref(), &c.interface).map_err(|e| self.explain(e))
     }
 
     /// The id of the project named `name` (`GET /v3/projects?name=`): the
@@ -396,8 +413,11 @@ impl SwiftAuth for Session {
             .map_err(failure)?
             .ok_or_else(|| anyhow::anyhow!("a Swift repository needs Keystone credentials (auth_type none has no token)"))?;
         let c = &self.inner.config;
-        let storage_url =
-            self.endpoint_for("object-store", c.region_name.as_deref(), &c.interface).map_err(failure)?.trim_end_matches('/').to_string();
+        let storage_url = self
+            .endpoint_for("object-store", c.region_name.as_deref(), &c.interface)
+            .map_err(|e| failure(self.explain(e)))?
+            .trim_end_matches('/')
+            .to_string();
         Ok(SwiftSession { token, storage_url, expires_at: self.expires_at() })
     }
 

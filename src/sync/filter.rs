@@ -61,7 +61,7 @@ pub fn parse_filter(s: &str) -> Result<FilterTerm, String> {
 impl FilterTerm {
     pub(super) fn matches(&self, rec: &ImageRecord) -> bool {
         match self.key {
-            FilterKey::Name => glob_match(&self.value, rec.name.as_deref().unwrap_or("")),
+            FilterKey::Name => crate::select::name_matches(&self.value, rec.name.as_deref().unwrap_or("")),
             FilterKey::Tag => rec.tags.contains(&self.value),
             FilterKey::Visibility => rec.visibility.as_deref() == Some(self.value.as_str()),
             FilterKey::DiskFormat => rec.disk_format.as_deref() == Some(self.value.as_str()),
@@ -97,7 +97,7 @@ impl Filters {
         for (key, terms) in &self.include {
             let [t] = terms.as_slice() else { continue };
             match key {
-                FilterKey::Name if !t.value.contains(['*', '?']) => q.push(("name", t.value.clone())),
+                FilterKey::Name if !t.value.contains(['*', '?', '[']) => q.push(("name", t.value.clone())),
                 FilterKey::Name => {}
                 FilterKey::Tag => q.push(("tag", t.value.clone())),
                 FilterKey::Visibility => q.push(("visibility", t.value.clone())),
@@ -108,29 +108,8 @@ impl Filters {
     }
 }
 
-/// Shell-style glob: `*` matches any run of characters, `?` exactly one.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it currently stands for.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+/// The crate's one glob (`*`, `?`, `[…]`), shared with the snapshot selector.
+pub use crate::select::glob_match;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ mod qcow2_perf;
 mod qcow2_roundtrip;
 mod report;
 mod roundtrip;
+mod select;
 mod tls;
 mod write_only;
 
