@@ -23,6 +23,7 @@ mod faults;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
+mod package;
 mod prune;
 mod qcow2_header;
 mod qcow2_hostile;
