@@ -104,6 +104,12 @@ dpkg-deb -x "$deb" "$scratch"
 got=$("$scratch/usr/bin/imgarc" --version)
 log "installed binary: $got"
 [ "$got" = "imgarc $version" ] || die "$scratch/usr/bin/imgarc --version printed \"$got\", expected \"imgarc $version\""
+# The packaged binary is the one asked for (cargo-deb maps target/release/ to the profile's
+# directory; a stale binary of another profile must not slip in).
+if command -v readelf >/dev/null 2>&1; then
+  build_id() { readelf -n "$1" | sed -n 's/.*Build ID: *//p'; }
+  [ "$(build_id "$scratch/usr/bin/imgarc")" = "$(build_id "$bin")" ] || die "the package holds another binary than $bin"
+fi
 "$scratch/usr/bin/imgarc" completions bash | cmp -s - "$scratch/usr/share/bash-completion/completions/imgarc" \
   || die "the shipped bash completion differs from what the shipped binary generates"
 
