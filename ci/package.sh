@@ -2,8 +2,9 @@
 # ci/package.sh: build the imgarc .deb (cargo-deb, [package.metadata.deb] in Cargo.toml) and check
 # it: the man pages and completions are generated from the packaged binary itself, the package
 # is unpacked into a scratch root, its imgarc runs, its contents are listed and checked, the
-# sysusers/tmpfiles files are applied to the scratch root, and `systemd-analyze verify` checks
-# the units against the scratch root's binary.
+# sysusers/tmpfiles files are applied to the scratch root, `systemd-analyze verify` checks
+# the units against the scratch root's binary, and (as root) dpkg installs, reinstalls and purges it
+# in a throwaway overlay of / (maintainer scripts included).
 #
 #   ci/package.sh            package the debug binary the tests already built (target/debug/imgarc,
 #                            with the test features): fast, checks the packaging, version X~ci;
@@ -22,7 +23,7 @@ release=0
 for arg in "$@"; do
   case "$arg" in
     --release) release=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown argument $arg (expected --release)" ;;
   esac
 done
@@ -147,6 +148,73 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
   [ -z "${CI:-}" ] || die "systemd-analyze is missing (.ci/run installs systemd)"
   log "skipped: systemd-analyze not installed (the units are unchecked)"
+fi
+
+# A real install, upgrade and purge with dpkg (its maintainer scripts included), in a throwaway
+# copy-on-write overlay of / inside a private mount namespace: the machine itself is untouched.
+# Needs root and overlayfs in a new mount namespace; elsewhere it is skipped, saying so.
+overlay="$ROOT/target/package-overlay"
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1 && command -v chroot >/dev/null 2>&1; then
+  rm -rf "$overlay"
+  mkdir -p "$overlay/upper" "$overlay/work" "$overlay/merged"
+  cp "$deb" "$overlay/imgarc.deb"
+  cat >"$overlay/check.sh" <<'CHECK'
+set -eu
+fail() { echo "ci/package.sh (dpkg install): $*" >&2; exit 1; }
+mode() { stat -c '%U:%G %a' "$1"; }
+deb=/imgarc-install-check.deb
+dpkg -i "$deb" >/dev/null
+[ "$(/usr/bin/imgarc --version)" = "imgarc $1" ] || fail "/usr/bin/imgarc --version: $(/usr/bin/imgarc --version)"
+getent passwd imgarc >/dev/null || fail "no imgarc user after install"
+[ "$(mode /etc/imgarc)" = "root:imgarc 750" ] || fail "/etc/imgarc is $(mode /etc/imgarc)"
+[ "$(mode /etc/imgarc/sync.env)" = "root:imgarc 640" ] || fail "/etc/imgarc/sync.env is $(mode /etc/imgarc/sync.env)"
+[ "$(mode /etc/imgarc/credentials)" = "root:root 700" ] || fail "/etc/imgarc/credentials is $(mode /etc/imgarc/credentials)"
+for c in imgarc-password secure.yaml; do
+  [ "$(mode /etc/imgarc/credentials/$c)" = "root:root 600" ] || fail "/etc/imgarc/credentials/$c is $(mode /etc/imgarc/credentials/$c)"
+done
+[ "$(mode /var/lib/imgarc)" = "imgarc:imgarc 750" ] || fail "/var/lib/imgarc is $(mode /var/lib/imgarc)"
+man -w imgarc-sync >/dev/null 2>&1 || ! command -v man >/dev/null || fail "man imgarc-sync finds no page"
+if command -v systemd-analyze >/dev/null; then
+  cd /usr/lib/systemd/system
+  cp imgarc-failure@.service /tmp/imgarc-failure@imgarc-sync.service.service
+  out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no imgarc-sync.service imgarc-sync.timer imgarc-retention.service \
+    imgarc-retention.timer imgarc-prune.service imgarc-report.service /tmp/imgarc-failure@imgarc-sync.service.service 2>&1) || fail "verify: $out"
+  [ -z "$out" ] || fail "verify of the installed units: $out"
+fi
+# An operator's edit survives a reinstall (a conffile), and postinst runs again cleanly.
+echo "OS_CLOUD=prod" >>/etc/imgarc/sync.env
+echo "secret" >/etc/imgarc/credentials/imgarc-password
+dpkg -i --force-confold "$deb" >/dev/null
+grep -qx OS_CLOUD=prod /etc/imgarc/sync.env || fail "a reinstall lost the operator's sync.env"
+grep -qx secret /etc/imgarc/credentials/imgarc-password || fail "a reinstall overwrote the password credential"
+[ "$(mode /etc/imgarc/sync.env)" = "root:imgarc 640" ] || fail "after a reinstall /etc/imgarc/sync.env is $(mode /etc/imgarc/sync.env)"
+dpkg --purge imgarc >/dev/null
+[ ! -e /usr/bin/imgarc ] || fail "purge left /usr/bin/imgarc"
+[ ! -e /etc/imgarc ] || fail "purge left /etc/imgarc: $(ls -la /etc/imgarc)"
+! dpkg-statoverride --list /etc/imgarc/sync.env >/dev/null || fail "purge left the statoverride of sync.env"
+echo "installed, reinstalled over an edited conffile, purged"
+CHECK
+  if out=$(unshare -m --fork sh -c '
+      set -e
+      mount --make-rprivate /
+      mount -t overlay overlay -o "lowerdir=/,upperdir=$1/upper,workdir=$1/work" "$1/merged"
+      for d in proc dev sys; do mount --rbind "/$d" "$1/merged/$d"; done
+      mount -t tmpfs tmpfs "$1/merged/tmp"
+      mount -t tmpfs tmpfs "$1/merged/run"
+      cp "$1/imgarc.deb" "$1/merged/imgarc-install-check.deb"
+      cp "$1/check.sh" "$1/merged/tmp/check.sh"
+      exec chroot "$1/merged" sh /tmp/check.sh "$2"
+    ' sh "$overlay" "$version" 2>&1); then
+    log "dpkg in a throwaway overlay of /: $out"
+  elif echo "$out" | grep -q '^ci/package.sh (dpkg install)'; then
+    echo "$out" >&2
+    die "the package does not install, upgrade or purge cleanly"
+  else
+    log "skipped: no throwaway overlay of / here (${out##*$'\n'}); the maintainer scripts were not run"
+  fi
+  rm -rf "$overlay"
+else
+  log "skipped: not root or no unshare/chroot; the maintainer scripts were not run"
 fi
 
 echo "$ROOT/$deb"
