@@ -23,7 +23,7 @@ release=0
 for arg in "$@"; do
   case "$arg" in
     --release) release=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) die "unknown argument $arg (expected --release)" ;;
   esac
 done
