@@ -6,6 +6,7 @@
 
 mod archive;
 mod check;
+mod completions;
 mod ctx;
 mod demo;
 mod forget;
@@ -146,6 +147,10 @@ pub enum Command {
     Prune(imgarc::prune::PruneOptions),
     /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
     Report(imgarc::report::ReportFlags),
+    /// Print a shell completion script (bash, zsh, fish) on standard output
+    Completions(completions::CompletionsArgs),
+    /// Print the imgarc(1) man page, or write one page per verb into a directory (-o DIR)
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -328,5 +333,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Report(a) => report::run(&ctx, a),
+        Command::Completions(a) => completions::run_completions(a),
+        Command::Man(a) => completions::run_man(a),
     }
 }

@@ -24,6 +24,7 @@ mod fuzz_replay;
 mod keys;
 mod multi_host;
 mod operator;
+mod package;
 mod prune;
 mod qcow2_header;
 mod qcow2_hostile;
