@@ -181,15 +181,14 @@ impl ReportSeries for SyncReport {
 
 impl ReportSeries for ForgetReport {
     fn add_series(&self, t: &mut Textfile) {
-        t.gauge("imgarc_forget_snapshots_removed", "Snapshots the last forget removed (0 on a dry run).", &[], self.removed as f64);
+        t.gauge("imgarc_forget_snapshots_removed", "Snapshots the last forget removed.", &[], self.removed as f64);
         t.gauge("imgarc_forget_snapshots_kept", "Snapshots the last forget kept.", &[], self.keep.len() as f64);
-        t.gauge("imgarc_forget_dry_run", "1 if the last forget was a dry run.", &[], f64::from(u8::from(self.dry_run)));
     }
 }
 
 impl ReportSeries for PruneReport {
     fn add_series(&self, t: &mut Textfile) {
-        t.gauge("imgarc_prune_bytes_freed", "Bytes the last prune deleted (would delete, on a dry run).", &[], self.bytes_freed as f64);
+        t.gauge("imgarc_prune_bytes_freed", "Bytes the last prune deleted.", &[], self.bytes_freed as f64);
         t.gauge(
             "imgarc_prune_bytes_awaiting_grace",
             "Bytes marked unused that a later prune deletes once the grace period has passed.",
@@ -198,7 +197,6 @@ impl ReportSeries for PruneReport {
         );
         t.gauge("imgarc_prune_packs_deleted", "Packs the last prune deleted.", &[], self.packs_deleted as f64);
         t.gauge("imgarc_prune_warnings", "Warnings of the last prune.", &[], self.warnings.len() as f64);
-        t.gauge("imgarc_prune_dry_run", "1 if the last prune was a dry run.", &[], f64::from(u8::from(self.dry_run)));
     }
 }
 

@@ -267,13 +267,23 @@ pub const PUBLIC_FILE_MODE: u32 = 0o644;
 /// Writes a report or metrics file readable by everyone (`PUBLIC_FILE_MODE`,
 /// whatever the umask). The bytes go to a temporary name in the same directory
 /// first and are renamed into place, so a scraper never reads half a file.
+/// The temporary file is created new (`O_EXCL | O_NOFOLLOW`, a random name):
+/// node_exporter's textfile directory is often writable by several users, and a
+/// name planted there (a symlink to a file of ours) must not be written through.
 pub fn write_public_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let tmp = path.with_file_name(format!(".{}.{:016x}.tmp", name.to_string_lossy(), rand::random::<u64>()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(PUBLIC_FILE_MODE).custom_flags(libc::O_NOFOLLOW).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE_MODE))?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -288,6 +298,23 @@ pub fn write_public_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_files_replace_a_planted_symlink_and_never_write_through_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let target = d.path().join("imgarc.prom");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_public_file(&target, b"metrics\n").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"metrics\n");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644);
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
 
     #[test]
     fn sizes() {

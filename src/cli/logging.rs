@@ -40,6 +40,26 @@ pub fn error_line(format: LogFormat, message: &str, exit_code: i32) {
     }
 }
 
+/// One line of a run's activity (sync's line per image, its deleted-upstream lines): in text
+/// `<RFC 3339 time> <line>`, as sync has always printed it for journald and cron mail; with
+/// `--log-format json` an event object like the others, `fields` holding the entry, so the
+/// standard error of a json-logging run is JSON lines only.
+pub fn activity(format: LogFormat, level: tracing::Level, line: &str, fields: serde_json::Value) {
+    match format {
+        LogFormat::Text => eprintln!("{} {line}", imgarc::util::now_rfc3339()),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": now_rfc3339_micros(),
+                "level": level.as_str(),
+                "target": "imgarc::sync",
+                "message": line,
+                "fields": fields,
+            })
+        ),
+    }
+}
+
 fn now_rfc3339_micros() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

@@ -173,6 +173,18 @@ impl Command {
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Report(_) => "report",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
+        }
+    }
+
+    /// True for a dry run (sync, forget, prune): it changes nothing, so it must not write run metrics.
+    fn is_dry_run(&self) -> bool {
+        match self {
+            Command::Sync(f) => f.dry_run,
+            Command::Forget(o) => o.dry_run,
+            Command::Prune(o) => o.dry_run,
+            _ => false,
         }
     }
 }
@@ -274,6 +286,10 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
         let verb = command.name();
         if !run_metrics::METERED.contains(&verb) {
             return Err(UsageError(format!("--metrics-file is for {} (not {verb})", run_metrics::METERED.join(", "))).into());
+        }
+        // A dry run's file would say "last success: now" for a night in which nothing ran.
+        if command.is_dry_run() {
+            return Err(UsageError(format!("--metrics-file records a real {verb}: a dry run changes nothing and writes no metrics")).into());
         }
         if path.is_dir() || path.file_name().is_none() {
             return Err(UsageError(format!("--metrics-file {}: a file name is needed, not a directory", path.display())).into());

@@ -6,7 +6,7 @@
 //! --dry-run`): it writes nothing, and one that waited for a running sync would
 //! only report what that sync is about to do anyway.
 
-use super::{Ctx, SomeItemsFailed};
+use super::{logging, Ctx, SomeItemsFailed};
 use anyhow::{Context, Result};
 use imgarc::index::Index;
 use imgarc::sync::{ImageEntry, ImageResult, SyncFlags, SyncReport};
@@ -33,27 +33,29 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     let glance = ctx.glance(None)?;
     let opts = flags.resolve(&glance, ctx.global.os_cloud.clone(), Ctx::limiter(&ctx.global.limit_download)?)?;
     let quiet = ctx.out.quiet;
+    let format = ctx.global.log_format;
     let log = |e: &ImageEntry| {
         if !quiet || e.result == ImageResult::Failed {
-            eprintln!("{}", log_line(e));
+            let level = if e.result == ImageResult::Failed { tracing::Level::ERROR } else { tracing::Level::INFO };
+            let mut fields = serde_json::to_value(e).unwrap_or_default();
+            fields["outcome"] = e.result.name().into();
+            logging::activity(format, level, &log_line(e), fields);
         }
     };
     let report = imgarc::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
     if !quiet {
         let would = if report.dry_run { "would record " } else { "" };
         for d in &report.deleted_upstream {
-            eprintln!(
-                "{} {would}deleted upstream {} ({}): last snapshot {} ({})",
-                imgarc::util::now_rfc3339(),
-                d.name,
-                d.id,
-                short(&d.snapshot),
-                d.evidence
-            );
+            let line = format!("{would}deleted upstream {} ({}): last snapshot {} ({})", d.name, d.id, short(&d.snapshot), d.evidence);
+            let mut fields = serde_json::to_value(d).unwrap_or_default();
+            fields["outcome"] = "deleted_upstream".into();
+            logging::activity(format, tracing::Level::INFO, &line, fields);
         }
         for d in &report.reappeared {
             let withdrawn = if report.dry_run { "would withdraw the deleted-upstream record" } else { "deleted-upstream record withdrawn" };
-            eprintln!("{} reappeared {} ({}): {withdrawn}", imgarc::util::now_rfc3339(), d.name, d.id);
+            let mut fields = serde_json::to_value(d).unwrap_or_default();
+            fields["outcome"] = "reappeared".into();
+            logging::activity(format, tracing::Level::INFO, &format!("reappeared {} ({}): {withdrawn}", d.name, d.id), fields);
         }
     }
     // report.warnings were logged (stderr) by the library as they happened.
@@ -70,7 +72,8 @@ fn short(snapshot: &str) -> &str {
     &snapshot[..snapshot.len().min(16)]
 }
 
-/// `<RFC 3339 time> <result> <name> (<id>)[ snapshot <id>]: <details>` — one line per image, for journald and cron mail.
+/// `<result> <name> (<id>)[ snapshot <id>]: <details>` — one line per image, for journald and cron mail
+/// (`logging::activity` puts the RFC 3339 time in front).
 fn log_line(e: &ImageEntry) -> String {
     let what = match e.result {
         ImageResult::Archived => "archived",
@@ -80,13 +83,13 @@ fn log_line(e: &ImageEntry) -> String {
         ImageResult::VolumeBacked => "volume-backed",
         ImageResult::Failed => "failed",
     };
-    let mut s = format!("{} {what} {} ({})", imgarc::util::now_rfc3339(), e.name, e.id);
+    let mut s = format!("{what} {} ({})", e.name, e.id);
     if let Some(snap) = &e.snapshot {
         s.push_str(&format!(" snapshot {}", short(snap)));
     }
     if let Some(would) = &e.would {
         // A dry run: `would-archived`/`would-metadata-updated` keep the word a grep for the real outcome finds.
-        s = s.replacen(&format!(" {what} "), &format!(" would-{what} "), 1);
+        s = s.replacen(&format!("{what} "), &format!("would-{what} "), 1);
         let size = e.logical_bytes.map(|b| format!(", {}", human_bytes(b))).unwrap_or_default();
         // ("would-archived …: new image", not "…: archive: new image")
         s.push_str(&format!(": {}{size}", would.strip_prefix("archive: ").unwrap_or(would)));

@@ -222,6 +222,15 @@ fn usage_errors_exit_2_naming_what_is_wrong() {
     let o = env.run(&["check", "--metrics-file", env.path("no/such/dir/m.prom").to_str().unwrap()]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    // A dry run changes nothing: its file would report a success that did not happen.
+    for dry in [&["forget", "--keep-last", "1", "--dry-run"][..], &["prune", "--dry-run"][..]] {
+        let mut args = dry.to_vec();
+        args.extend(["--metrics-file", file.to_str().unwrap()]);
+        let o = env.run(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("a dry run changes nothing and writes no metrics"), "{}", stderr(&o));
+        assert!(!file.exists());
+    }
     let o = env.cmd(&["list"]).env("IMGARC_LOG", "imgarc=loud").stdin(Stdio::null()).output().unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("IMGARC_LOG=\"imgarc=loud\" is not a log filter"), "{}", stderr(&o));
@@ -394,7 +403,16 @@ mod openstack {
         assert!(m.value("imgarc_sync_bytes_read", &[]).unwrap() >= (2 << 20) as f64);
         assert!(m.value("imgarc_sync_bytes_stored", &[]).unwrap() > 0.0);
         assert_eq!(m.value("imgarc_sync_last_success_timestamp_seconds", &[]), None);
-        let _ = good;
+
+        // With --log-format json the per-image lines are events too: standard error is JSON lines only.
+        let o = env.run(&["--log-format", "json", "--glance-url", &os::env("GLANCE_URL"), "sync", "--filter", &format!("tag={tag}")]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let events: Vec<serde_json::Value> =
+            stderr(&o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+        let outcome =
+            |id: &str| events.iter().find(|v| v["fields"]["id"] == id).map(|v| (v["level"].clone(), v["fields"]["outcome"].clone()));
+        assert_eq!(outcome(&good.id), Some((json!("INFO"), json!("unchanged"))), "{events:?}");
+        assert_eq!(outcome(&bad.id), Some((json!("ERROR"), json!("failed"))), "{events:?}");
     }
 
     /// `-vv` and `IMGARC_LOG=trace`, JSON lines, against the real Keystone and Glance: every line
