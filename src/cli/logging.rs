@@ -27,16 +27,7 @@ pub fn init(global: &GlobalArgs) -> anyhow::Result<()> {
 pub fn error_line(format: LogFormat, message: &str, exit_code: i32) {
     match format {
         LogFormat::Text => eprintln!("imgarc: error: {message}"),
-        LogFormat::Json => eprintln!(
-            "{}",
-            serde_json::json!({
-                "timestamp": now_rfc3339_micros(),
-                "level": "ERROR",
-                "target": "imgarc",
-                "message": message,
-                "fields": { "exit_code": exit_code },
-            })
-        ),
+        LogFormat::Json => eprintln!("{}", json_line("ERROR", "imgarc", message, serde_json::json!({ "exit_code": exit_code }))),
     }
 }
 
@@ -47,21 +38,19 @@ pub fn error_line(format: LogFormat, message: &str, exit_code: i32) {
 pub fn activity(format: LogFormat, level: tracing::Level, line: &str, fields: serde_json::Value) {
     match format {
         LogFormat::Text => eprintln!("{} {line}", imgarc::util::now_rfc3339()),
-        LogFormat::Json => eprintln!(
-            "{}",
-            serde_json::json!({
-                "timestamp": now_rfc3339_micros(),
-                "level": level.as_str(),
-                "target": "imgarc::sync",
-                "message": line,
-                "fields": fields,
-            })
-        ),
+        LogFormat::Json => eprintln!("{}", json_line(level.as_str(), "imgarc::sync", line, fields)),
     }
 }
 
-fn now_rfc3339_micros() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// The one shape of a JSON log line: events, activity lines and the final error line alike.
+fn json_line(level: &str, target: &str, message: &str, fields: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": level,
+        "target": target,
+        "message": message,
+        "fields": fields,
+    })
 }
 
 /// The filter of a run: `IMGARC_LOG` when set and not empty (an invalid one is a usage error), else by verbosity.
@@ -116,13 +105,7 @@ where
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
-        let line = serde_json::json!({
-            "timestamp": now_rfc3339_micros(),
-            "level": meta.level().as_str(),
-            "target": meta.target(),
-            "message": fields.message.unwrap_or_default(),
-            "fields": fields.other,
-        });
+        let line = json_line(meta.level().as_str(), meta.target(), &fields.message.unwrap_or_default(), fields.other.into());
         writeln!(w, "{line}")
     }
 }

@@ -92,25 +92,22 @@ fn snapshots_is_list_and_r_is_repo() {
     let e = &f.env;
     assert_eq!(e.json(&["snapshots", "--tag", "golden"]), e.json(&["list", "--tag", "golden"]));
     // -r instead of --repo (the harness's --repo is left out here).
-    let o = crate::support::bare_cmd()
-        .args(["-r", e.repo.to_str().unwrap(), "--json", "snapshots"])
-        .env("IMGARC_CACHE_DIR", &e.cache)
-        .env_remove("IMGARC_REPO")
-        .env("IMGARC_PASSWORD", crate::support::PASSWORD)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| {
+        let o = crate::support::bare_cmd()
+            .args(args)
+            .env("IMGARC_CACHE_DIR", &e.cache)
+            .env_remove("IMGARC_REPO")
+            .env("IMGARC_PASSWORD", crate::support::PASSWORD)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let o = run(&["-r", e.repo.to_str().unwrap(), "--json", "snapshots"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(ids(&v), f.ids);
     // -r after the verb too (a global option), and no verb uses -r for anything else.
-    let o = crate::support::bare_cmd()
-        .args(["--json", "list", "-r", e.repo.to_str().unwrap(), "--name", "db1"])
-        .env("IMGARC_CACHE_DIR", &e.cache)
-        .env_remove("IMGARC_REPO")
-        .env("IMGARC_PASSWORD", crate::support::PASSWORD)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--json", "list", "-r", e.repo.to_str().unwrap(), "--name", "db1"]);
     assert_eq!(ids(&serde_json::from_slice(&o.stdout).unwrap()), want(&[&f.ids[2]]));
 }
 
