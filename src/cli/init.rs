@@ -21,12 +21,16 @@ pub fn run(ctx: &Ctx, opts: InitOptions) -> Result<()> {
             Repository::ensure_creatable(&backend)?;
             let from_passwords =
                 opts.from_password_file.clone().map(|file| CliPasswords::new(PasswordSpec { command: None, file: Some(file) }));
+            // Without --from-password-file one password serves both: asked once, and not twice at a
+            // prompt, since opening the source has checked it.
+            let shared = CliPasswords::new(ctx.global.passwords());
             let source_repo = Repository::open_with(
                 ctx.connect_other(source, opts.from_repo_cloud.as_deref())?,
-                from_passwords.as_ref().unwrap_or(&passwords),
+                from_passwords.as_ref().unwrap_or(&shared),
             )
             .with_context(|| format!("cannot open the --copy-chunker-params-from repository {source}"))?;
-            let (repo, copied) = init_copying_chunker_params(backend, &opts, &source_repo, &passwords)?;
+            let checked = from_passwords.is_none() && source_repo.keys().is_some();
+            let (repo, copied) = init_copying_chunker_params(backend, &opts, &source_repo, if checked { &shared } else { &passwords })?;
             (repo, Some(copied))
         }
     };
