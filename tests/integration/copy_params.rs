@@ -261,3 +261,102 @@ fn a_project_scoped_source_passes_on_its_scope_unless_told_otherwise() {
     assert_eq!(report["chunker_params_from"]["chunk_ids_match"], false, "{report}");
     assert!(report["chunker_params_from"]["reason"].as_str().unwrap().contains("dedup scopes differ"), "{report}");
 }
+
+/// A remote source (RGW; Swift through a clouds.yaml entry named by `--from-repo-cloud`) seeds a
+/// local target: the source opens with the target's own connection options for its location.
+#[cfg(feature = "remote-tests")]
+mod remote {
+    use super::*;
+    use crate::support::backend_common::{need, rgw, s3_backend, swift_backend, unique};
+    use std::sync::Arc;
+
+    /// Runs imgarc with `vars` and no OS_*/AWS_* of the caller; `--repo` first.
+    fn run(repo: &str, cache: &Path, vars: &[(&str, String)], args: &[&str]) -> std::process::Output {
+        let mut c = bare_cmd();
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OS_") || k.starts_with("AWS_")) {
+            c.env_remove(k);
+        }
+        c.env("IMGARC_PASSWORD", PASSWORD).env("IMGARC_CACHE_DIR", cache).env_remove("IMGARC_REPO");
+        c.envs(vars.iter().map(|(k, v)| (*k, v.as_str()))).arg("--repo").arg(repo).args(args);
+        c.stdin(std::process::Stdio::null()).output().unwrap()
+    }
+
+    fn ids_match(source: &Repository, target: &Env, disk: &Path) {
+        target.archive(disk, "vm");
+        let (a, b) = (data_chunks(source), data_chunks(&target.open_repo()));
+        assert!(a.len() > 100, "{} chunks", a.len());
+        assert_eq!(a, b, "the same bytes: the same chunk ids and lengths in the remote source and the local target");
+        assert_eq!(source.chunking_fingerprint(), target.open_repo().chunking_fingerprint());
+    }
+
+    #[test]
+    fn an_rgw_source_seeds_a_local_target() {
+        let t = rgw();
+        let prefix = unique("copy-params");
+        let repo = format!("s3:{}/{}/{prefix}", t.endpoint, t.bucket);
+        let vars =
+            [("AWS_ACCESS_KEY_ID", t.access.clone()), ("AWS_SECRET_ACCESS_KEY", t.secret.clone()), ("AWS_REGION", "us-east-1".into())];
+        let target = Env::new();
+        let disk = disk(&target);
+        let cache = target.path("remote-cache");
+        for args in [&["init", "--chunk-size", "16K"][..], &["archive", disk.to_str().unwrap(), "--name", "vm"]] {
+            let o = run(&repo, &cache, &vars, args);
+            assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let o = target
+            .cmd(&["--json", "init", "--copy-chunker-params-from", &repo])
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert_eq!(ok_json(&o)["chunker_params_from"]["repository"].as_str().map(|r| r.contains(&prefix)), Some(true));
+        let source = Repository::open_with(Arc::from(s3_backend(&t, &prefix, 1000)), &imgarc::secret::Secret::new(PASSWORD)).unwrap();
+        ids_match(&source, &target, &disk);
+    }
+
+    #[test]
+    fn a_swift_source_in_another_cloud_opens_with_from_repo_cloud() {
+        let work = tempfile::tempdir().unwrap();
+        let clouds = work.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            format!(
+                "clouds:\n  offsite:\n    auth_type: v3applicationcredential\n    region_name: {}\n    auth:\n      auth_url: {}\n      application_credential_id: {}\n      application_credential_secret: {}\n",
+                need("IMGARC_SWIFT_REGION"),
+                need("IMGARC_SWIFT_AUTH_URL"),
+                need("IMGARC_SWIFT_APP_CRED_ID"),
+                need("IMGARC_SWIFT_APP_CRED_SECRET")
+            ),
+        )
+        .unwrap();
+        let prefix = unique("copy-params");
+        let repo = format!("swift:{}/{prefix}", need("IMGARC_SWIFT_CONTAINER"));
+        let vars = [("OS_CLIENT_CONFIG_FILE", clouds.display().to_string())];
+        let target = Env::new();
+        let disk = disk(&target);
+        let cache = work.path().join("cache");
+        for args in [
+            &["--repo-cloud", "offsite", "init", "--chunk-size", "16K"][..],
+            &["--repo-cloud", "offsite", "archive", disk.to_str().unwrap()],
+        ] {
+            let o = run(&repo, &cache, &vars, args);
+            assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let init = |extra: &[&str]| {
+            let mut args = vec!["--json", "init", "--copy-chunker-params-from", &repo];
+            args.extend_from_slice(extra);
+            let mut c = target.cmd(&args);
+            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OS_")) {
+                c.env_remove(k);
+            }
+            c.envs(vars.iter().map(|(k, v)| (*k, v.as_str()))).stdin(std::process::Stdio::null()).output().unwrap()
+        };
+        // Without the cloud the source cannot be reached: an error, nothing created.
+        let o = init(&[]);
+        assert!(!o.status.success(), "the swift source opened without its cloud");
+        assert!(!target.repo.join("config").exists());
+        assert!(!String::from_utf8_lossy(&o.stderr).contains(&need("IMGARC_SWIFT_APP_CRED_SECRET")), "a secret in an error");
+        assert_eq!(ok_json(&init(&["--from-repo-cloud", "offsite"]))["chunker_params_from"]["chunk_ids_match"], true);
+        let source = Repository::open_with(Arc::from(swift_backend(&prefix, 1000)), &imgarc::secret::Secret::new(PASSWORD)).unwrap();
+        ids_match(&source, &target, &disk);
+    }
+}
