@@ -28,13 +28,20 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn connect(&self) -> Result<Arc<dyn Backend>> {
+        self.connect_other(&self.location, self.global.repo_cloud.as_deref())
+    }
+
+    /// The backend of another repository than `--repo` (a source or a target
+    /// of two-repository verbs), with the same rate limits; `repo_cloud` names
+    /// the clouds.yaml entry of a `swift:` location.
+    pub fn connect_other(&self, location: &str, repo_cloud: Option<&str>) -> Result<Arc<dyn Backend>> {
         let mut opts = backend::url::RemoteOptions {
             limit_upload: optional_rate(&self.global.limit_upload)?,
             limit_download: optional_rate(&self.global.limit_download)?,
             ..Default::default()
         };
-        opts.swift_auth = imgarc::openstack::repository_auth(&self.location, self.global.repo_cloud.as_deref())?;
-        backend::open(&self.location, &opts)
+        opts.swift_auth = imgarc::openstack::repository_auth(location, repo_cloud)?;
+        backend::open(location, &opts)
     }
 
     pub fn open_repo(&self) -> Result<Repository> {

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 /// Domain separation for every key derived from the master key material.
 const BLOB_KEY_CONTEXT: &str = "imgarc 2026-12-01 blob sealing key";
 const PROJECT_ID_KEY_CONTEXT: &str = "imgarc 2026-12-01 project chunk id key";
+const CHUNKING_DIGEST_CONTEXT: &str = "imgarc 2026-12-01 chunking keys digest";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -86,6 +87,17 @@ impl KeySet {
         KeySet::assemble(cipher, random32(), random32(), random32(), public, Some(secret))
     }
 
+    /// Master key material for a new repository that cuts and names chunks as
+    /// `source` does (`init --copy-chunker-params-from`): the same `id_key` and
+    /// `chunker_key`, everything else fresh — its own meta key and data key
+    /// pair, so no key of one repository opens the other's objects. `source`
+    /// may be write-only: it holds both shared keys, and the result is a full key.
+    pub fn sharing_chunking_with(source: &KeySet, cipher: Cipher) -> KeySet {
+        let secret = random32();
+        let public = x25519_public(&secret);
+        KeySet::assemble(cipher, source.id_key.clone(), source.chunker_key.clone(), random32(), public, Some(secret))
+    }
+
     fn assemble(
         cipher: Cipher,
         id_key: Zeroizing<[u8; 32]>,
@@ -131,6 +143,16 @@ impl KeySet {
     /// The secret the chunker's gear table is derived from.
     pub fn chunker_key(&self) -> &[u8; 32] {
         &self.chunker_key
+    }
+
+    /// A one-way digest of exactly the keys that decide chunk boundaries and
+    /// ids (`id_key`, `chunker_key`): equal for two key sets iff both keys are,
+    /// and revealing neither (`Repository::chunking_fingerprint` builds on it).
+    pub fn chunking_digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(CHUNKING_DIGEST_CONTEXT);
+        h.update(&self.id_key[..]);
+        h.update(&self.chunker_key[..]);
+        *h.finalize().as_bytes()
     }
 
     /// Seals with `meta_key` (objects every key reads).
@@ -301,5 +323,30 @@ mod tests {
         assert!(KeySet::from_bytes(&forged).is_none(), "a secret that is not the public key's");
         assert_ne!(full.project_id_key("a").id_of(b"x"), full.project_id_key("b").id_of(b"x"));
         assert_ne!(full.id_key().id_of(b"x"), IdKey::UNKEYED.id_of(b"x"));
+    }
+
+    #[test]
+    fn a_key_set_sharing_chunking_shares_only_the_id_and_chunker_keys() {
+        let source = KeySet::generate(Cipher::Aes256Gcm);
+        for from in [source.write_only(), KeySet::from_bytes(&source.to_bytes()).unwrap()] {
+            let copy = KeySet::sharing_chunking_with(&from, Cipher::XChaCha20Poly1305);
+            assert_eq!(copy.kind(), KeyKind::Full);
+            assert_eq!(copy.cipher(), Cipher::XChaCha20Poly1305);
+            assert_eq!(copy.id_key().id_of(b"x"), source.id_key().id_of(b"x"));
+            assert_eq!(copy.project_id_key("p").id_of(b"x"), source.project_id_key("p").id_of(b"x"));
+            assert_eq!(copy.chunker_key(), source.chunker_key());
+            assert_eq!(copy.chunking_digest(), source.chunking_digest());
+            // Fresh meta key and data key pair: neither opens the other's objects.
+            assert!(copy.open_meta(b"a", &source.seal_meta(b"a", b"index")).is_err());
+            assert!(source.open_meta(b"a", &copy.seal_meta(b"a", b"index")).is_err());
+            assert!(copy.open_blob(b"a", &source.blob_sealer().seal(b"a", b"chunk")).is_err());
+            assert!(source.open_blob(b"a", &copy.blob_sealer().seal(b"a", b"chunk")).is_err());
+            let (a, b) = (source.to_bytes(), copy.to_bytes());
+            assert_ne!(a[2 + 64..], b[2 + 64..], "meta key and data keys differ");
+        }
+        assert_ne!(KeySet::generate(Cipher::Aes256Gcm).chunking_digest(), source.chunking_digest());
+        let digest = source.chunking_digest();
+        let bytes = source.to_bytes();
+        assert!(!bytes.windows(32).any(|w| w == digest), "the digest is none of the keys");
     }
 }

@@ -40,6 +40,9 @@ use storage::Storage;
 
 pub const CONFIG_KEY: &str = "config";
 
+/// Domain separation of [`Repository::chunking_fingerprint`].
+const CHUNKING_FINGERPRINT_CONTEXT: &str = "imgarc 2026-12-01 chunking fingerprint";
+
 /// No `config` object at the location: no repository was ever created there
 /// (the binary exits 10 on it, restic's code; `init` is the one verb that expects this).
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +103,21 @@ impl Repository {
     /// with fresh master keys and one full key object wrapped under `key`.
     pub fn init_encrypted(backend: Arc<dyn Backend>, config: Config, key: &NewKey<'_>) -> Result<Repository> {
         ensure!(config.cipher().is_some(), "an unencrypted repository has no keys (Repository::init)");
-        Repository::create(backend, config, Some(key))
+        Repository::create(backend, config, Some((key, None)))
+    }
+
+    /// Creates an encrypted repository whose chunk ids and boundaries are
+    /// `source`'s (`init --copy-chunker-params-from`): its master keys share
+    /// `source`'s id key and chunker key ([`KeySet::sharing_chunking_with`]);
+    /// the rest, its first key object and its repository id are its own.
+    pub fn init_encrypted_sharing_chunking(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        source: &KeySet,
+        key: &NewKey<'_>,
+    ) -> Result<Repository> {
+        ensure!(config.cipher().is_some(), "an unencrypted repository has no keys (Repository::init)");
+        Repository::create(backend, config, Some((key, Some(source))))
     }
 
     /// An error unless a repository can be created at `backend`: no config and
@@ -121,15 +138,18 @@ impl Repository {
         Ok(())
     }
 
-    fn create(backend: Arc<dyn Backend>, config: Config, key: Option<&NewKey<'_>>) -> Result<Repository> {
+    fn create(backend: Arc<dyn Backend>, config: Config, key: Option<(&NewKey<'_>, Option<&KeySet>)>) -> Result<Repository> {
         let storage = Storage::new(backend);
         Repository::ensure_empty(&storage)?;
         let bytes = serde_json::to_vec_pretty(&config)?;
         let mut repo = Repository { storage, config, config_bytes: Arc::new(bytes), key_id: None, held_locks: Default::default() };
-        if let (Some(key), Some(cipher)) = (key, repo.config.cipher()) {
+        if let (Some((key, chunking_from)), Some(cipher)) = (key, repo.config.cipher()) {
             // The key object first: a crash before the config leaves no repository,
             // and `init` refuses the location until keys/ is emptied.
-            let keys = KeySet::generate(cipher);
+            let keys = match chunking_from {
+                Some(source) => KeySet::sharing_chunking_with(source, cipher),
+                None => KeySet::generate(cipher),
+            };
             let file = KeyFile::create(&keys, KeyKind::Full, key.password, key.kdf, key.label, &repo.config.id, &repo.config_bytes)?;
             let (key_key, _) = repo.save(&file)?;
             repo.key_id = KeyFile::name_of(&key_key).and_then(Id::from_hex);
@@ -216,6 +236,31 @@ impl Repository {
     /// How chunk and tree-blob ids are computed in the repository-wide scope.
     pub fn id_key(&self) -> IdKey {
         self.keys().map(|k| k.id_key()).unwrap_or(IdKey::UNKEYED)
+    }
+
+    /// A keyed fingerprint of how this repository cuts and names chunks: its
+    /// chunker parameters, hole block size, chunk id scheme, dedup scope and
+    /// (encrypted) a one-way digest of its id key and chunker key. Two
+    /// repositories' fingerprints are equal iff the same bytes give the same
+    /// chunk boundaries and the same chunk ids in both, so `copy` can move
+    /// chunks by id without re-chunking or re-hashing. It reveals no key, but
+    /// it is not printed: it would tell which repositories share keys.
+    pub fn chunking_fingerprint(&self) -> [u8; 32] {
+        let c = &self.config;
+        let mut h = blake3::Hasher::new_derive_key(CHUNKING_FINGERPRINT_CONTEXT);
+        // Every field length-prefixed or fixed-width, so no two inputs encode alike.
+        let chunker = serde_json::to_vec(&c.chunker).expect("chunker params serialize");
+        let scope = serde_json::to_vec(&c.dedup_scope).expect("dedup scope serializes");
+        for part in [&chunker[..], c.chunk_id.as_bytes(), &scope[..]] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&c.hole_block_size.to_le_bytes());
+        match self.keys() {
+            Some(keys) => h.update(&[1]).update(&keys.chunking_digest()),
+            None => h.update(&[0]),
+        };
+        *h.finalize().as_bytes()
     }
 
     /// An error naming the operation unless this handle can open data
