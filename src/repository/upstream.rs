@@ -3,15 +3,21 @@
 //! `sync` writes `upstream/deleted/<image id>` (JSON, [`DeletedUpstream`]) the
 //! first time it finds that an image it holds snapshots of is gone from
 //! Glance. `forget` reads them: the last snapshot of such an image is kept
-//! unless the user passes `--include-deleted`. Write-once like every object;
-//! an image that comes back (same id) has its record deleted by `sync`.
+//! unless the user passes `--include-deleted`. An image that comes back (same
+//! id) has its record deleted by `sync`; where the credentials may not delete,
+//! `sync` writes `upstream/reappeared/<image id>` ([`Reappeared`]) instead,
+//! which withdraws exactly the record whose `detected` it names. An image
+//! deleted again gets a new record (a PUT over the old name, a new `detected`),
+//! which that withdrawal does not touch. No clock decides any of it.
 
 use super::file::{Naming, RepoFile};
 use super::Repository;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 pub const PREFIX: &str = "upstream/deleted/";
+pub const REAPPEARED_PREFIX: &str = "upstream/reappeared/";
 /// Largest record a reader accepts (format-spec §1); real ones are ~200 bytes.
 pub const MAX_RECORD_BYTES: u64 = 64 << 10;
 
@@ -53,22 +59,78 @@ impl RepoFile for DeletedUpstream {
     }
 }
 
+/// An image recorded as deleted upstream is listed again: the withdrawal of its record,
+/// written where the record cannot be deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reappeared {
+    /// The Glance image id.
+    pub image_id: String,
+    /// The `detected` of the deleted-image record this withdraws (and no other).
+    pub withdraws: String,
+    /// RFC 3339, UTC: when `sync` found the image listed again.
+    pub seen: String,
+}
+
+impl RepoFile for Reappeared {
+    const PREFIX: &'static str = REAPPEARED_PREFIX;
+    const KIND: &'static str = "reappeared-image record";
+    const MAX_BYTES: u64 = MAX_RECORD_BYTES;
+    /// Named by the image, as the record it withdraws.
+    const NAMING: Naming = Naming::Own;
+    const NEEDS_LOCK: bool = false;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+    fn decode(bytes: &[u8], _: &super::pack::BlobLimits) -> Result<Self> {
+        serde_json::from_slice(bytes).context("malformed")
+    }
+    fn own_name(&self) -> Option<String> {
+        Some(name(&self.image_id))
+    }
+}
+
 impl Repository {
     pub fn record_deleted_upstream(&self, record: &DeletedUpstream) -> Result<()> {
         self.save(record).context("cannot record a deleted image")?;
         Ok(())
     }
 
-    /// Withdraws the record (the image is back upstream).
+    /// Withdraws the record (the image is back upstream): deletes it, or, where these
+    /// credentials may not delete, writes a [`Reappeared`] record that withdraws it.
     pub fn clear_deleted_upstream(&self, image_id: &str) -> Result<()> {
-        self.delete::<DeletedUpstream>(&DeletedUpstream::key(&name(image_id))).context("cannot clear a deleted-image record")
+        let key = DeletedUpstream::key(&name(image_id));
+        let record: DeletedUpstream = match self.load(&key, None) {
+            Ok(r) => r,
+            Err(e) if crate::backend::is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e).context("cannot read the deleted-image record to clear"),
+        };
+        match self.delete::<DeletedUpstream>(&key) {
+            Ok(()) => {
+                // A withdrawal an earlier host wrote is moot with its record gone; left behind, it is ignored.
+                if let Err(e) = self.delete::<Reappeared>(&Reappeared::key(&name(image_id))) {
+                    tracing::debug!("cannot delete the reappeared-image record of {image_id}: {e:#}");
+                }
+                Ok(())
+            }
+            Err(e) if crate::backend::is_permission_denied(&e) => {
+                tracing::debug!("may not delete {key}; withdrawing it with a reappeared-image record: {e:#}");
+                let withdrawal =
+                    Reappeared { image_id: image_id.to_string(), withdraws: record.detected, seen: crate::util::now_rfc3339() };
+                self.save(&withdrawal).context("cannot withdraw a deleted-image record")?;
+                Ok(())
+            }
+            Err(e) => Err(e).context("cannot clear a deleted-image record"),
+        }
     }
 
-    /// Every image recorded as deleted upstream.
+    /// Every image recorded as deleted upstream, but those whose record a reappeared-image record withdraws.
     pub fn deleted_upstream(&self) -> Result<Vec<DeletedUpstream>> {
+        let withdrawn: HashMap<String, String> = self.reappeared()?.into_iter().map(|(_, r)| (r.image_id, r.withdraws)).collect();
         let mut out = Vec::new();
         for (key, size) in self.list::<DeletedUpstream>()? {
-            match self.load(&key, Some(size)) {
+            match self.load::<DeletedUpstream>(&key, Some(size)) {
+                Ok(record) if withdrawn.get(&record.image_id) == Some(&record.detected) => continue,
                 Ok(record) => out.push(record),
                 // Gone between list and get: the record was withdrawn.
                 Err(e) if crate::backend::is_not_found(&e) => continue,
@@ -76,5 +138,48 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+
+    /// Every reappeared-image record, by key.
+    fn reappeared(&self) -> Result<Vec<(String, Reappeared)>> {
+        let mut out = Vec::new();
+        for (key, size) in self.list::<Reappeared>()? {
+            match self.load(&key, Some(size)) {
+                Ok(record) => out.push((key, record)),
+                Err(e) if crate::backend::is_not_found(&e) => continue,
+                Err(e) => return Err(e).context("cannot read a reappeared-image record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes each withdrawn deleted-image record, then its withdrawal, and withdrawals whose
+    /// record is gone or newer (the image was deleted again). The record is read again just
+    /// before it is deleted, so a deletion recorded since the listing is kept. Returns how
+    /// many objects it deleted; stops quietly at the first refused DELETE.
+    pub(crate) fn tidy_upstream(&self) -> Result<usize> {
+        let mut deleted = 0;
+        for (key, withdrawal) in self.reappeared()? {
+            let record_key = DeletedUpstream::key(&name(&withdrawal.image_id));
+            let targets = match self.load::<DeletedUpstream>(&record_key, None) {
+                Ok(record) if record.detected == withdrawal.withdraws => vec![record_key, key],
+                Ok(_) => vec![key],
+                Err(e) if crate::backend::is_not_found(&e) => vec![key],
+                Err(e) => return Err(e).context("cannot read a deleted-image record"),
+            };
+            for target in targets {
+                let result =
+                    if target.starts_with(PREFIX) { self.delete::<DeletedUpstream>(&target) } else { self.delete::<Reappeared>(&target) };
+                match result {
+                    Ok(()) => deleted += 1,
+                    Err(e) if crate::backend::is_permission_denied(&e) => {
+                        tracing::debug!("may not delete upstream records; leaving them to the readers' rules: {e:#}");
+                        return Ok(deleted);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(deleted)
     }
 }
