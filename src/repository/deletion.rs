@@ -60,3 +60,26 @@ impl Repository {
         Ok(tidied)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::faults::{Faulty, Op};
+
+    #[test]
+    fn the_probe_refuses_credentials_that_may_not_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap());
+        let repo = Repository::init(faulty.clone(), crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
+        repo.require_delete_permission("prune").expect("a local directory of ours may be deleted from");
+        faulty.deny(Op::Delete, "locks/");
+        let err = repo.require_delete_permission("prune").unwrap_err();
+        assert!(err.is::<DeleteNotPermitted>(), "{err:#}");
+        let text = format!("{err:#}");
+        assert!(text.starts_with("prune needs to delete objects, but these credentials may not"), "{text}");
+        faulty.heal();
+        faulty.fail(Op::Delete, "locks/");
+        let err = repo.require_delete_permission("forget").unwrap_err();
+        assert!(!err.is::<DeleteNotPermitted>(), "a failure is not a refusal: {err:#}");
+    }
+}

@@ -753,6 +753,94 @@ mod tests {
         assert_eq!(left, vec![rival_key.lock().unwrap().clone().unwrap()], "the exclusive lock was not withdrawn");
     }
 
+    #[test]
+    fn a_holder_that_may_not_delete_releases_its_lease_and_blocks_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        faulty.deny(Op::Delete, "locks/");
+        let lock = repo.acquire_lock_timed(false, "sync", FAST).unwrap();
+        // Refreshes whose predecessor cannot be deleted: several objects of one lease.
+        std::thread::sleep(FAST.refresh * 3);
+        lock.ensure_held().unwrap();
+        assert!(list_all(&repo).unwrap().len() >= 2, "the refreshes could not delete, yet left one object");
+        assert_eq!(list(&repo).unwrap().len(), list_all(&repo).unwrap().len(), "no release record before the release");
+        drop(lock);
+
+        let all = list_all(&repo).unwrap();
+        let records: Vec<&LockInfo> = all.iter().map(|(_, i)| i).filter(|i| i.releases.is_some()).collect();
+        assert_eq!(records.len(), 1, "one release record for the whole lease: {all:?}");
+        // The released objects have not expired: no clock makes them gone, the record does
+        // (so a host whose clock is behind reads them right too).
+        assert!(all.iter().any(|(_, i)| i.releases.is_none() && !i.is_stale()), "{all:?}");
+        assert!(list(&repo).unwrap().is_empty(), "a released lock is still counted");
+        // The next run (another sync, a check) is not blocked by the lock it could not delete.
+        drop(repo.acquire_lock_timed(true, "check", FAST).expect("an exclusive lock after a released one"));
+        drop(Lock::acquire_singleton(&repo, "sync").expect("a second sync after the first one's undeletable lock"));
+        assert!(list(&repo).unwrap().is_empty());
+
+        // An older imgarc, which knows no releases, takes the record for an expired lock.
+        let record = records[0];
+        assert!(crate::util::parse_rfc3339(&record.expires).unwrap() <= chrono::Utc::now());
+        let json: serde_json::Value = serde_json::from_slice(&record.encode().unwrap()).unwrap();
+        for field in ["hostname", "pid", "time", "expires", "exclusive", "purpose"] {
+            assert!(json.get(field).is_some(), "an older reader needs {field}: {json}");
+        }
+
+        // Credentials that may delete remove all of it; nothing counted was removed.
+        faulty.heal();
+        let live = repo.acquire_lock_timed(false, "archive", FAST).unwrap();
+        let removed = repo.tidy_locks().unwrap();
+        assert!(removed >= 4, "removed {removed}");
+        let left = list_all(&repo).unwrap();
+        assert_eq!(left.len(), 1, "only the live lock is left: {left:?}");
+        assert_eq!(left[0].1.purpose, "archive");
+        drop(live);
+        assert!(list_all(&repo).unwrap().is_empty(), "a lock that could be deleted was deleted");
+    }
+
+    #[test]
+    fn a_withdrawn_singleton_lock_that_may_not_be_deleted_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        faulty.deny(Op::Delete, "locks/");
+        // A rival sync that started earlier writes its lock between our listing and our write.
+        let (rival_repo, rival_key) = (repo.clone(), Arc::new(Mutex::new(None)));
+        let slot = rival_key.clone();
+        faulty.before_next_put("locks/", move |_| {
+            let since = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+            let (key, _) = write_lock(&rival_repo, false, "sync", &since, &new_lease(), FAST).unwrap();
+            *slot.lock().unwrap() = Some(key);
+        });
+        let err = Lock::acquire_singleton(&repo, "sync").unwrap_err();
+        assert!(err.chain().any(|c| c.is::<LockConflict>()), "{err:#}");
+        let counted: Vec<String> = list(&repo).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(counted, vec![rival_key.lock().unwrap().clone().unwrap()], "the withdrawn lock is still counted");
+        assert_eq!(list_all(&repo).unwrap().len(), 3, "rival, ours and our release record");
+    }
+
+    #[test]
+    fn unlock_releases_what_it_may_not_delete_and_tidies_it_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        // A lock of a crashed older imgarc on another host (no lease), expired.
+        let mut crashed = info(1, None);
+        crashed.hostname = "gone-host".into();
+        crashed.expires = "2026-01-01T00:00:00Z".into();
+        let (key, _) = repo.save(&crashed).unwrap();
+        faulty.deny(Op::Delete, "locks/");
+        let report = crate::maintenance::unlock(&repo, &Default::default()).unwrap();
+        assert_eq!(report.released, vec![key.clone()]);
+        assert!(report.removed.is_empty() && report.tidied == 0, "{report:?}");
+        assert!(repo.list_locks().unwrap().is_empty());
+        faulty.heal();
+        let report = crate::maintenance::unlock(&repo, &Default::default()).unwrap();
+        assert_eq!(report.tidied, 2, "{report:?}");
+        assert!(list_all(&repo).unwrap().is_empty());
+    }
+
     fn info(pid: u32, process: Option<ProcessIdentity>) -> LockInfo {
         LockInfo {
             hostname: crate::util::hostname(),

@@ -183,3 +183,48 @@ impl Repository {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::faults::{Faulty, Op};
+
+    fn record(id: &str, detected: &str) -> DeletedUpstream {
+        DeletedUpstream { image_id: id.into(), name: "vm".into(), cloud: None, detected: detected.into() }
+    }
+
+    #[test]
+    fn a_reappeared_image_is_withdrawn_without_delete_and_a_new_deletion_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap());
+        let repo = Repository::init(faulty.clone(), crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
+        let id = "6f1c2a3e-0000-4000-8000-000000000000";
+        repo.record_deleted_upstream(&record(id, "2026-01-01T00:00:00Z")).unwrap();
+        repo.record_deleted_upstream(&record("other", "2026-01-01T00:00:00Z")).unwrap();
+        faulty.deny(Op::Delete, "upstream/");
+
+        repo.clear_deleted_upstream(id).expect("clearing needs no DELETE");
+        let ids = |repo: &Repository| repo.deleted_upstream().unwrap().into_iter().map(|d| d.image_id).collect::<Vec<_>>();
+        assert_eq!(ids(&repo), vec!["other".to_string()]);
+        assert_eq!(repo.list::<DeletedUpstream>().unwrap().len(), 2, "the record itself could not be deleted");
+        // Deleted again: the new record (a new detection time) stands, the old withdrawal does not cover it.
+        repo.record_deleted_upstream(&record(id, "2026-02-01T00:00:00Z")).unwrap();
+        assert_eq!(ids(&repo).len(), 2);
+        assert!(repo.deleted_upstream().unwrap().iter().any(|d| d.image_id == id && d.detected == "2026-02-01T00:00:00Z"));
+        // Back again: withdrawn again (the withdrawal is rewritten for the new record).
+        repo.clear_deleted_upstream(id).unwrap();
+        assert_eq!(ids(&repo), vec!["other".to_string()]);
+        assert_eq!(repo.tidy_upstream().unwrap(), 0, "a refused DELETE stops the tidy-up quietly");
+
+        // Credentials that may delete remove the withdrawn record and its withdrawal, nothing else.
+        faulty.heal();
+        assert_eq!(repo.tidy_upstream().unwrap(), 2);
+        assert!(repo.list::<Reappeared>().unwrap().is_empty());
+        assert_eq!(repo.list::<DeletedUpstream>().unwrap().len(), 1);
+        assert_eq!(ids(&repo), vec!["other".to_string()]);
+        // Where DELETE is allowed, clearing deletes, as before.
+        repo.clear_deleted_upstream("other").unwrap();
+        assert!(repo.list::<DeletedUpstream>().unwrap().is_empty() && repo.list::<Reappeared>().unwrap().is_empty());
+        repo.clear_deleted_upstream("never-recorded").expect("nothing to clear");
+    }
+}
