@@ -265,3 +265,69 @@ fn sync_without_delete_twice_and_a_reappeared_image_is_withdrawn() {
     assert!(r.raw("upstream/").is_empty(), "{:?}", r.raw("upstream/"));
     assert!(r.raw("locks/").is_empty(), "{:?}", r.raw("locks/"));
 }
+
+/// The probe on every remote backend with credentials that may delete: allowed, and it leaves nothing.
+#[test]
+fn the_probe_allows_credentials_that_may_delete() {
+    use imgarc::backend::DeletePermission;
+    let prefix = backend_common::unique("probe");
+    for (what, b) in [
+        ("rgw", backend_common::s3_backend(&backend_common::rgw(), &prefix, 1000)),
+        ("swift s3api", backend_common::s3_backend(&backend_common::swift_s3(), &prefix, 1000)),
+        ("swift", backend_common::swift_backend(&prefix, 1000)),
+    ] {
+        assert_eq!(b.can_delete().unwrap(), DeletePermission::Allowed, "{what}");
+        assert!(b.list("").unwrap().is_empty(), "{what}: the probe wrote something");
+    }
+}
+
+/// A local repository the user may read but not write: `prune` refuses at once, naming the
+/// directory, before it writes a lock. (As root a mode refuses nothing: the run drops to nobody.)
+#[test]
+fn prune_refuses_a_directory_it_may_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip_or_fail_in_ci("setpriv (util-linux) is not installed");
+        return;
+    }
+    let env = Env::init("64K");
+    // SAFETY: getuid(2) cannot fail and touches no memory of ours.
+    let nobody = unsafe { libc::getuid() } == 0;
+    let chmod = |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mut dirs = vec![env.dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        chmod(&d, 0o755);
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                chmod(&e.path(), 0o644);
+            }
+        }
+    }
+    let cache = env.path("nobody-cache");
+    std::fs::create_dir(&cache).unwrap();
+    chmod(&cache, 0o777);
+    if !nobody {
+        // Not root: this user's own read-only directory.
+        chmod(&env.repo, 0o555);
+    }
+    let mut c = Command::new("setpriv");
+    if nobody {
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    }
+    let o = c
+        .arg(env!("CARGO_BIN_EXE_imgarc"))
+        .args(["--repo", env.repo.to_str().unwrap(), "prune"])
+        .env("IMGARC_PASSWORD", PASSWORD)
+        .env("IMGARC_CACHE_DIR", &cache)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    chmod(&env.repo, 0o755);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let named = format!("the directory {} is not writable", env.repo.display());
+    assert!(err.contains("prune needs to delete objects") && err.contains(&named), "{err}");
+    assert!(!env.repo.join("locks").exists() || std::fs::read_dir(env.repo.join("locks")).unwrap().next().is_none(), "a lock was written");
+}
