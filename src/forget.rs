@@ -121,6 +121,11 @@ pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Res
     // A write-only host may add history, never remove it: a stolen one cannot erase the backups.
     repo.require_full_key("forget")?;
     opts.validate()?;
+    // Even with nothing to remove: a host whose credentials may not delete learns it on its first run.
+    repo.require_delete_permission("forget")?;
+    if !opts.dry_run {
+        repo.tidy_superseded()?;
+    }
     let policy = &opts.policy;
     let mut named: HashSet<Id> = HashSet::new();
     // Snapshots the cache could not read (damaged object or trees): named by

@@ -2,12 +2,13 @@
 //! `init` (create a repository from the chunking, compression, encryption and
 //! dedup-scope choice, with its first key — or with another repository's
 //! chunker parameters and chunking keys, `--copy-chunker-params-from`) and
-//! `unlock` (remove stale, or all, lock objects).
+//! `unlock` (remove stale, or all, lock objects; release those it may not delete).
 
 use crate::backend::Backend;
 use crate::crypto::keyfile::{KdfParams, PasswordSource};
 use crate::crypto::{Cipher, KeySet};
 use crate::repository::config::{Config, DedupScope, DEFAULT_ZSTD_LEVEL};
+use crate::repository::lock::LockRemoval;
 use crate::repository::{NewKey, Repository};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -209,20 +210,30 @@ pub struct UnlockOptions {
 pub struct UnlockReport {
     /// Keys of the lock objects removed.
     pub removed: Vec<String>,
+    /// Keys of the locks these credentials may not delete, released by a release record
+    /// instead: no reader counts them any more; `unlock` with credentials that may delete
+    /// removes them.
+    pub released: Vec<String>,
+    /// Lock objects no reader counts any more (released, or expired long ago) that were deleted.
+    pub tidied: usize,
     /// Active locks left in place: `key (purpose on host pid N)`.
     pub kept: Vec<String>,
 }
 
-/// Removes stale locks (every lock with `all`).
+/// Removes stale locks (every lock with `all`): deletes them, or, where the credentials may
+/// not delete, releases them; then deletes what earlier releases left behind, where it may.
 pub fn unlock(repo: &Repository, opts: &UnlockOptions) -> Result<UnlockReport> {
     let mut report = UnlockReport::default();
     for (key, info) in repo.list_locks()? {
         if opts.all || info.is_stale() {
-            repo.delete_lock(&key)?;
-            report.removed.push(key);
+            match repo.remove_lock(&key, &info)? {
+                LockRemoval::Deleted => report.removed.push(key),
+                LockRemoval::Released => report.released.push(key),
+            }
         } else {
             report.kept.push(format!("{key} ({} on {} pid {})", info.purpose, info.hostname, info.pid));
         }
     }
+    report.tidied = repo.tidy_locks()?;
     Ok(report)
 }

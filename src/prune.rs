@@ -134,6 +134,11 @@ fn crash_point(_point: &str) {}
 pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {
     // What is unused is known only from every snapshot's extent lists.
     repo.require_full_key("prune")?;
+    // Deleting is what prune is for: refuse now, not after marking, where the credentials may not.
+    repo.require_delete_permission("prune")?;
+    if !opts.dry_run {
+        repo.tidy_superseded()?;
+    }
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
     let warnings = Warnings::new();
     refuse_unless_every_snapshot_is_known(repo, index)?;

@@ -21,6 +21,8 @@ type PutHook = Box<dyn FnOnce(&dyn Backend) + Send>;
 pub struct Faulty {
     inner: Arc<dyn Backend>,
     failing: Mutex<Vec<(Op, String)>>,
+    /// Refused as these credentials' lack of permission (HTTP 403), not as a failure.
+    denied: Mutex<Vec<(Op, String)>>,
     before_put: Mutex<Option<(String, PutHook)>>,
     largest_read: AtomicU64,
 }
@@ -33,7 +35,13 @@ impl std::fmt::Debug for Faulty {
 
 impl Faulty {
     pub fn new(inner: Arc<dyn Backend>) -> Arc<Faulty> {
-        Arc::new(Faulty { inner, failing: Mutex::new(Vec::new()), before_put: Mutex::new(None), largest_read: AtomicU64::new(0) })
+        Arc::new(Faulty {
+            inner,
+            failing: Mutex::new(Vec::new()),
+            denied: Mutex::new(Vec::new()),
+            before_put: Mutex::new(None),
+            largest_read: AtomicU64::new(0),
+        })
     }
 
     /// From now on, `op` on any key starting with `prefix` fails (`get` covers ranged reads).
@@ -41,8 +49,15 @@ impl Faulty {
         self.failing.lock().unwrap().push((op, prefix.to_string()));
     }
 
+    /// From now on, `op` on any key starting with `prefix` is refused as a 403 would be
+    /// (credentials whose policy denies it).
+    pub fn deny(&self, op: Op, prefix: &str) {
+        self.denied.lock().unwrap().push((op, prefix.to_string()));
+    }
+
     pub fn heal(&self) {
         self.failing.lock().unwrap().clear();
+        self.denied.lock().unwrap().clear();
     }
 
     /// Runs `hook` on the inner backend just before the next `put` under `prefix`.
@@ -63,6 +78,9 @@ impl Faulty {
     fn check(&self, op: Op, key: &str) -> BackendResult<()> {
         if self.failing.lock().unwrap().iter().any(|(o, p)| *o == op && key.starts_with(p.as_str())) {
             return Err(BackendError::Other { op: "injected fault", key: key.to_string(), message: format!("{op:?} refused") });
+        }
+        if self.denied.lock().unwrap().iter().any(|(o, p)| *o == op && key.starts_with(p.as_str())) {
+            return Err(super::retry::remote_error("injected denial", key, Some(403), format!("{op:?} denied by policy")));
         }
         Ok(())
     }
@@ -103,5 +121,12 @@ impl Backend for Faulty {
     fn delete(&self, key: &str) -> BackendResult<()> {
         self.check(Op::Delete, key)?;
         self.inner.delete(key)
+    }
+    fn can_delete(&self) -> BackendResult<super::DeletePermission> {
+        match self.check(Op::Delete, super::DELETE_PROBE_KEY) {
+            Err(e) if e.is_permission_denied() => Ok(super::DeletePermission::Denied(format!("injected: {e}"))),
+            Err(e) => Err(e),
+            Ok(()) => self.inner.can_delete(),
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! Objects are created 0600 and directories 0700 whatever the umask: a
 //! repository holds whole disk images.
 
-use super::{Backend, BackendError, BackendResult, ObjectInfo};
+use super::{Backend, BackendError, BackendResult, DeletePermission, ObjectInfo};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -193,6 +193,49 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("delete", key, e)),
         }
+    }
+
+    /// Removing a file needs write access to its directory. Unlinking a missing file proves
+    /// nothing (ENOENT comes before EACCES), so every directory objects live in is asked
+    /// (`faccessat`, effective ids): the root and two levels below it (`data/ab/`, `upstream/deleted/`).
+    fn can_delete(&self) -> BackendResult<DeletePermission> {
+        let mut dirs = vec![self.root.clone()];
+        let mut level = vec![self.root.clone()];
+        for _ in 0..2 {
+            let mut next = Vec::new();
+            for dir in &level {
+                let Ok(entries) = fs::read_dir(dir) else { continue };
+                next.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+            next.sort();
+            dirs.extend(next.iter().cloned());
+            level = next;
+        }
+        for dir in dirs {
+            match writable(&dir) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+                    return Ok(DeletePermission::Denied(format!("the directory {} is not writable ({e})", dir.display())))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(BackendError::Io { op: "delete", key: dir.display().to_string(), source: e }),
+            }
+        }
+        Ok(DeletePermission::Allowed)
+    }
+}
+
+/// Whether this process may create and remove names in `dir` (write and search access).
+#[allow(unsafe_code)] // faccessat(2): std has no access check by effective ids
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; faccessat only reads it.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK | libc::X_OK, libc::AT_EACCESS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

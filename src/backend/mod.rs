@@ -48,6 +48,12 @@ impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound(_))
     }
+
+    /// The store refused the request for these credentials (HTTP 401/403, or a file-system
+    /// permission error): asking again will not help.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, BackendError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
@@ -69,6 +75,24 @@ pub fn check_key_segments(op: &'static str, key: &str) -> BackendResult<()> {
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_not_found()))
 }
+
+/// Whether a backend error, however wrapped in context, is a refusal for these credentials.
+pub fn is_permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_permission_denied()))
+}
+
+/// What [`Backend::can_delete`] found by trying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeletePermission {
+    Allowed,
+    /// Refused: what refused, for whom (an access key id or a path, never a secret).
+    Denied(String),
+}
+
+/// The key [`Backend::can_delete`] deletes. Nothing ever writes it, so an allowed DELETE removes
+/// nothing; one fixed name (not a random one) so that in a versioned bucket the delete markers
+/// the probes leave pile up on this one key.
+pub const DELETE_PROBE_KEY: &str = "locks/delete-probe";
 
 /// A store of immutable whole objects.
 ///
@@ -94,6 +118,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn size(&self, key: &str) -> BackendResult<u64>;
     fn list(&self, prefix: &str) -> BackendResult<Vec<ObjectInfo>>;
     fn delete(&self, key: &str) -> BackendResult<()>;
+
+    // ---- The DELETE-permission probe (forget and prune refuse to start without the permission).
+
+    /// Whether these credentials may delete here, found by deleting [`DELETE_PROBE_KEY`]: a
+    /// refusal is `Denied`, any other failure an error. Decorators forward it to the backend
+    /// they wrap; backends override it to say in their own terms what refused.
+    fn can_delete(&self) -> BackendResult<DeletePermission> {
+        match self.delete(DELETE_PROBE_KEY) {
+            Ok(()) => Ok(DeletePermission::Allowed),
+            Err(e) if e.is_permission_denied() => Ok(DeletePermission::Denied(format!("DELETE is refused at {}: {e}", self.location()))),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Opens the backend a `--repo` location names: a directory path, or

@@ -59,4 +59,7 @@ impl Backend for RateLimitBackend {
     fn delete(&self, key: &str) -> BackendResult<()> {
         self.inner.delete(key)
     }
+    fn can_delete(&self) -> BackendResult<super::DeletePermission> {
+        self.inner.can_delete()
+    }
 }

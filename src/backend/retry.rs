@@ -166,4 +166,7 @@ impl Backend for RetryBackend {
     fn delete(&self, key: &str) -> BackendResult<()> {
         self.run(|b| b.delete(key))
     }
+    fn can_delete(&self) -> BackendResult<super::DeletePermission> {
+        self.run(|b| b.can_delete())
+    }
 }

@@ -15,7 +15,7 @@
 //!   (not path-segment) prefixes, following continuation tokens.
 
 use super::retry::remote_error;
-use super::{Backend, BackendError, BackendResult, ObjectInfo};
+use super::{Backend, BackendError, BackendResult, DeletePermission, ObjectInfo};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
@@ -405,6 +405,19 @@ impl Backend for S3Backend {
         match self.rt.block_on(self.store.delete(&self.path("delete", key)?)) {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("delete", key, e)),
+        }
+    }
+
+    /// A DELETE of a key that does not exist: 204 when allowed; a policy that denies
+    /// `s3:DeleteObject` answers 403 AccessDenied before looking for the object.
+    fn can_delete(&self) -> BackendResult<DeletePermission> {
+        let key = super::DELETE_PROBE_KEY;
+        match self.rt.block_on(self.store.delete(&self.path("delete", key)?)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(DeletePermission::Allowed),
+            Err(object_store::Error::PermissionDenied { .. }) => {
+                Ok(DeletePermission::Denied(format!("s3:DeleteObject is denied to access key {} at {}", self.access_key_id, self.location)))
+            }
             Err(e) => Err(self.map_err("delete", key, e)),
         }
     }

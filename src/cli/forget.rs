@@ -23,6 +23,8 @@ pub fn run(ctx: &Ctx, opts: ForgetOptions) -> Result<()> {
     // Refused before the repository is opened.
     opts.validate()?;
     let repo = ctx.open_repo()?;
+    // Before the lock, so that a host that may not delete refuses without writing one.
+    repo.require_delete_permission("forget")?;
     let lock = if opts.dry_run { None } else { Some(repo.acquire_lock(false, "forget")?) };
     if let Some(l) = &lock {
         repo.hold_lock(l);

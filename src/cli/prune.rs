@@ -9,6 +9,8 @@ use imgarc::util::human_bytes;
 
 pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
     let repo = ctx.open_repo()?;
+    // Before the lock, so that a host that may not delete refuses without writing one.
+    repo.require_delete_permission("prune")?;
     // Lock first, then catch up, so the index sees every mark and snapshot written before us.
     let lock = repo.acquire_singleton_lock("prune")?;
     repo.hold_lock(&lock);

@@ -29,10 +29,10 @@ pub fn key_error(key: &str) -> Option<&'static str> {
         ["config"] => true,
         ["data", xx, id] => is_hash(id) && xx.len() == 2 && id.starts_with(*xx),
         ["index" | "snapshots" | "prune" | "keys", id] => is_hash(id),
-        ["locks", name] | ["upstream", "deleted", name] => is_name(name),
+        ["locks", name] | ["upstream", "deleted" | "reappeared", name] => is_name(name),
         _ => {
             return Some(
-                "not a repository key (format-spec §1: config, keys/, data/, index/, snapshots/, locks/, prune/, upstream/deleted/)",
+                "not a repository key (format-spec §1: config, keys/, data/, index/, snapshots/, locks/, prune/, upstream/deleted/, upstream/reappeared/)",
             )
         }
     };
@@ -108,6 +108,10 @@ impl Backend for CheckedKeys {
     fn delete(&self, key: &str) -> BackendResult<()> {
         self.check("delete", key)?;
         self.inner.delete(key)
+    }
+    fn can_delete(&self) -> BackendResult<crate::backend::DeletePermission> {
+        self.check("delete", crate::backend::DELETE_PROBE_KEY)?;
+        self.inner.can_delete()
     }
 }
 

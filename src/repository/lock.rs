@@ -10,7 +10,16 @@
 //! containers share hostnames and reuse PIDs in their own namespaces.
 //!
 //! A holder refreshes its lock (writes a new one, then deletes the old) well
-//! inside the expiry. If refreshing keeps failing, the lock is *lost* once
+//! inside the expiry. Every lock object of one hold carries the same `lease`.
+//! Where the credentials may not delete (a policy denying `s3:DeleteObject`),
+//! the superseded objects stay, and releasing (drop, signal, withdrawal,
+//! `unlock`) writes a *release record* instead: a lock object whose `releases`
+//! names the lease; readers then take every lock of that lease as gone, whatever
+//! their clock says. A DELETE is always tried first; its refusal is a debug
+//! event, not a warning. `prune`/`forget`/`unlock` with credentials that may
+//! delete remove released locks and their records (`tidy_locks`).
+//!
+//! If refreshing keeps failing, the lock is *lost* once
 //! less than one refresh interval of its life is left: the holder's
 //! repository handle then refuses every further write (see
 //! `Repository::hold_lock`), so nothing is written that a prune, no longer
@@ -21,6 +30,7 @@ use super::file::{Naming, RepoFile};
 use super::Repository;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +91,13 @@ pub struct LockInfo {
     /// Who holds it, precisely enough to tell that it is gone (older locks lack it).
     #[serde(flatten)]
     pub process: Option<ProcessIdentity>,
+    /// Random, the same in every lock object one hold writes (its refreshes too), so that one
+    /// release record releases them all. Older locks lack it: their name is their lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Only in a release record, which is no lock: every lock object of this lease is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub releases: Option<String>,
 }
 
 /// A process, told apart from every other: the kernel boot, the PID
@@ -133,6 +150,30 @@ fn start_ticks(pid: u32) -> std::io::Result<Option<u64>> {
 }
 
 impl LockInfo {
+    /// The lease a lock stored under `key` belongs to: its `lease`, else (older imgarc, or an
+    /// unreadable lock) its own name.
+    pub fn lease_of<'a>(&'a self, key: &'a str) -> &'a str {
+        self.lease.as_deref().unwrap_or_else(|| LockInfo::name_of(key).unwrap_or(key))
+    }
+
+    /// A release record of `lease`, written by this process. Its expiry is its own time, so an
+    /// older imgarc, which knows nothing of releases, takes it for a stale lock and ignores it.
+    fn release_record(lease: &str, purpose: &str) -> LockInfo {
+        let now = crate::util::now_rfc3339();
+        LockInfo {
+            hostname: crate::util::hostname(),
+            pid: std::process::id(),
+            time: now.clone(),
+            expires: now,
+            exclusive: false,
+            purpose: purpose.to_string(),
+            since: None,
+            process: ProcessIdentity::current().cloned(),
+            lease: None,
+            releases: Some(lease.to_string()),
+        }
+    }
+
     /// When the holder started: `since`, else (older imgarc) the last refresh.
     pub fn started(&self) -> &str {
         self.since.as_deref().unwrap_or(&self.time)
@@ -221,35 +262,79 @@ impl RepoFile for LockInfo {
     }
 }
 
-/// A held lock; refreshed in the background, removed when dropped.
+/// A held lock; refreshed in the background, removed (or released) when dropped.
 #[derive(Debug)]
 pub struct Lock {
     repo: Repository,
-    key: Arc<Mutex<String>>,
+    holding: Arc<Mutex<Holding>>,
     state: Arc<LockState>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Every lock this process holds (its repository and current key), so that a process about to
-/// exit on a signal, without unwinding, can still remove them ([`release_held_locks`]).
-static HELD: Mutex<Vec<(Repository, Arc<Mutex<String>>)>> = Mutex::new(Vec::new());
+/// What releasing a held lock needs, wherever it happens (drop, signal, withdrawal).
+#[derive(Debug, Clone)]
+struct Holding {
+    /// The current lock object.
+    key: String,
+    lease: String,
+    purpose: String,
+    /// Earlier lock objects of the lease may still be in the repository (a refresh could not
+    /// delete its predecessor), so deleting the current one does not release the lease.
+    leftovers: bool,
+}
 
-/// Deletes the lock object of every lock this process holds: for a process that exits on
-/// SIGINT/SIGTERM without dropping them. Best effort: a lock that cannot be deleted (or that a
-/// refresh was writing at that moment) is left to go stale, at once on this host, else when it expires.
+/// Every lock this process holds (its repository and holding), so that a process about to
+/// exit on a signal, without unwinding, can still release them ([`release_held_locks`]).
+static HELD: Mutex<Vec<(Repository, Arc<Mutex<Holding>>)>> = Mutex::new(Vec::new());
+
+/// Releases every lock this process holds: for a process that exits on SIGINT/SIGTERM
+/// without dropping them. Best effort: a lock that can be neither deleted nor released is
+/// left to go stale, at once on this host, else when it expires.
 pub fn release_held_locks() {
     let held: Vec<_> = HELD.lock().map(|h| h.clone()).unwrap_or_default();
-    for (repo, key) in held {
-        let key = key.lock().map(|k| k.clone()).unwrap_or_default();
-        if let Err(e) = repo.delete_lock(&key) {
-            tracing::warn!("cannot remove lock {key} (it goes stale by itself): {e:#}");
+    for (repo, holding) in held {
+        let holding = holding.lock().map(|h| h.clone());
+        if let Ok(holding) = holding {
+            release(&repo, &holding);
         }
     }
 }
 
+/// How a lock object went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRemoval {
+    Deleted,
+    /// The credentials may not delete: a release record releases its lease instead.
+    Released,
+}
+
+/// Deletes the holder's lock object, or, where that is refused or earlier objects of the
+/// lease remain, writes a release record for the lease. Never fails: what cannot be released
+/// only expires.
+fn release(repo: &Repository, holding: &Holding) {
+    match repo.delete_lock(&holding.key) {
+        Ok(()) if !holding.leftovers => return,
+        Ok(()) => {}
+        Err(e) if crate::backend::is_permission_denied(&e) => {
+            tracing::debug!(lock = %holding.key, "may not delete the lock; releasing it with a release record: {e:#}");
+        }
+        Err(e) => tracing::debug!(lock = %holding.key, "cannot delete the lock; releasing it with a release record: {e:#}"),
+    }
+    if let Err(e) = repo.save(&LockInfo::release_record(&holding.lease, &holding.purpose)) {
+        tracing::warn!("cannot remove or release lock {} (it goes stale by itself): {e:#}", holding.key);
+    }
+}
+
 /// Writes a new lock object; returns its key and the monotonic instant it expires.
-fn write_lock(repo: &Repository, exclusive: bool, purpose: &str, since: &str, timing: LockTiming) -> Result<(String, Instant)> {
+fn write_lock(
+    repo: &Repository,
+    exclusive: bool,
+    purpose: &str,
+    since: &str,
+    lease: &str,
+    timing: LockTiming,
+) -> Result<(String, Instant)> {
     let written = Instant::now();
     let now = chrono::Utc::now();
     let info = LockInfo {
@@ -261,6 +346,8 @@ fn write_lock(repo: &Repository, exclusive: bool, purpose: &str, since: &str, ti
         purpose: purpose.to_string(),
         since: Some(since.to_string()),
         process: ProcessIdentity::current().cloned(),
+        lease: Some(lease.to_string()),
+        releases: None,
     };
     let (key, _) = repo.save(&info)?;
     Ok((key, written + timing.ttl))
@@ -309,9 +396,67 @@ impl Repository {
         list(self)
     }
 
-    /// Removes a lock object (`unlock`); a key outside the grammar is refused.
+    /// Deletes a lock object; a key outside the grammar is refused.
     pub fn delete_lock(&self, key: &str) -> Result<()> {
         self.delete::<LockInfo>(key)
+    }
+
+    /// Removes the lock `info` stored under `key` (`unlock`): deletes it, or, where these
+    /// credentials may not delete, writes a release record for its lease.
+    pub fn remove_lock(&self, key: &str, info: &LockInfo) -> Result<LockRemoval> {
+        match self.delete_lock(key) {
+            Ok(()) => Ok(LockRemoval::Deleted),
+            Err(e) if crate::backend::is_permission_denied(&e) => {
+                tracing::debug!(lock = %key, "may not delete the lock; releasing it with a release record: {e:#}");
+                self.save(&LockInfo::release_record(info.lease_of(key), &info.purpose))
+                    .with_context(|| format!("cannot release lock {key}"))?;
+                Ok(LockRemoval::Released)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the lock objects readers no longer count: every lock of a released lease, then
+    /// its release record, and locks that expired more than [`LOCK_TTL_SECS`] ago (a holder
+    /// that could neither delete nor release). Returns how many it deleted; stops quietly at
+    /// the first refused DELETE.
+    pub(crate) fn tidy_locks(&self) -> Result<usize> {
+        let all = list_all(self)?;
+        let released: HashSet<&str> = all.iter().filter_map(|(_, i)| i.releases.as_deref()).collect();
+        let long_ago = chrono::Utc::now() - chrono::Duration::seconds(LOCK_TTL_SECS);
+        let mut kept_leases: HashSet<&str> = HashSet::new();
+        let mut deleted = 0;
+        let mut delete = |key: &str| -> Result<bool> {
+            match self.delete_lock(key) {
+                Ok(()) => {
+                    deleted += 1;
+                    Ok(true)
+                }
+                Err(e) if crate::backend::is_permission_denied(&e) => {
+                    tracing::debug!("may not delete lock objects; leaving them to the readers' rules: {e:#}");
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        for (key, info) in all.iter().filter(|(_, i)| i.releases.is_none()) {
+            let lease = info.lease_of(key);
+            let expired_long_ago = crate::util::parse_rfc3339(&info.expires).is_some_and(|t| t < long_ago);
+            if released.contains(lease) || expired_long_ago {
+                if !delete(key)? {
+                    return Ok(deleted);
+                }
+            } else {
+                kept_leases.insert(lease);
+            }
+        }
+        // A record goes last, and only once no lock of its lease is left for it to release.
+        for (key, info) in &all {
+            if info.releases.as_deref().is_some_and(|lease| !kept_leases.contains(lease)) && !delete(key)? {
+                return Ok(deleted);
+            }
+        }
+        Ok(deleted)
     }
 }
 
@@ -323,7 +468,8 @@ impl Lock {
             }
         }
         let since = crate::util::now_rfc3339();
-        let (mine, expires) = write_lock(repo, exclusive, purpose, &since, timing)?;
+        let lease = new_lease();
+        let (mine, expires) = write_lock(repo, exclusive, purpose, &since, &lease, timing)?;
         if exclusive {
             // Another holder may have written its lock between our listing and our
             // write; it would not see ours if it listed first. Listing again settles it.
@@ -332,11 +478,18 @@ impl Lock {
                 Err(e) => Some(e.context("cannot list the locks again after writing ours")),
             };
             if let Some(e) = rival {
-                withdraw(repo, &mine);
+                withdraw(repo, &mine, &lease, purpose);
                 return Err(e);
             }
         }
-        Self::hold(repo.clone(), mine, expires, exclusive, purpose, since, timing)
+        Self::hold(
+            repo.clone(),
+            Holding { key: mine, lease, purpose: purpose.to_string(), leftovers: false },
+            expires,
+            exclusive,
+            since,
+            timing,
+        )
     }
 
     /// A shared lock of which only one may exist per `purpose` (one `sync`, one
@@ -352,7 +505,8 @@ impl Lock {
             return Err(conflict(&key, &info));
         }
         let since = crate::util::now_rfc3339();
-        let (mine, expires) = write_lock(repo, false, purpose, &since, timing)?;
+        let lease = new_lease();
+        let (mine, expires) = write_lock(repo, false, purpose, &since, &lease, timing)?;
         let older = match rivals(repo) {
             Ok(r) => r
                 .into_iter()
@@ -361,10 +515,17 @@ impl Lock {
             Err(e) => Some(e.context("cannot list the locks again after writing ours")),
         };
         if let Some(e) = older {
-            withdraw(repo, &mine);
+            withdraw(repo, &mine, &lease, purpose);
             return Err(e);
         }
-        Self::hold(repo.clone(), mine, expires, false, purpose, since, timing)
+        Self::hold(
+            repo.clone(),
+            Holding { key: mine, lease, purpose: purpose.to_string(), leftovers: false },
+            expires,
+            false,
+            since,
+            timing,
+        )
     }
 
     /// A handle for the code that writes under this lock (`Repository::hold_lock`).
@@ -377,29 +538,18 @@ impl Lock {
         self.state.ensure_held()
     }
 
-    fn hold(
-        repo: Repository,
-        key: String,
-        expires: Instant,
-        exclusive: bool,
-        purpose: &str,
-        since: String,
-        timing: LockTiming,
-    ) -> Result<Lock> {
-        tracing::debug!(lock = %key, purpose, exclusive, "acquired the {purpose} lock");
-        let key = Arc::new(Mutex::new(key));
+    fn hold(repo: Repository, holding: Holding, expires: Instant, exclusive: bool, since: String, timing: LockTiming) -> Result<Lock> {
+        let purpose = holding.purpose.clone();
+        tracing::debug!(lock = %holding.key, purpose, exclusive, "acquired the {purpose} lock");
+        let (lease, holding) = (holding.lease.clone(), Arc::new(Mutex::new(holding)));
         if let Ok(mut held) = HELD.lock() {
-            held.push((repo.clone(), key.clone()));
+            held.push((repo.clone(), holding.clone()));
         }
-        let state = Arc::new(LockState {
-            purpose: purpose.to_string(),
-            expires: Mutex::new(expires),
-            lost: Mutex::new(None),
-            refresh: timing.refresh,
-        });
+        let state =
+            Arc::new(LockState { purpose: purpose.clone(), expires: Mutex::new(expires), lost: Mutex::new(None), refresh: timing.refresh });
         // Objects are never rewritten: a refresh writes a new lock, then deletes the old.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (r2, k2, s2, purpose) = (repo.clone(), key.clone(), state.clone(), purpose.to_string());
+        let (r2, h2, s2) = (repo.clone(), holding.clone(), state.clone());
         let refresher = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || {
             // After a failure, try again sooner: the lock is lost once less than
             // one refresh interval of its life is left.
@@ -409,15 +559,19 @@ impl Lock {
                 if s2.is_lost() {
                     return;
                 }
-                match write_lock(&r2, exclusive, &purpose, &since, timing) {
+                match write_lock(&r2, exclusive, &purpose, &since, &lease, timing) {
                     Ok((new_key, new_expires)) => {
                         *s2.expires.lock().expect("lock state mutex") = new_expires;
-                        let old = std::mem::replace(&mut *k2.lock().expect("lock key mutex"), new_key);
-                        // The new lock is in place; a superseded one left behind only expires.
+                        let old = std::mem::replace(&mut h2.lock().expect("lock holding mutex").key, new_key);
+                        // The new lock is in place; a superseded one left behind is the same
+                        // lease, released with it (or it expires).
                         if let Err(e) = r2.delete_lock(&old) {
-                            if !crate::backend::is_not_found(&e) {
+                            if crate::backend::is_permission_denied(&e) {
+                                tracing::debug!(lock = %old, "may not delete the superseded lock; it is released with the lease: {e:#}");
+                            } else if !crate::backend::is_not_found(&e) {
                                 tracing::warn!("cannot delete superseded lock {old} (it expires by itself): {e:#}");
                             }
+                            h2.lock().expect("lock holding mutex").leftovers = true;
                         }
                         wait = timing.refresh;
                     }
@@ -434,15 +588,19 @@ impl Lock {
                 }
             }
         })?;
-        Ok(Lock { repo, key, state, stop: Some(stop), refresher: Some(refresher) })
+        Ok(Lock { repo, holding, state, stop: Some(stop), refresher: Some(refresher) })
     }
 }
 
-/// Deletes a lock we just wrote and will not hold (a failure only leaves it to expire).
-fn withdraw(repo: &Repository, key: &str) {
-    if let Err(e) = repo.delete_lock(key) {
-        tracing::warn!("cannot withdraw lock {key} (it expires by itself): {e:#}");
-    }
+/// A random lease: no two holds share one.
+fn new_lease() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Removes a lock we just wrote and will not hold: deleted, else released (a failure of both
+/// only leaves it to expire).
+fn withdraw(repo: &Repository, key: &str, lease: &str, purpose: &str) {
+    release(repo, &Holding { key: key.to_string(), lease: lease.to_string(), purpose: purpose.to_string(), leftovers: false });
 }
 
 impl Drop for Lock {
@@ -452,15 +610,26 @@ impl Drop for Lock {
             let _ = t.join();
         }
         if let Ok(mut held) = HELD.lock() {
-            held.retain(|(_, k)| !Arc::ptr_eq(k, &self.key));
+            held.retain(|(_, h)| !Arc::ptr_eq(h, &self.holding));
         }
-        let key = self.key.lock().map(|k| k.clone()).unwrap_or_default();
-        let _ = self.repo.delete_lock(&key);
-        tracing::debug!(lock = %key, "released the lock");
+        if let Ok(holding) = self.holding.lock().map(|h| h.clone()) {
+            release(&self.repo, &holding);
+            tracing::debug!(lock = %holding.key, "released the lock");
+        }
     }
 }
 
+/// The locks readers count: every lock object but release records and the locks of a
+/// released lease. No clock decides this, so a host whose clock is behind still sees a
+/// released lock as gone.
 fn list(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
+    let all = list_all(repo)?;
+    let released: HashSet<String> = all.iter().filter_map(|(_, i)| i.releases.clone()).collect();
+    Ok(all.into_iter().filter(|(key, info)| info.releases.is_none() && !released.contains(info.lease_of(key))).collect())
+}
+
+/// Every lock object, release records included.
+fn list_all(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
     for (key, size) in repo.list::<LockInfo>()? {
         // An oversized lock is never read: it is listed as unreadable (hence
@@ -493,6 +662,8 @@ fn list(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
                     purpose: "unreadable lock".into(),
                     since: None,
                     process: None,
+                    lease: None,
+                    releases: None,
                 },
             )),
         }
@@ -573,13 +744,101 @@ mod tests {
         let (rival_repo, rival_key) = (repo.clone(), Arc::new(Mutex::new(None)));
         let slot = rival_key.clone();
         faulty.before_next_put("locks/", move |_| {
-            let (key, _) = write_lock(&rival_repo, false, "archive", &crate::util::now_rfc3339(), FAST).unwrap();
+            let (key, _) = write_lock(&rival_repo, false, "archive", &crate::util::now_rfc3339(), &new_lease(), FAST).unwrap();
             *slot.lock().unwrap() = Some(key);
         });
         let err = repo.acquire_lock_timed(true, "check", FAST).unwrap_err();
         assert!(format!("{err:#}").contains("locked by archive"), "{err:#}");
         let left: Vec<String> = list(&repo).unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(left, vec![rival_key.lock().unwrap().clone().unwrap()], "the exclusive lock was not withdrawn");
+    }
+
+    #[test]
+    fn a_holder_that_may_not_delete_releases_its_lease_and_blocks_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        faulty.deny(Op::Delete, "locks/");
+        let lock = repo.acquire_lock_timed(false, "sync", FAST).unwrap();
+        // Refreshes whose predecessor cannot be deleted: several objects of one lease.
+        std::thread::sleep(FAST.refresh * 3);
+        lock.ensure_held().unwrap();
+        assert!(list_all(&repo).unwrap().len() >= 2, "the refreshes could not delete, yet left one object");
+        assert_eq!(list(&repo).unwrap().len(), list_all(&repo).unwrap().len(), "no release record before the release");
+        drop(lock);
+
+        let all = list_all(&repo).unwrap();
+        let records: Vec<&LockInfo> = all.iter().map(|(_, i)| i).filter(|i| i.releases.is_some()).collect();
+        assert_eq!(records.len(), 1, "one release record for the whole lease: {all:?}");
+        // The released objects have not expired: no clock makes them gone, the record does
+        // (so a host whose clock is behind reads them right too).
+        assert!(all.iter().any(|(_, i)| i.releases.is_none() && !i.is_stale()), "{all:?}");
+        assert!(list(&repo).unwrap().is_empty(), "a released lock is still counted");
+        // The next run (another sync, a check) is not blocked by the lock it could not delete.
+        drop(repo.acquire_lock_timed(true, "check", FAST).expect("an exclusive lock after a released one"));
+        drop(Lock::acquire_singleton(&repo, "sync").expect("a second sync after the first one's undeletable lock"));
+        assert!(list(&repo).unwrap().is_empty());
+
+        // An older imgarc, which knows no releases, takes the record for an expired lock.
+        let record = records[0];
+        assert!(crate::util::parse_rfc3339(&record.expires).unwrap() <= chrono::Utc::now());
+        let json: serde_json::Value = serde_json::from_slice(&record.encode().unwrap()).unwrap();
+        for field in ["hostname", "pid", "time", "expires", "exclusive", "purpose"] {
+            assert!(json.get(field).is_some(), "an older reader needs {field}: {json}");
+        }
+
+        // Credentials that may delete remove all of it; nothing counted was removed.
+        faulty.heal();
+        let live = repo.acquire_lock_timed(false, "archive", FAST).unwrap();
+        let removed = repo.tidy_locks().unwrap();
+        assert!(removed >= 4, "removed {removed}");
+        let left = list_all(&repo).unwrap();
+        assert_eq!(left.len(), 1, "only the live lock is left: {left:?}");
+        assert_eq!(left[0].1.purpose, "archive");
+        drop(live);
+        assert!(list_all(&repo).unwrap().is_empty(), "a lock that could be deleted was deleted");
+    }
+
+    #[test]
+    fn a_withdrawn_singleton_lock_that_may_not_be_deleted_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        faulty.deny(Op::Delete, "locks/");
+        // A rival sync that started earlier writes its lock between our listing and our write.
+        let (rival_repo, rival_key) = (repo.clone(), Arc::new(Mutex::new(None)));
+        let slot = rival_key.clone();
+        faulty.before_next_put("locks/", move |_| {
+            let since = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+            let (key, _) = write_lock(&rival_repo, false, "sync", &since, &new_lease(), FAST).unwrap();
+            *slot.lock().unwrap() = Some(key);
+        });
+        let err = Lock::acquire_singleton(&repo, "sync").unwrap_err();
+        assert!(err.chain().any(|c| c.is::<LockConflict>()), "{err:#}");
+        let counted: Vec<String> = list(&repo).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(counted, vec![rival_key.lock().unwrap().clone().unwrap()], "the withdrawn lock is still counted");
+        assert_eq!(list_all(&repo).unwrap().len(), 3, "rival, ours and our release record");
+    }
+
+    #[test]
+    fn unlock_releases_what_it_may_not_delete_and_tidies_it_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(local(dir.path()));
+        let repo = repo_on(faulty.clone());
+        // A lock of a crashed older imgarc on another host (no lease), expired.
+        let mut crashed = info(1, None);
+        crashed.hostname = "gone-host".into();
+        crashed.expires = "2026-01-01T00:00:00Z".into();
+        let (key, _) = repo.save(&crashed).unwrap();
+        faulty.deny(Op::Delete, "locks/");
+        let report = crate::maintenance::unlock(&repo, &Default::default()).unwrap();
+        assert_eq!(report.released, vec![key.clone()]);
+        assert!(report.removed.is_empty() && report.tidied == 0, "{report:?}");
+        assert!(repo.list_locks().unwrap().is_empty());
+        faulty.heal();
+        let report = crate::maintenance::unlock(&repo, &Default::default()).unwrap();
+        assert_eq!(report.tidied, 2, "{report:?}");
+        assert!(list_all(&repo).unwrap().is_empty());
     }
 
     fn info(pid: u32, process: Option<ProcessIdentity>) -> LockInfo {
@@ -592,6 +851,8 @@ mod tests {
             purpose: "archive".into(),
             since: None,
             process,
+            lease: None,
+            releases: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //! snapshot. An object is referenced only after it is durable.
 
 pub mod config;
+pub mod deletion;
 pub mod extents;
 pub mod file;
 pub mod index_object;

@@ -118,4 +118,8 @@ impl Storage {
     pub(crate) fn delete(&self, key: &str) -> BackendResult<()> {
         self.backend.delete(key)
     }
+
+    pub(crate) fn can_delete(&self) -> BackendResult<crate::backend::DeletePermission> {
+        self.backend.can_delete()
+    }
 }

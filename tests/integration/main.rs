@@ -44,6 +44,8 @@ mod backend_faults;
 #[cfg(feature = "remote-tests")]
 mod backend_throughput;
 #[cfg(feature = "remote-tests")]
+mod no_delete;
+#[cfg(feature = "remote-tests")]
 mod remote_e2e;
 
 #[cfg(feature = "openstack-tests")]
