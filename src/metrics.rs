@@ -209,6 +209,23 @@ impl ReportSeries for CheckReport {
     }
 }
 
+impl ReportSeries for crate::copy::CopyReport {
+    fn add_series(&self, t: &mut Textfile) {
+        const HELP: &str = "Snapshots of the last copy by outcome (present: the target held a copy already).";
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "copied")], self.snapshots_copied as f64);
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "present")], self.snapshots_present as f64);
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "failed")], self.snapshots_failed as f64);
+        t.gauge(
+            "imgarc_copy_bytes_sent",
+            "Bytes of packs and index objects the last copy added to the target.",
+            &[],
+            self.bytes_sent as f64,
+        );
+        t.gauge("imgarc_copy_chunks_sent", "Chunks the last copy sent to the target.", &[], self.chunks_sent as f64);
+        t.gauge("imgarc_copy_warnings", "Warnings of the last copy.", &[], self.warnings.len() as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use super::GlobalArgs;
 use crate::cli::progress::Output;
 use anyhow::{Context, Result};
 use imgarc::backend::{self, Backend};
+use imgarc::crypto::keyfile::PasswordSource;
 use imgarc::index::Index;
 use imgarc::net::ratelimit::RateLimiter;
 use imgarc::openstack::config::{CloudConfig, CloudOverrides};
@@ -28,13 +29,26 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn connect(&self) -> Result<Arc<dyn Backend>> {
+        self.connect_to(&self.location, self.global.repo_cloud.as_deref())
+    }
+
+    /// The backend at `location` (a `swift:` one in clouds.yaml's `cloud`), with the global rate limits.
+    pub fn connect_to(&self, location: &str, cloud: Option<&str>) -> Result<Arc<dyn Backend>> {
         let mut opts = backend::url::RemoteOptions {
             limit_upload: optional_rate(&self.global.limit_upload)?,
             limit_download: optional_rate(&self.global.limit_download)?,
             ..Default::default()
         };
-        opts.swift_auth = imgarc::openstack::repository_auth(&self.location, self.global.repo_cloud.as_deref())?;
-        backend::open(&self.location, &opts)
+        opts.swift_auth = imgarc::openstack::repository_auth(location, cloud)?;
+        backend::open(location, &opts)
+    }
+
+    /// A second repository (`copy --to`, `sync --copy-to`): at `location`, a `swift:` one in
+    /// clouds.yaml's `cloud` (`--to-repo-cloud`), opened with `passwords`. Every error names it
+    /// as the target, so a wrong password (exit 12) says which repository refused it.
+    pub fn open_target(&self, location: &str, cloud: Option<&str>, passwords: &dyn PasswordSource) -> Result<Repository> {
+        let opened = self.connect_to(location, cloud).and_then(|b| Repository::open_with(b, passwords));
+        opened.with_context(|| format!("the target repository {location}"))
     }
 
     pub fn open_repo(&self) -> Result<Repository> {

@@ -7,6 +7,7 @@
 mod archive;
 mod check;
 mod completions;
+mod copy;
 mod ctx;
 mod demo;
 mod forget;
@@ -141,6 +142,8 @@ pub enum Command {
     Demo(imgarc::demo::DemoOptions),
     /// Archive every matching Glance image the repository does not hold yet (nightly; docs/nightly.md)
     Sync(imgarc::sync::SyncFlags),
+    /// Copy snapshots (all, or those selected) and exactly the chunks it lacks into a second repository (--to REPO2)
+    Copy(copy::CopyArgs),
     /// Remove snapshots by a retention policy (restic's rules) or by id
     Forget(imgarc::forget::ForgetOptions),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
@@ -170,6 +173,7 @@ impl Command {
             Command::Glance(_) => "glance",
             Command::Demo(_) => "demo",
             Command::Sync(_) => "sync",
+            Command::Copy(_) => "copy",
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Report(_) => "report",
@@ -183,6 +187,7 @@ impl Command {
         match self {
             Command::Sync(f) => f.dry_run,
             Command::Forget(o) => o.dry_run,
+            Command::Copy(a) => a.copy.dry_run,
             Command::Prune(o) => o.dry_run,
             _ => false,
         }
@@ -346,6 +351,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
+        Command::Copy(a) => copy::run(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Report(a) => report::run(&ctx, a),

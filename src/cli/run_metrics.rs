@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// The verbs that write `--metrics-file` (copy and drill join them when they exist).
-pub const METERED: &[&str] = &["sync", "forget", "prune", "check"];
+pub const METERED: &[&str] = &["sync", "forget", "prune", "check", "copy"];
 
 struct Run {
     path: PathBuf,
