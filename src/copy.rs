@@ -19,13 +19,13 @@ use crate::archive::{archive_as, ArchiveRequest, SnapshotOrigin};
 use crate::ids::Id;
 use crate::index::{Index, IndexedRepository};
 use crate::progress::SharedProgress;
-use crate::repository::snapshot::{CopiedFrom, Snapshot};
+use crate::repository::snapshot::{CopiedFrom, Snapshot, SnapshotHead};
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Target};
 use crate::select::SnapshotSelector;
 use crate::warnings::Warnings;
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// The `imgarc copy` flags that are the library's (each doc line is its `--help`).
@@ -119,10 +119,18 @@ fn origin_of(source: &Repository, id: &Id) -> CopiedFrom {
     CopiedFrom { repository: source.config().id.clone(), snapshot: id.to_hex() }
 }
 
+/// What identifies one archive of one image across copies: a snapshot and its copies
+/// (and copies of copies) agree on all of it.
+fn identity(head: &SnapshotHead) -> String {
+    serde_json::to_string(&(&head.time, &head.name, &head.source, head.logical_bytes, &head.digests)).expect("a head serializes")
+}
+
 /// Which target snapshots are copies of which source snapshots: for each source
 /// snapshot the target id of its copy, if the target holds one. A target snapshot is
 /// the copy of a source one when it records that origin, when both record the same
-/// origin (copies of one snapshot), or when the source snapshot is itself a copy of it.
+/// origin (copies of one snapshot), when the source snapshot is itself a copy of it,
+/// or when both have the same identity (time, name, source, size, digests: a copy of
+/// a copy made through a third repository).
 fn present_in_target(
     source: &Repository,
     source_index: &Index,
@@ -130,11 +138,14 @@ fn present_in_target(
     target_index: &Index,
     ids: &[Id],
 ) -> Result<Vec<Option<Id>>> {
-    let mut by_origin: std::collections::HashMap<CopiedFrom, Id> = Default::default();
+    let mut by_origin: HashMap<CopiedFrom, Id> = HashMap::new();
+    let mut by_identity: HashMap<String, Id> = HashMap::new();
     let mut target_ids: HashSet<Id> = HashSet::new();
     for row in target_index.snapshot_rows()? {
         target_ids.insert(row.id);
-        if let Some(from) = target_index.snapshot_head(&row.id)?.and_then(|h| h.copied_from) {
+        let Some(head) = target_index.snapshot_head(&row.id)? else { continue };
+        by_identity.insert(identity(&head), row.id);
+        if let Some(from) = head.copied_from {
             by_origin.insert(from, row.id);
         }
     }
@@ -144,8 +155,11 @@ fn present_in_target(
             if let Some(t) = by_origin.get(&origin_of(source, id)) {
                 return Ok(Some(*t));
             }
-            let head = source_index.snapshot_head(id)?;
-            let Some(from) = head.and_then(|h| h.copied_from) else { return Ok(None) };
+            let Some(head) = source_index.snapshot_head(id)? else { return Ok(None) };
+            if let Some(t) = by_identity.get(&identity(&head)) {
+                return Ok(Some(*t));
+            }
+            let Some(from) = head.copied_from else { return Ok(None) };
             if let Some(t) = by_origin.get(&from) {
                 return Ok(Some(*t));
             }
