@@ -303,3 +303,37 @@ mod remote {
         local_to_remote_then_restore_from_the_copy(target, vars);
     }
 }
+
+/// `sync --copy-to REPO2` against the real noauth Glance: the synced images' snapshots are
+/// copied (with the Glance record, so the target's retention sees the same images), and the
+/// next night's unchanged images are present, not copied again.
+#[cfg(feature = "openstack-tests")]
+#[test]
+fn sync_copy_to_keeps_the_second_repository_in_step() {
+    use crate::support::openstack as os;
+    let _serial = os::serial();
+    let g = os::noauth();
+    let src = Env::init("64K");
+    let dst = Env::init_unencrypted("64K");
+    let tag = os::unique("copy-sync");
+    let (rec, _guard) = os::upload_image(&g, &format!("{tag}-vm"), &bytes(2 << 20, 9, true), serde_json::json!({"tags": [tag]}));
+    let run = || {
+        let filter = format!("tag={tag}");
+        let glance = os::env("GLANCE_URL");
+        let args = ["--glance-url", &glance, "--json", "sync", "--filter", &filter, "--copy-to", dst.repo.to_str().unwrap()];
+        let o = src.run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let first = run();
+    assert_eq!(first["archived"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(u(&first["copy"], "snapshots_copied"), 1, "{first}");
+    let second = run();
+    assert_eq!(second["unchanged"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!((u(&second["copy"], "snapshots_copied"), u(&second["copy"], "snapshots_present")), (0, 1), "{second}");
+    let dst_env = at(&src, &dst.repo);
+    let listed = dst_env.json(&["list", "--image", &rec.id]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "the copy lost its Glance source: {listed}");
+    let show = dst_env.json(&["show", &s(&listed[0], "id")]);
+    assert_eq!(show["metadata"]["id"], rec.id.as_str(), "{show}");
+}
