@@ -43,6 +43,17 @@ pub struct CopyOptions {
     /// After copying, read back this share of the copied snapshots' chunks from the target and check them (id and decode), e.g. 10%
     #[cfg_attr(feature = "clap", arg(long, value_name = "N%", value_parser = parse_percent))]
     pub verify: Option<f64>,
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub spill: crate::archive::SpillOptions,
+}
+
+impl CopyOptions {
+    /// The QCOW2 policy of the re-archive: the spill flags, and opaque storage allowed
+    /// for what the source accepted as opaque bytes.
+    fn qcow2_policy(&self) -> Result<crate::format::qcow2::Policy> {
+        let base = self.spill.qcow2_policy()?;
+        Ok(crate::format::qcow2::Policy { allow_backing_file_opaque: true, allow_data_file_opaque: true, ..base })
+    }
 }
 
 /// `10%`, `10` or `2.5%`: a share from 0 to 100 percent.
@@ -213,6 +224,7 @@ pub fn copy(
         snapshots: Vec::new(),
         warnings: Vec::new(),
     };
+    let policy = opts.qcow2_policy()?;
     let mut copied_ids: Vec<Id> = Vec::new();
     for (row, held) in rows.iter().zip(present) {
         let mut entry = CopiedSnapshot {
@@ -232,7 +244,7 @@ pub fn copy(
         } else if opts.dry_run {
             entry.status = "would_copy";
         } else {
-            match copy_one(source, source_index, target, target_index, &row.id, bar) {
+            match copy_one(source, source_index, target, target_index, &row.id, &policy, bar) {
                 Ok((target_id, outcome)) => {
                     tracing::debug!(source = %row.id.short(), target = %target_id.short(), name = %row.name, "copied snapshot");
                     entry.status = "copied";
@@ -268,6 +280,9 @@ pub fn copy(
     Ok(report)
 }
 
+/// What a write into the pipe says once the archive stopped reading (`util::PipeWriter`).
+const PIPE_CLOSED: &str = "the reading side stopped";
+
 /// Re-archives one source snapshot into the target: a restore thread writes the image
 /// into a pipe the target's archive reads.
 fn copy_one(
@@ -276,8 +291,10 @@ fn copy_one(
     target: &Repository,
     target_index: &mut Index,
     id: &Id,
+    policy: &crate::format::qcow2::Policy,
     bar: &dyn Fn(&str, u64) -> SharedProgress,
 ) -> Result<(Id, crate::archive::ArchiveOutcome)> {
+    let policy = policy.clone();
     let snap: Snapshot = source_index.snapshot(id)?.with_context(|| format!("snapshot {} vanished from the source's index", id.short()))?;
     let origin = SnapshotOrigin { time: snap.time.clone(), hostname: snap.hostname.clone(), copied_from: origin_of(source, id) };
     let project = snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string);
@@ -295,7 +312,7 @@ fn copy_one(
         // format is detected again from its bytes.
         declared_format: (snap.format == "raw").then(|| "raw".to_string()),
         // What the source accepted as opaque bytes the target must accept too.
-        qcow2_policy: crate::format::qcow2::Policy { allow_backing_file_opaque: true, allow_data_file_opaque: true, ..Default::default() },
+        qcow2_policy: policy,
         project,
     };
     let (writer, reader) = crate::util::pipe(8);
@@ -309,9 +326,13 @@ fn copy_one(
             Err(e) => end.fail(format!("reading the snapshot from the source: {e:#}")),
         }
         let archived = archiving.join().map_err(|_| anyhow!("the copy's archive thread panicked"))?;
-        // The restore's error says why; the archive's is then only "the stream failed".
-        restored.context("reading the snapshot from the source")?;
-        archived.context("writing the snapshot into the target")
+        match (restored, archived) {
+            (Ok(_), archived) => archived.context("writing the snapshot into the target"),
+            // The archive stopped reading first: its error is the cause, the restore's a broken pipe.
+            (Err(r), Err(a)) if format!("{r:#}").contains(PIPE_CLOSED) => Err(a.context("writing the snapshot into the target")),
+            // Else the restore's error says why; the archive's is then only "the stream failed".
+            (Err(r), _) => Err(r.context("reading the snapshot from the source")),
+        }
     })?;
     let target_id = Id::from_hex(&outcome.snapshot).context("the archive reported a malformed snapshot id")?;
     Ok((target_id, outcome))

@@ -102,7 +102,7 @@ pub struct GlobalArgs {
     /// Log lines as text, or as one JSON object per line (timestamp, level, target, message, fields)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// After sync, forget, prune or check, write run metrics here (node_exporter textfile, 0644), also when the run fails
+    /// After sync, forget, prune, check or copy, write run metrics here (node_exporter textfile, 0644), also when the run fails
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<std::path::PathBuf>,
 }

@@ -14,6 +14,7 @@ use imgarc::util::human_bytes;
 
 pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     flags.digests()?;
+    let flags_spill = flags.spill.clone();
     let copy_target = flags.copy_to.clone().map(|to| (to, flags.to_repo_cloud.clone(), flags.to_password_file.clone()));
     let repo = ctx.open_repo()?;
     // The target is opened (its password checked) before a night's downloads, not after.
@@ -73,7 +74,11 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
         // The sync's locks go first: the copy takes its own (shared) ones.
         drop(_lock);
         drop(index);
-        let opts = imgarc::copy::CopyOptions { snapshots: SyncFlags::snapshots_to_copy(&report), ..Default::default() };
+        let opts = imgarc::copy::CopyOptions {
+            snapshots: SyncFlags::snapshots_to_copy(&report),
+            spill: flags_spill.clone(),
+            ..Default::default()
+        };
         let r = if opts.snapshots.is_empty() {
             None
         } else {
