@@ -363,3 +363,59 @@ fn verify_sample(target: &Repository, target_index: &Index, copied: &[Id], perce
     }
     Ok(Verified { percent, chunks_total: ids.len() as u64, chunks_checked: wanted.min(ids.len()) as u64, chunks_bad: bad })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::config::Config;
+
+    #[test]
+    fn verify_takes_a_percentage_from_0_to_100() {
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent(" 2.5 % "), Ok(2.5));
+        assert_eq!(parse_percent("100"), Ok(100.0));
+        for bad in ["", "%", "101%", "-1%", "ten"] {
+            assert!(parse_percent(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    fn repo(dir: &std::path::Path, name: &str) -> (Repository, Index) {
+        let backend = crate::backend::open(dir.join(name).to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, Config::new(64 << 10, 3).unwrap()).unwrap();
+        let index = Index::open_at(&dir.join(format!("{name}.sqlite")), &repo.config().id).unwrap();
+        (repo, index)
+    }
+
+    /// In-process: the copy keeps the source's time and hostname, records its origin in the
+    /// snapshot and the head, and a second copy finds it present; a repository is not its own target.
+    #[test]
+    fn a_copy_records_its_origin_and_is_present_the_second_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mut src_index) = repo(dir.path(), "src");
+        let (dst, mut dst_index) = repo(dir.path(), "dst");
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let req = ArchiveRequest::raw_for_tests("vm", crate::repository::snapshot::Source::Stdin);
+        let out =
+            crate::archive::archive(&src, &mut src_index, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap();
+        let src_id = Id::from_hex(&out.snapshot).unwrap();
+        let none = |_: &str, _: u64| crate::progress::none();
+        let r = copy(&src, &src_index, &dst, &mut dst_index, &CopyOptions::default(), &none).unwrap();
+        assert_eq!((r.snapshots_copied, r.snapshots_present, r.ok), (1, 0, true));
+        let copied_id = Id::from_hex(r.snapshots[0].target.as_deref().unwrap()).unwrap();
+        let copied = dst.load_snapshot(&copied_id).unwrap();
+        let original = src.load_snapshot(&src_id).unwrap();
+        assert_eq!((&copied.time, &copied.hostname, &copied.name), (&original.time, &original.hostname, &original.name));
+        let want = CopiedFrom { repository: src.config().id.clone(), snapshot: src_id.to_hex() };
+        assert_eq!(copied.copied_from.as_ref(), Some(&want));
+        assert_eq!(dst_index.snapshot_head(&copied_id).unwrap().unwrap().copied_from, Some(want));
+        assert!(original.copied_from.is_none() && !String::from_utf8(original.to_bytes()).unwrap().contains("copied_from"));
+        let again = copy(&src, &src_index, &dst, &mut dst_index, &CopyOptions::default(), &none).unwrap();
+        assert_eq!((again.snapshots_copied, again.snapshots_present, again.bytes_sent), (0, 1, 0));
+        let err = copy(&src, &src_index, &src, &mut src_index_clone(dir.path(), &src), &CopyOptions::default(), &none).unwrap_err();
+        assert!(format!("{err:#}").contains("same repository"), "{err:#}");
+    }
+
+    fn src_index_clone(dir: &std::path::Path, repo: &Repository) -> Index {
+        Index::open_at(&dir.join("src-2.sqlite"), &repo.config().id).unwrap()
+    }
+}
