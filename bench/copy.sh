@@ -10,13 +10,22 @@ MIB=${BENCH_MIB:-256}
 : "${IMGARC_RGW_ENDPOINT:?source /tmp/imgarc-servers.env first}"
 command -v restic >/dev/null || { echo "skipped: restic is not installed"; exit 0; }
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 export AWS_ACCESS_KEY_ID=$IMGARC_RGW_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$IMGARC_RGW_SECRET_KEY AWS_REGION=us-east-1
 export IMGARC_PASSWORD=bench-password IMGARC_CACHE_DIR=$WORK/cache
 export RESTIC_PASSWORD=bench-password RESTIC_FROM_PASSWORD=bench-password RESTIC_CACHE_DIR=$WORK/restic-cache
 RUN=bench-$(date +%s)-$$
 S3_IMGARC="s3:$IMGARC_RGW_ENDPOINT/$IMGARC_RGW_BUCKET/$RUN-imgarc"
 S3_RESTIC="s3:$IMGARC_RGW_ENDPOINT/$IMGARC_RGW_BUCKET/$RUN-restic"
+cleanup() {
+    rm -rf "$WORK"
+    # Both copies are removed from the bucket again (disk is limited), where the aws CLI is at hand.
+    if command -v aws >/dev/null; then
+        for p in "$RUN-imgarc" "$RUN-restic"; do
+            AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "$IMGARC_RGW_ENDPOINT" s3 rm --recursive --quiet "s3://$IMGARC_RGW_BUCKET/$p/" || true
+        done
+    fi
+}
+trap cleanup EXIT
 IMG=$WORK/vm.raw
 # Incompressible data (compression would flatter neither tool differently).
 head -c $((MIB << 20)) /dev/urandom > "$IMG"
@@ -54,4 +63,3 @@ echo "image: $MIB MiB incompressible, local → RGW $IMGARC_RGW_ENDPOINT, imgarc
 echo "night 1 copy:  imgarc ${imgarc_s}s ($(mibs "$imgarc_s") MiB/s, sent $(field "$WORK/c1.json" bytes_sent) B)   restic ${restic_s}s ($(mibs "$restic_s") MiB/s)"
 echo "night 2 copy:  imgarc ${imgarc2_s}s   restic ${restic2_s}s"
 echo "night 2: imgarc copy bytes_sent $(field "$WORK/c2.json" bytes_sent), chunks_sent $(field "$WORK/c2.json" chunks_sent); the source's stored_bytes_added $(field "$WORK/a2.json" stored_bytes_added), new_chunks $(field "$WORK/a2.json" new_chunks)"
-echo "(the RGW prefixes $RUN-imgarc and $RUN-restic are left in bucket $IMGARC_RGW_BUCKET)"
