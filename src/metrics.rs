@@ -1,7 +1,7 @@
 //! Run metrics in the node_exporter textfile-collector format (the Prometheus text exposition
 //! format, gauges only): the [`Textfile`] builder and its renderer, the one label-value escape, the
 //! series every run of a command writes ([`run_series`]) and the series each operation's report adds
-//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check; copy and drill later)
+//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check, copy; drill later)
 //! records into one `Textfile` and writes it with [`Textfile::write`] (temp file + rename, 0644).
 
 use crate::check::CheckReport;

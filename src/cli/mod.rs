@@ -290,7 +290,7 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     if let Some(path) = &global.metrics_file {
         let verb = command.name();
         if !run_metrics::METERED.contains(&verb) {
-            return Err(UsageError(format!("--metrics-file is for {} (not {verb})", run_metrics::METERED.join(", "))).into());
+            return Err(UsageError(run_metrics::not_metered(verb)).into());
         }
         // A dry run's file would say "last success: now" for a night in which nothing ran.
         if command.is_dry_run() {
