@@ -203,6 +203,10 @@ pub fn copy(
         bail!("the source and the target are the same repository (id {}): copy needs two repositories", source.config().id);
     }
     source.require_full_key("copy (reading the source's snapshots)")?;
+    if opts.verify.is_some() && !opts.dry_run {
+        // Refused before anything is copied: a write-only target key cannot read back what it wrote.
+        target.require_full_key("copy --verify (reading back from the target)")?;
+    }
     let rows = opts.select.select(source_index, &opts.snapshots)?;
     let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
     let present = present_in_target(source, source_index, target, target_index, &ids)?;

@@ -105,6 +105,29 @@ fn copy_keeps_identity_is_incremental_and_knows_what_it_copied_both_ways() {
     assert_eq!((u(&r, "snapshots_copied"), u(&r, "snapshots_present")), (0, 2), "{r}");
 }
 
+/// An off-site target written with a write-only key: the copy and its presence check work from
+/// the heads alone; `--verify` (a read back) is refused before anything is copied.
+#[test]
+fn a_write_only_target_key_copies_and_sees_what_it_copied() {
+    let src = Env::init("64K");
+    let dst = Env::init("64K");
+    let pw = src.path("wo.pw");
+    std::fs::write(&pw, "write only\n").unwrap();
+    dst.ok(&["key", "add", "--write-only", "--new-password-file", pw.to_str().unwrap()]);
+    let p = src.path("a.raw");
+    std::fs::write(&p, bytes(400_000, 4, false)).unwrap();
+    src.archive(&p, "a");
+    let pwf = pw.to_str().unwrap();
+    let o = src.run(&["copy", "--to", dst.repo.to_str().unwrap(), "--to-password-file", pwf, "--verify", "10%"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--verify"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(at(&src, &dst.repo).json(&["list"]).as_array().unwrap().is_empty(), "a refused --verify copied something");
+    let r = copy(&src, &dst.repo, &["--to-password-file", pwf]);
+    assert_eq!(u(&r, "snapshots_copied"), 1, "{r}");
+    let again = copy(&src, &dst.repo, &["--to-password-file", pwf]);
+    assert_eq!((u(&again, "snapshots_copied"), u(&again, "snapshots_present")), (0, 1), "{again}");
+}
+
 #[test]
 fn a_wrong_target_password_exits_12_naming_the_target() {
     let src = Env::init("64K");
