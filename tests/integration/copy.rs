@@ -128,6 +128,26 @@ fn a_write_only_target_key_copies_and_sees_what_it_copied() {
     assert_eq!((u(&again, "snapshots_copied"), u(&again, "snapshots_present")), (0, 1), "{again}");
 }
 
+/// A QCOW2 image (decomposed layout) copies byte-exactly and stays decomposed in the target.
+#[test]
+fn a_qcow2_snapshot_copies_byte_exactly_and_decomposed() {
+    use crate::support::qcow2_util as q;
+    let src = Env::init("64K");
+    let dst = Env::init_unencrypted("64K");
+    let raw = src.path("disk.raw");
+    q::make_raw(&raw, 3 << 20, 5);
+    let qcow = q::convert(src.dir.path(), &raw, "disk.qcow2", &[]);
+    let a = src.json(&["archive", qcow.to_str().unwrap(), "--name", "q", "--digest", "sha256"]);
+    assert_eq!(a["format"], "qcow2", "{a}");
+    let r = copy(&src, &dst.repo, &[]);
+    let target = s(&r["snapshots"][0], "target");
+    let dst_env = at(&src, &dst.repo);
+    let shown = dst_env.json(&["show", &target]);
+    assert_eq!(shown["layout"]["kind"], "qcow2", "{shown}");
+    assert_eq!(shown["digests"], a["digests"], "{shown}");
+    assert!(dst_env.restore_bytes(&target) == std::fs::read(&qcow).unwrap());
+}
+
 #[test]
 fn a_wrong_target_password_exits_12_naming_the_target() {
     let src = Env::init("64K");
