@@ -61,6 +61,7 @@ fn snapshot(vm: u64, night: u64) -> Snapshot {
             .as_object()
             .unwrap()
             .clone(),
+        copied_from: None,
     }
 }
 

@@ -289,8 +289,30 @@ pub fn archive(
     req: ArchiveRequest,
     progress: &SharedProgress,
 ) -> Result<ArchiveOutcome> {
+    archive_as(repo, index, reader, req, None, progress)
+}
+
+/// Who a snapshot says it is when it is not a new archive of now: `imgarc copy`
+/// keeps the source snapshot's time and hostname (retention depends on the time)
+/// and records where it came from.
+#[derive(Debug, Clone)]
+pub struct SnapshotOrigin {
+    pub time: String,
+    pub hostname: String,
+    pub copied_from: crate::repository::snapshot::CopiedFrom,
+}
+
+/// [`archive`], with the snapshot's time, hostname and `copied_from` taken from `origin` when given.
+pub fn archive_as(
+    repo: &Repository,
+    index: &mut Index,
+    reader: Box<dyn Read + Send>,
+    req: ArchiveRequest,
+    origin: Option<&SnapshotOrigin>,
+    progress: &SharedProgress,
+) -> Result<ArchiveOutcome> {
     let started = Instant::now();
-    let time = crate::util::now_rfc3339();
+    let time = origin.map_or_else(crate::util::now_rfc3339, |o| o.time.clone());
     let mut digest_names = req.digests.clone();
     for k in req.expected_digests.keys() {
         if !digest_names.contains(k) {
@@ -390,7 +412,7 @@ pub fn archive(
         name: req.name.clone(),
         tags: req.tags.clone(),
         time,
-        hostname: crate::util::hostname(),
+        hostname: origin.map_or_else(crate::util::hostname, |o| o.hostname.clone()),
         source: req.source,
         logical_bytes,
         virtual_bytes,
@@ -408,6 +430,7 @@ pub fn archive(
             seconds,
         },
         metadata: req.metadata,
+        copied_from: origin.map(|o| o.copied_from.clone()),
     };
     // Every pack is durable and indexed; only now may a snapshot refer to them.
     let id = repo.save_snapshot(&snap)?;
@@ -460,6 +483,8 @@ pub fn record_new_metadata(
             seconds: started.elapsed().as_secs_f64(),
         },
         metadata,
+        // New metadata is this repository's own record, not a copy of another's.
+        copied_from: None,
         ..previous.clone()
     };
     // Reading the trees also proves every stream is still intact in the index.

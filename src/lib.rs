@@ -11,6 +11,7 @@ pub mod archive;
 pub mod backend;
 pub mod check;
 pub mod chunking;
+pub mod copy;
 pub mod crypto;
 pub mod demo;
 pub mod digest;

@@ -1,7 +1,7 @@
 //! Run metrics in the node_exporter textfile-collector format (the Prometheus text exposition
 //! format, gauges only): the [`Textfile`] builder and its renderer, the one label-value escape, the
 //! series every run of a command writes ([`run_series`]) and the series each operation's report adds
-//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check; copy and drill later)
+//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check, copy; drill later)
 //! records into one `Textfile` and writes it with [`Textfile::write`] (temp file + rename, 0644).
 
 use crate::check::CheckReport;
@@ -206,6 +206,23 @@ impl ReportSeries for CheckReport {
         t.gauge("imgarc_check_errors", "Errors the last check found.", &[], self.errors.len() as f64);
         t.gauge("imgarc_check_warnings", "Warnings of the last check.", &[], self.warnings.len() as f64);
         t.gauge("imgarc_check_snapshots_checked", "Snapshots the last check verified.", &[], self.snapshots_checked as f64);
+    }
+}
+
+impl ReportSeries for crate::copy::CopyReport {
+    fn add_series(&self, t: &mut Textfile) {
+        const HELP: &str = "Snapshots of the last copy by outcome (present: the target held a copy already).";
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "copied")], self.snapshots_copied as f64);
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "present")], self.snapshots_present as f64);
+        t.gauge("imgarc_copy_snapshots", HELP, &[("outcome", "failed")], self.snapshots_failed as f64);
+        t.gauge(
+            "imgarc_copy_bytes_sent",
+            "Bytes of packs and index objects the last copy added to the target.",
+            &[],
+            self.bytes_sent as f64,
+        );
+        t.gauge("imgarc_copy_chunks_sent", "Chunks the last copy sent to the target.", &[], self.chunks_sent as f64);
+        t.gauge("imgarc_copy_warnings", "Warnings of the last copy.", &[], self.warnings.len() as f64);
     }
 }
 

@@ -8,6 +8,7 @@ use super::GlobalArgs;
 use crate::cli::progress::Output;
 use anyhow::{Context, Result};
 use imgarc::backend::{self, Backend};
+use imgarc::crypto::keyfile::PasswordSource;
 use imgarc::index::Index;
 use imgarc::net::ratelimit::RateLimiter;
 use imgarc::openstack::config::{CloudConfig, CloudOverrides};
@@ -42,6 +43,14 @@ impl Ctx {
         };
         opts.swift_auth = imgarc::openstack::repository_auth(location, repo_cloud)?;
         backend::open(location, &opts)
+    }
+
+    /// A second repository (`copy --to`, `sync --copy-to`): at `location`, a `swift:` one in
+    /// clouds.yaml's `cloud` (`--to-repo-cloud`), opened with `passwords`. Every error names it
+    /// as the target, so a wrong password (exit 12) says which repository refused it.
+    pub fn open_target(&self, location: &str, cloud: Option<&str>, passwords: &dyn PasswordSource) -> Result<Repository> {
+        let opened = self.connect_other(location, cloud).and_then(|b| Repository::open_with(b, passwords));
+        opened.with_context(|| format!("the target repository {location}"))
     }
 
     pub fn open_repo(&self) -> Result<Repository> {

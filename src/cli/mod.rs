@@ -7,6 +7,7 @@
 mod archive;
 mod check;
 mod completions;
+mod copy;
 mod ctx;
 mod demo;
 mod forget;
@@ -101,7 +102,7 @@ pub struct GlobalArgs {
     /// Log lines as text, or as one JSON object per line (timestamp, level, target, message, fields)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// After sync, forget, prune or check, write run metrics here (node_exporter textfile, 0644), also when the run fails
+    /// After sync, forget, prune, check or copy, write run metrics here (node_exporter textfile, 0644), also when the run fails
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<std::path::PathBuf>,
 }
@@ -141,6 +142,8 @@ pub enum Command {
     Demo(imgarc::demo::DemoOptions),
     /// Archive every matching Glance image the repository does not hold yet (nightly; docs/nightly.md)
     Sync(imgarc::sync::SyncFlags),
+    /// Copy snapshots (all, or those selected) and exactly the chunks it lacks into a second repository (--to REPO2)
+    Copy(copy::CopyArgs),
     /// Remove snapshots by a retention policy (restic's rules) or by id
     Forget(imgarc::forget::ForgetOptions),
     /// Reclaim the space of chunks no snapshot references (two-phase, safe with concurrent archives)
@@ -170,6 +173,7 @@ impl Command {
             Command::Glance(_) => "glance",
             Command::Demo(_) => "demo",
             Command::Sync(_) => "sync",
+            Command::Copy(_) => "copy",
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Report(_) => "report",
@@ -183,6 +187,7 @@ impl Command {
         match self {
             Command::Sync(f) => f.dry_run,
             Command::Forget(o) => o.dry_run,
+            Command::Copy(a) => a.copy.dry_run,
             Command::Prune(o) => o.dry_run,
             _ => false,
         }
@@ -285,7 +290,7 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     if let Some(path) = &global.metrics_file {
         let verb = command.name();
         if !run_metrics::METERED.contains(&verb) {
-            return Err(UsageError(format!("--metrics-file is for {} (not {verb})", run_metrics::METERED.join(", "))).into());
+            return Err(UsageError(run_metrics::not_metered(verb)).into());
         }
         // A dry run's file would say "last success: now" for a night in which nothing ran.
         if command.is_dry_run() {
@@ -346,6 +351,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
+        Command::Copy(a) => copy::run(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Report(a) => report::run(&ctx, a),

@@ -86,6 +86,55 @@ impl PasswordSource for CliPasswords {
     }
 }
 
+/// The password of `copy --to REPO2`'s target: `--to-password-file`, else
+/// `IMGARC_TO_PASSWORD_FILE`, else `IMGARC_TO_PASSWORD`, else the source's
+/// password (the same sources as every verb). Asked lazily, at most once.
+pub struct TargetPasswords<'a> {
+    file: Option<PathBuf>,
+    source: &'a CliPasswords,
+    resolved: OnceLock<Secret>,
+}
+
+impl<'a> TargetPasswords<'a> {
+    pub fn new(file: Option<PathBuf>, source: &'a CliPasswords) -> TargetPasswords<'a> {
+        TargetPasswords { file, source, resolved: OnceLock::new() }
+    }
+
+    fn resolve(&self) -> Result<Secret> {
+        let env_file = std::env::var_os("IMGARC_TO_PASSWORD_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let (password, from) = if let Some(file) = &self.file {
+            (
+                from_file(file).with_context(|| format!("--to-password-file {}", file.display()))?,
+                format!("--to-password-file {}", file.display()),
+            )
+        } else if let Some(file) = env_file {
+            (
+                from_file(&file).with_context(|| format!("IMGARC_TO_PASSWORD_FILE={}", file.display()))?,
+                format!("IMGARC_TO_PASSWORD_FILE={}", file.display()),
+            )
+        } else if let Some(pw) = std::env::var_os("IMGARC_TO_PASSWORD").filter(|v| !v.is_empty()) {
+            let pw = pw.into_string().map_err(|_| anyhow::anyhow!("IMGARC_TO_PASSWORD is not valid UTF-8"))?;
+            (Zeroizing::new(pw), "IMGARC_TO_PASSWORD".to_string())
+        } else {
+            return self.source.password();
+        };
+        if password.is_empty() {
+            bail!("the target password from {from} is empty: an empty password is refused");
+        }
+        Ok(Secret::new(password.as_str()))
+    }
+}
+
+impl PasswordSource for TargetPasswords<'_> {
+    fn password(&self) -> Result<Secret> {
+        if let Some(p) = self.resolved.get() {
+            return Ok(p.clone());
+        }
+        let p = self.resolve()?;
+        Ok(self.resolved.get_or_init(|| p).clone())
+    }
+}
+
 /// A new password (`key add`, `key passwd`): `--new-password-file`, else a
 /// terminal prompt asked twice. Never the repository password's sources: the
 /// point is a different password.

@@ -14,7 +14,15 @@ use imgarc::util::human_bytes;
 
 pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     flags.digests()?;
+    let flags_spill = flags.spill.clone();
+    let copy_target = flags.copy_to.clone().map(|to| (to, flags.to_repo_cloud.clone(), flags.to_password_file.clone()));
     let repo = ctx.open_repo()?;
+    // The target is opened (its password checked) before a night's downloads, not after.
+    let target_passwords = copy_target.as_ref().map(|(_, _, file)| super::password::TargetPasswords::new(file.clone(), &ctx.passwords));
+    let target = match (&copy_target, &target_passwords) {
+        (Some((to, cloud, _)), Some(pw)) => Some(ctx.open_target(to, cloud.as_deref(), pw)?),
+        _ => None,
+    };
     // One sync per repository at a time; the lock stays held (and refreshed) until the run ends,
     // when `_lock` is dropped. Lock first, then catch up, as `archive` does: no prune mark slips in between.
     let _lock = match flags.dry_run {
@@ -60,11 +68,45 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     }
     // report.warnings were logged (stderr) by the library as they happened.
     super::run_metrics::record(&report);
-    ctx.emit(&serde_json::to_value(&report)?, || summary(&report));
-    if report.ok {
-        Ok(())
-    } else {
+    let mut json = serde_json::to_value(&report)?;
+    let mut copied = None;
+    if let (Some(target), Some((to, _, _))) = (&target, &copy_target) {
+        // The sync's locks go first: the copy takes its own (shared) ones.
+        drop(_lock);
+        drop(index);
+        let opts = imgarc::copy::CopyOptions {
+            snapshots: SyncFlags::snapshots_to_copy(&report),
+            spill: flags_spill.clone(),
+            ..Default::default()
+        };
+        let r = if opts.snapshots.is_empty() {
+            None
+        } else {
+            Some(super::copy::copy_between(ctx, &repo, target, to, &opts).with_context(|| format!("sync --copy-to {to}"))?)
+        };
+        if let Some(r) = &r {
+            super::run_metrics::record(r);
+            json["copy"] = serde_json::to_value(r)?;
+        }
+        copied = Some((to.clone(), r));
+    }
+    ctx.emit(&json, || {
+        let mut s = summary(&report);
+        if let Some((to, r)) = &copied {
+            match r {
+                Some(r) => s.push_str(&super::copy::prose(r, to)),
+                None => s.push_str(&format!("nothing to copy to {to}\n")),
+            }
+        }
+        s
+    });
+    let copy_failed = copied.as_ref().and_then(|(_, r)| r.as_ref()).filter(|r| !r.ok);
+    if !report.ok {
         Err(SomeItemsFailed(format!("sync: {} of {} images failed", report.failed.len(), report.images)).into())
+    } else if let Some(r) = copy_failed {
+        Err(SomeItemsFailed(format!("sync --copy-to: {} of {} snapshots were not copied", r.snapshots_failed, r.snapshots.len())).into())
+    } else {
+        Ok(())
     }
 }
 

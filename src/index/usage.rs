@@ -203,6 +203,7 @@ mod tests {
             digests: Default::default(),
             stats: SnapshotStats::default(),
             metadata: Default::default(),
+            copied_from: None,
         }
     }
 

@@ -44,6 +44,20 @@ pub struct Snapshot {
     /// Free-form metadata from the source (e.g. a Glance image record).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Set by `imgarc copy`: the repository and snapshot this one is a copy of.
+    /// Absent (and not serialized) otherwise, so older snapshots keep their bytes and ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<CopiedFrom>,
+}
+
+/// Where a copied snapshot came from (format-spec/README.md, "copied_from"): what
+/// `imgarc copy` compares to tell a snapshot already copied, also from the head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct CopiedFrom {
+    /// The source repository's id (its config `id`).
+    pub repository: String,
+    /// The source snapshot's id (hex).
+    pub snapshot: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,6 +174,10 @@ pub struct SnapshotHead {
     /// (`SELECTION_FIELDS`), for judging an image that is no longer listed.
     #[serde(default)]
     pub selection: serde_json::Map<String, serde_json::Value>,
+    /// The snapshot's [`Snapshot::copied_from`], readable by every key (a write-only
+    /// target key still sees what was copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<CopiedFrom>,
 }
 
 /// What [`SnapshotHead::selection`] keeps of a Glance record: its identity and
@@ -223,6 +241,7 @@ impl SnapshotHead {
                 .filter(|(k, _)| SELECTION_FIELDS.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            copied_from: snap.copied_from.clone(),
         }
     }
 }
@@ -309,6 +328,7 @@ mod tests {
             digests: [("sha256".to_string(), "ab".to_string())].into(),
             stats: SnapshotStats::default(),
             metadata: metadata.as_object().unwrap().clone(),
+            copied_from: None,
         }
     }
 

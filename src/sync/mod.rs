@@ -59,9 +59,26 @@ pub struct SyncFlags {
     /// List what would be archived, updated, skipped and found deleted upstream; download nothing and write nothing to the repository (takes no lock)
     #[cfg_attr(feature = "clap", arg(long))]
     pub dry_run: bool,
+    /// After the sync, copy each synced image's current snapshot (archived, updated or unchanged) into this second repository, as `imgarc copy`
+    #[cfg_attr(feature = "clap", arg(long, value_name = "REPO2", conflicts_with = "dry_run"))]
+    pub copy_to: Option<String>,
+    /// With --copy-to: the cloud in clouds.yaml holding a swift: copy target
+    #[cfg_attr(feature = "clap", arg(long, value_name = "CLOUD", requires = "copy_to", env = "IMGARC_TO_REPO_CLOUD"))]
+    pub to_repo_cloud: Option<String>,
+    /// With --copy-to: read the target's password from this file (also IMGARC_TO_PASSWORD_FILE, IMGARC_TO_PASSWORD; else the source's)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "FILE", requires = "copy_to"))]
+    pub to_password_file: Option<std::path::PathBuf>,
 }
 
 impl SyncFlags {
+    /// The snapshots `sync --copy-to` copies: each synced image's current one (written
+    /// now, or already holding its unchanged content), so a copy that failed on an
+    /// earlier night is retried, while snapshots retention has since removed from the
+    /// target are not copied back.
+    pub fn snapshots_to_copy(report: &SyncReport) -> Vec<String> {
+        report.archived.iter().chain(&report.metadata_updated).chain(&report.unchanged).filter_map(|e| e.snapshot.clone()).collect()
+    }
+
     /// The extra digests, checked before anything is opened.
     pub fn digests(&self) -> Result<Vec<String>> {
         crate::digest::parse_list(&self.digest.join(","))

@@ -178,6 +178,7 @@ mod tests {
             digests: digests.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             stats: Default::default(),
             metadata: json!({"updated_at": updated}).as_object().unwrap().clone(),
+            copied_from: None,
         };
         let head =
             |digests: &[(&str, &str)], size: u64, updated: &str| SnapshotHead::of(&snap(digests, size, updated), &MetadataHasher::UNKEYED);

@@ -17,6 +17,7 @@ mod fuzz_targets;
 
 mod backend_modes;
 mod backend_retry;
+mod copy;
 mod copy_params;
 mod dedup_scope;
 mod encryption;
