@@ -33,7 +33,7 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 
 if ! cargo deb --version >/dev/null 2>&1; then
   log "installing cargo-deb (cargo install cargo-deb --locked, ~1.5 min)"
-  cargo install cargo-deb --locked --version '^3' >/dev/null 2>&1 || die "cargo install cargo-deb failed"
+  cargo install cargo-deb --locked --version '=3.8.0' >/dev/null 2>&1 || die "cargo install cargo-deb failed"
 fi
 
 if [ "$release" = 1 ]; then

@@ -110,11 +110,18 @@ impl Ctx {
 
     /// Prints the JSON document, or the prose, to stdout.
     pub fn emit(&self, json: &serde_json::Value, prose: impl FnOnce() -> String) {
-        if self.out.json {
-            println!("{}", serde_json::to_string_pretty(json).expect("JSON serializes"));
+        let text = if self.out.json {
+            serde_json::to_string_pretty(json).expect("JSON serializes") + "\n"
         } else if !self.out.quiet {
-            print!("{}", prose());
-        }
+            prose()
+        } else {
+            return;
+        };
+        // A reader that stopped early (`| head`) is not a failure of the command (println! would
+        // panic on the broken pipe): the rest of the document is simply not wanted.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
 }
 

@@ -11,15 +11,9 @@ use std::time::Instant;
 
 /// The verbs that write `--metrics-file` (drill joins them when it exists).
 pub const METERED: &[&str] = &["sync", "forget", "prune", "check", "copy"];
-/// How many of [`METERED`] the first release had: the usage error names them as it always
-/// did (scripts and tests match that text) and the later ones after it.
-const METERED_FIRST: usize = 4;
-
-/// `--metrics-file`'s usage error for `verb`, which does not take it.
+/// The usage error of `--metrics-file` on a verb that writes no metrics.
 pub fn not_metered(verb: &str) -> String {
-    let (first, later) = METERED.split_at(METERED_FIRST);
-    let also = if later.is_empty() { String::new() } else { format!("; also for {}", later.join(", ")) };
-    format!("--metrics-file is for {} (not {verb}){also}", first.join(", "))
+    format!("--metrics-file is for {} (not {verb})", METERED.join(", "))
 }
 
 struct Run {
