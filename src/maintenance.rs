@@ -3,7 +3,7 @@
 //! dedup-scope choice, with its first key) and
 //! `unlock` (remove stale, or all, lock objects).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LockMode, ObjectLock};
 use crate::crypto::keyfile::{KdfParams, PasswordSource};
 use crate::crypto::Cipher;
 use crate::repository::config::{Config, DedupScope};
@@ -28,6 +28,12 @@ pub struct InitOptions {
     /// Which archives may share a chunk: the whole repository, or only those of one Glance project (needs encryption)
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = DedupScope::Repository))]
     pub dedup_scope: DedupScope,
+    /// Keep every pack, index object and snapshot immutable this long after it is written (S3 Object Lock: e.g. 30d, 36h, 2m, 20s; m = minutes); prune extends it while a snapshot needs the object
+    #[cfg_attr(feature = "clap", arg(long, value_name = "PERIOD"))]
+    pub object_lock: Option<String>,
+    /// Object Lock mode: compliance (nobody can delete or shorten early) or governance (a user with s3:BypassGovernanceRetention can)
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = LockMode::Compliance, requires = "object_lock"))]
+    pub object_lock_mode: LockMode,
 }
 
 /// `init --encryption`.
@@ -78,6 +84,7 @@ pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, passwords: &dyn Passw
         bail!("--dedup-scope project needs an encrypted repository (chunk ids keyed per project); drop --encryption none");
     }
     config.dedup_scope = opts.dedup_scope;
+    config.object_lock = object_lock(&*backend, opts)?;
     if config.cipher().is_none() {
         return Repository::init(backend, config);
     }
@@ -85,6 +92,14 @@ pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, passwords: &dyn Passw
     Repository::ensure_creatable(&backend)?;
     let password = passwords.password().context("the first key of the new encrypted repository needs a password")?;
     Repository::init_encrypted(backend, config, &NewKey { password: &password, kdf: KdfParams::for_new_keys(), label: "" })
+}
+
+/// `--object-lock PERIOD`: refused unless the bucket enforces it (Object Lock enabled).
+fn object_lock(backend: &dyn Backend, opts: &InitOptions) -> Result<Option<ObjectLock>> {
+    let Some(period) = &opts.object_lock else { return Ok(None) };
+    let retention_seconds = ObjectLock::parse_period(period)?;
+    backend.object_lock_enabled().with_context(|| format!("init --object-lock {period}"))?;
+    Ok(Some(ObjectLock { mode: opts.object_lock_mode, retention_seconds }))
 }
 
 /// The `imgarc unlock` flags.

@@ -104,4 +104,5 @@ impl Backend for Faulty {
         self.check(Op::Delete, key)?;
         self.inner.delete(key)
     }
+    super::forward_object_lock!(inner);
 }

@@ -59,4 +59,5 @@ impl Backend for RateLimitBackend {
     fn delete(&self, key: &str) -> BackendResult<()> {
         self.inner.delete(key)
     }
+    super::forward_object_lock!(inner);
 }
