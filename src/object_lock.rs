@@ -38,23 +38,30 @@ pub struct Immutability {
 impl Immutability {
     /// From the config's `object_lock` and whether the backend can lock at all (a local
     /// directory or Swift cannot; an S3 bucket can only with Object Lock enabled).
+    /// Without a lock no request is made.
     pub fn of(lock: Option<&ObjectLock>, backend: &dyn Backend) -> Immutability {
-        match (lock, backend.object_lock_enabled()) {
-            (Some(l), Ok(())) => Immutability {
+        let Some(l) = lock else {
+            let location = backend.location();
+            return Immutability::not(if location.starts_with("s3:") {
+                format!(
+                    "{location} was created without `init --object-lock`: whoever holds its S3 credentials can delete every object \
+                     (an immutable copy needs a bucket created with Object Lock enabled)"
+                )
+            } else {
+                format!(
+                    "{location} cannot enforce immutability (a local directory or Swift container: whoever can write to it can delete \
+                     every object); an off-site copy that survives a compromised host needs an S3 bucket with Object Lock and `init --object-lock`"
+                )
+            });
+        };
+        match backend.object_lock_enabled() {
+            Ok(()) => Immutability {
                 enforced: true,
                 mode: Some(l.mode.as_s3().into()),
                 retention_seconds: Some(l.retention_seconds),
                 reason: None,
             },
-            (Some(_), Err(e)) => Immutability::not(format!("the config asks for object lock but {e}")),
-            (None, Err(_)) => Immutability::not(format!(
-                "{} cannot enforce immutability (a local directory or Swift container: whoever can write to it can delete every object); \
-                 an off-site copy that survives a compromised host needs an S3 bucket with Object Lock and `init --object-lock`",
-                backend.location()
-            )),
-            (None, Ok(())) => {
-                Immutability::not("the bucket has Object Lock enabled but this repository was created without `init --object-lock`".into())
-            }
+            Err(e) => Immutability::not(format!("the config asks for object lock but {e}")),
         }
     }
 
@@ -129,8 +136,16 @@ pub struct RetentionReport {
 /// objects that have less than half the period left (kopia's rule: a nightly prune
 /// keeps every live object retained for at least half the period, with one
 /// extension per object per half period), deletes hidden versions whose retention
-/// lapsed, then the markers of keys with no version left. A dry run reads only.
-pub fn retention_pass(backend: &dyn Backend, lock: &ObjectLock, now: DateTime<Utc>, dry_run: bool) -> Result<RetentionReport> {
+/// lapsed, then the markers of keys with no version left. `unneeded` names live keys
+/// no snapshot needs (packs a prune mark lists): they are left to lapse, not extended.
+/// A dry run reads only.
+pub fn retention_pass(
+    backend: &dyn Backend,
+    lock: &ObjectLock,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    unneeded: &dyn Fn(&str) -> bool,
+) -> Result<RetentionReport> {
     let mut r = RetentionReport { mode: lock.mode.as_s3().into(), retention_seconds: lock.retention_seconds, ..Default::default() };
     let versions = backend.list_versions("").context("cannot list the object versions")?;
     let mut by_key: BTreeMap<&str, Vec<&ObjectVersion>> = BTreeMap::new();
@@ -150,7 +165,7 @@ pub fn retention_pass(backend: &dyn Backend, lock: &ObjectLock, now: DateTime<Ut
                 r.live_objects += 1;
                 let current = backend.retention(key, vid).with_context(|| format!("cannot read the retention of {key}"))?;
                 let until = match current {
-                    Some(c) if c.until - now >= half => c.until,
+                    Some(c) if c.until - now >= half || unneeded(key) => c.until,
                     _ if dry_run => current.map_or(now, |c| c.until),
                     _ => {
                         let new = Retention { mode: lock.mode, until: now + lock.period() };
@@ -159,7 +174,9 @@ pub fn retention_pass(backend: &dyn Backend, lock: &ObjectLock, now: DateTime<Ut
                         new.until
                     }
                 };
-                earliest_live = Some(earliest_live.map_or(until, |e| e.min(until)));
+                if !unneeded(key) {
+                    earliest_live = Some(earliest_live.map_or(until, |e| e.min(until)));
+                }
                 continue;
             }
             // A hidden version: what forget or prune deleted, or an overwritten copy.
@@ -246,6 +263,51 @@ pub fn snapshot_retained_until(backend: &dyn Backend, snapshot_key: &str) -> Res
         .retention(snapshot_key, None)
         .with_context(|| format!("cannot read the retention of {snapshot_key}"))?
         .map(|r| date(r.until)))
+}
+
+/// A snapshot and when its object becomes deletable (check, report).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRetention {
+    pub id: String,
+    pub name: String,
+    pub time: String,
+    /// RFC 3339; `None`: the object has no retention (written before the lock, or by hand).
+    pub retained_until: Option<String>,
+}
+
+/// Every snapshot's retain-until date (one GetObjectRetention each).
+pub fn snapshot_dates(repo: &crate::repository::Repository, index: &crate::index::Index) -> Result<Vec<SnapshotRetention>> {
+    use crate::repository::file::RepoFile;
+    let mut out = Vec::new();
+    for row in index.snapshot_rows()? {
+        let key = crate::repository::snapshot::Snapshot::id_key(&row.id);
+        out.push(SnapshotRetention {
+            id: row.id.to_hex(),
+            name: row.name,
+            time: row.time,
+            retained_until: snapshot_retained_until(repo.lock_backend(), &key)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Prose lines of [`snapshot_dates`] under a heading.
+pub fn snapshot_dates_prose(dates: &[SnapshotRetention]) -> String {
+    let mut s = String::new();
+    if dates.is_empty() {
+        return s;
+    }
+    s.push_str("object lock: when each snapshot's data becomes deletable (prune extends it while the snapshot is kept):\n");
+    for d in dates {
+        s.push_str(&format!(
+            "  {}  {}  {}  {}\n",
+            &d.id[..16.min(d.id.len())],
+            d.time,
+            d.name,
+            d.retained_until.as_deref().map_or("no retention".to_string(), |u| format!("locked until {u}"))
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -150,7 +150,9 @@ pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Resul
     mark(repo, index, opts, &mut report, &warnings)?;
     if let Some(lock) = &repo.config().object_lock {
         // After sweep and mark, so the packs this run hid are counted with their dates.
-        report.object_lock = Some(crate::object_lock::retention_pass(repo.lock_backend(), lock, opts.now, opts.dry_run)?);
+        let marked: HashSet<String> = index.marked_packs()?.iter().map(|p| p.to_hex()).collect();
+        let unneeded = |key: &str| key.starts_with("data/") && key.rsplit('/').next().is_some_and(|h| marked.contains(h));
+        report.object_lock = Some(crate::object_lock::retention_pass(repo.lock_backend(), lock, opts.now, opts.dry_run, &unneeded)?);
     }
     report.warnings = warnings.take();
     let now_marked = index.marks()?;
