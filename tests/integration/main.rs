@@ -43,6 +43,8 @@ mod backend_faults;
 #[cfg(feature = "remote-tests")]
 mod backend_throughput;
 #[cfg(feature = "remote-tests")]
+mod object_lock;
+#[cfg(feature = "remote-tests")]
 mod remote_e2e;
 
 #[cfg(feature = "openstack-tests")]
