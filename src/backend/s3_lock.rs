@@ -29,6 +29,8 @@ pub(crate) struct LockClient {
     region: String,
     credential: AwsCredential,
     location: String,
+    /// Per request (`S3Config::timeout`): a pack PUT may take longer than the client's default.
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for LockClient {
@@ -139,6 +141,7 @@ impl LockClient {
                 token: cfg.session_token.as_ref().map(|t| t.expose().to_string()),
             },
             location,
+            timeout: cfg.timeout,
         })
     }
 
@@ -174,6 +177,7 @@ impl LockClient {
     ) -> BackendResult<Answer> {
         let url = self.url(key, query);
         let bad = |e: String| BackendError::Other { op, key: err_key.into(), message: format!("cannot build the request: {e}") };
+        let body = bytes::Bytes::from(body);
         let mut req = HttpRequest::new(object_store::client::HttpRequestBody::from(body.clone()));
         *req.method_mut() = method.clone();
         *req.uri_mut() = url.parse().map_err(|e| bad(format!("{e}")))?;
@@ -189,6 +193,7 @@ impl LockClient {
             .http
             .request(method, &url)
             .headers(req.headers().clone())
+            .timeout(self.timeout)
             .body(body)
             .send()
             .map_err(|e| remote_error(op, err_key, None, format!("{}: {}", self.location, crate::net::describe_reqwest(&e))))?;
