@@ -114,7 +114,7 @@ pub struct RetentionReport {
     pub retention_seconds: u64,
     /// Live objects (current versions) whose retain-until date was moved to now + the period.
     pub retention_extended: u64,
-    /// Live objects checked.
+    /// Live objects a snapshot (or the repository itself: config, keys) needs.
     pub live_objects: u64,
     /// Earliest retain-until date of any live object after the pass.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +162,6 @@ pub fn retention_pass(
                 if !ObjectLock::retains(key) {
                     continue;
                 }
-                r.live_objects += 1;
                 let current = backend.retention(key, vid).with_context(|| format!("cannot read the retention of {key}"))?;
                 let until = match current {
                     Some(c) if c.until - now >= half || unneeded(key) => c.until,
@@ -175,6 +174,7 @@ pub fn retention_pass(
                     }
                 };
                 if !unneeded(key) {
+                    r.live_objects += 1;
                     earliest_live = Some(earliest_live.map_or(until, |e| e.min(until)));
                 }
                 continue;
