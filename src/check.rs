@@ -64,6 +64,11 @@ pub struct CheckReport {
     pub packs_read: usize,
     pub blobs_verified: u64,
     pub damaged_chunks: Vec<DamagedChunkReport>,
+    /// Whether the backend keeps the objects immutable (S3 Object Lock), and why not.
+    pub immutability: Option<crate::object_lock::Immutability>,
+    /// Object lock: per snapshot, when its data becomes deletable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots_retained: Vec<crate::object_lock::SnapshotRetention>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -263,6 +268,15 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
             });
         }
     }
+    let lock = repo.config().object_lock;
+    let immutability = crate::object_lock::Immutability::of(lock.as_ref(), repo.lock_backend());
+    if lock.is_some() {
+        if !immutability.enforced {
+            warnings.warn(immutability.line());
+        }
+        report.snapshots_retained = crate::object_lock::snapshot_dates(repo, index)?;
+    }
+    report.immutability = Some(immutability);
     report.ok = report.errors.is_empty();
     report.warnings = warnings.take();
     Ok(report)

@@ -82,6 +82,11 @@ pub struct ForgetEntry {
     /// Dated after now + the clock skew allowed (see `retention::horizon`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub future: Option<bool>,
+    /// S3 Object Lock: the removed snapshot's object is hidden (a delete marker) but its
+    /// version stays until this date (RFC 3339); `prune` deletes it, and its data no
+    /// other snapshot needs, after that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<String>,
 }
 
 impl ForgetEntry {
@@ -180,6 +185,7 @@ pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Res
             tags: Some(c.snap.tags.clone()),
             reasons,
             future: Some(c.item.time > horizon),
+            retained_until: None,
         };
         if named.contains(&c.id) {
             remove.push((c.id, entry(vec!["named on the command line".to_string()])));
@@ -187,6 +193,15 @@ pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Res
             keep.push(entry(v.reasons.clone()));
         } else {
             remove.push((c.id, entry(vec![])));
+        }
+    }
+    if repo.config().object_lock.is_some() {
+        // Asked before the delete: a hidden version's retention is then asked by version id.
+        for (id, e) in remove.iter_mut() {
+            e.retained_until = crate::object_lock::snapshot_retained_until(
+                repo.lock_backend(),
+                &<Snapshot as crate::repository::file::RepoFile>::id_key(id),
+            )?;
         }
     }
     let mut removed = 0u64;
@@ -209,6 +224,7 @@ pub fn forget(repo: &Repository, index: &mut Index, opts: &ForgetOptions) -> Res
         tags: None,
         reasons: vec!["named on the command line".into(), "unreadable: not in the index cache".into()],
         future: None,
+        retained_until: None,
     });
     Ok(ForgetReport {
         dry_run: opts.dry_run,

@@ -25,6 +25,7 @@ pub mod key;
 pub mod maintenance;
 pub mod metrics;
 pub mod net;
+pub mod object_lock;
 pub mod openstack;
 pub mod progress;
 pub mod prune;

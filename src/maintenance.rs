@@ -4,7 +4,7 @@
 //! chunker parameters and chunking keys, `--copy-chunker-params-from`) and
 //! `unlock` (remove stale, or all, lock objects; release those it may not delete).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LockMode, ObjectLock};
 use crate::crypto::keyfile::{KdfParams, PasswordSource};
 use crate::crypto::{Cipher, KeySet};
 use crate::repository::config::{Config, DedupScope, DEFAULT_ZSTD_LEVEL};
@@ -44,6 +44,12 @@ pub struct InitOptions {
     /// ignored), when it differs from the new repository's
     #[cfg_attr(feature = "clap", arg(long, value_name = "FILE", requires = "copy_chunker_params_from"))]
     pub from_password_file: Option<std::path::PathBuf>,
+    /// Keep every pack, index object and snapshot immutable this long after it is written (S3 Object Lock: e.g. 30d, 36h, 2m, 20s; m = minutes); prune extends it while a snapshot needs the object
+    #[cfg_attr(feature = "clap", arg(long, value_name = "PERIOD"))]
+    pub object_lock: Option<String>,
+    /// Object Lock mode: compliance (nobody can delete or shorten early) or governance (a user with s3:BypassGovernanceRetention can)
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = LockMode::Compliance, requires = "object_lock"))]
+    pub object_lock_mode: LockMode,
 }
 
 /// `init --encryption`.
@@ -90,7 +96,8 @@ pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, passwords: &dyn Passw
     let avg = crate::util::parse_size(opts.chunk_size.as_deref().unwrap_or("64K"))?;
     let avg = u32::try_from(avg).context("chunk size too large")?;
     let level = opts.compression.as_deref().map_or(Ok(DEFAULT_ZSTD_LEVEL), parse_compression)?;
-    let config = Config::new(avg, level)?.with_encryption(opts.encryption.unwrap_or(Encryption::DEFAULT).cipher());
+    let mut config = Config::new(avg, level)?.with_encryption(opts.encryption.unwrap_or(Encryption::DEFAULT).cipher());
+    config.object_lock = object_lock(&*backend, opts)?;
     create(backend, config, opts.dedup_scope.unwrap_or_default(), None, passwords)
 }
 
@@ -138,6 +145,8 @@ pub fn init_copying_chunker_params(
     config.chunker = from.chunker;
     config.hole_block_size = from.hole_block_size;
     config.pack_target_size = from.pack_target_size;
+    // Immutability is the target's own choice (an off-site copy is locked, its source need not be).
+    config.object_lock = object_lock(&*backend, opts)?;
     // An unencrypted target cannot have the project scope; its ids differ from an encrypted source's anyway.
     let scope = opts.dedup_scope.unwrap_or(if cipher.is_some() { from.dedup_scope } else { DedupScope::Repository });
     let repo = create(backend, config, scope, source.keys().map(|k| &**k), passwords)?;
@@ -195,6 +204,14 @@ fn create(
         Some(source) => Repository::init_encrypted_sharing_chunking(backend, config, source, &key),
         None => Repository::init_encrypted(backend, config, &key),
     }
+}
+
+/// `--object-lock PERIOD`: refused unless the bucket enforces it (Object Lock enabled).
+fn object_lock(backend: &dyn Backend, opts: &InitOptions) -> Result<Option<ObjectLock>> {
+    let Some(period) = &opts.object_lock else { return Ok(None) };
+    let retention_seconds = ObjectLock::parse_period(period)?;
+    backend.object_lock_enabled().with_context(|| format!("init --object-lock {period}"))?;
+    Ok(Some(ObjectLock { mode: opts.object_lock_mode, retention_seconds }))
 }
 
 /// The `imgarc unlock` flags.

@@ -129,4 +129,5 @@ impl Backend for Faulty {
             Ok(()) => self.inner.can_delete(),
         }
     }
+    super::forward_object_lock!(inner);
 }

@@ -14,6 +14,7 @@ pub mod local;
 pub(crate) mod ratelimit;
 pub mod retry;
 pub mod s3;
+pub(crate) mod s3_lock;
 pub mod swift;
 pub mod url;
 
@@ -131,6 +132,164 @@ pub trait Backend: Send + Sync + fmt::Debug {
             Err(e) => Err(e),
         }
     }
+    // ---- Object Lock (format-spec/object-lock.md). Only S3 implements these; the
+    // defaults say the backend cannot enforce immutability. Decorators forward them all.
+
+    /// Whether the store can keep objects immutable until a date (S3: the bucket has
+    /// Object Lock enabled). `Err` names why not ("cannot enforce immutability: …").
+    fn object_lock_enabled(&self) -> BackendResult<()> {
+        Err(not_enforced("object_lock_enabled", &self.location()))
+    }
+    /// From now on `put` writes every key [`ObjectLock::retains`] with a retain-until
+    /// date of now + the period (`None`: plain writes, the default).
+    fn set_object_lock(&self, lock: Option<ObjectLock>) -> BackendResult<()> {
+        match lock {
+            None => Ok(()),
+            Some(_) => Err(not_enforced("set_object_lock", &self.location())),
+        }
+    }
+    /// The retention of one version of `key` (`None` version: the current one);
+    /// `Ok(None)` when it has none.
+    fn retention(&self, key: &str, _version: Option<&str>) -> BackendResult<Option<Retention>> {
+        Err(not_enforced_key("retention", key))
+    }
+    /// Moves the retain-until date of one version of `key` later (never earlier).
+    fn extend_retention(&self, key: &str, _version: Option<&str>, _retention: Retention) -> BackendResult<()> {
+        Err(not_enforced_key("extend_retention", key))
+    }
+    /// Every version and delete marker of every key under `prefix`.
+    fn list_versions(&self, prefix: &str) -> BackendResult<Vec<ObjectVersion>> {
+        Err(not_enforced_key("list_versions", prefix))
+    }
+    /// Removes one version (or delete marker) for good; refused by the store while it is retained.
+    fn delete_version(&self, key: &str, _version: &str) -> BackendResult<()> {
+        Err(not_enforced_key("delete_version", key))
+    }
+}
+
+/// How objects are locked: S3 Object Lock's mode and the retention period of each
+/// write. Stored in the repository `config` as `object_lock` (absent: no lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    /// Retention of each write, in seconds (`init --object-lock 30d`).
+    pub retention_seconds: u64,
+}
+
+/// S3 Object Lock modes. COMPLIANCE (the default): nobody, root included, can delete
+/// or shorten before the date. GOVERNANCE: a user with `s3:BypassGovernanceRetention`
+/// can; imgarc never sends the bypass header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LockMode {
+    #[default]
+    #[cfg_attr(feature = "clap", value(name = "compliance"))]
+    Compliance,
+    #[cfg_attr(feature = "clap", value(name = "governance"))]
+    Governance,
+}
+
+impl LockMode {
+    /// The S3 header and XML spelling.
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+    pub fn from_s3(s: &str) -> Option<LockMode> {
+        match s {
+            "COMPLIANCE" => Some(LockMode::Compliance),
+            "GOVERNANCE" => Some(LockMode::Governance),
+            _ => None,
+        }
+    }
+}
+
+impl ObjectLock {
+    /// Keys written with retention: everything the archive's data depends on
+    /// (config, keys/, data/, index/, snapshots/). Locks, prune marks and upstream
+    /// records are mutable bookkeeping and are written without it.
+    pub fn retains(key: &str) -> bool {
+        key == "config" || ["keys/", "data/", "index/", "snapshots/"].iter().any(|p| key.starts_with(p))
+    }
+    pub fn period(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.retention_seconds).unwrap_or(i64::MAX / 1000))
+    }
+    /// The retention a write made now gets.
+    pub fn from_now(&self) -> Retention {
+        Retention { mode: self.mode, until: chrono::Utc::now() + self.period() }
+    }
+    /// `30d`, `36h`, `2m`, `20s`, `1d12h`: the grace-period syntax of prune (s, m = minutes, h, d),
+    /// more than zero and at most 100 years.
+    pub fn parse_period(s: &str) -> anyhow::Result<u64> {
+        let d = crate::prune::parse_grace(s).map_err(|e| anyhow::anyhow!("object lock period: {e:#}"))?;
+        let secs = u64::try_from(d.num_seconds()).unwrap_or(0);
+        if secs == 0 {
+            anyhow::bail!("object lock period {s:?} must be longer than zero, e.g. 30d, 36h, 2m or 20s");
+        }
+        // S3 servers refuse dates centuries away; nobody means that.
+        if secs > 100 * 365 * 86_400 {
+            anyhow::bail!("object lock period {s:?} is longer than 100 years");
+        }
+        Ok(secs)
+    }
+}
+
+/// One object version's lock: its mode and retain-until date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: LockMode,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// One version (or delete marker) as ListObjectVersions reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub version_id: String,
+    /// The current version of its key (a current delete marker hides the key).
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub size: u64,
+}
+
+fn not_enforced(op: &'static str, location: &str) -> BackendError {
+    BackendError::Other {
+        op,
+        key: location.to_string(),
+        message: "cannot enforce immutability: this backend has no object lock (only an S3 bucket with Object Lock enabled has)".into(),
+    }
+}
+
+fn not_enforced_key(op: &'static str, key: &str) -> BackendError {
+    BackendError::Other { op, key: key.to_string(), message: "not supported: this backend has no object versions or retention".into() }
+}
+
+/// Forwards the Object Lock methods of [`Backend`] to `self.$inner` (decorators that
+/// neither retry nor limit them).
+macro_rules! forward_object_lock {
+    ($inner:ident) => {
+        fn object_lock_enabled(&self) -> $crate::backend::BackendResult<()> {
+            self.$inner.object_lock_enabled()
+        }
+        fn set_object_lock(&self, lock: Option<$crate::backend::ObjectLock>) -> $crate::backend::BackendResult<()> {
+            self.$inner.set_object_lock(lock)
+        }
+        fn retention(&self, key: &str, version: Option<&str>) -> $crate::backend::BackendResult<Option<$crate::backend::Retention>> {
+            self.$inner.retention(key, version)
+        }
+        fn extend_retention(&self, key: &str, version: Option<&str>, r: $crate::backend::Retention) -> $crate::backend::BackendResult<()> {
+            self.$inner.extend_retention(key, version, r)
+        }
+        fn list_versions(&self, prefix: &str) -> $crate::backend::BackendResult<Vec<$crate::backend::ObjectVersion>> {
+            self.$inner.list_versions(prefix)
+        }
+        fn delete_version(&self, key: &str, version: &str) -> $crate::backend::BackendResult<()> {
+            self.$inner.delete_version(key, version)
+        }
+    };
 }
 
 /// Opens the backend a `--repo` location names: a directory path, or
@@ -142,3 +301,4 @@ pub fn open(location: &str, opts: &url::RemoteOptions) -> anyhow::Result<std::sy
     }
     Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
 }
+pub(crate) use forward_object_lock;

@@ -62,4 +62,5 @@ impl Backend for RateLimitBackend {
     fn can_delete(&self) -> BackendResult<super::DeletePermission> {
         self.inner.can_delete()
     }
+    super::forward_object_lock!(inner);
 }

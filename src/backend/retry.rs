@@ -169,4 +169,22 @@ impl Backend for RetryBackend {
     fn can_delete(&self) -> BackendResult<super::DeletePermission> {
         self.run(|b| b.can_delete())
     }
+    fn object_lock_enabled(&self) -> BackendResult<()> {
+        self.run(|b| b.object_lock_enabled())
+    }
+    fn set_object_lock(&self, lock: Option<super::ObjectLock>) -> BackendResult<()> {
+        self.inner.set_object_lock(lock)
+    }
+    fn retention(&self, key: &str, version: Option<&str>) -> BackendResult<Option<super::Retention>> {
+        self.run(|b| b.retention(key, version))
+    }
+    fn extend_retention(&self, key: &str, version: Option<&str>, r: super::Retention) -> BackendResult<()> {
+        self.run(|b| b.extend_retention(key, version, r))
+    }
+    fn list_versions(&self, prefix: &str) -> BackendResult<Vec<super::ObjectVersion>> {
+        self.run(|b| b.list_versions(prefix))
+    }
+    fn delete_version(&self, key: &str, version: &str) -> BackendResult<()> {
+        self.run(|b| b.delete_version(key, version))
+    }
 }

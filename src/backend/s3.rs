@@ -13,9 +13,14 @@
 //!   makes visible atomically.
 //! * Listing uses ListObjectsV2 with an explicit page size and string
 //!   (not path-segment) prefixes, following continuation tokens.
+//! * Object Lock (retention on writes, versions, delete by version id) goes
+//!   through [`super::s3_lock`]'s signed requests, which object_store cannot
+//!   make; once [`Backend::set_object_lock`] is called, `put` of every key
+//!   [`ObjectLock::retains`] carries a retain-until date and Content-MD5.
 
 use super::retry::remote_error;
-use super::{Backend, BackendError, BackendResult, DeletePermission, ObjectInfo};
+use super::s3_lock::LockClient;
+use super::{Backend, BackendError, BackendResult, DeletePermission, ObjectInfo, ObjectLock, ObjectVersion, Retention};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
@@ -166,6 +171,11 @@ pub struct S3Backend {
     page_size: usize,
     location: String,
     access_key_id: String,
+    /// What the signed Object Lock requests need; their client is built on first use.
+    cfg: S3Config,
+    lock_client: std::sync::OnceLock<LockClient>,
+    /// Set from the repository config (`set_object_lock`).
+    object_lock: std::sync::RwLock<Option<ObjectLock>>,
 }
 
 impl fmt::Debug for S3Backend {
@@ -225,8 +235,29 @@ impl S3Backend {
             prefix: if cfg.prefix.is_empty() { String::new() } else { format!("{}/", cfg.prefix) },
             page_size: cfg.page_size.clamp(1, 1000),
             location,
-            access_key_id: cfg.access_key_id,
+            access_key_id: cfg.access_key_id.clone(),
+            cfg,
+            lock_client: std::sync::OnceLock::new(),
+            object_lock: std::sync::RwLock::new(None),
         })
+    }
+
+    fn lock_client(&self, op: &'static str) -> BackendResult<&LockClient> {
+        if let Some(c) = self.lock_client.get() {
+            return Ok(c);
+        }
+        let c = LockClient::new(&self.cfg, self.location.clone()).map_err(|e| BackendError::Other {
+            op,
+            key: self.location.clone(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(self.lock_client.get_or_init(|| c))
+    }
+
+    /// Creates the bucket (tests and first-time setup): with `object_lock`, Object Lock
+    /// is enabled on it (and versioning with it), which S3 allows only at creation.
+    pub fn create_bucket(&self, object_lock: bool) -> BackendResult<()> {
+        self.lock_client("create_bucket")?.create_bucket(object_lock)
     }
 
     fn path(&self, op: &'static str, key: &str) -> BackendResult<Path> {
@@ -322,6 +353,11 @@ impl Backend for S3Backend {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
+        let lock = *self.object_lock.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = lock.filter(|_| ObjectLock::retains(key)) {
+            super::check_key_segments("put", key)?;
+            return self.lock_client("put")?.put_retained(key, data, lock.from_now());
+        }
         let path = self.path("put", key)?;
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
         self.rt.block_on(self.store.put(&path, payload)).map(|_| ()).map_err(|e| self.map_err("put", key, e))
@@ -420,5 +456,33 @@ impl Backend for S3Backend {
             }
             Err(e) => Err(self.map_err("delete", key, e)),
         }
+    }
+
+    fn object_lock_enabled(&self) -> BackendResult<()> {
+        self.lock_client("object_lock_enabled")?.object_lock_enabled()
+    }
+
+    fn set_object_lock(&self, lock: Option<ObjectLock>) -> BackendResult<()> {
+        *self.object_lock.write().unwrap_or_else(|e| e.into_inner()) = lock;
+        Ok(())
+    }
+
+    fn retention(&self, key: &str, version: Option<&str>) -> BackendResult<Option<Retention>> {
+        super::check_key_segments("retention", key)?;
+        self.lock_client("retention")?.retention(key, version)
+    }
+
+    fn extend_retention(&self, key: &str, version: Option<&str>, r: Retention) -> BackendResult<()> {
+        super::check_key_segments("extend_retention", key)?;
+        self.lock_client("extend_retention")?.put_retention(key, version, r)
+    }
+
+    fn list_versions(&self, prefix: &str) -> BackendResult<Vec<ObjectVersion>> {
+        self.lock_client("list_versions")?.list_versions(prefix, self.page_size)
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> BackendResult<()> {
+        super::check_key_segments("delete_version", key)?;
+        self.lock_client("delete_version")?.delete_version(key, version)
     }
 }

@@ -20,6 +20,10 @@ pub fn run(ctx: &Ctx, flags: CheckFlags) -> Result<()> {
             "checked {} snapshots, {} packs ({} read, {} blobs verified)\n",
             report.snapshots_checked, report.packs_checked, report.packs_read, report.blobs_verified
         );
+        if let Some(i) = &report.immutability {
+            s.push_str(&format!("{}\n", i.line()));
+        }
+        s.push_str(&imgarc::object_lock::snapshot_dates_prose(&report.snapshots_retained));
         for w in &report.warnings {
             s.push_str(&format!("warning: {w}\n"));
         }

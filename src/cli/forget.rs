@@ -53,6 +53,9 @@ fn prose(r: &ForgetReport) -> String {
         }
         for e in rm {
             s.push_str(&format!("  remove  {}  {}  {}\n", short(&e.id), field(&e.time), field(&e.name)));
+            if let Some(until) = &e.retained_until {
+                s.push_str(&format!("          object-locked until {until}: hidden now, deletable by prune after that date\n"));
+            }
         }
     }
     for e in r.remove.iter().filter(|e| e.unreadable()) {
@@ -62,6 +65,11 @@ fn prose(r: &ForgetReport) -> String {
         s.push_str(&format!("dry run: {} snapshot(s) would be removed\n", r.remove.len()));
     } else {
         s.push_str(&format!("removed {} snapshot(s); run `imgarc prune` to reclaim their space\n", r.removed));
+    }
+    if let Some(last) = r.remove.iter().filter_map(|e| e.retained_until.as_deref()).max() {
+        s.push_str(&format!(
+            "object lock: the removed snapshots cannot be deleted from the bucket before {last}; prune deletes them and their data by version id after their dates\n"
+        ));
     }
     s
 }

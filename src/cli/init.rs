@@ -36,6 +36,7 @@ pub fn run(ctx: &Ctx, opts: InitOptions) -> Result<()> {
     };
     let c = repo.config();
     let encrypted = c.cipher().is_some();
+    let immutability = imgarc::object_lock::Immutability::of(c.object_lock.as_ref(), repo.lock_backend());
     let key = repo.key_id().map(|id| serde_json::json!({"id": id.to_hex(), "kind": repo.key_kind().map(|k| k.name())}));
     ctx.emit(
         &serde_json::json!({
@@ -43,6 +44,7 @@ pub fn run(ctx: &Ctx, opts: InitOptions) -> Result<()> {
             "compression": format!("zstd:{}", c.compression.level), "version": c.version,
             "encrypted": encrypted, "encryption": c.encryption, "chunk_id": c.chunk_id, "dedup_scope": c.dedup_scope, "key": key,
             "chunker_params_from": copied,
+            "object_lock": c.object_lock, "immutability": immutability,
         }),
         || {
             let mut s = format!("created repository {} at {}\n", &c.id[..16], repo.location());
@@ -66,6 +68,7 @@ pub fn run(ctx: &Ctx, opts: InitOptions) -> Result<()> {
                     )),
                 }
             }
+            s.push_str(&format!("{}\n", immutability.line()));
             s
         },
     );

@@ -46,6 +46,9 @@ pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
                 human_bytes(r.unreferenced_bytes_kept)
             ));
         }
+        if let Some(l) = &r.object_lock {
+            s.push_str(&imgarc::object_lock::prose(l));
+        }
         for p in &r.marks_postponed {
             s.push_str(&format!("postponed: {p}\n"));
         }

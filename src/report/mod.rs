@@ -161,6 +161,11 @@ pub struct Report {
     pub withheld: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Whether the backend keeps the objects immutable (S3 Object Lock), and why not.
+    pub immutability: crate::object_lock::Immutability,
+    /// Object lock: per snapshot, when its data becomes deletable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots_retained: Vec<crate::object_lock::SnapshotRetention>,
 }
 
 /// The figures a `--project` report withholds when projects share chunks: each
@@ -512,7 +517,17 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
         }
         p
     });
+    let lock = repo.config().object_lock;
+    let snapshots_retained = match lock {
+        Some(_) => {
+            let shown: HashSet<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
+            crate::object_lock::snapshot_dates(repo, index)?.into_iter().filter(|d| shown.contains(d.id.as_str())).collect()
+        }
+        None => Vec::new(),
+    };
     Ok(Report {
+        immutability: crate::object_lock::Immutability::of(lock.as_ref(), repo.lock_backend()),
+        snapshots_retained,
         generated: crate::util::now_rfc3339(),
         project: opts.project.clone(),
         totals,

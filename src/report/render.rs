@@ -83,6 +83,7 @@ pub fn table(r: &Report) -> String {
     if let Some(why) = &r.reason {
         writeln!(s, "  (unique, shared and added bytes withheld: {why})").unwrap();
     }
+    writeln!(s, "  {}", r.immutability.line()).unwrap();
     let mut line = |k: &str, v: String| writeln!(s, "  {k:<28} {v}").unwrap();
     line("snapshots", t.snapshots.to_string());
     line("logical (image files)", human_bytes(t.logical_bytes));
@@ -177,6 +178,7 @@ pub fn table(r: &Report) -> String {
             .unwrap();
         }
     }
+    s.push_str(&crate::object_lock::snapshot_dates_prose(&r.snapshots_retained));
     s
 }
 

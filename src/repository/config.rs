@@ -45,6 +45,11 @@ pub struct Config {
     /// those of one Glance project (`project`, encrypted repositories only).
     #[serde(default, skip_serializing_if = "DedupScope::is_repository")]
     pub dedup_scope: DedupScope,
+    /// S3 Object Lock: every pack, index object, snapshot, key object and this
+    /// config are written with a retain-until date (format-spec/object-lock.md).
+    /// Absent when off, so configs without it stay byte for byte v1/v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::backend::ObjectLock>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +96,7 @@ impl Config {
             encryption: "none".into(),
             pack_target_size: DEFAULT_PACK_TARGET,
             dedup_scope: DedupScope::Repository,
+            object_lock: None,
         })
     }
 
@@ -152,6 +158,11 @@ impl Config {
         if !ZSTD_LEVEL_RANGE.contains(&self.compression.level) {
             bail!("field `compression.level` {} must be between 1 and 19", self.compression.level);
         }
+        if let Some(l) = &self.object_lock {
+            if l.retention_seconds == 0 || l.retention_seconds > 100 * 365 * 86_400 {
+                bail!("field `object_lock.retention_seconds` {} must be between 1 s and 100 years", l.retention_seconds);
+            }
+        }
         if !PACK_TARGET_RANGE.contains(&self.pack_target_size) {
             bail!("field `pack_target_size` {} must be between 1 MiB and 1 GiB", self.pack_target_size);
         }
@@ -184,6 +195,19 @@ mod tests {
     }
 
     #[test]
+    fn an_object_lock_round_trips_and_its_absence_keeps_the_v1_bytes() {
+        let c = Config::new(DEFAULT_AVG_CHUNK, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert!(!String::from_utf8(serde_json::to_vec(&c).unwrap()).unwrap().contains("object_lock"));
+        let mut l = c.clone();
+        l.object_lock = Some(crate::backend::ObjectLock { mode: crate::backend::LockMode::Compliance, retention_seconds: 120 });
+        let bytes = serde_json::to_vec(&l).unwrap();
+        assert!(String::from_utf8(bytes.clone()).unwrap().contains(r#""object_lock":{"mode":"COMPLIANCE","retention_seconds":120}"#));
+        assert_eq!(Config::parse(&bytes).unwrap(), l);
+        let odd = with("object_lock", serde_json::json!({"mode": "LEGAL", "retention_seconds": 60}));
+        assert!(Config::parse(&odd).is_err(), "an unknown lock mode parsed");
+    }
+
+    #[test]
     fn every_field_out_of_range_is_refused_by_name() {
         let cases = [
             ("id", serde_json::json!("../../etc")),
@@ -197,6 +221,7 @@ mod tests {
             ("pack_target_size", serde_json::json!(1u64 << 40)),
             ("hole_block_size", serde_json::json!(100)),
             ("chunker.max_size", serde_json::json!(u32::MAX)),
+            ("object_lock", serde_json::json!({"mode": "COMPLIANCE", "retention_seconds": 0})),
         ];
         for (field, value) in cases {
             let err = format!("{:#}", Config::parse(&with(field, value.clone())).unwrap_err());

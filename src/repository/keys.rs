@@ -113,6 +113,32 @@ impl Backend for CheckedKeys {
         self.check("delete", crate::backend::DELETE_PROBE_KEY)?;
         self.inner.can_delete()
     }
+    fn object_lock_enabled(&self) -> BackendResult<()> {
+        self.inner.object_lock_enabled()
+    }
+    fn set_object_lock(&self, lock: Option<crate::backend::ObjectLock>) -> BackendResult<()> {
+        self.inner.set_object_lock(lock)
+    }
+    fn retention(&self, key: &str, version: Option<&str>) -> BackendResult<Option<crate::backend::Retention>> {
+        self.check("retention", key)?;
+        self.inner.retention(key, version)
+    }
+    fn extend_retention(&self, key: &str, version: Option<&str>, r: crate::backend::Retention) -> BackendResult<()> {
+        self.check("extend_retention", key)?;
+        self.inner.extend_retention(key, version, r)
+    }
+    fn list_versions(&self, prefix: &str) -> BackendResult<Vec<crate::backend::ObjectVersion>> {
+        if let Some(why) = prefix_error(prefix) {
+            return Err(refuse("list_versions", prefix, why));
+        }
+        let mut listed = self.inner.list_versions(prefix)?;
+        listed.retain(|o| key_error(&o.key).is_none());
+        Ok(listed)
+    }
+    fn delete_version(&self, key: &str, version: &str) -> BackendResult<()> {
+        self.check("delete_version", key)?;
+        self.inner.delete_version(key, version)
+    }
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ impl Repository {
     }
 
     fn create(backend: Arc<dyn Backend>, config: Config, key: Option<(&NewKey<'_>, Option<&KeySet>)>) -> Result<Repository> {
+        backend.set_object_lock(config.object_lock).context("cannot create an object-locked repository here")?;
         let storage = Storage::new(backend);
         Repository::ensure_empty(&storage)?;
         let bytes = serde_json::to_vec_pretty(&config)?;
@@ -169,13 +170,16 @@ impl Repository {
     /// unwraps the first key object the password opens ([`WrongPassword`] if none).
     pub fn open_with(backend: Arc<dyn Backend>, passwords: &dyn PasswordSource) -> Result<Repository> {
         // Every access from here on, locks and marks included, keeps to the key grammar.
-        let storage = Storage::new(backend);
+        let storage = Storage::new(backend.clone());
         let bytes = match storage.get_capped(CONFIG_KEY, None, config::MAX_CONFIG_BYTES) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => return Err(RepositoryNotFound { location: storage.location() }.into()),
             Err(e) => return Err(e).context("cannot read the repository config"),
         };
         let config = Config::parse(&bytes).with_context(|| format!("repository at {}", storage.location()))?;
+        if let Err(e) = backend.set_object_lock(config.object_lock) {
+            tracing::warn!("the repository config asks for object lock, but {e}: new objects are written without retention");
+        }
         let mut repo = Repository { storage, config, config_bytes: Arc::new(bytes), key_id: None, held_locks: Default::default() };
         if repo.config.cipher().is_some() {
             repo.unlock(passwords)?;
@@ -212,6 +216,11 @@ impl Repository {
             }
         }
         Err(WrongPassword { location: self.location() }.into())
+    }
+
+    /// The backend behind the key grammar, for the Object Lock calls (retention, versions).
+    pub fn lock_backend(&self) -> &dyn Backend {
+        self.storage.backend()
     }
 
     /// The unwrapped keys of an encrypted repository.

@@ -43,6 +43,10 @@ impl Storage {
         Storage { backend: self.backend.clone(), keys: Some(keys) }
     }
 
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     pub(crate) fn keys(&self) -> Option<&Arc<KeySet>> {
         self.keys.as_ref()
     }
