@@ -19,7 +19,8 @@ use crate::archive::{archive_as, ArchiveRequest, SnapshotOrigin};
 use crate::ids::Id;
 use crate::index::{Index, IndexedRepository};
 use crate::progress::SharedProgress;
-use crate::repository::snapshot::{CopiedFrom, Snapshot, SnapshotHead};
+use crate::repository::pack::BlobKind;
+use crate::repository::snapshot::{CopiedFrom, Snapshot, SnapshotHead, SnapshotStats};
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Target};
 use crate::select::SnapshotSelector;
@@ -211,6 +212,9 @@ pub fn copy(
     let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
     let present = present_in_target(source, source_index, target, target_index, &ids)?;
     let warnings = Warnings::new();
+    // Equal fingerprints: the same bytes have the same chunk boundaries and ids in both
+    // repositories, so the source's snapshot and trees are valid in the target as they are.
+    let structural = source.chunking_fingerprint() == target.chunking_fingerprint();
     let mut report = CopyReport {
         ok: true,
         dry_run: opts.dry_run,
@@ -222,7 +226,7 @@ pub fn copy(
         bytes_sent: 0,
         chunks_sent: 0,
         bytes_read: 0,
-        rechunked: true,
+        rechunked: !structural,
         verified: None,
         seconds: 0.0,
         snapshots: Vec::new(),
@@ -248,18 +252,23 @@ pub fn copy(
         } else if opts.dry_run {
             entry.status = "would_copy";
         } else {
-            match copy_one(source, source_index, target, target_index, &row.id, &policy, bar) {
-                Ok((target_id, outcome)) => {
-                    tracing::debug!(source = %row.id.short(), target = %target_id.short(), name = %row.name, "copied snapshot");
+            let moved = if structural {
+                copy_structurally(source, source_index, target, target_index, &row.id, bar)
+            } else {
+                copy_one(source, source_index, target, target_index, &row.id, &policy, bar)
+            };
+            match moved {
+                Ok((target_id, moved)) => {
+                    tracing::debug!(source = %row.id.short(), target = %target_id.short(), name = %row.name, rechunked = moved.rechunked, "copied snapshot");
                     entry.status = "copied";
                     entry.target = Some(target_id.to_hex());
-                    entry.bytes_sent = outcome.stored_bytes_added;
-                    entry.chunks_sent = outcome.new_chunks;
-                    entry.rechunked = true;
+                    entry.bytes_sent = moved.bytes_sent;
+                    entry.chunks_sent = moved.chunks_sent;
+                    entry.rechunked = moved.rechunked;
                     report.snapshots_copied += 1;
-                    report.bytes_sent += outcome.stored_bytes_added;
-                    report.chunks_sent += outcome.new_chunks;
-                    report.bytes_read += outcome.logical_bytes;
+                    report.bytes_sent += moved.bytes_sent;
+                    report.chunks_sent += moved.chunks_sent;
+                    report.bytes_read += moved.bytes_read;
                     copied_ids.push(target_id);
                 }
                 Err(e) => {
@@ -297,7 +306,7 @@ fn copy_one(
     id: &Id,
     policy: &crate::format::qcow2::Policy,
     bar: &dyn Fn(&str, u64) -> SharedProgress,
-) -> Result<(Id, crate::archive::ArchiveOutcome)> {
+) -> Result<(Id, Moved)> {
     let policy = policy.clone();
     let snap: Snapshot = source_index.snapshot(id)?.with_context(|| format!("snapshot {} vanished from the source's index", id.short()))?;
     let origin = SnapshotOrigin { time: snap.time.clone(), hostname: snap.hostname.clone(), copied_from: origin_of(source, id) };
@@ -339,7 +348,97 @@ fn copy_one(
         }
     })?;
     let target_id = Id::from_hex(&outcome.snapshot).context("the archive reported a malformed snapshot id")?;
-    Ok((target_id, outcome))
+    let moved = Moved {
+        bytes_sent: outcome.stored_bytes_added,
+        chunks_sent: outcome.new_chunks,
+        bytes_read: outcome.logical_bytes,
+        rechunked: true,
+    };
+    Ok((target_id, moved))
+}
+
+/// What copying one snapshot moved.
+struct Moved {
+    /// Bytes of pack and index objects added to the target.
+    bytes_sent: u64,
+    /// Data chunks the target did not hold and received.
+    chunks_sent: u64,
+    /// Re-archive: the image bytes restored from the source. Structural: the stored bytes
+    /// of the blobs read from the source (the snapshot's trees, and the blobs the target lacked).
+    bytes_read: u64,
+    rechunked: bool,
+}
+
+/// The structural copy of one snapshot between repositories with equal chunking
+/// fingerprints: nothing is re-chunked. The snapshot's extent trees are read from the
+/// source to list the blobs it uses; only those the target lacks are read (one ranged
+/// read each, opened and checked against their id by the source's key) and re-compressed
+/// and re-sealed for the target by its blob writer under the same id (the target's
+/// writer names each one and must agree, `ChunkStore::store_named`). Everything a snapshot
+/// refers to is a blob (data chunks, tree blobs of the guest, recipe and literal streams),
+/// so the source's snapshot is valid in the target as it is: it is written last, with
+/// `copied_from` and this copy's stats, after every pack and index object is durable.
+fn copy_structurally(
+    source: &Repository,
+    source_index: &Index,
+    target: &Repository,
+    target_index: &mut Index,
+    id: &Id,
+    bar: &dyn Fn(&str, u64) -> SharedProgress,
+) -> Result<(Id, Moved)> {
+    let started = Instant::now();
+    let snap: Snapshot = source_index.snapshot(id)?.with_context(|| format!("snapshot {} vanished from the source's index", id.short()))?;
+    let reader = IndexedRepository::new(source, source_index);
+    let first_location = |blob: &Id| -> Result<crate::index::Location> {
+        source_index.locations(blob)?.into_iter().next().with_context(|| format!("blob {} is not in the source's index", blob.short()))
+    };
+    let mut bytes_read = 0u64;
+    let mut used: HashSet<Id> = HashSet::new();
+    for stream in snap.streams() {
+        for tree in &stream.trees {
+            bytes_read += first_location(tree)?.entry.stored_len as u64;
+            used.insert(*tree);
+        }
+        used.extend(reader.load_extents(stream).context("reading the snapshot's extent lists from the source")?.iter().map(|e| e.id));
+    }
+    let used_list: Vec<Id> = used.iter().copied().collect();
+    let held = target_index.contains_many(&used_list)?;
+    let mut missing: Vec<crate::index::Location> =
+        used_list.iter().filter(|b| !held.contains(b)).map(first_location).collect::<Result<_>>()?;
+    // In pack order: neighbouring ranged reads of one pack.
+    missing.sort_by_key(|l| (l.pack, l.entry.offset));
+    let pb = bar(&snap.name, missing.iter().map(|l| l.entry.raw_len as u64).sum());
+    let project = snap.metadata.get("owner").and_then(|v| v.as_str()).filter(|p| !p.is_empty()).map(str::to_string);
+    let mut store = crate::store::ChunkStore::new(target, &*target_index, missing.len(), project.as_deref())?;
+    let (mut chunks_sent, mut new_bytes) = (0u64, 0u64);
+    for loc in &missing {
+        let raw = reader.read_blob(&loc.entry.id).context("reading a chunk from the source")?;
+        bytes_read += loc.entry.stored_len as u64;
+        if store.store_named(loc.entry.id, loc.entry.kind, &raw).context("writing the snapshot into the target")?
+            && loc.entry.kind == BlobKind::Data
+        {
+            chunks_sent += 1;
+            new_bytes += raw.len() as u64;
+        }
+        pb.inc(raw.len() as u64);
+    }
+    let stats = store.finish().context("writing the snapshot into the target")?;
+    let copied = Snapshot {
+        stats: SnapshotStats {
+            chunks: snap.stats.chunks,
+            new_chunks: chunks_sent,
+            new_bytes,
+            stored_bytes_added: stats.stored_bytes_added,
+            hole_bytes: snap.stats.hole_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        copied_from: Some(origin_of(source, id)),
+        ..snap
+    };
+    // Every pack is durable and indexed; only now may the snapshot refer to them.
+    let target_id = target.save_snapshot(&copied).context("writing the snapshot into the target")?;
+    target_index.add_snapshot(&target_id, &SnapshotHead::of(&copied, &target.metadata_hasher()), &copied, &used)?;
+    Ok((target_id, Moved { bytes_sent: stats.stored_bytes_added, chunks_sent, bytes_read, rechunked: false }))
 }
 
 /// Reads back `percent`% of the distinct chunks (and tree blobs) the copied snapshots
