@@ -1,12 +1,18 @@
 //! `imgarc copy`: copies snapshots from one repository into another (the 3-2-1 rule's
 //! second and off-site copies). `CopyOptions` in, `CopyReport` out; no printing.
 //!
-//! Each snapshot is *re-archived*: its image is restored from the source (byte-exact,
-//! its recorded digests checked) through an in-process pipe into the target's archive
-//! pipeline, which chunks it with the target's parameters and keys. The target's dedup
-//! makes a copy incremental: only chunks the target lacks are packed and sent, so a
-//! second night's copy sends that night's new chunks. The price is reading every byte
-//! of the copied snapshots from the source (format-spec/README.md, "Copies").
+//! Two paths, chosen by `Repository::chunking_fingerprint`:
+//! - *structural* (equal fingerprints: a target made with `init --copy-chunker-params-from`):
+//!   nothing is re-chunked. The blobs the snapshot uses that the target lacks are read from
+//!   the source by id, re-compressed and re-sealed for the target under the same ids, and the
+//!   source's snapshot (its trees name the same ids) is written as it is, with `copied_from`.
+//!   Only the missing blobs are read: a second night reads that night's new chunks.
+//! - *re-archive* (anything else): the image is restored from the source (byte-exact, its
+//!   recorded digests checked) through an in-process pipe into the target's archive
+//!   pipeline, which chunks it with the target's parameters and keys. The target's dedup
+//!   still sends only chunks it lacks, but every byte of the snapshot is read from the source.
+//!
+//! (format-spec/README.md, "Copies"; format-spec/copy.md, "Structural copy".)
 //!
 //! The copied snapshot keeps the source's time, hostname, name, tags, source and
 //! metadata record, and records `copied_from` (source repository id and snapshot id,
@@ -83,7 +89,7 @@ pub struct CopiedSnapshot {
     pub bytes_sent: u64,
     /// Chunks the target did not hold and received.
     pub chunks_sent: u64,
-    /// The image was re-chunked with the target's chunker (always true: copy re-archives).
+    /// The image was re-archived with the target's chunker (false: copied structurally, by chunk id).
     pub rechunked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -103,9 +109,11 @@ pub struct CopyReport {
     /// Bytes of pack and index objects the copy added to the target (what was uploaded).
     pub bytes_sent: u64,
     pub chunks_sent: u64,
-    /// Image bytes restored from the source (every byte of every copied snapshot).
+    /// Bytes read from the source: re-archived, every image byte of every copied snapshot;
+    /// structural, the stored bytes of the trees and of the blobs the target lacked.
     pub bytes_read: u64,
-    /// True when the images were re-chunked with the target's chunker (always, for now).
+    /// True when the images are re-chunked with the target's chunker; false when the two
+    /// repositories' chunking fingerprints are equal and the copy moves blobs by id.
     pub rechunked: bool,
     /// `--verify`: chunks read back from the target and found intact.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -516,6 +524,79 @@ mod tests {
         assert_eq!((again.snapshots_copied, again.snapshots_present, again.bytes_sent), (0, 1, 0));
         let err = copy(&src, &src_index, &src, &mut src_index_clone(dir.path(), &src), &CopyOptions::default(), &none).unwrap_err();
         assert!(format!("{err:#}").contains("same repository"), "{err:#}");
+    }
+
+    /// Incompressible bytes (xorshift), so stored sizes are image sizes.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Measured at the source's backend (every byte its gets returned): a structural copy of a
+    /// second night reads about that night's new chunks (and the trees), exactly what it
+    /// reports as `bytes_read`, and writes the source's snapshot streams unchanged; the
+    /// re-archive path into a repository with other chunker params reads the whole image.
+    #[test]
+    fn a_structural_copy_reads_only_the_blobs_the_target_lacks() {
+        use crate::backend::faults::Faulty;
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(crate::backend::open(dir.path().join("src").to_str().unwrap(), &Default::default()).unwrap());
+        let src = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut src_index = Index::open_at(&dir.path().join("src.sqlite"), &src.config().id).unwrap();
+        let (same, mut same_index) = repo(dir.path(), "same");
+        assert_eq!(src.chunking_fingerprint(), same.chunking_fingerprint());
+        let other = {
+            let backend = crate::backend::open(dir.path().join("other").to_str().unwrap(), &Default::default()).unwrap();
+            Repository::init(backend, Config::new(128 << 10, 3).unwrap()).unwrap()
+        };
+        let mut other_index = Index::open_at(&dir.path().join("other.sqlite"), &other.config().id).unwrap();
+        let none = |_: &str, _: u64| crate::progress::none();
+        let mut data = noise(4 << 20, 7);
+        let mut archive_night = |data: &[u8]| {
+            let req = ArchiveRequest::raw_for_tests("vm", crate::repository::snapshot::Source::Stdin);
+            crate::archive::archive(&src, &mut src_index, Box::new(std::io::Cursor::new(data.to_vec())), req, &crate::progress::none())
+                .unwrap()
+        };
+        let night1 = archive_night(&data);
+        data[1 << 20..(1 << 20) + (64 << 10)].copy_from_slice(&noise(64 << 10, 99));
+        let night2 = archive_night(&data);
+        drop(archive_night);
+        let night2_id = Id::from_hex(&night2.snapshot).unwrap();
+        let opts = CopyOptions { snapshots: vec![night1.snapshot.clone()], ..Default::default() };
+        // Night 1 into both targets.
+        copy(&src, &src_index, &same, &mut same_index, &opts, &none).unwrap();
+        copy(&src, &src_index, &other, &mut other_index, &opts, &none).unwrap();
+
+        let before = faulty.total_read();
+        let r = copy(&src, &src_index, &same, &mut same_index, &CopyOptions::default(), &none).unwrap();
+        let read = faulty.total_read() - before;
+        assert_eq!((r.snapshots_copied, r.snapshots_present, r.rechunked), (1, 1, false), "{r:?}");
+        assert!(!r.snapshots.iter().any(|e| e.status == "copied" && e.rechunked), "{r:?}");
+        assert_eq!(read, r.bytes_read, "the report's bytes_read is what the source's backend served");
+        assert_eq!(r.chunks_sent, night2.new_chunks, "exactly the night's new chunks were sent");
+        assert!(read < 512 << 10, "a structural night 2 read {read} bytes of a 4 MiB image");
+        let entry = r.snapshots.iter().find(|e| e.status == "copied").unwrap();
+        assert_eq!(entry.source, night2.snapshot);
+        let copied_id = Id::from_hex(entry.target.as_deref().unwrap()).unwrap();
+        let (copied, original) = (same.load_snapshot(&copied_id).unwrap(), src.load_snapshot(&night2_id).unwrap());
+        assert_eq!((&copied.guest, &copied.layout, &copied.digests), (&original.guest, &original.layout, &original.digests));
+        assert_eq!(
+            IndexedRepository::new(&same, &same_index).reader(&copied.guest).unwrap().extents().len() as u64,
+            copied.guest.extent_count
+        );
+
+        let before = faulty.total_read();
+        let r = copy(&src, &src_index, &other, &mut other_index, &CopyOptions::default(), &none).unwrap();
+        let read = faulty.total_read() - before;
+        assert!(r.rechunked && r.snapshots_copied == 1, "{r:?}");
+        assert!(read >= 4 << 20, "the re-archive path reads the whole image, it read {read}");
     }
 
     fn src_index_clone(dir: &std::path::Path, repo: &Repository) -> Index {
