@@ -347,6 +347,29 @@ fn an_incremental_structural_copy_reads_the_new_chunks_and_a_plain_target_rechun
     assert!(at(&src, &plain.repo).restore_bytes(&s(&plain_r["snapshots"][1], "target")) == image(1));
 }
 
+/// A project-scoped source (ids keyed per project): the structural copy names each blob in the
+/// snapshot's project for the target too, so two projects' copies restore byte-exactly.
+#[test]
+fn a_project_scoped_source_is_copied_structurally_per_project() {
+    let src = Env::new();
+    src.ok(&["init", "--chunk-size", "64K", "--dedup-scope", "project"]);
+    let dst = init_copying_params_of(&src);
+    let p = src.path("vm.raw");
+    std::fs::write(&p, image(0)).unwrap();
+    for project in ["p1", "p2"] {
+        src.ok(&["archive", p.to_str().unwrap(), "--name", project, "--project", project]);
+    }
+    let r = copy(&src, &dst.repo, &[]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (2, &Value::Bool(false)), "{r}");
+    // The same image in two projects is stored twice (no cross-project dedup) in the target too.
+    assert!(u(&r, "bytes_sent") >= 2 * (6 << 20), "{r}");
+    let dst_env = at(&src, &dst.repo);
+    for e in r["snapshots"].as_array().unwrap() {
+        assert!(dst_env.restore_bytes(&s(e, "target")) == image(0));
+    }
+    assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
+}
+
 /// A structural copy killed with SIGKILL leaves no snapshot; the re-run sends only what had not
 /// arrived, and the target checks clean and restores byte-exactly.
 #[test]
