@@ -305,8 +305,10 @@ fn a_target_sharing_the_chunker_params_is_copied_without_rechunking() {
     let p3 = src.path("c.raw");
     std::fs::write(&p3, bytes(500_000, 9, false)).unwrap();
     src.archive(&p3, "c");
-    let r = copy(&src, &dst.repo, &[]);
+    let r = copy(&src, &dst.repo, &["--verify", "100%"]);
     assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
+    assert_eq!(r["verified"]["chunks_bad"], 0, "{r}");
+    assert!(u(&r["verified"], "chunks_checked") > 0 && r["verified"]["chunks_checked"] == r["verified"]["chunks_total"], "{r}");
     let copied = r["snapshots"].as_array().unwrap().iter().find(|e| e["status"] == "copied").unwrap();
     assert_eq!(copied["rechunked"], false, "{r}");
     assert!(dst_env.restore_bytes(&s(copied, "target")) == bytes(500_000, 9, false));
@@ -367,6 +369,27 @@ fn a_project_scoped_source_is_copied_structurally_per_project() {
     for e in r["snapshots"].as_array().unwrap() {
         assert!(dst_env.restore_bytes(&s(e, "target")) == image(0));
     }
+    assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
+}
+
+/// A structural copy written with a write-only key of the target (the off-site host): blobs are
+/// sealed to the target's public key, the snapshot is readable by the target's full key.
+#[test]
+fn a_structural_copy_with_a_write_only_target_key() {
+    let src = Env::init("64K");
+    let dst = init_copying_params_of(&src);
+    let pw = src.path("wo.pw");
+    std::fs::write(&pw, "write only\n").unwrap();
+    dst.ok(&["key", "add", "--write-only", "--new-password-file", pw.to_str().unwrap()]);
+    let p = src.path("a.raw");
+    std::fs::write(&p, bytes(700_000, 4, false)).unwrap();
+    src.archive(&p, "a");
+    let r = copy(&src, &dst.repo, &["--to-password-file", pw.to_str().unwrap()]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
+    let again = copy(&src, &dst.repo, &["--to-password-file", pw.to_str().unwrap()]);
+    assert_eq!(u(&again, "snapshots_present"), 1, "{again}");
+    let dst_env = at(&src, &dst.repo);
+    assert!(dst_env.restore_bytes(&s(&r["snapshots"][0], "target")) == bytes(700_000, 4, false));
     assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
 }
 
