@@ -2,8 +2,11 @@
 //! (a copied snapshot is not copied again, also when copied back), incremental nights, encrypted
 //! ↔ unencrypted and different keys, target passwords (a wrong one exits 12 naming the target),
 //! selection, dry run, `--verify`, `--metrics-file`, exit 3 on a partly failed copy, and a copy
-//! killed with SIGKILL and re-run. With `remote-tests`: local → RGW and local → Swift, a second
-//! night, then the source deleted and the image restored from the copy.
+//! killed with SIGKILL and re-run. The structural copy into a target made with `init
+//! --copy-chunker-params-from` (`rechunked: false`: raw, QCOW2, project scope, write-only target key,
+//! incremental reads, killed and re-run), and a plain target still re-chunking. With `remote-tests`:
+//! local → RGW (also structurally) and local → Swift, a second night, then the source deleted and
+//! the image restored from the copy.
 
 use crate::support::{bytes, s, u, Env};
 use serde_json::Value;
@@ -480,16 +483,22 @@ mod remote {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    fn local_to_remote_then_restore_from_the_copy(target: String, vars: HashMap<&'static str, String>) {
+    /// `structural`: the target is made with `init --copy-chunker-params-from` the source.
+    fn local_to_remote_then_restore_from_the_copy(target: String, vars: HashMap<&'static str, String>, structural: bool) {
         let src = Env::init("64K");
         let p = src.path("vm.raw");
         let src_repo = src.repo.to_str().unwrap().to_string();
         let cache = src.cache.clone();
         std::fs::write(&p, image(0)).unwrap();
-        run(&cache, &vars, &["--repo", &target, "init", "--chunk-size", "64K"]);
+        if structural {
+            run(&cache, &vars, &["--repo", &target, "init", "--copy-chunker-params-from", &src_repo]);
+        } else {
+            run(&cache, &vars, &["--repo", &target, "init", "--chunk-size", "64K"]);
+        }
         src.archive(&p, "vm");
         let first = run(&cache, &vars, &["--repo", &src_repo, "copy", "--to", &target]);
         assert_eq!(u(&first, "snapshots_copied"), 1, "{first}");
+        assert_eq!(first["rechunked"], !structural, "{first}");
         std::fs::write(&p, image(1)).unwrap();
         let night = src.archive(&p, "vm");
         let second = run(&cache, &vars, &["--repo", &src_repo, "copy", "--to", &target, "--verify", "50%"]);
@@ -497,6 +506,10 @@ mod remote {
         let (sent, added) = (u(&second, "bytes_sent"), u(&night, "stored_bytes_added"));
         assert!(sent < 3 * added + (512 << 10), "night 2 sent {sent} bytes to {target}, the source added {added}");
         assert_eq!(second["verified"]["chunks_bad"], 0, "{second}");
+        if structural {
+            assert_eq!(u(&second, "chunks_sent"), u(&night, "new_chunks"), "{second} {night}");
+            assert!(u(&second, "bytes_read") < 1 << 20, "a structural night 2 read the image again: {second}");
+        }
         // The source is gone: the copy alone gives the image back, byte for byte.
         std::fs::remove_dir_all(&src.repo).unwrap();
         let out = src.path("restored");
@@ -509,13 +522,19 @@ mod remote {
     #[test]
     fn local_to_rgw_twice_then_restore_from_the_copy() {
         let (target, vars) = rgw();
-        local_to_remote_then_restore_from_the_copy(target, vars);
+        local_to_remote_then_restore_from_the_copy(target, vars, false);
+    }
+
+    #[test]
+    fn local_to_rgw_structurally_twice_then_restore_from_the_copy() {
+        let (target, vars) = rgw();
+        local_to_remote_then_restore_from_the_copy(target, vars, true);
     }
 
     #[test]
     fn local_to_swift_twice_then_restore_from_the_copy() {
         let (target, vars) = swift();
-        local_to_remote_then_restore_from_the_copy(target, vars);
+        local_to_remote_then_restore_from_the_copy(target, vars, false);
     }
 }
 
