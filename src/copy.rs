@@ -1,12 +1,18 @@
 //! `imgarc copy`: copies snapshots from one repository into another (the 3-2-1 rule's
 //! second and off-site copies). `CopyOptions` in, `CopyReport` out; no printing.
 //!
-//! Each snapshot is *re-archived*: its image is restored from the source (byte-exact,
-//! its recorded digests checked) through an in-process pipe into the target's archive
-//! pipeline, which chunks it with the target's parameters and keys. The target's dedup
-//! makes a copy incremental: only chunks the target lacks are packed and sent, so a
-//! second night's copy sends that night's new chunks. The price is reading every byte
-//! of the copied snapshots from the source (format-spec/README.md, "Copies").
+//! Two paths, chosen by `Repository::chunking_fingerprint`:
+//! - *structural* (equal fingerprints: a target made with `init --copy-chunker-params-from`):
+//!   nothing is re-chunked. The blobs the snapshot uses that the target lacks are read from
+//!   the source by id, re-compressed and re-sealed for the target under the same ids, and the
+//!   source's snapshot (its trees name the same ids) is written as it is, with `copied_from`.
+//!   Only the missing blobs are read: a second night reads that night's new chunks.
+//! - *re-archive* (anything else): the image is restored from the source (byte-exact, its
+//!   recorded digests checked) through an in-process pipe into the target's archive
+//!   pipeline, which chunks it with the target's parameters and keys. The target's dedup
+//!   still sends only chunks it lacks, but every byte of the snapshot is read from the source.
+//!
+//! (format-spec/README.md, "Copies"; format-spec/copy.md, "Structural copy".)
 //!
 //! The copied snapshot keeps the source's time, hostname, name, tags, source and
 //! metadata record, and records `copied_from` (source repository id and snapshot id,
@@ -19,12 +25,14 @@ use crate::archive::{archive_as, ArchiveRequest, SnapshotOrigin};
 use crate::ids::Id;
 use crate::index::{Index, IndexedRepository};
 use crate::progress::SharedProgress;
-use crate::repository::snapshot::{CopiedFrom, Snapshot, SnapshotHead};
+use crate::repository::pack::BlobKind;
+use crate::repository::snapshot::{CopiedFrom, Snapshot, SnapshotHead, SnapshotStats};
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Target};
 use crate::select::SnapshotSelector;
 use crate::warnings::Warnings;
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -82,7 +90,7 @@ pub struct CopiedSnapshot {
     pub bytes_sent: u64,
     /// Chunks the target did not hold and received.
     pub chunks_sent: u64,
-    /// The image was re-chunked with the target's chunker (always true: copy re-archives).
+    /// The image was re-archived with the target's chunker (false: copied structurally, by chunk id).
     pub rechunked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -102,9 +110,11 @@ pub struct CopyReport {
     /// Bytes of pack and index objects the copy added to the target (what was uploaded).
     pub bytes_sent: u64,
     pub chunks_sent: u64,
-    /// Image bytes restored from the source (every byte of every copied snapshot).
+    /// Bytes read from the source: re-archived, every image byte of every copied snapshot;
+    /// structural, the stored bytes of the trees and of the blobs the target lacked.
     pub bytes_read: u64,
-    /// True when the images were re-chunked with the target's chunker (always, for now).
+    /// True when the images are re-chunked with the target's chunker; false when the two
+    /// repositories' chunking fingerprints are equal and the copy moves blobs by id.
     pub rechunked: bool,
     /// `--verify`: chunks read back from the target and found intact.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +221,9 @@ pub fn copy(
     let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
     let present = present_in_target(source, source_index, target, target_index, &ids)?;
     let warnings = Warnings::new();
+    // Equal fingerprints: the same bytes have the same chunk boundaries and ids in both
+    // repositories, so the source's snapshot and trees are valid in the target as they are.
+    let structural = source.chunking_fingerprint() == target.chunking_fingerprint();
     let mut report = CopyReport {
         ok: true,
         dry_run: opts.dry_run,
@@ -222,7 +235,7 @@ pub fn copy(
         bytes_sent: 0,
         chunks_sent: 0,
         bytes_read: 0,
-        rechunked: true,
+        rechunked: !structural,
         verified: None,
         seconds: 0.0,
         snapshots: Vec::new(),
@@ -248,18 +261,23 @@ pub fn copy(
         } else if opts.dry_run {
             entry.status = "would_copy";
         } else {
-            match copy_one(source, source_index, target, target_index, &row.id, &policy, bar) {
-                Ok((target_id, outcome)) => {
-                    tracing::debug!(source = %row.id.short(), target = %target_id.short(), name = %row.name, "copied snapshot");
+            let moved = if structural {
+                copy_structurally(source, source_index, target, target_index, &row.id, bar)
+            } else {
+                copy_one(source, source_index, target, target_index, &row.id, &policy, bar)
+            };
+            match moved {
+                Ok((target_id, moved)) => {
+                    tracing::debug!(source = %row.id.short(), target = %target_id.short(), name = %row.name, rechunked = moved.rechunked, "copied snapshot");
                     entry.status = "copied";
                     entry.target = Some(target_id.to_hex());
-                    entry.bytes_sent = outcome.stored_bytes_added;
-                    entry.chunks_sent = outcome.new_chunks;
-                    entry.rechunked = true;
+                    entry.bytes_sent = moved.bytes_sent;
+                    entry.chunks_sent = moved.chunks_sent;
+                    entry.rechunked = moved.rechunked;
                     report.snapshots_copied += 1;
-                    report.bytes_sent += outcome.stored_bytes_added;
-                    report.chunks_sent += outcome.new_chunks;
-                    report.bytes_read += outcome.logical_bytes;
+                    report.bytes_sent += moved.bytes_sent;
+                    report.chunks_sent += moved.chunks_sent;
+                    report.bytes_read += moved.bytes_read;
                     copied_ids.push(target_id);
                 }
                 Err(e) => {
@@ -297,7 +315,7 @@ fn copy_one(
     id: &Id,
     policy: &crate::format::qcow2::Policy,
     bar: &dyn Fn(&str, u64) -> SharedProgress,
-) -> Result<(Id, crate::archive::ArchiveOutcome)> {
+) -> Result<(Id, Moved)> {
     let policy = policy.clone();
     let snap: Snapshot = source_index.snapshot(id)?.with_context(|| format!("snapshot {} vanished from the source's index", id.short()))?;
     let origin = SnapshotOrigin { time: snap.time.clone(), hostname: snap.hostname.clone(), copied_from: origin_of(source, id) };
@@ -339,7 +357,110 @@ fn copy_one(
         }
     })?;
     let target_id = Id::from_hex(&outcome.snapshot).context("the archive reported a malformed snapshot id")?;
-    Ok((target_id, outcome))
+    let moved = Moved {
+        bytes_sent: outcome.stored_bytes_added,
+        chunks_sent: outcome.new_chunks,
+        bytes_read: outcome.logical_bytes,
+        rechunked: true,
+    };
+    Ok((target_id, moved))
+}
+
+/// Blobs a structural copy reads from the source at a time (bounds its memory: at most
+/// this many chunks of up to 16 MiB, 1 MiB on average).
+const STRUCTURAL_READ_BATCH: usize = 32;
+
+/// What copying one snapshot moved.
+struct Moved {
+    /// Bytes of pack and index objects added to the target.
+    bytes_sent: u64,
+    /// Data chunks the target did not hold and received.
+    chunks_sent: u64,
+    /// Re-archive: the image bytes restored from the source. Structural: the stored bytes
+    /// of the blobs read from the source (the snapshot's trees, and the blobs the target lacked).
+    bytes_read: u64,
+    rechunked: bool,
+}
+
+/// The structural copy of one snapshot between repositories with equal chunking
+/// fingerprints: nothing is re-chunked. The snapshot's extent trees are read from the
+/// source to list the blobs it uses; only those the target lacks are read (one ranged
+/// read each, opened and checked against their id by the source's key) and re-compressed
+/// and re-sealed for the target by its blob writer under the same id (the target's
+/// writer names each one and must agree, `ChunkStore::store_named`). Everything a snapshot
+/// refers to is a blob (data chunks, tree blobs of the guest, recipe and literal streams),
+/// so the source's snapshot is valid in the target as it is: it is written last, with
+/// `copied_from` and this copy's stats, after every pack and index object is durable.
+fn copy_structurally(
+    source: &Repository,
+    source_index: &Index,
+    target: &Repository,
+    target_index: &mut Index,
+    id: &Id,
+    bar: &dyn Fn(&str, u64) -> SharedProgress,
+) -> Result<(Id, Moved)> {
+    let started = Instant::now();
+    let snap: Snapshot = source_index.snapshot(id)?.with_context(|| format!("snapshot {} vanished from the source's index", id.short()))?;
+    let reader = IndexedRepository::new(source, source_index);
+    let first_location = |blob: &Id| -> Result<crate::index::Location> {
+        source_index.locations(blob)?.into_iter().next().with_context(|| format!("blob {} is not in the source's index", blob.short()))
+    };
+    let mut bytes_read = 0u64;
+    let mut used: HashSet<Id> = HashSet::new();
+    for stream in snap.streams() {
+        for tree in &stream.trees {
+            bytes_read += first_location(tree)?.entry.stored_len as u64;
+            used.insert(*tree);
+        }
+        used.extend(reader.load_extents(stream).context("reading the snapshot's extent lists from the source")?.iter().map(|e| e.id));
+    }
+    let used_list: Vec<Id> = used.iter().copied().collect();
+    let held = target_index.contains_many(&used_list)?;
+    let mut missing: Vec<crate::index::Location> =
+        used_list.iter().filter(|b| !held.contains(b)).map(first_location).collect::<Result<_>>()?;
+    // In pack order: neighbouring ranged reads of one pack.
+    missing.sort_by_key(|l| (l.pack, l.entry.offset));
+    let pb = bar(&snap.name, missing.iter().map(|l| l.entry.raw_len as u64).sum());
+    let project = snap.metadata.get("owner").and_then(|v| v.as_str()).filter(|p| !p.is_empty()).map(str::to_string);
+    let mut store = crate::store::ChunkStore::new(target, &*target_index, missing.len(), project.as_deref())?;
+    let (mut chunks_sent, mut new_bytes) = (0u64, 0u64);
+    // Reads (ranged GETs: latency on a remote source) and opening run a batch at a time in
+    // parallel; a blob whose first copy fails is read again through the index, which tries
+    // every copy the source holds.
+    for batch in missing.chunks(STRUCTURAL_READ_BATCH) {
+        let read: Vec<Result<Vec<u8>>> = batch.par_iter().map(|l| source.read_blob(&l.pack, &l.entry)).collect();
+        for (loc, raw) in batch.iter().zip(read) {
+            let raw = match raw {
+                Ok(raw) => raw,
+                Err(_) => reader.read_blob(&loc.entry.id).context("reading a chunk from the source")?,
+            };
+            bytes_read += loc.entry.stored_len as u64;
+            if store.store_named(loc.entry.id, loc.entry.kind, &raw).context("writing the snapshot into the target")?
+                && loc.entry.kind == BlobKind::Data
+            {
+                chunks_sent += 1;
+                new_bytes += raw.len() as u64;
+            }
+            pb.inc(raw.len() as u64);
+        }
+    }
+    let stats = store.finish().context("writing the snapshot into the target")?;
+    let copied = Snapshot {
+        stats: SnapshotStats {
+            chunks: snap.stats.chunks,
+            new_chunks: chunks_sent,
+            new_bytes,
+            stored_bytes_added: stats.stored_bytes_added,
+            hole_bytes: snap.stats.hole_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        copied_from: Some(origin_of(source, id)),
+        ..snap
+    };
+    // Every pack is durable and indexed; only now may the snapshot refer to them.
+    let target_id = target.save_snapshot(&copied).context("writing the snapshot into the target")?;
+    target_index.add_snapshot(&target_id, &SnapshotHead::of(&copied, &target.metadata_hasher()), &copied, &used)?;
+    Ok((target_id, Moved { bytes_sent: stats.stored_bytes_added, chunks_sent, bytes_read, rechunked: false }))
 }
 
 /// Reads back `percent`% of the distinct chunks (and tree blobs) the copied snapshots
@@ -417,6 +538,78 @@ mod tests {
         assert_eq!((again.snapshots_copied, again.snapshots_present, again.bytes_sent), (0, 1, 0));
         let err = copy(&src, &src_index, &src, &mut src_index_clone(dir.path(), &src), &CopyOptions::default(), &none).unwrap_err();
         assert!(format!("{err:#}").contains("same repository"), "{err:#}");
+    }
+
+    /// Incompressible bytes (xorshift), so stored sizes are image sizes.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Measured at the source's backend (every byte its gets returned): a structural copy of a
+    /// second night reads about that night's new chunks (and the trees), exactly what it
+    /// reports as `bytes_read`, and writes the source's snapshot streams unchanged; the
+    /// re-archive path into a repository with other chunker params reads the whole image.
+    #[test]
+    fn a_structural_copy_reads_only_the_blobs_the_target_lacks() {
+        use crate::backend::faults::Faulty;
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(crate::backend::open(dir.path().join("src").to_str().unwrap(), &Default::default()).unwrap());
+        let src = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut src_index = Index::open_at(&dir.path().join("src.sqlite"), &src.config().id).unwrap();
+        let (same, mut same_index) = repo(dir.path(), "same");
+        assert_eq!(src.chunking_fingerprint(), same.chunking_fingerprint());
+        let other = {
+            let backend = crate::backend::open(dir.path().join("other").to_str().unwrap(), &Default::default()).unwrap();
+            Repository::init(backend, Config::new(128 << 10, 3).unwrap()).unwrap()
+        };
+        let mut other_index = Index::open_at(&dir.path().join("other.sqlite"), &other.config().id).unwrap();
+        let none = |_: &str, _: u64| crate::progress::none();
+        let mut data = noise(4 << 20, 7);
+        let mut archive_night = |data: &[u8]| {
+            let req = ArchiveRequest::raw_for_tests("vm", crate::repository::snapshot::Source::Stdin);
+            crate::archive::archive(&src, &mut src_index, Box::new(std::io::Cursor::new(data.to_vec())), req, &crate::progress::none())
+                .unwrap()
+        };
+        let night1 = archive_night(&data);
+        data[1 << 20..(1 << 20) + (64 << 10)].copy_from_slice(&noise(64 << 10, 99));
+        let night2 = archive_night(&data);
+        let night2_id = Id::from_hex(&night2.snapshot).unwrap();
+        let opts = CopyOptions { snapshots: vec![night1.snapshot.clone()], ..Default::default() };
+        // Night 1 into both targets.
+        copy(&src, &src_index, &same, &mut same_index, &opts, &none).unwrap();
+        copy(&src, &src_index, &other, &mut other_index, &opts, &none).unwrap();
+
+        let before = faulty.total_read();
+        let r = copy(&src, &src_index, &same, &mut same_index, &CopyOptions::default(), &none).unwrap();
+        let read = faulty.total_read() - before;
+        assert_eq!((r.snapshots_copied, r.snapshots_present, r.rechunked), (1, 1, false), "{r:?}");
+        assert!(!r.snapshots.iter().any(|e| e.status == "copied" && e.rechunked), "{r:?}");
+        assert_eq!(read, r.bytes_read, "the report's bytes_read is what the source's backend served");
+        assert_eq!(r.chunks_sent, night2.new_chunks, "exactly the night's new chunks were sent");
+        assert!(read < 512 << 10, "a structural night 2 read {read} bytes of a 4 MiB image");
+        let entry = r.snapshots.iter().find(|e| e.status == "copied").unwrap();
+        assert_eq!(entry.source, night2.snapshot);
+        let copied_id = Id::from_hex(entry.target.as_deref().unwrap()).unwrap();
+        let (copied, original) = (same.load_snapshot(&copied_id).unwrap(), src.load_snapshot(&night2_id).unwrap());
+        assert_eq!((&copied.guest, &copied.layout, &copied.digests), (&original.guest, &original.layout, &original.digests));
+        assert_eq!(
+            IndexedRepository::new(&same, &same_index).reader(&copied.guest).unwrap().extents().len() as u64,
+            copied.guest.extent_count
+        );
+
+        let before = faulty.total_read();
+        let r = copy(&src, &src_index, &other, &mut other_index, &CopyOptions::default(), &none).unwrap();
+        let read = faulty.total_read() - before;
+        assert!(r.rechunked && r.snapshots_copied == 1, "{r:?}");
+        assert!(read >= 4 << 20, "the re-archive path reads the whole image, it read {read}");
     }
 
     fn src_index_clone(dir: &std::path::Path, repo: &Repository) -> Index {

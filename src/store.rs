@@ -97,6 +97,26 @@ impl<'a> ChunkStore<'a> {
         Ok(chunks.iter().zip(ids).map(|(c, id)| Extent { offset: c.offset, len: c.data.len() as u32, id }).collect())
     }
 
+    /// Stores one blob another repository named `id` (a structural `copy` between repositories
+    /// whose chunking fingerprints are equal): refused unless this store names `raw` `id` too,
+    /// so a scope or key mismatch can never store a blob under a wrong name. Returns whether
+    /// it was stored (false: held already). Counts nothing in `stats` but what `finish` adds.
+    pub fn store_named(&mut self, id: Id, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+        let named = self.writer.id_of(raw);
+        anyhow::ensure!(
+            named == id,
+            "blob {} is named {} by the target: the two repositories do not name chunks alike",
+            id.short(),
+            named.short()
+        );
+        if !self.find_fresh(&[id])?.contains(&0) {
+            return Ok(false);
+        }
+        let blob = self.writer.encode_with_id(id, kind, raw);
+        self.add_to_pack(&blob)?;
+        Ok(true)
+    }
+
     /// Indices (into `ids`) of blobs to store: neither stored before nor earlier in this batch.
     fn find_fresh(&mut self, ids: &[Id]) -> Result<HashSet<usize>> {
         let maybe: Vec<Id> = ids.iter().filter(|id| !self.seen.contains(id) && self.filter.may_contain(id)).copied().collect();

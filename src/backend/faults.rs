@@ -25,6 +25,8 @@ pub struct Faulty {
     denied: Mutex<Vec<(Op, String)>>,
     before_put: Mutex<Option<(String, PutHook)>>,
     largest_read: AtomicU64,
+    /// Every byte `get` and `get_range` returned (what a caller read from the backend).
+    total_read: AtomicU64,
 }
 
 impl std::fmt::Debug for Faulty {
@@ -41,6 +43,7 @@ impl Faulty {
             denied: Mutex::new(Vec::new()),
             before_put: Mutex::new(None),
             largest_read: AtomicU64::new(0),
+            total_read: AtomicU64::new(0),
         })
     }
 
@@ -70,8 +73,14 @@ impl Faulty {
         self.largest_read.load(Ordering::SeqCst)
     }
 
+    /// The bytes all `get` and `get_range` calls have returned so far.
+    pub fn total_read(&self) -> u64 {
+        self.total_read.load(Ordering::SeqCst)
+    }
+
     fn served(&self, bytes: Vec<u8>) -> Vec<u8> {
         self.largest_read.fetch_max(bytes.len() as u64, Ordering::SeqCst);
+        self.total_read.fetch_add(bytes.len() as u64, Ordering::SeqCst);
         bytes
     }
 

@@ -83,13 +83,14 @@ pub fn prose(r: &CopyReport, to: &str) -> String {
         let target = e.target.as_deref().map(short).unwrap_or_default();
         match e.status {
             "copied" => s.push_str(&format!(
-                "copied   {} -> {}  {}  {}  ({} sent, {} new chunks; re-chunked)\n",
+                "copied   {} -> {}  {}  {}  ({} sent, {} new chunks; {})\n",
                 short(&e.source),
                 target,
                 e.time,
                 e.name,
                 human_bytes(e.bytes_sent),
-                e.chunks_sent
+                e.chunks_sent,
+                if e.rechunked { "re-chunked" } else { "not re-chunked" }
             )),
             "present" => s.push_str(&format!("present  {} == {}  {}  {}\n", short(&e.source), target, e.time, e.name)),
             "would_copy" => {
@@ -112,8 +113,10 @@ pub fn prose(r: &CopyReport, to: &str) -> String {
             human_bytes(r.bytes_read),
             r.seconds
         ));
-        if r.snapshots_copied > 0 {
+        if r.snapshots_copied > 0 && r.rechunked {
             s.push_str("  images were re-chunked with the target's chunker (copy re-archives each snapshot; the target's dedup sends only new chunks)\n");
+        } else if r.snapshots_copied > 0 {
+            s.push_str("  not re-chunked: the target names chunks as the source does (init --copy-chunker-params-from), so only the chunks it lacked were read and sent\n");
         }
     }
     if let Some(v) = &r.verified {

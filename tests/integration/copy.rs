@@ -2,8 +2,11 @@
 //! (a copied snapshot is not copied again, also when copied back), incremental nights, encrypted
 //! ↔ unencrypted and different keys, target passwords (a wrong one exits 12 naming the target),
 //! selection, dry run, `--verify`, `--metrics-file`, exit 3 on a partly failed copy, and a copy
-//! killed with SIGKILL and re-run. With `remote-tests`: local → RGW and local → Swift, a second
-//! night, then the source deleted and the image restored from the copy.
+//! killed with SIGKILL and re-run. The structural copy into a target made with `init
+//! --copy-chunker-params-from` (`rechunked: false`: raw, QCOW2, project scope, write-only target key,
+//! incremental reads, killed and re-run), and a plain target still re-chunking. With `remote-tests`:
+//! local → RGW (also structurally) and local → Swift, a second night, then the source deleted and
+//! the image restored from the copy.
 
 use crate::support::{bytes, s, u, Env};
 use serde_json::Value;
@@ -258,6 +261,178 @@ fn a_copy_killed_mid_way_is_finished_by_a_rerun_without_resending() {
     assert!(dst_env.restore_bytes(&s(&r["snapshots"][0], "target")) == data);
 }
 
+/// A target made with `init --copy-chunker-params-from SRC` (the source's chunker params,
+/// chunker key and id key: equal chunking fingerprints).
+fn init_copying_params_of(src: &Env) -> Env {
+    let dst = Env::new();
+    dst.ok(&["init", "--copy-chunker-params-from", src.repo.to_str().unwrap()]);
+    dst
+}
+
+/// A target made with `init --copy-chunker-params-from` is copied structurally (blobs by id,
+/// `rechunked: false`, said in prose): a raw and a QCOW2 snapshot restore byte-exactly, the QCOW2
+/// one stays decomposed with the source's digests, and `check --read-data` of the target is clean.
+#[test]
+fn a_target_sharing_the_chunker_params_is_copied_without_rechunking() {
+    use crate::support::qcow2_util as q;
+    let src = Env::init("64K");
+    let dst = init_copying_params_of(&src);
+    let p = src.path("vm.raw");
+    std::fs::write(&p, image(0)).unwrap();
+    let raw_snap = s(&src.archive(&p, "web-01"), "snapshot");
+    let disk = src.path("disk.raw");
+    q::make_raw(&disk, 3 << 20, 5);
+    let qcow = q::convert(src.dir.path(), &disk, "disk.qcow2", &[]);
+    let a = src.json(&["archive", qcow.to_str().unwrap(), "--name", "q", "--digest", "sha256"]);
+    assert_eq!(a["format"], "qcow2", "{a}");
+
+    let prose = src.ok(&["copy", "--to", dst.repo.to_str().unwrap()]);
+    assert!(prose.contains("not re-chunked") && !prose.contains("images were re-chunked"), "{prose}");
+    let dst_env = at(&src, &dst.repo);
+    assert_eq!(rows(&dst_env.json(&["list"])), rows(&src.json(&["list"])));
+    // Run again as JSON: both present; a third snapshot shows the structural report.
+    let again = copy(&src, &dst.repo, &[]);
+    assert_eq!((u(&again, "snapshots_copied"), u(&again, "snapshots_present"), u(&again, "bytes_read")), (0, 2, 0), "{again}");
+    assert_eq!(again["rechunked"], false, "{again}");
+    let copies: Vec<(String, String)> = again["snapshots"].as_array().unwrap().iter().map(|e| (s(e, "source"), s(e, "target"))).collect();
+    let target_of = |source: &str| copies.iter().find(|(s, _)| s == source).unwrap().1.clone();
+    assert!(dst_env.restore_bytes(&target_of(&raw_snap)) == image(0));
+    let q_target = target_of(&s(&a, "snapshot"));
+    let shown = dst_env.json(&["show", &q_target]);
+    assert_eq!(shown["layout"]["kind"], "qcow2", "{shown}");
+    assert_eq!(shown["digests"], a["digests"], "{shown}");
+    assert!(dst_env.restore_bytes(&q_target) == std::fs::read(&qcow).unwrap());
+    let check = dst_env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+
+    let p3 = src.path("c.raw");
+    std::fs::write(&p3, bytes(500_000, 9, false)).unwrap();
+    src.archive(&p3, "c");
+    let r = copy(&src, &dst.repo, &["--verify", "100%"]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
+    assert_eq!(r["verified"]["chunks_bad"], 0, "{r}");
+    assert!(u(&r["verified"], "chunks_checked") > 0 && r["verified"]["chunks_checked"] == r["verified"]["chunks_total"], "{r}");
+    let copied = r["snapshots"].as_array().unwrap().iter().find(|e| e["status"] == "copied").unwrap();
+    assert_eq!(copied["rechunked"], false, "{r}");
+    assert!(dst_env.restore_bytes(&s(copied, "target")) == bytes(500_000, 9, false));
+}
+
+/// The second night of a structural copy reads from the source about that night's new chunks
+/// (the report's `bytes_read`, which the library's unit test checks against the source backend's
+/// own read counter) and sends exactly the chunks the night added; a plain-init target (other
+/// chunker and id keys) still takes the re-archive path, which reads the whole image.
+#[test]
+fn an_incremental_structural_copy_reads_the_new_chunks_and_a_plain_target_rechunks() {
+    let src = Env::init("64K");
+    let same = init_copying_params_of(&src);
+    let plain = Env::init("64K");
+    let p = src.path("vm.raw");
+    std::fs::write(&p, image(0)).unwrap();
+    src.archive(&p, "web-01");
+    let first_same = copy(&src, &same.repo, &[]);
+    assert_eq!(first_same["rechunked"], false, "{first_same}");
+    let first_plain = copy(&src, &plain.repo, &[]);
+    assert_eq!(first_plain["rechunked"], true, "{first_plain}");
+    assert_eq!(first_plain["snapshots"][0]["rechunked"], true, "{first_plain}");
+    assert_eq!(u(&first_plain, "bytes_read"), 6 << 20, "{first_plain}");
+
+    std::fs::write(&p, image(1)).unwrap();
+    let night = src.json(&["archive", p.to_str().unwrap(), "--name", "web-01"]);
+    let r = copy(&src, &same.repo, &[]);
+    assert_eq!((u(&r, "snapshots_copied"), u(&r, "snapshots_present")), (1, 1), "{r}");
+    assert_eq!(u(&r, "chunks_sent"), u(&night, "new_chunks"), "the structural copy sends exactly the night's new chunks: {r} {night}");
+    let (read, added) = (u(&r, "bytes_read"), u(&night, "stored_bytes_added"));
+    assert!(read > 0 && read < added + (256 << 10) && read < 1 << 20, "night 2 read {read} bytes from the source (it added {added}): {r}");
+    let plain_r = copy(&src, &plain.repo, &[]);
+    assert_eq!((u(&plain_r, "snapshots_copied"), &plain_r["rechunked"]), (1, &Value::Bool(true)), "{plain_r}");
+    assert_eq!(u(&plain_r, "bytes_read"), 6 << 20, "the re-archive path reads the whole image: {plain_r}");
+    assert!(read * 6 < u(&plain_r, "bytes_read"), "structural read {read}, re-archive {}", u(&plain_r, "bytes_read"));
+    let same_env = at(&src, &same.repo);
+    assert!(same_env.restore_bytes(&s(&r["snapshots"][1], "target")) == image(1));
+    assert!(at(&src, &plain.repo).restore_bytes(&s(&plain_r["snapshots"][1], "target")) == image(1));
+}
+
+/// A project-scoped source (ids keyed per project): the structural copy names each blob in the
+/// snapshot's project for the target too, so two projects' copies restore byte-exactly.
+#[test]
+fn a_project_scoped_source_is_copied_structurally_per_project() {
+    let src = Env::new();
+    src.ok(&["init", "--chunk-size", "64K", "--dedup-scope", "project"]);
+    let dst = init_copying_params_of(&src);
+    let p = src.path("vm.raw");
+    std::fs::write(&p, image(0)).unwrap();
+    for project in ["p1", "p2"] {
+        src.ok(&["archive", p.to_str().unwrap(), "--name", project, "--project", project]);
+    }
+    let r = copy(&src, &dst.repo, &[]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (2, &Value::Bool(false)), "{r}");
+    // The same image in two projects is stored twice (no cross-project dedup) in the target too.
+    assert!(u(&r, "bytes_sent") >= 2 * (6 << 20), "{r}");
+    let dst_env = at(&src, &dst.repo);
+    for e in r["snapshots"].as_array().unwrap() {
+        assert!(dst_env.restore_bytes(&s(e, "target")) == image(0));
+    }
+    assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
+}
+
+/// A structural copy written with a write-only key of the target (the off-site host): blobs are
+/// sealed to the target's public key, the snapshot is readable by the target's full key.
+#[test]
+fn a_structural_copy_with_a_write_only_target_key() {
+    let src = Env::init("64K");
+    let dst = init_copying_params_of(&src);
+    let pw = src.path("wo.pw");
+    std::fs::write(&pw, "write only\n").unwrap();
+    dst.ok(&["key", "add", "--write-only", "--new-password-file", pw.to_str().unwrap()]);
+    let p = src.path("a.raw");
+    std::fs::write(&p, bytes(700_000, 4, false)).unwrap();
+    src.archive(&p, "a");
+    let r = copy(&src, &dst.repo, &["--to-password-file", pw.to_str().unwrap()]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
+    let again = copy(&src, &dst.repo, &["--to-password-file", pw.to_str().unwrap()]);
+    assert_eq!(u(&again, "snapshots_present"), 1, "{again}");
+    let dst_env = at(&src, &dst.repo);
+    assert!(dst_env.restore_bytes(&s(&r["snapshots"][0], "target")) == bytes(700_000, 4, false));
+    assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
+}
+
+/// A structural copy killed with SIGKILL leaves no snapshot; the re-run sends only what had not
+/// arrived, and the target checks clean and restores byte-exactly.
+#[test]
+fn a_structural_copy_killed_mid_way_is_finished_by_a_rerun() {
+    let src = Env::init("64K");
+    let dst = init_copying_params_of(&src);
+    let data = bytes(96 << 20, 32, false);
+    let p = src.path("big.raw");
+    std::fs::write(&p, &data).unwrap();
+    src.archive(&p, "big");
+    let dst_env = at(&src, &dst.repo);
+    let mut child = src
+        .cmd(&["--json", "copy", "--to", dst.repo.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..4800 {
+        if dst_env.packs().len() >= 2 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let arrived = dst_env.packs().len();
+    assert!(arrived >= 2, "the killed copy left {arrived} packs; the test needs some to check their reuse");
+    assert!(dst_env.json(&["list"]).as_array().unwrap().is_empty(), "a killed copy left a snapshot");
+    let r = copy(&src, &dst.repo, &[]);
+    assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
+    assert!(u(&r, "bytes_sent") < data.len() as u64, "the re-run sent everything again: {r}");
+    assert!(u(&r, "bytes_read") < data.len() as u64, "the re-run read everything again: {r}");
+    assert_eq!(dst_env.json(&["check", "--read-data"])["ok"], true);
+    assert!(dst_env.restore_bytes(&s(&r["snapshots"][0], "target")) == data);
+}
+
 #[cfg(feature = "remote-tests")]
 mod remote {
     //! local → RGW and local → Swift with the servers `ci/objectstore.sh` starts (the variables
@@ -308,16 +483,22 @@ mod remote {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    fn local_to_remote_then_restore_from_the_copy(target: String, vars: HashMap<&'static str, String>) {
+    /// `structural`: the target is made with `init --copy-chunker-params-from` the source.
+    fn local_to_remote_then_restore_from_the_copy(target: String, vars: HashMap<&'static str, String>, structural: bool) {
         let src = Env::init("64K");
         let p = src.path("vm.raw");
         let src_repo = src.repo.to_str().unwrap().to_string();
         let cache = src.cache.clone();
         std::fs::write(&p, image(0)).unwrap();
-        run(&cache, &vars, &["--repo", &target, "init", "--chunk-size", "64K"]);
+        if structural {
+            run(&cache, &vars, &["--repo", &target, "init", "--copy-chunker-params-from", &src_repo]);
+        } else {
+            run(&cache, &vars, &["--repo", &target, "init", "--chunk-size", "64K"]);
+        }
         src.archive(&p, "vm");
         let first = run(&cache, &vars, &["--repo", &src_repo, "copy", "--to", &target]);
         assert_eq!(u(&first, "snapshots_copied"), 1, "{first}");
+        assert_eq!(first["rechunked"], !structural, "{first}");
         std::fs::write(&p, image(1)).unwrap();
         let night = src.archive(&p, "vm");
         let second = run(&cache, &vars, &["--repo", &src_repo, "copy", "--to", &target, "--verify", "50%"]);
@@ -325,6 +506,10 @@ mod remote {
         let (sent, added) = (u(&second, "bytes_sent"), u(&night, "stored_bytes_added"));
         assert!(sent < 3 * added + (512 << 10), "night 2 sent {sent} bytes to {target}, the source added {added}");
         assert_eq!(second["verified"]["chunks_bad"], 0, "{second}");
+        if structural {
+            assert_eq!(u(&second, "chunks_sent"), u(&night, "new_chunks"), "{second} {night}");
+            assert!(u(&second, "bytes_read") < 1 << 20, "a structural night 2 read the image again: {second}");
+        }
         // The source is gone: the copy alone gives the image back, byte for byte.
         std::fs::remove_dir_all(&src.repo).unwrap();
         let out = src.path("restored");
@@ -337,13 +522,19 @@ mod remote {
     #[test]
     fn local_to_rgw_twice_then_restore_from_the_copy() {
         let (target, vars) = rgw();
-        local_to_remote_then_restore_from_the_copy(target, vars);
+        local_to_remote_then_restore_from_the_copy(target, vars, false);
+    }
+
+    #[test]
+    fn local_to_rgw_structurally_twice_then_restore_from_the_copy() {
+        let (target, vars) = rgw();
+        local_to_remote_then_restore_from_the_copy(target, vars, true);
     }
 
     #[test]
     fn local_to_swift_twice_then_restore_from_the_copy() {
         let (target, vars) = swift();
-        local_to_remote_then_restore_from_the_copy(target, vars);
+        local_to_remote_then_restore_from_the_copy(target, vars, false);
     }
 }
 
