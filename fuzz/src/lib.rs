@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sealed_pack", sealed_pack),
     ("sealed_blob", sealed_blob),
     ("key_object", key_object),
+    ("s3_xml", s3_xml),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -435,5 +436,43 @@ pub fn key_object(data: &[u8]) {
     }
     if let Some(keys) = imgarc::crypto::KeySet::from_bytes(data) {
         assert_eq!(&keys.to_bytes()[..], data, "accepted KeySet bytes re-encode identically");
+    }
+}
+
+/// The S3 XML answers of an untrusted server (`backend::s3_lock`): GetObjectRetention,
+/// GetObjectLockConfiguration, ListObjectVersions pages and error documents.
+pub fn s3_xml(data: &[u8]) {
+    use imgarc::backend::s3_lock::{parse_lock_configuration, parse_retention, parse_version_page, s3_error};
+    use imgarc::backend::LockMode;
+    let body = String::from_utf8_lossy(data);
+    let e = s3_error(&body);
+    assert!(e.chars().count() <= 300 && !e.chars().any(char::is_control), "error line {e:?}");
+    match parse_retention(&body) {
+        Ok(r) => assert_eq!(LockMode::from_s3(r.mode.as_s3()), Some(r.mode)),
+        Err(m) => assert!(m.starts_with("unreadable retention document")),
+    }
+    let enabled = parse_lock_configuration(&body);
+    assert!(!enabled || body.contains("Enabled"));
+    // Each entry comes from one <Version> or <DeleteMarker> element.
+    let elements = body.matches("<Version>").count() + body.matches("<DeleteMarker>").count();
+    for (key_prefix, prefix) in [("", ""), ("p/", ""), ("p/", "data/"), ("", "data/"), ("data/", "data/")] {
+        let page = parse_version_page(&body, key_prefix, prefix);
+        assert!(page.versions.len() <= elements);
+        // Versions first, then delete markers.
+        assert!(page.versions.windows(2).all(|w| w[0].delete_marker <= w[1].delete_marker));
+        for v in &page.versions {
+            assert!(v.key.starts_with(prefix), "{:?} outside {prefix:?}", v.key);
+        }
+        // Relative to key_prefix: the same page read without one names the same entries, prefixed.
+        let full = parse_version_page(&body, "", &format!("{key_prefix}{prefix}"));
+        assert_eq!(full.versions.len(), page.versions.len());
+        for (f, v) in full.versions.iter().zip(&page.versions) {
+            assert_eq!(f.key, format!("{key_prefix}{}", v.key));
+            assert_eq!((&f.version_id, f.is_latest, f.delete_marker, f.size), (&v.version_id, v.is_latest, v.delete_marker, v.size));
+        }
+        assert_eq!((full.truncated, &full.next_key_marker), (page.truncated, &page.next_key_marker));
+        if !page.truncated {
+            assert!(page.next_key_marker.is_empty() && page.next_version_marker.is_empty());
+        }
     }
 }

@@ -14,7 +14,7 @@ pub mod local;
 pub(crate) mod ratelimit;
 pub mod retry;
 pub mod s3;
-pub(crate) mod s3_lock;
+pub mod s3_lock;
 pub mod swift;
 pub mod url;
 

@@ -103,7 +103,7 @@ fn xml_unescape(s: &str) -> String {
 }
 
 /// `Code: Message` of an S3 error document, one short line.
-fn s3_error(body: &str) -> String {
+pub fn s3_error(body: &str) -> String {
     let code = xml_text(body, "Code").unwrap_or_default();
     let message = xml_text(body, "Message").unwrap_or_default();
     let s = match (code.is_empty(), message.is_empty()) {
@@ -113,6 +113,63 @@ fn s3_error(body: &str) -> String {
         (false, false) => format!("{code}: {message}"),
     };
     s.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+/// The retention of a 200 GetObjectRetention answer; Err: the message of an unreadable one.
+pub fn parse_retention(body: &str) -> Result<Retention, String> {
+    let mode = xml_text(body, "Mode").and_then(|m| LockMode::from_s3(&m));
+    let until = xml_text(body, "RetainUntilDate").and_then(|d| crate::util::parse_rfc3339(&d));
+    match (mode, until) {
+        (Some(mode), Some(until)) => Ok(Retention { mode, until }),
+        _ => Err(format!("unreadable retention document: {}", crate::net::short_body(body))),
+    }
+}
+
+/// Whether a 200 GetObjectLockConfiguration answer says Object Lock is enabled.
+pub fn parse_lock_configuration(body: &str) -> bool {
+    xml_text(body, "ObjectLockEnabled").as_deref() == Some("Enabled")
+}
+
+/// One page of a ListObjectVersions answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VersionPage {
+    /// Versions, then delete markers, of keys under `key_prefix` + `prefix`, keys relative
+    /// to `key_prefix`; entries without a key or version id, or outside the prefix, are skipped.
+    pub versions: Vec<ObjectVersion>,
+    /// `IsTruncated` is `true`: another page follows.
+    pub truncated: bool,
+    /// `NextKeyMarker` ("" when absent).
+    pub next_key_marker: String,
+    /// `NextVersionIdMarker` ("" when absent).
+    pub next_version_marker: String,
+}
+
+/// Reads one ListObjectVersions page asked for with `prefix=key_prefix+prefix`.
+pub fn parse_version_page(body: &str, key_prefix: &str, prefix: &str) -> VersionPage {
+    let mut versions = Vec::new();
+    for (tag, delete_marker) in [("Version", false), ("DeleteMarker", true)] {
+        for e in xml_elements(body, tag) {
+            let (Some(key), Some(version_id)) = (xml_text(e, "Key"), xml_text(e, "VersionId")) else { continue };
+            let Some(rel) = key.strip_prefix(key_prefix) else { continue };
+            if !rel.starts_with(prefix) {
+                continue;
+            }
+            versions.push(ObjectVersion {
+                key: rel.to_string(),
+                version_id,
+                is_latest: xml_text(e, "IsLatest").as_deref() == Some("true"),
+                delete_marker,
+                size: xml_text(e, "Size").and_then(|s| s.parse().ok()).unwrap_or(0),
+            });
+        }
+    }
+    let truncated = xml_text(body, "IsTruncated").as_deref() == Some("true");
+    let (next_key_marker, next_version_marker) = if truncated {
+        (xml_text(body, "NextKeyMarker").unwrap_or_default(), xml_text(body, "NextVersionIdMarker").unwrap_or_default())
+    } else {
+        (String::new(), String::new())
+    };
+    VersionPage { versions, truncated, next_key_marker, next_version_marker }
 }
 
 /// One answered request: status and body.
@@ -222,7 +279,7 @@ impl LockClient {
     /// GetObjectLockConfiguration: Ok when the bucket has Object Lock enabled.
     pub(crate) fn object_lock_enabled(&self) -> BackendResult<()> {
         let a = self.send("object_lock_enabled", "", reqwest::Method::GET, None, &[("object-lock", "")], &[], Vec::new())?;
-        let enabled = a.status == 200 && xml_text(&a.body, "ObjectLockEnabled").as_deref() == Some("Enabled");
+        let enabled = a.status == 200 && parse_lock_configuration(&a.body);
         if enabled {
             return Ok(());
         }
@@ -260,16 +317,7 @@ impl LockClient {
         }
         let a = self.send("retention", key, reqwest::Method::GET, Some(key), &q, &[], Vec::new())?;
         if a.status == 200 {
-            let mode = xml_text(&a.body, "Mode").and_then(|m| LockMode::from_s3(&m));
-            let until = xml_text(&a.body, "RetainUntilDate").and_then(|d| crate::util::parse_rfc3339(&d));
-            return match (mode, until) {
-                (Some(mode), Some(until)) => Ok(Some(Retention { mode, until })),
-                _ => Err(BackendError::Other {
-                    op: "retention",
-                    key: key.into(),
-                    message: format!("unreadable retention document: {}", crate::net::short_body(&a.body)),
-                }),
-            };
+            return parse_retention(&a.body).map(Some).map_err(|message| BackendError::Other { op: "retention", key: key.into(), message });
         }
         // An object written without retention: 404 NoSuchObjectLockConfiguration (AWS)
         // or 400 InvalidRequest / ObjectLockConfigurationNotFoundError (RGW).
@@ -317,27 +365,12 @@ impl LockClient {
             if a.status != 200 {
                 return Err(self.refused("list_versions", prefix, &a));
             }
-            for (tag, delete_marker) in [("Version", false), ("DeleteMarker", true)] {
-                for e in xml_elements(&a.body, tag) {
-                    let (Some(key), Some(version_id)) = (xml_text(e, "Key"), xml_text(e, "VersionId")) else { continue };
-                    let Some(rel) = key.strip_prefix(&self.key_prefix) else { continue };
-                    if !rel.starts_with(prefix) {
-                        continue;
-                    }
-                    out.push(ObjectVersion {
-                        key: rel.to_string(),
-                        version_id,
-                        is_latest: xml_text(e, "IsLatest").as_deref() == Some("true"),
-                        delete_marker,
-                        size: xml_text(e, "Size").and_then(|s| s.parse().ok()).unwrap_or(0),
-                    });
-                }
-            }
-            if xml_text(&a.body, "IsTruncated").as_deref() != Some("true") {
+            let page = parse_version_page(&a.body, &self.key_prefix, prefix);
+            out.extend(page.versions);
+            if !page.truncated {
                 break;
             }
-            let next_key = xml_text(&a.body, "NextKeyMarker").unwrap_or_default();
-            let next_version = xml_text(&a.body, "NextVersionIdMarker").unwrap_or_default();
+            let (next_key, next_version) = (page.next_key_marker, page.next_version_marker);
             if next_key.is_empty() || (next_key == key_marker && next_version == version_marker) {
                 return Err(BackendError::Other {
                     op: "list_versions",
@@ -405,6 +438,49 @@ mod tests {
         assert_eq!(xml_text(body, "DisplayName").as_deref(), Some(""));
         assert_eq!(xml_elements(body, "DeleteMarker").len(), 1);
         assert_eq!(xml_text(body, "Missing"), None);
+    }
+
+    #[test]
+    fn version_pages_keep_keys_under_the_prefix_relative_to_the_key_prefix() {
+        let body = "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>p/data/b</NextKeyMarker>\
+                    <NextVersionIdMarker>v&amp;3</NextVersionIdMarker><Version><Key>p/data/a</Key><VersionId>v1</VersionId>\
+                    <IsLatest>true</IsLatest><Size>7</Size></Version><Version><Key>q/data/a</Key><VersionId>v9</VersionId></Version>\
+                    <Version><Key>p/index/a</Key><VersionId>v8</VersionId></Version><Version><Key>p/data/nov</Key></Version>\
+                    <DeleteMarker><Key>p/data/b</Key><VersionId>v2</VersionId><IsLatest>false</IsLatest></DeleteMarker></ListVersionsResult>";
+        let page = parse_version_page(body, "p/", "data/");
+        assert_eq!(page.versions.len(), 2);
+        assert_eq!(
+            page.versions[0],
+            ObjectVersion { key: "data/a".into(), version_id: "v1".into(), is_latest: true, delete_marker: false, size: 7 }
+        );
+        assert_eq!(
+            page.versions[1],
+            ObjectVersion { key: "data/b".into(), version_id: "v2".into(), is_latest: false, delete_marker: true, size: 0 }
+        );
+        assert!(page.truncated);
+        assert_eq!((page.next_key_marker.as_str(), page.next_version_marker.as_str()), ("p/data/b", "v&3"));
+        let last = parse_version_page(&body.replace("<IsTruncated>true", "<IsTruncated>false"), "p/", "");
+        assert_eq!((last.versions.len(), last.truncated, last.next_key_marker.as_str()), (3, false, ""));
+    }
+
+    #[test]
+    fn retention_lock_configuration_and_error_documents_are_read() {
+        let r =
+            parse_retention("<Retention><Mode>GOVERNANCE</Mode><RetainUntilDate>2030-01-02T03:04:05.000Z</RetainUntilDate></Retention>")
+                .unwrap();
+        assert_eq!(r.mode, LockMode::Governance);
+        assert_eq!(s3_date(r.until), "2030-01-02T03:04:05Z");
+        assert!(parse_retention("<Retention><Mode>FOREVER</Mode><RetainUntilDate>2030-01-02T03:04:05Z</RetainUntilDate></Retention>")
+            .unwrap_err()
+            .starts_with("unreadable retention document"));
+        assert!(parse_retention("<Retention><Mode>COMPLIANCE</Mode></Retention>").is_err());
+        assert!(parse_lock_configuration(
+            "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>"
+        ));
+        assert!(!parse_lock_configuration("<ObjectLockConfiguration><ObjectLockEnabled/></ObjectLockConfiguration>"));
+        assert_eq!(s3_error("<Error><Code>AccessDenied</Code><Message>no &amp; never</Message></Error>"), "AccessDenied: no & never");
+        assert_eq!(s3_error("<Error><Code>NoSuchKey</Code></Error>"), "NoSuchKey");
+        assert!(s3_error(&format!("<Error><Message>{}\n</Message></Error>", "x".repeat(1000))).len() == 300);
     }
 
     #[test]
