@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # Copy throughput local → Ceph RGW (loopback): `imgarc copy` against `restic copy` of the same
 # image, in one run; then one incremental night: the bytes `imgarc copy` sends against that
-# night's `stored_bytes_added` in the source. imgarc copies twice: into a target made with
-# `init --copy-chunker-params-from` (the structural path: only missing chunks are read, by id) and
-# into a plain target (the re-archive path: the image is read and re-chunked).
+# night's `stored_bytes_added` in the source.
 # Needs the servers of ci/objectstore.sh (`source /tmp/imgarc-servers.env` or `. ci/objectstore.sh`)
 # and restic on PATH. IMGARC_BIN (default target/release/imgarc), BENCH_MIB (default 256).
 set -euo pipefail
@@ -18,12 +16,11 @@ export RESTIC_PASSWORD=bench-password RESTIC_FROM_PASSWORD=bench-password RESTIC
 RUN=bench-$(date +%s)-$$
 S3_IMGARC="s3:$IMGARC_RGW_ENDPOINT/$IMGARC_RGW_BUCKET/$RUN-imgarc"
 S3_RESTIC="s3:$IMGARC_RGW_ENDPOINT/$IMGARC_RGW_BUCKET/$RUN-restic"
-S3_PLAIN="s3:$IMGARC_RGW_ENDPOINT/$IMGARC_RGW_BUCKET/$RUN-plain"
 cleanup() {
     rm -rf "$WORK"
     # Both copies are removed from the bucket again (disk is limited), where the aws CLI is at hand.
     if command -v aws >/dev/null; then
-        for p in "$RUN-imgarc" "$RUN-plain" "$RUN-restic"; do
+        for p in "$RUN-imgarc" "$RUN-restic"; do
             AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "$IMGARC_RGW_ENDPOINT" s3 rm --recursive --quiet "s3://$IMGARC_RGW_BUCKET/$p/" || true
         done
     fi
@@ -38,8 +35,7 @@ now() { date +%s.%N; }
 field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d[sys.argv[2]])' "$1" "$2"; }
 
 "$BIN" -q -r "$WORK/src" init
-"$BIN" -q -r "$S3_IMGARC" init --copy-chunker-params-from "$WORK/src"
-"$BIN" -q -r "$S3_PLAIN" init
+"$BIN" -q -r "$S3_IMGARC" init
 "$BIN" --json -r "$WORK/src" archive "$IMG" --name vm > "$WORK/a1.json"
 restic -q -r "$WORK/rsrc" init >/dev/null
 restic -q -r "$S3_RESTIC" init >/dev/null
@@ -47,7 +43,6 @@ restic -q -r "$S3_RESTIC" init >/dev/null
 
 t=$(now); "$BIN" --json -r "$WORK/src" copy --to "$S3_IMGARC" > "$WORK/c1.json"; imgarc_s=$(secs "$t")
 t=$(now); restic -q -r "$S3_RESTIC" copy --from-repo "$WORK/rsrc" >/dev/null; restic_s=$(secs "$t")
-t=$(now); "$BIN" --json -r "$WORK/src" copy --to "$S3_PLAIN" > "$WORK/p1.json"; plain_s=$(secs "$t")
 
 # One night: 8 scattered 1 MiB regions change.
 python3 - "$IMG" <<'PY'
@@ -62,10 +57,9 @@ PY
 (cd "$WORK" && restic -q -r "$WORK/rsrc" backup vm.raw >/dev/null)
 t=$(now); "$BIN" --json -r "$WORK/src" copy --to "$S3_IMGARC" > "$WORK/c2.json"; imgarc2_s=$(secs "$t")
 t=$(now); restic -q -r "$S3_RESTIC" copy --from-repo "$WORK/rsrc" >/dev/null; restic2_s=$(secs "$t")
-t=$(now); "$BIN" --json -r "$WORK/src" copy --to "$S3_PLAIN" > "$WORK/p2.json"; plain2_s=$(secs "$t")
 
 mibs() { python3 -c "print(f'{$MIB/float(\"$1\"):.1f}')"; }
 echo "image: $MIB MiB incompressible, local → RGW $IMGARC_RGW_ENDPOINT, imgarc $("$BIN" --version), $(restic version | cut -d' ' -f1-2)"
-echo "night 1 copy:  imgarc ${imgarc_s}s ($(mibs "$imgarc_s") MiB/s, sent $(field "$WORK/c1.json" bytes_sent) B, rechunked $(field "$WORK/c1.json" rechunked))   restic ${restic_s}s ($(mibs "$restic_s") MiB/s)   imgarc into a plain target ${plain_s}s (rechunked $(field "$WORK/p1.json" rechunked))"
-echo "night 2 copy:  imgarc ${imgarc2_s}s (read $(field "$WORK/c2.json" bytes_read) B from the source)   restic ${restic2_s}s   imgarc into a plain target ${plain2_s}s (read $(field "$WORK/p2.json" bytes_read) B)"
+echo "night 1 copy:  imgarc ${imgarc_s}s ($(mibs "$imgarc_s") MiB/s, sent $(field "$WORK/c1.json" bytes_sent) B)   restic ${restic_s}s ($(mibs "$restic_s") MiB/s)"
+echo "night 2 copy:  imgarc ${imgarc2_s}s   restic ${restic2_s}s"
 echo "night 2: imgarc copy bytes_sent $(field "$WORK/c2.json" bytes_sent), chunks_sent $(field "$WORK/c2.json" chunks_sent); the source's stored_bytes_added $(field "$WORK/a2.json" stored_bytes_added), new_chunks $(field "$WORK/a2.json" new_chunks)"
