@@ -227,6 +227,29 @@ fn a_snapshot_that_cannot_be_read_fails_alone_with_exit_3() {
     assert_eq!(at(&src, &dst.repo).json(&["list"]).as_array().unwrap().len(), 1);
 }
 
+/// Starts `copy --to target`, SIGKILLs it once two packs have arrived, and asserts that it left
+/// packs but no snapshot: the state a re-run must finish from.
+fn kill_a_copy_after_two_packs(src: &Env, target: &Path, target_env: &Env) {
+    let mut child = src
+        .cmd(&["--json", "copy", "--to", target.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..4800 {
+        if target_env.packs().len() >= 2 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let arrived = target_env.packs().len();
+    assert!(arrived >= 2, "the killed copy left {arrived} packs; the test needs some to check their reuse");
+    assert!(target_env.json(&["list"]).as_array().unwrap().is_empty(), "a killed copy left a snapshot");
+}
+
 #[test]
 fn a_copy_killed_mid_way_is_finished_by_a_rerun_without_resending() {
     let src = Env::init("64K");
@@ -236,24 +259,7 @@ fn a_copy_killed_mid_way_is_finished_by_a_rerun_without_resending() {
     std::fs::write(&p, &data).unwrap();
     src.archive(&p, "big");
     let dst_env = at(&src, &dst.repo);
-    let mut child = src
-        .cmd(&["--json", "copy", "--to", dst.repo.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..4800 {
-        if dst_env.packs().len() >= 2 || child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
-    let arrived = dst_env.packs().len();
-    assert!(arrived >= 2, "the killed copy left {arrived} packs; the test needs some to check their reuse");
-    assert!(dst_env.json(&["list"]).as_array().unwrap().is_empty(), "a killed copy left a snapshot");
+    kill_a_copy_after_two_packs(&src, &dst.repo, &dst_env);
     let r = copy(&src, &dst.repo, &[]);
     assert_eq!(u(&r, "snapshots_copied"), 1, "{r}");
     assert!(u(&r, "bytes_sent") < data.len() as u64, "the re-run sent everything again: {r}");
@@ -407,24 +413,7 @@ fn a_structural_copy_killed_mid_way_is_finished_by_a_rerun() {
     std::fs::write(&p, &data).unwrap();
     src.archive(&p, "big");
     let dst_env = at(&src, &dst.repo);
-    let mut child = src
-        .cmd(&["--json", "copy", "--to", dst.repo.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..4800 {
-        if dst_env.packs().len() >= 2 || child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
-    let arrived = dst_env.packs().len();
-    assert!(arrived >= 2, "the killed copy left {arrived} packs; the test needs some to check their reuse");
-    assert!(dst_env.json(&["list"]).as_array().unwrap().is_empty(), "a killed copy left a snapshot");
+    kill_a_copy_after_two_packs(&src, &dst.repo, &dst_env);
     let r = copy(&src, &dst.repo, &[]);
     assert_eq!((u(&r, "snapshots_copied"), &r["rechunked"]), (1, &Value::Bool(false)), "{r}");
     assert!(u(&r, "bytes_sent") < data.len() as u64, "the re-run sent everything again: {r}");
