@@ -108,6 +108,8 @@ enum Shape {
         virtual_size: Option<u64>,
     },
     Qcow2(qcow2::Decomposed),
+    /// VMDK, VDI, VHD, VHDX: decomposed like QCOW2, into the same kind of recipe.
+    Container(crate::format::Decomposition),
 }
 
 /// What the reader thread hands over: a batch of chunks of one stream, or the end.
@@ -186,8 +188,8 @@ impl StreamBatcher {
 /// see the same runs — and cut the same chunks — as for the raw disk.
 const REORDER_WINDOW: usize = 32 << 20;
 
-/// The decomposer's two outputs, each through its own chunker.
-struct QcowSink {
+/// A decomposer's two outputs (guest pieces, literal stream), each through its own chunker.
+struct DecomposerSink {
     guest: StreamBatcher,
     literal: StreamBatcher,
     literal_pos: u64,
@@ -195,7 +197,7 @@ struct QcowSink {
     reorder_bytes: usize,
 }
 
-impl QcowSink {
+impl DecomposerSink {
     fn finish(&mut self) -> std::io::Result<()> {
         while let Some((off, data)) = self.reorder.pop_first() {
             self.guest.push(off, &data)?;
@@ -206,7 +208,7 @@ impl QcowSink {
     }
 }
 
-impl qcow2::DecomposeSink for QcowSink {
+impl qcow2::DecomposeSink for DecomposerSink {
     fn guest(&mut self, guest_offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.reorder.insert(guest_offset, data.to_vec());
         self.reorder_bytes += data.len();
@@ -251,11 +253,18 @@ fn read_image(
         let mut guest = StreamBatcher::new(StreamKind::Guest, config, gear, tx.clone());
         let shape = if kind == FormatKind::Qcow2 {
             let literal = StreamBatcher::new(StreamKind::Literal, config, gear, tx.clone());
-            let mut sink = QcowSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
+            let mut sink = DecomposerSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
             let d = qcow2::decompose(&mut input, size_hint, policy, &mut sink)?;
             sink.finish()?;
             guest = sink.guest;
             Shape::Qcow2(d)
+        } else if crate::format::decomposes(kind) {
+            let literal = StreamBatcher::new(StreamKind::Literal, config, gear, tx.clone());
+            let mut sink = DecomposerSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
+            let d = crate::format::decompose(kind, &mut input, size_hint, policy, &mut sink)?;
+            sink.finish()?;
+            guest = sink.guest;
+            Shape::Container(d)
         } else {
             // Raw and every format imgarc does not decompose: the file is the stream.
             let mut offset = 0u64;
@@ -368,6 +377,16 @@ pub fn archive_as(
     // Every chunk the snapshot's streams use, collected as they are stored:
     // the reference counts must never depend on reading a tree back.
     let mut recipe_ids: Vec<Id> = Vec::new();
+    // A decomposed container's recipe is a small byte stream of its own, chunked like any other.
+    let mut store_recipe = |store: &mut crate::store::ChunkStore, recipe: &[u8], literal_len: u64| -> Result<_> {
+        let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX, recipe_gear.clone());
+        let mut recipe_chunks = Vec::new();
+        chunker.push(0, recipe, &mut |c| recipe_chunks.push(c));
+        chunker.finish(&mut |c| recipe_chunks.push(c));
+        let recipe_extents = store.store_chunks(recipe_chunks)?;
+        recipe_ids.extend(recipe_extents.iter().map(|e| e.id));
+        Ok((store.store_extents(recipe.len() as u64, &recipe_extents)?, store.store_extents(literal_len, &literal_extents)?))
+    };
     let (layout, virtual_bytes, image, opaque) = match *shape {
         Shape::Raw { .. } if detected.is_guest_disk() => (Layout::Raw, Some(logical_bytes), None, None),
         Shape::Raw { virtual_size } => {
@@ -377,22 +396,18 @@ pub fn archive_as(
             (Layout::Raw, virtual_size, None, Some(why))
         }
         Shape::Qcow2(d) => {
-            // The recipe is a small byte stream of its own, chunked like any other.
-            let mut chunker = GuestChunker::new(config_copy.chunker, u32::MAX, recipe_gear);
-            let mut recipe_chunks = Vec::new();
-            chunker.push(0, &d.recipe, &mut |c| recipe_chunks.push(c));
-            chunker.finish(&mut |c| recipe_chunks.push(c));
-            let recipe_extents = store.store_chunks(recipe_chunks)?;
-            recipe_ids.extend(recipe_extents.iter().map(|e| e.id));
-            let recipe = store.store_extents(d.recipe.len() as u64, &recipe_extents)?;
-            let literals = store.store_extents(d.info.literal_stream_bytes, &literal_extents)?;
+            let (recipe, literals) = store_recipe(&mut store, &d.recipe, d.info.literal_stream_bytes)?;
             let info = serde_json::to_value(&d.info)?;
             (Layout::Qcow2 { recipe, literals }, Some(d.info.virtual_size), Some(info), d.opaque)
         }
+        Shape::Container(d) => {
+            let (recipe, literals) = store_recipe(&mut store, &d.recipe, d.literal_stream_bytes)?;
+            (Layout::Container { recipe, literals }, Some(d.virtual_size), Some(d.info), d.opaque)
+        }
     };
-    // The guest stream spans the virtual disk (qcow2) or the file (raw layout).
+    // The guest stream spans the virtual disk (a decomposed container) or the file (raw layout).
     let guest_stream_size = match layout {
-        Layout::Qcow2 { .. } => virtual_bytes.unwrap_or(0),
+        Layout::Qcow2 { .. } | Layout::Container { .. } => virtual_bytes.unwrap_or(0),
         Layout::Raw => logical_bytes,
     };
     let guest = store.store_extents(guest_stream_size, &extents)?;

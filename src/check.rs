@@ -285,7 +285,7 @@ pub fn check(repo: &Repository, index: &mut Index, opts: &CheckOptions, progress
 /// Decodes a qcow2 snapshot's recipe with restore's own reader and decoder, and checks it
 /// against what the snapshot records (file length, virtual size, literal stream length).
 fn check_recipe(source: IndexedRepository, snap: &crate::repository::snapshot::Snapshot) -> Result<()> {
-    let crate::repository::snapshot::Layout::Qcow2 { recipe, literals } = &snap.layout else {
+    let Some((recipe, literals)) = snap.layout.recipe_streams() else {
         return Ok(());
     };
     let r = crate::format::qcow2::decode_recipe(&source.read_recipe(recipe)?)?;

@@ -377,17 +377,24 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 /// What a restore writes (the `imgarc restore` flags: each doc line is its `--help`).
-/// `disk_format` `None`: the archived file byte-exactly; `raw`: the guest disk; `qcow2`: a clean QCOW2 v3.
+/// `disk_format` `None`: the archived file byte-exactly; `raw`: the guest disk; any other: a
+/// new image of that format holding the guest disk.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct RestoreOptions {
-    /// Convert instead of restoring the archived file: raw (the guest disk, sparse) or qcow2 (clean v3)
-    #[cfg_attr(feature = "clap", arg(long, value_parser = ["raw", "qcow2"]))]
+    /// Convert instead of restoring the archived file: raw (the guest disk, sparse), qcow2 (clean v3), vmdk, vdi, vhd or vhdx
+    #[cfg_attr(feature = "clap", arg(long, value_parser = CONVERSION_FORMATS))]
     pub disk_format: Option<String>,
+    /// With --disk-format vmdk: streamOptimized (default) or monolithicSparse; vdi, vhd, vhdx: dynamic (default) or fixed
+    #[cfg_attr(feature = "clap", arg(long, requires = "disk_format"))]
+    pub subformat: Option<String>,
     /// With --disk-format qcow2: compress clusters (zlib, like qemu-img convert -c)
     #[cfg_attr(feature = "clap", arg(long, requires = "disk_format"))]
     pub compress: bool,
 }
+
+/// Every `--disk-format` a restore converts to.
+pub const CONVERSION_FORMATS: [&str; 6] = ["raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx"];
 
 pub fn restore(
     repo: &Repository,
@@ -400,15 +407,18 @@ pub fn restore(
     repo.require_full_key("restore")?;
     let no_digests = BTreeMap::new();
     let source = IndexedRepository::new(repo, index);
-    if matches!(opts.disk_format.as_deref(), Some("raw" | "qcow2")) {
+    if opts.disk_format.is_some() {
         ensure_guest_stream_is_disk(source, snap)?;
+    }
+    if opts.subformat.is_some() && matches!(opts.disk_format.as_deref(), Some("raw" | "qcow2")) {
+        bail!("--subformat applies to --disk-format vmdk, vdi, vhd and vhdx");
     }
     match (opts.disk_format.as_deref(), &snap.layout) {
         (None, Layout::Raw) => restore_stream(source, &snap.guest, snap.logical_bytes, &snap.digests, target, progress),
         (Some("raw"), Layout::Raw) if !opts.compress => {
             restore_stream(source, &snap.guest, snap.logical_bytes, &snap.digests, target, progress)
         }
-        (None, Layout::Qcow2 { recipe, literals }) => {
+        (None, Layout::Qcow2 { recipe, literals } | Layout::Container { recipe, literals }) => {
             let recipe_bytes = source.read_recipe(recipe)?;
             let unchecked = qcow2::decode_recipe(&recipe_bytes).map(|r| r.unchecked_compressed()).unwrap_or(0);
             let warnings = Warnings::new();
@@ -420,7 +430,8 @@ pub fn restore(
             }
             let mut src = TwoStreams { guest: source.reader(&snap.guest)?, literal: source.reader(literals)? };
             write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
-                qcow2::rebuild(&recipe_bytes, &mut src, out).map_err(|e| anyhow!("rebuilding the qcow2 file: {e}"))
+                crate::format::rebuild::rebuild(&recipe_bytes, &mut src, out)
+                    .map_err(|e| anyhow!("rebuilding the {} file: {e}", snap.format))
             })
             .map(|o| RestoreOutcome { warnings: warnings.take(), ..o })
         }
@@ -439,7 +450,19 @@ pub fn restore(
                 qcow2::write_qcow2(virtual_size, &ranges, &mut src, opts.compress, out).map_err(|e| anyhow!("writing qcow2: {e}"))
             })
         }
-        (Some(other), _) => bail!("--disk-format {other:?}: imgarc converts to raw or qcow2"),
+        (Some(name), _) => {
+            let kind = crate::format::FormatKind::from_name(name)
+                .filter(|k| crate::format::writes(*k))
+                .ok_or_else(|| anyhow!("--disk-format {name:?}: imgarc converts to {}", CONVERSION_FORMATS.join(", ")))?;
+            let extents = source.load_extents(&snap.guest)?;
+            let ranges = merge_ranges(&extents);
+            let mut src = TwoStreams { guest: source.reader(&snap.guest)?, literal: ChunkReader::empty(source) };
+            let virtual_size = snap.guest.size;
+            let write = crate::format::WriteOptions { subformat: opts.subformat.clone(), compress: opts.compress };
+            write_sequential_unknown(target, progress, |out| {
+                crate::format::write_image(kind, &write, virtual_size, &ranges, &mut src, out).map_err(|e| anyhow!("writing {name}: {e}"))
+            })
+        }
     }
 }
 
@@ -462,7 +485,7 @@ fn ensure_guest_stream_is_disk(source: IndexedRepository, snap: &Snapshot) -> Re
                 snap.format
             ))),
         },
-        Layout::Qcow2 { recipe, .. } => {
+        Layout::Qcow2 { recipe, .. } | Layout::Container { recipe, .. } => {
             let recipe = qcow2::decode_recipe(&source.read_recipe(recipe)?).map_err(|e| anyhow!("the snapshot's layout recipe: {e}"))?;
             if recipe.flags & qcow2::FLAG_OPAQUE == 0 {
                 return Ok(());

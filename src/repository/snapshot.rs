@@ -76,9 +76,23 @@ pub enum Layout {
     /// The file is the guest stream, byte for byte (raw images and anything
     /// stored opaquely).
     Raw,
-    /// A container format rebuilt from a recipe, the guest stream and a stream
+    /// A QCOW2 file rebuilt from a recipe, the guest stream and a stream
     /// of literal bytes (format-spec/qcow2-layout.md).
     Qcow2 { recipe: StreamRef, literals: StreamRef },
+    /// Any other decomposed container (VMDK, VDI, VHD, VHDX: the snapshot's `format`
+    /// says which), rebuilt exactly like `qcow2` from the same kind of recipe. A kind of
+    /// its own so that an imgarc that predates these formats refuses such a snapshot.
+    Container { recipe: StreamRef, literals: StreamRef },
+}
+
+impl Layout {
+    /// The recipe and literal streams of a decomposed container; `None` for raw.
+    pub fn recipe_streams(&self) -> Option<(&StreamRef, &StreamRef)> {
+        match self {
+            Layout::Raw => None,
+            Layout::Qcow2 { recipe, literals } | Layout::Container { recipe, literals } => Some((recipe, literals)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -116,7 +130,7 @@ impl Snapshot {
     /// Every stream the snapshot references (guest first).
     pub fn streams(&self) -> Vec<&StreamRef> {
         let mut v = vec![&self.guest];
-        if let Layout::Qcow2 { recipe, literals } = &self.layout {
+        if let Some((recipe, literals)) = self.layout.recipe_streams() {
             v.push(recipe);
             v.push(literals);
         }

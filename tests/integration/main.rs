@@ -46,6 +46,7 @@ mod backend_faults;
 mod backend_throughput;
 #[cfg(feature = "remote-tests")]
 mod no_delete;
+#[cfg(feature = "remote-tests")]
 mod object_lock;
 #[cfg(feature = "remote-tests")]
 mod remote_e2e;

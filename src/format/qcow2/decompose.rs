@@ -9,13 +9,13 @@
 //! range are recorded the moment they are consumed, a problem found late (corrupt tables,
 //! limits) switches to *opaque* mode without ever re-reading the input: the rest of the file
 //! and everything still pending becomes literal, and the recipe stays exact.
-use super::codec::{self, Reproduced, CODEC_ZLIB, CODEC_ZSTD};
 use super::error::Qcow2Error;
 use super::header::{self, Header};
 use super::pool::{Admitted, ClusterPool};
-use super::recipe::{Recipe, SegList, Segment, FLAG_OPAQUE};
 use super::{DecomposeSink, Decomposed, ImageInfo, Policy};
 use crate::chunking::is_zero;
+use crate::format::codec::{self, Reproduced, CODEC_ZLIB, CODEC_ZSTD};
+use crate::format::recipe::{Recipe, SegList, Segment, FLAG_OPAQUE};
 use crate::util::read_full;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -455,7 +455,7 @@ impl Dec<'_> {
                     match codec {
                         Some(c) => {
                             self.info.reproducible_clusters += 1;
-                            let check = Some(super::recipe::compressed_check(&bytes));
+                            let check = Some(crate::format::recipe::compressed_check(&bytes));
                             self.segs.push(j.off, Segment::Compressed { len: exact, guest_off: j.guest, codec: c, check });
                         }
                         None => {
@@ -635,11 +635,11 @@ pub fn decompose<R: Read>(
     if let Err(e) = Recipe::decode(&enc) {
         return Err(Qcow2Error::Limit(format!("the layout recipe ({} bytes) would not be readable at restore: {e}", enc.len())));
     }
-    if enc.len() as u64 > super::recipe::MAX_BODY {
+    if enc.len() as u64 > crate::format::recipe::MAX_BODY {
         return Err(Qcow2Error::Limit(format!(
             "the layout recipe is {} bytes, above the {} a reader accepts",
             enc.len(),
-            super::recipe::MAX_BODY
+            crate::format::recipe::MAX_BODY
         )));
     }
     d.info.recipe_bytes = enc.len() as u64;

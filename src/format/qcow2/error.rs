@@ -20,10 +20,9 @@ pub enum Qcow2Error {
     TooLong(u64),
     #[error("resource limit exceeded: {0}")]
     Limit(String),
-    #[error("invalid recipe: {0}")]
-    BadRecipe(String),
-    #[error("rebuild failed: {0}")]
-    Rebuild(String),
+    /// The recipe or the rebuild (shared with the other container formats).
+    #[error(transparent)]
+    Layout(#[from] crate::format::ImageError),
     #[error("cannot write qcow2: {0}")]
     Writer(String),
 }

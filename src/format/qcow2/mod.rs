@@ -8,44 +8,24 @@
 //! then spill file), `decompose` (the one-pass decomposer), `codec` (zlib/zstd cluster codecs matching qemu), `recipe` (recipe encoding),
 //! `rebuild` (recipe → original bytes), `writer` (guest extents → new qcow2), `error`.
 //! The recipe encoding and the policy table are specified in `format-spec/qcow2-layout.md`.
-mod codec;
 mod decompose;
 mod error;
 pub mod header;
 mod policy;
 mod pool;
-mod rebuild;
-mod recipe;
 mod writer;
 
-pub use codec::{deflate_qemu, zlib_version, zstd_qemu, CODEC_ZLIB, CODEC_ZSTD};
+pub use crate::format::codec::{deflate_qemu, zlib_version, zstd_qemu, CODEC_ZLIB, CODEC_ZSTD};
+pub use crate::format::rebuild::rebuild;
+pub use crate::format::recipe::{compressed_check, Recipe, Segment, FLAG_OPAQUE, RECIPE_MAGIC, RECIPE_VERSION};
 pub use decompose::decompose;
 pub use error::Qcow2Error;
 pub use policy::{Policy, DEFAULT_MAX_SEGMENTS, DEFAULT_SPILL_LIMIT};
-pub use rebuild::rebuild;
-pub use recipe::{compressed_check, Recipe, Segment, FLAG_OPAQUE, RECIPE_MAGIC, RECIPE_VERSION};
 /// Largest encoded recipe a reader accepts (and the decomposer produces).
-pub const MAX_RECIPE_BYTES: u64 = recipe::MAX_BODY;
+pub const MAX_RECIPE_BYTES: u64 = crate::format::recipe::MAX_BODY;
 pub use writer::write_qcow2;
 
-/// Receiver of the decomposer's two output streams.
-pub trait DecomposeSink {
-    /// Guest data of the virtual disk at `guest_offset`. Pieces never overlap, lie inside the
-    /// virtual size, and usually (qemu-img convert output) arrive in increasing guest order;
-    /// out-of-order pieces are allowed. The sink does zero-block detection and chunking itself.
-    fn guest(&mut self, guest_offset: u64, data: &[u8]) -> std::io::Result<()>;
-    /// The next bytes of the *literal stream*: one contiguous byte stream (offsets start at 0)
-    /// holding every byte of the file the recipe cannot express as guest data / zeros / recompression.
-    fn literal(&mut self, data: &[u8]) -> std::io::Result<()>;
-}
-
-/// Random-access source of the two streams at rebuild/conversion time.
-pub trait RebuildSource {
-    /// Guest bytes at `guest_offset` (holes read as zeros).
-    fn read_guest(&mut self, guest_offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// Literal-stream bytes at `literal_offset`.
-    fn read_literal(&mut self, literal_offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
+pub use crate::format::{DecomposeSink, RebuildSource};
 
 /// What `imgarc inspect` reports about a qcow2 image (also stored with snapshots).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -103,5 +83,5 @@ pub struct Decomposed {
 
 /// Recipe decoding alone (for `inspect` of a stored snapshot, and fuzzing).
 pub fn decode_recipe(recipe: &[u8]) -> Result<Recipe, Qcow2Error> {
-    Recipe::decode(recipe)
+    Ok(Recipe::decode(recipe)?)
 }

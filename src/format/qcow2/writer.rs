@@ -7,10 +7,10 @@
 //! layout is computed before the first byte is written. With compression the compressed sizes
 //! are needed for the layout, so the data is compressed twice (a sizing pass that keeps only
 //! lengths, then the writing pass) instead of buffering compressed data.
-use super::codec;
 use super::error::Qcow2Error;
-use super::rebuild::read_cluster;
 use super::RebuildSource;
+use crate::format::codec;
+use crate::format::rebuild::read_cluster;
 use rayon::prelude::*;
 use std::io::Write;
 

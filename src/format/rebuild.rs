@@ -2,7 +2,7 @@
 //! (so it can feed an upload directly). Compressed clusters are recompressed in parallel
 //! (rayon) in windows, written in order.
 use super::codec;
-use super::error::Qcow2Error;
+use super::error::ImageError;
 use super::recipe::{compressed_check, Recipe, Segment};
 use super::RebuildSource;
 use rayon::prelude::*;
@@ -21,7 +21,7 @@ pub(crate) fn read_cluster(src: &mut dyn RebuildSource, g: u64, cs: usize, vsize
 }
 
 /// Rebuilds the original file byte-exactly as a sequential stream; returns bytes written.
-pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) -> Result<u64, Qcow2Error> {
+pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) -> Result<u64, ImageError> {
     let r = Recipe::decode(recipe)?;
     let cs = 1usize << r.cluster_bits;
     let window = ((16usize << 20) / cs).max(4);
@@ -61,18 +61,18 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
                 }
                 Segment::Compressed { len, guest_off, codec, check } => {
                     let c = comp.next().flatten().ok_or_else(|| {
-                        Qcow2Error::Rebuild(format!("codec {codec} failed for the cluster at guest offset {guest_off:#x}"))
+                        ImageError::Rebuild(format!("codec {codec} failed for the cluster at guest offset {guest_off:#x}"))
                     })?;
                     let lib = if codec == codec::CODEC_ZLIB { "zlib" } else { "zstd" };
                     if c.len() as u64 != len {
-                        return Err(Qcow2Error::Rebuild(format!(
+                        return Err(ImageError::Rebuild(format!(
                             "recompressing the cluster at guest offset {guest_off:#x} (host offset {written:#x}) gave {} bytes, the original had {len}: the linked {lib} differs from the one used at ingest",
                             c.len(),
                         )));
                     }
                     // Same length is not same bytes: compare with the check recorded at ingest.
                     if check.is_some_and(|want| compressed_check(&c) != want) {
-                        return Err(Qcow2Error::Rebuild(format!(
+                        return Err(ImageError::Rebuild(format!(
                             "recompressing the cluster at guest offset {guest_off:#x} (host offset {written:#x}) gave other bytes than the original (recorded check differs): the linked {lib} differs from the one used at ingest"
                         )));
                     }
@@ -93,7 +93,7 @@ fn write_in_pieces<W: Write + ?Sized>(
     buf: &mut [u8],
     len: u64,
     mut fill: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
-) -> Result<(), Qcow2Error> {
+) -> Result<(), ImageError> {
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;

@@ -4,7 +4,7 @@
 //!
 //! A recipe is a list of segments that tile the file `[0, file_len)` in host order, so host
 //! offsets are implicit and rebuild is a single sequential pass.
-use super::error::Qcow2Error;
+use super::error::ImageError;
 use std::io::Read;
 
 pub const RECIPE_MAGIC: &[u8; 4] = b"IQCR";
@@ -73,31 +73,31 @@ struct Cur<'a> {
     p: usize,
 }
 impl Cur<'_> {
-    fn u8(&mut self) -> Result<u8, Qcow2Error> {
-        let v = *self.b.get(self.p).ok_or_else(|| Qcow2Error::BadRecipe("truncated".into()))?;
+    fn u8(&mut self) -> Result<u8, ImageError> {
+        let v = *self.b.get(self.p).ok_or_else(|| ImageError::BadRecipe("truncated".into()))?;
         self.p += 1;
         Ok(v)
     }
-    fn var(&mut self) -> Result<u64, Qcow2Error> {
+    fn var(&mut self) -> Result<u64, ImageError> {
         let mut v = 0u64;
         for i in 0..10 {
             let b = self.u8()?;
             if i == 9 && b > 1 {
-                return Err(Qcow2Error::BadRecipe("varint overflows 64 bits".into()));
+                return Err(ImageError::BadRecipe("varint overflows 64 bits".into()));
             }
             v |= ((b & 0x7f) as u64) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err(Qcow2Error::BadRecipe("varint too long".into()))
+        Err(ImageError::BadRecipe("varint too long".into()))
     }
-    fn u64_le(&mut self) -> Result<u64, Qcow2Error> {
-        let b = self.b.get(self.p..self.p + 8).ok_or_else(|| Qcow2Error::BadRecipe("truncated".into()))?;
+    fn u64_le(&mut self) -> Result<u64, ImageError> {
+        let b = self.b.get(self.p..self.p + 8).ok_or_else(|| ImageError::BadRecipe("truncated".into()))?;
         self.p += 8;
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
-    fn zz(&mut self) -> Result<i64, Qcow2Error> {
+    fn zz(&mut self) -> Result<i64, ImageError> {
         let v = self.var()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
@@ -161,14 +161,14 @@ impl Recipe {
     }
 
     /// Decode and validate (segments tile `[0, file_len)`, every length non-zero).
-    pub fn decode(data: &[u8]) -> Result<Recipe, Qcow2Error> {
-        let e = |m: &str| Qcow2Error::BadRecipe(m.into());
+    pub fn decode(data: &[u8]) -> Result<Recipe, ImageError> {
+        let e = |m: &str| ImageError::BadRecipe(m.into());
         if data.len() < 6 || &data[..4] != RECIPE_MAGIC {
             return Err(e("bad magic (not an imgarc qcow2 recipe)"));
         }
         let version = data[4];
         if !(1..=RECIPE_VERSION).contains(&version) {
-            return Err(Qcow2Error::BadRecipe(format!("unsupported recipe version {version}")));
+            return Err(ImageError::BadRecipe(format!("unsupported recipe version {version}")));
         }
         let comp = data[5];
         let mut c = Cur { b: data, p: 6 };
@@ -252,7 +252,7 @@ impl Recipe {
             return Err(e("trailing bytes after segments"));
         }
         if pos != file_len {
-            return Err(Qcow2Error::BadRecipe(format!("segments cover {pos} bytes, file length is {file_len}")));
+            return Err(ImageError::BadRecipe(format!("segments cover {pos} bytes, file length is {file_len}")));
         }
         Ok(Recipe { file_len, cluster_bits, virtual_size, flags, segments })
     }
@@ -303,13 +303,13 @@ impl SegList {
         self.items.len()
     }
     /// Sort by host offset, merge continuations, verify exact tiling of `[0, file_len)`.
-    pub fn finish(mut self, file_len: u64) -> Result<Vec<Segment>, Qcow2Error> {
+    pub fn finish(mut self, file_len: u64) -> Result<Vec<Segment>, ImageError> {
         self.items.sort_unstable_by_key(|x| x.0);
         let mut out: Vec<Segment> = Vec::with_capacity(self.items.len());
         let mut pos = 0u64;
         for (host, s) in self.items {
             if host != pos {
-                return Err(Qcow2Error::Rebuild(format!(
+                return Err(ImageError::Rebuild(format!(
                     "internal error: recipe gap/overlap at host offset {pos} (next segment at {host})"
                 )));
             }
@@ -323,7 +323,7 @@ impl SegList {
             out.push(s);
         }
         if pos != file_len {
-            return Err(Qcow2Error::Rebuild(format!("internal error: recipe covers {pos} of {file_len} bytes")));
+            return Err(ImageError::Rebuild(format!("internal error: recipe covers {pos} of {file_len} bytes")));
         }
         Ok(out)
     }
