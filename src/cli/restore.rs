@@ -151,7 +151,10 @@ fn plan_prose(p: &GlanceRestorePlan) -> String {
     s.push_str(&format!("  properties: {}\n", if props.is_empty() { "none".into() } else { props.join(", ") }));
     s.push_str(&format!("  protected once verified: {}\n", if p.protected { "yes" } else { "no" }));
     match (p.size, &p.converted_to) {
-        (_, Some(f)) => s.push_str(&format!("  data: converted to {f}; checked against what is uploaded only\n")),
+        (_, Some(f)) => s.push_str(&format!(
+            "  data: converted to {f} ({}); checked against what is uploaded only\n",
+            p.subformat.as_deref().map_or_else(|| "default subformat".to_string(), |sf| format!("subformat {sf}"))
+        )),
         (Some(n), None) => {
             let digests: Vec<String> = p.expected_digests.iter().map(|(k, v)| format!("{k} {v}")).collect();
             s.push_str(&format!(
