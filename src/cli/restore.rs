@@ -19,7 +19,7 @@ pub struct RestoreArgs {
     pub output: Option<String>,
     #[command(flatten)]
     pub restore: RestoreOptions,
-    /// Upload into Glance instead of writing a file (with the archived image metadata)
+    /// Upload into Glance instead of writing a file (with the archived image metadata; with --disk-format converted, and Glance's disk_format set to match)
     #[arg(long, conflicts_with = "output")]
     pub to_glance: bool,
     #[command(flatten)]
