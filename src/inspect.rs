@@ -142,6 +142,11 @@ fn inspect_snapshot(index: &Index, target: &str) -> Result<Value> {
     v["file_len"] = snap.logical_bytes.into();
     v["virtual_size"] = snap.virtual_bytes.into();
     v["stored_guest_bytes"] = snap.guest.data_bytes.into();
+    if snap.format == "qcow2" && v.get("subformat").is_none() {
+        if let Some(version) = v.get("version").and_then(Value::as_u64) {
+            v["subformat"] = format!("v{version}").into();
+        }
+    }
     let (layout, decomposed) = match &snap.layout {
         Layout::Raw => ("raw", false),
         Layout::Qcow2 { .. } => ("qcow2", true),
@@ -165,9 +170,15 @@ fn inspect_snapshot(index: &Index, target: &str) -> Result<Value> {
 pub fn prose(v: &Value) -> String {
     let mut lines = Vec::new();
     flatten("", v, &mut lines);
+    // What every format has comes first; the rest in key order.
+    let rank = |k: &str| LEADING.iter().position(|l| *l == k).unwrap_or(LEADING.len());
+    lines.sort_by_key(|(k, _)| rank(k));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0).min(40);
     lines.iter().map(|(k, val)| format!("{k:>width$}: {val}\n")).collect()
 }
+
+/// The fields `prose` puts first, in this order.
+const LEADING: &[&str] = &["format", "subformat", "virtual_size", "file_len", "snapshot", "decomposed", "opaque", "note"];
 
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     let key = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
@@ -215,6 +226,8 @@ mod tests {
             "extents": [{"type": "SPARSE", "sectors": 131072}],
         });
         let p = prose(&v);
+        let first: Vec<&str> = p.lines().take(3).map(|l| l.split(':').next().unwrap().trim()).collect();
+        assert_eq!(first, ["format", "subformat", "virtual_size"], "{p}");
         for line in [
             "format: vmdk",
             "virtual_size: 67108864",

@@ -147,6 +147,24 @@ pub struct GlanceRestorePlan {
     pub subformat: Option<String>,
     /// Images of that name already in the target (a restore adds another one, it replaces none).
     pub existing_images: Vec<String>,
+    /// What may make the target refuse the upload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Why Glance may refuse a conversion's upload, known before it starts: its upload inspection
+/// (oslo.utils' VHD inspector reads only offset 0) sees a fixed VHD, whose only footer is at
+/// the end, as raw, and with `require_image_format_match` (on by default) refuses it as `vhd`.
+fn upload_warnings(restore_opts: &RestoreOptions) -> Vec<String> {
+    let fixed = restore_opts.subformat.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("fixed"));
+    match restore_opts.disk_format.as_deref() {
+        Some("vhd") if fixed => {
+            vec!["Glance's upload inspection sees a fixed VHD (footer at the end only) as raw and, with require_image_format_match \
+             (its default), refuses it as vhd: use the dynamic default, or --disk-format raw"
+                .to_string()]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The archived record to create from and the upload's options (shared by the restore and its dry run).
@@ -216,6 +234,7 @@ pub fn plan_restore_to_glance(
         converted_to: restore_opts.disk_format.clone(),
         subformat: restore_opts.subformat.clone(),
         existing_images,
+        warnings: upload_warnings(restore_opts),
     })
 }
 

@@ -165,6 +165,9 @@ fn plan_prose(p: &GlanceRestorePlan) -> String {
         }
         (None, None) => {}
     }
+    for w in &p.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
+    }
     if !p.existing_images.is_empty() {
         s.push_str(&format!("  already in the target with this name: {} (a restore adds another image)\n", p.existing_images.join(", ")));
     }
