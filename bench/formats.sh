@@ -55,7 +55,7 @@ OUTPUTS=(
 "$BIN" -q -r "$REPO" init
 echo "disk: $DISK ($(stat -c %s "$DISK") bytes), $("$BIN" --version)"
 echo
-printf '%-24s %12s %9s %9s %9s %14s %8s %s\n' input file_bytes mk_s archive_s qemu_raw_s stored_added pct_raw layout
+printf '%-24s %12s %9s %9s %9s %14s %8s %s\n' input file_bytes mk_s archive_s qemu_raw_s stored_added pct_raw archived_as
 raw_added=0
 QCOW2_SNAP=
 for spec in "${INPUTS[@]}"; do
@@ -75,8 +75,9 @@ for spec in "${INPUTS[@]}"; do
     added=$(field "$WORK/a.json" stored_bytes_added)
     [ "$name" = raw ] && raw_added=$added
     [ "$name" = qcow2 ] && QCOW2_SNAP=$(field "$WORK/a.json" snapshot) && QCOW2_IMG=$img
-    layout=decomposed
-    [ -n "$(field "$WORK/a.json" opaque)" ] && layout=opaque
+    # The format archive detected, and whether its guest disk was read (else stored opaque).
+    layout=$(field "$WORK/a.json" format)
+    [ -n "$(field "$WORK/a.json" opaque)" ] && layout="$layout, opaque"
     pct=$(python3 -c "print(f'{$added*100/max($raw_added,1):.2f}')")
     printf '%-24s %12s %9s %9s %9s %14s %7s%% %s\n' "$name" "$(stat -c %s "$img")" "$mk" "$arch" "$qraw" "$added" "$pct" "$layout"
     [ "$name" = raw ] || [ "$name" = qcow2 ] || rm -f "$img"
