@@ -76,6 +76,12 @@ fn every_disk_format_into_glance_and_back() {
         assert_eq!(plan["image"]["disk_format"], output.kind.name(), "{}: {plan}", output.name);
         assert_eq!(plan["image"]["container_format"], "bare", "{plan}");
         assert_eq!(plan["converted_to"], output.kind.name(), "{plan}");
+        let disktype = match output.kind {
+            FormatKind::Vmdk if output.name.contains("monolithicSparse") => json!("sparse"),
+            FormatKind::Vmdk => json!("streamOptimized"),
+            _ => Value::Null,
+        };
+        assert_eq!(plan["image"]["vmware_disktype"], disktype, "{plan}");
         assert!(g.list_filtered(&[("name", &name)], 10).unwrap().is_empty(), "a dry run created an image");
         assert_eq!(plan["warnings"].is_array(), output.name == "vhd-fixed", "the dry run warns of the fixed VHD only: {plan}");
 
