@@ -234,6 +234,9 @@ fn every_format_in_and_out_of_one_repository() {
         env.ok(&["restore", &snap, "-o", guest.to_str().unwrap(), "--disk-format", "raw"]);
         let qemu = qemu_guest(dir.path(), &path, input.qemu_format);
         assert!(std::fs::read(&guest).unwrap() == qemu, "{}: restore --disk-format raw differs from qemu-img convert -O raw", input.name);
+        let qemu_size = qemu.len() as u64;
+        assert_eq!(u(&a, "virtual_bytes"), qemu_size, "{}: the archive's virtual size is not qemu's: {a}", input.name);
+        assert_eq!(u(&inspected, "virtual_size"), qemu_size, "{}: inspect's virtual size is not qemu's: {inspected}", input.name);
         std::fs::remove_file(&guest).unwrap();
 
         // Every output format × subformat.
