@@ -80,8 +80,22 @@ pub struct GlanceRestoreReport {
     pub warnings: Vec<String>,
 }
 
-/// The Glance record to restore from: the archived one, or one made from the snapshot.
-fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRecord> {
+/// The Glance `disk_format` of a conversion's `--disk-format`: imgarc's names are Glance's
+/// (`vhd` is Glance's name for qemu's `vpc`), so this only refuses what Glance has no name for.
+pub fn glance_disk_format(restore_disk_format: &str) -> Result<&'static str> {
+    crate::restore::CONVERSION_FORMATS
+        .iter()
+        .copied()
+        .find(|f| f.eq_ignore_ascii_case(restore_disk_format))
+        .ok_or_else(|| anyhow!("--disk-format {restore_disk_format:?}: Glance stores {}", crate::restore::CONVERSION_FORMATS.join(", ")))
+}
+
+/// The Glance record to restore from: the archived one, or one made from the snapshot. A
+/// conversion (`disk_format` given) is a bare disk image of that format: `disk_format` set to
+/// match (Glance's upload inspection compares it with the bytes), `container_format` bare (the
+/// only container Glance inspects), and VMware's `vmware_disktype` set for a VMDK (Nova's
+/// VMware driver reads it: `streamOptimized` or `sparse`) and dropped for any other format.
+fn archived_record(snap: &Snapshot, disk_format: Option<&str>, subformat: Option<&str>) -> Result<ImageRecord> {
     let mut metadata = snap.metadata.clone();
     // Older snapshots may hold store locations (with credentials): never sent to a cloud.
     glance::redact_store_locations(&mut metadata);
@@ -90,7 +104,16 @@ fn archived_record(snap: &Snapshot, disk_format: Option<&str>) -> Result<ImageRe
         raw = serde_json::json!({"id": "", "name": snap.name, "status": "active", "container_format": "bare", "disk_format": snap.format});
     }
     if let Some(f) = disk_format {
+        let f = glance_disk_format(f)?;
         raw["disk_format"] = f.into();
+        raw["container_format"] = "bare".into();
+        if let Some(m) = raw.as_object_mut() {
+            m.remove("vmware_disktype");
+            if f == "vmdk" {
+                let sparse = subformat.is_some_and(|s| s.eq_ignore_ascii_case("monolithicSparse"));
+                m.insert("vmware_disktype".into(), if sparse { "sparse" } else { "streamOptimized" }.into());
+            }
+        }
     }
     Ok(ImageRecord::from_json(raw)?)
 }
@@ -118,8 +141,30 @@ pub struct GlanceRestorePlan {
     /// The format the data is converted to (`--disk-format`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub converted_to: Option<String>,
+    /// The `--subformat` of that conversion (`None`: the writer's default — vmdk
+    /// streamOptimized, vdi/vhd/vhdx dynamic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subformat: Option<String>,
     /// Images of that name already in the target (a restore adds another one, it replaces none).
     pub existing_images: Vec<String>,
+    /// What may make the target refuse the upload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Why Glance may refuse a conversion's upload, known before it starts: its upload inspection
+/// (oslo.utils' VHD inspector reads only offset 0) sees a fixed VHD, whose only footer is at
+/// the end, as raw, and with `require_image_format_match` (on by default) refuses it as `vhd`.
+fn upload_warnings(restore_opts: &RestoreOptions) -> Vec<String> {
+    let fixed = restore_opts.subformat.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("fixed"));
+    match restore_opts.disk_format.as_deref() {
+        Some("vhd") if fixed => {
+            vec!["Glance's upload inspection sees a fixed VHD (footer at the end only) as raw and, with require_image_format_match \
+             (its default), refuses it as vhd: use the dynamic default, or --disk-format raw"
+                .to_string()]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The archived record to create from and the upload's options (shared by the restore and its dry run).
@@ -128,7 +173,7 @@ fn restore_request(
     restore_opts: &RestoreOptions,
     opts: &ToGlanceOptions,
 ) -> Result<(ImageRecord, glance::RestoreOptions)> {
-    let archived = archived_record(snap, restore_opts.disk_format.as_deref())?;
+    let archived = archived_record(snap, restore_opts.disk_format.as_deref(), restore_opts.subformat.as_deref())?;
     let mut overrides = serde_json::Map::new();
     if let Some(n) = &opts.name {
         overrides.insert("name".into(), n.clone().into());
@@ -187,7 +232,9 @@ pub fn plan_restore_to_glance(
         size: glance_opts.size,
         expected_digests,
         converted_to: restore_opts.disk_format.clone(),
+        subformat: restore_opts.subformat.clone(),
         existing_images,
+        warnings: upload_warnings(restore_opts),
     })
 }
 

@@ -145,7 +145,9 @@ pub fn recipe(data: &[u8]) {
 /// Format detection and the declared-format decision.
 pub fn format_detection(data: &[u8]) {
     let d = detect::detect(data);
-    for declared in [None, Some("raw"), Some("qcow2"), Some("vmdk"), Some("")] {
+    for declared in
+        [None, Some("raw"), Some("qcow2"), Some("vmdk"), Some("vdi"), Some("vhd"), Some("vhdx"), Some("iso"), Some("qed"), Some("")]
+    {
         let _ = detect::decide(declared, &d);
         let _ = detect::check_declared(declared, &d);
     }

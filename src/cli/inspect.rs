@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use anyhow::Result;
-use imgarc::inspect::{inspect, InspectOptions};
+use imgarc::inspect::{inspect, prose, InspectOptions};
 
 pub fn run(ctx: &Ctx, opts: InspectOptions) -> Result<()> {
     let json = inspect(&opts, &|| {
@@ -10,16 +10,6 @@ pub fn run(ctx: &Ctx, opts: InspectOptions) -> Result<()> {
         repo.require_full_key("inspect of a snapshot")?;
         Ok(index)
     })?;
-    ctx.emit(&json, || {
-        let mut s = String::new();
-        if let Some(obj) = json.as_object() {
-            for (k, v) in obj {
-                if !v.is_null() {
-                    s.push_str(&format!("{k:>28}: {}\n", v.to_string().trim_matches('"')));
-                }
-            }
-        }
-        s
-    });
+    ctx.emit(&json, || prose(&json));
     Ok(())
 }

@@ -126,9 +126,9 @@ pub enum Command {
     List(list::ListArgs),
     /// Show one snapshot in detail
     Show(show::ShowArgs),
-    /// Rebuild an archived image byte-exactly
+    /// Rebuild an archived image byte-exactly, or convert its guest disk (--disk-format raw, qcow2, vmdk, vdi, vhd, vhdx)
     Restore(restore::RestoreArgs),
-    /// Describe an image file or an archived snapshot: format, sizes, QCOW2 features and flags
+    /// Describe an image file or an archived snapshot: format, sizes, subformat, grain/block/cluster size, allocation, flags
     Inspect(imgarc::inspect::InspectOptions),
     /// Verify the repository (structure; with --read-data every byte)
     Check(imgarc::check::CheckFlags),

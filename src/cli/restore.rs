@@ -19,7 +19,7 @@ pub struct RestoreArgs {
     pub output: Option<String>,
     #[command(flatten)]
     pub restore: RestoreOptions,
-    /// Upload into Glance instead of writing a file (with the archived image metadata)
+    /// Upload into Glance instead of writing a file (with the archived image metadata; with --disk-format converted, and Glance's disk_format set to match)
     #[arg(long, conflicts_with = "output")]
     pub to_glance: bool,
     #[command(flatten)]
@@ -151,7 +151,10 @@ fn plan_prose(p: &GlanceRestorePlan) -> String {
     s.push_str(&format!("  properties: {}\n", if props.is_empty() { "none".into() } else { props.join(", ") }));
     s.push_str(&format!("  protected once verified: {}\n", if p.protected { "yes" } else { "no" }));
     match (p.size, &p.converted_to) {
-        (_, Some(f)) => s.push_str(&format!("  data: converted to {f}; checked against what is uploaded only\n")),
+        (_, Some(f)) => s.push_str(&format!(
+            "  data: converted to {f} ({}); checked against what is uploaded only\n",
+            p.subformat.as_deref().map_or_else(|| "default subformat".to_string(), |sf| format!("subformat {sf}"))
+        )),
         (Some(n), None) => {
             let digests: Vec<String> = p.expected_digests.iter().map(|(k, v)| format!("{k} {v}")).collect();
             s.push_str(&format!(
@@ -161,6 +164,9 @@ fn plan_prose(p: &GlanceRestorePlan) -> String {
             ));
         }
         (None, None) => {}
+    }
+    for w in &p.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
     }
     if !p.existing_images.is_empty() {
         s.push_str(&format!("  already in the target with this name: {} (a restore adds another image)\n", p.existing_images.join(", ")));

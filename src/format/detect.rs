@@ -1,10 +1,17 @@
 //! Format sniffing of the first bytes of an image and the declared-vs-detected rule.
 //!
-//! Mirrors oslo.utils `format_inspector`: a container format is recognised by its magic;
-//! more than one container signature in one file is an error (one header may be hiding inside
-//! another); and the declared `disk_format` decides — a declared `raw` image is archived as
-//! raw bytes and never decomposed as qcow2 even if it starts with the qcow2 magic
-//! (OSSA-2024-002), while any other declared format must match what is detected.
+//! Mirrors oslo.utils `format_inspector` as Glance applies it on upload and import
+//! (`[image_format] require_image_format_match`): a container format is recognised by its
+//! magic; more than one signature in one file is an error (one header may be hiding inside
+//! another; Glance's one exception, ISO + GPT, is a raw partition table here, so no exception is
+//! needed); and the declared `disk_format` decides — a declared `raw` image is archived as raw
+//! bytes and never probed or decomposed even if it starts with a container magic
+//! (OSSA-2024-002; Glance too stores it and uses its byte size), while any other declared
+//! format (`iso` included) must match what is detected. A VMDK descriptor file (text starting
+//! `# Disk DescriptorFile`) is detected as vmdk, as oslo.utils does; the vmdk decomposer then
+//! refuses it (its extents name other files, OSSA-2023-002). Differences from oslo.utils: a
+//! fixed VHD (footer only at the end) is detected here (the vhd rule), oslo.utils sees raw; QED
+//! is refused declared or detected.
 use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -152,7 +159,8 @@ pub fn detect(head: &[u8]) -> Detected {
         all.push(FormatKind::Luks);
         version = head.get(6..8).map(|v| u16::from_be_bytes([v[0], v[1]]) as u32);
     }
-    if at(head, 0x8001, b"CD001") {
+    // ISO 9660 (CD001) or UDF (NSR02/NSR03) volume descriptor at 32 KiB, as oslo.utils' ISOInspector.
+    if [&b"CD001"[..], b"NSR02", b"NSR03"].iter().any(|m| at(head, 0x8001, m)) {
         all.push(FormatKind::Iso);
     }
     // A fixed VHD has its footer only at the end; visible here when the file is short.
@@ -202,13 +210,15 @@ pub fn decide(declared: Option<&str>, detected: &Detected) -> Result<FormatKind,
     if declared == Some(FormatKind::Raw) {
         return Ok(FormatKind::Raw);
     }
-    // ISO 9660 images may legitimately carry another signature (hybrid boot images); other
-    // combinations are refused.
-    let containers: Vec<_> = detected.all.iter().filter(|k| **k != FormatKind::Iso).collect();
-    if containers.len() > 1 {
-        return Err(FormatError::Ambiguous(containers.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")));
+    // More than one signature is refused, ISO with a container too (Glance allows only ISO +
+    // GPT, a bootable ISO with a partition table in front; a partition table is no signature
+    // here, the disk is raw). An ISO that also carries a qcow2 or VMDK header is exactly what a
+    // hypervisor could be tricked into reading as the other format.
+    if detected.all.len() > 1 {
+        return Err(FormatError::Ambiguous(detected.all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")));
     }
-    if detected.kind == FormatKind::Qed {
+    // QED is refused whether declared or detected (oslo.utils bans it: qemu deprecated it).
+    if detected.kind == FormatKind::Qed || declared == Some(FormatKind::Qed) {
         return Err(FormatError::Banned("QED".into()));
     }
     match declared {
@@ -277,5 +287,90 @@ mod tests {
         let r = detect(&[0u8; 100]);
         assert!(matches!(check_declared(Some("qcow2"), &r), Err(FormatError::Mismatch { .. })));
         assert_eq!(decide(Some("ami"), &r), Ok(FormatKind::Raw));
+    }
+
+    /// A 64 KiB head with `magic` at `offset` (and an MBR boot signature, which changes nothing).
+    fn head_with(marks: &[(usize, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; 65536];
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        for (o, m) in marks {
+            b[*o..*o + m.len()].copy_from_slice(m);
+        }
+        b
+    }
+
+    /// Every declared `disk_format` × every detected kind (Glance's rules): `=` processed as the
+    /// detected format, `raw` as raw, `M` mismatch, `B` banned, `A` ambiguous.
+    #[test]
+    fn declared_times_detected_table() {
+        let declared = [
+            None,
+            Some("raw"),
+            Some("qcow2"),
+            Some("vmdk"),
+            Some("vdi"),
+            Some("vhd"),
+            Some("vhdx"),
+            Some("iso"),
+            Some("qed"),
+            Some("luks"),
+        ];
+        let vdi_magic = 0xbeda_107fu32.to_le_bytes();
+        let descriptor = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"other-flat.vmdk\" 0\n";
+        let rows: Vec<(&str, Vec<u8>, FormatKind, [&str; 10])> = vec![
+            ("raw", head_with(&[]), FormatKind::Raw, ["=", "raw", "M", "M", "M", "M", "M", "M", "B", "M"]),
+            ("qcow2", head_with(&[(0, b"QFI\xfb\0\0\0\x03")]), FormatKind::Qcow2, ["=", "raw", "=", "M", "M", "M", "M", "M", "B", "M"]),
+            ("vmdk sparse", head_with(&[(0, b"KDMV\x01\0\0\0")]), FormatKind::Vmdk, ["=", "raw", "M", "=", "M", "M", "M", "M", "B", "M"]),
+            ("vmdk descriptor file", descriptor.to_vec(), FormatKind::Vmdk, ["=", "raw", "M", "=", "M", "M", "M", "M", "B", "M"]),
+            ("vdi", head_with(&[(64, &vdi_magic)]), FormatKind::Vdi, ["=", "raw", "M", "M", "=", "M", "M", "M", "B", "M"]),
+            ("vhd dynamic", head_with(&[(0, b"conectix")]), FormatKind::Vhd, ["=", "raw", "M", "M", "M", "=", "M", "M", "B", "M"]),
+            ("vhdx", head_with(&[(0, b"vhdxfile")]), FormatKind::Vhdx, ["=", "raw", "M", "M", "M", "M", "=", "M", "B", "M"]),
+            ("iso 9660", head_with(&[(0x8001, b"CD001")]), FormatKind::Iso, ["=", "raw", "M", "M", "M", "M", "M", "=", "B", "M"]),
+            ("iso udf", head_with(&[(0x8001, b"NSR02")]), FormatKind::Iso, ["=", "raw", "M", "M", "M", "M", "M", "=", "B", "M"]),
+            ("qed", head_with(&[(0, b"QED\0")]), FormatKind::Qed, ["B", "raw", "B", "B", "B", "B", "B", "B", "B", "B"]),
+            ("luks", head_with(&[(0, b"LUKS\xba\xbe\0\x01")]), FormatKind::Luks, ["=", "raw", "M", "M", "M", "M", "M", "M", "B", "="]),
+            (
+                "qcow2 + iso",
+                head_with(&[(0, b"QFI\xfb"), (0x8001, b"CD001")]),
+                FormatKind::Qcow2,
+                ["A", "raw", "A", "A", "A", "A", "A", "A", "A", "A"],
+            ),
+            (
+                "vhd + vdi",
+                head_with(&[(0, b"conectix"), (64, &vdi_magic)]),
+                FormatKind::Vhd,
+                ["A", "raw", "A", "A", "A", "A", "A", "A", "A", "A"],
+            ),
+        ];
+        for (what, head, kind, cells) in &rows {
+            let d = detect(head);
+            assert_eq!(d.kind, *kind, "{what}: detected {d:?}");
+            for (decl, cell) in declared.iter().zip(cells) {
+                let got = decide(*decl, &d);
+                let ok = match *cell {
+                    "=" => got == Ok(*kind),
+                    "raw" => got == Ok(FormatKind::Raw),
+                    "M" => matches!(got, Err(FormatError::Mismatch { .. })),
+                    "B" => matches!(got, Err(FormatError::Banned(_))),
+                    "A" => matches!(got, Err(FormatError::Ambiguous(_))),
+                    other => panic!("bad cell {other}"),
+                };
+                assert!(ok, "{what} declared {decl:?}: expected {cell}, got {got:?}");
+            }
+        }
+        // Aliases and unknown names.
+        let vhd = detect(&head_with(&[(0, b"conectix")]));
+        assert_eq!(decide(Some("vpc"), &vhd), Ok(FormatKind::Vhd));
+        assert_eq!(decide(Some("VHD"), &vhd), Ok(FormatKind::Vhd));
+        for alias in ["aki", "ari", "ami"] {
+            assert_eq!(decide(Some(alias), &vhd), Ok(FormatKind::Raw), "{alias}");
+        }
+        assert!(matches!(decide(Some("ploop"), &vhd), Err(FormatError::UnknownDeclared(_))));
+        // The refusal texts name both sides.
+        let e = decide(Some("vdi"), &vhd).unwrap_err().to_string();
+        assert!(e.contains("\"vdi\"") && e.contains("vhd"), "{e}");
+        let e = decide(None, &detect(&head_with(&[(0, b"QFI\xfb"), (0x8001, b"CD001")]))).unwrap_err().to_string();
+        assert!(e.contains("qcow2, iso"), "{e}");
     }
 }

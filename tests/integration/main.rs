@@ -22,6 +22,7 @@ mod copy_params;
 mod dedup_scope;
 mod encryption;
 mod faults;
+mod format_matrix;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
@@ -51,6 +52,8 @@ mod object_lock;
 #[cfg(feature = "remote-tests")]
 mod remote_e2e;
 
+#[cfg(feature = "openstack-tests")]
+mod format_glance;
 #[cfg(feature = "openstack-tests")]
 mod glance_e2e;
 #[cfg(feature = "openstack-tests")]
