@@ -4,8 +4,8 @@
 //!
 //! The output is one sequential pass. The header and the map come first and name the allocated blocks, and a block
 //! is allocated only when it holds a non-zero byte (an all-zero block stays unallocated, as qemu-img convert leaves
-//! it), so a dynamic image reads the allocated ranges of the source twice: a scan that keeps one bit per block, then
-//! the writing pass. A fixed image needs no scan.
+//! it), so a dynamic image reads the source twice: a scan that keeps one bit per block (each block read in 64 KiB pieces
+//! up to its first non-zero byte), then the writing pass. A fixed image needs no scan.
 use super::header::{self, Header, BLOCK_FREE, FORMAT};
 use crate::chunking::is_zero;
 use crate::format::{ImageError, RebuildSource, WriteOptions};
@@ -102,13 +102,11 @@ pub fn write(
     Ok(written)
 }
 
-/// Reads the guest block at `g` into `buf` (one block), zeros past the virtual size; untouched by `ranges` → zeros
-/// without reading.
-fn read_block(src: &mut dyn RebuildSource, g: u64, virtual_size: u64, ranges: &[(u64, u64)], buf: &mut [u8]) -> Result<bool, ImageError> {
+/// Reads the guest block at `g` into `buf` (one block): zeros past the virtual size and outside `ranges` (not read).
+fn read_block(src: &mut dyn RebuildSource, g: u64, virtual_size: u64, ranges: &[(u64, u64)], buf: &mut [u8]) -> Result<(), ImageError> {
     buf.fill(0);
     let end = g + buf.len() as u64;
     let first = ranges.partition_point(|&(o, l)| o.saturating_add(l) <= g);
-    let mut touched = false;
     for &(o, l) in &ranges[first..] {
         if o >= end {
             break;
@@ -117,13 +115,13 @@ fn read_block(src: &mut dyn RebuildSource, g: u64, virtual_size: u64, ranges: &[
         let e = o.saturating_add(l).min(end).min(virtual_size);
         if s < e {
             src.read_guest(s, &mut buf[(s - g) as usize..(e - g) as usize])?;
-            touched = true;
         }
     }
-    Ok(touched)
+    Ok(())
 }
 
-/// Which blocks hold a non-zero byte.
+/// Which blocks hold a non-zero byte. Each block is read in small pieces up to its first non-zero one, so the scan
+/// of a block with data usually costs a fraction of the block.
 fn scan(
     virtual_size: u64,
     ranges: &[(u64, u64)],
@@ -131,22 +129,24 @@ fn scan(
     src: &mut dyn RebuildSource,
     buf: &mut [u8],
 ) -> Result<Vec<bool>, ImageError> {
-    let bs = buf.len() as u64;
+    const PIECE: u64 = 64 << 10;
+    let bs = BLOCK_SIZE as u64;
     let mut allocated = vec![false; blocks as usize];
-    let mut last = None;
     for &(o, l) in ranges {
         let e = o.saturating_add(l).min(virtual_size);
-        if o >= e {
-            continue;
-        }
-        for block in o / bs..e.div_ceil(bs) {
-            if last == Some(block) {
+        let mut at = o;
+        while at < e {
+            let block = at / bs;
+            if allocated[block as usize] {
+                at = (block + 1) * bs;
                 continue;
             }
-            last = Some(block);
-            if read_block(src, block * bs, virtual_size, ranges, buf)? && !is_zero(buf) {
+            let n = (e - at).min(PIECE).min((block + 1) * bs - at) as usize;
+            src.read_guest(at, &mut buf[..n])?;
+            if !is_zero(&buf[..n]) {
                 allocated[block as usize] = true;
             }
+            at += n as u64;
         }
     }
     Ok(allocated)
