@@ -264,11 +264,14 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
     )
 }
 
-/// The 0x200 bytes of a header the writer produces (VDIHEADER1, the layout qemu-img writes).
-pub fn encode(h: &Header, uuid_create: [u8; 16], uuid_modify: [u8; 16]) -> Vec<u8> {
+/// The 0x200 bytes of a header the writer produces (VDIHEADER1, the layout qemu-img writes; texts cut to leave a NUL).
+pub fn encode(h: &Header) -> Vec<u8> {
     let mut b = vec![0u8; 0x200];
     let t = h.pre_header.as_bytes();
     b[..t.len().min(0x3f)].copy_from_slice(&t[..t.len().min(0x3f)]);
+    let c = h.comment.as_bytes();
+    let n = c.len().min(COMMENT_LEN - 1);
+    b[off::COMMENT..off::COMMENT + n].copy_from_slice(&c[..n]);
     let put32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     put32(&mut b, off::SIGNATURE, SIGNATURE);
     put32(&mut b, off::VERSION, VERSION_1_1);
@@ -285,7 +288,7 @@ pub fn encode(h: &Header, uuid_create: [u8; 16], uuid_modify: [u8; 16]) -> Vec<u
     put32(&mut b, off::BLOCK_SIZE, h.block_size);
     put32(&mut b, off::BLOCKS, h.blocks);
     put32(&mut b, off::BLOCKS_ALLOCATED, h.blocks_allocated);
-    b[off::UUID_CREATE..off::UUID_CREATE + 16].copy_from_slice(&uuid_create);
-    b[off::UUID_MODIFY..off::UUID_MODIFY + 16].copy_from_slice(&uuid_modify);
+    b[off::UUID_CREATE..off::UUID_CREATE + 16].copy_from_slice(&h.uuid_create);
+    b[off::UUID_MODIFY..off::UUID_MODIFY + 16].copy_from_slice(&h.uuid_modify);
     b
 }

@@ -110,6 +110,14 @@ fn dynamic_writer_output_decomposes_to_the_disk() {
     assert_eq!(header::u32_at(&img, off::BLOCKS_ALLOCATED), 4);
     assert_eq!(img.len() as u64, 0x400 + 4 * MIB);
     assert_eq!(header::u32_at(&img, 0x200 + 4), BLOCK_FREE);
+    // Fresh version-4 uuids per write; no parent.
+    let again = write_vdi(&disk, &[(0, 3 * MIB), (5 * MIB - 3, 6)], None);
+    assert_ne!(img[off::UUID_CREATE..off::UUID_CREATE + 16], again[off::UUID_CREATE..off::UUID_CREATE + 16]);
+    assert_ne!(img[off::UUID_CREATE..off::UUID_CREATE + 16], img[off::UUID_MODIFY..off::UUID_MODIFY + 16]);
+    assert_eq!(img[off::UUID_CREATE + 7] >> 4, 4);
+    assert!(img[off::UUID_LINKAGE..0x200].iter().all(|&b| b == 0));
+    assert!(img[..0x40].starts_with(writer::PRE_HEADER.as_bytes()));
+    assert!(img[0x200..0x400] == again[0x200..0x400] && img[0x400..] == again[0x400..]);
     let (g, info) = roundtrip(&img);
     assert!(g == disk);
     assert_eq!(info["subformat"], "dynamic");
@@ -244,7 +252,7 @@ fn small_image() -> Vec<u8> {
         header_size: header::HEADER_SIZE_V1_PLUS,
         image_type: header::TYPE_NORMAL,
         flags: 0,
-        comment: String::new(),
+        comment: "comment".into(),
         offset_bmap: 0x200,
         offset_data: 0x400,
         legacy_chs: [0; 3],
@@ -252,12 +260,11 @@ fn small_image() -> Vec<u8> {
         block_size: 512,
         blocks: 8,
         blocks_allocated: 3,
-        uuid_create: [0; 16],
-        uuid_modify: [0; 16],
+        uuid_create: [1; 16],
+        uuid_modify: [2; 16],
         lchs: None,
     };
-    let mut b = header::encode(&h, [1; 16], [2; 16]);
-    b[off::COMMENT..off::COMMENT + 7].copy_from_slice(b"comment");
+    let mut b = header::encode(&h);
     put32(&mut b, off::LCHS + 12, 512);
     for e in [1, BLOCK_FREE, 0, BLOCK_ZERO, 2, BLOCK_FREE, BLOCK_FREE, BLOCK_FREE] {
         b.extend_from_slice(&e.to_le_bytes());

@@ -83,13 +83,13 @@ pub fn write(
         block_size: BLOCK_SIZE,
         blocks: blocks as u32,
         blocks_allocated: next,
-        uuid_create: [0; 16],
-        uuid_modify: [0; 16],
+        // Fresh random uuids (version 4): VirtualBox registers media by uuid, so two restores of one snapshot must
+        // not collide. The modification uuid starts out as a second random one, as qemu-img does.
+        uuid_create: uuid_v4(),
+        uuid_modify: uuid_v4(),
         lchs: None,
     };
-    // Fresh random uuids (version 4): VirtualBox registers media by uuid, so two restores of one snapshot must not
-    // collide. The modification uuid starts out as a second random one, as qemu-img does.
-    let hdr = header::encode(&h, uuid_v4(), uuid_v4());
+    let hdr = header::encode(&h);
     out.write_all(&hdr)?;
     out.write_all(&map)?;
     let mut written = hdr.len() as u64 + map.len() as u64;
