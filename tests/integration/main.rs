@@ -23,6 +23,7 @@ mod dedup_scope;
 mod encryption;
 mod faults;
 mod format_matrix;
+mod format_vdi;
 mod fuzz_replay;
 mod keys;
 mod multi_host;

@@ -1,28 +1,18 @@
-//! VDI (VirtualBox): dynamic and fixed: the streaming decomposer into guest pieces + literal stream + recipe, and the
-//! streaming writer for conversion on restore. (Not implemented yet: archived as opaque bytes.)
-use super::{DecomposeSink, Decomposition, ImageError, Policy, RebuildSource, WriteOptions};
-use std::io::{Read, Write};
+//! VDI (VirtualBox disk images, version 1.1), dynamic and fixed: the streaming decomposer into guest pieces +
+//! literal stream + recipe ([`decompose()`]), and the streaming writer for conversion on restore ([`write()`]).
+//! Undo and differencing images, and any image naming a parent uuid, are refused. Byte mapping and refusals:
+//! format-spec/formats/vdi.md.
+mod decompose;
+mod header;
+mod writer;
+
+pub use decompose::decompose;
+pub use writer::write;
 
 /// Whether [`decompose`] is implemented (archive stores the container opaque otherwise).
-pub const DECOMPOSES: bool = false;
+pub const DECOMPOSES: bool = true;
 /// Whether [`write`] is implemented.
-pub const WRITES: bool = false;
+pub const WRITES: bool = true;
 
-pub fn decompose(
-    _input: &mut dyn Read,
-    _file_len: Option<u64>,
-    _policy: &Policy,
-    _sink: &mut dyn DecomposeSink,
-) -> Result<Decomposition, ImageError> {
-    Err(ImageError::refused("vdi", "not decomposed by this imgarc"))
-}
-
-pub fn write(
-    _opts: &WriteOptions,
-    _virtual_size: u64,
-    _ranges: &[(u64, u64)],
-    _src: &mut dyn RebuildSource,
-    _out: &mut dyn Write,
-) -> Result<u64, ImageError> {
-    Err(ImageError::Usage("imgarc does not write vdi images yet".into()))
-}
+#[cfg(test)]
+mod tests;
