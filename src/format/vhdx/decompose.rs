@@ -132,7 +132,10 @@ fn parse_metadata(r: &[u8], region_off: u64) -> Result<Metadata, ImageError> {
         let g: Guid = e[0..16].try_into().unwrap_or([0; 16]);
         let (off, len, flags) = (le32(e, 16) as u64, le32(e, 20) as u64, le32(e, 24));
         if g == PARENT_LOCATOR {
-            return Err(ImageError::refused(FMT, format!("metadata entry at {at:#x} is a parent locator: a differencing disk (its parent is never opened)")));
+            return Err(ImageError::refused(
+                FMT,
+                format!("metadata entry at {at:#x} is a parent locator: a differencing disk (its parent is never opened)"),
+            ));
         }
         let Some(k) = known.iter().position(|x| *x == g) else {
             if flags & META_IS_REQUIRED != 0 {
@@ -232,7 +235,8 @@ impl Dec<'_> {
     /// Past the segment budget the rest of the file is stored literal (opaque from here on).
     fn over_budget(&mut self) -> bool {
         if self.opaque.is_none() && self.segs.len() >= self.policy.max_segments {
-            self.opaque = Some(format!("the recipe would exceed {} segments; the rest of the file is stored literal", self.policy.max_segments));
+            self.opaque =
+                Some(format!("the recipe would exceed {} segments; the rest of the file is stored literal", self.policy.max_segments));
         }
         self.opaque.is_some()
     }
@@ -338,10 +342,8 @@ pub(super) fn decompose(
     let creator_raw: Vec<u16> =
         prefix[8..8 + CREATOR_LEN].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
     let creator: String = String::from_utf16_lossy(&creator_raw).chars().filter(|c| !c.is_control()).collect();
-    let headers: Vec<Header> = HEADER_OFFSETS
-        .iter()
-        .filter_map(|&o| parse_header(&prefix[o as usize..o as usize + HEADER_LEN], o))
-        .collect();
+    let headers: Vec<Header> =
+        HEADER_OFFSETS.iter().filter_map(|&o| parse_header(&prefix[o as usize..o as usize + HEADER_LEN], o)).collect();
     let h = headers
         .iter()
         .max_by_key(|h| (h.seq, std::cmp::Reverse(h.offset)))
@@ -376,7 +378,8 @@ pub(super) fn decompose(
     let ((bat_off, bat_len), (meta_off, meta_len)) =
         tables.ok_or_else(|| malformed("neither region table (at 0x30000 and 0x40000) has the signature 'regi' and a valid CRC-32C"))?;
     // The structures imgarc interprets: none may overlap another.
-    let mut regions: Vec<(u64, u64, &str)> = vec![(0, HEADER_SECTION, "header section"), (bat_off, bat_len, "BAT"), (meta_off, meta_len, "metadata")];
+    let mut regions: Vec<(u64, u64, &str)> =
+        vec![(0, HEADER_SECTION, "header section"), (bat_off, bat_len, "BAT"), (meta_off, meta_len, "metadata")];
     if h.log_len != 0 {
         regions.push((h.log_off, h.log_len as u64, "log"));
     }
@@ -393,13 +396,22 @@ pub(super) fn decompose(
         }
     }
     let prefix_end = (bat_off + bat_len).max(meta_off + meta_len);
-    let mut d = Dec { sink, policy, segs: SegList::default(), lit_off: 0, virtual_size: 0, spans: Vec::new(), next: 0, opaque: None, guest_bytes: 0 };
+    let mut d = Dec {
+        sink,
+        policy,
+        segs: SegList::default(),
+        lit_off: 0,
+        virtual_size: 0,
+        spans: Vec::new(),
+        next: 0,
+        opaque: None,
+        guest_bytes: 0,
+    };
     let cap = (policy.max_pending_ram as u64).max(HEAD_LEN);
     if prefix_end > cap {
         // The tables lie beyond what imgarc holds: store the file opaque (exact, no dedup).
-        let reason = format!(
-            "the BAT and metadata regions end at {prefix_end:#x}, beyond the {cap} bytes held before the block map is known"
-        );
+        let reason =
+            format!("the BAT and metadata regions end at {prefix_end:#x}, beyond the {cap} bytes held before the block map is known");
         if policy.strict {
             return Err(ImageError::Limit(format!("strict policy refuses opaque storage: {reason}")));
         }
@@ -419,7 +431,10 @@ pub(super) fn decompose(
     // ---- metadata and BAT ----
     let m = parse_metadata(&prefix[meta_off as usize..(meta_off + meta_len) as usize], meta_off)?;
     if m.virtual_size > policy.max_virtual_size {
-        return Err(ImageError::Limit(format!("vhdx virtual size {} exceeds the limit of {} bytes", m.virtual_size, policy.max_virtual_size)));
+        return Err(ImageError::Limit(format!(
+            "vhdx virtual size {} exceeds the limit of {} bytes",
+            m.virtual_size, policy.max_virtual_size
+        )));
     }
     d.virtual_size = m.virtual_size;
     let ratio = chunk_ratio(m.logical_sector_size, m.block_size);
@@ -445,11 +460,15 @@ pub(super) fn decompose(
                 let len = m.block_size.min(m.virtual_size - guest);
                 let at = bat_off + idx * 8;
                 if off < HEADER_SECTION {
-                    return Err(malformed(format!("BAT entry {idx} at {at:#x}: block {blk} at file offset {off:#x} lies in the header section")));
+                    return Err(malformed(format!(
+                        "BAT entry {idx} at {at:#x}: block {blk} at file offset {off:#x} lies in the header section"
+                    )));
                 }
                 if let Some(fl) = file_len {
                     if off.checked_add(len).is_none_or(|e| e > fl) {
-                        return Err(malformed(format!("BAT entry {idx} at {at:#x}: block {blk} at {off:#x} lies beyond the end of the file ({fl} bytes)")));
+                        return Err(malformed(format!(
+                            "BAT entry {idx} at {at:#x}: block {blk} at {off:#x} lies beyond the end of the file ({fl} bytes)"
+                        )));
                     }
                 }
                 if spans.len() >= policy.max_segments {
@@ -458,7 +477,10 @@ pub(super) fn decompose(
                 spans.push(Span { off, len, guest });
             }
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
-                return Err(ImageError::refused(FMT, format!("BAT entry {idx}: block {blk} is PARTIALLY_PRESENT, a state only differencing disks use")));
+                return Err(ImageError::refused(
+                    FMT,
+                    format!("BAT entry {idx}: block {blk} is PARTIALLY_PRESENT, a state only differencing disks use"),
+                ));
             }
             // NOT_PRESENT, UNDEFINED, ZERO, UNMAPPED and qemu's UNMAPPED_v095 (5) all read as zeros;
             // a file offset they carry points at bytes that are not guest data.
@@ -478,7 +500,10 @@ pub(super) fn decompose(
     }
     for s in &spans {
         if let Some(r) = regions.iter().find(|r| s.off < r.0.saturating_add(r.1) && r.0 < s.off + s.len) {
-            return Err(malformed(format!("the block at guest offset {:#x} (file offset {:#x}) overlaps the {} region", s.guest, s.off, r.2)));
+            return Err(malformed(format!(
+                "the block at guest offset {:#x} (file offset {:#x}) overlaps the {} region",
+                s.guest, s.off, r.2
+            )));
         }
     }
     let allocated = spans.len() as u64;
@@ -532,7 +557,13 @@ fn finish(d: Dec<'_>, file_len: u64, virtual_size: u64, mut info: serde_json::Va
     info["literal_bytes"] = d.lit_off.into();
     let segments = d.segs.finish(file_len)?;
     info["segments"] = (segments.len() as u64).into();
-    let recipe = Recipe { file_len, cluster_bits: RECIPE_CLUSTER_BITS, virtual_size, flags: if d.opaque.is_some() { FLAG_OPAQUE } else { 0 }, segments };
+    let recipe = Recipe {
+        file_len,
+        cluster_bits: RECIPE_CLUSTER_BITS,
+        virtual_size,
+        flags: if d.opaque.is_some() { FLAG_OPAQUE } else { 0 },
+        segments,
+    };
     let enc = recipe.encode();
     if let Err(e) = Recipe::decode(&enc) {
         return Err(ImageError::Limit(format!("the layout recipe ({} bytes) would not be readable at restore: {e}", enc.len())));

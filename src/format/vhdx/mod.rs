@@ -89,7 +89,7 @@ pub(crate) fn bat_index(block: u64, chunk_ratio: u64) -> u64 {
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven: the checksum of
 /// VHDX headers, region tables and log entries.
-pub(crate) fn crc32c(data: &[u8]) -> u32 {
+pub fn crc32c(data: &[u8]) -> u32 {
     static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
     let t = TABLE.get_or_init(|| {
         let mut t = [0u32; 256];

@@ -50,13 +50,7 @@ struct Crafted {
 }
 impl Default for Crafted {
     fn default() -> Self {
-        Crafted {
-            vsize: 3 * MIB,
-            block_size: MIB as u32,
-            file_flags: 0,
-            bat: vec![3 * MIB | 6, 4 * MIB | 6, 2],
-            extra_meta: vec![],
-        }
+        Crafted { vsize: 3 * MIB, block_size: MIB as u32, file_flags: 0, bat: vec![3 * MIB | 6, 4 * MIB | 6, 2], extra_meta: vec![] }
     }
 }
 
@@ -284,7 +278,25 @@ fn bad_metadata_values_are_malformed() {
 #[test]
 fn truncation_at_every_structure_boundary_is_an_error() {
     let f = Crafted::default().build();
-    let cuts = [0usize, 7, 8, 0x10000, 0x11000, 0x20000, 0x30000, 0x40000, 0x4ffff, 0x50000, 0x100000, 0x200000, 0x2fffff, 0x300000, 0x300001, 0x400000, f.len() - 1];
+    let cuts = [
+        0usize,
+        7,
+        8,
+        0x10000,
+        0x11000,
+        0x20000,
+        0x30000,
+        0x40000,
+        0x4ffff,
+        0x50000,
+        0x100000,
+        0x200000,
+        0x2fffff,
+        0x300000,
+        0x300001,
+        0x400000,
+        f.len() - 1,
+    ];
     for &cut in &cuts {
         let t = &f[..cut];
         assert!(run(t, Some(cut as u64)).is_err(), "cut at {cut:#x} accepted with its length");
