@@ -240,3 +240,41 @@ fn hostile_vhdx_files_are_refused_never_a_panic() {
     let o = env.run(&["archive", p(&raw), "--disk-format", "vhdx"]);
     assert!(!o.status.success() && o.status.code() != Some(101), "{o:?}");
 }
+
+/// The fuzz target's template is a valid VHDX (so mutations start past the checksums), and its
+/// committed seeds reach the refusals they are named after.
+#[test]
+fn fuzz_template_is_valid_and_seeds_reach_their_refusals() {
+    use imgarc::format::{vhdx, DecomposeSink, Policy};
+    struct Count(u64);
+    impl DecomposeSink for Count {
+        fn guest(&mut self, _: u64, d: &[u8]) -> std::io::Result<()> {
+            self.0 += d.len() as u64;
+            Ok(())
+        }
+        fn literal(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let verdict = |seed: &[u8]| {
+        let f = crate::fuzz_targets::vhdx_file(seed);
+        let mut c = Count(0);
+        vhdx::decompose(&mut &f[..], Some(f.len() as u64), &Policy::default(), &mut c).map(|d| (d, c.0))
+    };
+    let (d, guest) = verdict(&[0]).expect("the template decomposes");
+    assert_eq!((d.virtual_size, guest, d.info["allocated_blocks"].as_u64()), (3 << 20, 1 << 20, Some(1)));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/vhdx");
+    for (seed, want) in [
+        ("log-guid", "log to replay"),
+        ("has-parent", "differencing"),
+        ("partially-present", "PARTIALLY_PRESENT"),
+        ("block-on-metadata", "overlaps"),
+        ("bad-crc", "header"),
+        ("truncated", "beyond the end"),
+        ("vsize-huge", "exceeds the limit"),
+        ("bat-too-small", "entries"),
+    ] {
+        let e = verdict(&std::fs::read(dir.join(seed)).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(want), "seed {seed}: expected {want:?}, got {e:?}");
+    }
+}
