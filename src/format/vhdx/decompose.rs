@@ -61,9 +61,12 @@ fn parse_header(b: &[u8], offset: u64) -> Option<Header> {
     })
 }
 
-/// The BAT and metadata regions (offset, length) of a valid region table; `Ok(None)` if the
-/// table's signature or checksum is wrong.
-fn parse_region_table(b: &[u8], at: u64) -> Result<Option<((u64, u64), (u64, u64))>, ImageError> {
+/// A region's (file offset, length).
+type Region = (u64, u64);
+
+/// The BAT and metadata regions of a valid region table; `Ok(None)` if the table's signature
+/// or checksum is wrong.
+fn parse_region_table(b: &[u8], at: u64) -> Result<Option<(Region, Region)>, ImageError> {
     if &b[0..4] != b"regi" || le32(b, 4) != structure_checksum(b) {
         return Ok(None);
     }

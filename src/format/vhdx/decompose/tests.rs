@@ -50,7 +50,7 @@ struct Crafted {
 }
 impl Default for Crafted {
     fn default() -> Self {
-        Crafted { vsize: 3 * MIB, block_size: MIB as u32, file_flags: 0, bat: vec![3 * MIB | 6, 4 * MIB | 6, 2], extra_meta: vec![] }
+        Crafted { vsize: 3 * MIB, block_size: MIB as u32, file_flags: 0, bat: vec![(3 * MIB) | 6, (4 * MIB) | 6, 2], extra_meta: vec![] }
     }
 }
 
@@ -210,7 +210,7 @@ fn refuses_differencing_disks_and_unknown_required_items() {
     // An unknown optional item is ignored.
     let f = Crafted { extra_meta: vec![([0x77; 16], 0)], ..Default::default() }.build();
     run(&f, None).unwrap();
-    let f = Crafted { bat: vec![3 * MIB | 7, 4 * MIB | 6, 2], ..Default::default() }.build();
+    let f = Crafted { bat: vec![(3 * MIB) | 7, (4 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(run(&f, None).unwrap_err().to_string().contains("PARTIALLY_PRESENT"));
 }
 
@@ -245,18 +245,18 @@ fn refuses_a_log_to_replay() {
 #[test]
 fn overlapping_and_out_of_file_blocks_are_malformed() {
     // Two guest blocks on one file block.
-    let f = Crafted { bat: vec![3 * MIB | 6, 3 * MIB | 6, 2], ..Default::default() }.build();
+    let f = Crafted { bat: vec![(3 * MIB) | 6, (3 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(run(&f, None).unwrap_err().to_string().contains("overlap"));
     // A block on the metadata region, in the header section, beyond the file.
     for off in [2 * MIB, 0, 9 * MIB] {
-        let f = Crafted { bat: vec![off | 6, 4 * MIB | 6, 2], ..Default::default() }.build();
+        let f = Crafted { bat: vec![off | 6, (4 * MIB) | 6, 2], ..Default::default() }.build();
         assert!(run(&f, Some(f.len() as u64)).is_err(), "block at {off:#x} accepted");
     }
     // Beyond the end without a known length: truncated at the end of the stream.
-    let f = Crafted { bat: vec![9 * MIB | 6, 4 * MIB | 6, 2], ..Default::default() }.build();
+    let f = Crafted { bat: vec![(9 * MIB) | 6, (4 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(matches!(run(&f, None), Err(ImageError::Truncated { .. })));
     // Unknown state.
-    let f = Crafted { bat: vec![3 * MIB | 4, 4 * MIB | 6, 2], ..Default::default() }.build();
+    let f = Crafted { bat: vec![(3 * MIB) | 4, (4 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(run(&f, None).unwrap_err().to_string().contains("unknown block state"));
 }
 
