@@ -467,12 +467,12 @@ pub(super) fn decompose(
                         "BAT entry {idx} at {at:#x}: block {blk} at file offset {off:#x} lies in the header section"
                     )));
                 }
-                if let Some(fl) = file_len {
-                    if off.checked_add(len).is_none_or(|e| e > fl) {
-                        return Err(malformed(format!(
-                            "BAT entry {idx} at {at:#x}: block {blk} at {off:#x} lies beyond the end of the file ({fl} bytes)"
-                        )));
-                    }
+                // Without a known length the end must still be representable (the stream ends first).
+                if off.checked_add(len).is_none_or(|e| e > file_len.unwrap_or(u64::MAX)) {
+                    let size = file_len.map(|fl| format!(" ({fl} bytes)")).unwrap_or_default();
+                    return Err(malformed(format!(
+                        "BAT entry {idx} at {at:#x}: block {blk} at {off:#x} lies beyond the end of the file{size}"
+                    )));
                 }
                 if spans.len() >= policy.max_segments {
                     return Err(ImageError::Limit(format!("vhdx: more than {} allocated blocks", policy.max_segments)));
