@@ -256,7 +256,7 @@ fn overlapping_and_out_of_file_blocks_are_malformed() {
     let f = Crafted { bat: vec![(9 * MIB) | 6, (4 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(matches!(run(&f, None), Err(ImageError::Truncated { .. })));
     // An offset whose block end overflows u64, in a stream of unknown length.
-    let f = Crafted { bat: vec![(u64::MAX & !0xfffff) | 6, (4 * MIB) | 6, 2], ..Default::default() }.build();
+    let f = Crafted { bat: vec![!0xfffff_u64 | 6, (4 * MIB) | 6, 2], ..Default::default() }.build();
     assert!(run(&f, None).unwrap_err().to_string().contains("beyond the end"));
     // Unknown state.
     let f = Crafted { bat: vec![(3 * MIB) | 4, (4 * MIB) | 6, 2], ..Default::default() }.build();
