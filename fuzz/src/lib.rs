@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("key_object", key_object),
     ("s3_xml", s3_xml),
     ("vdi", vdi),
+    ("vhdx", vhdx),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -505,4 +506,122 @@ pub fn s3_xml(data: &[u8]) {
             assert!(page.next_key_marker.is_empty() && page.next_version_marker.is_empty());
         }
     }
+}
+
+/// The VHDX decomposer, on the input itself and on a valid 5 MiB template (1 MiB blocks, BAT
+/// at 1 MiB, metadata at 2 MiB, two payload blocks) whose structure bytes the input XORs:
+/// `data[0]` bit 0 keeps the CRC-32C of headers and region tables as mutated (else they are
+/// recomputed, so the fuzzer gets past them), bits 1-7 with `data[1..4]` pick a truncation;
+/// `data[4..]` XORs the identifier, both headers, the region table, the BAT, the metadata
+/// table and items, and the first payload bytes, in that order. Every accepted file must
+/// rebuild byte-exactly.
+pub fn vhdx(data: &[u8]) {
+    let policy = qcow2::Policy { max_pending_ram: 8 << 20, max_virtual_size: 1 << 40, ..qcow2::Policy::default() };
+    for file in [data.to_vec(), vhdx_file(data)] {
+        for with_len in [true, false] {
+            let mut m = MemStreams::default();
+            if let Ok(d) = imgarc::format::vhdx::decompose(&mut &file[..], with_len.then_some(file.len() as u64), &policy, &mut m) {
+                let mut out = Vec::new();
+                qcow2::rebuild(&d.recipe, &mut m, &mut out).expect("rebuild of an accepted vhdx");
+                assert!(out == file, "vhdx rebuild not byte-exact");
+            }
+        }
+    }
+}
+
+/// The template file of [`vhdx`] with the input's mutations applied.
+pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
+    use imgarc::format::vhdx as v;
+    const MIB: usize = 1 << 20;
+    let mut f = vec![0u8; 5 * MIB];
+    f[0..8].copy_from_slice(b"vhdxfile");
+    let put = |f: &mut [u8], at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
+    for (i, at) in [0x10000usize, 0x20000].into_iter().enumerate() {
+        put(&mut f, at, b"head");
+        put(&mut f, at + 8, &(5 + i as u64).to_le_bytes());
+        put(&mut f, at + 66, &1u16.to_le_bytes());
+        put(&mut f, at + 68, &(MIB as u32).to_le_bytes());
+        put(&mut f, at + 72, &(4 * MIB as u64).to_le_bytes()); // log after the payload: 1 MiB
+    }
+    let bat_guid = [0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08];
+    let meta_guid = [0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e];
+    put(&mut f, 0x30000, b"regi");
+    put(&mut f, 0x30008, &2u32.to_le_bytes());
+    for (i, (g, off)) in [(bat_guid, MIB as u64), (meta_guid, 2 * MIB as u64)].into_iter().enumerate() {
+        let e = 0x30010 + 32 * i;
+        put(&mut f, e, &g);
+        put(&mut f, e + 16, &off.to_le_bytes());
+        put(&mut f, e + 24, &(MIB as u32).to_le_bytes());
+        put(&mut f, e + 28, &1u32.to_le_bytes());
+    }
+    // BAT: block 0 at 3 MiB (a pattern), block 1 ZERO, block 2 NOT_PRESENT; the log fills 4-5 MiB.
+    put(&mut f, MIB, &((3 * MIB as u64) | 6).to_le_bytes());
+    put(&mut f, MIB + 8, &2u64.to_le_bytes());
+    let m = 2 * MIB;
+    put(&mut f, m, b"metadata");
+    put(&mut f, m + 10, &5u16.to_le_bytes());
+    let items: [([u8; 16], u32, Vec<u8>); 5] = [
+        (
+            [0x37, 0x67, 0xa1, 0xca, 0x36, 0xfa, 0x43, 0x4d, 0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
+            4,
+            [MIB as u32, 0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        (
+            [0x24, 0x42, 0xa5, 0x2f, 0x1b, 0xcd, 0x76, 0x48, 0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
+            6,
+            (3 * MIB as u64).to_le_bytes().to_vec(),
+        ),
+        ([0xab, 0x12, 0xca, 0xbe, 0xe6, 0xb2, 0x23, 0x45, 0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46], 6, vec![7; 16]),
+        (
+            [0x1d, 0xbf, 0x41, 0x81, 0x6f, 0xa9, 0x09, 0x47, 0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
+            6,
+            512u32.to_le_bytes().to_vec(),
+        ),
+        (
+            [0xc7, 0x48, 0xa3, 0xcd, 0x5d, 0x44, 0x71, 0x44, 0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
+            6,
+            4096u32.to_le_bytes().to_vec(),
+        ),
+    ];
+    let mut off = 0x10000usize;
+    for (i, (g, flags, d)) in items.iter().enumerate() {
+        let e = m + 32 + 32 * i;
+        put(&mut f, e, g);
+        put(&mut f, e + 16, &(off as u32).to_le_bytes());
+        put(&mut f, e + 20, &(d.len() as u32).to_le_bytes());
+        put(&mut f, e + 24, &flags.to_le_bytes());
+        put(&mut f, m + off, d);
+        off += d.len();
+    }
+    for (i, b) in f[3 * MIB..4 * MIB].iter_mut().enumerate() {
+        *b = (i % 251) as u8 + 1;
+    }
+    let (ctl, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+    let (cut, xor) = rest.split_at(rest.len().min(3));
+    let windows = [(0usize, 64usize), (0x10000, 96), (0x20000, 96), (0x30000, 112), (MIB, 64), (m, 224), (m + 0x10000, 48), (3 * MIB, 32)];
+    let mut k = 0;
+    'outer: for (at, n) in windows {
+        for i in 0..n {
+            let Some(x) = xor.get(k) else { break 'outer };
+            f[at + i] ^= x;
+            k += 1;
+        }
+    }
+    if ctl & 1 == 0 {
+        for (at, len) in [(0x10000usize, 4096usize), (0x20000, 4096), (0x30000, 0x10000), (0x40000, 0x10000)] {
+            if at == 0x40000 {
+                let t = f[0x30000..0x40000].to_vec();
+                f[0x40000..0x50000].copy_from_slice(&t);
+                continue;
+            }
+            f[at + 4..at + 8].fill(0);
+            let c = v::crc32c(&f[at..at + len]);
+            f[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    if ctl >> 1 != 0 {
+        let c = cut.iter().fold(0usize, |a, &b| a << 8 | b as usize) % f.len();
+        f.truncate(c);
+    }
+    f
 }

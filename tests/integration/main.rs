@@ -24,6 +24,7 @@ mod encryption;
 mod faults;
 mod format_matrix;
 mod format_vdi;
+mod format_vhdx;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
