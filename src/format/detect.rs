@@ -155,10 +155,8 @@ pub fn detect(head: &[u8]) -> Detected {
     if at(head, 0x8001, b"CD001") {
         all.push(FormatKind::Iso);
     }
-    // A fixed VHD has its footer only at the end; visible here when the file is short.
-    if head.len() >= 512 && head.len() < 65536 && at(head, head.len() - 512, b"conectix") && !all.contains(&FormatKind::Vhd) {
-        all.push(FormatKind::Vhd);
-    }
+    // A fixed VHD has its footer only at the end and looks raw here, as it does to Glance's
+    // inspector: only a declared `vhd` makes it one (see `decide`).
     let kind = all.first().copied().unwrap_or(FormatKind::Raw);
     if kind == FormatKind::Raw {
         if at(head, 512, b"EFI PART") {
@@ -213,6 +211,9 @@ pub fn decide(declared: Option<&str>, detected: &Detected) -> Result<FormatKind,
     }
     match declared {
         None => Ok(detected.kind),
+        // A fixed VHD starts with its guest data: a declared vhd without any signature is tried
+        // as one (the VHD decomposer then requires a valid fixed-VHD footer at the end).
+        Some(FormatKind::Vhd) if detected.all.is_empty() => Ok(FormatKind::Vhd),
         Some(d) if d == detected.kind => Ok(d),
         Some(d) => Err(FormatError::Mismatch { declared: d.name().into(), detected: detected.kind.name().into() }),
     }
@@ -277,5 +278,25 @@ mod tests {
         let r = detect(&[0u8; 100]);
         assert!(matches!(check_declared(Some("qcow2"), &r), Err(FormatError::Mismatch { .. })));
         assert_eq!(decide(Some("ami"), &r), Ok(FormatKind::Raw));
+    }
+
+    #[test]
+    fn fixed_vhd_is_raw_unless_declared_vhd() {
+        // A small fixed VHD: data, then its footer in the last 512 bytes.
+        let mut b = vec![0u8; 4096];
+        b[3584..3592].copy_from_slice(b"conectix");
+        let d = detect(&b);
+        assert_eq!(d.kind, FormatKind::Raw);
+        assert_eq!(decide(None, &d), Ok(FormatKind::Raw));
+        assert_eq!(decide(Some("vhd"), &d), Ok(FormatKind::Vhd));
+        assert_eq!(decide(Some("vpc"), &d), Ok(FormatKind::Vhd));
+        assert_eq!(decide(Some("raw"), &d), Ok(FormatKind::Raw));
+        // Another container declared vhd is still a mismatch.
+        let q = detect(b"QFI\xfb\0\0\0\x03");
+        assert!(matches!(decide(Some("vhd"), &q), Err(FormatError::Mismatch { .. })));
+        // An ISO declared vhd is not a fixed VHD either.
+        let mut iso = vec![0u8; 0x8010];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        assert!(matches!(decide(Some("vhd"), &detect(&iso)), Err(FormatError::Mismatch { .. })));
     }
 }
