@@ -330,7 +330,7 @@ fn decompose_dynamic(
         return Err(ImageError::Limit(format!("VHD BAT of {max_entries} entries exceeds the limit of {}", policy.max_tracked)));
     }
     let header_end = data_offset + HEADER_LEN as u64;
-    let bat_end = table_offset.checked_add(max_entries * 4).unwrap_or(u64::MAX);
+    let bat_end = table_offset.saturating_add(max_entries * 4);
     if table_offset < header_end || past_file(bat_end) {
         return Err(ImageError::malformed(
             FORMAT,

@@ -174,7 +174,7 @@ pub(crate) fn chs_geometry(sectors: u64) -> (u16, u8, u8) {
     } else {
         let mut s = 17u64;
         let mut cth = total / s;
-        let mut h = (cth + 1023) / 1024;
+        let mut h = cth.div_ceil(1024);
         if h < 4 {
             h = 4;
         }
