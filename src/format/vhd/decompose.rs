@@ -556,7 +556,7 @@ mod tests {
         for sub in ["dynamic", "fixed"] {
             let (_, file) = written(sub);
             let n = file.len();
-            let positions: Vec<usize> = if sub == "dynamic" { (0..2048).step_by(3).collect() } else { (n - 512..n).collect() };
+            let positions: Vec<usize> = if sub == "dynamic" { (0..2048).step_by(5).collect() } else { (n - 512..n).collect() };
             for p in positions {
                 let mut b = file.clone();
                 b[p] ^= 0x41;

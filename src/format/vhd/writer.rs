@@ -42,12 +42,15 @@ impl Out<'_> {
     /// Guest bytes `[from, to)`: the parts inside `ranges` read from `src`, zeros elsewhere.
     fn guest(&mut self, src: &mut dyn RebuildSource, ranges: &[(u64, u64)], from: u64, to: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         let mut at = from;
-        let first = ranges.partition_point(|&(o, l)| o + l <= from);
+        let first = ranges.partition_point(|&(o, l)| o.saturating_add(l) <= from);
         for &(o, l) in &ranges[first..] {
             if o >= to {
                 break;
             }
-            let (s, e) = (o.max(at), (o + l).min(to));
+            let (s, e) = (o.max(at), o.saturating_add(l).min(to));
+            if e <= s {
+                continue; // empty, or overlapping what was written (ranges are sorted and disjoint)
+            }
             self.zeros(s - at)?;
             let mut p = s;
             while p < e {
@@ -140,7 +143,7 @@ pub fn write(
         if len == 0 || off >= virtual_size {
             continue;
         }
-        let end = (off + len).min(virtual_size);
+        let end = off.saturating_add(len).min(virtual_size);
         for b in off / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE) {
             allocated[b as usize] = true;
         }
