@@ -163,10 +163,8 @@ pub fn detect(head: &[u8]) -> Detected {
     if [&b"CD001"[..], b"NSR02", b"NSR03"].iter().any(|m| at(head, 0x8001, m)) {
         all.push(FormatKind::Iso);
     }
-    // A fixed VHD has its footer only at the end; visible here when the file is short.
-    if head.len() >= 512 && head.len() < 65536 && at(head, head.len() - 512, b"conectix") && !all.contains(&FormatKind::Vhd) {
-        all.push(FormatKind::Vhd);
-    }
+    // A fixed VHD has its footer only at the end and looks raw here, as it does to Glance's
+    // inspector: only a declared `vhd` makes it one (see `decide`).
     let kind = all.first().copied().unwrap_or(FormatKind::Raw);
     if kind == FormatKind::Raw {
         if at(head, 512, b"EFI PART") {
@@ -223,6 +221,9 @@ pub fn decide(declared: Option<&str>, detected: &Detected) -> Result<FormatKind,
     }
     match declared {
         None => Ok(detected.kind),
+        // A fixed VHD starts with its guest data: a declared vhd without any signature is tried
+        // as one (the VHD decomposer then requires a valid fixed-VHD footer at the end).
+        Some(FormatKind::Vhd) if detected.all.is_empty() => Ok(FormatKind::Vhd),
         Some(d) if d == detected.kind => Ok(d),
         Some(d) => Err(FormatError::Mismatch { declared: d.name().into(), detected: detected.kind.name().into() }),
     }
@@ -301,7 +302,7 @@ mod tests {
     }
 
     /// Every declared `disk_format` × every detected kind (Glance's rules): `=` processed as the
-    /// detected format, `raw` as raw, `M` mismatch, `B` banned, `A` ambiguous.
+    /// detected format, `raw` as raw, `vhd` as a fixed VHD, `M` mismatch, `B` banned, `A` ambiguous.
     #[test]
     fn declared_times_detected_table() {
         let declared = [
@@ -319,7 +320,7 @@ mod tests {
         let vdi_magic = 0xbeda_107fu32.to_le_bytes();
         let descriptor = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"other-flat.vmdk\" 0\n";
         let rows: Vec<(&str, Vec<u8>, FormatKind, [&str; 10])> = vec![
-            ("raw", head_with(&[]), FormatKind::Raw, ["=", "raw", "M", "M", "M", "M", "M", "M", "B", "M"]),
+            ("raw", head_with(&[]), FormatKind::Raw, ["=", "raw", "M", "M", "M", "vhd", "M", "M", "B", "M"]),
             ("qcow2", head_with(&[(0, b"QFI\xfb\0\0\0\x03")]), FormatKind::Qcow2, ["=", "raw", "=", "M", "M", "M", "M", "M", "B", "M"]),
             ("vmdk sparse", head_with(&[(0, b"KDMV\x01\0\0\0")]), FormatKind::Vmdk, ["=", "raw", "M", "=", "M", "M", "M", "M", "B", "M"]),
             ("vmdk descriptor file", descriptor.to_vec(), FormatKind::Vmdk, ["=", "raw", "M", "=", "M", "M", "M", "M", "B", "M"]),
@@ -351,6 +352,8 @@ mod tests {
                 let ok = match *cell {
                     "=" => got == Ok(*kind),
                     "raw" => got == Ok(FormatKind::Raw),
+                    // A declared vhd without a head signature is tried as a fixed VHD (footer only at the end).
+                    "vhd" => got == Ok(FormatKind::Vhd),
                     "M" => matches!(got, Err(FormatError::Mismatch { .. })),
                     "B" => matches!(got, Err(FormatError::Banned(_))),
                     "A" => matches!(got, Err(FormatError::Ambiguous(_))),
@@ -372,5 +375,25 @@ mod tests {
         assert!(e.contains("\"vdi\"") && e.contains("vhd"), "{e}");
         let e = decide(None, &detect(&head_with(&[(0, b"QFI\xfb"), (0x8001, b"CD001")]))).unwrap_err().to_string();
         assert!(e.contains("qcow2, iso"), "{e}");
+    }
+
+    #[test]
+    fn fixed_vhd_is_raw_unless_declared_vhd() {
+        // A small fixed VHD: data, then its footer in the last 512 bytes.
+        let mut b = vec![0u8; 4096];
+        b[3584..3592].copy_from_slice(b"conectix");
+        let d = detect(&b);
+        assert_eq!(d.kind, FormatKind::Raw);
+        assert_eq!(decide(None, &d), Ok(FormatKind::Raw));
+        assert_eq!(decide(Some("vhd"), &d), Ok(FormatKind::Vhd));
+        assert_eq!(decide(Some("vpc"), &d), Ok(FormatKind::Vhd));
+        assert_eq!(decide(Some("raw"), &d), Ok(FormatKind::Raw));
+        // Another container declared vhd is still a mismatch.
+        let q = detect(b"QFI\xfb\0\0\0\x03");
+        assert!(matches!(decide(Some("vhd"), &q), Err(FormatError::Mismatch { .. })));
+        // An ISO declared vhd is not a fixed VHD either.
+        let mut iso = vec![0u8; 0x8010];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        assert!(matches!(decide(Some("vhd"), &detect(&iso)), Err(FormatError::Mismatch { .. })));
     }
 }

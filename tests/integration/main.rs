@@ -25,6 +25,7 @@ mod faults;
 mod format_matrix;
 mod format_vdi;
 mod format_vhdx;
+mod format_vhd;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
