@@ -22,6 +22,7 @@ mod copy_params;
 mod dedup_scope;
 mod encryption;
 mod faults;
+mod format_vmdk;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
