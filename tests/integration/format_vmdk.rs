@@ -96,7 +96,11 @@ fn vmdk_writer_output_passes_qemu_and_roundtrips() {
     let raw_snap = s(&env.archive(&raw, "raw"), "snapshot");
     let qcow_snap = s(&env.archive(&qcow, "qcow2"), "snapshot");
     for (from, snap) in [("raw", &raw_snap), ("qcow2", &qcow_snap)] {
-        for (sub, extra) in [("default", &[][..]), ("streamOptimized", &["--subformat", "streamOptimized"][..]), ("monolithicSparse", &["--subformat", "monolithicSparse"][..])] {
+        for (sub, extra) in [
+            ("default", &[][..]),
+            ("streamOptimized", &["--subformat", "streamOptimized"][..]),
+            ("monolithicSparse", &["--subformat", "monolithicSparse"][..]),
+        ] {
             let mut args = vec!["--disk-format", "vmdk"];
             args.extend_from_slice(extra);
             let out = restore_to(&env, snap, &format!("w-{from}-{sub}.vmdk"), &args);
@@ -196,7 +200,9 @@ fn hostile_vmdks_are_refused_clearly() {
     refused(&env, &env.path("lba.vmdk"), &["grain"]);
 
     // Truncated inside the header, the descriptor, the grain tables and a compressed grain.
-    for (name, img, cut) in [("t1", &ms, 300), ("t2", &ms, 2048), ("t3", &ms, 30 * 512 + 100), ("t4", &so, so.len() - 700), ("t5", &so, over + 200)] {
+    for (name, img, cut) in
+        [("t1", &ms, 300), ("t2", &ms, 2048), ("t3", &ms, 30 * 512 + 100), ("t4", &so, so.len() - 700), ("t5", &so, over + 200)]
+    {
         let p = env.path(&format!("{name}.vmdk"));
         std::fs::write(&p, &img[..cut]).unwrap();
         let o = env.run(&["archive", p.to_str().unwrap()]);

@@ -158,13 +158,20 @@ impl Dec<'_> {
         if start < self.pos {
             return Err(ImageError::refused(
                 F,
-                format!("{} at file offset {start} precedes the table that names it (read up to {}): this layout is not decomposed", role.name(), self.pos),
+                format!(
+                    "{} at file offset {start} precedes the table that names it (read up to {}): this layout is not decomposed",
+                    role.name(),
+                    self.pos
+                ),
             ));
         }
         if let Some(fl) = self.file_len {
             let past = if matches!(role, Role::Grain(_)) { start >= fl } else { start + len > fl };
             if past {
-                return Err(ImageError::malformed(F, format!("{} at file offset {start} (+{len}) lies beyond the end of the {fl}-byte file", role.name())));
+                return Err(ImageError::malformed(
+                    F,
+                    format!("{} at file offset {start} (+{len}) lies beyond the end of the {fl}-byte file", role.name()),
+                ));
             }
         }
         let overlap = |other_start: u64, other: &(u64, Role)| {
@@ -206,7 +213,10 @@ impl Dec<'_> {
         match stream_start {
             Some(ss) => {
                 if (e as u64) * SECTOR < ss {
-                    return Err(ImageError::malformed(F, format!("grain table entry of guest grain {g} names sector {e}, before the grain stream at offset {ss}")));
+                    return Err(ImageError::malformed(
+                        F,
+                        format!("grain table entry of guest grain {g} names sector {e}, before the grain stream at offset {ss}"),
+                    ));
                 }
                 self.expected.push((e as u64, g));
                 Ok(())
@@ -223,7 +233,10 @@ impl Dec<'_> {
             let mut buf = vec![0u8; len as usize];
             let n = self.read_upto(&mut buf)?;
             if n == 0 {
-                return Err(ImageError::malformed(F, format!("the grain of guest grain {g} at file offset {host} lies beyond the end of the file")));
+                return Err(ImageError::malformed(
+                    F,
+                    format!("the grain of guest grain {g} at file offset {host} lies beyond the end of the file"),
+                ));
             }
             let gl = guest_len.min(n);
             self.guest(host, guest_off, &buf[..gl])?;
@@ -265,10 +278,16 @@ impl Dec<'_> {
     fn check_descriptor(&self, d: &Descriptor, at: u64) -> Result<(), ImageError> {
         let want = if self.h.compressed() { "streamOptimized" } else { "monolithicSparse" };
         if d.create_type != want {
-            return Err(ImageError::refused(F, format!("descriptor at offset {at} says createType {} but the header flags {:#x} say {want}", d.create_type, self.h.flags)));
+            return Err(ImageError::refused(
+                F,
+                format!("descriptor at offset {at} says createType {} but the header flags {:#x} say {want}", d.create_type, self.h.flags),
+            ));
         }
         if d.extent_sectors != self.h.capacity {
-            return Err(ImageError::malformed(F, format!("descriptor extent of {} sectors at offset {at}, header capacity {}", d.extent_sectors, self.h.capacity)));
+            return Err(ImageError::malformed(
+                F,
+                format!("descriptor extent of {} sectors at offset {at}, header capacity {}", d.extent_sectors, self.h.capacity),
+            ));
         }
         Ok(())
     }
@@ -364,7 +383,10 @@ impl Dec<'_> {
             let sectors = lba;
             let expect_sectors = |want: u64, what: &str| {
                 if sectors != want {
-                    return Err(ImageError::malformed(F, format!("{what} marker at offset {host} spans {sectors} sectors, expected {want}")));
+                    return Err(ImageError::malformed(
+                        F,
+                        format!("{what} marker at offset {host} spans {sectors} sectors, expected {want}"),
+                    ));
                 }
                 Ok(())
             };
@@ -373,7 +395,10 @@ impl Dec<'_> {
                 MARKER_GT => {
                     expect_sectors(GT_BYTES / SECTOR, "grain table")?;
                     if self.stream_gts.len() as u64 >= self.h.gt_count() {
-                        return Err(ImageError::malformed(F, format!("grain table marker at offset {host}: more grain tables than the disk has")));
+                        return Err(ImageError::malformed(
+                            F,
+                            format!("grain table marker at offset {host}: more grain tables than the disk has"),
+                        ));
                     }
                     let mut gt = vec![0u8; GT_BYTES as usize];
                     self.read_exact(&mut gt)?;
@@ -398,7 +423,10 @@ impl Dec<'_> {
                     let footer = Header::parse(&f, data_at)?;
                     let same = Header { gd_offset: self.h.gd_offset, ..footer.clone() };
                     if same != self.h || self.footer.is_some() {
-                        return Err(ImageError::malformed(F, format!("footer at offset {data_at} differs from the header in more than gdOffset (or is repeated)")));
+                        return Err(ImageError::malformed(
+                            F,
+                            format!("footer at offset {data_at} differs from the header in more than gdOffset (or is repeated)"),
+                        ));
                     }
                     self.footer = Some(footer);
                 }
@@ -410,10 +438,16 @@ impl Dec<'_> {
     fn grain_marker(&mut self, host: u64, m: &[u8; 12], lba: u64, size: u64, max_comp: u64, grain: &mut [u8]) -> Result<(), ImageError> {
         let gs = self.h.grain_size;
         if size > max_comp {
-            return Err(ImageError::malformed(F, format!("grain marker at offset {host}: {size} compressed bytes for a {}-byte grain", grain.len())));
+            return Err(ImageError::malformed(
+                F,
+                format!("grain marker at offset {host}: {size} compressed bytes for a {}-byte grain", grain.len()),
+            ));
         }
         if lba % gs != 0 || lba >= self.h.capacity {
-            return Err(ImageError::malformed(F, format!("grain marker at offset {host}: LBA {lba} is not a grain start inside the {}-sector disk", self.h.capacity)));
+            return Err(ImageError::malformed(
+                F,
+                format!("grain marker at offset {host}: LBA {lba} is not a grain start inside the {}-sector disk", self.h.capacity),
+            ));
         }
         let g = lba / gs;
         let dup = match self.in_order_grains.last() {
@@ -430,10 +464,19 @@ impl Dec<'_> {
         self.read_exact(&mut comp)?;
         let guest_off = lba * SECTOR;
         let guest_len = grain.len().min((self.h.virtual_size() - guest_off) as usize);
-        let produced = codec::inflate_zlib(&comp, grain)
-            .ok_or_else(|| ImageError::malformed(F, format!("grain marker at offset {host} (guest offset {guest_off}): the zlib stream does not inflate to at most one grain")))?;
+        let produced = codec::inflate_zlib(&comp, grain).ok_or_else(|| {
+            ImageError::malformed(
+                F,
+                format!("grain marker at offset {host} (guest offset {guest_off}): the zlib stream does not inflate to at most one grain"),
+            )
+        })?;
         if produced < guest_len {
-            return Err(ImageError::malformed(F, format!("grain marker at offset {host} (guest offset {guest_off}) inflates to {produced} bytes, the grain holds {guest_len}")));
+            return Err(ImageError::malformed(
+                F,
+                format!(
+                    "grain marker at offset {host} (guest offset {guest_off}) inflates to {produced} bytes, the grain holds {guest_len}"
+                ),
+            ));
         }
         // Rebuild recompresses the whole grain zero-padded past the virtual size: only a grain
         // that is exactly that can be a Compressed segment (qemu's partial last grain is not).
@@ -441,7 +484,8 @@ impl Dec<'_> {
         let again = if full && size < grain.len() as u64 { codec::deflate_vmdk(grain, grain.len() - 1) } else { None };
         self.literal(host, m)?;
         if again.as_deref() == Some(&comp[..]) {
-            self.segs.push(host + 12, Segment::Compressed { len: size, guest_off, codec: CODEC_VMDK, check: Some(compressed_check(&comp)) });
+            self.segs
+                .push(host + 12, Segment::Compressed { len: size, guest_off, codec: CODEC_VMDK, check: Some(compressed_check(&comp)) });
             self.reproduced += 1;
         } else {
             self.literal(host + 12, &comp)?;
@@ -462,17 +506,27 @@ impl Dec<'_> {
     /// streamOptimized: the grain tables must name exactly the grains of the stream.
     fn verify_stream(&mut self) -> Result<(), ImageError> {
         if self.h.gd_offset == GD_AT_END {
-            let footer = self.footer.clone().ok_or_else(|| ImageError::malformed(F, "streamOptimized image with gdOffset GD_AT_END has no footer"))?;
-            let (gd_sector, gd) = self.stream_gd.take().ok_or_else(|| ImageError::malformed(F, "streamOptimized image has no grain directory marker"))?;
+            let footer = self
+                .footer
+                .clone()
+                .ok_or_else(|| ImageError::malformed(F, "streamOptimized image with gdOffset GD_AT_END has no footer"))?;
+            let (gd_sector, gd) =
+                self.stream_gd.take().ok_or_else(|| ImageError::malformed(F, "streamOptimized image has no grain directory marker"))?;
             if footer.gd_offset != gd_sector {
-                return Err(ImageError::malformed(F, format!("footer gdOffset {} is not the grain directory at sector {gd_sector}", footer.gd_offset)));
+                return Err(ImageError::malformed(
+                    F,
+                    format!("footer gdOffset {} is not the grain directory at sector {gd_sector}", footer.gd_offset),
+                ));
             }
             for (t, &e) in gd.iter().enumerate() {
                 if e == 0 {
                     continue;
                 }
                 let gt = self.stream_gts.get(&(e as u64)).cloned().ok_or_else(|| {
-                    ImageError::malformed(F, format!("grain directory entry {t} names sector {e}, which holds no grain table of the stream"))
+                    ImageError::malformed(
+                        F,
+                        format!("grain directory entry {t} names sector {e}, which holds no grain table of the stream"),
+                    )
                 })?;
                 for (j, &v) in gt.iter().enumerate() {
                     self.gte(t as u64 * GTES_PER_GT + j as u64, v, Some(0))?;
@@ -481,10 +535,14 @@ impl Dec<'_> {
         }
         self.expected.sort_unstable();
         if let Some(w) = self.expected.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(ImageError::malformed(F, format!("guest grains {} and {} map to one grain marker at sector {}", w[0].1, w[1].1, w[0].0)));
+            return Err(ImageError::malformed(
+                F,
+                format!("guest grains {} and {} map to one grain marker at sector {}", w[0].1, w[1].1, w[0].0),
+            ));
         }
         if self.expected != self.markers {
-            let first = self.expected.iter().zip(&self.markers).position(|(a, b)| a != b).unwrap_or(self.expected.len().min(self.markers.len()));
+            let first =
+                self.expected.iter().zip(&self.markers).position(|(a, b)| a != b).unwrap_or(self.expected.len().min(self.markers.len()));
             let what = match (self.expected.get(first), self.markers.get(first)) {
                 (_, Some(&(s, g))) if !self.expected.contains(&(s, g)) => {
                     format!("the grain marker at offset {} (guest grain {g}) is not the one the grain tables name", s * SECTOR)
@@ -498,7 +556,12 @@ impl Dec<'_> {
     }
 }
 
-pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, sink: &mut dyn DecomposeSink) -> Result<Decomposition, ImageError> {
+pub fn decompose(
+    input: &mut dyn Read,
+    file_len: Option<u64>,
+    policy: &Policy,
+    sink: &mut dyn DecomposeSink,
+) -> Result<Decomposition, ImageError> {
     let mut hb = [0u8; 512];
     let mut got = 0;
     while got < 512 {
@@ -527,7 +590,10 @@ pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, s
         return Err(ImageError::refused(F, "sparse extent without an embedded descriptor (an extent of a multi-file disk)"));
     }
     if h.descriptor_size.saturating_mul(SECTOR) > MAX_DESCRIPTOR {
-        return Err(ImageError::malformed(F, format!("header field descriptorSize at offset 36: {} sectors (at most 2048)", h.descriptor_size)));
+        return Err(ImageError::malformed(
+            F,
+            format!("header field descriptorSize at offset 36: {} sectors (at most 2048)", h.descriptor_size),
+        ));
     }
     let mut d = Dec {
         input,
@@ -570,7 +636,10 @@ pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, s
     let stream_start = if h.compressed() {
         let ss = h.over_head.checked_mul(SECTOR).ok_or_else(|| ImageError::malformed(F, "header field overHead at offset 64 overflows"))?;
         if ss < 1024 {
-            return Err(ImageError::malformed(F, format!("header field overHead at offset 64: {} sectors leaves no room for header and descriptor", h.over_head)));
+            return Err(ImageError::malformed(
+                F,
+                format!("header field overHead at offset 64: {} sectors leaves no room for header and descriptor", h.over_head),
+            ));
         }
         Some(ss)
     } else {
@@ -580,8 +649,12 @@ pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, s
     if interpreted {
         if let Some((&s, &(_, role))) = d.regions.iter().next() {
             return Err(match (role, stream_start) {
-                (Role::Grain(_), None) => ImageError::malformed(F, format!("{} at file offset {s} lies beyond the end of the file", role.name())),
-                (_, Some(ss)) if d.pos >= ss => ImageError::malformed(F, format!("{} at file offset {s} lies inside the grain stream (from offset {ss})", role.name())),
+                (Role::Grain(_), None) => {
+                    ImageError::malformed(F, format!("{} at file offset {s} lies beyond the end of the file", role.name()))
+                }
+                (_, Some(ss)) if d.pos >= ss => {
+                    ImageError::malformed(F, format!("{} at file offset {s} lies inside the grain stream (from offset {ss})", role.name()))
+                }
                 _ => ImageError::Truncated { format: F, expected: s + 1, got: d.pos },
             });
         }
@@ -601,7 +674,8 @@ pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, s
     let compressed_grains = if h.compressed() { d.allocated } else { 0 };
     let desc = d.descriptor.clone().unwrap_or_default();
     let segments = std::mem::take(&mut d.segs).finish(total)?;
-    let recipe = Recipe { file_len: total, cluster_bits: h.grain_bytes().trailing_zeros() as u8, virtual_size: vsize, flags, segments }.encode();
+    let recipe =
+        Recipe { file_len: total, cluster_bits: h.grain_bytes().trailing_zeros() as u8, virtual_size: vsize, flags, segments }.encode();
     let mut info = serde_json::json!({
         "format": "vmdk",
         "virtual_size": vsize,
@@ -634,4 +708,154 @@ pub fn decompose(input: &mut dyn Read, file_len: Option<u64>, policy: &Policy, s
         info["opaque"] = r.clone().into();
     }
     Ok(Decomposition { recipe, virtual_size: vsize, literal_stream_bytes: d.lit_off, info, opaque })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{RebuildSource, WriteOptions};
+
+    #[derive(Default, Debug)]
+    struct Mem {
+        guest: Vec<u8>,
+        literal: Vec<u8>,
+    }
+    impl DecomposeSink for Mem {
+        fn guest(&mut self, off: u64, d: &[u8]) -> std::io::Result<()> {
+            let end = off as usize + d.len();
+            if self.guest.len() < end {
+                self.guest.resize(end, 0);
+            }
+            self.guest[off as usize..end].copy_from_slice(d);
+            Ok(())
+        }
+        fn literal(&mut self, d: &[u8]) -> std::io::Result<()> {
+            self.literal.extend_from_slice(d);
+            Ok(())
+        }
+    }
+    impl RebuildSource for Mem {
+        fn read_guest(&mut self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.fill(0);
+            let (a, b) = ((off as usize).min(self.guest.len()), (off as usize + buf.len()).min(self.guest.len()));
+            buf[..b - a].copy_from_slice(&self.guest[a..b]);
+            Ok(())
+        }
+        fn read_literal(&mut self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let s = self.literal.get(off as usize..off as usize + buf.len()).ok_or_else(|| std::io::Error::other("literal range"))?;
+            buf.copy_from_slice(s);
+            Ok(())
+        }
+    }
+
+    /// A 1 MiB disk with text, noise and a partial last grain, written by our writer.
+    fn image(sub: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut disk = vec![0u8; 1 << 20];
+        for (i, b) in disk[65536..3 * 65536].iter_mut().enumerate() {
+            *b = b"imgarc vmdk unit test grain\n"[i % 28];
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in disk[5 * 65536..5 * 65536 + 70000].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        disk.truncate((1 << 20) - 4096);
+        let n = disk.len();
+        disk[n - 10..].copy_from_slice(b"last grain");
+        let mut src = Mem { guest: disk.clone(), literal: Vec::new() };
+        let ranges = [(65536u64, 2 * 65536u64), (5 * 65536, 70000), (n as u64 - 10, 10)];
+        let mut out = Vec::new();
+        super::super::write(&WriteOptions { subformat: Some(sub.into()), compress: false }, n as u64, &ranges, &mut src, &mut out).unwrap();
+        (disk, out)
+    }
+
+    fn run(img: &[u8], with_len: bool) -> Result<(Decomposition, Mem), ImageError> {
+        let policy = Policy { max_tracked: 1 << 16, ..Policy::default() };
+        let mut m = Mem::default();
+        let mut input = img;
+        let d = decompose(&mut input, with_len.then_some(img.len() as u64), &policy, &mut m)?;
+        Ok((d, m))
+    }
+
+    fn assert_exact(img: &[u8], d: &Decomposition, m: &mut Mem) {
+        let mut out = Vec::new();
+        crate::format::rebuild::rebuild(&d.recipe, m, &mut out).unwrap();
+        assert!(out == img, "rebuild not byte-exact");
+        assert!(m.guest.len() as u64 <= d.virtual_size);
+    }
+
+    #[test]
+    fn both_subformats_decompose_to_the_disk_and_rebuild_exactly() {
+        for sub in ["streamOptimized", "monolithicSparse"] {
+            let (disk, img) = image(sub);
+            for with_len in [true, false] {
+                let (d, mut m) = run(&img, with_len).unwrap();
+                assert!(d.opaque.is_none(), "{sub}: {:?}", d.opaque);
+                assert_eq!(d.virtual_size, disk.len() as u64);
+                let mut guest = m.guest.clone();
+                guest.resize(disk.len(), 0);
+                assert!(guest == disk, "{sub}: guest stream differs");
+                assert_eq!(d.info["subformat"], sub);
+                assert_eq!(d.info["allocated_grains"], 5, "{}", d.info);
+                if sub == "streamOptimized" {
+                    // Text grains reproduce; the noise grain (no gain) and the partial last grain stay literal.
+                    assert_eq!(d.info["reproduced_grains"], 3, "{}", d.info);
+                    assert!(d.literal_stream_bytes < 80_000, "{}", d.literal_stream_bytes);
+                } else {
+                    assert!(d.literal_stream_bytes < 16_384, "{}", d.literal_stream_bytes);
+                }
+                assert_exact(&img, &d, &mut m);
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_bitflip_is_an_error_or_exact() {
+        for sub in ["streamOptimized", "monolithicSparse"] {
+            let (_, img) = image(sub);
+            let cuts: Vec<usize> =
+                (0..img.len()).step_by(1999).chain((0..img.len()).step_by(4096)).chain([511, 513, 1024, 1036, 1100]).collect();
+            for cut in cuts {
+                for with_len in [true, false] {
+                    if let Ok((d, mut m)) = run(&img[..cut], with_len) {
+                        assert_exact(&img[..cut], &d, &mut m);
+                    }
+                }
+            }
+            // Metadata bytes: header, descriptor, tables (stream: the tail with GT, GD, footer).
+            let spots: Vec<usize> = if sub == "streamOptimized" {
+                (0..1100).step_by(5).chain((img.len() - 4096..img.len()).step_by(7)).collect()
+            } else {
+                (0..80).chain((80..20480).step_by(41)).collect()
+            };
+            for i in spots {
+                let mut v = img.clone();
+                v[i] ^= 1 << (i % 8);
+                if let Ok((d, mut m)) = run(&v, true) {
+                    assert_exact(&v, &d, &mut m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let (_, img) = image("monolithicSparse");
+        let mut text = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"x-flat.vmdk\" 0\n".to_vec();
+        text.resize(1024, 0);
+        assert!(run(&text, true).unwrap_err().to_string().contains("names its extents in other files"));
+        let mut grain_before_table = img.clone();
+        // Point grain table 0 past its own grains: the grains then precede the table naming them.
+        let gd = u64::from_le_bytes(img[56..64].try_into().unwrap()) as usize * 512;
+        let last = (img.len() / 512) as u32 - 4;
+        grain_before_table[gd..gd + 4].copy_from_slice(&last.to_le_bytes());
+        let e = run(&grain_before_table, true);
+        assert!(e.as_ref().is_err() || e.as_ref().unwrap().0.opaque.is_some(), "grain before its table must not decompose silently");
+        let mut so = image("streamOptimized").1;
+        let n = so.len();
+        so[n - 1024 + 56..n - 1024 + 64].copy_from_slice(&7u64.to_le_bytes()); // footer gdOffset
+        assert!(run(&so, true).unwrap_err().to_string().contains("gdOffset"));
+    }
 }

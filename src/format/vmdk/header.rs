@@ -74,7 +74,8 @@ impl Header {
             unclean_shutdown: b[72],
             compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
         };
-        let bad = |field: &str, off: u64, why: String| ImageError::malformed(F, format!("header field {field} at offset {}: {why}", at + off));
+        let bad =
+            |field: &str, off: u64, why: String| ImageError::malformed(F, format!("header field {field} at offset {}: {why}", at + off));
         if !(1..=3).contains(&h.version) {
             return Err(ImageError::refused(F, format!("header version {} at offset {} (only 1, 2, 3 are known)", h.version, at + 4)));
         }
@@ -93,10 +94,23 @@ impl Header {
         let compressed = h.flags & FLAG_COMPRESSED != 0;
         match (compressed, h.compress_algorithm) {
             (true, COMPRESS_DEFLATE) | (false, 0) => {}
-            (_, a) => return Err(bad("compressAlgorithm", 77, format!("{a} with the compressed-grains flag {}", if compressed { "set" } else { "clear" }))),
+            (_, a) => {
+                return Err(bad(
+                    "compressAlgorithm",
+                    77,
+                    format!("{a} with the compressed-grains flag {}", if compressed { "set" } else { "clear" }),
+                ))
+            }
         }
         if compressed != (h.flags & FLAG_MARKERS != 0) {
-            return Err(ImageError::refused(F, format!("header flags {:#x} at offset {}: compressed grains without markers (or the reverse) are not a known subformat", h.flags, at + 8)));
+            return Err(ImageError::refused(
+                F,
+                format!(
+                    "header flags {:#x} at offset {}: compressed grains without markers (or the reverse) are not a known subformat",
+                    h.flags,
+                    at + 8
+                ),
+            ));
         }
         if h.capacity.checked_mul(SECTOR).is_none() {
             return Err(bad("capacity", 12, format!("{} sectors overflows", h.capacity)));
@@ -188,7 +202,9 @@ pub fn parse_descriptor(text: &[u8], at: u64) -> Result<Descriptor, ImageError> 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let refuse = |why: &str| ImageError::refused(F, format!("descriptor line at offset {this_off} `{}`: {why}", line.chars().take(120).collect::<String>()));
+        let refuse = |why: &str| {
+            ImageError::refused(F, format!("descriptor line at offset {this_off} `{}`: {why}", line.chars().take(120).collect::<String>()))
+        };
         if let Some((k, v)) = line.split_once('=') {
             let (key, value) = (k.trim(), v.trim().trim_matches('"'));
             match key {
@@ -227,7 +243,9 @@ pub fn parse_descriptor(text: &[u8], at: u64) -> Result<Descriptor, ImageError> 
         }
         let rest: Vec<&str> = line[access.len()..].split_whitespace().collect();
         if rest.len() < 3 || rest[1] != "SPARSE" {
-            return Err(refuse("only one SPARSE extent (the file itself) is decomposed; FLAT, VMFS, ZERO and other extents name other files"));
+            return Err(refuse(
+                "only one SPARSE extent (the file itself) is decomposed; FLAT, VMFS, ZERO and other extents name other files",
+            ));
         }
         let sectors: u64 = rest[0].parse().map_err(|_| refuse("extent size is not a number"))?;
         let name = rest[2..].join(" ");

@@ -33,7 +33,8 @@ impl Counting<'_> {
         self.put(&[0u8; 512][..pad])
     }
     fn sector(&self) -> Result<u32, ImageError> {
-        u32::try_from(self.n / SECTOR).map_err(|_| ImageError::Writer { format: F, reason: "the image exceeds the 2 TiB a sparse VMDK can address".into() })
+        u32::try_from(self.n / SECTOR)
+            .map_err(|_| ImageError::Writer { format: F, reason: "the image exceeds the 2 TiB a sparse VMDK can address".into() })
     }
 }
 
@@ -73,7 +74,13 @@ fn cid_for(virtual_size: u64, grains: &[u64]) -> u32 {
     }
 }
 
-pub fn write(opts: &WriteOptions, virtual_size: u64, ranges: &[(u64, u64)], src: &mut dyn RebuildSource, out: &mut dyn Write) -> Result<u64, ImageError> {
+pub fn write(
+    opts: &WriteOptions,
+    virtual_size: u64,
+    ranges: &[(u64, u64)],
+    src: &mut dyn RebuildSource,
+    out: &mut dyn Write,
+) -> Result<u64, ImageError> {
     if opts.compress {
         return Err(ImageError::Usage(
             "--compress does not apply to vmdk: streamOptimized grains are always compressed, monolithicSparse grains never".into(),
