@@ -146,7 +146,7 @@ impl Dec<'_> {
             if n == 0 {
                 return Ok(());
             }
-            self.literal(host, &buf[..n].to_vec())?;
+            self.literal(host, &buf[..n])?;
         }
     }
 
