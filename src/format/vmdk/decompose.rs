@@ -147,6 +147,22 @@ impl Dec<'_> {
         }
         Ok(())
     }
+    /// Exactly `n` bytes, read in pieces so the allocation follows the bytes that arrive, not
+    /// the size a header claims (a grain directory may claim 128 MiB).
+    fn read_vec(&mut self, n: u64) -> Result<Vec<u8>, ImageError> {
+        let start = self.pos;
+        let mut v = Vec::with_capacity(n.min(CHUNK as u64) as usize);
+        while (v.len() as u64) < n {
+            let piece = (n - v.len() as u64).min(CHUNK as u64) as usize;
+            let at = v.len();
+            v.resize(at + piece, 0);
+            let got = self.read_upto(&mut v[at..])?;
+            if got < piece {
+                return Err(ImageError::Truncated { format: F, expected: start + n, got: start + (at + got) as u64 });
+            }
+        }
+        Ok(v)
+    }
     fn literal(&mut self, host: u64, data: &[u8]) -> Result<(), ImageError> {
         if data.is_empty() {
             return Ok(());
@@ -290,8 +306,7 @@ impl Dec<'_> {
             self.allocated += 1;
             return Ok(());
         }
-        let mut buf = vec![0u8; len as usize];
-        self.read_exact(&mut buf)?;
+        let buf = self.read_vec(len)?;
         match role {
             Role::Descriptor => {
                 let text = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())];
@@ -456,8 +471,7 @@ impl Dec<'_> {
                     if self.stream_gd.is_some() {
                         return Err(ImageError::malformed(F, format!("second grain directory marker at offset {host}")));
                     }
-                    let mut gd = vec![0u8; (self.h.gd_sectors() * SECTOR) as usize];
-                    self.read_exact(&mut gd)?;
+                    let gd = self.read_vec(self.h.gd_sectors() * SECTOR)?;
                     self.filler(data_at, &gd)?;
                     self.stream_gd = Some((data_at / SECTOR, (0..self.h.gt_count() as usize).map(|i| le32(&gd, i)).collect()));
                 }
