@@ -200,7 +200,7 @@ impl Dec<'_> {
     /// Stops interpreting: everything from here is literal, the guest stream is incomplete.
     fn rest_opaque(&mut self, reason: String) -> Result<(), ImageError> {
         tracing::warn!(target: "imgarc::format::vmdk", "storing the rest of the vmdk image opaque: {reason}");
-        self.opaque = Some(reason);
+        self.opaque = Some(format!("vmdk: {reason}"));
         let mut buf = vec![0u8; CHUNK];
         loop {
             let host = self.pos;
