@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vdi", vdi),
     ("vhdx", vhdx),
     ("vhd", vhd),
+    ("vmdk", vmdk),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -161,6 +162,20 @@ pub fn vhd(data: &[u8]) {
                 imgarc::format::rebuild::rebuild(&d.recipe, &mut m, &mut out).expect("rebuild of an accepted image");
                 assert!(out == bytes, "rebuild not byte-exact");
             }
+/// The VMDK decomposer (with and without a declared length): never panics, whatever it
+/// accepts rebuilds byte-exactly, and its guest pieces stay inside the virtual size.
+pub fn vmdk(data: &[u8]) {
+    let policy = qcow2::Policy { max_virtual_size: 1 << 40, max_tracked: 1 << 16, ..qcow2::Policy::default() };
+    for with_len in [true, false] {
+        let mut m = MemStreams::default();
+        let mut input = data;
+        if let Ok(d) =
+            imgarc::format::decompose(detect::FormatKind::Vmdk, &mut input, with_len.then_some(data.len() as u64), &policy, &mut m)
+        {
+            assert!(m.guest.iter().all(|(&o, g)| o + g.len() as u64 <= d.virtual_size), "guest piece beyond the virtual size");
+            let mut out = Vec::new();
+            qcow2::rebuild(&d.recipe, &mut m, &mut out).expect("rebuild of an accepted vmdk");
+            assert!(out == data, "vmdk rebuild not byte-exact");
         }
     }
 }

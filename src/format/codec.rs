@@ -15,6 +15,9 @@ use std::os::raw::c_int;
 /// Codec ids as stored in the recipe (see format-spec/qcow2-layout.md).
 pub const CODEC_ZLIB: u8 = 1;
 pub const CODEC_ZSTD: u8 = 2;
+/// VMDK streamOptimized grains as qemu writes them: zlib `compress()` (zlib wrapper,
+/// level 6 = Z_DEFAULT_COMPRESSION, windowBits 15, memLevel 8, default strategy) with stock zlib.
+pub const CODEC_VMDK: u8 = 3;
 
 /// Result of decompressing one compressed cluster.
 pub(crate) struct Inflated {
@@ -108,6 +111,62 @@ pub fn deflate_qemu(input: &[u8], limit: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// zlib `compress()` exactly (what qemu's vmdk driver calls for a streamOptimized grain):
+/// zlib wrapper, Z_DEFAULT_COMPRESSION, windowBits 15, memLevel 8. None if the output would
+/// not fit in `limit` bytes.
+pub fn deflate_vmdk(input: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; limit];
+    let mut s = zstream();
+    // SAFETY: as in deflate_qemu; the output buffer length is passed exactly.
+    unsafe {
+        let rc =
+            z::deflateInit2_(&mut s, -1, z::Z_DEFLATED, 15, 8, z::Z_DEFAULT_STRATEGY, z::zlibVersion(), size_of::<z::z_stream>() as c_int);
+        if rc != z::Z_OK {
+            return None;
+        }
+        s.next_in = input.as_ptr() as *mut _;
+        s.avail_in = input.len().min(u32::MAX as usize) as u32;
+        s.next_out = out.as_mut_ptr();
+        s.avail_out = out.len().min(u32::MAX as usize) as u32;
+        let rc = z::deflate(&mut s, z::Z_FINISH);
+        let n = s.total_out as usize;
+        z::deflateEnd(&mut s);
+        if rc != z::Z_STREAM_END {
+            return None;
+        }
+        out.truncate(n);
+    }
+    Some(out)
+}
+
+/// An upper bound of [`deflate_vmdk`]'s output for `n` input bytes (zlib's `compressBound`
+/// plus slack), for writers that must never fail on incompressible data.
+pub fn deflate_vmdk_bound(n: usize) -> usize {
+    n + (n >> 12) + (n >> 14) + (n >> 25) + 64
+}
+
+/// zlib-wrapped inflate as qemu's vmdk read path (`uncompress()`), output capped at
+/// `out.len()` (one grain). Returns the bytes produced when the stream ended cleanly within
+/// `input` and within `out`; None otherwise (corrupt, truncated, or more than one grain).
+pub(crate) fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut s = zstream();
+    // SAFETY: standard zlib usage as in inflate_raw; inflateEnd always follows init.
+    unsafe {
+        let rc = z::inflateInit2_(&mut s, 15, z::zlibVersion(), size_of::<z::z_stream>() as c_int);
+        if rc != z::Z_OK {
+            return None;
+        }
+        s.next_in = input.as_ptr() as *mut _;
+        s.avail_in = input.len().min(u32::MAX as usize) as u32;
+        s.next_out = out.as_mut_ptr();
+        s.avail_out = out.len().min(u32::MAX as usize) as u32;
+        let rc = z::inflate(&mut s, z::Z_FINISH);
+        let produced = s.total_out as usize;
+        z::inflateEnd(&mut s);
+        (rc == z::Z_STREAM_END).then_some(produced)
+    }
+}
+
 /// Version string of the zlib actually linked (for reports and the reproduction test).
 pub fn zlib_version() -> String {
     // SAFETY: zlibVersion returns a static NUL-terminated string.
@@ -153,6 +212,7 @@ pub(crate) fn recompress(codec: u8, input: &[u8], limit: usize) -> Option<Vec<u8
     match codec {
         CODEC_ZLIB => deflate_qemu(input, limit),
         CODEC_ZSTD => zstd_qemu(input, limit),
+        CODEC_VMDK => deflate_vmdk(input, limit),
         _ => None,
     }
 }
@@ -236,5 +296,21 @@ mod tests {
             .collect();
         assert!(deflate_qemu(&data, 65535).is_none());
         assert!(zlib_version().starts_with("1."), "not stock zlib: {}", zlib_version());
+    }
+
+    #[test]
+    fn vmdk_codec_is_zlib_compress_and_inflates_bounded() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 5 % 241) as u8).collect();
+        let c = deflate_vmdk(&data, 65535).unwrap();
+        assert_eq!(&c[..2], &[0x78, 0x9c], "zlib header of level 6, windowBits 15");
+        let mut out = vec![0u8; 65536];
+        assert_eq!(inflate_zlib(&c, &mut out), Some(65536));
+        assert_eq!(out, data);
+        // More than one grain of output is refused, not truncated.
+        let big = deflate_vmdk(&vec![0u8; 131072], 65535).unwrap();
+        assert_eq!(inflate_zlib(&big, &mut out), None);
+        // A truncated stream does not end cleanly.
+        assert_eq!(inflate_zlib(&c[..c.len() / 2], &mut out), None);
+        assert_eq!(recompress(CODEC_VMDK, &data, 65535), Some(c));
     }
 }

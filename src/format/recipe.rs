@@ -233,7 +233,7 @@ impl Recipe {
                     if guest_off % cs != 0 || guest_off >= virtual_size {
                         return Err(e("compressed cluster guest offset invalid"));
                     }
-                    if len >= cs || !(1..=2).contains(&codec) {
+                    if len >= cs || !(1..=3).contains(&codec) {
                         return Err(e("compressed segment length or codec invalid"));
                     }
                     let check = if version >= 2 { Some(c.u64_le()?) } else { None };

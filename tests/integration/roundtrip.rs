@@ -238,6 +238,15 @@ fn containers_stored_as_bytes_refuse_conversion() {
     // A container imgarc does not decompose: stored as its bytes, said so, never converted.
     let v = env.path("d.vmdk");
     qemu_img(&["convert", "-q", "-O", "vmdk", raw.to_str().unwrap(), v.to_str().unwrap()]);
+    // imgarc decomposes qemu's vmdk; moving grain table 0 behind the grains (qemu still reads
+    // it) makes one it stores opaque: grains arrive before the table that names them.
+    let mut img = std::fs::read(&v).unwrap();
+    let gd = u64::from_le_bytes(img[56..64].try_into().unwrap()) as usize * 512;
+    let gt0 = u32::from_le_bytes(img[gd..gd + 4].try_into().unwrap()) as usize * 512;
+    let moved = (img.len() / 512) as u32;
+    img.extend_from_within(gt0..gt0 + 2048);
+    img[gd..gd + 4].copy_from_slice(&moved.to_le_bytes());
+    std::fs::write(&v, &img).unwrap();
     let a = env.json(&["archive", v.to_str().unwrap(), "--name", "d.vmdk"]);
     assert_eq!(s(&a, "format"), "vmdk");
     assert!(s(&a, "opaque").contains("vmdk"), "{a}");

@@ -1,28 +1,17 @@
-//! VMDK (VMware, VirtualBox): `monolithicSparse` and `streamOptimized`: the streaming decomposer into guest pieces + literal stream + recipe, and the
-//! streaming writer for conversion on restore. (Not implemented yet: archived as opaque bytes.)
-use super::{DecomposeSink, Decomposition, ImageError, Policy, RebuildSource, WriteOptions};
-use std::io::{Read, Write};
+//! VMDK (VMware, VirtualBox, OVA exports): `monolithicSparse` and `streamOptimized`, the two
+//! single-file subformats. [`header`] owns the sparse extent header, the stream markers and the
+//! descriptor whitelist; [`decompose`] the one-pass decomposer into guest grains + literal
+//! stream + recipe; [`writer`] the one-pass writer used by `restore --disk-format vmdk`.
+//! Every other VMDK kind (text descriptors, flat/VMFS extents, several extents, parents) is
+//! refused: they name other files. Spec: format-spec/formats/vmdk.md.
+mod decompose;
+pub mod header;
+mod writer;
+
+pub use decompose::decompose;
+pub use writer::write;
 
 /// Whether [`decompose`] is implemented (archive stores the container opaque otherwise).
-pub const DECOMPOSES: bool = false;
+pub const DECOMPOSES: bool = true;
 /// Whether [`write`] is implemented.
-pub const WRITES: bool = false;
-
-pub fn decompose(
-    _input: &mut dyn Read,
-    _file_len: Option<u64>,
-    _policy: &Policy,
-    _sink: &mut dyn DecomposeSink,
-) -> Result<Decomposition, ImageError> {
-    Err(ImageError::refused("vmdk", "not decomposed by this imgarc"))
-}
-
-pub fn write(
-    _opts: &WriteOptions,
-    _virtual_size: u64,
-    _ranges: &[(u64, u64)],
-    _src: &mut dyn RebuildSource,
-    _out: &mut dyn Write,
-) -> Result<u64, ImageError> {
-    Err(ImageError::Usage("imgarc does not write vmdk images yet".into()))
-}
+pub const WRITES: bool = true;
