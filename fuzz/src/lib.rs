@@ -133,6 +133,9 @@ pub fn vdi(data: &[u8]) {
         qcow2::RebuildSource::read_guest(&mut again, 0, &mut b).expect("memory read");
         b.truncate(a.len());
         assert!(a == b, "the written vdi holds another disk");
+    }
+}
+
 /// The VHD decomposer (declared vhd, with and without a known length) on the input and on the
 /// input with its footer and dynamic-header checksums recomputed (so the fields behind them are
 /// explored): never panics, and whatever it accepts rebuilds byte-exactly.
@@ -162,6 +165,10 @@ pub fn vhd(data: &[u8]) {
                 imgarc::format::rebuild::rebuild(&d.recipe, &mut m, &mut out).expect("rebuild of an accepted image");
                 assert!(out == bytes, "rebuild not byte-exact");
             }
+        }
+    }
+}
+
 /// The VMDK decomposer (with and without a declared length): never panics, whatever it
 /// accepts rebuilds byte-exactly, and its guest pieces stay inside the virtual size.
 pub fn vmdk(data: &[u8]) {
