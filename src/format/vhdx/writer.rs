@@ -3,8 +3,9 @@
 //!
 //! The BAT is known from the allocated ranges before the first byte is written, so the whole
 //! file is one sequential stream: identifier, two headers, two region tables, an empty log,
-//! the BAT, the metadata region, then the payload blocks in guest order (qemu-img's order of
-//! regions; field values in `format-spec/formats/vhdx.md`).
+//! the BAT, the metadata region (at 16 MiB or later, for Glance's inspector: `METADATA_MIN_OFFSET`),
+//! then the payload blocks in guest order (qemu-img's order of regions; field values in
+//! `format-spec/formats/vhdx.md`).
 use super::*;
 
 /// Hyper-V's default block size (qemu picks 8–64 MiB by disk size).
@@ -17,6 +18,15 @@ const LOG_OFFSET: u64 = MIB;
 const LOG_LEN: u64 = MIB;
 const BAT_OFFSET: u64 = 2 * MIB;
 const METADATA_LEN: u64 = MIB;
+/// The metadata region starts no earlier than this. Glance's upload inspection (oslo.utils
+/// `VHDXInspector`) finds the virtual-disk-size item one read *after* the read that completed
+/// the metadata table, and it learns where the table is from the region table at 192 KiB: when
+/// the table and the item arrive in the read that also held the region table (the first read
+/// of a store with large chunks: 4 MiB in the test Glance, 8 MiB for RBD), the item is never
+/// captured and the upload is refused as "incomplete" — qemu-img's own VHDX files too. A table
+/// beyond the first 16 MiB arrives in a later read than the region table for every store chunk
+/// size up to 16 MiB; the gap before it costs zeros (sparse in a file), no payload.
+const METADATA_MIN_OFFSET: u64 = 16 * MIB;
 const WRITE_STEP: usize = 1 << 20;
 
 fn werr(reason: impl Into<String>) -> ImageError {
@@ -139,7 +149,7 @@ pub(super) fn write(
     let ratio = chunk_ratio(LOGICAL_SECTOR, BLOCK_SIZE);
     let entries = bat_entries(data_blocks, ratio);
     let bat_len = (entries * 8).div_ceil(MIB).max(1) * MIB;
-    let meta_off = BAT_OFFSET + bat_len;
+    let meta_off = (BAT_OFFSET + bat_len).max(METADATA_MIN_OFFSET);
     let data_start = meta_off + METADATA_LEN;
     // Stored blocks, in guest order.
     let mut blocks: Vec<u64> = Vec::new();
@@ -190,6 +200,7 @@ pub(super) fn write(
     o.pad_to(BAT_OFFSET)?;
     o.put(&bat)?;
     drop(bat);
+    o.pad_to(meta_off)?;
     o.put(&metadata_region(virtual_size, fixed, random_guid()))?;
     let mut buf = vec![0u8; WRITE_STEP];
     let mut ri = 0usize;

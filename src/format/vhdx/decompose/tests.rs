@@ -166,7 +166,7 @@ fn writer_output_decomposes_to_its_guest_disk() {
         let mut out = Vec::new();
         let n = write(&opts, vsize, &[(0, 512), (33 * MIB, 5000)], &mut src, &mut out).unwrap();
         assert_eq!(n, out.len() as u64);
-        assert_eq!(out.len() as u64, 4 * MIB + 2 * 32 * MIB);
+        assert_eq!(out.len() as u64, 17 * MIB + 2 * 32 * MIB); // metadata at 16 MiB (writer::METADATA_MIN_OFFSET), 1 MiB long, then two blocks
         let (d, mut m) = run(&out, Some(n)).unwrap();
         assert_eq!(d.info["subformat"], if fixed { "fixed" } else { "dynamic" });
         assert_eq!(d.info["allocated_blocks"], 2);
@@ -182,7 +182,7 @@ fn writer_output_decomposes_to_its_guest_disk() {
     // An empty dynamic disk stores no block.
     let mut out = Vec::new();
     write(&WriteOptions::default(), vsize, &[], &mut src, &mut out).unwrap();
-    assert_eq!(out.len() as u64, 4 * MIB);
+    assert_eq!(out.len() as u64, 17 * MIB);
     let (d, _) = run(&out, None).unwrap();
     assert_eq!(d.info["allocated_blocks"], 0);
 }
