@@ -110,6 +110,23 @@ pub struct WriteOptions {
     pub compress: bool,
 }
 
+impl WriteOptions {
+    /// The `--subformat` a writer of `format` was asked for, among the names it `knows` (the first
+    /// is the default; names compare case-insensitively, as qemu-img's do), and the refusal of
+    /// `--compress`, which no writer of this module honours (`why_not_compressed` says why).
+    pub fn subformat_of(&self, format: &str, knows: &[&'static str], why_not_compressed: &str) -> Result<&'static str, ImageError> {
+        if self.compress {
+            return Err(ImageError::Usage(format!("--compress does not apply to {format}: {why_not_compressed}")));
+        }
+        match self.subformat.as_deref() {
+            None => Ok(knows[0]),
+            Some(name) => knows.iter().find(|k| k.eq_ignore_ascii_case(name)).copied().ok_or_else(|| {
+                ImageError::Usage(format!("{format} has no subformat {name:?}: {} (default) or {}", knows[0], knows[1..].join(", ")))
+            }),
+        }
+    }
+}
+
 /// The output formats [`write_image`] writes (raw and qcow2 are written by `restore` itself).
 pub fn writes(kind: FormatKind) -> bool {
     match kind {

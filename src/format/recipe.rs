@@ -276,6 +276,25 @@ impl Recipe {
     }
 }
 
+/// Zero elision of literal bytes, shared by every decomposer: `b` as alternating runs of
+/// all-zero [`ZERO_GRAIN`]-byte pieces and of other pieces (the last piece may be shorter),
+/// `(start, end, zero)` in order, tiling `b`. A zero run becomes a `Segment::Zero` instead of
+/// literal-stream bytes.
+pub(crate) fn zero_runs(b: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (k, piece) in b.chunks(ZERO_GRAIN).enumerate() {
+        let (start, zero) = (k * ZERO_GRAIN, crate::chunking::is_zero(piece));
+        match runs.last_mut() {
+            Some(last) if last.2 == zero => last.1 = start + piece.len(),
+            _ => runs.push((start, start + piece.len(), zero)),
+        }
+    }
+    runs
+}
+
+/// The granularity of [`zero_runs`]: one sector.
+pub(crate) const ZERO_GRAIN: usize = 512;
+
 /// Builder used by the decomposer: collects segments (in any order), then sorts and merges.
 #[derive(Default)]
 pub(crate) struct SegList {

@@ -56,8 +56,6 @@ struct Job {
     bytes: Vec<u8>,
 }
 
-/// Sector granularity for zero-run elision in literals.
-const ZGRAIN: usize = 512;
 /// Subclusters per cluster with extended L2 entries.
 const SUBCLUSTERS: u64 = 32;
 
@@ -91,25 +89,17 @@ impl Dec<'_> {
     /// Bytes at host offset `h` that are kept verbatim: zero runs become Zero segments,
     /// everything else goes to the literal stream.
     fn emit_literal(&mut self, h: u64, b: &[u8]) -> std::io::Result<()> {
-        let mut i = 0usize;
-        while i < b.len() {
+        for (start, end, zero) in crate::format::recipe::zero_runs(b) {
             if self.segs.len() >= self.policy.max_segments {
                 // Over the segment budget: no more zero elision, so host-ordered literal
                 // bytes extend one segment instead of adding new ones.
-                return self.push_literal(h + i as u64, &b[i..]);
+                return self.push_literal(h + start as u64, &b[start..]);
             }
-            let zero_start = i;
-            while i < b.len() && is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
+            if zero {
+                self.segs.push(h + start as u64, Segment::Zero { len: (end - start) as u64 });
+            } else {
+                self.push_literal(h + start as u64, &b[start..end])?;
             }
-            if i > zero_start {
-                self.segs.push(h + zero_start as u64, Segment::Zero { len: (i - zero_start) as u64 });
-            }
-            let lit_start = i;
-            while i < b.len() && !is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
-            }
-            self.push_literal(h + lit_start as u64, &b[lit_start..i])?;
         }
         Ok(())
     }

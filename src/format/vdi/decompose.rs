@@ -12,8 +12,6 @@ use crate::format::{DecomposeSink, Decomposition, ImageError, Policy};
 use crate::util::read_full;
 use std::io::Read;
 
-/// Zero runs in literal bytes are elided at sector granularity.
-const ZGRAIN: usize = 512;
 /// Bytes read at a time.
 const READ: usize = 1 << 20;
 /// Longest comment/pre-header text reported in `info` (the fields are 256 and 64 bytes on disk anyway).
@@ -67,22 +65,16 @@ impl Dec<'_> {
 
     /// Bytes kept verbatim at host `h`: zero runs become Zero segments, the rest literal.
     fn emit_literal(&mut self, h: u64, b: &[u8]) -> Result<(), ImageError> {
-        let mut i = 0usize;
-        while i < b.len() {
+        for (start, end, zero) in crate::format::recipe::zero_runs(b) {
             self.check_budget()?;
             if self.opaque.is_some() {
-                return self.push_literal(h + i as u64, &b[i..]);
+                return self.push_literal(h + start as u64, &b[start..]);
             }
-            let zero_start = i;
-            while i < b.len() && is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
+            if zero {
+                self.segs.push(h + start as u64, Segment::Zero { len: (end - start) as u64 });
+            } else {
+                self.push_literal(h + start as u64, &b[start..end])?;
             }
-            self.segs.push(h + zero_start as u64, Segment::Zero { len: (i - zero_start) as u64 });
-            let lit_start = i;
-            while i < b.len() && !is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
-            }
-            self.push_literal(h + lit_start as u64, &b[lit_start..i])?;
         }
         Ok(())
     }

@@ -28,14 +28,7 @@ pub fn write(
     src: &mut dyn RebuildSource,
     out: &mut dyn Write,
 ) -> Result<u64, ImageError> {
-    let fixed = match opts.subformat.as_deref() {
-        None | Some("dynamic") => false,
-        Some("fixed") => true,
-        Some(other) => return Err(ImageError::Usage(format!("vdi subformat {other:?} is not known: dynamic (default) or fixed"))),
-    };
-    if opts.compress {
-        return Err(ImageError::Usage("--compress does not apply to vdi (VDI has no compressed blocks)".into()));
-    }
+    let fixed = opts.subformat_of("vdi", &["dynamic", "fixed"], "VDI has no compressed blocks")? == "fixed";
     let werr = |m: String| ImageError::Writer { format: FORMAT, reason: m };
     // qemu-img rounds the size up to a sector; the rounding reads as zeros.
     let disk_size =

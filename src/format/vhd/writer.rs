@@ -109,14 +109,7 @@ pub fn write(
     src: &mut dyn RebuildSource,
     out: &mut dyn Write,
 ) -> Result<u64, ImageError> {
-    let dynamic = match opts.subformat.as_deref() {
-        None | Some("dynamic") => true,
-        Some("fixed") => false,
-        Some(other) => return Err(ImageError::Usage(format!("vhd --subformat must be dynamic or fixed, not {other:?}"))),
-    };
-    if opts.compress {
-        return Err(ImageError::Usage("vhd images cannot be compressed: --compress applies to qcow2 only".into()));
-    }
+    let dynamic = opts.subformat_of("vhd", &["dynamic", "fixed"], "VHD has no compressed blocks")? == "dynamic";
     // VHD sizes are whole sectors: a guest disk of another length is padded with zeros.
     let size = virtual_size.div_ceil(SECTOR) * SECTOR;
     if size / SECTOR > MAX_SECTORS {

@@ -12,8 +12,6 @@ use crate::chunking::is_zero;
 use crate::format::recipe::{Recipe, SegList, Segment, FLAG_OPAQUE};
 use crate::util::read_full;
 
-/// Sector granularity for zero-run elision in literals.
-const ZGRAIN: usize = 512;
 /// Granularity of zero detection inside payload blocks.
 const GGRAIN: usize = 64 << 10;
 /// The recipe's cluster size field (no compressed segments in VHDX: informational only).
@@ -216,21 +214,15 @@ impl Dec<'_> {
 
     /// Non-guest bytes at host `h`: zero runs become Zero segments, the rest literal.
     fn emit_literal(&mut self, h: u64, b: &[u8]) -> std::io::Result<()> {
-        let mut i = 0usize;
-        while i < b.len() {
+        for (start, end, zero) in crate::format::recipe::zero_runs(b) {
             if self.over_budget() {
-                return self.push_literal(h + i as u64, &b[i..]);
+                return self.push_literal(h + start as u64, &b[start..]);
             }
-            let zero_start = i;
-            while i < b.len() && is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
+            if zero {
+                self.segs.push(h + start as u64, Segment::Zero { len: (end - start) as u64 });
+            } else {
+                self.push_literal(h + start as u64, &b[start..end])?;
             }
-            self.segs.push(h + zero_start as u64, Segment::Zero { len: (i - zero_start) as u64 });
-            let lit_start = i;
-            while i < b.len() && !is_zero(&b[i..(i + ZGRAIN).min(b.len())]) {
-                i = (i + ZGRAIN).min(b.len());
-            }
-            self.push_literal(h + lit_start as u64, &b[lit_start..i])?;
         }
         Ok(())
     }

@@ -131,14 +131,7 @@ pub(super) fn write(
     src: &mut dyn RebuildSource,
     out: &mut dyn Write,
 ) -> Result<u64, ImageError> {
-    let fixed = match opts.subformat.as_deref() {
-        None | Some("dynamic") => false,
-        Some("fixed") => true,
-        Some(other) => return Err(ImageError::Usage(format!("vhdx has no subformat {other:?} (dynamic or fixed)"))),
-    };
-    if opts.compress {
-        return Err(ImageError::Usage("vhdx images cannot be compressed (--compress applies to qcow2)".into()));
-    }
+    let fixed = opts.subformat_of("vhdx", &["dynamic", "fixed"], "VHDX has no compressed blocks")? == "fixed";
     if virtual_size > MAX_VIRTUAL_SIZE {
         return Err(werr(format!("virtual size {virtual_size} exceeds the 64 TiB VHDX allows")));
     }

@@ -81,17 +81,11 @@ pub fn write(
     src: &mut dyn RebuildSource,
     out: &mut dyn Write,
 ) -> Result<u64, ImageError> {
-    if opts.compress {
-        return Err(ImageError::Usage(
-            "--compress does not apply to vmdk: streamOptimized grains are always compressed, monolithicSparse grains never".into(),
-        ));
-    }
-    let stream = match opts.subformat.as_deref() {
-        None => true,
-        Some(s) if s.eq_ignore_ascii_case("streamOptimized") => true,
-        Some(s) if s.eq_ignore_ascii_case("monolithicSparse") => false,
-        Some(s) => return Err(ImageError::Usage(format!("unknown vmdk subformat {s:?} (streamOptimized, monolithicSparse)"))),
-    };
+    let stream = opts.subformat_of(
+        "vmdk",
+        &["streamOptimized", "monolithicSparse"],
+        "streamOptimized grains are always compressed, monolithicSparse grains never",
+    )? == "streamOptimized";
     if virtual_size % SECTOR != 0 {
         return Err(ImageError::Writer { format: F, reason: format!("the virtual size {virtual_size} is not a multiple of 512 bytes") });
     }
