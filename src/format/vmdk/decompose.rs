@@ -417,7 +417,13 @@ impl Dec<'_> {
             let mut m = [0u8; 12];
             let n = self.read_upto(&mut m)?;
             if n == 0 {
-                return Ok(());
+                // A stream ends with its end-of-stream marker (VMware's spec; qemu and VirtualBox
+                // write one). Without it the file was cut short — a truncated download whose
+                // grains happen to end on a marker must not pass for a whole image.
+                return Err(ImageError::malformed(
+                    F,
+                    format!("the streamOptimized stream ends at offset {host} without its end-of-stream marker (truncated)"),
+                ));
             }
             if n < 12 {
                 return Err(ImageError::Truncated { format: F, expected: host + 12, got: host + n as u64 });
