@@ -274,3 +274,32 @@ fn a_snapshot_dated_in_the_future_steers_no_policy_and_is_flagged() {
         assert!(doc["reasons"][0].as_str().unwrap().contains("future"), "{doc}");
     }
 }
+
+/// What a host whose imgarc predates a layout kind sees (an imgarc before issue 15 meeting a
+/// `container` snapshot; this one meeting a kind from the future): the snapshot cannot be
+/// decoded, so its chunks look unreferenced. `prune` must refuse rather than delete them, and
+/// every snapshot it can read keeps restoring.
+#[test]
+fn a_snapshot_of_an_unknown_layout_kind_stops_prune_and_loses_nothing() {
+    let env = Env::init_unencrypted("64K");
+    let data = bytes(3 << 20, 7, false);
+    let p = env.path("a.raw");
+    std::fs::write(&p, &data).unwrap();
+    let a = s(&env.archive(&p, "a"), "snapshot");
+    // Its twin from the future: the same streams under a layout kind this imgarc does not know.
+    let mut future: Value = serde_json::from_slice(&std::fs::read(env.repo.join("snapshots").join(&a)).unwrap()).unwrap();
+    future["name"] = "from-the-future".into();
+    future["layout"] = serde_json::json!({"kind": "hologram", "recipe": future["guest"].clone(), "literals": future["guest"].clone()});
+    let bytes_of_future = serde_json::to_vec_pretty(&future).unwrap();
+    let future_id = imgarc::repository::snapshot::Snapshot::id_of(&bytes_of_future).to_hex();
+    std::fs::write(env.repo.join("snapshots").join(&future_id), &bytes_of_future).unwrap();
+    // The only readable snapshot goes: to this host the packs now look unused.
+    env.ok(&["forget", &a]);
+    let packs_before = env.packs();
+    let out = env.run(&["prune", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "prune ran past an unreadable snapshot: {stderr}");
+    assert!(stderr.contains("prune refuses to run") && stderr.contains(&future_id), "{stderr}");
+    assert!(stderr.contains("unknown variant `hologram`"), "the refusal names the unknown layout kind: {stderr}");
+    assert_eq!(env.packs(), packs_before, "prune deleted data while a snapshot could not be read");
+}
