@@ -900,6 +900,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_without_its_end_of_stream_marker_is_truncated() {
+        let (_, img) = image("streamOptimized");
+        // The writer's last sector is the end-of-stream marker (lba 0, size 0, type 0).
+        let eos = &img[img.len() - 512..];
+        assert!(eos.iter().all(|&b| b == 0), "the writer ends with an end-of-stream marker");
+        assert!(run(&img, false).is_ok());
+        let cut = &img[..img.len() - 512];
+        for with_len in [true, false] {
+            let e = run(cut, with_len).err().expect("a stream cut before its end-of-stream marker is refused").to_string();
+            assert!(e.contains("without its end-of-stream marker"), "{e}");
+        }
+    }
+
+    #[test]
     fn every_truncation_and_bitflip_is_an_error_or_exact() {
         for sub in ["streamOptimized", "monolithicSparse"] {
             let (_, img) = image(sub);
