@@ -18,6 +18,7 @@
 pub mod codec;
 pub mod detect;
 mod error;
+mod out;
 pub mod qcow2;
 pub mod rebuild;
 pub mod recipe;

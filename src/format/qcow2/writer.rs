@@ -22,26 +22,6 @@ const RC_PER_BLOCK: u64 = CS * 8 / 16;
 const COPIED: u64 = 1 << 63;
 const BATCH: usize = 256;
 
-struct Out<'a> {
-    w: &'a mut dyn Write,
-    pos: u64,
-}
-impl Out<'_> {
-    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.w.write_all(b)?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-    fn pad_to(&mut self, to: u64) -> std::io::Result<()> {
-        const Z: [u8; 4096] = [0; 4096];
-        while self.pos < to {
-            let n = (to - self.pos).min(Z.len() as u64) as usize;
-            self.put(&Z[..n])?;
-        }
-        Ok(())
-    }
-}
-
 /// Streaming writer of a clean QCOW2 v3 from the allocated guest extents `(offset, length)`
 /// (sorted, non-overlapping; clipped at the virtual size). Returns bytes written.
 pub fn write_qcow2(
@@ -136,7 +116,7 @@ pub fn write_qcow2(
             bump(rel_pos[i], rel_pos[i] + l as u64)?;
         }
     }
-    let mut o = Out { w: out, pos: 0 };
+    let mut o = crate::format::out::Out::new(out);
     // Header.
     let mut hdr = vec![0u8; CS as usize];
     hdr[0..4].copy_from_slice(b"QFI\xfb");

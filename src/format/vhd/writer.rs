@@ -11,6 +11,7 @@
 //! MiB-aligned (Azure refuses fixed VHDs whose size is not a multiple of 1 MiB). The geometry
 //! fields still hold the specification's CHS for the size, for tools that show it.
 use super::{chs_geometry, Footer, FOOTER_LEN, FORMAT, HEADER_LEN, MAX_SECTORS, SECTOR, SPARSE_COOKIE, TYPE_DYNAMIC, TYPE_FIXED};
+use crate::format::out::Out;
 use crate::format::{ImageError, RebuildSource, WriteOptions};
 use std::io::Write;
 
@@ -20,24 +21,9 @@ pub(crate) const BLOCK_SIZE: u64 = 2 << 20;
 const VHD_EPOCH: i64 = 946_684_800;
 const BUF: usize = 1 << 20;
 
-struct Out<'a> {
-    w: &'a mut dyn Write,
-    pos: u64,
-}
 impl Out<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), ImageError> {
-        self.w.write_all(b)?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-    fn zeros(&mut self, mut n: u64) -> Result<(), ImageError> {
-        const Z: [u8; 4096] = [0; 4096];
-        while n > 0 {
-            let k = n.min(Z.len() as u64) as usize;
-            self.put(&Z[..k])?;
-            n -= k as u64;
-        }
-        Ok(())
+    fn zeros(&mut self, n: u64) -> std::io::Result<()> {
+        self.pad_to(self.pos + n)
     }
     /// Guest bytes `[from, to)`: the parts inside `ranges` read from `src`, zeros elsewhere.
     fn guest(&mut self, src: &mut dyn RebuildSource, ranges: &[(u64, u64)], from: u64, to: u64, buf: &mut [u8]) -> Result<(), ImageError> {
@@ -61,7 +47,7 @@ impl Out<'_> {
             }
             at = e;
         }
-        self.zeros(to - at)
+        Ok(self.zeros(to - at)?)
     }
 }
 
@@ -118,7 +104,7 @@ pub fn write(
             reason: format!("a {virtual_size}-byte disk exceeds the VHD maximum of 2040 GiB"),
         });
     }
-    let mut o = Out { w: out, pos: 0 };
+    let mut o = Out::new(out);
     let mut buf = vec![0u8; BUF];
     if !dynamic {
         o.guest(src, ranges, 0, virtual_size, &mut buf)?;

@@ -41,26 +41,6 @@ fn random_guid() -> Guid {
     g
 }
 
-struct Out<'a> {
-    w: &'a mut dyn Write,
-    pos: u64,
-}
-impl Out<'_> {
-    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.w.write_all(b)?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-    fn pad_to(&mut self, to: u64) -> std::io::Result<()> {
-        static Z: [u8; 64 << 10] = [0; 64 << 10];
-        while self.pos < to {
-            let n = (to - self.pos).min(Z.len() as u64) as usize;
-            self.put(&Z[..n])?;
-        }
-        Ok(())
-    }
-}
-
 /// The header at sequence number `seq`.
 pub(crate) fn header(seq: u64, file_write: Guid, data_write: Guid) -> Vec<u8> {
     let mut h = vec![0u8; HEADER_LEN];
@@ -173,7 +153,7 @@ pub(super) fn write(
         let i = bat_index(b, ratio) as usize * 8;
         bat[i..i + 8].copy_from_slice(&e.to_le_bytes());
     }
-    let mut o = Out { w: out, pos: 0 };
+    let mut o = crate::format::out::Out::new(out);
     let mut ident = vec![0u8; KIB64 as usize];
     ident[0..8].copy_from_slice(SIGNATURE);
     let creator: Vec<u8> = concat!("imgarc ", env!("CARGO_PKG_VERSION")).encode_utf16().flat_map(|c| c.to_le_bytes()).collect();

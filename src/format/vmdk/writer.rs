@@ -8,6 +8,7 @@
 //!   grains): one pass too, because the allocated guest ranges are known before writing.
 use super::header::*;
 use crate::format::codec;
+use crate::format::out::Out;
 use crate::format::{ImageError, RebuildSource, WriteOptions};
 use rayon::prelude::*;
 use std::io::Write;
@@ -18,22 +19,12 @@ const GRAIN_SECTORS: u64 = 128;
 /// Grains compressed in parallel per window (16 MiB of guest data).
 const WINDOW: usize = 256;
 
-struct Counting<'a> {
-    out: &'a mut dyn Write,
-    n: u64,
-}
-impl Counting<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), ImageError> {
-        self.out.write_all(b)?;
-        self.n += b.len() as u64;
-        Ok(())
-    }
-    fn pad_to_sector(&mut self) -> Result<(), ImageError> {
-        let pad = ((SECTOR - self.n % SECTOR) % SECTOR) as usize;
-        self.put(&[0u8; 512][..pad])
+impl Out<'_> {
+    fn pad_to_sector(&mut self) -> std::io::Result<()> {
+        self.pad_to(self.pos.next_multiple_of(SECTOR))
     }
     fn sector(&self) -> Result<u32, ImageError> {
-        u32::try_from(self.n / SECTOR)
+        u32::try_from(self.pos / SECTOR)
             .map_err(|_| ImageError::Writer { format: F, reason: "the image exceeds the 2 TiB a sparse VMDK can address".into() })
     }
 }
@@ -91,14 +82,14 @@ pub fn write(
     }
     let gb = GRAIN_SECTORS * SECTOR;
     let grains = allocated_grains(ranges, gb);
-    let mut w = Counting { out, n: 0 };
+    let mut w = Out::new(out);
     if stream {
         write_stream(&mut w, virtual_size, &grains, src)?;
     } else {
         write_sparse(&mut w, virtual_size, &grains, src)?;
     }
-    w.out.flush()?;
-    Ok(w.n)
+    w.flush()?;
+    Ok(w.pos)
 }
 
 fn base_header(capacity: u64) -> Header {
@@ -125,7 +116,7 @@ fn read_grain(src: &mut dyn RebuildSource, g: u64, gb: u64, virtual_size: u64) -
     Ok(v)
 }
 
-fn write_stream(w: &mut Counting, virtual_size: u64, grains: &[u64], src: &mut dyn RebuildSource) -> Result<(), ImageError> {
+fn write_stream(w: &mut Out, virtual_size: u64, grains: &[u64], src: &mut dyn RebuildSource) -> Result<(), ImageError> {
     let capacity = virtual_size / SECTOR;
     let gb = GRAIN_SECTORS * SECTOR;
     let desc = write_descriptor("streamOptimized", capacity, cid_for(virtual_size, grains));
@@ -143,7 +134,7 @@ fn write_stream(w: &mut Counting, virtual_size: u64, grains: &[u64], src: &mut d
 
     let mut gd = vec![0u32; h.gt_count() as usize];
     let mut gt: Option<(u64, Vec<u32>)> = None;
-    let flush_gt = |w: &mut Counting, gt: &mut Option<(u64, Vec<u32>)>, gd: &mut Vec<u32>| -> Result<(), ImageError> {
+    let flush_gt = |w: &mut Out, gt: &mut Option<(u64, Vec<u32>)>, gd: &mut Vec<u32>| -> Result<(), ImageError> {
         if let Some((t, entries)) = gt.take() {
             if entries.iter().any(|&e| e != 0) {
                 w.put(&metadata_marker(GTES_PER_GT * 4 / SECTOR, MARKER_GT))?;
@@ -191,10 +182,10 @@ fn write_stream(w: &mut Counting, virtual_size: u64, grains: &[u64], src: &mut d
     w.put(&metadata_marker(1, MARKER_FOOTER))?;
     let footer = Header { gd_offset: gd_sector as u64, ..h };
     w.put(&footer.encode())?;
-    w.put(&[0u8; 512])
+    Ok(w.put(&[0u8; 512])?)
 }
 
-fn write_sparse(w: &mut Counting, virtual_size: u64, grains: &[u64], src: &mut dyn RebuildSource) -> Result<(), ImageError> {
+fn write_sparse(w: &mut Out, virtual_size: u64, grains: &[u64], src: &mut dyn RebuildSource) -> Result<(), ImageError> {
     let capacity = virtual_size / SECTOR;
     let gb = GRAIN_SECTORS * SECTOR;
     let desc = write_descriptor("monolithicSparse", capacity, cid_for(virtual_size, grains));
@@ -228,7 +219,7 @@ fn write_sparse(w: &mut Counting, virtual_size: u64, grains: &[u64], src: &mut d
             w.put(&gt)?;
         }
     }
-    w.put(&vec![0u8; (h.over_head * SECTOR - w.n) as usize])?;
+    w.put(&vec![0u8; (h.over_head * SECTOR - w.pos) as usize])?;
     for &g in grains {
         let mut d = read_grain(src, g, gb, virtual_size)?;
         d.resize(gb as usize, 0);
