@@ -17,6 +17,7 @@ pub mod demo;
 pub mod digest;
 pub mod forget;
 pub mod format;
+pub mod guest;
 pub mod ids;
 pub mod images;
 pub mod index;

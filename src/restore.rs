@@ -470,7 +470,7 @@ pub fn restore(
 /// is derived from what every snapshot records: a raw layout holds the disk only when the
 /// file was raw (or ISO); a qcow2 layout only when its recipe is not opaque (an opaque
 /// decomposition stopped interpreting the image, so its guest stream is incomplete).
-fn ensure_guest_stream_is_disk(source: IndexedRepository, snap: &Snapshot) -> Result<()> {
+pub(crate) fn ensure_guest_stream_is_disk(source: IndexedRepository, snap: &Snapshot) -> Result<()> {
     let refuse = |why: String| {
         anyhow!(
             "cannot convert this snapshot: {why}; `restore` without --disk-format gives back the archived {} file byte for byte",

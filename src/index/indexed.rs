@@ -95,6 +95,11 @@ impl<'a> IndexedRepository<'a> {
         ChunkReader::open(*self, stream)
     }
 
+    /// The chunk reader for scattered small reads: guest files, NBD (`ChunkReader::open_exact`).
+    pub fn exact_reader(&self, stream: &StreamRef) -> Result<ChunkReader<'a>> {
+        ChunkReader::open_exact(*self, stream)
+    }
+
     /// A stored layout recipe read whole; larger than a recipe may be is refused.
     pub fn read_recipe(&self, stream: &StreamRef) -> Result<Vec<u8>> {
         if stream.size > crate::format::qcow2::MAX_RECIPE_BYTES {

@@ -4,8 +4,11 @@
 //! parallel, any other copy tried when one is damaged — and reads the next
 //! batch ahead while the current one is consumed. `restore` reads through it
 //! in order ([`ChunkReader::read_sequential`]) or at random
-//! ([`ChunkReader::read_at`], for layouts and conversions); guest file access
-//! and NBD export will read through it too.
+//! ([`ChunkReader::read_at`], for layouts and conversions). Guest file access
+//! and NBD export read through a reader opened with [`ChunkReader::open_exact`]:
+//! each read fetches only the chunks it touches, with no read-ahead, so reading
+//! one small file of a large disk fetches a few chunks. Every reader counts the
+//! bytes it fetched from the repository as stored ([`ChunkReader::bytes_fetched`]).
 
 use super::{IndexedRepository, Location};
 use crate::ids::Id;
@@ -37,8 +40,9 @@ type OneChunk = Result<Vec<u8>, DamagedChunk>;
 /// An extent with every location its chunk is stored at.
 type Located = (Extent, Vec<Location>);
 
-/// Fetches the data of `extents` (each with its candidate locations), in order.
-fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, DamagedChunk> {
+/// Fetches the data of `extents` (each with its candidate locations), in order,
+/// with the number of stored bytes read from packs.
+fn fetch_batch(repo: &Repository, extents: &[Located]) -> Fetched {
     // Group by the first location's pack, coalescing neighbours into ranged reads.
     let mut by_pack: HashMap<Id, Vec<usize>> = HashMap::new();
     for (i, (e, locs)) in extents.iter().enumerate() {
@@ -67,6 +71,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, D
             reads.push((pack, group));
         }
     }
+    let fetched = std::sync::atomic::AtomicU64::new(0);
     let results: Vec<Vec<(usize, OneChunk)>> = reads
         .par_iter()
         .map(|(pack, group)| {
@@ -75,6 +80,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, D
             let start = first.offset;
             let len = last.offset + last.stored_len as u64 - start;
             let span = repo.read_pack_range(pack, start, len);
+            fetched.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             group
                 .iter()
                 .map(|&i| {
@@ -94,6 +100,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, D
                             let mut cause = format!("{first_err:#}");
                             let mut found = None;
                             for alt in &locs[1..] {
+                                fetched.fetch_add(alt.entry.stored_len as u64, std::sync::atomic::Ordering::Relaxed);
                                 match repo.read_blob(&alt.pack, &alt.entry) {
                                     Ok(d) => {
                                         found = Some(d);
@@ -114,7 +121,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Result<Vec<Vec<u8>>, D
     for (i, r) in results.into_iter().flatten() {
         out[i] = Some(r?);
     }
-    Ok(out.into_iter().map(|d| d.expect("every extent fetched")).collect())
+    Ok((out.into_iter().map(|d| d.expect("every extent fetched")).collect(), fetched.into_inner()))
 }
 
 fn check_len(e: &Extent, d: Vec<u8>) -> Result<Vec<u8>, DamagedChunk> {
@@ -142,9 +149,14 @@ pub struct ChunkReader<'a> {
     cache_bytes: u64,
     /// The next window, being fetched in the background while this one is consumed.
     prefetch: Option<Prefetch>,
+    /// Fetch only the chunks a read touches, never ahead (guest file access, NBD).
+    exact: bool,
+    /// Stored bytes fetched from packs so far (coalesced ranges counted whole).
+    bytes_fetched: u64,
 }
 
-type Fetched = Result<Vec<Vec<u8>>, DamagedChunk>;
+/// A batch's decoded chunks and the stored bytes read for them.
+type Fetched = Result<(Vec<Vec<u8>>, u64), DamagedChunk>;
 
 struct Prefetch {
     wanted: Vec<usize>,
@@ -156,21 +168,43 @@ impl<'a> ChunkReader<'a> {
         Ok(ChunkReader { extents: source.load_extents(stream)?, ..Self::empty(source) })
     }
 
+    /// A reader for scattered small reads (a guest filesystem, an NBD client):
+    /// each `read_at` fetches only the uncached chunks it touches, and nothing ahead.
+    pub fn open_exact(source: IndexedRepository<'a>, stream: &StreamRef) -> Result<Self> {
+        Ok(ChunkReader { exact: true, ..Self::open(source, stream)? })
+    }
+
     /// A reader of an empty stream (all holes).
     pub fn empty(source: IndexedRepository<'a>) -> Self {
-        ChunkReader { source, extents: Vec::new(), cache: Default::default(), cache_bytes: 0, prefetch: None }
+        ChunkReader {
+            source,
+            extents: Vec::new(),
+            cache: Default::default(),
+            cache_bytes: 0,
+            prefetch: None,
+            exact: false,
+            bytes_fetched: 0,
+        }
+    }
+
+    /// Stored bytes this reader has fetched from the repository so far
+    /// (`bytes_read` of the guest file verbs).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.bytes_fetched
     }
 
     /// The stream's extents, in offset order.
     pub fn extents(&self) -> &[Extent] {
         &self.extents
     }
-    /// Extent `first` and the uncached extents after it, one batch's worth, with their locations.
-    fn window(&self, first: usize) -> Result<(Vec<usize>, Vec<Located>)> {
+    /// Extent `first` and the uncached extents after it, one batch's worth (or,
+    /// when `until` is given, those starting before it), with their locations.
+    fn window(&self, first: usize, until: Option<u64>) -> Result<(Vec<usize>, Vec<Located>)> {
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
         let mut i = first;
-        while i < self.extents.len() && (bytes < BATCH_BYTES || wanted.is_empty()) {
+        while i < self.extents.len() && (wanted.is_empty() || (bytes < BATCH_BYTES && until.is_none_or(|end| self.extents[i].offset < end)))
+        {
             if !self.cache.contains_key(&i) {
                 wanted.push(i);
                 bytes += self.extents[i].len as u64;
@@ -183,8 +217,9 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// Makes extent `first` available: from the background fetch if it has it,
-    /// else fetched now; then starts fetching the window after it.
-    fn load_window(&mut self, first: usize) -> Result<()> {
+    /// else fetched now (an exact reader: the extents before `until`); then
+    /// starts fetching the window after it (never for an exact reader).
+    fn load_window(&mut self, first: usize, until: u64) -> Result<()> {
         let (wanted, fetched) = match self.prefetch.take() {
             Some(p) if p.wanted.contains(&first) => {
                 let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
@@ -194,11 +229,12 @@ impl<'a> ChunkReader<'a> {
                 if let Some(p) = other {
                     let _ = p.handle.join(); // a jump elsewhere: that window is not needed now
                 }
-                let (wanted, with_locs) = self.window(first)?;
+                let (wanted, with_locs) = self.window(first, self.exact.then_some(until))?;
                 (wanted, fetch_batch(self.source.repo, &with_locs))
             }
         };
-        let datas = fetched.map_err(|d| self.source.damaged_error(d))?;
+        let (datas, fetched_bytes) = fetched.map_err(|d| self.source.damaged_error(d))?;
+        self.bytes_fetched += fetched_bytes;
         let next = wanted.last().map_or(first, |&l| l + 1);
         for (i, d) in wanted.into_iter().zip(datas) {
             self.cache_bytes += d.len() as u64;
@@ -216,8 +252,8 @@ impl<'a> ChunkReader<'a> {
                 self.cache_bytes -= d.len() as u64;
             }
         }
-        if next < self.extents.len() {
-            let (wanted, with_locs) = self.window(next)?;
+        if next < self.extents.len() && !self.exact {
+            let (wanted, with_locs) = self.window(next, None)?;
             if !wanted.is_empty() {
                 let repo = self.source.repo.clone();
                 let handle = std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
@@ -234,7 +270,7 @@ impl<'a> ChunkReader<'a> {
             match self.extents.get(i).copied() {
                 Some(e) if e.offset <= pos => {
                     if !self.cache.contains_key(&i) {
-                        self.load_window(i)?;
+                        self.load_window(i, pos + buf.len() as u64)?;
                     }
                     let data = &self.cache[&i];
                     let from = (pos - e.offset) as usize;
@@ -266,14 +302,15 @@ impl<'a> ChunkReader<'a> {
                     (p.wanted, fetched)
                 }
                 None => {
-                    let (wanted, with_locs) = self.window(next)?;
+                    let (wanted, with_locs) = self.window(next, None)?;
                     (wanted, fetch_batch(self.source.repo, &with_locs))
                 }
             };
-            let datas = fetched.map_err(|d| self.source.damaged_error(d))?;
+            let (datas, fetched_bytes) = fetched.map_err(|d| self.source.damaged_error(d))?;
+            self.bytes_fetched += fetched_bytes;
             next = wanted.last().map_or(next + 1, |&l| l + 1);
             if next < self.extents.len() {
-                let (ahead, with_locs) = self.window(next)?;
+                let (ahead, with_locs) = self.window(next, None)?;
                 if !ahead.is_empty() {
                     let repo = self.source.repo.clone();
                     let handle =
