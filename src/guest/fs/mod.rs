@@ -3,6 +3,10 @@
 //! [`open_filesystem`], which recognises ext2/3/4, XFS and FAT by their
 //! superblocks. Every implementation parses bytes a tenant controls.
 
+pub mod ext4;
+pub mod fat;
+pub mod xfs;
+
 use super::ReadAt;
 use std::sync::Arc;
 
@@ -108,7 +112,12 @@ pub trait Filesystem {
 /// Recognises the filesystem on `bytes` by its superblock and opens it.
 /// `Ok(None)`: no filesystem imgarc knows (swap, NTFS, empty, …).
 pub fn open_filesystem<'a>(bytes: Arc<dyn ReadAt + 'a>) -> Result<Option<Box<dyn Filesystem + 'a>>, FsError> {
-    // ext2/3/4, XFS and FAT come with their parsers (issue 13).
-    let _ = bytes;
-    Ok(None)
+    // Each probe looks at its own magic only, so the order does not matter.
+    if let Some(fs) = ext4::open(bytes.clone())? {
+        return Ok(Some(fs));
+    }
+    if let Some(fs) = xfs::open(bytes.clone())? {
+        return Ok(Some(fs));
+    }
+    fat::open(bytes)
 }
