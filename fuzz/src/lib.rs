@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vhdx", vhdx),
     ("vhd", vhd),
     ("vmdk", vmdk),
+    ("fat", fat),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -677,4 +678,76 @@ pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
         f.truncate(c);
     }
     f
+}
+
+/// The input as a volume whose bytes past the input's end read as zeros, up to the size the
+/// FAT boot sector claims (at most 4 GiB): so a seed can be the first 64 KiB of a FAT16 or
+/// FAT32 image, which are megabytes long. Nothing is allocated for the zeros.
+struct ZeroTail<'a> {
+    data: &'a [u8],
+    size: u64,
+}
+
+impl imgarc::guest::ReadAt for ZeroTail<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        imgarc::guest::check_bounds(self.size, offset, buf.len())?;
+        buf.fill(0);
+        let have = self.data.len() as u64;
+        if offset < have {
+            let n = (have - offset).min(buf.len() as u64) as usize;
+            buf[..n].copy_from_slice(&self.data[offset as usize..offset as usize + n]);
+        }
+        Ok(())
+    }
+}
+
+/// The FAT reader: the input is the start of a volume (see [`ZeroTail`]); open it, walk the
+/// tree (at most 1000 entries, depth 8) and read up to 64 KiB of every regular file, its data
+/// map and its metadata.
+pub fn fat(data: &[u8]) {
+    use imgarc::guest::{fs::fat, FileType, Filesystem, Ino, ReadAt};
+    let field = |at: usize, n: usize| data.get(at..at + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)));
+    let sectors = match field(19, 2) {
+        0 => field(32, 4),
+        n => n,
+    };
+    let claimed = (sectors * field(11, 2)).min(4 << 30);
+    let bytes: Arc<dyn ReadAt + '_> = Arc::new(ZeroTail { data, size: claimed.max(data.len() as u64) });
+    let Ok(Some(fs)) = fat::open(bytes) else { return };
+    let _ = (fs.kind(), fs.label(), fs.notes());
+    let mut budget = 1000usize;
+    let mut stack: Vec<(Ino, usize)> = vec![(fs.root(), 0)];
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some((dir, depth)) = stack.pop() {
+        let _ = fs.metadata(dir);
+        let _ = fs.data_map(dir);
+        let Ok(entries) = fs.read_dir(dir) else { continue };
+        for e in entries {
+            if budget == 0 {
+                return;
+            }
+            budget -= 1;
+            if let Ok(md) = fs.metadata(e.ino) {
+                assert_eq!(md.file_type, e.file_type, "a directory entry and its metadata disagree");
+            }
+            match e.file_type {
+                FileType::Directory if depth < 8 => stack.push((e.ino, depth + 1)),
+                FileType::Regular => {
+                    if let Ok(Some(runs)) = fs.data_map(e.ino) {
+                        // Runs are in file order, contiguous, and never holes.
+                        let mut at = 0;
+                        for r in runs {
+                            assert!(r.file_offset == at && r.len > 0 && r.disk_offset.is_some(), "bad run {r:?}");
+                            at += r.len;
+                        }
+                    }
+                    let _ = fs.read(e.ino, 0, &mut buf);
+                }
+                _ => {}
+            }
+        }
+    }
 }
