@@ -708,7 +708,7 @@ impl imgarc::guest::ReadAt for ZeroTail<'_> {
 /// tree (at most 1000 entries, depth 8) and read up to 64 KiB of every regular file, its data
 /// map and its metadata.
 pub fn fat(data: &[u8]) {
-    use imgarc::guest::{fs::fat, FileType, Filesystem, Ino, ReadAt};
+    use imgarc::guest::{fs::fat, FileType, Ino, ReadAt};
     let field = |at: usize, n: usize| data.get(at..at + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)));
     let sectors = match field(19, 2) {
         0 => field(32, 4),
