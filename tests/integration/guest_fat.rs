@@ -348,7 +348,10 @@ fn an_efi_system_partition_reads_through_a_slice() {
     let (first, last) = (sector("First sector:"), sector("Last sector:"));
     assert!(info.contains("EFI system partition"), "{info}");
     let len = (last - first + 1) * 512;
-    run("mkfs.vfat", &["-F", "32", "-s", "1", "-n", "EFI", &format!("--offset={first}"), disk.to_str().unwrap(), &(len / 1024).to_string()]);
+    run(
+        "mkfs.vfat",
+        &["-F", "32", "-s", "1", "-n", "EFI", &format!("--offset={first}"), disk.to_str().unwrap(), &(len / 1024).to_string()],
+    );
     let boot = tmp.path().join("BOOTX64.EFI");
     let loader = support::bytes(70_000, 9, false);
     std::fs::write(&boot, &loader).unwrap();

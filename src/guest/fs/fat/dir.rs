@@ -239,8 +239,8 @@ pub fn fat_time(date: u16, time: u16, centis: u8) -> Timestamp {
     let year = 1980 + i32::from(date >> 9);
     let month = u32::from((date >> 5) & 0x0F).clamp(1, 12);
     let day = i64::from((date & 0x1F).max(1));
-    let month_start = chrono::NaiveDate::from_ymd_opt(year, month, 1)
-        .map_or(0, |d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp());
+    let month_start =
+        chrono::NaiveDate::from_ymd_opt(year, month, 1).map_or(0, |d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp());
     let secs = month_start
         + (day - 1) * 86_400
         + i64::from(time >> 11) * 3600
@@ -277,7 +277,13 @@ mod tests {
 
     #[test]
     fn short_names_take_the_case_bits() {
-        let mut e = match parse_slot(&[b'R', b'E', b'A', b'D', b'M', b'E', b' ', b' ', b'T', b'X', b'T', 0x20, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], false) {
+        let mut e = match parse_slot(
+            &[
+                b'R', b'E', b'A', b'D', b'M', b'E', b' ', b' ', b'T', b'X', b'T', 0x20, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0,
+            ],
+            false,
+        ) {
             Slot::Short(e) => e,
             other => panic!("{other:?}"),
         };

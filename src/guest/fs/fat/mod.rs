@@ -49,10 +49,7 @@ pub fn open<'a>(bytes: Arc<dyn ReadAt + 'a>) -> Result<Option<Box<dyn Filesystem
     // The label lives in the root directory (what blkid and Windows show); the
     // boot sector's copy is the fallback, unless it is mkfs's placeholder.
     let root_label = fs.scan_dir(&Node::Root)?.label;
-    fs.label = root_label
-        .or(fs.geo.boot_label)
-        .filter(|l| l != b"NO NAME    ")
-        .and_then(|l| dir::label_text(&l));
+    fs.label = root_label.or(fs.geo.boot_label).filter(|l| l != b"NO NAME    ").and_then(|l| dir::label_text(&l));
     Ok(Some(Box::new(fs)))
 }
 

@@ -132,10 +132,7 @@ impl<'a> Table<'a> {
         let geo = self.geo;
         let cs = u64::from(geo.cluster_size);
         if !geo.is_data_cluster(first) {
-            return Err(FsError::Malformed(format!(
-                "{what}: first cluster {first} is not one of the {} data clusters",
-                geo.cluster_count
-            )));
+            return Err(FsError::Malformed(format!("{what}: first cluster {first} is not one of the {} data clusters", geo.cluster_count)));
         }
         let mut runs: Vec<Run> = Vec::new();
         let mut seen = HashSet::new();
@@ -172,9 +169,7 @@ impl<'a> Table<'a> {
                 Next::Bad => "bad-cluster".to_string(),
                 Next::Reserved(v) => format!("reserved (0x{v:X})"),
             };
-            return Err(FsError::Malformed(format!(
-                "{what}: cluster {cluster} of the chain from {first} has a {entry} FAT entry"
-            )));
+            return Err(FsError::Malformed(format!("{what}: cluster {cluster} of the chain from {first} has a {entry} FAT entry")));
         }
     }
 }
