@@ -103,8 +103,11 @@ fn make_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     files
 }
 
-/// Everything under `ino`: relative path → (metadata, content of regular files).
-fn walk(fs: &dyn Filesystem) -> Result<BTreeMap<String, (Metadata, Option<Vec<u8>>)>, FsError> {
+/// A walked tree: relative path → (metadata, content of regular files).
+type Tree = BTreeMap<String, (Metadata, Option<Vec<u8>>)>;
+
+/// Everything under the root.
+fn walk(fs: &dyn Filesystem) -> Result<Tree, FsError> {
     let mut out = BTreeMap::new();
     let mut stack: Vec<(Ino, String, usize)> = vec![(fs.root(), String::new(), 0)];
     while let Some((dir, prefix, depth)) = stack.pop() {
@@ -362,6 +365,8 @@ fn an_efi_system_partition_reads_through_a_slice() {
     let file: Arc<dyn ReadAt> = Arc::new(std::fs::File::open(&disk).unwrap());
     // The bare disk is a GPT (protective MBR), not FAT.
     assert!(fat::open(file.clone()).unwrap().is_none());
+    // The seam shares volumes as Arc<dyn ReadAt> (not Send: the guest disk is not Sync).
+    #[allow(clippy::arc_with_non_send_sync)]
     let part: Arc<dyn ReadAt> = Arc::new(Slice::new(file, first * 512, len).unwrap());
     let fs = fat::open(part).unwrap().expect("FAT32 in the ESP");
     assert_eq!(fs.label().as_deref(), Some("EFI"));

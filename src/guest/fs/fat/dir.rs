@@ -114,7 +114,7 @@ pub fn parse_slot(b: &[u8; SLOT], fat32: bool) -> Slot {
 
 /// The checksum of an 8.3 name that every long-name part of it carries.
 pub fn short_name_checksum(name: &[u8; 11]) -> u8 {
-    name.iter().fold(0u8, |sum, &c| (sum >> 1 | sum << 7).wrapping_add(c))
+    name.iter().fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
 }
 
 /// Code page 437's upper half (Linux's default `codepage=437`), for short names.
