@@ -30,6 +30,7 @@ mod format_vmdk;
 mod fuzz_replay;
 mod keys;
 mod multi_host;
+mod nbd;
 mod operator;
 mod package;
 mod prune;
