@@ -592,12 +592,7 @@ fn refuse<S: Write>(s: &mut S, n: &Negotiated, r: &Request, error: u32, message:
 /// Serves requests until the client disconnects. Reads go to `disk` (holes, per the
 /// export's allocation, are never read: they are zeros); everything that would change the
 /// disk is refused with `EPERM`.
-pub fn transmission<S: Read + Write, D: ReadAt + ?Sized>(
-    s: &mut S,
-    export: &Export,
-    disk: &D,
-    n: &Negotiated,
-) -> Result<Ended, NbdError> {
+pub fn transmission<S: Read + Write, D: ReadAt + ?Sized>(s: &mut S, export: &Export, disk: &D, n: &Negotiated) -> Result<Ended, NbdError> {
     let known_flags = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_DF | CMD_FLAG_REQ_ONE | CMD_FLAG_FAST_ZERO;
     loop {
         let Some(r) = read_request(s)? else { return Ok(Ended::Closed) };

@@ -252,11 +252,17 @@ fn start_readers(repo: &Repository, index: &Index, snap: &Snapshot, count: usize
             };
             let (index, repo) = match open() {
                 Ok(x) => x,
-                Err(e) => return drop(opened_tx.send(Err(e))),
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
             };
             let disk = match GuestDisk::open(&repo, &index, &snap) {
                 Ok(d) => d,
-                Err(e) => return drop(opened_tx.send(Err(e))),
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
             };
             let _ = opened_tx.send(Ok(()));
             for mut job in rx {
@@ -359,7 +365,7 @@ impl NbdServer {
         let tick = Duration::from_millis(50);
         while !stop.load(Ordering::Relaxed) {
             let accepted = match &self.listener {
-                Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
                 Listener::Tcp(l) => l.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)

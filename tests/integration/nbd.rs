@@ -58,13 +58,8 @@ impl Server {
         let stderr = env.path(&format!("serve-{}.stderr", std::process::id() ^ rand_tag()));
         let mut a = vec!["--json", "serve-nbd"];
         a.extend_from_slice(args);
-        let mut child = env
-            .cmd(&a)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child =
+            env.cmd(&a).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr).unwrap()).spawn().unwrap();
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
@@ -397,8 +392,9 @@ fn a_write_only_key_is_refused_before_anything_is_served() {
     let backend = std::sync::Arc::new(imgarc::backend::local::LocalBackend::new(&env.repo));
     let repo = Repository::open_with(backend, &Secret::new(full)).unwrap();
     let fast = KdfParams { m_kib: 64, t: 1, p: 1 };
-    let file = KeyFile::create(repo.keys().unwrap(), KeyKind::WriteOnly, &Secret::new("wo"), fast, "host", &repo.config().id, repo.config_bytes())
-        .unwrap();
+    let file =
+        KeyFile::create(repo.keys().unwrap(), KeyKind::WriteOnly, &Secret::new("wo"), fast, "host", &repo.config().id, repo.config_bytes())
+            .unwrap();
     repo.save(&file).unwrap();
     let sock = env.path("wo.sock");
     let o = run("wo", &["serve-nbd", &snap, "--listen", &format!("unix:{}", sock.display())]);
