@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod key;
 pub mod maintenance;
 pub mod metrics;
+pub mod nbd;
 pub mod net;
 pub mod object_lock;
 pub mod openstack;

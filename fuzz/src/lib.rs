@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vhd", vhd),
     ("vmdk", vmdk),
     ("fat", fat),
+    ("nbd", nbd),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -750,4 +751,49 @@ pub fn fat(data: &[u8]) {
             }
         }
     }
+}
+
+/// The NBD server's protocol state machine (`imgarc::nbd::proto`): the input is everything a
+/// client sends (client flags, options, requests with payloads), read from memory, against a
+/// small in-memory disk with holes. Replies are counted, not kept, so a client asking for
+/// many large reads cannot grow memory here; the server itself must not either.
+pub fn nbd(data: &[u8]) {
+    use imgarc::nbd::proto::{self, Allocation, Export};
+    struct Client<'a> {
+        input: &'a [u8],
+        replied: u64,
+    }
+    impl std::io::Read for Client<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+    }
+    impl std::io::Write for Client<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.replied += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    const SIZE: u64 = (256 << 10) + 77;
+    static DISK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let disk = DISK.get_or_init(|| (0..SIZE).map(|i| (i % 251) as u8 + 1).collect());
+    let export = Export {
+        names: vec![String::new(), "snap".into()],
+        description: "fuzz disk".into(),
+        size: SIZE,
+        allocation: Allocation::from_pieces([(0, 4096), (65536, 70000), (200_000, 10), (SIZE - 5, 5)], SIZE),
+    };
+    let mut client = Client { input: data, replied: 0 };
+    if let Ok(Some(negotiated)) = proto::handshake(&mut client, &export) {
+        let _ = proto::transmission(&mut client, &export, disk, &negotiated);
+    }
+    // Every reply answers something the client sent: a read's data is at most the disk per request.
+    let requests = data.len() as u64 / 28 + 1;
+    assert!(client.replied <= 4096 + requests * (SIZE + 64 * 1024), "{} bytes of replies to {} input bytes", client.replied, data.len());
 }

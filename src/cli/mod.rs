@@ -24,6 +24,7 @@ mod prune;
 mod report;
 mod restore;
 mod run_metrics;
+mod serve_nbd;
 mod show;
 mod signals;
 mod sync;
@@ -150,6 +151,8 @@ pub enum Command {
     Prune(imgarc::prune::PruneOptions),
     /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
     Report(imgarc::report::ReportFlags),
+    /// Serve a snapshot's guest disk read-only over NBD (qemu-img, qemu, nbdinfo, nbdcopy, nbd-client) until SIGINT/SIGTERM
+    ServeNbd(imgarc::nbd::ServeNbdOptions),
     /// Print a shell completion script (bash, zsh, fish) on standard output
     Completions(completions::CompletionsArgs),
     /// Print the imgarc(1) man page, or write one page per verb into a directory (-o DIR)
@@ -177,6 +180,7 @@ impl Command {
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Report(_) => "report",
+            Command::ServeNbd(_) => "serve-nbd",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
         }
@@ -274,6 +278,7 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     signals::install(move |signal| {
         let (code, written) = run_metrics::finish(signals::exit_code(signal));
         imgarc::repository::lock::release_held_locks();
+        imgarc::nbd::remove_served_sockets();
         signals::restore_tty();
         let error = format!("interrupted by {}", signals::name(signal));
         if json {
@@ -355,6 +360,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Report(a) => report::run(&ctx, a),
+        Command::ServeNbd(a) => serve_nbd::run(&ctx, a),
         Command::Completions(a) => completions::run_completions(a),
         Command::Man(a) => completions::run_man(a),
     }

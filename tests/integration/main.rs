@@ -31,6 +31,7 @@ mod fuzz_replay;
 mod guest_fat;
 mod keys;
 mod multi_host;
+mod nbd;
 mod operator;
 mod package;
 mod prune;
