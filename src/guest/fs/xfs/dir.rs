@@ -103,10 +103,7 @@ fn data_blocks(fs: &Xfs, dir: &Inode, extents: &[Extent]) -> Result<Vec<DirEntry
             let start = d * per_dir_block;
             if starts.last() != Some(&start) {
                 if (starts.len() as u64 + 1) * dir_block > MAX_DIR_DATA {
-                    return Err(FsError::Unsupported(format!(
-                        "XFS inode {ino}: directory data beyond {} MiB",
-                        MAX_DIR_DATA >> 20
-                    )));
+                    return Err(FsError::Unsupported(format!("XFS inode {ino}: directory data beyond {} MiB", MAX_DIR_DATA >> 20)));
                 }
                 starts.push(start);
             }
@@ -172,7 +169,8 @@ fn parse_data_block(fs: &Xfs, ino: u64, start: u64, disk_offset: u64, block: &[u
     if is_block {
         // Tail: leaf entry count and stale count; the leaf entries (8 bytes each) precede it.
         let count = be32(block, end - 8) as usize;
-        let leaf_bytes = count.checked_mul(8).filter(|&n| n + 8 + hdr <= end).ok_or_else(|| bad(format!("block tail counts {count} leaf entries")))?;
+        let leaf_bytes =
+            count.checked_mul(8).filter(|&n| n + 8 + hdr <= end).ok_or_else(|| bad(format!("block tail counts {count} leaf entries")))?;
         end -= 8 + leaf_bytes;
     }
     let ft_len = sb.ftype as usize;

@@ -189,12 +189,7 @@ impl Inode {
             ForkFormat::Extents => {
                 let n = self.nextents as usize;
                 let recs = n.checked_mul(16).and_then(|len| self.fork.get(..len)).ok_or_else(|| {
-                    FsError::Malformed(format!(
-                        "XFS inode {}: {} extents do not fit its {}-byte fork",
-                        self.ino,
-                        n,
-                        self.fork.len()
-                    ))
+                    FsError::Malformed(format!("XFS inode {}: {} extents do not fit its {}-byte fork", self.ino, n, self.fork.len()))
                 })?;
                 push_records(fs, self.ino, recs, &mut out)?;
             }
@@ -212,8 +207,7 @@ impl Inode {
                     )));
                 }
                 let ptrs = 4 + maxrecs * 8;
-                let mut budget =
-                    Budget { blocks_left: self.nextents * 2 + 64, extents_left: self.nextents, seen: Default::default() };
+                let mut budget = Budget { blocks_left: self.nextents * 2 + 64, extents_left: self.nextents, seen: Default::default() };
                 for i in 0..numrecs {
                     let child = be64(&self.fork, ptrs + i * 8);
                     walk_bmbt(fs, self.ino, child, level - 1, &mut budget, &mut out)?;

@@ -31,7 +31,8 @@ pub fn state(fs: &Xfs) -> Result<LogState, FsError> {
         return Ok(LogState::External);
     }
     let bad = |what: String| FsError::Malformed(format!("XFS log: {what}"));
-    let (start, left) = sb.fsblock_offset(sb.logstart).ok_or_else(|| bad(format!("starts at block {} outside the filesystem", sb.logstart)))?;
+    let (start, left) =
+        sb.fsblock_offset(sb.logstart).ok_or_else(|| bad(format!("starts at block {} outside the filesystem", sb.logstart)))?;
     if sb.logblocks == 0 || sb.logblocks as u64 > left {
         return Err(bad(format!("{} blocks at block {} run past its allocation group", sb.logblocks, sb.logstart)));
     }

@@ -182,7 +182,10 @@ impl<'a> Xfs<'a> {
                 break;
             }
             // A symlink spans at most a few blocks; refuse a longer claim before reading.
-            let len = (e.blocks as usize).checked_mul(bs).filter(|&n| n <= 64 * 1024).ok_or_else(|| bad(format!("extent of {} blocks", e.blocks)))?;
+            let len = (e.blocks as usize)
+                .checked_mul(bs)
+                .filter(|&n| n <= 64 * 1024)
+                .ok_or_else(|| bad(format!("extent of {} blocks", e.blocks)))?;
             let buf = self.read_vec(e.disk_offset, len)?;
             if self.sb.has_crc() && self.verify {
                 verify_crc(&buf, SYMLINK_CRC_OFF, || format!("XFS inode {ino}: symlink block"))?;
@@ -308,11 +311,9 @@ impl Filesystem for Xfs<'_> {
             (FileType::Directory | FileType::Symlink, _) => Ok(None),
             (_, Some(extents)) => Ok(Some(self.runs(&inode, &extents)?)),
             (_, None) if inode.format == ForkFormat::Local && inode.size > 0 => Ok(None),
-            (_, None) => Ok(Some(if inode.size == 0 {
-                Vec::new()
-            } else {
-                vec![FileRun { file_offset: 0, len: inode.size, disk_offset: None }]
-            })),
+            (_, None) => {
+                Ok(Some(if inode.size == 0 { Vec::new() } else { vec![FileRun { file_offset: 0, len: inode.size, disk_offset: None }] }))
+            }
         }
     }
 }

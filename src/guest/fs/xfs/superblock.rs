@@ -109,8 +109,7 @@ impl Superblock {
         if inopblog != block_log - inode_log || inopblock as u32 != 1 << inopblog {
             return Err(bad(format!("{inopblock} inodes per block (log {inopblog})")));
         }
-        if agblocks < 16 || !(1..=31).contains(&agblklog) || agblocks as u64 > 1 << agblklog || (agblocks as u64) << 1 <= 1 << agblklog
-        {
+        if agblocks < 16 || !(1..=31).contains(&agblklog) || agblocks as u64 > 1 << agblklog || (agblocks as u64) << 1 <= 1 << agblklog {
             return Err(bad(format!("AG size {agblocks} blocks (log {agblklog})")));
         }
         if sector.len() < sector_size as usize {
