@@ -36,6 +36,9 @@ pub fn open_without_checksums<'a>(bytes: Arc<dyn ReadAt + 'a>) -> Result<Option<
     Ok(Xfs::open(bytes, false)?.map(|fs| Box::new(fs) as Box<dyn Filesystem + 'a>))
 }
 
+/// A file's extent list, shared between the cache and a caller.
+type Extents = Option<Rc<Vec<Extent>>>;
+
 /// An open XFS volume.
 pub struct Xfs<'a> {
     bytes: Arc<dyn ReadAt + 'a>,
@@ -44,7 +47,7 @@ pub struct Xfs<'a> {
     verify: bool,
     notes: Vec<String>,
     /// The last inode read and its extents: `read` is called piece by piece.
-    last: RefCell<Option<(Ino, Rc<Inode>, Option<Rc<Vec<Extent>>>)>>,
+    last: RefCell<Option<(Ino, Rc<Inode>, Extents)>>,
 }
 
 impl<'a> Xfs<'a> {
@@ -113,7 +116,7 @@ impl<'a> Xfs<'a> {
     }
 
     /// The inode and its extents (None for local and device forks), cached for the last inode.
-    fn inode_and_extents(&self, ino: Ino) -> Result<(Rc<Inode>, Option<Rc<Vec<Extent>>>), FsError> {
+    fn inode_and_extents(&self, ino: Ino) -> Result<(Rc<Inode>, Extents), FsError> {
         let inode = self.inode(ino)?;
         if let Some((last, _, Some(extents))) = &*self.last.borrow() {
             if *last == ino {
