@@ -685,13 +685,13 @@ pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
 /// apart on a 300 MB image. Format (`XSPR` seeds, documented in docs/guest-files.md § XFS):
 /// `"XSPR"`, u64 LE image size, then records `u64 LE offset, u32 LE length, bytes`; unlisted
 /// bytes read as zeros. Any input not starting with `"XSPR"` is the image itself.
-struct XfsFuzzImage {
+pub struct XfsFuzzImage {
     size: u64,
     pieces: Vec<(u64, Vec<u8>)>,
 }
 
 impl XfsFuzzImage {
-    fn parse(data: &[u8]) -> XfsFuzzImage {
+    pub fn parse(data: &[u8]) -> XfsFuzzImage {
         let Some(rest) = data.strip_prefix(b"XSPR") else {
             return XfsFuzzImage { size: data.len() as u64, pieces: vec![(0, data.to_vec())] };
         };
