@@ -29,6 +29,7 @@ mod format_vhdx;
 mod format_vmdk;
 mod fuzz_replay;
 mod guest_fat;
+mod guest_xfs;
 mod keys;
 mod multi_host;
 mod nbd;
