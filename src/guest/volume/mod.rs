@@ -164,9 +164,6 @@ fn read_bytes(disk: &dyn ReadAt, offset: u64, len: usize) -> Result<Option<Vec<u
 }
 
 /// Little-endian fields of a sector whose length the caller checked.
-fn le16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
-}
 fn le32(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }

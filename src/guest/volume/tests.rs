@@ -255,7 +255,7 @@ fn lvs_segments(devices: &[&Loop], vg: &str) -> Vec<(String, u64, u64, u64, Stri
         &["lvs", "--segments", "--reportformat", "json", "--units", "b", "-o", "lv_name,seg_start_pe,seg_size_pe,stripes,seg_pe_ranges", vg],
     );
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    json["report"][0]["lv"]
+    json["report"][0]["seg"]
         .as_array()
         .unwrap()
         .iter()
