@@ -25,15 +25,11 @@ pub(super) fn read(disk: &dyn ReadAt, notes: &mut Vec<String>) -> Result<Option<
                 let last = (disk.size() / sector).saturating_sub(1);
                 match header_at(disk, sector, last) {
                     Ok(h) => {
-                        notes.push(format!(
-                            "GPT primary header unusable ({why}): read the backup header at LBA {last}"
-                        ));
+                        notes.push(format!("GPT primary header unusable ({why}): read the backup header at LBA {last}"));
                         return Ok(Some(h.partitions(sector)?));
                     }
                     Err(backup_why) if has_signature || sector == 4096 => {
-                        return Err(FsError::Malformed(format!(
-                            "GPT: primary header: {why}; backup header at LBA {last}: {backup_why}"
-                        )))
+                        return Err(FsError::Malformed(format!("GPT: primary header: {why}; backup header at LBA {last}: {backup_why}")))
                     }
                     // A protective MBR without a 512-byte GPT: perhaps a 4Kn disk.
                     Err(_) => continue,
@@ -85,14 +81,9 @@ fn header_at(disk: &dyn ReadAt, sector: u64, lba: u64) -> Result<Header, String>
     if my_lba != lba {
         return Err(format!("header at LBA {lba} says it is at LBA {my_lba}"));
     }
-    let mut header = Header {
-        entries_lba: le64(&h, 72),
-        count: le32(&h, 80),
-        entry_size: le32(&h, 84),
-        entries_crc: le32(&h, 88),
-        entries: Vec::new(),
-    };
-    if header.entry_size < 128 || header.entry_size % 8 != 0 {
+    let mut header =
+        Header { entries_lba: le64(&h, 72), count: le32(&h, 80), entry_size: le32(&h, 84), entries_crc: le32(&h, 88), entries: Vec::new() };
+    if header.entry_size < 128 || !header.entry_size.is_multiple_of(8) {
         return Err(format!("entry size {}", header.entry_size));
     }
     let array = header.count as u64 * header.entry_size as u64;

@@ -225,6 +225,9 @@ struct PvPlace {
     pe_count: u64,
 }
 
+// Volumes share the disk as `Arc<dyn ReadAt>` (the seam's type); the disk
+// (`GuestDisk`) is not Sync, so neither are they, by design.
+#[allow(clippy::arc_with_non_send_sync)]
 fn vg_volumes<'a>(
     disk: &Arc<dyn ReadAt + 'a>,
     meta: &PhysicalVolume,
@@ -368,7 +371,8 @@ fn map_lv(lv: &Section, extent_bytes: u64, places: &[(String, Option<PvPlace>)])
         if *start != next_extent {
             return Err(format!("segment {n} starts at extent {start}, the LV so far ends at {next_extent}"));
         }
-        let count = s.int("extent_count").and_then(|v| u64::try_from(v).ok()).filter(|&c| c > 0).ok_or(format!("segment {n}: bad extent_count"))?;
+        let count =
+            s.int("extent_count").and_then(|v| u64::try_from(v).ok()).filter(|&c| c > 0).ok_or(format!("segment {n}: bad extent_count"))?;
         let stripes = s.array("stripes").ok_or(format!("segment {n}: no stripes"))?;
         let stripe_count = stripes.len() / 2;
         if stripe_count == 0 || stripes.len() % 2 != 0 || stripe_count > MAX_STRIPES {
@@ -386,7 +390,7 @@ fn map_lv(lv: &Section, extent_bytes: u64, places: &[(String, Option<PvPlace>)])
         } else {
             let sb = s.int("stripe_size").and_then(|v| u64::try_from(v).ok()).and_then(|v| v.checked_mul(SECTOR));
             match sb {
-                Some(sb) if sb > 0 && sb.is_power_of_two() && extent_bytes % sb == 0 => sb,
+                Some(sb) if sb > 0 && sb.is_power_of_two() && extent_bytes.is_multiple_of(sb) => sb,
                 _ => return Err(format!("segment {n}: bad stripe_size")),
             }
         };

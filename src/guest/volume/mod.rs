@@ -63,6 +63,9 @@ struct Partition {
 
 /// The partition table and volumes of `disk` (what `volumes` returns, plus
 /// what an `inspect`-like listing shows).
+// Volumes share the disk as `Arc<dyn ReadAt>` (the seam's type); the disk
+// (`GuestDisk`) is not Sync, so neither are they, by design.
+#[allow(clippy::arc_with_non_send_sync)]
 pub fn layout<'a>(disk: Arc<dyn ReadAt + 'a>) -> Result<Layout<'a>, FsError> {
     let mut notes = Vec::new();
     let (table, parts) = if let Some(parts) = gpt::read(&*disk, &mut notes)? {
@@ -136,8 +139,7 @@ pub fn layout<'a>(disk: Arc<dyn ReadAt + 'a>) -> Result<Layout<'a>, FsError> {
         }
         lvs_by_pv[pv_index].push(lv);
     }
-    let mut pending: Vec<(usize, Vec<Volume<'a>>)> =
-        pvs.iter().map(|(vi, _, _)| *vi).zip(lvs_by_pv).collect();
+    let mut pending: Vec<(usize, Vec<Volume<'a>>)> = pvs.iter().map(|(vi, _, _)| *vi).zip(lvs_by_pv).collect();
     for (i, v) in volumes.into_iter().enumerate() {
         out.push(v);
         for (vi, lvs) in pending.iter_mut() {

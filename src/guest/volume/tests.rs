@@ -156,7 +156,8 @@ fn gpt_bad_primary_header_uses_the_backup() {
     }
     let d = tempdir();
     let img = gpt_image(&d);
-    let good: Vec<_> = volumes(open(&img)).unwrap().iter().map(|v| (v.name.clone(), v.disk_offset, v.bytes.size(), v.description.clone())).collect();
+    let good: Vec<_> =
+        volumes(open(&img)).unwrap().iter().map(|v| (v.name.clone(), v.disk_offset, v.bytes.size(), v.description.clone())).collect();
     let mut b = std::fs::read(&img).unwrap();
     b[512 + 40] ^= 0xff; // first usable LBA: the header CRC no longer matches
     std::fs::write(&img, &b).unwrap();
@@ -252,7 +253,17 @@ fn lvm(devices: &[&Loop], args: &[&str]) -> String {
 fn lvs_segments(devices: &[&Loop], vg: &str) -> Vec<(String, u64, u64, u64, String)> {
     let out = lvm(
         devices,
-        &["lvs", "--segments", "--reportformat", "json", "--units", "b", "-o", "lv_name,seg_start_pe,seg_size_pe,stripes,seg_pe_ranges", vg],
+        &[
+            "lvs",
+            "--segments",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "-o",
+            "lv_name,seg_start_pe,seg_size_pe,stripes,seg_pe_ranges",
+            vg,
+        ],
     );
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     json["report"][0]["seg"]
@@ -261,7 +272,13 @@ fn lvs_segments(devices: &[&Loop], vg: &str) -> Vec<(String, u64, u64, u64, Stri
         .iter()
         .map(|s| {
             let n = |k: &str| s[k].as_str().unwrap().trim_end_matches('B').parse::<u64>().unwrap();
-            (s["lv_name"].as_str().unwrap().to_string(), n("seg_start_pe"), n("seg_size_pe"), n("stripes"), s["seg_pe_ranges"].as_str().unwrap().to_string())
+            (
+                s["lv_name"].as_str().unwrap().to_string(),
+                n("seg_start_pe"),
+                n("seg_size_pe"),
+                n("stripes"),
+                s["seg_pe_ranges"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -307,11 +324,18 @@ fn lvm_logical_volumes_in_gpt_partitions_match_lvm() {
     let src = d.join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("hello.txt"), b"hello from an LV\n").unwrap();
-    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "4096", "-E", &format!("offset={root_at}"), "-d"]).arg(&src).arg(&img).arg("3072"));
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-E", &format!("offset={root_at}"), "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("3072"));
 
     let layout = layout(open(&img)).unwrap();
     let names: Vec<_> = layout.volumes.iter().map(|v| v.name.clone()).collect();
-    assert_eq!(names, ["p1".to_string(), "p2".into(), format!("p2/{vg}/small"), format!("p2/{vg}/root"), format!("p2/{vg}/striped"), "p3".into()]);
+    assert_eq!(
+        names,
+        ["p1".to_string(), "p2".into(), format!("p2/{vg}/small"), format!("p2/{vg}/root"), format!("p2/{vg}/striped"), "p3".into()]
+    );
     assert!(layout.volumes[1].description.ends_with(&format!("LVM2 PV of VG \"{vg}\"")), "{}", layout.volumes[1].description);
     let lv = |n: &str| layout.volumes.iter().find(|v| v.name == format!("p2/{vg}/{n}")).unwrap();
     assert_eq!(lv("small").bytes.size(), 11 << 20);
@@ -336,8 +360,8 @@ fn lvm_logical_volumes_in_gpt_partitions_match_lvm() {
     let at = (p3.0 + pe3 + pe * (1 << 20)) as usize;
     let mut b = vec![0u8; 4096];
     // Mark the spot so the comparison cannot pass on zeros alone.
-    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&mut f, b"segment two of small", at as u64).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"segment two of small", at as u64).unwrap();
     let disk = open(&img);
     let layout2 = super::layout(disk).unwrap();
     let small_v = layout2.volumes.iter().find(|v| v.name == format!("p2/{vg}/small")).unwrap();
