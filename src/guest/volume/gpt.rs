@@ -83,7 +83,7 @@ fn header_at(disk: &dyn ReadAt, sector: u64, lba: u64) -> Result<Header, String>
     }
     let mut header =
         Header { entries_lba: le64(&h, 72), count: le32(&h, 80), entry_size: le32(&h, 84), entries_crc: le32(&h, 88), entries: Vec::new() };
-    if header.entry_size < 128 || !header.entry_size.is_multiple_of(8) {
+    if header.entry_size < 128 || header.entry_size % 8 != 0 {
         return Err(format!("entry size {}", header.entry_size));
     }
     let array = header.count as u64 * header.entry_size as u64;

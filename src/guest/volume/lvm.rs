@@ -390,7 +390,7 @@ fn map_lv(lv: &Section, extent_bytes: u64, places: &[(String, Option<PvPlace>)])
         } else {
             let sb = s.int("stripe_size").and_then(|v| u64::try_from(v).ok()).and_then(|v| v.checked_mul(SECTOR));
             match sb {
-                Some(sb) if sb > 0 && sb.is_power_of_two() && extent_bytes.is_multiple_of(sb) => sb,
+                Some(sb) if sb > 0 && sb.is_power_of_two() && extent_bytes % sb == 0 => sb,
                 _ => return Err(format!("segment {n}: bad stripe_size")),
             }
         };
