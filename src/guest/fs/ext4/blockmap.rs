@@ -100,10 +100,7 @@ impl Walk<'_, '_, '_> {
             }
         }
         if let Some(end) = self.runs.last().map(|l| l.logical + l.len).filter(|&end| run.logical < end) {
-            return Err(self.bad(format!(
-                "extent at logical block {} overlaps the one before (ends at {end})",
-                run.logical
-            )));
+            return Err(self.bad(format!("extent at logical block {} overlaps the one before (ends at {end})", run.logical)));
         }
         if let Some(last) = self.runs.last_mut() {
             let contiguous = run.logical == last.logical + last.len
@@ -145,9 +142,7 @@ impl Walk<'_, '_, '_> {
         }
         match depth {
             None if node_depth > MAX_DEPTH => return Err(self.bad(format!("{at}: depth {node_depth}"))),
-            Some(d) if d != node_depth => {
-                return Err(self.bad(format!("{at}: depth {node_depth} where {d} is expected")))
-            }
+            Some(d) if d != node_depth => return Err(self.bad(format!("{at}: depth {node_depth} where {d} is expected"))),
             _ => {}
         }
         if let (Some(b), Some(fs_seed)) = (block, self.vol.sb.csum_seed) {

@@ -202,12 +202,7 @@ impl Inode {
         data.extend_from_slice(rest);
         let size = usize::try_from(self.size).unwrap_or(usize::MAX);
         if size > data.len() {
-            return Err(FsError::Malformed(format!(
-                "ext4 inode {}: inline data of {} bytes, size {}",
-                self.ino,
-                data.len(),
-                self.size
-            )));
+            return Err(FsError::Malformed(format!("ext4 inode {}: inline data of {} bytes, size {}", self.ino, data.len(), self.size)));
         }
         data.truncate(size);
         Ok(data)

@@ -193,11 +193,7 @@ pub(super) fn replay(fs: &Ext4<'_>) -> Result<(BTreeMap<u64, Replacement>, Strin
                 let mut at = 12;
                 while at + tag_bytes <= block.len() - tail {
                     let t = &block[at..at + tag_bytes];
-                    let (lo, flags) = if j.has(INCOMPAT_CSUM_V3) {
-                        (be32(t, 0), be32(t, 4))
-                    } else {
-                        (be32(t, 0), (be32(t, 4) & 0xFFFF))
-                    };
+                    let (lo, flags) = if j.has(INCOMPAT_CSUM_V3) { (be32(t, 0), be32(t, 4)) } else { (be32(t, 0), (be32(t, 4) & 0xFFFF)) };
                     let hi = if j.has(INCOMPAT_64BIT) { be32(t, 8) } else { 0 };
                     let fs_block = (hi as u64) << 32 | lo as u64;
                     at += tag_bytes;
@@ -234,11 +230,7 @@ pub(super) fn replay(fs: &Ext4<'_>) -> Result<(BTreeMap<u64, Replacement>, Strin
                 let rec = if j.has(INCOMPAT_64BIT) { 8 } else { 4 };
                 let mut at = 16;
                 while at + rec <= count {
-                    let b = if rec == 8 {
-                        (be32(&block, at) as u64) << 32 | be32(&block, at + 4) as u64
-                    } else {
-                        be32(&block, at) as u64
-                    };
+                    let b = if rec == 8 { (be32(&block, at) as u64) << 32 | be32(&block, at + 4) as u64 } else { be32(&block, at) as u64 };
                     pending_revokes.push(b);
                     at += rec;
                 }

@@ -75,10 +75,7 @@ impl Volume<'_> {
     fn read_block(&self, block: u64, buf: &mut [u8]) -> Result<(), FsError> {
         let bs = self.sb.block_size as u64;
         if block >= self.sb.blocks_count {
-            return Err(FsError::Malformed(format!(
-                "ext4 block {block} past the end ({} blocks)",
-                self.sb.blocks_count
-            )));
+            return Err(FsError::Malformed(format!("ext4 block {block} past the end ({} blocks)", self.sb.blocks_count)));
         }
         self.read(block * bs, buf)
     }
@@ -176,10 +173,7 @@ impl<'a> Ext4<'a> {
         let isz = sb.inode_size as u64;
         let g = ((ino - 1) / ipg) as usize;
         let index = (ino - 1) % ipg;
-        let gd = self
-            .groups
-            .get(g)
-            .ok_or_else(|| FsError::Malformed(format!("ext4 inode {ino}: group {g} past the descriptors")))?;
+        let gd = self.groups.get(g).ok_or_else(|| FsError::Malformed(format!("ext4 inode {ino}: group {g} past the descriptors")))?;
         if gd.flags & group::BG_INODE_UNINIT != 0 && sb.csum_seed.is_some() {
             return Err(FsError::Malformed(format!("ext4 inode {ino}: in group {g}, whose inode table is unused")));
         }
@@ -187,12 +181,7 @@ impl<'a> Ext4<'a> {
         let table_bytes = ipg * isz;
         match gd.inode_table.checked_add(table_bytes.div_ceil(bs)) {
             Some(end) if end <= sb.blocks_count && gd.inode_table > sb.first_data_block as u64 => {}
-            _ => {
-                return Err(FsError::Malformed(format!(
-                    "ext4 group {g}: inode table at block {} outside the filesystem",
-                    gd.inode_table
-                )))
-            }
+            _ => return Err(FsError::Malformed(format!("ext4 group {g}: inode table at block {} outside the filesystem", gd.inode_table))),
         }
         let table = gd.inode_table * bs;
         let within = index * isz;
@@ -344,10 +333,7 @@ impl Filesystem for Ext4<'_> {
         }
         self.refuse_encrypted(&inode)?;
         if inode.size > MAX_DIR_BYTES {
-            return Err(FsError::Malformed(format!(
-                "ext4 directory inode {ino}: {} bytes (at most {MAX_DIR_BYTES} are read)",
-                inode.size
-            )));
+            return Err(FsError::Malformed(format!("ext4 directory inode {ino}: {} bytes (at most {MAX_DIR_BYTES} are read)", inode.size)));
         }
         let sb = self.sb();
         let filetype = sb.has_incompat(INCOMPAT_FILETYPE);

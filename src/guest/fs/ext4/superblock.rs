@@ -47,12 +47,7 @@ const INCOMPAT_SUPPORTED: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_INLINE_DATA
     | INCOMPAT_ENCRYPT
     | INCOMPAT_CASEFOLD;
-const INCOMPAT_NAMES: &[(u32, &str)] = &[
-    (0x1, "compression"),
-    (0x8, "journal_dev"),
-    (0x1000, "dirdata"),
-    (0x40000, "fname_encoding"),
-];
+const INCOMPAT_NAMES: &[(u32, &str)] = &[(0x1, "compression"), (0x8, "journal_dev"), (0x1000, "dirdata"), (0x40000, "fname_encoding")];
 // s_feature_ro_compat
 pub(super) const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 pub(super) const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
@@ -103,11 +98,8 @@ impl Superblock {
         let ro_compat = le32(sb, 0x64);
         let unknown = incompat & !INCOMPAT_SUPPORTED;
         if unknown != 0 {
-            let mut names: Vec<String> = INCOMPAT_NAMES
-                .iter()
-                .filter(|(bit, _)| unknown & bit != 0)
-                .map(|(_, name)| (*name).to_string())
-                .collect();
+            let mut names: Vec<String> =
+                INCOMPAT_NAMES.iter().filter(|(bit, _)| unknown & bit != 0).map(|(_, name)| (*name).to_string()).collect();
             let unnamed = unknown & !INCOMPAT_NAMES.iter().fold(0, |a, (bit, _)| a | bit);
             if unnamed != 0 {
                 names.push(format!("unknown incompat bits {unnamed:#x}"));
@@ -148,9 +140,7 @@ impl Superblock {
             return Err(FsError::Unsupported(format!("ext4 with {groups} block groups (at most {MAX_GROUPS})")));
         }
         if inodes_count as u64 > groups * inodes_per_group as u64 || inodes_count < 11 {
-            return Err(bad(format!(
-                "{inodes_count} inodes in {groups} groups of {inodes_per_group} inodes"
-            )));
+            return Err(bad(format!("{inodes_count} inodes in {groups} groups of {inodes_per_group} inodes")));
         }
         let desc_size = if is_64bit { le16(sb, 0xFE) } else { 32 };
         if is_64bit && (desc_size < 64 || desc_size > 1024 || !desc_size.is_power_of_two()) {

@@ -128,11 +128,8 @@ fn stat_field<'s>(stat: &'s str, field: &str) -> &'s str {
 /// Compares the whole tree under `rel` with the source and with debugfs.
 fn compare_tree(fs: &dyn Filesystem, image: &Image, rel: &str, ino: Ino, checked: &mut usize) {
     let src_dir = image.src.join(rel.trim_start_matches('/'));
-    let mut want: Vec<Vec<u8>> = fs::read_dir(&src_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_encoded_bytes())
-        .filter(|n| n != b"lost+found")
-        .collect();
+    let mut want: Vec<Vec<u8>> =
+        fs::read_dir(&src_dir).unwrap().map(|e| e.unwrap().file_name().into_encoded_bytes()).filter(|n| n != b"lost+found").collect();
     let entries = fs.read_dir(ino).unwrap();
     let mut got: Vec<Vec<u8>> = entries.iter().map(|e| e.name.clone()).filter(|n| n != b"lost+found").collect();
     want.sort();
@@ -377,10 +374,7 @@ fn dirty_journal_is_replayed_in_memory() {
     let changed = dir.join("changed.img");
     fs::copy(base, &changed).unwrap();
     fs::write(dir.join("newf"), b"written through the journal\n").unwrap();
-    let cmds = format!(
-        "sif /small.txt uid 4242\nwrite {} /new-file\nrm \"/with space.txt\"\n",
-        dir.join("newf").display()
-    );
+    let cmds = format!("sif /small.txt uid 4242\nwrite {} /new-file\nrm \"/with space.txt\"\n", dir.join("newf").display());
     fs::write(dir.join("change.cmds"), cmds).unwrap();
     run(Command::new("debugfs").arg("-w").arg("-f").arg(dir.join("change.cmds")).arg(&changed));
     // The blocks that differ go into the base image's journal, in two
