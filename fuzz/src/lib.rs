@@ -674,7 +674,7 @@ pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
                 continue;
             }
             f[at + 4..at + 8].fill(0);
-            let c = v::crc32c(&f[at..at + len]);
+            let c = imgarc::crc32c::crc32c(&f[at..at + len]);
             f[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
         }
     }

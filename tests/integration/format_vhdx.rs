@@ -160,7 +160,7 @@ fn reheader(f: &mut [u8], edit: impl Fn(&mut [u8])) {
         let h = &mut f[at..at + 4096];
         edit(h);
         h[4..8].fill(0);
-        let c = imgarc::format::vhdx::crc32c(h);
+        let c = imgarc::crc32c::crc32c(h);
         h[4..8].copy_from_slice(&c.to_le_bytes());
     }
 }

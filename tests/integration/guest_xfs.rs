@@ -429,7 +429,7 @@ fn xfs_truncated_and_garbled_images_are_errors() {
     let incompat = u32::from_be_bytes(unk[216..220].try_into().unwrap()) | 1 << 30;
     unk[216..220].copy_from_slice(&incompat.to_be_bytes());
     unk[224..228].fill(0);
-    let c = imgarc::format::vhdx::crc32c(&unk[..512]);
+    let c = imgarc::crc32c::crc32c(&unk[..512]);
     unk[224..228].copy_from_slice(&c.to_le_bytes());
     let err = xfs::open(Arc::new(unk) as Arc<dyn ReadAt>).err().expect("unknown feature refused").to_string();
     assert!(err.starts_with("unsupported") && err.contains("0x40000000"), "{err}");

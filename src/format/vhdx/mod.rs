@@ -87,7 +87,7 @@ pub(crate) fn bat_index(block: u64, chunk_ratio: u64) -> u64 {
     block + block / chunk_ratio
 }
 
-pub use crate::crc32c::crc32c;
+use crate::crc32c::crc32c;
 
 /// The checksum of a header or region table: CRC-32C over `block` with its checksum field
 /// (bytes 4..8) taken as zero.

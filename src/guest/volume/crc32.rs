@@ -1,7 +1,7 @@
 //! CRC-32 with the IEEE 802.3 polynomial (reflected 0xEDB88320), table-driven:
 //! GPT's header and entry-array checksum (standard form) and LVM2's label and
 //! metadata checksum (the same register, started at LVM's own value, not inverted).
-//! CRC-32C, a different polynomial, is `format::vhdx::crc32c`.
+//! CRC-32C, a different polynomial, is `crate::crc32c`.
 
 fn table() -> &'static [u32; 256] {
     static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
