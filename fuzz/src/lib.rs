@@ -590,7 +590,6 @@ pub fn vhdx(data: &[u8]) {
 
 /// The template file of [`vhdx`] with the input's mutations applied.
 pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
-    use imgarc::format::vhdx as v;
     const MIB: usize = 1 << 20;
     let mut f = vec![0u8; 5 * MIB];
     f[0..8].copy_from_slice(b"vhdxfile");
