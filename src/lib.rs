@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod demo;
 pub mod digest;
 pub mod forget;
+pub mod files;
 pub mod format;
 pub mod guest;
 pub mod ids;

@@ -28,6 +28,7 @@ mod format_vhd;
 mod format_vhdx;
 mod format_vmdk;
 mod fuzz_replay;
+mod guest_files;
 mod keys;
 mod multi_host;
 mod operator;
