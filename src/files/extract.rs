@@ -10,6 +10,9 @@
 //! An existing non-directory is refused unless `overwrite` (then it is
 //! replaced); an existing directory is merged into.
 
+// The *at(2) system calls (std has no openat, mkdirat, symlinkat, mknodat, fchownat, utimensat).
+#![allow(unsafe_code)]
+
 use super::{read_file, GuestTree, Target, MAX_WALK_DEPTH};
 use crate::guest::{FileType, Filesystem, Ino, Metadata, Timestamp};
 use anyhow::{bail, Context, Result};
@@ -110,7 +113,8 @@ impl Extractor {
         ancestors: &mut HashSet<Ino>,
     ) -> Result<()> {
         let cname = component(name)?;
-        let shown = || display(here, &cname);
+        let shown_path = display(here, &cname);
+        let shown = || shown_path.clone();
         if meta.file_type != FileType::Directory && meta.nlink > 1 {
             if let Some(first) = self.links.get(&(vol, ino)) {
                 let first = first.clone();

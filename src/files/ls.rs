@@ -56,7 +56,7 @@ pub fn ls(tree: &GuestTree, opts: &LsOptions) -> Result<LsReport> {
                 for i in 0..tree.volume_count() {
                     if let Ok(fs) = tree.fs(i) {
                         let start = Located { volume: i, ino: fs.root(), meta: fs.metadata(fs.root())?, path: tree.display_path(i, "") };
-                        list_below(tree, fs, &start, true, &mut report.entries)?;
+                        list_below(fs, &start, true, &mut report.entries)?;
                     }
                 }
             }
@@ -64,7 +64,7 @@ pub fn ls(tree: &GuestTree, opts: &LsOptions) -> Result<LsReport> {
         Target::File(found) => {
             let fs = tree.fs(found.volume)?;
             if found.meta.file_type == FileType::Directory {
-                list_below(tree, fs, &found, opts.recursive, &mut report.entries)?;
+                list_below(fs, &found, opts.recursive, &mut report.entries)?;
             } else {
                 report.entries.push(entry(fs, found.path.clone(), &found.meta)?);
             }
@@ -76,9 +76,8 @@ pub fn ls(tree: &GuestTree, opts: &LsOptions) -> Result<LsReport> {
 }
 
 /// The entries below the directory `dir` (sorted by name), all levels when `recursive`.
-fn list_below(tree: &GuestTree, fs: &dyn Filesystem, dir: &Located, recursive: bool, out: &mut Vec<LsEntry>) -> Result<()> {
+fn list_below(fs: &dyn Filesystem, dir: &Located, recursive: bool, out: &mut Vec<LsEntry>) -> Result<()> {
     let base = dir.path.trim_end_matches('/').to_string();
-    let _ = tree;
     walk_tree(fs, dir.ino, &mut |w| {
         if w.names.is_empty() {
             return Ok(true);
