@@ -180,7 +180,12 @@ impl<'a> GuestTree<'a> {
         let fs = self.fs(vol)?;
         let components: Vec<&[u8]> =
             rest.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::as_bytes).collect();
-        let (ino, rel) = walk_path(fs, components, follow_last).map_err(|e| anyhow::anyhow!("{}: {e}", self.display_path(vol, rest.trim_matches('/'))))?;
+        let (ino, rel) = walk_path(fs, components, follow_last).map_err(|e| match e {
+            // Their paths are inside the filesystem: shown with the volume.
+            FsError::NotFound(p) => anyhow::Error::from(FsError::NotFound(self.display_path(vol, &p))),
+            FsError::NotADirectory(p) => FsError::NotADirectory(self.display_path(vol, &p)).into(),
+            e => anyhow::anyhow!("{}: {e}", self.display_path(vol, rest.trim_matches('/'))),
+        })?;
         let meta = fs.metadata(ino)?;
         Ok(Target::File(Located { volume: vol, ino, meta, path: self.display_path(vol, &rel) }))
     }
