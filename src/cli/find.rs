@@ -26,7 +26,10 @@ fn parse_since(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 pub fn run(ctx: &Ctx, args: FindArgs) -> Result<()> {
     let since = match &args.since {
         None => None,
-        Some(s) => Some(parse_since(s).ok_or_else(|| UsageError(format!("--since {s:?}: not a time (RFC 3339 such as 2026-11-30T02:00:00Z, or a date)")))?),
+        Some(s) => Some(
+            parse_since(s)
+                .ok_or_else(|| UsageError(format!("--since {s:?}: not a time (RFC 3339 such as 2026-11-30T02:00:00Z, or a date)")))?,
+        ),
     };
     let (repo, index) = ctx.open()?;
     let r = find(&repo, &index, &FindOptions { pattern: args.pattern.clone(), name: args.name.clone(), since })?;
@@ -36,7 +39,14 @@ pub fn run(ctx: &Ctx, args: FindArgs) -> Result<()> {
         for m in &r.matches {
             s.push_str(&format!("{} {}: in {} snapshot(s)\n", m.name, m.path, m.snapshots.len()));
             for v in &m.versions {
-                s.push_str(&format!("  {} {} {} {} bytes, mtime {}\n", v.time, &v.snapshot[..16], v.entry.file_type, v.entry.size, v.entry.mtime_secs));
+                s.push_str(&format!(
+                    "  {} {} {} {} bytes, mtime {}\n",
+                    v.time,
+                    &v.snapshot[..16],
+                    v.entry.file_type,
+                    v.entry.size,
+                    v.entry.mtime_secs
+                ));
             }
         }
         if r.matches.is_empty() {

@@ -71,9 +71,9 @@ pub fn diff(a: &GuestTree, b: &GuestTree, opts: &DiffOptions) -> Result<DiffRepo
         match right.get(path) {
             None => report.removed.push(path.clone()),
             Some(r) => {
-                if !same_metadata(l, r) {
-                    report.changed.push(path.clone());
-                } else if l.meta.file_type == FileType::Regular && !same_contents(a, l, b, r, &mut report)? {
+                // Contents are looked at only when the metadata is equal.
+                let changed = !same_metadata(l, r) || (l.meta.file_type == FileType::Regular && !same_contents(a, l, b, r, &mut report)?);
+                if changed {
                     report.changed.push(path.clone());
                 }
             }

@@ -140,7 +140,8 @@ impl Extractor {
                 self.report.files += 1;
             }
             FileType::Symlink => {
-                let target = CString::new(fs.read_link(ino)?).map_err(|_| anyhow::anyhow!("{}: symlink target holds a NUL byte", shown()))?;
+                let target =
+                    CString::new(fs.read_link(ino)?).map_err(|_| anyhow::anyhow!("{}: symlink target holds a NUL byte", shown()))?;
                 self.replace_existing(parent, &cname).with_context(shown)?;
                 let rc = unsafe { libc::symlinkat(target.as_ptr(), parent.as_raw_fd(), cname.as_ptr()) };
                 check(rc).with_context(shown)?;

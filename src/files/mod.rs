@@ -82,6 +82,8 @@ pub enum Target {
 impl<'a> GuestTree<'a> {
     /// The guest tree of `snap` (a full key is needed; a snapshot without a guest disk is refused).
     pub fn open(repo: &'a Repository, index: &'a Index, snap: &Snapshot) -> Result<Self> {
+        // An Arc although the disk is not Sync: `guest::volumes` takes `Arc<dyn ReadAt>` (the seam's design).
+        #[allow(clippy::arc_with_non_send_sync)]
         let disk = Arc::new(GuestDisk::open(repo, index, snap)?);
         Self::over(disk)
     }
@@ -178,8 +180,7 @@ impl<'a> GuestTree<'a> {
             Some(v) => v,
         };
         let fs = self.fs(vol)?;
-        let components: Vec<&[u8]> =
-            rest.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::as_bytes).collect();
+        let components: Vec<&[u8]> = rest.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::as_bytes).collect();
         let (ino, rel) = walk_path(fs, components, follow_last).map_err(|e| match e {
             // Their paths are inside the filesystem: shown with the volume.
             FsError::NotFound(p) => anyhow::Error::from(FsError::NotFound(self.display_path(vol, &p))),
@@ -284,11 +285,8 @@ fn walk_path(fs: &dyn Filesystem, components: Vec<&[u8]>, follow_last: bool) -> 
         if meta.file_type != FileType::Directory {
             return Err(FsError::NotADirectory(path_of(&stack)));
         }
-        let entry = fs
-            .read_dir(cur)?
-            .into_iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| FsError::NotFound(join(&path_of(&stack), &name)))?;
+        let entry =
+            fs.read_dir(cur)?.into_iter().find(|e| e.name == name).ok_or_else(|| FsError::NotFound(join(&path_of(&stack), &name)))?;
         let is_last = pending.is_empty();
         let file_type = if entry.file_type == FileType::Unknown { fs.metadata(entry.ino)?.file_type } else { entry.file_type };
         if file_type == FileType::Symlink && (!is_last || follow_last) {
@@ -338,11 +336,7 @@ pub struct Walked {
 /// Depth-first walk of the tree at `start` (itself first), in on-disk entry
 /// order; `visit` returns false to skip descending into a directory. A
 /// directory met again below itself (a crafted cycle) is an error.
-pub fn walk_tree(
-    fs: &dyn Filesystem,
-    start: Ino,
-    visit: &mut dyn FnMut(&Walked) -> Result<bool>,
-) -> Result<()> {
+pub fn walk_tree(fs: &dyn Filesystem, start: Ino, visit: &mut dyn FnMut(&Walked) -> Result<bool>) -> Result<()> {
     let meta = fs.metadata(start)?;
     let mut ancestors = HashSet::new();
     walk_inner(fs, Walked { rel: String::new(), names: Vec::new(), ino: start, meta }, &mut ancestors, visit)

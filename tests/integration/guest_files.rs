@@ -124,8 +124,15 @@ fn ls_and_cat_equal_debugfs_on_raw_qcow2_and_compressed_qcow2() {
             for e in entries {
                 let path = e["path"].as_str().unwrap();
                 let name = path.rsplit('/').next().unwrap().to_string();
-                let size = if e["type"] == "directory" || e["type"] == "fifo" { want.get(&name).map_or(0, |w| w.4) } else { support::u(e, "size") };
-                have.insert(name, (support::u(e, "ino"), support::u(e, "mode") as u32, support::u(e, "uid") as u32, support::u(e, "gid") as u32, size));
+                let size = if e["type"] == "directory" || e["type"] == "fifo" {
+                    want.get(&name).map_or(0, |w| w.4)
+                } else {
+                    support::u(e, "size")
+                };
+                have.insert(
+                    name,
+                    (support::u(e, "ino"), support::u(e, "mode") as u32, support::u(e, "uid") as u32, support::u(e, "gid") as u32, size),
+                );
             }
             assert_eq!(have, want, "{name}: ls {dir}");
             assert!(got["bytes_read"].as_u64().unwrap() > 0);
@@ -204,7 +211,8 @@ fn compare_trees(src: &Path, out: &Path) {
     let mut n = 0;
     for entry in walk(src) {
         let rel = entry.strip_prefix(src).unwrap();
-        let (a, b) = (entry.symlink_metadata().unwrap(), out.join(rel).symlink_metadata().unwrap_or_else(|e| panic!("{}: {e}", rel.display())));
+        let (a, b) =
+            (entry.symlink_metadata().unwrap(), out.join(rel).symlink_metadata().unwrap_or_else(|e| panic!("{}: {e}", rel.display())));
         assert_eq!(a.file_type(), b.file_type(), "{}", rel.display());
         if !a.file_type().is_symlink() {
             assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{}: mode", rel.display());
