@@ -12,6 +12,7 @@ pub mod backend;
 pub mod check;
 pub mod chunking;
 pub mod copy;
+pub mod crc32c;
 pub mod crypto;
 pub mod demo;
 pub mod digest;

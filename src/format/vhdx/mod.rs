@@ -87,27 +87,7 @@ pub(crate) fn bat_index(block: u64, chunk_ratio: u64) -> u64 {
     block + block / chunk_ratio
 }
 
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven: the checksum of
-/// VHDX headers, region tables and log entries.
-pub fn crc32c(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut crc = !0u32;
-    for &b in data {
-        crc = t[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
+pub use crate::crc32c::crc32c;
 
 /// The checksum of a header or region table: CRC-32C over `block` with its checksum field
 /// (bytes 4..8) taken as zero.
