@@ -43,6 +43,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vhd", vhd),
     ("vmdk", vmdk),
     ("ext4", ext4),
+    ("partition", partition),
+    ("lvm", lvm),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -747,4 +749,91 @@ pub fn ext4(data: &[u8]) {
     let mut buf = vec![0u8; 64 << 10];
     let mut budget = 1000;
     walk(fs.as_ref(), fs.root(), 0, &mut budget, &mut buf);
+/// `partition`: the bytes as a guest disk → its partition table and LVM2 volumes, then the
+/// first and last byte of every volume (reads through the LV mapping). GPT and LVM checksums are
+/// what a crafted disk computes itself; the seeds carry valid ones.
+pub fn partition(data: &[u8]) {
+    use imgarc::guest::{volume, ReadAt};
+    let disk: Arc<dyn ReadAt> = Arc::new(data.to_vec());
+    if let Ok(layout) = volume::layout(disk) {
+        for v in &layout.volumes {
+            let mut b = [0u8; 1];
+            if let Some(last) = v.bytes.size().checked_sub(1) {
+                let _ = v.bytes.read_at(0, &mut b);
+                let _ = v.bytes.read_at(last, &mut b);
+            }
+        }
+    }
+}
+
+/// `lvm`: first byte even → the rest is LVM2 metadata text, parsed and mapped as the VG of a
+/// PV (the first one it lists) over 4 MiB of zeros, one byte of each LV read; odd → the rest is a
+/// PV's first bytes, its label, `mda_header` and text checksums recomputed (so mutations reach
+/// the structures behind them), probed and its LVs mapped.
+pub fn lvm(data: &[u8]) {
+    use imgarc::guest::volume::lvm;
+    use imgarc::guest::ReadAt;
+    let Some((&ctl, rest)) = data.split_first() else { return };
+    let read_one = |vols: Vec<(usize, imgarc::guest::Volume)>| {
+        for (_, v) in vols {
+            let mut b = [0u8; 1];
+            if v.bytes.size() > 0 {
+                let _ = v.bytes.read_at(v.bytes.size() / 2, &mut b);
+            }
+        }
+    };
+    if ctl & 1 == 0 {
+        let Ok(top) = lvm::config::parse(rest) else { return };
+        let uuid = top
+            .sections()
+            .find_map(|(_, vg)| vg.section("physical_volumes")?.sections().next()?.1.str("id").map(|s| s.replace('-', "")))
+            .unwrap_or_default();
+        let disk: Arc<dyn ReadAt> = Arc::new(vec![0u8; 4 << 20]);
+        if let Ok(pv) = lvm::pv_from_text(0, 4 << 20, uuid, rest) {
+            if let Ok(vols) = lvm::logical_volumes(&disk, &[&pv], &mut Vec::new()) {
+                read_one(vols);
+            }
+        }
+        return;
+    }
+    let mut b = rest.to_vec();
+    let le64 = |b: &[u8], at: usize| b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
+    for s in 0..4usize {
+        let at = s * 512;
+        if b.get(at..at + 8) != Some(&b"LABELONE"[..]) || b.len() < at + 512 {
+            continue;
+        }
+        // The PV header's metadata areas: after the UUID, size and data area list.
+        let h = at + (u32::from_le_bytes(b[at + 20..at + 24].try_into().expect("4 bytes")) as usize).min(472);
+        let mut pos = h + 40;
+        while pos + 16 <= at + 512 && (le64(&b, pos) != 0 || le64(&b, pos + 8) != 0) {
+            pos += 16;
+        }
+        pos += 16;
+        while pos + 16 <= at + 512 && (le64(&b, pos) != 0 || le64(&b, pos + 8) != 0) {
+            let (mda, size) = (le64(&b, pos) as usize, le64(&b, pos + 8) as usize);
+            pos += 16;
+            if mda.checked_add(512).is_none_or(|e| e > b.len()) {
+                continue;
+            }
+            let (t_off, t_size) = (le64(&b, mda + 40) as usize, le64(&b, mda + 48) as usize);
+            let text = mda.saturating_add(t_off);
+            if t_off < size && text.checked_add(t_size).is_some_and(|e| e <= b.len()) {
+                let c = lvm::lvm_crc(&b[text..text + t_size]);
+                b[mda + 56..mda + 60].copy_from_slice(&c.to_le_bytes());
+            }
+            let c = lvm::lvm_crc(&b[mda + 4..mda + 512]);
+            b[mda..mda + 4].copy_from_slice(&c.to_le_bytes());
+        }
+        let c = lvm::lvm_crc(&b[at + 20..at + 512]);
+        b[at + 16..at + 20].copy_from_slice(&c.to_le_bytes());
+        break;
+    }
+    let len = b.len() as u64;
+    let disk: Arc<dyn ReadAt> = Arc::new(b);
+    if let Ok(Some(pv)) = lvm::probe(&*disk, 0, len) {
+        if let Ok(vols) = lvm::logical_volumes(&disk, &[&pv], &mut Vec::new()) {
+            read_one(vols);
+        }
+    }
 }
