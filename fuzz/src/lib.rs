@@ -749,6 +749,8 @@ pub fn ext4(data: &[u8]) {
     let mut buf = vec![0u8; 64 << 10];
     let mut budget = 1000;
     walk(fs.as_ref(), fs.root(), 0, &mut budget, &mut buf);
+}
+
 /// `partition`: the bytes as a guest disk → its partition table and LVM2 volumes, then the
 /// first and last byte of every volume (reads through the LV mapping). GPT and LVM checksums are
 /// what a crafted disk computes itself; the seeds carry valid ones.
