@@ -16,6 +16,7 @@ pub mod crc32c;
 pub mod crypto;
 pub mod demo;
 pub mod digest;
+pub mod files;
 pub mod forget;
 pub mod format;
 pub mod guest;

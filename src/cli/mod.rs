@@ -29,6 +29,12 @@ mod show;
 mod signals;
 mod sync;
 mod unlock;
+// the guest file verbs (issue 13)
+mod cat;
+mod diff;
+mod extract;
+mod find;
+mod ls;
 
 use clap::{Args, Parser, Subcommand};
 pub use ctx::Ctx;
@@ -157,6 +163,16 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the imgarc(1) man page, or write one page per verb into a directory (-o DIR)
     Man(completions::ManArgs),
+    /// List a snapshot's guest volumes (p1/, p2/ …) and files, read from the archive
+    Ls(ls::LsArgs),
+    /// Print one guest file of a snapshot on standard output
+    Cat(cat::CatArgs),
+    /// Extract guest files and trees of a snapshot into a directory (modes, owners as root, times, links, sparse files)
+    Extract(extract::ExtractArgs),
+    /// Which snapshots hold a guest path matching a glob, and when it changed
+    Find(find::FindArgs),
+    /// Guest files added (+), removed (-) and changed (M) between two snapshots
+    Diff(diff::DiffArgs),
 }
 
 impl Command {
@@ -183,6 +199,11 @@ impl Command {
             Command::ServeNbd(_) => "serve-nbd",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
+            Command::Ls(_) => "ls",
+            Command::Cat(_) => "cat",
+            Command::Extract(_) => "extract",
+            Command::Find(_) => "find",
+            Command::Diff(_) => "diff",
         }
     }
 
@@ -363,5 +384,10 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::ServeNbd(a) => serve_nbd::run(&ctx, a),
         Command::Completions(a) => completions::run_completions(a),
         Command::Man(a) => completions::run_man(a),
+        Command::Ls(a) => ls::run(&ctx, a),
+        Command::Cat(a) => cat::run(&ctx, a),
+        Command::Extract(a) => extract::run(&ctx, a),
+        Command::Find(a) => find::run(&ctx, a),
+        Command::Diff(a) => diff::run(&ctx, a),
     }
 }

@@ -14,6 +14,7 @@
 //! the one chunk reader with read-ahead.
 
 mod blobs;
+pub mod catalog;
 mod catchup;
 pub(crate) mod filter;
 mod indexed;

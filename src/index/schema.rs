@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-pub(super) const SCHEMA_VERSION: &str = "5";
+pub(super) const SCHEMA_VERSION: &str = "6";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,8 +34,17 @@ CREATE TABLE IF NOT EXISTS marks(key TEXT PRIMARY KEY, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS marked_packs(
     pack BLOB NOT NULL, mark TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY(pack, mark)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog_snapshots(snapshot BLOB PRIMARY KEY, built TEXT NOT NULL, problems TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog_entries(
+    snapshot BLOB NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_secs INTEGER NOT NULL, mtime_nanos INTEGER NOT NULL, mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, fingerprint BLOB,
+    PRIMARY KEY(snapshot, path)) WITHOUT ROWID;
 ";
 
+// `catalog_snapshots`/`catalog_entries` are the guest file catalog of a
+// snapshot (`catalog.rs`): filled on first need by `find`, dropped with the
+// snapshot's row; `problems` lists, one a line, the volumes it could not read.
 // `snapshots.seq` is the table's rowid, declared so that it never changes
 // (VACUUM renumbers undeclared rowids) and never reused (AUTOINCREMENT).
 // `refs.owner` is the XOR of the `seq` of every snapshot referencing the blob:

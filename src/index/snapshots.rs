@@ -99,6 +99,7 @@ impl Index {
             }
             tx.execute("DELETE FROM snapshots WHERE seq = ?1", [seq])?;
             tx.execute("DELETE FROM snapshot_refs WHERE seq = ?1", [seq])?;
+            Index::drop_catalog(&tx, id)?;
             let mut st = tx.prepare("UPDATE refs SET count = count - 1, owner = (owner | ?2) & ~(owner & ?2) WHERE id = ?1")?;
             // Stored sorted: the `refs` B-tree is walked in order.
             for r in ids.chunks_exact(32) {

@@ -30,6 +30,7 @@ mod format_vmdk;
 mod fuzz_replay;
 mod guest_fat;
 mod guest_xfs;
+mod guest_files;
 mod keys;
 mod multi_host;
 mod nbd;
