@@ -6,9 +6,10 @@
 //! A pattern with a `/` is matched against the whole path (`p1/etc/*.conf`,
 //! `/etc/*`); one without, against the last component (`*.conf`). The glob is
 //! the crate's one (`select::glob_match`): `*` also crosses `/`. A version is
-//! the type, size, mode, uid, gid, mtime and content fingerprint together
-//! (the fingerprint is chunk-based: the same bytes stored at other places on
-//! the disk count as another version).
+//! the type, size, mode, uid, gid, mtime and content hash together (BLAKE3 of
+//! the bytes). A catalog reuses the previous catalog's hash of a file whose
+//! chunks did not change (its placement), so a night's catalog reads only the
+//! files that moved or changed.
 
 use super::diff::{chunk_fingerprint, content_hash};
 use super::{walk_tree, GuestTree};
@@ -18,7 +19,7 @@ use crate::index::Index;
 use crate::repository::Repository;
 use crate::select::{glob_match, name_matches};
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Default)]
 pub struct FindOptions {
@@ -72,10 +73,12 @@ pub fn find(repo: &Repository, index: &Index, opts: &FindOptions) -> Result<Find
     let mut report = FindReport { pattern: opts.pattern.clone(), ..Default::default() };
     // (image name, path) → what was found.
     let mut found: BTreeMap<(String, String), FoundPath> = BTreeMap::new();
+    // The latest catalog of each image name: a new catalog reuses its hashes of unmoved files.
+    let mut previous: HashMap<String, Catalog> = HashMap::new();
     for row in &rows {
         let catalog = match index.catalog(&row.id)? {
             Some(c) => c,
-            None => match build_catalog(repo, index, &row.id, &mut report.bytes_read) {
+            None => match build_catalog(repo, index, &row.id, previous.get(&row.name), &mut report.bytes_read) {
                 Ok(c) => {
                     index.put_catalog(&row.id, &c)?;
                     report.catalogs_built += 1;
@@ -91,7 +94,7 @@ pub fn find(repo: &Repository, index: &Index, opts: &FindOptions) -> Result<Find
         for p in &catalog.problems {
             report.warnings.push(format!("snapshot {} ({}): {p}", row.id.short(), row.name));
         }
-        for e in catalog.entries.into_iter().filter(|e| matches(&opts.pattern, &e.path)) {
+        for e in catalog.entries.iter().filter(|e| matches(&opts.pattern, &e.path)).cloned() {
             let key = (row.name.clone(), e.path.clone());
             let f = found.entry(key).or_insert_with(|| FoundPath {
                 name: row.name.clone(),
@@ -104,6 +107,7 @@ pub fn find(repo: &Repository, index: &Index, opts: &FindOptions) -> Result<Find
                 f.versions.push(FoundVersion { snapshot: row.id.to_hex(), name: row.name.clone(), time: row.time.clone(), entry: e });
             }
         }
+        previous.insert(row.name.clone(), catalog);
     }
     report.matches = found.into_values().collect();
     Ok(report)
@@ -126,8 +130,17 @@ fn same_version(a: &CatalogEntry, b: &CatalogEntry) -> bool {
         && (dir || (a.size == b.size && a.mtime_secs == b.mtime_secs && a.mtime_nanos == b.mtime_nanos && a.fingerprint == b.fingerprint))
 }
 
-/// Reads every volume's filesystem of one snapshot into a catalog.
-fn build_catalog(repo: &Repository, index: &Index, id: &crate::ids::Id, bytes_read: &mut u64) -> Result<Catalog> {
+/// Reads every volume's filesystem of one snapshot into a catalog. A regular
+/// file whose chunk placement equals its entry in `previous` (the same image's
+/// catalog before) takes that entry's content hash; any other is read and hashed.
+fn build_catalog(
+    repo: &Repository,
+    index: &Index,
+    id: &crate::ids::Id,
+    previous: Option<&Catalog>,
+    bytes_read: &mut u64,
+) -> Result<Catalog> {
+    let before: HashMap<&str, &CatalogEntry> = previous.into_iter().flat_map(|c| &c.entries).map(|e| (e.path.as_str(), e)).collect();
     let snap = index.snapshot(id)?.context("snapshot vanished from the index")?;
     let tree = GuestTree::open(repo, index, &snap)?;
     let mut catalog = Catalog::default();
@@ -142,13 +155,20 @@ fn build_catalog(repo: &Repository, index: &Index, id: &crate::ids::Id, bytes_re
         let base = tree.display_path(i, "");
         walk_tree(fs, fs.root(), &mut |w| {
             let path = if w.rel.is_empty() { base.clone() } else { format!("{}/{}", base.trim_end_matches('/'), w.rel) };
-            let fingerprint = match w.meta.file_type {
-                FileType::Regular => match chunk_fingerprint(&tree, i, w.ino)? {
-                    Some(f) => Some(f.to_vec()),
-                    None => Some(content_hash(fs, w.ino, w.meta.size)?.to_vec()),
-                },
-                FileType::Symlink => Some(blake3::hash(&fs.read_link(w.ino)?).as_bytes().to_vec()),
-                _ => None,
+            let (fingerprint, placement) = match w.meta.file_type {
+                FileType::Regular => {
+                    let placement = chunk_fingerprint(&tree, i, w.ino)?.map(|p| p.to_vec());
+                    let unmoved = before
+                        .get(path.as_str())
+                        .filter(|b| placement.is_some() && b.placement == placement && b.size == w.meta.size && b.fingerprint.is_some());
+                    let hash = match unmoved {
+                        Some(b) => b.fingerprint.clone(),
+                        None => Some(content_hash(fs, w.ino, w.meta.size)?.to_vec()),
+                    };
+                    (hash, placement)
+                }
+                FileType::Symlink => (Some(blake3::hash(&fs.read_link(w.ino)?).as_bytes().to_vec()), None),
+                _ => (None, None),
             };
             let file_type = serde_json::to_value(w.meta.file_type)?.as_str().unwrap_or("unknown").to_string();
             catalog.entries.push(CatalogEntry {
@@ -161,6 +181,7 @@ fn build_catalog(repo: &Repository, index: &Index, id: &crate::ids::Id, bytes_re
                 uid: w.meta.uid,
                 gid: w.meta.gid,
                 fingerprint,
+                placement,
             });
             Ok(true)
         })

@@ -23,9 +23,13 @@ pub struct CatalogEntry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Equal fingerprints mean equal contents (chunk-based, or a hash of the bytes or the link target).
+    /// BLAKE3 of the file's bytes or the link's target: equal iff the contents are equal.
     #[serde(skip)]
     pub fingerprint: Option<Vec<u8>>,
+    /// The chunks the file's bytes lie in (`files::diff::chunk_fingerprint`), when it has a
+    /// block map: an equal placement in a later snapshot means equal bytes without reading them.
+    #[serde(skip)]
+    pub placement: Option<Vec<u8>>,
 }
 
 /// A snapshot's cached catalog: its entries and why some volumes could not be read.
@@ -45,7 +49,7 @@ impl Index {
             .optional()?;
         let Some(problems) = problems else { return Ok(None) };
         let mut st = self.conn.prepare(
-            "SELECT path, type, size, mtime_secs, mtime_nanos, mode, uid, gid, fingerprint
+            "SELECT path, type, size, mtime_secs, mtime_nanos, mode, uid, gid, fingerprint, placement
              FROM catalog_entries WHERE snapshot = ?1 ORDER BY path",
         )?;
         let rows = st.query_map([&snapshot.0[..]], |r| {
@@ -59,6 +63,7 @@ impl Index {
                 uid: r.get::<_, i64>(6)? as u32,
                 gid: r.get::<_, i64>(7)? as u32,
                 fingerprint: r.get(8)?,
+                placement: r.get(9)?,
             })
         })?;
         let entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -76,8 +81,8 @@ impl Index {
         )?;
         {
             let mut st = tx.prepare(
-                "INSERT OR REPLACE INTO catalog_entries(snapshot, path, type, size, mtime_secs, mtime_nanos, mode, uid, gid, fingerprint)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO catalog_entries(snapshot, path, type, size, mtime_secs, mtime_nanos, mode, uid, gid, fingerprint, placement)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for e in &catalog.entries {
                 st.execute(params![
@@ -90,7 +95,8 @@ impl Index {
                     e.mode as i64,
                     e.uid as i64,
                     e.gid as i64,
-                    e.fingerprint
+                    e.fingerprint,
+                    e.placement
                 ])?;
             }
         }

@@ -38,13 +38,16 @@ CREATE TABLE IF NOT EXISTS catalog_snapshots(snapshot BLOB PRIMARY KEY, built TE
 CREATE TABLE IF NOT EXISTS catalog_entries(
     snapshot BLOB NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_secs INTEGER NOT NULL, mtime_nanos INTEGER NOT NULL, mode INTEGER NOT NULL,
-    uid INTEGER NOT NULL, gid INTEGER NOT NULL, fingerprint BLOB,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, fingerprint BLOB, placement BLOB,
     PRIMARY KEY(snapshot, path)) WITHOUT ROWID;
 ";
 
 // `catalog_snapshots`/`catalog_entries` are the guest file catalog of a
 // snapshot (`catalog.rs`): filled on first need by `find`, dropped with the
-// snapshot's row; `problems` lists, one a line, the volumes it could not read.
+// snapshot's row; `problems` lists, one a line, the volumes it could not read;
+// `fingerprint` is the BLAKE3 of a file's bytes (a link's target), `placement`
+// its chunk fingerprint (`files::diff::chunk_fingerprint`), which lets the next
+// night's catalog reuse the hash of a file whose chunks did not change.
 // `snapshots.seq` is the table's rowid, declared so that it never changes
 // (VACUUM renumbers undeclared rowids) and never reused (AUTOINCREMENT).
 // `refs.owner` is the XOR of the `seq` of every snapshot referencing the blob:

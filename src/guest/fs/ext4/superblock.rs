@@ -143,7 +143,7 @@ impl Superblock {
             return Err(bad(format!("{inodes_count} inodes in {groups} groups of {inodes_per_group} inodes")));
         }
         let desc_size = if is_64bit { le16(sb, 0xFE) } else { 32 };
-        if is_64bit && (desc_size < 64 || desc_size > 1024 || !desc_size.is_power_of_two()) {
+        if is_64bit && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
             return Err(bad(format!("group descriptor size {desc_size}")));
         }
         let csum_seed = if ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
