@@ -39,6 +39,7 @@ mod ls;
 use clap::{Args, Parser, Subcommand};
 pub use ctx::Ctx;
 use progress::Output;
+use std::io::Write as _;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -274,7 +275,7 @@ pub fn run() -> i32 {
     let (code, written) = run_metrics::finish(code);
     if let Err(e) = &result {
         if out.json && e.downcast_ref::<AlreadyReported>().is_none() && e.downcast_ref::<SomeItemsFailed>().is_none() {
-            println!("{}", serde_json::json!({ "ok": false, "error": format!("{e:#}"), "exit_code": code }));
+            let _ = writeln!(std::io::stdout(), "{}", serde_json::json!({ "ok": false, "error": format!("{e:#}"), "exit_code": code }));
         }
         logging::error_line(format, &format!("{e:#}"), code);
     }
@@ -303,7 +304,9 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
         signals::restore_tty();
         let error = format!("interrupted by {}", signals::name(signal));
         if json {
-            println!("{}", serde_json::json!({ "ok": false, "error": error, "exit_code": code }));
+            // A reader that closed stdout (`| head -1` after serve-nbd's ready line) must not
+            // turn the exit into a panic that leaves the process running.
+            let _ = writeln!(std::io::stdout(), "{}", serde_json::json!({ "ok": false, "error": error, "exit_code": code }));
         }
         logging::error_line(format, &error, code);
         if let Err(e) = written {
