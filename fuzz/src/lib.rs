@@ -684,9 +684,9 @@ pub fn vhdx_file(data: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The input as a volume whose bytes past the input's end read as zeros, up to the size the
-/// FAT boot sector claims (at most 4 GiB): so a seed can be the first 64 KiB of a FAT16 or
-/// FAT32 image, which are megabytes long. Nothing is allocated for the zeros.
+/// The input as a volume whose bytes past the input's end read as zeros, up to `size` (the
+/// size a FAT boot sector claims, at most 4 GiB; ext4: 4 MiB): so a seed can be the first
+/// 64 KiB of an image megabytes long. Nothing is allocated for the zeros.
 struct ZeroTail<'a> {
     data: &'a [u8],
     size: u64,
@@ -990,30 +990,6 @@ pub fn lvm(data: &[u8]) {
     }
 }
 
-/// The bytes of an ext4 fuzz input as a volume: the input, then zeros up to
-/// 4 MiB (or the input's length, when longer), so a seed of the first 64 KiB
-/// of a small image still has the geometry of the whole one.
-struct ZeroPadded<'d> {
-    data: &'d [u8],
-    size: u64,
-}
-
-impl imgarc::guest::ReadAt for ZeroPadded<'_> {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        imgarc::guest::check_bounds(self.size, offset, buf.len())?;
-        buf.fill(0);
-        let len = self.data.len() as u64;
-        if offset < len {
-            let n = (len - offset).min(buf.len() as u64) as usize;
-            buf[..n].copy_from_slice(&self.data[offset as usize..offset as usize + n]);
-        }
-        Ok(())
-    }
-}
-
 /// ext2/3/4 (`guest::fs::ext4`): the input as a volume, opened (journal replay
 /// included) and walked, bounded: at most 1000 entries, depth 8, reading at
 /// most 64 KiB of each file and each link target, and every data map.
@@ -1051,7 +1027,7 @@ pub fn ext4(data: &[u8]) {
         }
     }
     let size = (data.len() as u64).max(4 << 20);
-    let volume: Arc<dyn ReadAt + '_> = Arc::new(ZeroPadded { data, size });
+    let volume: Arc<dyn ReadAt + '_> = Arc::new(ZeroTail { data, size });
     let Ok(Some(fs)) = imgarc::guest::fs::ext4::open(volume) else { return };
     let _ = (fs.kind(), fs.label(), fs.notes());
     let mut buf = vec![0u8; 64 << 10];

@@ -42,6 +42,37 @@ pub enum FileType {
     Unknown,
 }
 
+impl FileType {
+    /// The type bits of a Unix mode (`mode & S_IFMT`), as ext2/3/4 and XFS inodes store them.
+    pub fn from_mode(mode: u32) -> FileType {
+        match mode & 0o170000 {
+            0o100000 => FileType::Regular,
+            0o040000 => FileType::Directory,
+            0o120000 => FileType::Symlink,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// The file type byte of a directory entry as ext2/3/4 (`filetype`) and XFS
+    /// (`ftype`) both store it: Linux's `DT_*` order, 1 regular … 7 symlink.
+    pub fn from_dirent_code(code: u8) -> FileType {
+        match code {
+            1 => FileType::Regular,
+            2 => FileType::Directory,
+            3 => FileType::CharDevice,
+            4 => FileType::BlockDevice,
+            5 => FileType::Fifo,
+            6 => FileType::Socket,
+            7 => FileType::Symlink,
+            _ => FileType::Unknown,
+        }
+    }
+}
+
 /// Seconds and nanoseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
 pub struct Timestamp {

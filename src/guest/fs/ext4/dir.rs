@@ -45,19 +45,6 @@ fn rec_len(raw: u16, block_size: usize) -> usize {
     }
 }
 
-pub(super) fn file_type_of(code: u8) -> FileType {
-    match code {
-        1 => FileType::Regular,
-        2 => FileType::Directory,
-        3 => FileType::CharDevice,
-        4 => FileType::BlockDevice,
-        5 => FileType::Fifo,
-        6 => FileType::Socket,
-        7 => FileType::Symlink,
-        _ => FileType::Unknown,
-    }
-}
-
 /// Appends the entries of one region (a block, or an inline-data area) to
 /// `out`, skipping `.`, `..` and unused entries. `filetype`: the feature
 /// (without it `name_len` is 16 bits and the type is unknown here).
@@ -94,7 +81,7 @@ pub(super) fn parse_region(
                 return Err(bad("empty name".into()));
             }
             if name != b"." && name != b".." {
-                out.push(DirEntry { name: name.to_vec(), ino: ino as u64, file_type: file_type_of(type_code) });
+                out.push(DirEntry { name: name.to_vec(), ino: ino as u64, file_type: FileType::from_dirent_code(type_code) });
             }
         }
         pos += len;

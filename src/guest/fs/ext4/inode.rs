@@ -106,16 +106,7 @@ impl Inode {
     }
 
     pub fn file_type(&self) -> FileType {
-        match self.mode & 0xF000 {
-            0x8000 => FileType::Regular,
-            0x4000 => FileType::Directory,
-            0xA000 => FileType::Symlink,
-            0x2000 => FileType::CharDevice,
-            0x6000 => FileType::BlockDevice,
-            0x1000 => FileType::Fifo,
-            0xC000 => FileType::Socket,
-            _ => FileType::Unknown,
-        }
+        FileType::from_mode(u32::from(self.mode))
     }
 
     pub fn has_flag(&self, flag: u32) -> bool {

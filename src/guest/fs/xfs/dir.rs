@@ -25,20 +25,6 @@ const DATA_HDR_V5: usize = 64;
 const DATA_HDR_V4: usize = 16;
 const UNUSED_TAG: u16 = 0xffff;
 
-/// The file type byte of a directory entry (XFS_DIR3_FT_*).
-fn ftype(b: u8) -> FileType {
-    match b {
-        1 => FileType::Regular,
-        2 => FileType::Directory,
-        3 => FileType::CharDevice,
-        4 => FileType::BlockDevice,
-        5 => FileType::Fifo,
-        6 => FileType::Socket,
-        7 => FileType::Symlink,
-        _ => FileType::Unknown,
-    }
-}
-
 /// Entries of directory `dir` (without `.` and `..`), in on-disk order.
 pub fn read_dir(fs: &Xfs, dir: &Inode, extents: Option<&[Extent]>) -> Result<Vec<DirEntry>, FsError> {
     let mut out = match extents {
@@ -75,7 +61,7 @@ fn short_form(fs: &Xfs, dir: &Inode) -> Result<Vec<DirEntry>, FsError> {
             return Err(bad(format!("entry {i} at byte {at}: name of {namelen} bytes does not fit")));
         }
         let name = bytes[at + 3..at + 3 + namelen].to_vec();
-        let file_type = if ft_len == 1 { ftype(bytes[at + 3 + namelen]) } else { FileType::Unknown };
+        let file_type = if ft_len == 1 { FileType::from_dirent_code(bytes[at + 3 + namelen]) } else { FileType::Unknown };
         let num_at = at + 3 + namelen + ft_len;
         let entry_ino = if ino_len == 8 { be64(bytes, num_at) } else { be32(bytes, num_at) as u64 };
         out.push(DirEntry { name, ino: entry_ino, file_type });
@@ -206,7 +192,7 @@ fn parse_data_block(fs: &Xfs, ino: u64, start: u64, disk_offset: u64, block: &[u
         }
         let name = &block[at + 9..at + 9 + namelen];
         if name != b"." && name != b".." {
-            let file_type = if ft_len == 1 { ftype(block[at + 9 + namelen]) } else { FileType::Unknown };
+            let file_type = if ft_len == 1 { FileType::from_dirent_code(block[at + 9 + namelen]) } else { FileType::Unknown };
             out.push(DirEntry { name: name.to_vec(), ino: entry_ino, file_type });
         }
         at += size;

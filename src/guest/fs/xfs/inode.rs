@@ -73,16 +73,7 @@ pub struct Extent {
 
 impl Inode {
     pub fn file_type(&self) -> FileType {
-        match self.mode & 0o170000 {
-            0o100000 => FileType::Regular,
-            0o040000 => FileType::Directory,
-            0o120000 => FileType::Symlink,
-            0o020000 => FileType::CharDevice,
-            0o060000 => FileType::BlockDevice,
-            0o010000 => FileType::Fifo,
-            0o140000 => FileType::Socket,
-            _ => FileType::Unknown,
-        }
+        FileType::from_mode(u32::from(self.mode))
     }
 
     /// Device number (major, minor) from the sysv encoding XFS stores.
