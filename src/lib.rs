@@ -16,6 +16,7 @@ pub mod crc32c;
 pub mod crypto;
 pub mod demo;
 pub mod digest;
+pub mod drill;
 pub mod files;
 pub mod forget;
 pub mod format;

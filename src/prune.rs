@@ -97,32 +97,10 @@ pub struct PruneReport {
     pub object_lock: Option<crate::object_lock::RetentionReport>,
 }
 
-/// Parses a grace period: `0`, or numbers with units s, m (minutes), h, d — `23h`, `90m`, `2d12h`.
+/// Parses a grace period: `0`, or numbers with units s, m (minutes), h, d — `23h`, `90m`, `2d12h`
+/// ([`crate::util::parse_duration`], the one duration syntax).
 pub fn parse_grace(s: &str) -> Result<chrono::Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(chrono::Duration::zero());
-    }
-    let (mut total, mut digits) = (chrono::Duration::zero(), String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().with_context(|| format!("grace {s:?}: expected a number before {c:?}"))?;
-        digits.clear();
-        total += match c {
-            's' => chrono::Duration::seconds(n),
-            'm' => chrono::Duration::minutes(n),
-            'h' => chrono::Duration::hours(n),
-            'd' => chrono::Duration::days(n),
-            _ => bail!("grace {s:?}: unknown unit {c:?} (use s, m, h, d as in 23h or 90m)"),
-        };
-    }
-    if !digits.is_empty() || s.is_empty() {
-        bail!("grace {s:?}: write it as numbers with units, e.g. 23h, 90m, 0");
-    }
-    Ok(total)
+    crate::util::parse_duration(s).map_err(|e| anyhow::anyhow!("grace {e:#}"))
 }
 
 /// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,

@@ -16,6 +16,7 @@
 mod blobs;
 pub mod catalog;
 mod catchup;
+mod drills;
 pub(crate) mod filter;
 mod indexed;
 mod marks;
@@ -25,6 +26,7 @@ mod snapshots;
 pub(crate) mod usage;
 
 pub use blobs::PackUsage;
+pub use drills::DrillRow;
 pub use catchup::{rebuild, RebuildReport, SyncReport, MAX_BLOBS_PER_INDEX_OBJECT};
 pub use indexed::IndexedRepository;
 pub use marks::{MarkRow, MarkedPackRow};

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod deletion;
+pub mod drill;
 pub mod extents;
 pub mod file;
 pub mod index_object;
