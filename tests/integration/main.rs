@@ -66,6 +66,8 @@ mod format_glance;
 #[cfg(feature = "openstack-tests")]
 mod glance_e2e;
 #[cfg(feature = "openstack-tests")]
+mod drill_glance;
+#[cfg(feature = "openstack-tests")]
 mod openstack_bench;
 #[cfg(feature = "openstack-tests")]
 mod openstack_fault;
