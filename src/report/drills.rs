@@ -10,6 +10,7 @@
 
 use super::SnapshotFigures;
 use crate::index::DrillRow;
+use crate::repository::drill::CheckStatus;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -63,6 +64,9 @@ pub struct DrillSummary {
     /// RFC 3339: when the drill started.
     pub started: String,
     pub ok: bool,
+    /// `passed`, `failed` (a check failed: the snapshot did not prove restorable) or
+    /// `not_run` (no check failed, but one could not be carried out: no qemu, Glance unreachable).
+    pub result: &'static str,
     /// The host that ran it.
     pub host: String,
     /// Wall time of the whole drill: the recovery time it shows.
@@ -81,6 +85,11 @@ impl DrillSummary {
             snapshot: row.snapshot.to_hex(),
             started: r.started.clone(),
             ok: r.ok,
+            result: match (r.ok, r.checks.iter().any(|c| c.status == CheckStatus::Failed)) {
+                (true, _) => "passed",
+                (false, true) => "failed",
+                (false, false) => "not_run",
+            },
             host: r.host.clone(),
             seconds: r.seconds,
             boot_seconds: r.boot_seconds,

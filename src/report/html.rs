@@ -244,7 +244,11 @@ fn drills_section(d: &super::drills::Drills) -> String {
                 if l.ok { "drill-ok" } else { "drill-failed" },
                 esc(&i.image.name),
                 esc(&l.started),
-                if l.ok { "ok" } else { "FAILED" },
+                match l.result {
+                    "passed" => "ok",
+                    "not_run" => "could not run",
+                    _ => "FAILED",
+                },
                 esc(&l.host),
                 l.seconds,
                 l.boot_seconds.map_or_else(|| "-".into(), |b| format!("{b:.1}")),

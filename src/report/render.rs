@@ -205,7 +205,12 @@ fn drills_table(s: &mut String, d: &super::drills::Drills) {
         let (when, result, host, secs, boot) = match &i.last_drill {
             Some(l) => (
                 drill_time(&l.started),
-                if l.ok { "ok" } else { "FAILED" }.to_string(),
+                match l.result {
+                    "passed" => "ok",
+                    "not_run" => "NOTRUN",
+                    _ => "FAILED",
+                }
+                .to_string(),
                 clip(&l.host, 16),
                 format!("{:.1}", l.seconds),
                 l.boot_seconds.map_or_else(|| "-".into(), |b| format!("{b:.1}")),
@@ -237,7 +242,8 @@ fn drills_table(s: &mut String, d: &super::drills::Drills) {
     }
     for f in &d.last_failed {
         let why = f.last_drill.error.as_deref().unwrap_or("no error recorded");
-        writeln!(s, "  last drill FAILED: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], f.last_drill.host).unwrap();
+        let what = if f.last_drill.result == "not_run" { "could not run" } else { "FAILED" };
+        writeln!(s, "  last drill {what}: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], f.last_drill.host).unwrap();
     }
 }
 
