@@ -132,3 +132,78 @@ pub fn compute(snapshots: &[SnapshotFigures], rows: &[DrillRow]) -> Drills {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::drill::{DrillRecord, DRILL_VERSION};
+
+    fn figures(id: &str, name: &str, image: Option<&str>, time: &str) -> SnapshotFigures {
+        SnapshotFigures {
+            id: id.into(),
+            name: name.into(),
+            time: time.into(),
+            tags: Vec::new(),
+            project: None,
+            image: image.map(str::to_string),
+            format: "raw".into(),
+            logical_bytes: 1,
+            virtual_bytes: 1,
+            allocated_bytes: 1,
+            chunks: 1,
+            referenced_bytes: 1,
+            referenced_raw_bytes: 1,
+            unique_chunks: None,
+            unique_bytes: None,
+            unique_raw_bytes: None,
+            shared_bytes: None,
+            shared_raw_bytes: None,
+            stored_bytes_added: None,
+            seq: 0,
+            extent_refs: 0,
+        }
+    }
+
+    fn row(name: &str, snapshot: &str, started: &str, ok: bool) -> DrillRow {
+        let record = DrillRecord {
+            version: DRILL_VERSION,
+            snapshot: snapshot.into(),
+            name: "n".into(),
+            image: None,
+            project: None,
+            started: started.into(),
+            host: "h".into(),
+            imgarc_version: "t".into(),
+            checks: Vec::new(),
+            ok,
+            seconds: 1.0,
+            boot_seconds: None,
+            console_tail: None,
+            error: None,
+        };
+        DrillRow { name: name.into(), snapshot: crate::ids::Id::from_hex(snapshot).unwrap(), record }
+    }
+
+    /// The last drill is the latest instant (whatever the offset or precision), ties going to
+    /// the greater record name; only the records of the report's snapshots count.
+    #[test]
+    fn last_is_the_latest_instant_then_the_greatest_name() {
+        let (a, b, gone) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
+        let snaps = [figures(&a, "web", Some("img"), "2026-11-01T00:00:00Z"), figures(&b, "web", Some("img"), "2026-11-02T00:00:00Z")];
+        let rows = [
+            row("r1", &a, "2026-11-03T12:00:00+02:00", true),
+            row("r3", &b, "2026-11-03T10:00:00Z", false),
+            row("r2", &b, "2026-11-03T10:00:00.000Z", true),
+            row("r9", &gone, "2026-12-01T00:00:00Z", true),
+        ];
+        let d = compute(&snaps, &rows);
+        assert_eq!(d.images.len(), 1);
+        let i = &d.images[0];
+        assert_eq!(i.drills, 3, "the forgotten snapshot's record does not count");
+        assert_eq!(i.last_drill.as_ref().unwrap().record, "r3", "equal instants: the greater name");
+        assert_eq!(i.last_success.as_ref().unwrap().record, "r2");
+        assert_eq!(d.last_failed.len(), 1);
+        assert!(d.never_drilled.is_empty());
+        assert_eq!(compute(&snaps, &[]).never_drilled, vec![ImageRef { image: Some("img".into()), name: "web".into(), project: None }]);
+    }
+}

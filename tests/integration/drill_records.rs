@@ -86,8 +86,8 @@ fn three_images() -> (Env, [String; 4]) {
         std::fs::write(&p, bytes(256 << 10, i as u64 + 1, false)).unwrap();
         ids.push(s(&env.archive(&p, name), "snapshot"));
     }
-    for i in 0..2 {
-        ids[i] = as_glance_image(&env, &ids[i], "image-web", "proj-web");
+    for id in &mut ids[..2] {
+        *id = as_glance_image(&env, id, "image-web", "proj-web");
     }
     ids[2] = as_glance_image(&env, &ids[2], "image-db", "proj-db");
     (env, ids.try_into().unwrap())
@@ -268,6 +268,35 @@ fn prune_drops_the_records_of_forgotten_snapshots_and_keeps_the_others() {
     assert!(!again.contains("drill records"), "a second prune deletes more records: {again}");
     assert_eq!(u(&env.json(&["prune", "--dry-run"]), "drill_records_deleted"), 0);
     assert_eq!(on_disk(), left);
+}
+
+/// A prune killed right after deleting its first drill record (`kill -9` at that point: the
+/// `test-hooks` crash point) leaves the other records of the forgotten snapshot, and every
+/// record of the snapshot that stays; the next prune deletes the rest.
+#[test]
+fn a_prune_killed_among_the_records_leaves_the_rest_to_the_next() {
+    let env = Env::init("16K");
+    let mut ids = Vec::new();
+    for night in 0..2 {
+        let p = env.path(&format!("n{night}.raw"));
+        std::fs::write(&p, bytes(256 << 10, 30 + night, false)).unwrap();
+        ids.push(s(&env.archive(&p, "vm"), "snapshot"));
+    }
+    let gone: Vec<DrillRecord> = (1..=3).map(|d| record(&ids[0], &format!("2026-11-0{d}T01:00:00Z"), "h", true, 1.0)).collect();
+    let doomed = save(&env, &gone);
+    let kept = save(&env, &[record(&ids[1], "2026-11-04T01:00:00Z", "h", true, 1.0)]);
+    env.json(&["forget", &ids[0]]);
+    let count = |names: &[String]| names.iter().filter(|n| env.repo.join("drills").join(n).exists()).count();
+
+    let killed = env.cmd(&["prune"]).env("IMGARC_TEST_CRASH_AT", "drill-record-deleted").output().unwrap();
+    assert!(!killed.status.success(), "the crash point did not fire: {}", String::from_utf8_lossy(&killed.stderr));
+    assert_eq!(count(&doomed), 2, "the killed prune deleted one record, then died");
+    assert_eq!(count(&kept), 1);
+    // The killed run's lock stays until it expires; unlock removes it, as an operator would.
+    env.ok(&["unlock"]);
+    let next = env.json(&["prune"]);
+    assert_eq!(u(&next, "drill_records_deleted"), 2, "{next}");
+    assert_eq!((count(&doomed), count(&kept)), (0, 1));
 }
 
 /// Host `b`'s cache holds the rows of records that host `a`'s prune deleted (b last synced
