@@ -183,6 +183,12 @@ pub fn table(r: &Report) -> String {
     s
 }
 
+/// Text from a drill record as one table line: control characters (a newline, a terminal
+/// escape in an error or host name that a writer of the repository chose) become `?`.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 /// A drill time as the table shows it (minutes, UTC).
 fn drill_time(started: &str) -> String {
     crate::util::parse_rfc3339(started).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| clip(started, 16))
@@ -211,7 +217,7 @@ fn drills_table(s: &mut String, d: &super::drills::Drills) {
                     _ => "FAILED",
                 }
                 .to_string(),
-                clip(&l.host, 16),
+                clip(&one_line(&l.host), 16),
                 format!("{:.1}", l.seconds),
                 l.boot_seconds.map_or_else(|| "-".into(), |b| format!("{b:.1}")),
             ),
@@ -241,9 +247,10 @@ fn drills_table(s: &mut String, d: &super::drills::Drills) {
         writeln!(s, "  never drilled: {} image(s): {}", names.len(), names.join(", ")).unwrap();
     }
     for f in &d.last_failed {
-        let why = f.last_drill.error.as_deref().unwrap_or("no error recorded");
+        let why = one_line(f.last_drill.error.as_deref().unwrap_or("no error recorded"));
         let what = if f.last_drill.result == "not_run" { "could not run" } else { "FAILED" };
-        writeln!(s, "  last drill {what}: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], f.last_drill.host).unwrap();
+        writeln!(s, "  last drill {what}: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], one_line(&f.last_drill.host))
+            .unwrap();
     }
 }
 

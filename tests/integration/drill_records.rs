@@ -349,7 +349,7 @@ fn a_stale_second_host_drops_deleted_records_and_sees_new_ones() {
 
 /// Forged and damaged `drills/` objects: bytes that do not hash to their name, a byte flipped in
 /// a real record, a record moved to another name, garbage, a version this imgarc does not read, a
-/// start time that is not RFC 3339. Each is skipped with a warning naming it; the valid record
+/// start time that is not RFC 3339, one over the size cap. Each is skipped with a warning naming it; the valid record
 /// is still reported, nothing panics, and prune leaves what it cannot read alone.
 #[test]
 fn forged_and_damaged_records_are_skipped_with_a_warning() {
@@ -386,19 +386,25 @@ fn forged_and_damaged_records_are_skipped_with_a_warning() {
     let mut undated = serde_json::to_value(record(&pid, "2026-11-03T01:00:00Z", "h", true, 1.0)).unwrap();
     undated["started"] = "last tuesday".into();
     let mut planted = Vec::new();
-    for bytes in [b"\xff\xfe not json at all".to_vec(), serde_json::to_vec(&future).unwrap(), serde_json::to_vec(&undated).unwrap()] {
+    // A record over the 1 MiB cap (whose bytes hash to its name): refused before it is read.
+    let mut huge = serde_json::to_vec(&record(&pid, "2026-11-04T01:00:00Z", "h", true, 1.0)).unwrap();
+    huge.resize((1 << 20) + 1, b' ');
+    for bytes in [b"\xff\xfe not json at all".to_vec(), serde_json::to_vec(&future).unwrap(), serde_json::to_vec(&undated).unwrap(), huge] {
         let name = hex::encode(blake3::hash(&bytes).as_bytes());
         std::fs::write(pdir.join(&name), bytes).unwrap();
         planted.push(name);
     }
 
+    let forged_why = ["cannot be authenticated", "does not match its name", "does not match its name"];
+    let planted_why = ["is malformed", "version 2", "RFC 3339", "more than the 1048576 bytes"];
     for (env, good, bad, why) in [
-        (&env, &good, &forged[..], ["cannot be authenticated", "does not match its name", "does not match its name"]),
-        (&plain, &pgood, &planted[..], ["is malformed", "version 2", "RFC 3339"]),
+        (&env, &good, &forged[..], &forged_why[..]),
+        (&plain, &pgood, &planted[..], &planted_why[..]),
     ] {
         let out = env.run(&["report", "--format", "json"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && !stderr.contains("panicked"), "{stderr}");
+        assert_eq!(bad.len(), why.len());
         for (name, why) in bad.iter().zip(why) {
             let line = stderr.lines().find(|l| l.contains(&format!("drill record {name}"))).unwrap_or_else(|| panic!("no warning names {name}:\n{stderr}"));
             assert!(line.contains("warning") && line.contains(why), "the warning about {name} does not say {why:?}: {line}");
