@@ -233,6 +233,18 @@ fn exit_codes_usage_errors_and_a_drill_that_cannot_run() {
         assert_eq!(code, 2, "{args:?}: {doc}");
         assert!(doc["error"].as_str().unwrap().contains(flag), "{doc}");
     }
+    // --metrics-file: the run's series and the drill's counts.
+    let metrics = env.path("drill.prom");
+    let (code, doc) = drill(&env, &["--deep"]);
+    assert_eq!(code, 0, "{doc}");
+    let o = env.run(&["--metrics-file", metrics.to_str().unwrap(), "drill"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prom = support::prom::parse(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert_eq!(prom.value("imgarc_drill_snapshots", &[("result", "passed")]), Some(1.0));
+    assert_eq!(prom.value("imgarc_drill_snapshots", &[("result", "failed")]), Some(0.0));
+    assert_eq!(prom.value("imgarc_drill_records_stored", &[]), Some(1.0));
+    assert!(prom.value("imgarc_drill_slowest_seconds", &[]).unwrap() > 0.0);
+    assert!(prom.value("imgarc_drill_last_success_timestamp_seconds", &[]).is_some());
     // A boot that cannot even be tried (no qemu on PATH): the drill did not run; exit 1.
     let o = env.cmd(&["--json", "drill", "--boot", "--accel", "tcg"]).env("PATH", "/nonexistent").output().unwrap();
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
