@@ -20,6 +20,7 @@ mod backend_retry;
 mod copy;
 mod copy_params;
 mod dedup_scope;
+mod drill_boot;
 mod encryption;
 mod faults;
 mod format_matrix;

@@ -1,0 +1,189 @@
+//! `drill --boot` against real qemu-system-x86_64 (TCG, so it behaves alike everywhere): small
+//! BIOS disks built by ci/make-bootable from Debian packages (syslinux, the Debian kernel, a
+//! busybox initramfs that prints a marker on the serial console) are archived with the CLI as
+//! QCOW2 and booted from the archive over NBD by `imgarc::drill::boot::boot_snapshot`. A disk
+//! that boots reaches its marker; one without its kernel, one that powers off early, one that
+//! never prints and one that floods its console do not, or do within bounds, and say why.
+
+use crate::support;
+use imgarc::drill::boot::{boot_snapshot, Accel, BootOptions, BootOutcome};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+/// Everything the boot tests need: qemu to boot, qemu-img to convert, what make-bootable runs.
+fn tools_present() -> bool {
+    let tools: [(&str, &[&str], &str); 7] = [
+        ("qemu-system-x86_64", &["--version"], "qemu-system-x86"),
+        ("qemu-img", &["--version"], "qemu-utils"),
+        ("syslinux", &["--version"], "syslinux"),
+        ("mcopy", &["-V"], "mtools"),
+        ("mkfs.vfat", &["--help"], "dosfstools"),
+        ("sfdisk", &["--version"], "fdisk"),
+        ("cpio", &["--version"], "cpio"),
+    ];
+    for (tool, args, package) in tools {
+        if Command::new(tool).args(args).output().is_err() {
+            skip_or_fail_in_ci(&format!("{tool} is not installed ({package}); the boot drill tests need it"));
+            return false;
+        }
+    }
+    if !Path::new("/usr/lib/syslinux/mbr/mbr.bin").exists() {
+        skip_or_fail_in_ci("/usr/lib/syslinux/mbr/mbr.bin is missing (syslinux-common)");
+        return false;
+    }
+    true
+}
+
+/// A disk from ci/make-bootable with `args`, converted to QCOW2 as a Glance image would be.
+fn make_disk(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let raw = env.path(&format!("{name}.raw"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/make-bootable");
+    let o = Command::new("bash").arg(&script).arg(&raw).args(args).output().unwrap();
+    assert!(o.status.success(), "make-bootable {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let qcow2 = env.path(&format!("{name}.qcow2"));
+    let o = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).output().unwrap();
+    assert!(o.status.success(), "qemu-img convert: {}", String::from_utf8_lossy(&o.stderr));
+    qcow2
+}
+
+/// Archives `disk` with the CLI, then boots the snapshot through the library as the drill
+/// verb does: a shared lock held, the local index the archive brought up to date.
+fn archive_and_boot(env: &Env, disk: &Path, expect: Option<&str>, timeout: Duration) -> (BootOutcome, String) {
+    let name = disk.file_stem().unwrap().to_str().unwrap();
+    let archived = env.archive(disk, name);
+    assert_eq!(s(&archived, "format"), "qcow2", "{archived}");
+    let snapshot = s(&archived, "snapshot");
+    let repo = env.open_repo();
+    let lock = repo.acquire_lock(false, "drill").unwrap();
+    repo.hold_lock(&lock);
+    let index_path = env.cache.join(&repo.config().id).join("index.sqlite");
+    let index = imgarc::index::Index::open_at(&index_path, &repo.config().id).unwrap();
+    let id = index.resolve_snapshot(&snapshot).unwrap();
+    let snap = index.snapshot(&id).unwrap().expect("the archived snapshot is in the index");
+    let opts = BootOptions { timeout, expect: expect.map(str::to_string), accel: Accel::Tcg };
+    let outcome = boot_snapshot(&repo, &index, &id, &snap, &opts).unwrap();
+    drop(lock);
+    assert_no_qemu_left();
+    eprintln!("{name}: reached {} in {:.1} s ({}), why {:?}", outcome.reached, outcome.seconds, outcome.accel, outcome.why);
+    (outcome, snapshot)
+}
+
+/// No qemu child of this process is left running (or unreaped) after a boot.
+fn assert_no_qemu_left() {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: comm may hold spaces, so split after its closing parenthesis.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+        assert!(!(ppid == me && head.contains("qemu-system")), "a qemu child is left: {stat}");
+    }
+}
+
+/// The tail is what a record and a terminal can hold: bounded, no control characters but newlines and tabs.
+fn assert_clean_tail(outcome: &BootOutcome) {
+    let tail = &outcome.console_tail;
+    assert!(tail.len() <= imgarc::repository::drill::MAX_CONSOLE_TAIL, "{} bytes", tail.len());
+    assert!(!tail.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{tail:?}");
+}
+
+#[test]
+fn a_bootable_qcow2_disk_boots_from_the_archive_and_reaches_its_marker() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "bootable", &[]);
+    let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK [0-9]+\\.[0-9]+"), Duration::from_secs(300));
+    assert!(outcome.reached, "{outcome:?}");
+    assert_eq!(outcome.why, None);
+    assert_eq!(outcome.accel, "tcg");
+    assert!(outcome.seconds > 0.5 && outcome.seconds < 300.0, "{}", outcome.seconds);
+    // The kernel's release follows the marker: the Debian kernel booted from the archived disk.
+    assert!(outcome.console_tail.contains("IMGARC-BOOT-OK 6."), "{:?}", outcome.console_tail);
+    assert!(outcome.console_tail.contains("SYSLINUX"), "{:?}", outcome.console_tail);
+    assert_clean_tail(&outcome);
+}
+
+#[test]
+fn the_same_disk_without_its_kernel_does_not_boot_and_the_console_says_why() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "no-kernel", &["--no-kernel"]);
+    let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK"), Duration::from_secs(30));
+    assert!(!outcome.reached, "{outcome:?}");
+    let why = outcome.why.as_deref().unwrap();
+    assert!(why.contains("timed out after 30 s") && why.contains("IMGARC-BOOT-OK"), "{why}");
+    assert!((30.0..60.0).contains(&outcome.seconds), "{}", outcome.seconds);
+    // syslinux's complaint, through SeaBIOS's serial mirror of the text screen.
+    assert!(outcome.console_tail.contains("Loading vmlinuz failed"), "{:?}", outcome.console_tail);
+    assert!(!outcome.console_tail.contains("IMGARC-BOOT-OK"), "{:?}", outcome.console_tail);
+    assert_clean_tail(&outcome);
+}
+
+#[test]
+fn a_flooding_console_keeps_a_bounded_tail_and_the_default_expect_finds_the_login_prompt() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    // Coloured noise, then the marker, then a getty-like prompt with no newline; the guest then waits.
+    let disk = make_disk(&env, "flood", &["--flood", "20000", "--prompt", "imgarc-test login: "]);
+    let (outcome, _) = archive_and_boot(&env, &disk, None, Duration::from_secs(300));
+    assert!(outcome.reached, "the default expect (a login prompt) was not seen: {outcome:?}");
+    let tail = &outcome.console_tail;
+    assert!(tail.contains("\nIMGARC-BOOT-OK 6."), "{tail:?}");
+    // `login: ?$` may match before the prompt's last space has arrived.
+    assert!(tail.trim_end().ends_with("\nimgarc-test login:"), "the watch stopped at the prompt: {tail:?}");
+    assert!(tail.contains("noise line 19999 of the flood\n"), "{tail:?}");
+    assert!(!tail.contains("noise line 100 of"), "the tail is the end of the console, not its start: {tail:?}");
+    assert!(!tail.contains("[1;3") && !tail.contains('\r'), "escape sequences and \\r are removed: {tail:?}");
+    assert!(tail.len() > imgarc::repository::drill::MAX_CONSOLE_TAIL - 100, "{} bytes", tail.len());
+    assert_clean_tail(&outcome);
+}
+
+#[test]
+fn a_guest_that_powers_off_before_its_marker_is_a_failed_boot() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "silent-poweroff", &["--no-marker"]);
+    let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK"), Duration::from_secs(300));
+    assert!(!outcome.reached, "{outcome:?}");
+    let why = outcome.why.as_deref().unwrap();
+    assert!(why.contains("qemu exited (exit status: 0) before a line matching \"IMGARC-BOOT-OK\" appeared"), "{why}");
+    assert!(outcome.seconds < 290.0, "qemu's exit ended the watch, not the timeout: {}", outcome.seconds);
+    assert!(outcome.console_tail.contains("reboot: Power down"), "{:?}", outcome.console_tail);
+}
+
+#[test]
+fn a_disk_that_never_prints_times_out_and_an_expect_that_matches_at_once_ends_the_boot_at_once() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    // 8 MiB of zeros: no boot sector; only the firmware speaks.
+    let blank = env.path("blank.raw");
+    std::fs::File::create(&blank).unwrap().set_len(8 << 20).unwrap();
+    let blank_qcow2 = env.path("blank.qcow2");
+    let o = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&blank).arg(&blank_qcow2).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (outcome, _) = archive_and_boot(&env, &blank_qcow2, Some("login: "), Duration::from_secs(5));
+    assert!(!outcome.reached);
+    assert!(outcome.why.as_deref().unwrap().starts_with("timed out after 5 s"), "{outcome:?}");
+    assert!((5.0..20.0).contains(&outcome.seconds), "{}", outcome.seconds);
+    assert_clean_tail(&outcome);
+
+    // The firmware's banner matches at once: the boot ends there, long before the kernel's line.
+    let disk = make_disk(&env, "early", &[]);
+    let (outcome, _) = archive_and_boot(&env, &disk, Some("Booting from Hard Disk"), Duration::from_secs(300));
+    assert!(outcome.reached, "{outcome:?}");
+    assert!(outcome.console_tail.contains("Booting from Hard Disk"), "{:?}", outcome.console_tail);
+    assert!(!outcome.console_tail.contains("IMGARC-BOOT-OK"), "the VM ran on after the match: {:?}", outcome.console_tail);
+    assert!(outcome.seconds < 30.0, "{}", outcome.seconds);
+}
