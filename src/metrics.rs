@@ -1,7 +1,7 @@
 //! Run metrics in the node_exporter textfile-collector format (the Prometheus text exposition
 //! format, gauges only): the [`Textfile`] builder and its renderer, the one label-value escape, the
 //! series every run of a command writes ([`run_series`]) and the series each operation's report adds
-//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check, copy; drill later)
+//! ([`ReportSeries`]). `imgarc --metrics-file` (sync, forget, prune, check, copy, drill)
 //! records into one `Textfile` and writes it with [`Textfile::write`] (temp file + rename, 0644).
 
 use crate::check::CheckReport;
@@ -206,6 +206,19 @@ impl ReportSeries for CheckReport {
         t.gauge("imgarc_check_errors", "Errors the last check found.", &[], self.errors.len() as f64);
         t.gauge("imgarc_check_warnings", "Warnings of the last check.", &[], self.warnings.len() as f64);
         t.gauge("imgarc_check_snapshots_checked", "Snapshots the last check verified.", &[], self.snapshots_checked as f64);
+    }
+}
+
+impl ReportSeries for crate::drill::DrillReport {
+    fn add_series(&self, t: &mut Textfile) {
+        const HELP: &str = "Snapshots the last drill took, by result (not_run: a check could not be carried out).";
+        t.gauge("imgarc_drill_snapshots", HELP, &[("result", "passed")], self.passed as f64);
+        t.gauge("imgarc_drill_snapshots", HELP, &[("result", "failed")], self.failed as f64);
+        t.gauge("imgarc_drill_snapshots", HELP, &[("result", "not_run")], self.not_run as f64);
+        let slowest = self.drills.iter().map(|d| d.seconds).fold(0.0, f64::max);
+        t.gauge("imgarc_drill_slowest_seconds", "The longest drill of one snapshot in the last run: the worst recovery time it showed.", &[], slowest);
+        t.gauge("imgarc_drill_records_stored", "Drill records the last drill stored in the repository.", &[], self.records_stored as f64);
+        t.gauge("imgarc_drill_warnings", "Warnings of the last drill.", &[], self.warnings.len() as f64);
     }
 }
 

@@ -295,6 +295,35 @@ pub fn write_public_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resul
     result
 }
 
+/// Parses a duration of the command line: `0`, or numbers with units s, m (minutes), h, d —
+/// `600s`, `23h`, `90m`, `2d12h` (prune's `--grace`, drill's `--boot-timeout`).
+pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(chrono::Duration::zero());
+    }
+    let (mut total, mut digits) = (chrono::Duration::zero(), String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().with_context(|| format!("{s:?}: expected a number before {c:?}"))?;
+        digits.clear();
+        total += match c {
+            's' => chrono::Duration::seconds(n),
+            'm' => chrono::Duration::minutes(n),
+            'h' => chrono::Duration::hours(n),
+            'd' => chrono::Duration::days(n),
+            _ => bail!("{s:?}: unknown unit {c:?} (use s, m, h, d as in 23h or 90m)"),
+        };
+    }
+    if !digits.is_empty() || s.is_empty() {
+        bail!("{s:?}: write it as numbers with units, e.g. 23h, 90m, 0");
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,33 +432,4 @@ mod tests {
         assert!(r.read_exact(&mut buf).is_err(), "the 10th byte must wait for the writer's verdict");
         t.join().unwrap();
     }
-}
-
-/// Parses a duration of the command line: `0`, or numbers with units s, m (minutes), h, d —
-/// `600s`, `23h`, `90m`, `2d12h` (prune's `--grace`, drill's `--boot-timeout`).
-pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(chrono::Duration::zero());
-    }
-    let (mut total, mut digits) = (chrono::Duration::zero(), String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().with_context(|| format!("{s:?}: expected a number before {c:?}"))?;
-        digits.clear();
-        total += match c {
-            's' => chrono::Duration::seconds(n),
-            'm' => chrono::Duration::minutes(n),
-            'h' => chrono::Duration::hours(n),
-            'd' => chrono::Duration::days(n),
-            _ => bail!("{s:?}: unknown unit {c:?} (use s, m, h, d as in 23h or 90m)"),
-        };
-    }
-    if !digits.is_empty() || s.is_empty() {
-        bail!("{s:?}: write it as numbers with units, e.g. 23h, 90m, 0");
-    }
-    Ok(total)
 }

@@ -25,6 +25,7 @@ mod report;
 mod restore;
 mod run_metrics;
 mod serve_nbd;
+mod drill;
 mod show;
 mod signals;
 mod sync;
@@ -158,6 +159,8 @@ pub enum Command {
     Prune(imgarc::prune::PruneOptions),
     /// Capacity report: sizes, dedup, what each snapshot or group frees, growth and projection
     Report(imgarc::report::ReportFlags),
+    /// Prove that snapshots restore: rebuild against every digest, check partitions and filesystems, optionally boot (--boot) and restore into Glance (--to-glance); results are recorded
+    Drill(drill::DrillArgs),
     /// Serve a snapshot's guest disk read-only over NBD (qemu-img, qemu, nbdinfo, nbdcopy, nbd-client) until SIGINT/SIGTERM
     ServeNbd(imgarc::nbd::ServeNbdOptions),
     /// Print a shell completion script (bash, zsh, fish) on standard output
@@ -197,6 +200,7 @@ impl Command {
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Report(_) => "report",
+            Command::Drill(_) => "drill",
             Command::ServeNbd(_) => "serve-nbd",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -344,8 +348,8 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The command ran to its end but some of its items failed (a sync with a failed image; copy and
-/// drill later): exit code 3. Like [`AlreadyReported`], its JSON document was printed already.
+/// The command ran to its end but some of its items failed (a sync with a failed image, a copy, a
+/// drill): exit code 3. Like [`AlreadyReported`], its JSON document was printed already.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SomeItemsFailed(pub String);
@@ -385,6 +389,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Report(a) => report::run(&ctx, a),
+        Command::Drill(a) => drill::run(&ctx, a),
         Command::ServeNbd(a) => serve_nbd::run(&ctx, a),
         Command::Completions(a) => completions::run_completions(a),
         Command::Man(a) => completions::run_man(a),

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-/// The verbs that write `--metrics-file` (drill joins them when it exists).
-pub const METERED: &[&str] = &["sync", "forget", "prune", "check", "copy"];
+/// The verbs that write `--metrics-file`.
+pub const METERED: &[&str] = &["sync", "forget", "prune", "check", "copy", "drill"];
 /// The usage error of `--metrics-file` on a verb that writes no metrics.
 pub fn not_metered(verb: &str) -> String {
     format!("--metrics-file is for {} (not {verb})", METERED.join(", "))

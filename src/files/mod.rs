@@ -238,7 +238,7 @@ fn open_fs<'a>(v: &Volume<'a>) -> Result<Box<dyn Filesystem + 'a>, String> {
 }
 
 /// A few words on what a volume holds when no filesystem was recognised.
-fn sniff(bytes: &dyn ReadAt) -> String {
+pub fn sniff(bytes: &dyn ReadAt) -> String {
     let mut head = vec![0u8; 8192.min(bytes.size() as usize)];
     if bytes.read_at(0, &mut head).is_err() {
         return "unreadable bytes".into();

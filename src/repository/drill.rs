@@ -44,7 +44,7 @@ pub struct DrillRecord {
     pub imgarc_version: String,
     /// Every check that ran, in order.
     pub checks: Vec<DrillCheck>,
-    /// True when no check failed (unchecked and skipped ones do not fail a drill).
+    /// True when every check passed or was unchecked.
     pub ok: bool,
     /// Wall time of the whole drill of this snapshot: the recovery time it shows.
     pub seconds: f64,
@@ -78,6 +78,9 @@ pub enum CheckStatus {
     Failed,
     /// imgarc cannot check it (a swap partition, NTFS, …): not a failure.
     Unchecked,
+    /// The check could not be carried out (no qemu, the Glance unreachable): proves nothing
+    /// either way; the drill is not ok.
+    Error,
 }
 
 impl DrillRecord {
