@@ -51,6 +51,8 @@ const MAX_LINE: usize = 64 << 10;
 /// An escape sequence longer than this is not one: a console that opens `ESC ]` and never
 /// closes it must not hide everything after it.
 const MAX_ESCAPE: usize = 256;
+/// How long the console is still read after the match, for the rest of the matching line.
+const LINGER: Duration = Duration::from_millis(300);
 /// qemu's last stderr lines kept for an error message.
 const STDERR_LINES: usize = 8;
 
@@ -343,6 +345,20 @@ impl Run<'_> {
             }
         };
         let seconds = started.elapsed().as_secs_f64();
+        if matches!(stop, Stop::Reached) {
+            // The match may have come on the line still being written: let its end into the
+            // tail (briefly; a prompt never ends), so the record shows the whole line.
+            let (line, until) = (console.lines, Instant::now() + LINGER);
+            while console.lines == line {
+                match events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(Event::Console(bytes)) => {
+                        console.feed(&bytes, self.expect);
+                    }
+                    Ok(Event::Stderr(_)) => {}
+                    _ => break,
+                }
+            }
+        }
         drop(vm);
         // The stderr thread has seen qemu's last words once its pipe is closed.
         while let Ok(event) = events.try_recv() {
@@ -451,6 +467,8 @@ struct Console {
     escape: Escape,
     escape_len: usize,
     line: Vec<u8>,
+    /// Complete lines seen.
+    lines: u64,
     tail: VecDeque<u8>,
 }
 
@@ -467,6 +485,7 @@ impl Console {
             if b == b'\n' {
                 matched = matched || expect.is_match(&String::from_utf8_lossy(&self.line));
                 self.line.clear();
+                self.lines += 1;
             } else {
                 if self.line.len() == MAX_LINE {
                     self.line.drain(..MAX_LINE / 2);
@@ -652,10 +671,4 @@ mod tests {
         let e = find_qemu(std::ffi::OsStr::new("/nonexistent:/usr/share")).unwrap_err().to_string();
         assert!(e.contains(QEMU) && e.contains("apt-get install qemu-system-x86"), "{e}");
     }
-}
-
-/// Checks `--expect` (or the default) is a regular expression, before any work.
-pub fn compile_expect(expect: Option<&str>) -> Result<()> {
-    let _ = expect;
-    Ok(())
 }

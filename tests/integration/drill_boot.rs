@@ -187,3 +187,132 @@ fn a_disk_that_never_prints_times_out_and_an_expect_that_matches_at_once_ends_th
     assert!(!outcome.console_tail.contains("IMGARC-BOOT-OK"), "the VM ran on after the match: {:?}", outcome.console_tail);
     assert!(outcome.seconds < 30.0, "{}", outcome.seconds);
 }
+
+// ---- The verb: `imgarc drill --boot` end to end.
+
+/// `imgarc --json drill ARGS` with XDG_RUNTIME_DIR set to `run` (where the boot's private
+/// directory goes) and `path` as PATH: (exit code, stdout document, stderr).
+fn drill_cli(env: &Env, run: &Path, path: Option<&str>, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = vec!["--json", "drill"];
+    a.extend_from_slice(args);
+    let mut c = env.cmd(&a);
+    c.env("XDG_RUNTIME_DIR", run).stdin(std::process::Stdio::null());
+    if let Some(p) = path {
+        c.env("PATH", p);
+    }
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("drill's stdout is not JSON ({e}): {:?}; stderr: {stderr}", String::from_utf8_lossy(&o.stdout)));
+    (o.status.code().unwrap_or(-1), doc, stderr)
+}
+
+fn run_dir(env: &Env) -> PathBuf {
+    let run = env.path("run");
+    std::fs::create_dir_all(&run).unwrap();
+    run
+}
+
+/// What the boot left in its runtime directory: nothing, once it is over.
+fn leftovers(run: &Path) -> Vec<String> {
+    std::fs::read_dir(run).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn the_drill_verb_boots_a_qcow2_snapshot_and_records_the_boot() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "cli-bootable", &[]);
+    let snap = s(&env.archive(&disk, "cli-bootable"), "snapshot");
+    let run = run_dir(&env);
+    let (code, doc, stderr) = drill_cli(&env, &run, None, &["--boot", "--accel", "tcg", "--expect", "IMGARC-BOOT-OK", &snap]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_eq!(doc["ok"], true, "{doc}");
+    let d = &doc["drills"][0];
+    assert_eq!(d["snapshot"], snap.as_str(), "{d}");
+    assert!(d["boot_seconds"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(d["seconds"].as_f64().unwrap() >= d["boot_seconds"].as_f64().unwrap(), "{d}");
+    assert!(d["console_tail"].as_str().unwrap().contains("IMGARC-BOOT-OK 6."), "{d}");
+    let boot = d["checks"].as_array().unwrap().iter().find(|c| c["check"] == "boot").unwrap_or_else(|| panic!("no boot check: {d}"));
+    assert_eq!(boot["status"], "passed", "{boot}");
+    assert!(boot["detail"].as_str().unwrap().contains("(tcg)"), "{boot}");
+    assert!(leftovers(&run).is_empty(), "the boot left {:?}", leftovers(&run));
+    assert_no_qemu_left();
+
+    // Without qemu on PATH the boot could not be tried: exit 1, the package named.
+    let (code, doc, stderr) = drill_cli(&env, &run, Some("/nonexistent"), &["--boot", "--accel", "tcg", &snap]);
+    assert_eq!(code, 1, "{doc}\n{stderr}");
+    let error = doc["drills"][0]["error"].as_str().unwrap_or_else(|| panic!("{doc}"));
+    assert!(error.starts_with("boot: could not boot") && error.contains("apt-get install qemu-system-x86"), "{error}");
+
+    // A pattern that is not one is a usage error before any work.
+    let o = env.run(&["drill", "--boot", "--expect", "(", &snap]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--expect \"(\" is not a valid regular expression"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_drill_verb_fails_a_disk_without_kernel_shows_its_console_and_leaves_nothing_on_sigterm() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "cli-no-kernel", &["--no-kernel"]);
+    let snap = s(&env.archive(&disk, "cli-no-kernel"), "snapshot");
+    let run = run_dir(&env);
+    let (code, doc, stderr) = drill_cli(&env, &run, None, &["--boot", "--accel", "tcg", "--boot-timeout", "20s", "--expect", "IMGARC-BOOT-OK", &snap]);
+    assert_eq!(code, 3, "{doc}\n{stderr}");
+    assert_eq!(doc["ok"], false, "{doc}");
+    let d = &doc["drills"][0];
+    assert!(d["console_tail"].as_str().unwrap().contains("Loading vmlinuz failed"), "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.starts_with("boot: did not boot: timed out after 20 s"), "{error}");
+    // The restore itself passed: only the boot failed.
+    let rebuild = d["checks"].as_array().unwrap().iter().find(|c| c["check"] == "rebuild").unwrap();
+    assert_eq!(rebuild["status"], "passed", "{d}");
+    assert!(leftovers(&run).is_empty(), "the boot left {:?}", leftovers(&run));
+
+    // SIGTERM mid-boot: imgarc exits 143 and takes its VM, socket and directory with it.
+    let mut child = env
+        .cmd(&["drill", "--boot", "--accel", "tcg", "--boot-timeout", "300s", &snap])
+        .env("XDG_RUNTIME_DIR", &run)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    let qemu = loop {
+        if let Some(pid) = child_named(child.id(), "qemu-system") {
+            break pid;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(120), "drill started no qemu");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!leftovers(&run).is_empty(), "the boot's private directory is in the runtime directory while it runs");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status}");
+    let gone = std::time::Instant::now();
+    while Path::new(&format!("/proc/{qemu}")).exists() && gone.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z "), "qemu {qemu} outlived the drill: {state}");
+    assert!(leftovers(&run).is_empty(), "SIGTERM left {:?}", leftovers(&run));
+}
+
+/// A child of `parent` whose command name starts with `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let (pid, comm) = head.split_once(" (").unwrap_or(("", ""));
+        if ppid == parent && comm.starts_with(name) {
+            return pid.parse().ok();
+        }
+    }
+    None
+}
