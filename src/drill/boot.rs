@@ -48,6 +48,12 @@ const MAX_MEMORY_MIB: u64 = 8192;
 /// The longest console line kept for matching; a guest that writes more without a newline
 /// has the line's start dropped (the console tail is bounded separately).
 const MAX_LINE: usize = 64 << 10;
+/// The longest line still being written that is matched (a prompt); a longer one is
+/// matched once it ends.
+const MAX_PARTIAL: usize = 4096;
+/// Console reads queued for the watcher at most: a guest that writes faster than the
+/// watcher reads is slowed down (qemu's serial port waits), memory stays bounded.
+const QUEUED_READS: usize = 64;
 /// An escape sequence longer than this is not one: a console that opens `ESC ]` and never
 /// closes it must not hide everything after it.
 const MAX_ESCAPE: usize = 256;
@@ -223,7 +229,8 @@ impl BootDir {
             .flatten()
             .find(|d| !d.as_os_str().is_empty() && d.is_dir() && d.as_os_str().len() <= 60)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
-        let path = base.join(format!("imgarc-drill-{}", hex::encode(rand::random::<[u8; 6]>())));
+        remove_abandoned(&base);
+        let path = base.join(format!("{BOOT_DIR_PREFIX}{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
         std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         BOOT_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
         Ok(BootDir(path))
@@ -231,6 +238,27 @@ impl BootDir {
 
     fn path(&self) -> &Path {
         &self.0
+    }
+}
+
+const BOOT_DIR_PREFIX: &str = "imgarc-drill-";
+
+/// Removes the boot directories in `base` that this user's drills killed with SIGKILL left
+/// (their qemu died with them; the socket and directory could not be removed): those whose
+/// process (`imgarc-drill-<pid>-<random>`) no longer exists.
+fn remove_abandoned(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    // SAFETY: getuid cannot fail and has no preconditions.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(BOOT_DIR_PREFIX)).and_then(|rest| rest.split_once('-')).map(|(pid, _)| pid) else { continue };
+        let owned = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if owned && pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -302,7 +330,7 @@ impl Run<'_> {
         let mut command = self.command();
         let started = Instant::now();
         let mut vm = Vm(command.spawn().with_context(|| format!("cannot start {}", self.qemu.display()))?);
-        let (tx, events) = mpsc::channel();
+        let (tx, events) = mpsc::sync_channel(QUEUED_READS);
         let stdout = vm.0.stdout.take().context("qemu's stdout")?;
         let stderr = vm.0.stderr.take().context("qemu's stderr")?;
         let console_tx = tx.clone();
@@ -393,7 +421,7 @@ enum Stop {
     ServerGone,
 }
 
-fn read_console(mut out: impl Read, tx: &mpsc::Sender<Event>) {
+fn read_console(mut out: impl Read, tx: &mpsc::SyncSender<Event>) {
     let mut buf = vec![0u8; 16 << 10];
     loop {
         match out.read(&mut buf) {
@@ -408,7 +436,7 @@ fn read_console(mut out: impl Read, tx: &mpsc::Sender<Event>) {
     let _ = tx.send(Event::ConsoleClosed);
 }
 
-fn read_stderr(err: impl Read, tx: &mpsc::Sender<Event>) {
+fn read_stderr(err: impl Read, tx: &mpsc::SyncSender<Event>) {
     use std::io::BufRead;
     // Lines are bounded: qemu's own messages are short; anything longer is cut.
     let mut reader = std::io::BufReader::new(err.take(1 << 20));
@@ -457,7 +485,8 @@ enum Escape {
     Csi,
     /// ESC ] … BEL or ESC \.
     Osc,
-    OscEscape,
+    /// ESC inside an OSC: `\` ends it.
+    OscEnd,
 }
 
 /// The serial console as text: escape sequences, `\r` and other control bytes dropped, the
@@ -493,7 +522,9 @@ impl Console {
                 self.line.push(b);
             }
         }
-        matched || (!self.line.is_empty() && expect.is_match(&String::from_utf8_lossy(&self.line)))
+        // The line being written is matched again after every read: only while it is short
+        // (a prompt is), so a guest writing a long line byte by byte costs no quadratic time.
+        matched || (!self.line.is_empty() && self.line.len() <= MAX_PARTIAL && expect.is_match(&String::from_utf8_lossy(&self.line)))
     }
 
     /// The byte as text, or `None` for part of an escape sequence or a control byte.
@@ -539,11 +570,11 @@ impl Console {
                 if b == 0x07 {
                     self.escape = Escape::None;
                 } else if b == ESC {
-                    self.escape = Escape::OscEscape;
+                    self.escape = Escape::OscEnd;
                 }
                 None
             }
-            Escape::OscEscape => {
+            Escape::OscEnd => {
                 self.escape = if b == b'\\' { Escape::None } else { Escape::Osc };
                 None
             }
@@ -640,7 +671,10 @@ mod tests {
             assert!(!c.feed(&[b'x'; 8192], &re));
         }
         assert!(c.line.len() <= MAX_LINE);
-        assert!(c.feed(b" login: ", &re));
+        // Too long to be a prompt: matched once it ends.
+        assert!(!c.feed(b" login: ", &re));
+        assert!(c.feed(b"\n", &re));
+        assert!(c.feed(b"host login: ", &re), "a short line being written is matched");
     }
 
     #[test]

@@ -226,8 +226,17 @@ fn the_drill_verb_boots_a_qcow2_snapshot_and_records_the_boot() {
     let disk = make_disk(&env, "cli-bootable", &[]);
     let snap = s(&env.archive(&disk, "cli-bootable"), "snapshot");
     let run = run_dir(&env);
+    // What a drill killed with SIGKILL leaves (its process gone) is removed by the next one; a
+    // live process's directory (pid 1 always exists) is not touched.
+    let abandoned = run.join("imgarc-drill-999999999-0badc0ffee00");
+    std::fs::create_dir(&abandoned).unwrap();
+    std::fs::write(abandoned.join("nbd.sock"), b"").unwrap();
+    let live = run.join("imgarc-drill-1-0badc0ffee01");
+    std::fs::create_dir(&live).unwrap();
     let (code, doc, stderr) = drill_cli(&env, &run, None, &["--boot", "--accel", "tcg", "--expect", "IMGARC-BOOT-OK", &snap]);
     assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_eq!(leftovers(&run), vec!["imgarc-drill-1-0badc0ffee01".to_string()], "the abandoned directory stays or the live one went");
+    std::fs::remove_dir(&live).unwrap();
     assert_eq!(doc["ok"], true, "{doc}");
     let d = &doc["drills"][0];
     assert_eq!(d["snapshot"], snap.as_str(), "{d}");
@@ -291,6 +300,7 @@ fn the_drill_verb_fails_a_disk_without_kernel_shows_its_console_and_leaves_nothi
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!leftovers(&run).is_empty(), "the boot's private directory is in the runtime directory while it runs");
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143), "{status}");
