@@ -84,6 +84,9 @@ pub struct BootOutcome {
     pub accel: &'static str,
     /// Why it did not reach the line (timed out, qemu exited with …), when it did not.
     pub why: Option<String>,
+    /// `--accel auto` chose KVM, which could not run the guest (qemu's message): the boot
+    /// then ran under TCG, and `seconds` is that boot's.
+    pub kvm_failed: Option<String>,
 }
 
 /// The `--expect` pattern (or [`DEFAULT_EXPECT`]) compiled: a usage error names the
@@ -135,13 +138,18 @@ pub fn boot_snapshot(repo: &Repository, index: &Index, id: &Id, snap: &Snapshot,
             Accel::Auto if kvm_usable() => "kvm",
             Accel::Auto => "tcg",
         };
+        let mut kvm_failed = None;
         let outcome = loop {
             let run = Run { qemu: &qemu, dir: dir.path(), socket: &socket, machine: &machine, accel, expect: &expect, timeout: opts.timeout };
             match run.boot(&server_gone)? {
-                Attempt::Done(outcome) => break outcome,
+                Attempt::Done(outcome) => break BootOutcome { kvm_failed, ..outcome },
                 // `/dev/kvm` opened but KVM could not run the guest (a nested or emulated
                 // host): auto means "KVM if it works", so the boot is tried again on TCG.
-                Attempt::KvmFailed(_) if opts.accel == Accel::Auto && accel == "kvm" => accel = "tcg",
+                Attempt::KvmFailed(why) if opts.accel == Accel::Auto && accel == "kvm" => {
+                    tracing::warn!("drill --boot: KVM cannot run the guest ({why}): booting under TCG");
+                    kvm_failed = Some(why);
+                    accel = "tcg";
+                }
                 Attempt::KvmFailed(why) => bail!("KVM cannot run the guest ({why}); --accel tcg boots without it, slower"),
             }
         };
@@ -410,7 +418,7 @@ impl Run<'_> {
                 Some(format!("qemu exited ({status}) before a line matching {:?} appeared: the guest powered off, rebooted or crashed{detail}", self.expect.as_str()))
             }
         };
-        Ok(Attempt::Done(BootOutcome { reached: why.is_none(), seconds, console_tail: console.tail(), accel: self.accel, why }))
+        Ok(Attempt::Done(BootOutcome { reached: why.is_none(), seconds, console_tail: console.tail(), accel: self.accel, why, kvm_failed: None }))
     }
 }
 

@@ -70,6 +70,34 @@ fn archive_and_boot(env: &Env, disk: &Path, expect: Option<&str>, timeout: Durat
     (outcome, snapshot)
 }
 
+#[test]
+fn auto_accel_boots_under_kvm_or_falls_back_to_tcg_when_kvm_cannot_run_the_guest() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::init("64K");
+    let disk = make_disk(&env, "auto", &[]);
+    let archived = env.archive(&disk, "auto");
+    let repo = env.open_repo();
+    let lock = repo.acquire_lock(false, "drill").unwrap();
+    repo.hold_lock(&lock);
+    let index = imgarc::index::Index::open_at(&env.cache.join(&repo.config().id).join("index.sqlite"), &repo.config().id).unwrap();
+    let id = index.resolve_snapshot(&s(&archived, "snapshot")).unwrap();
+    let snap = index.snapshot(&id).unwrap().unwrap();
+    let opts = BootOptions { timeout: Duration::from_secs(300), expect: Some("IMGARC-BOOT-OK".into()), accel: Accel::Auto };
+    let outcome = boot_snapshot(&repo, &index, &id, &snap, &opts).unwrap();
+    assert_no_qemu_left();
+    eprintln!("auto: {} in {:.1} s, kvm_failed {:?}", outcome.accel, outcome.seconds, outcome.kvm_failed);
+    assert!(outcome.reached, "{outcome:?}");
+    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    match outcome.accel {
+        // Without a /dev/kvm to open there is nothing to fall back from.
+        "tcg" => assert!(kvm_opens == outcome.kvm_failed.is_some(), "/dev/kvm opens: {kvm_opens}; {outcome:?}"),
+        "kvm" => assert!(kvm_opens && outcome.kvm_failed.is_none(), "{outcome:?}"),
+        other => panic!("accel {other}"),
+    }
+}
+
 /// No qemu child of this process is left running (or unreaped) after a boot.
 fn assert_no_qemu_left() {
     let me = std::process::id().to_string();
