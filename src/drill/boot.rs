@@ -231,11 +231,13 @@ struct BootDir(PathBuf);
 impl BootDir {
     fn create() -> Result<BootDir> {
         use std::os::unix::fs::DirBuilderExt;
-        // A unix socket path has at most 107 bytes: a long TMPDIR falls back to /tmp.
+        // A unix socket path has at most 107 bytes, and the path goes into qemu's `-drive`
+        // (commas separate its options) as a URI: a long or unusual directory falls back to /tmp.
+        let plain = |d: &Path| d.to_str().is_some_and(|s| s.len() <= 60 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)));
         let base = [std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from), Some(std::env::temp_dir())]
             .into_iter()
             .flatten()
-            .find(|d| !d.as_os_str().is_empty() && d.is_dir() && d.as_os_str().len() <= 60)
+            .find(|d| d.is_absolute() && plain(d) && d.is_dir())
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         remove_abandoned(&base);
         let path = base.join(format!("{BOOT_DIR_PREFIX}{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
@@ -317,8 +319,7 @@ impl Run<'_> {
     fn command(&self) -> Command {
         let mut c = Command::new(self.qemu);
         let socket = self.socket.display().to_string();
-        // `-drive` separates options with commas; the socket path is ours and has none.
-        debug_assert!(!socket.contains(','));
+        // `-drive` separates options with commas: the socket's directory has none (BootDir).
         let drive = format!("file=nbd+unix:///?socket={socket},format=raw,if={},snapshot=on,cache=unsafe", self.machine.disk_interface);
         // -nographic (not -display none): SeaBIOS then mirrors the text screen onto the serial
         // port, so a boot loader's complaint is in the console too. -nodefaults: no NIC (a
