@@ -12,6 +12,14 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
+/// One boot at a time in this process: under `cargo test` the tests share a process, and
+/// [`assert_no_qemu_left`] looks at all of its children (nextest runs each test alone anyway).
+static ONE_BOOT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_boot_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Everything the boot tests need: qemu to boot, qemu-img to convert, what make-bootable runs.
 fn tools_present() -> bool {
     let tools: [(&str, &[&str], &str); 7] = [
@@ -75,6 +83,7 @@ fn auto_accel_boots_under_kvm_or_falls_back_to_tcg_when_kvm_cannot_run_the_guest
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "auto", &[]);
     let archived = env.archive(&disk, "auto");
@@ -122,6 +131,7 @@ fn a_bootable_qcow2_disk_boots_from_the_archive_and_reaches_its_marker() {
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "bootable", &[]);
     let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK [0-9]+\\.[0-9]+"), Duration::from_secs(300));
@@ -140,6 +150,7 @@ fn the_same_disk_without_its_kernel_does_not_boot_and_the_console_says_why() {
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "no-kernel", &["--no-kernel"]);
     let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK"), Duration::from_secs(30));
@@ -158,6 +169,7 @@ fn a_flooding_console_keeps_a_bounded_tail_and_the_default_expect_finds_the_logi
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     // Coloured noise, then the marker, then a getty-like prompt with no newline; the guest then waits.
     let disk = make_disk(&env, "flood", &["--flood", "20000", "--prompt", "imgarc-test login: "]);
@@ -179,6 +191,7 @@ fn a_guest_that_powers_off_before_its_marker_is_a_failed_boot() {
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "silent-poweroff", &["--no-marker"]);
     let (outcome, _) = archive_and_boot(&env, &disk, Some("IMGARC-BOOT-OK"), Duration::from_secs(300));
@@ -194,6 +207,7 @@ fn a_disk_that_never_prints_times_out_and_an_expect_that_matches_at_once_ends_th
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     // 8 MiB of zeros: no boot sector; only the firmware speaks.
     let blank = env.path("blank.raw");
@@ -250,6 +264,7 @@ fn the_drill_verb_boots_a_qcow2_snapshot_and_records_the_boot() {
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "cli-bootable", &[]);
     let snap = s(&env.archive(&disk, "cli-bootable"), "snapshot");
@@ -294,6 +309,7 @@ fn the_drill_verb_fails_a_disk_without_kernel_shows_its_console_and_leaves_nothi
     if !tools_present() {
         return;
     }
+    let _one = one_boot_at_a_time();
     let env = Env::init("64K");
     let disk = make_disk(&env, "cli-no-kernel", &["--no-kernel"]);
     let snap = s(&env.archive(&disk, "cli-no-kernel"), "snapshot");
