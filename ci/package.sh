@@ -178,7 +178,8 @@ if command -v systemd-analyze >/dev/null; then
   cd /usr/lib/systemd/system
   cp imgarc-failure@.service /tmp/imgarc-failure@imgarc-sync.service.service
   out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no imgarc-sync.service imgarc-sync.timer imgarc-retention.service \
-    imgarc-retention.timer imgarc-prune.service imgarc-report.service /tmp/imgarc-failure@imgarc-sync.service.service 2>&1) || fail "verify: $out"
+    imgarc-retention.timer imgarc-prune.service imgarc-report.service imgarc-drill.service imgarc-drill.timer \
+    /tmp/imgarc-failure@imgarc-sync.service.service 2>&1) || fail "verify: $out"
   [ -z "$out" ] || fail "verify of the installed units: $out"
 fi
 # An operator's edit survives a reinstall (a conffile), and postinst runs again cleanly.

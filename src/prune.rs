@@ -19,6 +19,10 @@
 //! packs, duplicate copies or an unfinished mark, all of which the next prune
 //! completes. See format-spec/README.md, "Prune".
 //!
+//! *Drill records* (`drills/`, format-spec/drills.md) of snapshots that no
+//! longer exist are deleted first, each absence confirmed; records are
+//! independent objects, so a prune killed among them leaves the rest to the next.
+//!
 //! With S3 Object Lock a last pass ([`crate::object_lock::retention_pass`]) extends
 //! the retention of every live object and deletes by version id what has lapsed.
 
@@ -88,6 +92,8 @@ pub struct PruneReport {
     pub next_sweep: Option<String>,
     /// Unreferenced bytes left in packs that are neither marked nor repacked.
     pub unreferenced_bytes_kept: u64,
+    /// Drill records deleted (a dry run: that would be) because their snapshot no longer exists.
+    pub drill_records_deleted: u64,
     pub warnings: Vec<String>,
     /// S3 Object Lock: retention extended, lapsed versions deleted by version id, and
     /// what cannot be deleted yet with its date (absent without object lock). Under
@@ -129,6 +135,7 @@ pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Resul
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
     let warnings = Warnings::new();
     refuse_unless_every_snapshot_is_known(repo, index)?;
+    report.drill_records_deleted = delete_orphan_drill_records(repo, index, opts.dry_run, &warnings)?;
     sweep(repo, index, opts, &mut report, &warnings)?;
     mark(repo, index, opts, &mut report, &warnings)?;
     if let Some(lock) = &repo.config().object_lock {
@@ -161,6 +168,38 @@ fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Re
         );
     }
     Ok(())
+}
+
+/// Deletes the drill records whose snapshot is gone; returns how many (a dry run
+/// counts them). The snapshot set is the cache's, which holds every snapshot
+/// the repository lists ([`refuse_unless_every_snapshot_is_known`]); a record
+/// naming another one is deleted only once its snapshot is confirmed absent, so
+/// a snapshot archived since that listing (and drilled at once) keeps its records.
+fn delete_orphan_drill_records(repo: &Repository, index: &mut Index, dry_run: bool, warnings: &Warnings) -> Result<u64> {
+    let known: HashSet<Id> = index.snapshot_rows()?.into_iter().map(|s| s.id).collect();
+    let mut deleted = 0;
+    for row in index.drill_rows()?.into_iter().filter(|r| !known.contains(&r.snapshot)) {
+        match repo.stat_snapshot(&row.snapshot) {
+            Err(e) if e.is_not_found() => {}
+            Ok(_) => continue,
+            Err(e) => {
+                warnings.warn(format!(
+                    "drill record {}: cannot look up its snapshot {} ({e}); record kept",
+                    row.name,
+                    row.snapshot.to_hex()
+                ));
+                continue;
+            }
+        }
+        deleted += 1;
+        if dry_run {
+            continue;
+        }
+        repo.delete_drill_record(&row.name)?;
+        index.remove_drill_record(&row.name)?;
+        crash_point("drill-record-deleted");
+    }
+    Ok(deleted)
 }
 
 fn sweep(repo: &Repository, index: &mut Index, opts: &PruneOptions, report: &mut PruneReport, warnings: &Warnings) -> Result<()> {

@@ -388,7 +388,7 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
-/// Lock, prune-mark and deleted-upstream objects: the same bytes stored as each of them and
+/// Lock, prune-mark, deleted-upstream and drill-record objects: the same bytes stored as each of them and
 /// read back through the repository's own readers.
 pub fn lock_mark_upstream(data: &[u8]) {
     let (backend, repo) = mem_repository();
@@ -396,6 +396,8 @@ pub fn lock_mark_upstream(data: &[u8]) {
     let mark_key = <marks::PruneMark as RepoFile>::id_key(&Id::of(data));
     backend.put(&mark_key, data).expect("memory put");
     backend.put(&format!("{}fuzz", repository::upstream::PREFIX), data).expect("memory put");
+    let drill_name = Id::of(data).to_hex();
+    backend.put(&format!("{}{drill_name}", repository::drill::PREFIX), data).expect("memory put");
     if let Ok(locks) = repo.list_locks() {
         for (_, info) in locks {
             let _ = (info.started(), info.is_stale());
@@ -403,6 +405,10 @@ pub fn lock_mark_upstream(data: &[u8]) {
     }
     let _ = repo.read_mark(&mark_key);
     let _ = repo.deleted_upstream();
+    if let Ok(record) = repo.load_drill_record(&drill_name, None) {
+        // An accepted record names a snapshot by a real id.
+        assert!(Id::from_hex(&record.snapshot).is_some());
+    }
 }
 
 // ---- Encrypted repositories: what is parsed after a seal opens.

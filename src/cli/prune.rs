@@ -46,6 +46,9 @@ pub fn run(ctx: &Ctx, mut opts: PruneOptions) -> Result<()> {
                 human_bytes(r.unreferenced_bytes_kept)
             ));
         }
+        if r.drill_records_deleted > 0 {
+            s.push_str(&format!("drill records: {} {}deleted (their snapshots are gone)\n", r.drill_records_deleted, would));
+        }
         if let Some(l) = &r.object_lock {
             s.push_str(&imgarc::object_lock::prose(l));
         }

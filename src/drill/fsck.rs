@@ -23,7 +23,7 @@ pub fn check_disk(disk: Arc<GuestDisk<'_>>, deep: bool) -> Vec<DrillCheck> {
         }
     };
     let mut detail = match layout.table {
-        "none" => "no partition table (a bare filesystem)".to_string(),
+        "none" => "no partition table: the disk is one volume".to_string(),
         table => format!("{table}, {} volume{}", layout.volumes.len(), if layout.volumes.len() == 1 { "" } else { "s" }),
     };
     for n in &layout.notes {

@@ -1,5 +1,5 @@
 //! Catching up with the repository: `Index::sync` ingests index objects,
-//! prune marks and snapshots the cache has not seen and drops what is gone
+//! prune marks, snapshots and drill records the cache has not seen and drops what is gone
 //! (each absence confirmed: listings may lag); `rebuild` regenerates the
 //! cache from nothing, adopting packs no index object lists. What cannot be
 //! read is a warning in the [`SyncReport`], never a stop for the rest. With a
@@ -27,6 +27,9 @@ pub struct SyncReport {
     pub snapshots_unreadable: Vec<String>,
     /// Prune marks that could not be read, with why.
     pub marks_unreadable: Vec<String>,
+    /// Drill records (`drills/`) taken into the cache, and rows dropped because their record is gone.
+    pub drill_records_added: usize,
+    pub drill_records_removed: usize,
     /// What the catch-up skipped or could not confirm (each also emitted as a
     /// log event when it happened); unreadable marks are left to the caller,
     /// for whom they are a warning (readers) or an error (writers).
@@ -77,6 +80,7 @@ impl Index {
             self.remove_snapshot(id)?;
             report.snapshots_removed += 1;
         }
+        (report.drill_records_added, report.drill_records_removed) = self.sync_drill_records(repo, &warnings)?;
         report.warnings = warnings.take();
         Ok(report)
     }
@@ -95,6 +99,8 @@ pub struct RebuildReport {
     /// Snapshots that could not be read (left out of the cache), with why.
     pub snapshots_unreadable: Vec<String>,
     pub blobs: u64,
+    /// Drill records taken into the cache.
+    pub drill_records: usize,
 }
 
 /// At most this many blobs go into one index object that `rebuild` writes.
@@ -142,6 +148,7 @@ fn rebuild_at(repo: &Repository, path: &Path, max_blobs: usize) -> Result<(Index
     let sync = index.sync(repo)?;
     report.snapshots = sync.snapshots_added;
     report.snapshots_unreadable = sync.snapshots_unreadable;
+    report.drill_records = sync.drill_records_added;
     let (_, blobs, packs) = index.counts()?;
     report.blobs = blobs;
     report.packs = packs as usize;
@@ -225,6 +232,45 @@ impl Index {
             }
         }
         Ok(unreadable)
+    }
+}
+
+impl Index {
+    /// Takes in the drill records not yet cached and drops the rows of those
+    /// that are gone, with one listing of `drills/`; returns (added, removed).
+    /// A record that cannot be read or checked (its bytes do not hash to its
+    /// name, it does not open or parse, a version this imgarc does not read,
+    /// no RFC 3339 start) is a warning and stays out of the cache: the next
+    /// sync tries it again. A row goes only when its object is confirmed gone
+    /// (a listing may lag behind a write).
+    fn sync_drill_records(&mut self, repo: &Repository, warnings: &Warnings) -> Result<(usize, usize)> {
+        let listed: HashMap<String, u64> = repo.list_drill_records()?.into_iter().collect();
+        let known = self.drill_names()?;
+        let mut added = 0;
+        for (name, size) in listed.iter().filter(|(n, _)| !known.contains(*n)) {
+            let loaded = repo.load_drill_record(name, Some(*size)).and_then(|record| {
+                self.add_drill_record(name, &record)?;
+                Ok(())
+            });
+            match loaded {
+                Ok(()) => added += 1,
+                // Deleted between list and get: a prune dropped it.
+                Err(e) if crate::backend::is_not_found(&e) => {}
+                Err(e) => warnings.warn(format!("skipping drill record {name}: {e:#}")),
+            }
+        }
+        let mut removed = 0;
+        for name in known.iter().filter(|n| !listed.contains_key(*n)) {
+            match repo.stat_drill_record(name) {
+                Err(e) if e.is_not_found() => {
+                    self.remove_drill_record(name)?;
+                    removed += 1;
+                }
+                Ok(_) => {}
+                Err(e) => warnings.warn(format!("drill record {name} is not listed and cannot be looked up ({e}); kept in the cache")),
+            }
+        }
+        Ok((added, removed))
     }
 }
 

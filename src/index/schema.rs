@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-pub(super) const SCHEMA_VERSION: &str = "6";
+pub(super) const SCHEMA_VERSION: &str = "7";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,8 +40,17 @@ CREATE TABLE IF NOT EXISTS catalog_entries(
     mtime_secs INTEGER NOT NULL, mtime_nanos INTEGER NOT NULL, mode INTEGER NOT NULL,
     uid INTEGER NOT NULL, gid INTEGER NOT NULL, fingerprint BLOB, placement BLOB,
     PRIMARY KEY(snapshot, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drills(
+    name TEXT PRIMARY KEY, snapshot BLOB NOT NULL, started TEXT NOT NULL, started_micros INTEGER NOT NULL,
+    ok INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS drills_by_started ON drills(started_micros, name);
 ";
 
+// `drills` caches the repository's drill records (`drills/<name>`, format-spec/drills.md),
+// each whole (`record`, its JSON) beside the columns queries order or filter by:
+// `started_micros` is `started` in Unix microseconds (RFC 3339 strings with and
+// without fractions do not sort as text). A row stays while its object exists; rows
+// are independent of `snapshots` (a record may outlive its snapshot until a prune).
 // `catalog_snapshots`/`catalog_entries` are the guest file catalog of a
 // snapshot (`catalog.rs`): filled on first need by `find`, dropped with the
 // snapshot's row; `problems` lists, one a line, the volumes it could not read;

@@ -1,6 +1,6 @@
 //! The report as one self-contained HTML page: inline CSS and SVG charts drawn
-//! here (growth over time, top consumers, dedup by group), no scripts, no
-//! network, so it can be mailed or served as a static file.
+//! here (growth over time, top consumers, dedup by group), the restore drills
+//! per image, no scripts, no network, so it can be mailed or served as a static file.
 
 use super::Report;
 use crate::util::human_bytes;
@@ -218,6 +218,70 @@ fn dedup_chart(r: &Report) -> String {
     s
 }
 
+/// The "Restore drills" section: one row per image (a failed last drill in red,
+/// never drilled in amber), then the failures with their errors.
+fn drills_section(d: &super::drills::Drills) -> String {
+    let mut s = String::from("<h2 id=\"drills\">Restore drills</h2>\n");
+    if d.images.is_empty() {
+        s.push_str("<p class=\"muted\">no images</p>\n");
+        return s;
+    }
+    writeln!(
+        s,
+        "<div class=\"muted\">{} image(s); {} never drilled; {} whose last drill failed. Seconds: the drill's wall time, the recovery time the repository delivers.</div>",
+        d.images.len(),
+        d.never_drilled.len(),
+        d.last_failed.len()
+    )
+    .unwrap();
+    s.push_str("<table id=\"drill-table\"><tr><th>image</th><th>name</th><th>last drill (UTC)</th><th>result</th><th>host</th><th>seconds</th><th>boot seconds</th><th>last success (UTC)</th><th>drills</th></tr>\n");
+    for i in &d.images {
+        let image = esc(i.image.image.as_deref().unwrap_or("-"));
+        let success = i.last_success.as_ref().map_or_else(|| "never".to_string(), |l| esc(&l.started));
+        let row = match &i.last_drill {
+            Some(l) => format!(
+                "<tr class=\"{}\"><td>{image}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{success}</td><td>{}</td></tr>",
+                if l.ok { "drill-ok" } else { "drill-failed" },
+                esc(&i.image.name),
+                esc(&l.started),
+                match l.result {
+                    "passed" => "ok",
+                    "not_run" => "could not run",
+                    _ => "FAILED",
+                },
+                esc(&l.host),
+                l.seconds,
+                l.boot_seconds.map_or_else(|| "-".into(), |b| format!("{b:.1}")),
+                i.drills
+            ),
+            None => format!(
+                "<tr class=\"drill-never\"><td>{image}</td><td>{}</td><td>never</td><td>-</td><td>-</td><td>-</td><td>-</td><td>{success}</td><td>0</td></tr>",
+                esc(&i.image.name)
+            ),
+        };
+        s.push_str(&row);
+        s.push('\n');
+    }
+    s.push_str("</table>\n");
+    if !d.last_failed.is_empty() {
+        s.push_str("<h3>Last drill failed</h3><ul class=\"drill-failures\">");
+        for f in &d.last_failed {
+            write!(
+                s,
+                "<li><b>{}</b> (snapshot {}, {} on {}): {}</li>",
+                esc(&f.image.name),
+                &f.last_drill.snapshot[..16],
+                esc(&f.last_drill.started),
+                esc(&f.last_drill.host),
+                esc(f.last_drill.error.as_deref().unwrap_or("no error recorded"))
+            )
+            .unwrap();
+        }
+        s.push_str("</ul>\n");
+    }
+    s
+}
+
 const CSS: &str = "
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1080px;color:#1d2330;background:#fff}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e3e6ea;padding-bottom:4px}
@@ -228,6 +292,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 .chart text{font-size:12px;fill:#344054}.chart .axis{font-size:11px;fill:#667085}.chart .small{font-size:10px;fill:#344054}
 table{border-collapse:collapse;width:100%;font-size:12px}th,td{padding:4px 6px;border-bottom:1px solid #eef0f3;text-align:right}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}th{background:#f7f8fa}
+tr.drill-failed td{background:#fde8e8}tr.drill-never td{background:#fff6e0}h3{font-size:15px;margin:16px 0 6px}
 dl{font-size:12px;columns:2}dt{font-weight:600}dd{margin:0 0 6px 0;color:#475467}
 ";
 
@@ -346,7 +411,9 @@ pub fn page(r: &Report) -> String {
         let sizes: String = x.size_columns().iter().map(|c| format!("<td>{c}</td>")).collect();
         writeln!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>{sizes}</tr>", &x.id[..16], esc(&x.name), esc(&x.time)).unwrap();
     }
-    s.push_str("</table>\n<h2>What the figures mean</h2><dl>");
+    s.push_str("</table>\n");
+    s.push_str(&drills_section(&r.drills));
+    s.push_str("<h2>What the figures mean</h2><dl>");
     for (k, v) in &r.definitions {
         write!(s, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v)).unwrap();
     }

@@ -11,7 +11,12 @@
 //! group members' extent lists, for as many groups as `scan_limit` chunk
 //! references allow; other groups say `exact: false` and give the lower bound
 //! (their members' own unique bytes).
+//!
+//! The restore drills (`drills`: last drill and last success per image, images
+//! never drilled or whose last drill failed) come from the index's cached drill
+//! records (`drills.rs`).
 
+pub mod drills;
 pub(crate) mod html;
 pub mod render;
 
@@ -166,6 +171,8 @@ pub struct Report {
     /// Object lock: per snapshot, when its data becomes deletable.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots_retained: Vec<crate::object_lock::SnapshotRetention>,
+    /// Restore drills per image ([`drills`]): the records of the snapshots in this report.
+    pub drills: drills::Drills,
 }
 
 /// The figures a `--project` report withholds when projects share chunks: each
@@ -349,6 +356,11 @@ pub fn definitions() -> BTreeMap<&'static str, &'static str> {
         ("total_ratio", "logical_bytes / stored_bytes"),
         ("pack_bytes", "size of every pack in the repository, including duplicates and unreferenced blobs"),
         ("unreferenced_bytes", "stored size of blobs no snapshot references, awaiting prune"),
+        (
+            "last_drill",
+            "an image's latest restore drill (`imgarc drill`) of one of its snapshots in the repository; `seconds` is its wall time, the recovery time the repository delivers for the image",
+        ),
+        ("last_success", "an image's latest restore drill that passed; null when none did"),
     ])
 }
 
@@ -430,6 +442,36 @@ impl RefReader<'_> {
         }
         Ok((referenced, unique))
     }
+}
+
+/// One image of the report: the snapshots of one Glance image (by id), or of
+/// one name for archives of files and streams, which have no image id. The
+/// Prometheus `imgarc_image_*` series and the drill section are per image.
+pub(crate) struct Image<'a> {
+    /// Its latest snapshot (the first of the latest time): the `name` every per-image figure shows.
+    pub latest: &'a SnapshotFigures,
+    pub latest_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub snapshots: u64,
+    pub members: Vec<&'a SnapshotFigures>,
+}
+
+/// The report's snapshots by image, ordered by image id (file archives by name, first).
+pub(crate) fn images(snapshots: &[SnapshotFigures]) -> Vec<Image<'_>> {
+    let mut by_key: BTreeMap<(bool, &str), Image<'_>> = BTreeMap::new();
+    for x in snapshots {
+        let key = match x.image.as_deref() {
+            Some(id) if !id.is_empty() => (true, id),
+            _ => (false, x.name.as_str()),
+        };
+        let time = crate::util::parse_rfc3339(&x.time);
+        let s = by_key.entry(key).or_insert(Image { latest: x, latest_time: time, snapshots: 0, members: Vec::new() });
+        s.snapshots += 1;
+        s.members.push(x);
+        if time > s.latest_time {
+            (s.latest, s.latest_time) = (x, time);
+        }
+    }
+    by_key.into_values().collect()
 }
 
 fn group_keys(by: GroupBy, f: &SnapshotFigures) -> Vec<String> {
@@ -525,7 +567,9 @@ fn compute_now(repo: &Repository, index: &Index, opts: &Options) -> Result<Repor
         }
         None => Vec::new(),
     };
+    let drills = drills::compute(&snapshots, &index.drill_rows()?);
     Ok(Report {
+        drills,
         immutability: crate::object_lock::Immutability::of(lock.as_ref(), repo.lock_backend()),
         snapshots_retained,
         generated: crate::util::now_rfc3339(),

@@ -164,6 +164,7 @@ pub fn table(r: &Report) -> String {
         )
         .unwrap();
     }
+    drills_table(&mut s, &r.drills);
     if !r.growth.days.is_empty() {
         writeln!(s, "\nGrowth (stored bytes added per day)").unwrap();
         for d in &r.growth.days {
@@ -180,6 +181,77 @@ pub fn table(r: &Report) -> String {
     }
     s.push_str(&crate::object_lock::snapshot_dates_prose(&r.snapshots_retained));
     s
+}
+
+/// Text from a drill record as one table line: control characters (a newline, a terminal
+/// escape in an error or host name that a writer of the repository chose) become `?`.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// A drill time as the table shows it (minutes, UTC).
+fn drill_time(started: &str) -> String {
+    crate::util::parse_rfc3339(started).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| clip(started, 16))
+}
+
+/// The table's "Restore drills" section: one line per image, then the images never drilled and the failures.
+fn drills_table(s: &mut String, d: &super::drills::Drills) {
+    if d.images.is_empty() {
+        return;
+    }
+    writeln!(s, "\nRestore drills (per image; seconds = the recovery time the drill measured)").unwrap();
+    writeln!(
+        s,
+        "{:<36}  {:<20} {:<16}  {:<6} {:<16} {:>9} {:>7}  {:<16}",
+        "IMAGE", "NAME", "LAST DRILL (UTC)", "RESULT", "HOST", "SECONDS", "BOOT", "LAST SUCCESS"
+    )
+    .unwrap();
+    for i in &d.images {
+        let image = i.image.image.as_deref().unwrap_or("-");
+        let (when, result, host, secs, boot) = match &i.last_drill {
+            Some(l) => (
+                drill_time(&l.started),
+                match l.result {
+                    "passed" => "ok",
+                    "not_run" => "NOTRUN",
+                    _ => "FAILED",
+                }
+                .to_string(),
+                clip(&one_line(&l.host), 16),
+                format!("{:.1}", l.seconds),
+                l.boot_seconds.map_or_else(|| "-".into(), |b| format!("{b:.1}")),
+            ),
+            None => ("never".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let success = i.last_success.as_ref().map_or_else(|| "never".into(), |l| drill_time(&l.started));
+        writeln!(
+            s,
+            "{:<36}  {:<20} {:<16}  {:<6} {:<16} {:>9} {:>7}  {:<16}",
+            clip(image, 36),
+            clip(&i.image.name, 20),
+            when,
+            result,
+            host,
+            secs,
+            boot,
+            success
+        )
+        .unwrap();
+    }
+    let label = |i: &super::drills::ImageRef| match &i.image {
+        Some(id) => format!("{} ({id})", i.name),
+        None => i.name.clone(),
+    };
+    if !d.never_drilled.is_empty() {
+        let names: Vec<String> = d.never_drilled.iter().map(label).collect();
+        writeln!(s, "  never drilled: {} image(s): {}", names.len(), names.join(", ")).unwrap();
+    }
+    for f in &d.last_failed {
+        let why = one_line(f.last_drill.error.as_deref().unwrap_or("no error recorded"));
+        let what = if f.last_drill.result == "not_run" { "could not run" } else { "FAILED" };
+        writeln!(s, "  last drill {what}: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], one_line(&f.last_drill.host))
+            .unwrap();
+    }
 }
 
 /// A snapshot's sizes as the table and the HTML page show them: logical,
@@ -280,34 +352,55 @@ impl Metrics {
     }
 }
 
+/// The restore-drill series: per image, with the labels of the other
+/// `imgarc_image_*` series. `imgarc_image_drills` has a sample for every image
+/// (0: never drilled), so an alert can name an image that never was; the
+/// timestamps and `last_drill_ok` exist only for an image that has such a drill
+/// (a never-drilled image has no "last success" time to give: a 0 would read as
+/// 1970). Alert on `time() - imgarc_image_last_drill_success_timestamp_seconds`
+/// together with `imgarc_image_drills == 0` (or the repository-wide counts).
+fn drill_series(m: &mut Metrics, r: &Report, scope: &[(&str, &str)]) {
+    use super::drills::ImageDrills;
+    type DrillField = fn(&ImageDrills) -> Option<f64>;
+    let per_image: [(&str, &str, DrillField); 5] = [
+        ("drills", "Restore drill records of the image's snapshots (0: never drilled)", |i| Some(i.drills as f64)),
+        ("last_drill_timestamp_seconds", "Start of the image's latest restore drill (Unix seconds)", |i| {
+            i.last_drill.as_ref().and_then(|d| d.started_seconds())
+        }),
+        ("last_drill_ok", "1 when the image's latest restore drill passed, 0 when it failed", |i| {
+            i.last_drill.as_ref().map(|d| if d.ok { 1.0 } else { 0.0 })
+        }),
+        (
+            "last_drill_success_timestamp_seconds",
+            "Start of the image's latest restore drill that passed (Unix seconds): alert when it is too old",
+            |i| i.last_success.as_ref().and_then(|d| d.started_seconds()),
+        ),
+        ("recovery_seconds", "Wall time of the image's latest passed restore drill: the recovery time the repository delivers", |i| {
+            i.last_success.as_ref().map(|d| d.seconds)
+        }),
+    ];
+    for (name, help, get) in per_image {
+        let name = format!("imgarc_image_{name}");
+        m.family(&name, help);
+        for i in &r.drills.images {
+            if let Some(v) = get(i) {
+                let (image, project) = (i.image.image.as_deref().unwrap_or(""), i.image.project.as_deref().unwrap_or(""));
+                m.sample(&name, &[("image", image), ("name", &i.image.name), ("project", project)], v);
+            }
+        }
+    }
+    for (name, help, v) in [
+        ("imgarc_images_never_drilled", "Images in the report none of whose snapshots has a restore drill record", r.drills.never_drilled.len()),
+        ("imgarc_images_last_drill_failed", "Images in the report whose latest restore drill failed", r.drills.last_failed.len()),
+    ] {
+        m.family(name, help);
+        m.sample(name, scope, v as f64);
+    }
+}
+
 /// [`prometheus_with`] the default detail (per image, no per-snapshot series).
 pub fn prometheus(r: &Report) -> String {
     prometheus_with(r, MetricsDetail::default())
-}
-
-/// One image's series: the snapshots of one Glance image (by id), or of one
-/// name for archives of files and streams, which have no image id.
-struct ImageSeries<'a> {
-    latest: &'a SnapshotFigures,
-    latest_time: Option<chrono::DateTime<chrono::Utc>>,
-    snapshots: u64,
-}
-
-fn image_series(r: &Report) -> Vec<ImageSeries<'_>> {
-    let mut by_key: std::collections::BTreeMap<(bool, &str), ImageSeries<'_>> = Default::default();
-    for x in &r.snapshots {
-        let key = match x.image.as_deref() {
-            Some(id) if !id.is_empty() => (true, id),
-            _ => (false, x.name.as_str()),
-        };
-        let time = crate::util::parse_rfc3339(&x.time);
-        let s = by_key.entry(key).or_insert(ImageSeries { latest: x, latest_time: time, snapshots: 0 });
-        s.snapshots += 1;
-        if time > s.latest_time {
-            (s.latest, s.latest_time) = (x, time);
-        }
-    }
-    by_key.into_values().collect()
 }
 
 /// node_exporter textfile-collector format: every family has HELP and TYPE,
@@ -315,6 +408,10 @@ fn image_series(r: &Report) -> Vec<ImageSeries<'_>> {
 /// `imgarc_image_*{image,name,project}` (`image` is empty for file archives,
 /// which are told apart by name; `name` is that of the latest snapshot);
 /// per snapshot (`imgarc_snapshot_*`) only with [`MetricsDetail::Snapshot`].
+/// The restore drills add `imgarc_image_drills`, `…_last_drill_timestamp_seconds`,
+/// `…_last_drill_ok`, `…_last_drill_success_timestamp_seconds`, `…_recovery_seconds`
+/// and the counts `imgarc_images_never_drilled`, `imgarc_images_last_drill_failed`
+/// (`drill_series`; which images have which sample is said there).
 pub fn prometheus_with(r: &Report, detail: MetricsDetail) -> String {
     let mut m = Metrics(String::new());
     let scope: Vec<(&str, &str)> = r.project.as_deref().map(|p| vec![("project", p)]).unwrap_or_default();
@@ -347,8 +444,8 @@ pub fn prometheus_with(r: &Report, detail: MetricsDetail) -> String {
             m.sample(&name, &scope, v);
         }
     }
-    let images = image_series(r);
-    type ImageField = fn(&ImageSeries) -> Option<f64>;
+    let images = super::images(&r.snapshots);
+    type ImageField = fn(&super::Image) -> Option<f64>;
     let per_image: [(&str, &str, ImageField); 3] = [
         ("last_snapshot_timestamp_seconds", "Time of the image's latest snapshot (Unix seconds): alert when it is too old", |s| {
             s.latest_time.map(|t| t.timestamp() as f64)
@@ -367,6 +464,7 @@ pub fn prometheus_with(r: &Report, detail: MetricsDetail) -> String {
             }
         }
     }
+    drill_series(&mut m, r, &scope);
     // A withheld figure (`Report::withheld`) has no sample.
     type SnapField = fn(&SnapshotFigures) -> Option<u64>;
     let per_snapshot: [(&str, &str, SnapField); 7] = [

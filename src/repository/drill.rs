@@ -94,6 +94,17 @@ impl DrillRecord {
         }
         Ok(rec)
     }
+
+    /// When the drill started, or `None` when `started` is not RFC 3339 (such a
+    /// record is not used: format-spec/drills.md, "Reading").
+    pub fn started_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        crate::util::parse_rfc3339(&self.started)
+    }
+
+    /// The snapshot drilled, as an id ([`DrillRecord::decode`] checked it is one).
+    pub fn snapshot_id(&self) -> Option<crate::ids::Id> {
+        crate::ids::Id::from_hex(&self.snapshot)
+    }
 }
 
 impl RepoFile for DrillRecord {
@@ -126,6 +137,12 @@ impl Repository {
 
     pub fn load_drill_record(&self, name: &str, listed_size: Option<u64>) -> Result<DrillRecord> {
         self.load(&DrillRecord::key(name), listed_size)
+    }
+
+    /// The stored size of a drill record: the store's own answer, for a cache
+    /// that must not conclude from a (possibly lagging) listing that it is gone.
+    pub fn stat_drill_record(&self, name: &str) -> crate::backend::BackendResult<u64> {
+        self.stat::<DrillRecord>(&DrillRecord::key(name))
     }
 
     pub fn delete_drill_record(&self, name: &str) -> Result<()> {

@@ -20,7 +20,9 @@ mod backend_retry;
 mod copy;
 mod copy_params;
 mod dedup_scope;
+mod drill;
 mod drill_boot;
+mod drill_records;
 mod encryption;
 mod faults;
 mod format_matrix;
@@ -65,6 +67,8 @@ mod remote_e2e;
 mod format_glance;
 #[cfg(feature = "openstack-tests")]
 mod glance_e2e;
+#[cfg(feature = "openstack-tests")]
+mod drill_glance;
 #[cfg(feature = "openstack-tests")]
 mod openstack_bench;
 #[cfg(feature = "openstack-tests")]

@@ -163,6 +163,8 @@ const UNITS: &[&str] = &[
     "imgarc-failure@.service",
     "imgarc-copy.service",
     "imgarc-copy.timer",
+    "imgarc-drill.service",
+    "imgarc-drill.timer",
 ];
 
 fn unit(name: &str) -> String {
@@ -211,8 +213,14 @@ fn units_are_the_ones_shipped_and_pass_systemd_analyze_verify() {
 
 #[test]
 fn units_keep_the_operator_promises() {
-    let services =
-        ["imgarc-sync.service", "imgarc-retention.service", "imgarc-prune.service", "imgarc-report.service", "imgarc-copy.service"];
+    let services = [
+        "imgarc-sync.service",
+        "imgarc-retention.service",
+        "imgarc-prune.service",
+        "imgarc-report.service",
+        "imgarc-copy.service",
+        "imgarc-drill.service",
+    ];
     let mut metrics_files = BTreeSet::new();
     for name in services {
         let text = unit(name);
@@ -248,8 +256,9 @@ fn units_keep_the_operator_promises() {
         }
     }
 
-    // Sync and copy resume where they stopped: transient failures are retried, deliberate codes are not.
-    for name in ["imgarc-sync.service", "imgarc-copy.service"] {
+    // Sync and copy resume where they stopped, a drill samples again: transient failures are
+    // retried, deliberate codes (3 included: a failed drill is a finding) are not.
+    for name in ["imgarc-sync.service", "imgarc-copy.service", "imgarc-drill.service"] {
         let text = unit(name);
         let prevent: BTreeSet<String> =
             values(&text, "RestartPreventExitStatus").iter().flat_map(|v| v.split_whitespace().map(str::to_string)).collect();
@@ -279,8 +288,14 @@ fn units_keep_the_operator_promises() {
 fn unit_command_lines_parse() {
     // The units are written against --metrics-file; a build without it cannot run them.
     assert!(stdout_of(&["sync", "--help"]).contains("--metrics-file"), "sync --help has no --metrics-file");
-    for name in ["imgarc-sync.service", "imgarc-retention.service", "imgarc-prune.service", "imgarc-report.service", "imgarc-copy.service"]
-    {
+    for name in [
+        "imgarc-sync.service",
+        "imgarc-retention.service",
+        "imgarc-prune.service",
+        "imgarc-report.service",
+        "imgarc-copy.service",
+        "imgarc-drill.service",
+    ] {
         for line in values(&unit(name), "ExecStart") {
             // Variables the unit expands from sync.env: a stand-in value.
             let line = line.replace("${IMGARC_COPY_TO}", "/srv/imgarc-copy");
