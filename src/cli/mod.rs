@@ -305,6 +305,7 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
         let (code, written) = run_metrics::finish(signals::exit_code(signal));
         imgarc::repository::lock::release_held_locks();
         imgarc::nbd::remove_served_sockets();
+        imgarc::drill::boot::remove_boot_dirs();
         signals::restore_tty();
         let error = format!("interrupted by {}", signals::name(signal));
         if json {

@@ -21,6 +21,7 @@ mod copy;
 mod copy_params;
 mod dedup_scope;
 mod drill;
+mod drill_boot;
 mod drill_records;
 mod encryption;
 mod faults;
