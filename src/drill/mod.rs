@@ -287,10 +287,13 @@ pub fn drill_snapshot(
                 Ok(o) => {
                     boot_seconds = Some(o.seconds);
                     console_tail = Some(o.console_tail.clone());
+                    // Why a boot that asked for KVM ran under TCG (and so took longer).
+                    let fallback = o.kvm_failed.as_deref().map(|k| format!("; KVM could not run the guest ({k}), booted under TCG")).unwrap_or_default();
                     if o.reached {
-                        (CheckStatus::Passed, format!("reached the expected console line after {:.1} s ({})", o.seconds, o.accel))
+                        (CheckStatus::Passed, format!("reached the expected console line after {:.1} s ({}){fallback}", o.seconds, o.accel))
                     } else {
-                        (CheckStatus::Failed, format!("did not boot: {} ({})", o.why.as_deref().unwrap_or("the expected line did not appear"), o.accel))
+                        let why = o.why.as_deref().unwrap_or("the expected line did not appear");
+                        (CheckStatus::Failed, format!("did not boot: {why} ({}){fallback}", o.accel))
                     }
                 }
                 Err(e) => (CheckStatus::Error, format!("could not boot: {e:#}")),
