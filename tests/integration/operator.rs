@@ -215,7 +215,7 @@ fn usage_errors_exit_2_naming_what_is_wrong() {
     let file = env.path("m.prom");
     let o = env.run(&["list", "--metrics-file", file.to_str().unwrap()]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("--metrics-file is for sync, forget, prune, check, copy (not list)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--metrics-file is for sync, forget, prune, check, copy, drill (not list)"), "{}", stderr(&o));
     assert!(!file.exists());
     let o = env.run(&["check", "--metrics-file", env.dir.path().to_str().unwrap()]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
