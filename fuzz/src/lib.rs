@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("partition", partition),
     ("lvm", lvm),
     ("ext4", ext4),
+    ("console", console),
 ];
 
 /// QCOW2 header and extension parsing, with and without a known file length.
@@ -1039,4 +1040,16 @@ pub fn ext4(data: &[u8]) {
     let mut buf = vec![0u8; 64 << 10];
     let mut budget = 1000;
     walk(fs.as_ref(), fs.root(), 0, &mut budget, &mut buf);
+}
+
+/// The boot drill's serial-console watcher (`drill::boot::watch_console`), on what a guest
+/// prints: split into reads at the first byte's offset, against the default `--expect`. The
+/// tail a record keeps must stay bounded and free of control characters.
+pub fn console(data: &[u8]) {
+    static EXPECT: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+    let expect = EXPECT.get_or_init(|| imgarc::drill::boot::compile_expect(None).expect("the default --expect"));
+    let cut = data.first().map_or(0, |b| *b as usize).min(data.len());
+    let (_, tail) = imgarc::drill::boot::watch_console(&[&data[..cut], &data[cut..]], expect);
+    assert!(tail.len() <= imgarc::repository::drill::MAX_CONSOLE_TAIL);
+    assert!(tail.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'));
 }

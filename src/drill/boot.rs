@@ -607,6 +607,17 @@ impl Console {
     }
 }
 
+/// The console watcher over `chunks`, as reads of qemu's serial output would deliver them:
+/// whether `expect` matched, and the tail a record keeps (the fuzz target `console` drives it).
+pub fn watch_console(chunks: &[&[u8]], expect: &regex_lite::Regex) -> (bool, String) {
+    let mut console = Console::default();
+    let mut matched = false;
+    for chunk in chunks {
+        matched |= console.feed(chunk, expect);
+    }
+    (matched, console.tail())
+}
+
 /// Text without control characters other than `\n` and `\t`: safe in JSON and on a terminal.
 fn clean_text(s: &str) -> String {
     s.chars().filter(|&c| !c.is_control() || c == '\n' || c == '\t').collect()

@@ -18,7 +18,7 @@ use crate::ids::Id;
 use crate::index::{Index, SnapshotRow};
 use crate::openstack::glance::GlanceClient;
 use crate::progress::SharedProgress;
-use crate::repository::drill::{CheckStatus, DrillCheck, DrillRecord, DRILL_VERSION, MAX_CONSOLE_TAIL};
+use crate::repository::drill::{CheckStatus, DrillCheck, DrillRecord, DRILL_VERSION};
 use crate::repository::snapshot::{Snapshot, Source};
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Target};
@@ -333,18 +333,10 @@ pub fn drill_snapshot(
         ok,
         seconds: started.elapsed().as_secs_f64(),
         boot_seconds,
-        console_tail: console_tail.map(|t| tail(&t, MAX_CONSOLE_TAIL)),
+        // Bounded to MAX_CONSOLE_TAIL by the boot's console watcher.
+        console_tail,
         error,
     }
-}
-
-/// The last `max` bytes of `s`, cut at a character boundary.
-fn tail(s: &str, max: usize) -> String {
-    let mut from = s.len().saturating_sub(max);
-    while !s.is_char_boundary(from) {
-        from += 1;
-    }
-    s[from..].to_string()
 }
 
 /// The digests a rebuild must reproduce: what the snapshot recorded, and what the Glance
@@ -469,13 +461,5 @@ mod tests {
         }
         assert!(heavy > 190, "the heavy item was drawn {heavy} times of 200");
         assert_eq!(weighted_sample(&weights, 9, &mut uniform).len(), 4);
-    }
-
-    #[test]
-    fn tail_cuts_at_a_character_boundary() {
-        assert_eq!(tail("abcdef", 3), "def");
-        assert_eq!(tail("ab", 3), "ab");
-        assert_eq!(tail("aé", 1), "");
-        assert_eq!(tail("aéb", 2), "b");
     }
 }
