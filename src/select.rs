@@ -41,11 +41,17 @@ pub struct SnapshotSelector {
     pub latest: Option<usize>,
 }
 
-/// `--latest` takes a count of at least 1 (0 would select nothing, surely not what was meant).
+/// `--latest` takes a count of at least 1 ([`parse_count`]).
 #[cfg(feature = "clap")]
 fn parse_latest(s: &str) -> std::result::Result<usize, String> {
+    parse_count("--latest", s)
+}
+
+/// A count flag's value (`--latest`, drill's `--sample`): N >= 1, since 0 would select
+/// nothing, surely not what was meant.
+pub fn parse_count(flag: &str, s: &str) -> std::result::Result<usize, String> {
     match s.trim().parse::<usize>() {
-        Ok(0) => Err("--latest 0 would select nothing; give N >= 1".into()),
+        Ok(0) => Err(format!("{flag} 0 would select nothing; give N >= 1")),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{s:?} is not a count (N >= 1)")),
     }

@@ -324,6 +324,53 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
     Ok(total)
 }
 
+/// Paths this process made and must not leave behind (a served unix socket, a boot drill's
+/// private directory), for [`remove_paths_on_exit`]: the signal path exits without unwinding.
+static REMOVE_ON_EXIT: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A file or directory tree removed when this guard drops, and by [`remove_paths_on_exit`] when
+/// the process exits on a signal first.
+#[derive(Debug)]
+pub struct RemovedOnExit(std::path::PathBuf);
+
+impl RemovedOnExit {
+    /// Registers `path`, which the caller has just created.
+    pub fn register(path: std::path::PathBuf) -> RemovedOnExit {
+        REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+        RemovedOnExit(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+fn remove_path(path: &std::path::Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(path)),
+        Ok(_) => drop(std::fs::remove_file(path)),
+        Err(_) => {}
+    }
+}
+
+impl Drop for RemovedOnExit {
+    fn drop(&mut self) {
+        let mut paths = REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = paths.iter().position(|p| *p == self.0) {
+            paths.remove(i);
+            remove_path(&self.0);
+        }
+    }
+}
+
+/// Removes every path still registered by a [`RemovedOnExit`]: for the signal path.
+pub fn remove_paths_on_exit() {
+    let paths = REMOVE_ON_EXIT.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+    for p in paths {
+        remove_path(&p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

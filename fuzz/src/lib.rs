@@ -1050,6 +1050,6 @@ pub fn console(data: &[u8]) {
     let expect = EXPECT.get_or_init(|| imgarc::drill::boot::compile_expect(None).expect("the default --expect"));
     let cut = data.first().map_or(0, |b| *b as usize).min(data.len());
     let (_, tail) = imgarc::drill::boot::watch_console(&[&data[..cut], &data[cut..]], expect);
-    assert!(tail.len() <= imgarc::repository::drill::MAX_CONSOLE_TAIL);
+    assert!(tail.len() <= repository::drill::MAX_CONSOLE_TAIL);
     assert!(tail.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'));
 }

@@ -304,8 +304,8 @@ fn start(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     signals::install(move |signal| {
         let (code, written) = run_metrics::finish(signals::exit_code(signal));
         imgarc::repository::lock::release_held_locks();
-        imgarc::nbd::remove_served_sockets();
-        imgarc::drill::boot::remove_boot_dirs();
+        // The NBD socket of serve-nbd, a boot drill's private directory.
+        imgarc::util::remove_paths_on_exit();
         signals::restore_tty();
         let error = format!("interrupted by {}", signals::name(signal));
         if json {

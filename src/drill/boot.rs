@@ -8,7 +8,7 @@
 //! tail kept) and the clean-up: the NBD server is stopped and joined, the VM killed and
 //! reaped, and the private directory (socket, qemu's discarded writes) removed on every
 //! path; a qemu child dies with imgarc (`PR_SET_PDEATHSIG`), and the signal path removes
-//! the directory ([`remove_boot_dirs`]). docs/drill.md is the user's guide.
+//! the directory (`util::remove_paths_on_exit`). docs/drill.md is the user's guide.
 
 use crate::ids::Id;
 use crate::index::Index;
@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How to boot (the `drill --boot*` flags).
@@ -211,22 +211,9 @@ fn kvm_usable() -> bool {
     version == 12
 }
 
-/// Private directories of boots in progress, for the signal path ([`remove_boot_dirs`]).
-static BOOT_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Removes the private directories (NBD socket, qemu's discarded writes) of every boot in
-/// progress: for the signal path, which exits without unwinding. The qemu children die
-/// with the process on their own (`PR_SET_PDEATHSIG`).
-pub fn remove_boot_dirs() {
-    let dirs = BOOT_DIRS.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-    for d in dirs {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
-
 /// A directory only this user can enter (0700), removed when dropped: the NBD socket and
 /// qemu's temporary files (the writes it discards) live there.
-struct BootDir(PathBuf);
+struct BootDir(crate::util::RemovedOnExit);
 
 impl BootDir {
     fn create() -> Result<BootDir> {
@@ -242,12 +229,11 @@ impl BootDir {
         remove_abandoned(&base);
         let path = base.join(format!("{BOOT_DIR_PREFIX}{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
         std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        BOOT_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
-        Ok(BootDir(path))
+        Ok(BootDir(crate::util::RemovedOnExit::register(path)))
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
@@ -269,14 +255,6 @@ fn remove_abandoned(base: &Path) {
         if owned && pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
-    }
-}
-
-impl Drop for BootDir {
-    fn drop(&mut self) {
-        let mut dirs = BOOT_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-        dirs.retain(|d| *d != self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -71,11 +71,7 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[cfg(feature = "clap")]
 fn parse_sample(s: &str) -> std::result::Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("--sample 0 would drill nothing; give N >= 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{s:?} is not a count (N >= 1)")),
-    }
+    crate::select::parse_count("--sample", s)
 }
 
 #[cfg(feature = "clap")]
@@ -107,7 +103,7 @@ impl DrillOptions {
             }
         }
         if self.sample == Some(0) {
-            bail!("--sample 0 would drill nothing; give N >= 1");
+            bail!("--sample 0 would select nothing; give N >= 1");
         }
         if self.boot {
             boot::compile_expect(self.expect.as_deref())?;

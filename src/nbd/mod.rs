@@ -8,4 +8,4 @@
 pub mod proto;
 pub mod server;
 
-pub use server::{remove_served_sockets, Listen, NbdServer, ServeNbdOptions, ServeReady};
+pub use server::{Listen, NbdServer, ServeNbdOptions, ServeReady};

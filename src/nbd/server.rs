@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Bytes of the disk one reader thread owns before the next one takes over.
@@ -108,34 +108,9 @@ pub struct ServeReady {
     pub warnings: Vec<String>,
 }
 
-/// Paths of the unix sockets this process listens on, so that a process exiting on a
-/// signal (without unwinding) can remove them ([`remove_served_sockets`]).
-static SERVED_SOCKETS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Removes every unix socket file this process is serving on: for the signal path, which
-/// exits without dropping the server.
-pub fn remove_served_sockets() {
-    let paths = SERVED_SOCKETS.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-    for p in paths {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
-/// A bound unix socket's file, removed when the server goes away.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let mut v = SERVED_SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = v.iter().position(|p| *p == self.0) {
-            v.remove(i);
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
 enum Listener {
-    Unix(UnixListener, #[allow(dead_code)] SocketFile),
+    /// The socket file goes with the listener (and on a signal: `util::remove_paths_on_exit`).
+    Unix(UnixListener, #[allow(dead_code)] crate::util::RemovedOnExit),
     Tcp(TcpListener),
 }
 
@@ -462,8 +437,7 @@ fn bind_unix(path: &Path) -> Result<Listener> {
         std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on unix:{}", path.display()))?;
-    SERVED_SOCKETS.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
-    let file = SocketFile(path.to_path_buf());
+    let file = crate::util::RemovedOnExit::register(path.to_path_buf());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(Listener::Unix(listener, file))
 }
