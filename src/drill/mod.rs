@@ -46,7 +46,7 @@ pub struct DrillOptions {
     /// Boot the guest disk under qemu-system-x86_64 straight from the archive (NBD, writes discarded) and watch the serial console
     #[cfg_attr(feature = "clap", arg(long))]
     pub boot: bool,
-    /// With --boot: fail the boot when the expected line has not appeared by then (s, m, h)
+    /// With --boot: fail the boot when the expected line has not appeared by then (s, m, h; default 600s)
     #[cfg_attr(feature = "clap", arg(long, value_name = "DURATION", value_parser = parse_timeout))]
     pub boot_timeout: Option<Duration>,
     /// With --boot: the console line that proves the boot, a regular expression (default: a login prompt or cloud-init's "finished" line)
