@@ -216,7 +216,12 @@ impl ReportSeries for crate::drill::DrillReport {
         t.gauge("imgarc_drill_snapshots", HELP, &[("result", "failed")], self.failed as f64);
         t.gauge("imgarc_drill_snapshots", HELP, &[("result", "not_run")], self.not_run as f64);
         let slowest = self.drills.iter().map(|d| d.seconds).fold(0.0, f64::max);
-        t.gauge("imgarc_drill_slowest_seconds", "The longest drill of one snapshot in the last run: the worst recovery time it showed.", &[], slowest);
+        t.gauge(
+            "imgarc_drill_slowest_seconds",
+            "The longest drill of one snapshot in the last run: the worst recovery time it showed.",
+            &[],
+            slowest,
+        );
         t.gauge("imgarc_drill_records_stored", "Drill records the last drill stored in the repository.", &[], self.records_stored as f64);
         t.gauge("imgarc_drill_warnings", "Warnings of the last drill.", &[], self.warnings.len() as f64);
     }

@@ -31,7 +31,8 @@ pub fn run(ctx: &Ctx, args: DrillArgs) -> Result<()> {
         bail!("no snapshot to drill: the repository holds none that the selection matches");
     }
     let glance = if args.drill.to_glance { Some(ctx.glance(args.drill.to_cloud.as_deref())?) } else { None };
-    let report = drill(&repo, &mut index, &rows, &args.drill, glance.as_ref(), &|name, bytes| ctx.out.bar(Some(bytes), &format!("drill {name}")))?;
+    let report =
+        drill(&repo, &mut index, &rows, &args.drill, glance.as_ref(), &|name, bytes| ctx.out.bar(Some(bytes), &format!("drill {name}")))?;
     drop(lock);
     super::run_metrics::record(&report);
     let mut json = serde_json::to_value(&report)?;
@@ -68,7 +69,13 @@ fn prose(r: &DrillReport) -> String {
 }
 
 fn record_prose(d: &DrillRecord) -> String {
-    let verdict = if d.ok { "PASS" } else if d.checks.iter().any(|c| c.status == CheckStatus::Failed) { "FAIL" } else { "NOT RUN" };
+    let verdict = if d.ok {
+        "PASS"
+    } else if d.checks.iter().any(|c| c.status == CheckStatus::Failed) {
+        "FAIL"
+    } else {
+        "NOT RUN"
+    };
     let image = d.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default();
     let mut s = format!("{verdict} {} ({}{image}) in {:.1} s\n", &d.snapshot[..16], d.name, d.seconds);
     for c in &d.checks {

@@ -140,7 +140,8 @@ pub fn boot_snapshot(repo: &Repository, index: &Index, id: &Id, snap: &Snapshot,
         };
         let mut kvm_failed = None;
         let outcome = loop {
-            let run = Run { qemu: &qemu, dir: dir.path(), socket: &socket, machine: &machine, accel, expect: &expect, timeout: opts.timeout };
+            let run =
+                Run { qemu: &qemu, dir: dir.path(), socket: &socket, machine: &machine, accel, expect: &expect, timeout: opts.timeout };
             match run.boot(&server_gone)? {
                 Attempt::Done(outcome) => break BootOutcome { kvm_failed, ..outcome },
                 // `/dev/kvm` opened but KVM could not run the guest (a nested or emulated
@@ -220,7 +221,8 @@ impl BootDir {
         use std::os::unix::fs::DirBuilderExt;
         // A unix socket path has at most 107 bytes, and the path goes into qemu's `-drive`
         // (commas separate its options) as a URI: a long or unusual directory falls back to /tmp.
-        let plain = |d: &Path| d.to_str().is_some_and(|s| s.len() <= 60 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)));
+        let plain =
+            |d: &Path| d.to_str().is_some_and(|s| s.len() <= 60 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)));
         let base = [std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from), Some(std::env::temp_dir())]
             .into_iter()
             .flatten()
@@ -250,7 +252,11 @@ fn remove_abandoned(base: &Path) {
     let me = unsafe { libc::getuid() };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(BOOT_DIR_PREFIX)).and_then(|rest| rest.split_once('-')).map(|(pid, _)| pid) else { continue };
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix(BOOT_DIR_PREFIX)).and_then(|rest| rest.split_once('-')).map(|(pid, _)| pid)
+        else {
+            continue;
+        };
         let owned = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
         if owned && pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
@@ -384,7 +390,11 @@ impl Run<'_> {
         let qemu_said = errors.iter().map(String::as_str).collect::<Vec<_>>().join("; ");
         let why = match stop {
             Stop::Reached => None,
-            Stop::TimedOut => Some(format!("timed out after {} s: the console never showed a line matching {:?}", self.timeout.as_secs(), self.expect.as_str())),
+            Stop::TimedOut => Some(format!(
+                "timed out after {} s: the console never showed a line matching {:?}",
+                self.timeout.as_secs(),
+                self.expect.as_str()
+            )),
             Stop::ServerGone => bail!("the NBD server stopped while qemu booted from it"),
             Stop::Exited(status) if !status.success() && console.is_empty() => {
                 if self.accel == "kvm" && qemu_said.to_ascii_lowercase().contains("kvm") {
@@ -394,10 +404,20 @@ impl Run<'_> {
             }
             Stop::Exited(status) => {
                 let detail = if qemu_said.is_empty() { String::new() } else { format!("; qemu: {qemu_said}") };
-                Some(format!("qemu exited ({status}) before a line matching {:?} appeared: the guest powered off, rebooted or crashed{detail}", self.expect.as_str()))
+                Some(format!(
+                    "qemu exited ({status}) before a line matching {:?} appeared: the guest powered off, rebooted or crashed{detail}",
+                    self.expect.as_str()
+                ))
             }
         };
-        Ok(Attempt::Done(BootOutcome { reached: why.is_none(), seconds, console_tail: console.tail(), accel: self.accel, why, kvm_failed: None }))
+        Ok(Attempt::Done(BootOutcome {
+            reached: why.is_none(),
+            seconds,
+            console_tail: console.tail(),
+            accel: self.accel,
+            why,
+            kvm_failed: None,
+        }))
     }
 }
 
@@ -627,9 +647,15 @@ mod tests {
 
     #[test]
     fn cloud_init_finished_matches_and_other_lines_do_not() {
-        let (m, _) = watch(&[b"Cloud-init v. 23.1.1 finished at Wed, 02 Dec 2026 06:00:00 +0000. Datasource DataSourceNoCloud.  Up 12.3 seconds\r\n"], DEFAULT_EXPECT);
+        let (m, _) = watch(
+            &[b"Cloud-init v. 23.1.1 finished at Wed, 02 Dec 2026 06:00:00 +0000. Datasource DataSourceNoCloud.  Up 12.3 seconds\r\n"],
+            DEFAULT_EXPECT,
+        );
         assert!(m);
-        let (m, _) = watch(&[b"Cloud-init v. 23.1.1 running 'modules:final' at Wed, 02 Dec 2026 06:00:00 +0000. Up 11.9 seconds.\r\n"], DEFAULT_EXPECT);
+        let (m, _) = watch(
+            &[b"Cloud-init v. 23.1.1 running 'modules:final' at Wed, 02 Dec 2026 06:00:00 +0000. Up 11.9 seconds.\r\n"],
+            DEFAULT_EXPECT,
+        );
         assert!(!m, "cloud-init's start of its last stage is not the end");
         let (m, _) = watch(&[b"Last login: yesterday\r\n", b"login: incorrect, try again\r\n"], DEFAULT_EXPECT);
         assert!(!m, "'login: ' in the middle of a line is not a prompt");

@@ -89,7 +89,9 @@ impl DrillOptions {
     pub fn validate(&self) -> Result<()> {
         self.select.validate()?;
         if !self.boot {
-            for (given, flag) in [(self.boot_timeout.is_some(), "--boot-timeout"), (self.expect.is_some(), "--expect"), (self.accel.is_some(), "--accel")] {
+            for (given, flag) in
+                [(self.boot_timeout.is_some(), "--boot-timeout"), (self.expect.is_some(), "--expect"), (self.accel.is_some(), "--accel")]
+            {
                 if given {
                     bail!("{flag} applies to --boot only");
                 }
@@ -284,7 +286,11 @@ pub fn drill_snapshot(
                     boot_seconds = Some(o.seconds);
                     console_tail = Some(o.console_tail.clone());
                     // Why a boot that asked for KVM ran under TCG (and so took longer).
-                    let fallback = o.kvm_failed.as_deref().map(|k| format!("; KVM could not run the guest ({k}), booted under TCG")).unwrap_or_default();
+                    let fallback = o
+                        .kvm_failed
+                        .as_deref()
+                        .map(|k| format!("; KVM could not run the guest ({k}), booted under TCG"))
+                        .unwrap_or_default();
                     if o.reached {
                         (CheckStatus::Passed, format!("reached the expected console line after {:.1} s ({}){fallback}", o.seconds, o.accel))
                     } else {
@@ -313,7 +319,9 @@ pub fn drill_snapshot(
         .or_else(|| checks.iter().find(|c| c.status == CheckStatus::Error))
         .map(|c| format!("{}: {}", c.check, c.detail.as_deref().unwrap_or("failed")));
     let (image, project) = match &snap.source {
-        Source::Glance { image_id, .. } => (Some(image_id.clone()), snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string)),
+        Source::Glance { image_id, .. } => {
+            (Some(image_id.clone()), snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string))
+        }
         _ => (None, snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string)),
     };
     DrillRecord {
@@ -368,7 +376,12 @@ fn expected_digests(snap: &Snapshot) -> Result<BTreeMap<String, String>, String>
 /// expected digest; every chunk's BLAKE3 is verified by the reader on the way.
 fn rebuild_check(repo: &Repository, index: &Index, snap: &Snapshot, progress: &SharedProgress) -> DrillCheck {
     let started = Instant::now();
-    let done = |status, detail: String| DrillCheck { check: "rebuild".into(), status, detail: Some(detail), seconds: started.elapsed().as_secs_f64() };
+    let done = |status, detail: String| DrillCheck {
+        check: "rebuild".into(),
+        status,
+        detail: Some(detail),
+        seconds: started.elapsed().as_secs_f64(),
+    };
     let expected = match expected_digests(snap) {
         Ok(e) => e,
         Err(why) => return done(CheckStatus::Failed, why),
@@ -413,17 +426,26 @@ fn glance_check(repo: &Repository, index: &Index, id: &Id, snap: &Snapshot, glan
     };
     let archived = snap.digests.get("sha512").map(|s| s.to_ascii_lowercase());
     let verdict = match (&r.os_hash_value, &archived) {
-        (Some(got), Some(want)) if got.eq_ignore_ascii_case(want) => Ok(format!("os_hash_value matches the archived sha512 ({}…)", &want[..16])),
+        (Some(got), Some(want)) if got.eq_ignore_ascii_case(want) => {
+            Ok(format!("os_hash_value matches the archived sha512 ({}…)", &want[..16]))
+        }
         (Some(got), Some(want)) => Err(format!("Glance computed os_hash_value {got}, the archived sha512 is {want}")),
         (None, _) => Err("Glance recorded no os_hash_value for the new image".to_string()),
-        (Some(_), None) => Ok(format!("uploaded bytes verified with {} (no archived sha512 to compare Glance's os_hash_value with)", r.verified_with)),
+        (Some(_), None) => {
+            Ok(format!("uploaded bytes verified with {} (no archived sha512 to compare Glance's os_hash_value with)", r.verified_with))
+        }
     };
     let fate = if keep {
         format!("kept as image {}", r.image_id)
     } else {
         match glance.delete(&r.image_id) {
             Ok(()) => format!("image {} deleted", r.image_id),
-            Err(e) => return (CheckStatus::Error, format!("{}; could not delete the drill's image {}: {e:#}", verdict.unwrap_or_else(|e| e), r.image_id)),
+            Err(e) => {
+                return (
+                    CheckStatus::Error,
+                    format!("{}; could not delete the drill's image {}: {e:#}", verdict.unwrap_or_else(|e| e), r.image_id),
+                )
+            }
         }
     };
     match verdict {

@@ -42,14 +42,7 @@ impl Index {
         let Some(started) = record.started_at() else { bail!("drill record {name} has no RFC 3339 start time ({:?})", record.started) };
         self.conn.execute(
             "INSERT OR REPLACE INTO drills(name, snapshot, started, started_micros, ok, record) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
-                name,
-                &snapshot.0[..],
-                record.started,
-                started.timestamp_micros(),
-                record.ok,
-                serde_json::to_string(record)?
-            ],
+            rusqlite::params![name, &snapshot.0[..], record.started, started.timestamp_micros(), record.ok, serde_json::to_string(record)?],
         )?;
         Ok(())
     }

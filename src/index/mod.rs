@@ -26,8 +26,8 @@ mod snapshots;
 pub(crate) mod usage;
 
 pub use blobs::PackUsage;
-pub use drills::DrillRow;
 pub use catchup::{rebuild, RebuildReport, SyncReport, MAX_BLOBS_PER_INDEX_OBJECT};
+pub use drills::DrillRow;
 pub use indexed::IndexedRepository;
 pub use marks::{MarkRow, MarkedPackRow};
 pub use reader::{ChunkReader, DamagedChunk};

@@ -118,7 +118,8 @@ pub fn compute(snapshots: &[SnapshotFigures], rows: &[DrillRow]) -> Drills {
             name: img.latest.name.clone(),
             project: img.latest.project.clone(),
         };
-        let mut records: Vec<&DrillRow> = img.members.iter().flat_map(|m| by_snapshot.get(m.id.as_str()).into_iter().flatten().copied()).collect();
+        let mut records: Vec<&DrillRow> =
+            img.members.iter().flat_map(|m| by_snapshot.get(m.id.as_str()).into_iter().flatten().copied()).collect();
         // The index's order (started, then name), kept across the image's snapshots.
         records.sort_by(|a, b| (a.record.started_at(), &a.name).cmp(&(b.record.started_at(), &b.name)));
         let last_drill = records.last().map(|r| DrillSummary::of(r));

@@ -249,8 +249,14 @@ fn drills_table(s: &mut String, d: &super::drills::Drills) {
     for f in &d.last_failed {
         let why = one_line(f.last_drill.error.as_deref().unwrap_or("no error recorded"));
         let what = if f.last_drill.result == "not_run" { "could not run" } else { "FAILED" };
-        writeln!(s, "  last drill {what}: {}: snapshot {} on {}: {why}", label(&f.image), &f.last_drill.snapshot[..16], one_line(&f.last_drill.host))
-            .unwrap();
+        writeln!(
+            s,
+            "  last drill {what}: {}: snapshot {} on {}: {why}",
+            label(&f.image),
+            &f.last_drill.snapshot[..16],
+            one_line(&f.last_drill.host)
+        )
+        .unwrap();
     }
 }
 
@@ -390,7 +396,11 @@ fn drill_series(m: &mut Metrics, r: &Report, scope: &[(&str, &str)]) {
         }
     }
     for (name, help, v) in [
-        ("imgarc_images_never_drilled", "Images in the report none of whose snapshots has a restore drill record", r.drills.never_drilled.len()),
+        (
+            "imgarc_images_never_drilled",
+            "Images in the report none of whose snapshots has a restore drill record",
+            r.drills.never_drilled.len(),
+        ),
         ("imgarc_images_last_drill_failed", "Images in the report whose latest restore drill failed", r.drills.last_failed.len()),
     ] {
         m.family(name, help);

@@ -244,7 +244,8 @@ fn drill_cli(env: &Env, run: &Path, path: Option<&str>, args: &[&str]) -> (i32, 
     }
     let o = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("drill's stdout is not JSON ({e}): {:?}; stderr: {stderr}", String::from_utf8_lossy(&o.stdout)));
+    let doc = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("drill's stdout is not JSON ({e}): {:?}; stderr: {stderr}", String::from_utf8_lossy(&o.stdout)));
     (o.status.code().unwrap_or(-1), doc, stderr)
 }
 
@@ -301,7 +302,11 @@ fn the_drill_verb_boots_a_qcow2_snapshot_and_records_the_boot() {
     // A pattern that is not one is a usage error before any work.
     let o = env.run(&["drill", "--boot", "--expect", "(", &snap]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--expect \"(\" is not a valid regular expression"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--expect \"(\" is not a valid regular expression"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -314,7 +319,8 @@ fn the_drill_verb_fails_a_disk_without_kernel_shows_its_console_and_leaves_nothi
     let disk = make_disk(&env, "cli-no-kernel", &["--no-kernel"]);
     let snap = s(&env.archive(&disk, "cli-no-kernel"), "snapshot");
     let run = run_dir(&env);
-    let (code, doc, stderr) = drill_cli(&env, &run, None, &["--boot", "--accel", "tcg", "--boot-timeout", "20s", "--expect", "IMGARC-BOOT-OK", &snap]);
+    let (code, doc, stderr) =
+        drill_cli(&env, &run, None, &["--boot", "--accel", "tcg", "--boot-timeout", "20s", "--expect", "IMGARC-BOOT-OK", &snap]);
     assert_eq!(code, 3, "{doc}\n{stderr}");
     assert_eq!(doc["ok"], false, "{doc}");
     let d = &doc["drills"][0];

@@ -102,10 +102,12 @@ fn drill_into_glance_verifies_and_cleans_up_and_is_reported() {
     assert!(text.contains(&snap[..16]) || text.contains(&snap), "the drilled snapshot is in the report's drills: {report}");
     let o = env.cmd(&["report", "--format", "prometheus"]).output().unwrap();
     let prom = support::prom::parse(&String::from_utf8_lossy(&o.stdout)).unwrap();
-    let t = prom.value(
-        "imgarc_image_last_drill_success_timestamp_seconds",
-        &[("image", &rec.id), ("name", &name), ("project", rec.owner.as_deref().unwrap_or(""))],
-    ).expect("the image's last drill success");
+    let t = prom
+        .value(
+            "imgarc_image_last_drill_success_timestamp_seconds",
+            &[("image", &rec.id), ("name", &name), ("project", rec.owner.as_deref().unwrap_or(""))],
+        )
+        .expect("the image's last drill success");
     let started = doc["drills"][0]["started"].as_str().unwrap();
     let started = chrono::DateTime::parse_from_rfc3339(started).unwrap().timestamp() as f64;
     assert!((t - started).abs() < 2.0, "the last success is the DR drill's start ({t} vs {started})");

@@ -55,7 +55,12 @@ fn report_json(env: &Env, extra: &[&str]) -> Value {
 
 /// The drill entry of the image whose latest snapshot is named `name`.
 fn image<'a>(r: &'a Value, name: &str) -> &'a Value {
-    r["drills"]["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("no image {name} in {}", r["drills"]))
+    r["drills"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no image {name} in {}", r["drills"]))
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -124,7 +129,10 @@ fn report_shows_last_drill_last_success_never_drilled_and_failures() {
     assert_eq!(last["record"], saved[1].as_str());
     assert!(last["error"].as_str().unwrap().contains("is damaged"), "{last}");
     let success = &web["last_success"];
-    assert_eq!((success["started"].as_str(), success["host"].as_str(), success["seconds"].as_f64()), (Some(t2), Some("drill-b"), Some(32.0)));
+    assert_eq!(
+        (success["started"].as_str(), success["host"].as_str(), success["seconds"].as_f64()),
+        (Some(t2), Some("drill-b"), Some(32.0))
+    );
     let db = image(&r, "db");
     assert_eq!(db["last_drill"]["boot_seconds"], 7.25);
     assert_eq!(db["last_drill"]["seconds"], 41.5);
@@ -140,7 +148,10 @@ fn report_shows_last_drill_last_success_never_drilled_and_failures() {
     let table = env.ok(&["report"]);
     assert!(table.contains("Restore drills"), "{table}");
     assert!(table.contains("never drilled: 1 image(s): notes"), "{table}");
-    assert!(table.contains(&format!("last drill FAILED: web (image-web): snapshot {}", &web1[..16])) && table.contains("is damaged"), "{table}");
+    assert!(
+        table.contains(&format!("last drill FAILED: web (image-web): snapshot {}", &web1[..16])) && table.contains("is damaged"),
+        "{table}"
+    );
 
     let html = env.ok(&["report", "--format", "html"]);
     assert!(html.contains("<h2 id=\"drills\">Restore drills</h2>"), "no drill section in the page");
@@ -176,7 +187,10 @@ fn report_shows_last_drill_last_success_never_drilled_and_failures() {
     assert!(scoped["drills"]["never_drilled"].as_array().unwrap().is_empty());
     for format in ["json", "table", "html", "prometheus"] {
         let text = env.ok(&["report", "--format", format, "--project", "proj-web"]);
-        assert!(!text.contains("drill-db") && !text.contains("image-db") && !text.contains(&db0[..16]), "{format} shows proj-db's drill:\n{text}");
+        assert!(
+            !text.contains("drill-db") && !text.contains("image-db") && !text.contains(&db0[..16]),
+            "{format} shows proj-db's drill:\n{text}"
+        );
         if format != "prometheus" {
             assert!(text.contains("drill-c"), "{format} lacks the project's own last drill");
         }
@@ -317,7 +331,8 @@ fn a_stale_second_host_drops_deleted_records_and_sees_new_ones() {
         std::fs::write(&p, bytes(256 << 10, 40 + night, false)).unwrap();
         ids.push(s(&on("a", &["archive", p.to_str().unwrap(), "--name", "vm"]), "snapshot"));
     }
-    let old = save(&env, &[record(&ids[0], "2026-11-01T01:00:00Z", "a", true, 1.0), record(&ids[1], "2026-11-02T01:00:00Z", "a", true, 1.0)]);
+    let old =
+        save(&env, &[record(&ids[0], "2026-11-01T01:00:00Z", "a", true, 1.0), record(&ids[1], "2026-11-02T01:00:00Z", "a", true, 1.0)]);
     assert_eq!(image(&on("b", &["report"]), "vm")["drills"], 2);
     let b_rows = || {
         let repo = env.open_repo();
@@ -358,9 +373,10 @@ fn forged_and_damaged_records_are_skipped_with_a_warning() {
     let p = env.path("vm.raw");
     std::fs::write(&p, bytes(256 << 10, 60, false)).unwrap();
     let id = s(&env.archive(&p, "vm"), "snapshot");
-    let [good, flipped] = save(&env, &[record(&id, "2026-11-01T01:00:00Z", "h", true, 1.0), record(&id, "2026-11-02T01:00:00Z", "h", true, 1.0)])
-        .try_into()
-        .unwrap();
+    let [good, flipped] =
+        save(&env, &[record(&id, "2026-11-01T01:00:00Z", "h", true, 1.0), record(&id, "2026-11-02T01:00:00Z", "h", true, 1.0)])
+            .try_into()
+            .unwrap();
     let dir = env.repo.join("drills");
     // Named by its own hash, so only the seal can refuse it.
     let sealed_garbage = b"{\"version\": 1, \"not\": \"sealed\"}";
@@ -397,16 +413,16 @@ fn forged_and_damaged_records_are_skipped_with_a_warning() {
 
     let forged_why = ["cannot be authenticated", "does not match its name", "does not match its name"];
     let planted_why = ["is malformed", "version 2", "RFC 3339", "more than the 1048576 bytes"];
-    for (env, good, bad, why) in [
-        (&env, &good, &forged[..], &forged_why[..]),
-        (&plain, &pgood, &planted[..], &planted_why[..]),
-    ] {
+    for (env, good, bad, why) in [(&env, &good, &forged[..], &forged_why[..]), (&plain, &pgood, &planted[..], &planted_why[..])] {
         let out = env.run(&["report", "--format", "json"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && !stderr.contains("panicked"), "{stderr}");
         assert_eq!(bad.len(), why.len());
         for (name, why) in bad.iter().zip(why) {
-            let line = stderr.lines().find(|l| l.contains(&format!("drill record {name}"))).unwrap_or_else(|| panic!("no warning names {name}:\n{stderr}"));
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(&format!("drill record {name}")))
+                .unwrap_or_else(|| panic!("no warning names {name}:\n{stderr}"));
             assert!(line.contains("warning") && line.contains(why), "the warning about {name} does not say {why:?}: {line}");
         }
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();

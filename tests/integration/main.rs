@@ -64,11 +64,11 @@ mod object_lock;
 mod remote_e2e;
 
 #[cfg(feature = "openstack-tests")]
+mod drill_glance;
+#[cfg(feature = "openstack-tests")]
 mod format_glance;
 #[cfg(feature = "openstack-tests")]
 mod glance_e2e;
-#[cfg(feature = "openstack-tests")]
-mod drill_glance;
 #[cfg(feature = "openstack-tests")]
 mod openstack_bench;
 #[cfg(feature = "openstack-tests")]
