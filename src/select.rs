@@ -61,8 +61,17 @@ pub fn parse_count(flag: &str, s: &str) -> std::result::Result<usize, String> {
 /// policy in: the Glance image id, else the name.
 pub fn image_group(source: &Source, name: &str) -> String {
     match source {
-        Source::Glance { image_id, .. } => format!("image {image_id}"),
-        _ => format!("name {name}"),
+        Source::Glance { image_id, .. } => group_of(Some(image_id), name),
+        _ => group_of(None, name),
+    }
+}
+
+/// The group of a snapshot archived from Glance image `image_id` (else none) under `name`:
+/// what [`image_group`] returns, for a caller that holds the two fields (a drill record).
+pub fn group_of(image_id: Option<&str>, name: &str) -> String {
+    match image_id {
+        Some(image_id) => format!("image {image_id}"),
+        None => format!("name {name}"),
     }
 }
 

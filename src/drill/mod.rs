@@ -168,10 +168,7 @@ fn image_group_of(index: &Index, id: &Id) -> Result<String> {
 
 /// The group `select::image_group` gives the snapshot a record is of, from the record.
 pub fn record_group(r: &DrillRecord) -> String {
-    match &r.image {
-        Some(image_id) => format!("image {image_id}"),
-        None => format!("name {}", r.name),
-    }
+    crate::select::group_of(r.image.as_deref(), &r.name)
 }
 
 /// When each image group was last drilled (any snapshot, any result), RFC 3339.
@@ -318,12 +315,11 @@ pub fn drill_snapshot(
         .find(|c| c.status == CheckStatus::Failed)
         .or_else(|| checks.iter().find(|c| c.status == CheckStatus::Error))
         .map(|c| format!("{}: {}", c.check, c.detail.as_deref().unwrap_or("failed")));
-    let (image, project) = match &snap.source {
-        Source::Glance { image_id, .. } => {
-            (Some(image_id.clone()), snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string))
-        }
-        _ => (None, snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string)),
+    let image = match &snap.source {
+        Source::Glance { image_id, .. } => Some(image_id.clone()),
+        _ => None,
     };
+    let project = snap.metadata.get("owner").and_then(|v| v.as_str()).map(str::to_string);
     DrillRecord {
         version: DRILL_VERSION,
         snapshot: id.to_hex(),

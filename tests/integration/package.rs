@@ -167,6 +167,16 @@ const UNITS: &[&str] = &[
     "imgarc-drill.timer",
 ];
 
+/// The units of [`UNITS`] that run an imgarc verb (the failure template runs none).
+const JOB_SERVICES: &[&str] = &[
+    "imgarc-sync.service",
+    "imgarc-retention.service",
+    "imgarc-prune.service",
+    "imgarc-report.service",
+    "imgarc-copy.service",
+    "imgarc-drill.service",
+];
+
 fn unit(name: &str) -> String {
     read(&format!("contrib/systemd/{name}"))
 }
@@ -213,16 +223,8 @@ fn units_are_the_ones_shipped_and_pass_systemd_analyze_verify() {
 
 #[test]
 fn units_keep_the_operator_promises() {
-    let services = [
-        "imgarc-sync.service",
-        "imgarc-retention.service",
-        "imgarc-prune.service",
-        "imgarc-report.service",
-        "imgarc-copy.service",
-        "imgarc-drill.service",
-    ];
     let mut metrics_files = BTreeSet::new();
-    for name in services {
+    for &name in JOB_SERVICES {
         let text = unit(name);
         assert_eq!(values(&text, "User"), ["imgarc"], "{name} runs as the imgarc user");
         assert_eq!(values(&text, "CacheDirectory"), ["imgarc"], "{name}: CacheDirectory=imgarc");
@@ -288,14 +290,7 @@ fn units_keep_the_operator_promises() {
 fn unit_command_lines_parse() {
     // The units are written against --metrics-file; a build without it cannot run them.
     assert!(stdout_of(&["sync", "--help"]).contains("--metrics-file"), "sync --help has no --metrics-file");
-    for name in [
-        "imgarc-sync.service",
-        "imgarc-retention.service",
-        "imgarc-prune.service",
-        "imgarc-report.service",
-        "imgarc-copy.service",
-        "imgarc-drill.service",
-    ] {
+    for name in JOB_SERVICES {
         for line in values(&unit(name), "ExecStart") {
             // Variables the unit expands from sync.env: a stand-in value.
             let line = line.replace("${IMGARC_COPY_TO}", "/srv/imgarc-copy");
