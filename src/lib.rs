@@ -39,6 +39,7 @@ pub mod repository;
 pub mod restore;
 pub mod restore_glance;
 pub mod retention;
+pub mod scratch;
 pub mod secret;
 pub mod select;
 pub(crate) mod source;

@@ -109,19 +109,7 @@ pub fn parse_grace(s: &str) -> Result<chrono::Duration> {
     crate::util::parse_duration(s).map_err(|e| anyhow::anyhow!("grace {e:#}"))
 }
 
-/// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,
-/// as a kill -9 would, so tests can prove every point is recoverable. Built
-/// only with the `test-hooks` feature: a shipped binary has no such switch.
-#[cfg(feature = "test-hooks")]
-fn crash_point(point: &str) {
-    if std::env::var("IMGARC_TEST_CRASH_AT").is_ok_and(|p| p == point) {
-        tracing::error!("crashing at {point} (IMGARC_TEST_CRASH_AT)");
-        std::process::abort();
-    }
-}
-
-#[cfg(not(feature = "test-hooks"))]
-fn crash_point(_point: &str) {}
+use crate::util::crash_point;
 
 /// Runs both phases. The caller holds the `prune` singleton lock.
 pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Result<PruneReport> {

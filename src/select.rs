@@ -62,6 +62,8 @@ pub fn parse_count(flag: &str, s: &str) -> std::result::Result<usize, String> {
 pub fn image_group(source: &Source, name: &str) -> String {
     match source {
         Source::Glance { image_id, .. } => group_of(Some(image_id), name),
+        // One group per volume: its nightly archives are one lineage.
+        Source::Cinder { volume_id, .. } => format!("volume {volume_id}"),
         _ => group_of(None, name),
     }
 }

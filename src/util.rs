@@ -371,6 +371,21 @@ pub fn remove_paths_on_exit() {
     }
 }
 
+/// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,
+/// as a kill -9 would, so tests can prove every point is recoverable (prune's
+/// phases, a volume archive between its scratch resources). Built only with
+/// the `test-hooks` feature: a shipped binary has no such switch.
+#[cfg(feature = "test-hooks")]
+pub fn crash_point(point: &str) {
+    if std::env::var("IMGARC_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        tracing::error!("crashing at {point} (IMGARC_TEST_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub fn crash_point(_point: &str) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use imgarc::backend::{self, Backend};
 use imgarc::crypto::keyfile::PasswordSource;
 use imgarc::index::Index;
 use imgarc::net::ratelimit::RateLimiter;
+use imgarc::openstack::cinder::CinderClient;
 use imgarc::openstack::config::{CloudConfig, CloudOverrides};
 use imgarc::openstack::glance::GlanceClient;
 use imgarc::openstack::keystone::{HttpOptions, Session};
@@ -79,6 +80,17 @@ impl Ctx {
         tracing::debug!("openstack: {}", config.describe());
         let session = Session::new(&config)?;
         Ok(GlanceClient::new(&session)?)
+    }
+
+    /// The Cinder client of the cloud `glance` talks to: the same Keystone session, its
+    /// `block-storage` (else `volumev3`) endpoint. Glance reached with `--glance-url` and no
+    /// Keystone has no catalog, so no Cinder.
+    #[allow(dead_code)] // until the cinder: verbs use it
+    pub fn cinder_for(&self, glance: &GlanceClient) -> Result<CinderClient> {
+        let session = glance.session().context(
+            "Cinder needs Keystone credentials (--os-cloud, OS_CLOUD or OS_AUTH_URL and the other OS_* variables); --glance-url gives none",
+        )?;
+        Ok(CinderClient::new(session)?)
     }
 
     /// The OpenStack flags of the command line, each marked as coming from its flag.

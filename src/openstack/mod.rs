@@ -21,6 +21,8 @@
 //! ```
 //! See `docs/openstack.md`.
 
+pub(crate) mod api;
+pub mod cinder;
 pub mod config;
 pub mod glance;
 pub mod keystone;
@@ -62,6 +64,9 @@ pub enum Error {
     /// `wait_active` ran out of time or the image went to a failed state.
     #[error("image {id}: {message}")]
     Wait { id: String, message: String },
+    /// Waiting for a Cinder volume or snapshot (`what`) failed: an error state, or out of time.
+    #[error("{what}: {message}")]
+    WaitFor { what: String, message: String },
     /// `glance::restore_image` failed; `message` says what happened to the half-created image.
     #[error("restore into Glance: {message}")]
     Restore { id: Option<String>, message: String },

@@ -28,11 +28,11 @@ pub fn key_error(key: &str) -> Option<&'static str> {
     let ok = match key.split('/').collect::<Vec<_>>().as_slice() {
         ["config"] => true,
         ["data", xx, id] => is_hash(id) && xx.len() == 2 && id.starts_with(*xx),
-        ["index" | "snapshots" | "prune" | "keys" | "drills", id] => is_hash(id),
+        ["index" | "snapshots" | "prune" | "keys" | "drills" | "scratch", id] => is_hash(id),
         ["locks", name] | ["upstream", "deleted" | "reappeared", name] => is_name(name),
         _ => {
             return Some(
-                "not a repository key (format-spec §1: config, keys/, data/, index/, snapshots/, drills/, locks/, prune/, upstream/deleted/, upstream/reappeared/)",
+                "not a repository key (format-spec §1: config, keys/, data/, index/, snapshots/, drills/, scratch/, locks/, prune/, upstream/deleted/, upstream/reappeared/)",
             )
         }
     };

@@ -396,6 +396,11 @@ impl Repository {
         list(self)
     }
 
+    /// The leases of every live hold: the [`Repository::list_locks`] locks that are not stale.
+    pub fn live_leases(&self) -> Result<HashSet<String>> {
+        Ok(list(self)?.into_iter().filter(|(_, i)| !i.is_stale()).map(|(k, i)| i.lease_of(&k).to_string()).collect())
+    }
+
     /// Deletes a lock object; a key outside the grammar is refused.
     pub fn delete_lock(&self, key: &str) -> Result<()> {
         self.delete::<LockInfo>(key)
@@ -526,6 +531,13 @@ impl Lock {
             since,
             timing,
         )
+    }
+
+    /// The lease of this hold: every lock object it writes carries it, so another
+    /// process sees the hold as live while a non-stale lock of this lease is listed
+    /// (scratch records name it: `crate::scratch`).
+    pub fn lease(&self) -> String {
+        self.holding.lock().map(|h| h.lease.clone()).unwrap_or_default()
     }
 
     /// A handle for the code that writes under this lock (`Repository::hold_lock`).

@@ -22,6 +22,7 @@ pub(crate) mod keys;
 pub mod lock;
 pub mod marks;
 pub mod pack;
+pub mod scratch;
 pub mod snapshot;
 mod storage;
 pub mod upstream;

@@ -63,9 +63,23 @@ pub struct CopiedFrom {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
-    File { path: String },
+    File {
+        path: String,
+    },
     Stdin,
-    Glance { image_id: String, cloud: Option<String> },
+    Glance {
+        image_id: String,
+        cloud: Option<String>,
+    },
+    /// A Cinder volume (`archive cinder:`, `sync --volumes`), or the volume snapshot
+    /// `snapshot_id` of one (a disk of a volume-backed instance snapshot), read
+    /// through a scratch Glance image (format-spec/snapshots.md).
+    Cinder {
+        volume_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot_id: Option<String>,
+        cloud: Option<String>,
+    },
 }
 
 /// How the image file maps onto the guest stream. A reader that meets an

@@ -20,7 +20,7 @@ impl GlanceClient {
         let mut d = ImageDownload {
             client: self.clone(),
             id: rec.id.clone(),
-            url: self.url(&["images", &rec.id, "file"]),
+            url: self.api.url(&["images", &rec.id, "file"]),
             expected: rec.size,
             total: None,
             pos: 0,
@@ -90,7 +90,7 @@ impl ImageDownload {
         let pos = self.pos;
         let range = if pos > 0 { Some(format!("bytes={pos}-")) } else { None };
         let accept: &[u16] = &[204, 416];
-        let resp = self.client.send(Method::GET, &self.url, true, accept, &|rb| match &range {
+        let resp = self.client.api.send(Method::GET, &self.url, true, accept, &|rb| match &range {
             Some(r) => rb.header("Range", r),
             None => rb,
         })?;
@@ -150,7 +150,7 @@ impl ImageDownload {
 
     fn interrupted(&mut self, why: String) -> io::Result<()> {
         self.resp = None;
-        let p = self.client.retry.clone();
+        let p = self.client.api.retry.clone();
         let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
         let mut why = why;
         loop {
@@ -190,10 +190,10 @@ impl ImageDownload {
     }
 
     fn open_once(&mut self) -> Result<()> {
-        let saved = self.client.retry.clone();
-        self.client.retry.max_retries = 0;
+        let saved = self.client.api.retry.clone();
+        self.client.api.retry.max_retries = 0;
         let r = self.open();
-        self.client.retry = saved;
+        self.client.api.retry = saved;
         r
     }
 }
@@ -244,7 +244,7 @@ impl Read for ImageDownload {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let why = self.client.scrub(io_reason(&e));
+                    let why = self.client.api.scrub(io_reason(&e));
                     self.interrupted(why)?;
                 }
             }

@@ -23,9 +23,9 @@ pub enum UploadMethod {
 impl GlanceClient {
     /// `GET /v2/images/{id}`.
     pub fn get(&self, id: &str) -> Result<ImageRecord> {
-        let url = self.url(&["images", id]);
-        match self.get_json(&url) {
-            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.base))),
+        let url = self.api.url(&["images", id]);
+        match self.api.get_json(&url) {
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.api.base))),
             r => ImageRecord::from_json(r?),
         }
     }
@@ -40,7 +40,7 @@ impl GlanceClient {
         }
         let found = self.list_filtered(&[("name", id_or_name)], 100)?;
         match found.len() {
-            0 => Err(Error::NotFound(format!("image {id_or_name:?} (no image has this id or name) at {}", self.base))),
+            0 => Err(Error::NotFound(format!("image {id_or_name:?} (no image has this id or name) at {}", self.api.base))),
             1 => Ok(found.into_iter().next().unwrap()),
             n => Err(Error::Ambiguous {
                 name: id_or_name.into(),
@@ -58,7 +58,7 @@ impl GlanceClient {
     /// Images matching Glance filters (`name`, `status`, `visibility`,
     /// `sort`...), fetched `page_size` at a time (max 1000).
     pub fn list_filtered(&self, filters: &[(&str, &str)], page_size: u32) -> Result<Vec<ImageRecord>> {
-        let mut u = url::Url::parse(&self.url(&["images"])).expect("valid url");
+        let mut u = url::Url::parse(&self.api.url(&["images"])).expect("valid url");
         {
             let mut q = u.query_pairs_mut();
             for (k, v) in filters {
@@ -74,11 +74,11 @@ impl GlanceClient {
             if pages > 100_000 {
                 return Err(Error::Config("image list does not end (more than 100000 pages)".into()));
             }
-            let v = self.get_json(&url)?;
+            let v = self.api.get_json(&url)?;
             for img in v["images"].as_array().into_iter().flatten() {
                 out.push(ImageRecord::from_json(img.clone())?);
             }
-            next = v["next"].as_str().map(|n| self.join_link(n)).transpose()?;
+            next = v["next"].as_str().map(|n| self.api.join_link(n)).transpose()?;
             if v["images"].as_array().is_none_or(|a| a.is_empty()) {
                 break;
             }
@@ -88,9 +88,9 @@ impl GlanceClient {
 
     /// `POST /v2/images`: create an image record (status `queued`).
     pub fn create(&self, meta: &Map<String, Value>) -> Result<ImageRecord> {
-        let url = self.url(&["images"]);
+        let url = self.api.url(&["images"]);
         let body = Value::Object(meta.clone());
-        let resp = self.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
+        let resp = self.api.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
         let v: Value = resp.json().map_err(|e| Error::Transport {
             method: "POST".into(),
             url: url.clone(),
@@ -102,9 +102,9 @@ impl GlanceClient {
     /// `PATCH /v2/images/{id}` with JSON-patch `ops`
     /// (e.g. `[{"op":"replace","path":"/protected","value":true}]`).
     pub fn update(&self, id: &str, ops: &[Value]) -> Result<ImageRecord> {
-        let url = self.url(&["images", id]);
+        let url = self.api.url(&["images", id]);
         let body = serde_json::to_vec(ops).expect("json");
-        let resp = self.send(Method::PATCH, &url, false, &[], &|rb| {
+        let resp = self.api.send(Method::PATCH, &url, false, &[], &|rb| {
             rb.header("Content-Type", "application/openstack-images-v2.1-json-patch").body(body.clone())
         })?;
         ImageRecord::from_json(resp.json().map_err(|e| Error::Transport {
@@ -115,25 +115,25 @@ impl GlanceClient {
     }
 
     fn put_stream(&self, id: &str, what: &str, reader: Box<dyn Read + Send>, size: Option<u64>) -> Result<()> {
-        let url = self.url(&["images", id, what]);
-        let (token, _) = self.token()?; // fresh (renewed if near expiry): a streamed body cannot be replayed
+        let url = self.api.url(&["images", id, what]);
+        let (token, _) = self.api.token()?; // fresh (renewed if near expiry): a streamed body cannot be replayed
         let body = match size {
             Some(n) => Body::sized(reader, n),
             None => Body::new(reader), // chunked
         };
-        let mut rb = self.http.put(&url).timeout(UPLOAD_TIMEOUT).header("Content-Type", "application/octet-stream").body(body);
+        let mut rb = self.api.http.put(&url).timeout(UPLOAD_TIMEOUT).header("Content-Type", "application/octet-stream").body(body);
         if let Some(t) = &token {
             rb = rb.header("X-Auth-Token", t.expose());
         }
         let resp = rb.send().map_err(|e| Error::Transport {
             method: "PUT".into(),
             url: url.clone(),
-            message: self.scrub(describe_reqwest(&e)),
+            message: self.api.scrub(describe_reqwest(&e)),
         })?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(self.http_error(&Method::PUT, &url, resp))
+            Err(self.api.http_error(&Method::PUT, &url, resp))
         }
     }
 
@@ -151,15 +151,15 @@ impl GlanceClient {
 
     /// `POST /v2/images/{id}/import` with `method` (e.g. "glance-direct").
     pub fn import(&self, id: &str, method: &str) -> Result<()> {
-        let url = self.url(&["images", id, "import"]);
+        let url = self.api.url(&["images", id, "import"]);
         let body = json!({ "method": { "name": method } });
-        self.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
+        self.api.send(Method::POST, &url, false, &[], &|rb| rb.json(&body))?;
         Ok(())
     }
 
     /// Import methods the cloud enables (`GET /v2/info/import`).
     pub fn import_methods(&self) -> Result<Vec<String>> {
-        let v = self.get_json(&self.url(&["info", "import"]))?;
+        let v = self.api.get_json(&self.api.url(&["info", "import"]))?;
         Ok(v.pointer("/import-methods/value")
             .and_then(|a| a.as_array())
             .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
@@ -176,7 +176,7 @@ impl GlanceClient {
                 if !m.iter().any(|m| m == "glance-direct") {
                     return Err(Error::Config(format!(
                         "the cloud at {} does not enable glance-direct import (methods: {})",
-                        self.base,
+                        self.api.base,
                         if m.is_empty() { "none".into() } else { m.join(", ") }
                     )));
                 }
@@ -218,16 +218,16 @@ impl GlanceClient {
     }
 
     fn task_message(&self, id: &str) -> Option<String> {
-        let v = self.get_json(&self.url(&["images", id, "tasks"])).ok()?;
+        let v = self.api.get_json(&self.api.url(&["images", id, "tasks"])).ok()?;
         let t = v["tasks"].as_array()?.iter().find(|t| t["status"] == "failure")?;
         Some(format!(": task {}: {}", t["id"].as_str().unwrap_or("?"), t["message"].as_str().unwrap_or("")))
     }
 
     /// `DELETE /v2/images/{id}`.
     pub fn delete(&self, id: &str) -> Result<()> {
-        let url = self.url(&["images", id]);
-        match self.send(Method::DELETE, &url, true, &[], &|rb| rb) {
-            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.base))),
+        let url = self.api.url(&["images", id]);
+        match self.api.send(Method::DELETE, &url, true, &[], &|rb| rb) {
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("image {id:?} at {}", self.api.base))),
             r => r.map(|_| ()),
         }
     }

@@ -122,12 +122,12 @@ mod rules {
         assert_eq!(normalize_base("https://h/image").unwrap(), "https://h/image");
         assert!(normalize_base("http://u:pw@h/").unwrap_err().to_string().find("pw").is_none());
         let c = GlanceClient::standalone("http://h:1/image/", None).unwrap();
-        assert_eq!(c.url(&["images", "a b", "file"]), "http://h:1/image/v2/images/a%20b/file");
-        assert_eq!(c.join_link("/v2/images?marker=x").unwrap(), "http://h:1/image/v2/images?marker=x");
-        assert_eq!(c.join_link("http://h:1/image/v2/images?marker=y").unwrap(), "http://h:1/image/v2/images?marker=y");
-        let e = c.join_link("http://h:2/v2/images?marker=y").unwrap_err().to_string();
+        assert_eq!(c.api.url(&["images", "a b", "file"]), "http://h:1/image/v2/images/a%20b/file");
+        assert_eq!(c.api.join_link("/v2/images?marker=x").unwrap(), "http://h:1/image/v2/images?marker=x");
+        assert_eq!(c.api.join_link("http://h:1/image/v2/images?marker=y").unwrap(), "http://h:1/image/v2/images?marker=y");
+        let e = c.api.join_link("http://h:2/v2/images?marker=y").unwrap_err().to_string();
         assert!(e.contains("another host (http://h:2)"), "{e}");
-        assert!(c.join_link("https://h:1/v2/images").is_err(), "another scheme is another origin");
+        assert!(c.api.join_link("https://h:1/v2/images").is_err(), "another scheme is another origin");
         let p = RetryPolicy::default();
         assert!(p.delay(20, None) <= p.max_delay);
         assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
