@@ -37,6 +37,7 @@ pub mod prune;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod restore_cinder;
 pub mod restore_glance;
 pub mod retention;
 pub mod scratch;

@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ToGlanceOptions {
-    /// Cloud in clouds.yaml to restore into (default: the source credentials)
-    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    /// Cloud in clouds.yaml to restore into, with --to-glance or --to-cinder (default: the source credentials)
+    #[cfg_attr(feature = "clap", arg(long))]
     pub to_cloud: Option<String>,
-    /// Name of the new Glance image (default: the archived name)
-    #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
+    /// Name of the new Glance image (--to-glance) or Cinder volume (--to-cinder) (default: the archived name)
+    #[cfg_attr(feature = "clap", arg(long))]
     pub name: Option<String>,
     /// Visibility of the new Glance image (private, shared, community, public)
     #[cfg_attr(feature = "clap", arg(long, requires = "to_glance"))]
@@ -44,6 +44,10 @@ pub struct ToGlanceOptions {
     /// Cap on the upload rate (the global `--limit-upload`).
     #[cfg_attr(feature = "clap", arg(skip))]
     pub limit_upload: Option<RateLimiter>,
+    /// Image fields set by the caller over everything else (not a flag: `restore --to-cinder`
+    /// names and tags its intermediate image as scratch this way; `null` removes a field).
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub overrides: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ToGlanceOptions {
@@ -184,6 +188,9 @@ fn restore_request(
     for p in &opts.properties {
         let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--property {p:?}: expected K=V"))?;
         overrides.insert(k.to_string(), v.to_string().into());
+    }
+    for (k, v) in &opts.overrides {
+        overrides.insert(k.clone(), v.clone());
     }
     let method = if opts.method == "glance-direct" { UploadMethod::GlanceDirect } else { UploadMethod::Put };
     let glance_opts = glance::RestoreOptions {

@@ -147,7 +147,8 @@ impl<'a> ScratchSet<'a> {
             .repo
             .save_scratch_record(&record)
             .with_context(|| format!("cannot record the scratch {} {name} before creating it", kind.name()))?;
-        let slot = self.made.len();
+        // Unique within the set even after [`ScratchSet::keep`] removed an earlier one.
+        let slot = self.made.last().map_or(0, |m| m.name.slot + 1);
         let n = ScratchName { name, kind, record: key, slot };
         self.made.push(Made { name: n.clone(), id: None });
         Ok(n)
@@ -155,9 +156,21 @@ impl<'a> ScratchSet<'a> {
 
     /// The reserved resource now exists with this id (deleted by id then, not looked up by name).
     pub fn created(&mut self, reserved: &ScratchName, id: &str) {
-        if let Some(m) = self.made.get_mut(reserved.slot) {
+        if let Some(m) = self.made.iter_mut().find(|m| m.name.slot == reserved.slot) {
             m.id = Some(id.to_string());
         }
+    }
+
+    /// The reserved resource is kept: it is the work's result now (a restored volume, a
+    /// `--keep-image` image), renamed and unmarked by the caller first. Its record is deleted
+    /// and [`ScratchSet::finish`] leaves it alone. Until this returns, a cleanup deletes it.
+    pub fn keep(&mut self, reserved: &ScratchName) -> Result<()> {
+        let pos = self.made.iter().position(|m| m.name.slot == reserved.slot).context("that scratch resource is not in this set")?;
+        self.repo
+            .delete_scratch_record(&reserved.record)
+            .with_context(|| format!("cannot delete the scratch record of the kept {} {}", reserved.kind.name(), reserved.name))?;
+        self.made.remove(pos);
+        Ok(())
     }
 
     /// Deletes every resource made, newest first (image, then volume, then snapshot),
@@ -174,7 +187,7 @@ impl<'a> ScratchSet<'a> {
         for m in self.made.drain(..).rev() {
             let deleted = match &m.id {
                 Some(id) => clients.delete_by_id(m.name.kind, id).map(|()| vec![id.clone()]),
-                None => clients.delete_by_name(m.name.kind, &m.name.name),
+                None => clients.delete_by_name(m.name.kind, &m.name.name).map(|f| f.marked),
             };
             match deleted {
                 Ok(_) => {
@@ -249,35 +262,64 @@ impl Clients<'_> {
         Ok(())
     }
 
-    /// The ids of the resources named exactly `name` (a name is unique, but a retried create could make two).
-    fn find(&self, kind: ScratchKind, name: &str) -> Result<Vec<String>> {
-        Ok(match kind {
-            ScratchKind::Image => self.glance.list_filtered(&[("name", name)], 100)?.into_iter().map(|r| r.id).collect(),
+    /// The ids of the resources named exactly `name` (a name is unique, but a retried create
+    /// could make two), split into those marked as scratch (Glance tag [`SCRATCH_TAG`], Cinder
+    /// metadata [`SCRATCH_METADATA_KEY`]) and those that are not: a resource without the mark is
+    /// never deleted by name, whatever a record says (a forged record, or a user's own image
+    /// that happens to carry a scratch-like name).
+    fn find(&self, kind: ScratchKind, name: &str) -> Result<Found> {
+        let all: Vec<(String, bool)> = match kind {
+            ScratchKind::Image => self
+                .glance
+                .list_filtered(&[("name", name)], 100)?
+                .into_iter()
+                .filter(|r| r.name.as_deref() == Some(name))
+                .map(|r| {
+                    let marked = r.tags.iter().any(|t| t == SCRATCH_TAG);
+                    (r.id, marked)
+                })
+                .collect(),
             ScratchKind::Volume => self
                 .cinder()?
                 .list_volumes(&[("name", name)])?
                 .into_iter()
                 .filter(|v| v.name.as_deref() == Some(name))
-                .map(|v| v.id)
+                .map(|v| {
+                    let marked = v.metadata.contains_key(SCRATCH_METADATA_KEY);
+                    (v.id, marked)
+                })
                 .collect(),
             ScratchKind::Snapshot => self
                 .cinder()?
                 .list_snapshots(&[("name", name)])?
                 .into_iter()
                 .filter(|s| s.name.as_deref() == Some(name))
-                .map(|s| s.id)
+                .map(|s| {
+                    let marked = s.metadata.contains_key(SCRATCH_METADATA_KEY);
+                    (s.id, marked)
+                })
                 .collect(),
-        })
+        };
+        let (marked, unmarked): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, m)| *m);
+        Ok(Found { marked: marked.into_iter().map(|(id, _)| id).collect(), unmarked: unmarked.into_iter().map(|(id, _)| id).collect() })
     }
 
-    /// Deletes every resource named `name`; returns their ids.
-    fn delete_by_name(&self, kind: ScratchKind, name: &str) -> Result<Vec<String>> {
-        let ids = self.find(kind, name)?;
-        for id in &ids {
+    /// Deletes every marked resource named `name`; returns their ids and those of the unmarked ones left alone.
+    fn delete_by_name(&self, kind: ScratchKind, name: &str) -> Result<Found> {
+        let found = self.find(kind, name)?;
+        for id in &found.marked {
             self.delete_by_id(kind, id)?;
         }
-        Ok(ids)
+        Ok(found)
     }
+}
+
+/// What [`Clients::find`] found by a scratch name.
+struct Found {
+    /// Marked as scratch: deleted.
+    marked: Vec<String>,
+    /// Not marked: never deleted.
+    unmarked: Vec<String>,
 }
 
 /// Options of [`cleanup`].
@@ -319,6 +361,10 @@ pub struct CleanupReport {
     pub other_cloud: Vec<CleanupEntry>,
     /// Resources that could not be deleted, and unreadable records: kept, tried again next time.
     pub failed: Vec<CleanupEntry>,
+    /// Records naming a resource that is not marked as scratch (no `imgarc-scratch` tag or
+    /// `imgarc_scratch` metadata): the resource is never deleted; the record is (it cannot be
+    /// acted on), and the run is not ok, so that someone looks at who wrote it.
+    pub refused: Vec<CleanupEntry>,
 }
 
 /// Deletes the leftovers of dead runs: every scratch record whose lease is not live and whose
@@ -394,11 +440,22 @@ pub fn cleanup(repo: &Repository, glance: &GlanceClient, cinder: Option<&CinderC
         let result = if opts.dry_run {
             clients.find(rec.kind, &rec.name)
         } else {
-            clients.delete_by_name(rec.kind, &rec.name).and_then(|ids| repo.delete_scratch_record(&key).map(|()| ids))
+            clients.delete_by_name(rec.kind, &rec.name).and_then(|found| repo.delete_scratch_record(&key).map(|()| found))
         };
         match result {
-            Ok(ids) => {
-                entry.ids = ids;
+            Ok(found) if !found.unmarked.is_empty() => {
+                entry.reason = Some(format!(
+                    "{} {} named {} not marked as scratch (no {SCRATCH_TAG} tag / {SCRATCH_METADATA_KEY} metadata): never deleted{}",
+                    rec.kind.name(),
+                    found.unmarked.join(", "),
+                    rec.name,
+                    if opts.dry_run { "" } else { "; the record was removed" }
+                ));
+                entry.ids = found.marked;
+                report.refused.push(entry);
+            }
+            Ok(found) => {
+                entry.ids = found.marked;
                 report.deleted.push(entry);
             }
             Err(e) => {
@@ -407,7 +464,7 @@ pub fn cleanup(repo: &Repository, glance: &GlanceClient, cinder: Option<&CinderC
             }
         }
     }
-    report.ok = report.failed.is_empty();
+    report.ok = report.failed.is_empty() && report.refused.is_empty();
     Ok(report)
 }
 

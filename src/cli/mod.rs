@@ -6,6 +6,7 @@
 
 mod archive;
 mod check;
+mod cleanup;
 mod completions;
 mod copy;
 mod ctx;
@@ -49,7 +50,7 @@ use std::io::Write as _;
     about = "Deduplicating archiver for VM images (raw, QCOW2, OpenStack Glance)",
     after_help = "Password of an encrypted repository, first match wins: --password-command, --password-file, \
                   IMGARC_PASSWORD_FILE, IMGARC_PASSWORD, $CREDENTIALS_DIRECTORY/imgarc-password (systemd), a terminal prompt.\n\
-                  Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 finished but some items failed (sync: an image), \
+                  Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 finished but some items failed (sync: an image; cleanup: a scratch resource), \
                   10 no repository at that location, 11 the repository is locked by another process, 12 wrong password, \
                   130 interrupted (SIGINT), 143 stopped (SIGTERM).\n\
                   Logs: standard error; -v debug, -vv trace; IMGARC_LOG takes a tracing filter (e.g. imgarc=debug,hyper_util=info) and overrides both."
@@ -145,6 +146,8 @@ pub enum Command {
     Index(index::IndexArgs),
     /// Remove stale locks (or all locks with --all)
     Unlock(imgarc::maintenance::UnlockOptions),
+    /// Delete the scratch images, volumes and volume snapshots killed runs left in the cloud (docs/cleanup.md)
+    Cleanup(cleanup::CleanupArgs),
     /// Glance images of a cloud and whether they are archived
     Glance(glance::GlanceArgs),
     /// Generate a small synthetic disk series, archive it, restore and verify it
@@ -193,6 +196,7 @@ impl Command {
             Command::Check(_) => "check",
             Command::Index(_) => "index",
             Command::Unlock(_) => "unlock",
+            Command::Cleanup(_) => "cleanup",
             Command::Glance(_) => "glance",
             Command::Demo(_) => "demo",
             Command::Sync(_) => "sync",
@@ -382,6 +386,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Check(a) => check::run(&ctx, a),
         Command::Index(a) => index::run(&ctx, a),
         Command::Unlock(a) => unlock::run(&ctx, a),
+        Command::Cleanup(a) => cleanup::run(&ctx, a),
         Command::Glance(a) => glance::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),

@@ -1,4 +1,5 @@
-//! `imgarc restore SNAPSHOT -o PATH|-` or `--to-glance` (`--dry-run`: only show the image it would create): rebuild an image.
+//! `imgarc restore SNAPSHOT -o PATH|-`, `--to-glance` (`--dry-run`: only show the image it would create)
+//! or `--to-cinder` (a new volume, through a scratch image): rebuild an image.
 
 use super::Ctx;
 use anyhow::{bail, Context, Result};
@@ -7,6 +8,7 @@ use imgarc::index::Index;
 use imgarc::repository::snapshot::Snapshot;
 use imgarc::repository::Repository;
 use imgarc::restore::{restore, RestoreOptions, Target};
+use imgarc::restore_cinder::{restore_to_cinder, CinderRestoreOptions};
 use imgarc::restore_glance::{plan_restore_to_glance, restore_to_glance, GlanceRestorePlan, ToGlanceOptions};
 use imgarc::util::human_bytes;
 
@@ -15,7 +17,7 @@ pub struct RestoreArgs {
     /// Snapshot id or unique prefix (8+ hex digits)
     pub snapshot: String,
     /// Output file, or - for standard output
-    #[arg(short, long, required_unless_present = "to_glance")]
+    #[arg(short, long, required_unless_present_any = ["to_glance", "to_cinder"])]
     pub output: Option<String>,
     #[command(flatten)]
     pub restore: RestoreOptions,
@@ -24,11 +26,16 @@ pub struct RestoreArgs {
     pub to_glance: bool,
     #[command(flatten)]
     pub glance: ToGlanceOptions,
+    /// Restore into a new Cinder volume: upload to the target cloud's Glance as a scratch image, create the volume from it (size, type, bootable flag of the archived volume), verify, delete the image (docs/cinder-restore.md)
+    #[arg(long, conflicts_with_all = ["output", "to_glance"])]
+    pub to_cinder: bool,
+    #[command(flatten)]
+    pub cinder: CinderRestoreOptions,
     /// Permission bits of the restored file, in octal (default 0600); not for devices or FIFOs
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, conflicts_with = "to_glance")]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, conflicts_with_all = ["to_glance", "to_cinder"])]
     pub mode: Option<u32>,
     /// Into a block device: skip the holes instead of writing their zeros (only if the device is already zeroed)
-    #[arg(long, conflicts_with = "to_glance")]
+    #[arg(long, conflicts_with_all = ["to_glance", "to_cinder"])]
     pub no_write_zeros: bool,
 }
 
@@ -42,7 +49,16 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
-    if let (false, Some(flag)) = (args.to_glance, args.glance.given_flag()) {
+    if let (false, Some(flag)) = (args.to_cinder, args.cinder.given_flag()) {
+        bail!("{flag} applies to --to-cinder only");
+    }
+    if args.to_cinder {
+        // --to-cloud and --name are --to-cinder's too; the others are the image's.
+        let image_only = ToGlanceOptions { to_cloud: None, name: None, ..args.glance.clone() };
+        if let Some(flag) = image_only.given_flag() {
+            bail!("{flag} applies to --to-glance only");
+        }
+    } else if let (false, Some(flag)) = (args.to_glance, args.glance.given_flag()) {
         bail!("{flag} applies to --to-glance only");
     }
     let (repo, index) = ctx.open()?;
@@ -58,7 +74,11 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         return to_glance(ctx, &repo, &index, &snap, args.glance.clone(), opts)
             .with_context(|| format!("restoring snapshot {} ({}) into Glance", id.short(), snap.name));
     }
-    let output = args.output.clone().expect("clap requires -o without --to-glance");
+    if args.to_cinder {
+        return to_cinder(ctx, &repo, &index, &snap, &args, opts)
+            .with_context(|| format!("restoring snapshot {} ({}) into Cinder", id.short(), snap.name));
+    }
+    let output = args.output.clone().expect("clap requires -o without --to-glance or --to-cinder");
     let to_stdout = output == "-";
     let target = if to_stdout {
         if args.mode.is_some() {
@@ -118,6 +138,28 @@ fn to_glance(
             r.verified_with
         )
     });
+    Ok(())
+}
+
+/// `--to-cinder`: under a shared lock (its scratch records are written under it), the leftovers
+/// of dead runs cleaned first (format-spec/scratch.md), then the restore.
+fn to_cinder(ctx: &Ctx, repo: &Repository, index: &Index, snap: &Snapshot, args: &RestoreArgs, opts: &RestoreOptions) -> Result<()> {
+    let cloud = args.glance.to_cloud.clone().or_else(|| ctx.global.os_cloud.clone());
+    let glance = ctx.glance(args.glance.to_cloud.as_deref())?;
+    let cinder = ctx.cinder_for(&glance)?;
+    let lock = repo.acquire_lock(false, "restore --to-cinder")?;
+    repo.hold_lock(&lock);
+    super::cleanup::before_run(repo, &glance, Some(&cinder));
+    let mut cinder_opts = args.cinder.clone();
+    cinder_opts.name = args.glance.name.clone();
+    cinder_opts.limit_upload = Ctx::limiter(&ctx.global.limit_upload)?;
+    let pb = ctx.out.bar(Some(snap.logical_bytes), "upload");
+    let r = restore_to_cinder(repo, index, snap, &glance, &cinder, lock.lease(), cloud.as_deref(), opts, &cinder_opts, &pb)?;
+    drop(pb);
+    for p in &r.cleanup_problems {
+        tracing::warn!("{p}");
+    }
+    ctx.emit(&serde_json::to_value(&r)?, || format!("{}\n", imgarc::restore_cinder::describe(&r)));
     Ok(())
 }
 

@@ -308,6 +308,27 @@ impl CinderClient {
         self.delete_at(&["volumes", id], &format!("volume {id:?}"))
     }
 
+    /// `PUT /volumes/{id}`: a new name (and description, if given).
+    pub fn rename_volume(&self, id: &str, name: &str, description: Option<&str>) -> Result<Volume> {
+        let url = self.api.url(&["volumes", id]);
+        let mut body = json!({ "volume": { "name": name } });
+        if let Some(d) = description {
+            body["volume"]["description"] = json!(d);
+        }
+        let resp = self.api.send(Method::PUT, &url, false, &[], &|rb| rb.header("Accept", "application/json").json(&body))?;
+        let mut v: Value =
+            resp.json().map_err(|e| Error::Transport { method: "PUT".into(), url: url.clone(), message: super::describe_reqwest(&e) })?;
+        Volume::from_json(v["volume"].take())
+    }
+
+    /// `DELETE /volumes/{id}/metadata/{key}` (an absent key is not an error).
+    pub fn delete_volume_metadata(&self, id: &str, key: &str) -> Result<()> {
+        match self.delete_at(&["volumes", id, "metadata", key], &format!("metadata {key:?} of volume {id:?}")) {
+            Err(Error::NotFound(_)) => Ok(()),
+            r => r,
+        }
+    }
+
     /// `os-set_bootable`.
     pub fn set_bootable(&self, id: &str, bootable: bool) -> Result<()> {
         self.post(&["volumes", id, "action"], &json!({ "os-set_bootable": { "bootable": bootable } }), &[]).map(|_| ())
