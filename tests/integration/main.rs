@@ -64,6 +64,10 @@ mod object_lock;
 mod remote_e2e;
 
 #[cfg(feature = "openstack-tests")]
+mod cinder_cleanup;
+#[cfg(feature = "openstack-tests")]
+mod cinder_restore;
+#[cfg(feature = "openstack-tests")]
 mod drill_glance;
 #[cfg(feature = "openstack-tests")]
 mod format_glance;
