@@ -126,15 +126,17 @@ fn as_bool(v: &Value) -> Option<bool> {
 }
 
 impl ArchivedVolume {
-    /// Read from a `Source::Cinder` snapshot's metadata: the volume record under `volume` (or the
-    /// metadata itself when it is the volume record): `name`, `size`, `volume_type`, `bootable`,
-    /// `description`, `volume_image_metadata`. Other snapshots: nothing but the name.
+    /// Read from a `Source::Cinder` snapshot's metadata: the volume record under `cinder_volume`
+    /// (`crate::volumes`; else `volume`, else the metadata itself): `name`, `size`, `volume_type`,
+    /// `bootable`, `description`, `volume_image_metadata`; a disk read from a volume snapshot
+    /// without its volume's record takes the size of `cinder_snapshot`. Other snapshots: the name.
     pub fn of(snap: &Snapshot) -> ArchivedVolume {
         if !matches!(snap.source, Source::Cinder { .. }) {
             let name = snap.metadata.get("name").and_then(Value::as_str).map(str::to_string).or_else(|| Some(snap.name.clone()));
             return ArchivedVolume { name, ..Default::default() };
         }
-        let m = snap.metadata.get("volume").and_then(Value::as_object).unwrap_or(&snap.metadata);
+        let m = ["cinder_volume", "volume"].iter().find_map(|k| snap.metadata.get(*k).and_then(Value::as_object)).unwrap_or(&snap.metadata);
+        let snapshot_size = snap.metadata.get("cinder_snapshot").and_then(|s| s.get("size")).and_then(as_u64);
         let s = |k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         let mut image_properties = Map::new();
         if let Some(vim) = m.get("volume_image_metadata").and_then(Value::as_object) {
@@ -146,7 +148,7 @@ impl ArchivedVolume {
         }
         ArchivedVolume {
             name: s("name").or_else(|| Some(snap.name.clone())),
-            size: m.get("size").and_then(as_u64),
+            size: m.get("size").and_then(as_u64).or(snapshot_size),
             volume_type: s("volume_type"),
             bootable: m.get("bootable").and_then(as_bool),
             description: s("description"),
@@ -393,4 +395,65 @@ pub fn describe(r: &CinderRestoreReport) -> String {
         c.image_id,
         if c.image_kept { "kept" } else { "deleted" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(source: Source, metadata: Value, virtual_bytes: Option<u64>) -> Snapshot {
+        use crate::ids::Id;
+        use crate::repository::extents::StreamRef;
+        use crate::repository::snapshot::{Layout, SnapshotStats};
+        let mut s = Snapshot {
+            version: 1,
+            name: "snap-name".into(),
+            tags: vec![],
+            time: "2026-01-01T00:00:00Z".into(),
+            hostname: "h".into(),
+            source: Source::Stdin,
+            logical_bytes: 5 << 20,
+            virtual_bytes: None,
+            format: "qcow2".into(),
+            image: None,
+            layout: Layout::Raw,
+            guest: StreamRef { size: 10, extent_count: 1, extents_blake3: Id::of(b"e"), trees: vec![Id::of(b"t")], data_bytes: 10 },
+            digests: Default::default(),
+            stats: SnapshotStats::default(),
+            metadata: Default::default(),
+            copied_from: None,
+        };
+        s.source = source;
+        s.metadata = metadata.as_object().cloned().unwrap_or_default();
+        s.virtual_bytes = virtual_bytes;
+        s
+    }
+
+    #[test]
+    fn archived_volume_and_size_rules() {
+        let cinder = Source::Cinder { volume_id: "v".into(), snapshot_id: None, cloud: None };
+        let s = snap(
+            cinder.clone(),
+            json!({"cinder_volume": {"name": "db", "size": 20, "volume_type": "ssd", "bootable": "false",
+                "volume_image_metadata": {"image_id": "old", "checksum": "c", "hw_disk_bus": "scsi", "min_disk": "3"}}}),
+            Some(3 << 30),
+        );
+        let a = ArchivedVolume::of(&s);
+        assert_eq!((a.name.as_deref(), a.size, a.volume_type.as_deref(), a.bootable), (Some("db"), Some(20), Some("ssd"), Some(false)));
+        assert_eq!(a.image_properties, json!({"hw_disk_bus": "scsi"}).as_object().cloned().unwrap());
+        assert_eq!(volume_size_gib(&s, &a, None), 20);
+        assert_eq!(volume_size_gib(&s, &a, Some(5)), 20, "--size never shrinks below the archived size");
+        assert_eq!(volume_size_gib(&s, &a, Some(30)), 30);
+        let img = image_source(&s, &a);
+        assert_eq!(img.metadata.get("disk_format"), Some(&json!("qcow2")));
+        assert!(img.metadata.get("image_id").is_none() && img.metadata.get("checksum").is_none());
+        // a disk read from a volume snapshot: its size
+        let d = snap(cinder, json!({"cinder_snapshot": {"size": 4}}), Some(1 << 30));
+        assert_eq!(ArchivedVolume::of(&d).size, Some(4));
+        // a Glance image of 1.5 GiB guest: 2 GiB, bootable left to Cinder
+        let g = snap(Source::File { path: "/x".into() }, json!({"name": "web", "min_disk": 1}), Some(3 << 29));
+        let a = ArchivedVolume::of(&g);
+        assert_eq!((a.name.as_deref(), a.bootable), (Some("web"), None));
+        assert_eq!(volume_size_gib(&g, &a, None), 2);
+    }
 }
