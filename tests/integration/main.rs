@@ -3,7 +3,7 @@
 //! `cargo nextest run -E 'test(/^roundtrip::/)'` or `cargo test --test integration roundtrip::`.
 //!
 //! Suites that talk to real servers are compiled only with their feature: `remote-tests` (Ceph RGW,
-//! Swift; `ci/objectstore.sh`) and `openstack-tests` (Keystone, Glance; `ci/openstack.sh`).
+//! Swift; `ci/objectstore.sh`) and `openstack-tests` (Keystone, Glance, Cinder; `ci/openstack.sh`).
 
 // Tests report progress and skips on stderr, and call libc for umask, flock and getrusage.
 #![allow(clippy::print_stdout, clippy::print_stderr, unsafe_code)]
@@ -71,6 +71,8 @@ mod format_glance;
 mod glance_e2e;
 #[cfg(feature = "openstack-tests")]
 mod openstack_bench;
+#[cfg(feature = "openstack-tests")]
+mod openstack_cinder;
 #[cfg(feature = "openstack-tests")]
 mod openstack_fault;
 #[cfg(feature = "openstack-tests")]

@@ -2,11 +2,13 @@
 //! `imgarc` binary, which every test runs with the repository password
 //! [`PASSWORD`] (so the whole suite runs on encrypted repositories), cheap
 //! Argon2id for the keys it makes (`IMGARC_TEST_KDF=fast`, a `test-hooks`
-//! switch), and no controlling terminal (a prompt fails, never hangs); its submodules are the helpers of the qcow2, OpenStack and
-//! remote-backend suites.
+//! switch), and no controlling terminal (a prompt fails, never hangs); its submodules are the helpers of the qcow2, OpenStack (Glance,
+//! Keystone, Cinder) and remote-backend suites.
 
 #[cfg(feature = "remote-tests")]
 pub mod backend_common;
+#[cfg(feature = "openstack-tests")]
+pub mod cinder;
 #[cfg(feature = "openstack-tests")]
 pub mod openstack;
 pub mod prom;
