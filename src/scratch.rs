@@ -484,4 +484,36 @@ mod tests {
         assert_eq!(name_part("vol 1/é"), "vol-1--");
         assert!(is_scratch_name(&format!("{SCRATCH_PREFIX}{}-{}", "ab".repeat(8), name_part(&"x".repeat(300)))));
     }
+
+    #[test]
+    fn records_round_trip_and_a_forged_name_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend.clone(), crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
+        let lock = repo.acquire_lock(false, "test").unwrap();
+        repo.hold_lock(&lock);
+        let rec = ScratchRecord {
+            version: SCRATCH_VERSION,
+            kind: ScratchKind::Volume,
+            name: "imgarc-scratch-0123456789abcdef-clone".into(),
+            purpose: "test".into(),
+            cloud: None,
+            auth_url: None,
+            project_id: None,
+            endpoint: "http://127.0.0.1:1/v3/p".into(),
+            lease: Some(lock.lease()),
+            host: "h".into(),
+            pid: 1,
+            created: crate::util::now_rfc3339(),
+        };
+        let name = repo.save_scratch_record(&rec).unwrap();
+        assert_eq!(repo.list_scratch_records().unwrap().len(), 1);
+        assert_eq!(repo.load_scratch_record(&name, None).unwrap(), rec);
+        assert!(repo.live_leases().unwrap().contains(&lock.lease()), "the hold's own lease is live");
+
+        let forged = ScratchRecord { name: "prod-db".into(), ..rec };
+        let name = repo.save_scratch_record(&forged).unwrap();
+        let err = repo.load_scratch_record(&name, None).unwrap_err();
+        assert!(format!("{err:#}").contains("not an imgarc scratch name"), "{err:#}");
+    }
 }

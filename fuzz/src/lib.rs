@@ -389,7 +389,7 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
-/// Lock, prune-mark, deleted-upstream and drill-record objects: the same bytes stored as each of them and
+/// Lock, prune-mark, deleted-upstream, drill-record and scratch-record objects: the same bytes stored as each of them and
 /// read back through the repository's own readers.
 pub fn lock_mark_upstream(data: &[u8]) {
     let (backend, repo) = mem_repository();
@@ -399,6 +399,7 @@ pub fn lock_mark_upstream(data: &[u8]) {
     backend.put(&format!("{}fuzz", repository::upstream::PREFIX), data).expect("memory put");
     let drill_name = Id::of(data).to_hex();
     backend.put(&format!("{}{drill_name}", repository::drill::PREFIX), data).expect("memory put");
+    backend.put(&format!("{}{drill_name}", repository::scratch::PREFIX), data).expect("memory put");
     if let Ok(locks) = repo.list_locks() {
         for (_, info) in locks {
             let _ = (info.started(), info.is_stale());
@@ -410,6 +411,11 @@ pub fn lock_mark_upstream(data: &[u8]) {
         // An accepted record names a snapshot by a real id.
         assert!(Id::from_hex(&record.snapshot).is_some());
     }
+    if let Ok(record) = repo.load_scratch_record(&drill_name, None) {
+        // An accepted record never names a resource cleanup could not tell for imgarc's own.
+        assert!(imgarc::scratch::is_scratch_name(&record.name), "{:?}", record.name);
+    }
+    let _ = repo.live_leases();
 }
 
 // ---- Encrypted repositories: what is parsed after a seal opens.
