@@ -80,6 +80,10 @@ fn cleanup_deletes_dead_runs_leftovers_only() {
     let forged =
         ScratchRecord { name: forged_name.clone(), endpoint: c.glance.endpoint().to_string(), purpose: "forged".into(), ..other.clone() };
     repo.save_scratch_record(&forged).unwrap();
+    // A forged record naming a user's image by a name imgarc never gives: unreadable, never acted on.
+    let user_name = crate::support::openstack::unique("imgarc-test-user-image");
+    let user_img2 = new_image(&c, &user_name, true);
+    let bad_key = repo.save_scratch_record(&ScratchRecord { name: user_name.clone(), ..forged.clone() }).unwrap();
     // The records stay behind as a killed run's would (no finish, no drop).
     std::mem::forget(dead);
     drop(writer);
@@ -93,14 +97,18 @@ fn cleanup_deletes_dead_runs_leftovers_only() {
     want.sort();
     assert_eq!(would, want, "{dry}");
     assert!(c.glance.get(&img_id).is_ok() && c.cinder.get_volume(&vol_id).is_ok(), "--dry-run deleted something");
-    assert_eq!(repo.list_scratch_records().unwrap().len(), 6, "--dry-run deleted a record");
+    assert_eq!(repo.list_scratch_records().unwrap().len(), 7, "--dry-run deleted a record");
 
     let (code, r) = timed("imgarc cleanup", || cleanup(&env, &[]));
     assert_eq!(code, Some(3), "{r}");
     assert_eq!(names(&r, "in_progress"), vec![live_img.name.clone()], "{r}");
     assert_eq!(names(&r, "other_cloud"), vec![other.name.clone()], "{r}");
     assert_eq!(names(&r, "refused"), vec![forged_name.clone()], "{r}");
-    assert!(r["failed"].as_array().unwrap().is_empty(), "{r}");
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["record"], bad_key.as_str());
+    assert!(failed[0]["reason"].as_str().unwrap().contains("not an imgarc scratch name"), "{r}");
+    assert!(c.glance.get(&user_img2).is_ok(), "the image named by a forged non-scratch record was deleted");
     let deleted = &r["deleted"];
     let ids_of = |name: &str| -> Vec<String> {
         let e = deleted.as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} not deleted: {r}"));
@@ -113,16 +121,18 @@ fn cleanup_deletes_dead_runs_leftovers_only() {
     assert!(c.cinder.get_volume(&vol_id).is_err(), "the dead run's volume is still there");
     assert!(c.glance.get(&live_id).is_ok(), "the live run's image was deleted");
     assert!(c.glance.get(&user_img).is_ok(), "the unmarked image named by a forged record was deleted");
-    // Left: the live run's and the other cloud's records.
-    assert_eq!(repo.list_scratch_records().unwrap().len(), 2);
+    // Left: the live run's, the other cloud's and the unreadable records.
+    assert_eq!(repo.list_scratch_records().unwrap().len(), 3);
 
     // The live run ends: its own finish deletes its image and record.
     assert!(live.finish().is_empty());
+    repo.delete_scratch_record(&bad_key).unwrap();
     drop(live_lock);
     let (code, r) = cleanup(&env, &[]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(names(&r, "other_cloud"), vec![other.name.clone()]);
     c.glance.delete(&user_img).unwrap();
+    c.glance.delete(&user_img2).unwrap();
     c.assert_no_scratch_left();
 }
 
