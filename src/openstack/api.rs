@@ -50,6 +50,31 @@ pub(crate) fn is_uuid(s: &str) -> bool {
     b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
+/// The one lookup by id or name: a UUID is fetched with `get` first (a 404 lets it still be a
+/// name that looks like an id), else `named` lists the records with exactly that name, and
+/// exactly one must match. `what` names the resource in errors ("image", "volume").
+pub(crate) fn by_id_or_unique_name<T>(
+    id_or_name: &str,
+    what: &'static str,
+    at: &str,
+    get: impl Fn(&str) -> Result<T>,
+    named: impl Fn(&str) -> Result<Vec<T>>,
+    id_of: impl Fn(&T) -> &str,
+) -> Result<T> {
+    if is_uuid(id_or_name) {
+        match get(id_or_name) {
+            Err(Error::NotFound(_)) => {}
+            r => return r,
+        }
+    }
+    let mut found = named(id_or_name)?;
+    match found.len() {
+        0 => Err(Error::NotFound(format!("{what} {id_or_name:?} (no {what} has this id or name) at {at}"))),
+        1 => Ok(found.remove(0)),
+        n => Err(Error::Ambiguous { what, name: id_or_name.into(), count: n, ids: found.iter().map(id_of).collect::<Vec<_>>().join(", ") }),
+    }
+}
+
 impl ApiClient {
     /// The Keystone session behind this client (`None` for a static token).
     pub(crate) fn session(&self) -> Option<&Session> {

@@ -5,7 +5,7 @@
 //! [`ApiClient`]. The workflows that use it (archive a volume through a
 //! scratch image, restore into a volume) are in `crate::volumes`.
 
-use super::api::{is_uuid, ApiClient, Auth};
+use super::api::{ApiClient, Auth};
 use super::keystone::Session;
 use super::{Error, Result};
 use reqwest::Method;
@@ -255,23 +255,14 @@ impl CinderClient {
 
     /// A volume by id, or else by exact, unique name.
     pub fn volume(&self, id_or_name: &str) -> Result<Volume> {
-        if is_uuid(id_or_name) {
-            match self.get_volume(id_or_name) {
-                Err(Error::NotFound(_)) => {}
-                r => return r,
-            }
-        }
-        let found: Vec<Volume> =
-            self.list_volumes(&[("name", id_or_name)])?.into_iter().filter(|v| v.name.as_deref() == Some(id_or_name)).collect();
-        match found.len() {
-            0 => Err(Error::NotFound(format!("volume {id_or_name:?} (no volume has this id or name) at {}", self.api.base))),
-            1 => Ok(found.into_iter().next().unwrap()),
-            n => Err(Error::Ambiguous {
-                name: id_or_name.into(),
-                count: n,
-                ids: found.iter().map(|v| v.id.as_str()).collect::<Vec<_>>().join(", "),
-            }),
-        }
+        super::api::by_id_or_unique_name(
+            id_or_name,
+            "volume",
+            &self.api.base,
+            |id| self.get_volume(id),
+            |name| Ok(self.list_volumes(&[("name", name)])?.into_iter().filter(|v| v.name.as_deref() == Some(name)).collect()),
+            |v| &v.id,
+        )
     }
 
     /// `GET /volumes/detail` with Cinder filters (`name`, `status`, `all_tenants=1`,

@@ -47,8 +47,8 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
     /// An image name matched more than one image.
-    #[error("image name {name:?} is ambiguous: {count} images have it ({ids}); use the id")]
-    Ambiguous { name: String, count: usize, ids: String },
+    #[error("{what} name {name:?} is ambiguous: {count} {what}s have it ({ids}); use the id")]
+    Ambiguous { what: &'static str, name: String, count: usize, ids: String },
     /// The image exists but is not `active` or has no data.
     #[error("image {id} is not downloadable: {reason}")]
     NotActive { id: String, status: String, reason: String },

@@ -8,7 +8,7 @@ use super::super::api::{ApiClient, Auth};
 use super::super::keystone::{http_client, HttpOptions, Session};
 use super::super::{Result, Secret};
 
-pub(super) use super::super::api::{is_uuid, UPLOAD_TIMEOUT};
+pub(super) use super::super::api::UPLOAD_TIMEOUT;
 /// The crate's one retry policy; a Glance client starts with
 /// [`RetryPolicy::openstack_api`].
 pub use crate::net::retry::RetryPolicy;

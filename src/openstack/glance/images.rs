@@ -3,7 +3,7 @@
 //! import, waiting for `active`, delete.
 
 use super::super::{describe_reqwest, Error, Result};
-use super::client::{is_uuid, GlanceClient, UPLOAD_TIMEOUT};
+use super::client::{GlanceClient, UPLOAD_TIMEOUT};
 use super::record::ImageRecord;
 use reqwest::blocking::Body;
 use reqwest::Method;
@@ -32,22 +32,14 @@ impl GlanceClient {
 
     /// Find an image by id, or else by exact, unique name.
     pub fn image(&self, id_or_name: &str) -> Result<ImageRecord> {
-        if is_uuid(id_or_name) {
-            match self.get(id_or_name) {
-                Err(Error::NotFound(_)) => {} // could still be a name that looks like a uuid
-                r => return r,
-            }
-        }
-        let found = self.list_filtered(&[("name", id_or_name)], 100)?;
-        match found.len() {
-            0 => Err(Error::NotFound(format!("image {id_or_name:?} (no image has this id or name) at {}", self.api.base))),
-            1 => Ok(found.into_iter().next().unwrap()),
-            n => Err(Error::Ambiguous {
-                name: id_or_name.into(),
-                count: n,
-                ids: found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", "),
-            }),
-        }
+        super::super::api::by_id_or_unique_name(
+            id_or_name,
+            "image",
+            &self.api.base,
+            |id| self.get(id),
+            |name| self.list_filtered(&[("name", name)], 100),
+            |r| &r.id,
+        )
     }
 
     /// All images visible to the caller (follows `next` links).

@@ -3,9 +3,10 @@
 //! downloaded data against a record's digests.
 
 mod rules {
-    use super::super::client::{is_uuid, normalize_base};
+    use super::super::client::normalize_base;
     use super::super::download::parse_content_range;
     use super::super::*;
+    use crate::openstack::api::is_uuid;
     use crate::secret::Secret;
     use serde_json::{json, Map, Value};
     use std::time::Duration;
