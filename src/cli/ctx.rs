@@ -85,7 +85,6 @@ impl Ctx {
     /// The Cinder client of the cloud `glance` talks to: the same Keystone session, its
     /// `block-storage` (else `volumev3`) endpoint. Glance reached with `--glance-url` and no
     /// Keystone has no catalog, so no Cinder.
-    #[allow(dead_code)] // until the cinder: verbs use it
     pub fn cinder_for(&self, glance: &GlanceClient) -> Result<CinderClient> {
         let session = glance.session().context(
             "Cinder needs Keystone credentials (--os-cloud, OS_CLOUD or OS_AUTH_URL and the other OS_* variables); --glance-url gives none",
