@@ -170,7 +170,7 @@ fn open_inner(
     used.push(ScratchUsed { kind: ScratchKind::Image, name: image.name.clone(), id: image_id.clone() });
     crate::util::crash_point("volume-scratch-image-created");
     // Cinder cannot tag the image it creates: tagged now, so a leftover is recognisable in Glance.
-    if let Err(e) = glance.update(&image_id, &[json!({"op": "add", "path": "/tags/-", "value": SCRATCH_TAG})]) {
+    if let Err(e) = glance.update(&image_id, &[json!({"op": "replace", "path": "/tags", "value": [SCRATCH_TAG]})]) {
         tracing::warn!("could not tag the scratch image {}: {e}", image.name);
     }
     // The uploaded volume (the user's available one, or a scratch clone) is back to

@@ -92,6 +92,11 @@ fn available_and_in_use_volumes_are_archived_byte_exactly_with_their_metadata() 
     let scratch = r["scratch"].as_array().unwrap();
     assert_eq!(scratch.len(), 1, "{r}");
     assert_eq!(scratch[0]["kind"], "image");
+    assert!(
+        s_tags(&env, &r).contains(&imgarc::scratch::SCRATCH_TAG.to_string()),
+        "the scratch image was not tagged {}",
+        imgarc::scratch::SCRATCH_TAG
+    );
     assert!(!r["verified_digests"].as_array().unwrap().is_empty(), "the scratch image's digest was not verified: {r}");
     let snap = r["snapshot"].as_str().unwrap().to_string();
     let expected = rbd_export(&vol.1, env.dir.path());
@@ -139,6 +144,11 @@ fn a_killed_archive_leaves_scratch_resources_that_the_next_run_deletes() {
     assert!(!o.status.success(), "the crash point was not reached");
     let records = env.open_repo().list_scratch_records().unwrap();
     assert_eq!(records.len(), 1, "the killed run left no scratch record");
+    let rec = env.open_repo().load_scratch_record(&records[0].0, Some(records[0].1)).unwrap();
+    let left = g.list_filtered(&[("name", rec.name.as_str())], 10).unwrap();
+    assert_eq!(left.len(), 1, "the killed run's scratch image {} is not in Glance", rec.name);
+    // Tagged right after the upload started? The crash point is before the tag: the name alone marks it.
+    assert!(rec.name.starts_with(SCRATCH_PREFIX));
     // The crashed run's lease is not live any more: the next run deletes its image, then completes.
     c.wait_volume(&vol.1, &["available"], T).unwrap();
     let r = env.json(&["archive", &format!("cinder:{}", vol.1)]);
@@ -172,4 +182,13 @@ fn a_volume_in_a_bad_state_gives_a_clear_error() {
 fn uuid_like() -> String {
     let h = hex::encode(rand::random::<[u8; 16]>());
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// The tags the archived scratch image had when it was read (its recorded Glance record).
+fn s_tags(env: &Env, r: &Value) -> Vec<String> {
+    let snap = env.open_repo().load_snapshot(&imgarc::ids::Id::from_hex(r["snapshot"].as_str().unwrap()).unwrap()).unwrap();
+    snap.metadata["scratch_image"]["tags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
