@@ -514,7 +514,7 @@ pub fn record_new_metadata(
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ArchiveOptions {
-    /// Image file path, - for standard input, or glance:IMAGE (id or unique name)
+    /// Image file path, - for standard input, glance:IMAGE or cinder:VOLUME (id or unique name)
     pub source: String,
     /// Snapshot name (default: the file name)
     #[cfg_attr(feature = "clap", arg(long))]
@@ -641,11 +641,27 @@ pub fn archive_source(
     glance: &dyn Fn() -> Result<crate::openstack::glance::GlanceClient>,
     bar: &dyn Fn(Option<u64>) -> SharedProgress,
 ) -> Result<SourceArchiveReport> {
-    let digests = opts.digests()?;
+    opts.digests()?;
+    let from_glance = opts.source.starts_with("glance:");
     let src = match opts.source.strip_prefix("glance:") {
         Some(image) => crate::source::open_glance(&glance()?, image, opts.cloud.as_deref(), opts.limit_download.clone())?,
         None => crate::source::open(&opts.source)?,
     };
+    archive_opened(repo, index, opts, src, from_glance, bar)
+}
+
+/// Archives a source already opened (by [`archive_source`], or a scratch image of a
+/// Cinder volume: `crate::volumes`) with the `opts` flags. `from_glance`: the bytes come
+/// from a Glance image, so an image with no digest to check is reported unverified.
+pub fn archive_opened(
+    repo: &Repository,
+    index: &mut Index,
+    opts: &ArchiveOptions,
+    src: crate::source::OpenedSource,
+    from_glance: bool,
+    bar: &dyn Fn(Option<u64>) -> SharedProgress,
+) -> Result<SourceArchiveReport> {
+    let digests = opts.digests()?;
     let verified: Vec<String> = src.expected_digests.keys().cloned().collect();
     let unverifiable = src.unverifiable_digests.clone();
     let mut metadata = src.metadata;
@@ -667,7 +683,6 @@ pub fn archive_source(
         project,
     };
     let outcome = archive(repo, index, src.reader, req, &bar(src.size))?;
-    let from_glance = opts.source.starts_with("glance:");
     let warnings = crate::warnings::Warnings::new();
     if !unverifiable.is_empty() {
         warnings.warn(unverifiable_warning(&unverifiable));

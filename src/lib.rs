@@ -48,4 +48,5 @@ pub(crate) mod store;
 pub mod sync;
 pub mod synthetic;
 pub mod util;
+pub mod volumes;
 pub(crate) mod warnings;

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use imgarc::archive::{archive_source, ArchiveOptions, SourceArchiveReport};
 use imgarc::index::Index;
 use imgarc::util::human_bytes;
+use imgarc::volumes::{VolumeArchiver, VolumeReadOptions, VolumeTarget};
 
 pub fn run(ctx: &Ctx, mut opts: ArchiveOptions) -> Result<()> {
     opts.digests()?;
@@ -19,8 +20,58 @@ pub fn run(ctx: &Ctx, mut opts: ArchiveOptions) -> Result<()> {
     if opts.source.starts_with("glance:") {
         opts.limit_download = Ctx::limiter(&ctx.global.limit_download)?;
     }
+    if let Some(volume) = opts.source.strip_prefix("cinder:") {
+        let volume = volume.to_string();
+        return archive_cinder(ctx, &repo, &mut index, &lock, &opts, &volume);
+    }
     let r = archive_source(&repo, &mut index, &opts, &|| ctx.glance(None), &|total| ctx.out.bar(total, "archive"))?;
     ctx.emit(&serde_json::to_value(&r)?, || prose(&r));
+    Ok(())
+}
+
+/// `archive cinder:VOLUME`: first the leftovers of dead runs are deleted (`scratch::cleanup`),
+/// then the volume is read through scratch resources (`imgarc::volumes`).
+fn archive_cinder(
+    ctx: &Ctx,
+    repo: &imgarc::repository::Repository,
+    index: &mut Index,
+    lock: &imgarc::repository::lock::Lock,
+    opts: &ArchiveOptions,
+    volume: &str,
+) -> Result<()> {
+    anyhow::ensure!(!volume.is_empty(), "cinder: needs a volume name or id (cinder:VOLUME)");
+    let glance = ctx.glance(None)?;
+    let cinder = ctx.cinder_for(&glance)?;
+    let cleanup = imgarc::scratch::cleanup(repo, &glance, Some(&cinder), &Default::default())
+        .context("cannot clean up the scratch resources of earlier runs")?;
+    let target = VolumeTarget::Volume(cinder.volume(volume).with_context(|| format!("Cinder volume {volume:?}"))?);
+    let read = VolumeReadOptions {
+        cloud: ctx.global.os_cloud.clone(),
+        limit_download: Ctx::limiter(&ctx.global.limit_download)?,
+        ..Default::default()
+    };
+    let archiver = VolumeArchiver { repo, glance: &glance, cinder: &cinder, lease: lock.lease() };
+    let mut r = archiver.archive(index, &target, opts, &read, &|total| ctx.out.bar(total, "archive"))?;
+    for f in cleanup.failed.iter().chain(&cleanup.refused) {
+        r.archive.warnings.push(format!(
+            "scratch {} {} of an earlier run was not deleted: {}",
+            f.kind.name(),
+            f.name,
+            f.reason.as_deref().unwrap_or("")
+        ));
+    }
+    let mut json = serde_json::to_value(&r)?;
+    json["cleanup"] = serde_json::to_value(&cleanup)?;
+    ctx.emit(&json, || {
+        let mut s = prose(&r.archive);
+        for d in &cleanup.deleted {
+            s.push_str(&format!("  deleted the scratch {} {} left by an earlier run ({})\n", d.kind.name(), d.name, d.purpose));
+        }
+        for u in &r.scratch {
+            s.push_str(&format!("  read through the scratch {} {} ({})\n", u.kind.name(), u.name, u.id));
+        }
+        s
+    });
     Ok(())
 }
 

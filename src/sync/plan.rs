@@ -62,7 +62,9 @@ pub(super) fn same_metadata(rec: &ImageRecord, held: &SnapshotHead, hasher: &Met
 pub(super) fn plan(rec: &ImageRecord, held: &[(Id, SnapshotHead)], hasher: &MetadataHasher, reads_bodies: bool, per_project: bool) -> Plan {
     // Before the size-0 skip: these are the nearly empty images Nova makes, and an
     // operator must see that their VMs are not protected by the image archive.
-    if rec.status == "active" {
+    // Queued too: Glance 33 refuses a zero-byte upload declared qcow2 (format inspection),
+    // so such an instance snapshot never becomes active, yet its disks are in Cinder.
+    if rec.status == "active" || rec.status == "queued" {
         if let Some(vb) = rec.volume_backed() {
             return Plan::VolumeBacked(vb.reason());
         }
@@ -112,7 +114,8 @@ mod tests {
 
     /// Nova's instance snapshot of a boot-from-volume VM (`bdm_v2`, a mapping list as a JSON
     /// string, no data) is its own outcome naming the volume snapshots; an image with data
-    /// is archived whatever its properties, and one not active is skipped as before.
+    /// is archived whatever its properties; a queued one is volume-backed too (Glance 33
+    /// leaves qcow2-declared zero-byte ones queued), one in any other status is skipped.
     #[test]
     fn volume_backed_instance_snapshots_are_told_apart_from_empty_images() {
         let hasher = MetadataHasher::UNKEYED;
@@ -148,8 +151,10 @@ mod tests {
         assert!(matches!(plan(&rec(json!({"size": 0})), &[], &hasher, true, false), Plan::Skip(why) if why.contains("size 0")));
         let with_data = rec(json!({"size": 10, "bdm_v2": "True", "block_device_mapping": bdm.clone()}));
         assert!(matches!(plan(&with_data, &[], &hasher, true, false), Plan::Download("new image")));
-        let queued = rec(json!({"status": "queued", "size": 0, "bdm_v2": "True", "block_device_mapping": bdm}));
-        assert!(matches!(plan(&queued, &[], &hasher, true, false), Plan::Skip(why) if why.contains("queued")));
+        let queued = rec(json!({"status": "queued", "size": 0, "bdm_v2": "True", "block_device_mapping": bdm.clone()}));
+        assert!(matches!(plan(&queued, &[], &hasher, true, false), Plan::VolumeBacked(_)), "a queued BDM image is volume-backed");
+        let killed = rec(json!({"status": "killed", "size": 0, "bdm_v2": "True", "block_device_mapping": bdm}));
+        assert!(matches!(plan(&killed, &[], &hasher, true, false), Plan::Skip(why) if why.contains("killed")));
         let flag_off = rec(json!({"size": 0, "bdm_v2": "False"}));
         assert!(matches!(plan(&flag_off, &[], &hasher, true, false), Plan::Skip(_)));
     }

@@ -64,6 +64,8 @@ mod object_lock;
 mod remote_e2e;
 
 #[cfg(feature = "openstack-tests")]
+mod cinder_archive;
+#[cfg(feature = "openstack-tests")]
 mod cinder_cleanup;
 #[cfg(feature = "openstack-tests")]
 mod cinder_restore;
