@@ -97,3 +97,20 @@ fn lookup_by_id_and_name_ambiguous_not_found_clone_and_delete() {
     assert!(c.cleanup().is_empty());
     c.assert_no_scratch_left();
 }
+
+#[test]
+fn a_wait_fails_fast_when_the_volume_goes_to_error() {
+    let Some(c) = cinder::env() else { return };
+    // 999 GiB is within the default quota (1000) but beyond what the 4 GiB memstore pool may
+    // over-subscribe, so the scheduler finds no backend and the volume goes to `error`.
+    let v = c
+        .cinder
+        .create_volume(&imgarc::openstack::cinder::NewVolume { name: unique("imgarc-test-err"), size: 999, ..Default::default() })
+        .unwrap();
+    c.track_volume(&v.id);
+    let t = std::time::Instant::now();
+    let e = c.cinder.wait_volume(&v.id, &["available"], WAIT).unwrap_err();
+    eprintln!("timing: volume to error: {:.2}s", t.elapsed().as_secs_f64());
+    assert!(e.to_string().contains("\"error\""), "{e}");
+    assert!(t.elapsed() < WAIT, "the wait did not fail fast");
+}
