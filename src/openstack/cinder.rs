@@ -463,3 +463,33 @@ fn wait_gone(timeout: Duration, what: &str, get: impl Fn() -> Result<String>) ->
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_volume_records_never_panic() {
+        for raw in [
+            json!({}),
+            json!(null),
+            json!([1, 2]),
+            json!("volume"),
+            json!({"id": 7}),
+            json!({"id": ""}),
+            json!({"id": "v", "size": "big", "bootable": 1, "attachments": "x", "metadata": [1], "name": 5}),
+            json!({"id": "v", "size": u64::MAX, "status": {"a": 1}, "volume_image_metadata": "x"}),
+            json!({"id": "v", "size": -1}),
+            json!({"id": "v", "size": 1e300}),
+        ] {
+            let _ = Volume::from_json(raw.clone());
+            let _ = VolumeSnapshot::from_json(raw);
+        }
+        assert!(Volume::from_json(json!({})).is_err());
+        assert!(VolumeSnapshot::from_json(json!({"id": 3})).is_err());
+        let v = Volume::from_json(json!({"id": "v", "size": u64::MAX, "bootable": "TRUE", "name": ""})).unwrap();
+        assert_eq!((v.size, v.bootable, v.name.as_deref(), v.display_name()), (u64::MAX, true, None, "v"));
+        let v = Volume::from_json(json!({"id": "v", "size": "1", "bootable": "yes", "attachments": "x"})).unwrap();
+        assert_eq!((v.size, v.bootable, v.attachments.len()), (0, false, 0));
+    }
+}

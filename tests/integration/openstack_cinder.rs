@@ -54,3 +54,63 @@ fn an_expired_token_is_renewed_once_for_cinder_too() {
     assert_eq!(got.id, vol.id);
     assert!(c.session.generation() > before, "the session did not renew its token");
 }
+
+#[test]
+fn lookup_by_id_and_name_ambiguous_not_found_clone_and_delete() {
+    let Some(c) = cinder::env() else { return };
+    let data = crate::support::bytes(1 << 20, 5, false);
+    let name = unique("imgarc-test-lookup");
+    let a = c.make_volume(&name, &data);
+    assert_eq!(c.cinder.volume(&a.id).unwrap().id, a.id);
+    assert_eq!(c.cinder.volume(&name).unwrap().id, a.id);
+    let e = c.cinder.volume(&unique("imgarc-test-none")).unwrap_err();
+    assert!(matches!(e, imgarc::openstack::Error::NotFound(_)), "{e}");
+    let b = c.make_volume(&name, &[]);
+    let e = c.cinder.volume(&name).unwrap_err();
+    assert!(e.to_string().contains("ambiguous") && e.to_string().contains(&a.id) && e.to_string().contains(&b.id), "{e}");
+
+    let snap = timed("snapshot", || {
+        let s = c.cinder.create_snapshot(&a.id, &unique("imgarc-test-snap"), false, &Default::default()).unwrap();
+        c.track_snapshot(&s.id);
+        c.cinder.wait_snapshot(&s.id, &["available"], WAIT).unwrap()
+    });
+    assert_eq!(snap.volume_id, a.id);
+    let clone = timed("volume from snapshot", || {
+        let v = c
+            .cinder
+            .create_volume(&imgarc::openstack::cinder::NewVolume {
+                name: unique("imgarc-test-clone"),
+                size: 1,
+                snapshot_id: Some(snap.id.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        c.track_volume(&v.id);
+        c.cinder.wait_volume(&v.id, &["available"], WAIT).unwrap()
+    });
+    c.assert_volume_bytes(&clone.id, &data);
+    timed("delete + wait_gone", || {
+        c.cinder.delete_volume(&b.id).unwrap();
+        c.cinder.wait_volume_gone(&b.id, WAIT).unwrap();
+    });
+    assert!(matches!(c.cinder.get_volume(&b.id), Err(imgarc::openstack::Error::NotFound(_))));
+    assert!(c.cleanup().is_empty());
+    c.assert_no_scratch_left();
+}
+
+#[test]
+fn a_wait_fails_fast_when_the_volume_goes_to_error() {
+    let Some(c) = cinder::env() else { return };
+    // 999 GiB is within the default quota (1000) but beyond what the 4 GiB memstore pool may
+    // over-subscribe, so the scheduler finds no backend and the volume goes to `error`.
+    let v = c
+        .cinder
+        .create_volume(&imgarc::openstack::cinder::NewVolume { name: unique("imgarc-test-err"), size: 999, ..Default::default() })
+        .unwrap();
+    c.track_volume(&v.id);
+    let t = std::time::Instant::now();
+    let e = c.cinder.wait_volume(&v.id, &["available"], WAIT).unwrap_err();
+    eprintln!("timing: volume to error: {:.2}s", t.elapsed().as_secs_f64());
+    assert!(e.to_string().contains("\"error\""), "{e}");
+    assert!(t.elapsed() < WAIT, "the wait did not fail fast");
+}
