@@ -176,6 +176,18 @@ impl ReportSeries for SyncReport {
             self.bytes_stored as f64,
         );
         t.gauge("imgarc_sync_warnings", "Warnings of the last sync.", &[], self.warnings.len() as f64);
+        const DISKS: &str = "Cinder disks of volume-backed instance snapshots the last sync followed, by outcome.";
+        for (outcome, n) in [
+            ("archived", self.volume_backed_archived.len()),
+            ("unchanged", self.volume_backed_unchanged.len()),
+            ("failed", self.volume_backed_failed.len()),
+        ] {
+            t.gauge("imgarc_sync_volume_backed_disks", DISKS, &[("outcome", outcome)], n as f64);
+        }
+        const VOLUMES: &str = "Cinder volumes of the last sync --volumes, by outcome.";
+        let failed = self.volumes_failed();
+        t.gauge("imgarc_sync_volumes", VOLUMES, &[("outcome", "archived")], (self.volumes.len() - failed) as f64);
+        t.gauge("imgarc_sync_volumes", VOLUMES, &[("outcome", "failed")], failed as f64);
     }
 }
 

@@ -9,7 +9,7 @@
 use super::{logging, Ctx, SomeItemsFailed};
 use anyhow::{Context, Result};
 use imgarc::index::Index;
-use imgarc::sync::{ImageEntry, ImageResult, SyncFlags, SyncReport};
+use imgarc::sync::{DiskEntry, DiskResult, ImageEntry, ImageResult, SyncFlags, SyncReport};
 use imgarc::util::human_bytes;
 
 pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
@@ -39,6 +39,19 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
         Index::open_writer(&repo).context("cannot bring the local index up to date")?
     };
     let glance = ctx.glance(None)?;
+    // Cinder, when the catalog has it: volume-backed instance snapshots are followed through it.
+    let cinder = ctx.cinder_for(&glance).map_err(|e| format!("no Cinder endpoint ({e:#})"));
+    if flags.volumes {
+        if let Err(why) = &cinder {
+            anyhow::bail!("sync --volumes: {why}");
+        }
+    }
+    if let (Ok(c), false) = (&cinder, flags.dry_run) {
+        super::cleanup::before_run(&repo, &glance, Some(c));
+    }
+    let lease = _lock.as_ref().map(|l| l.lease()).unwrap_or_default();
+    let archiver =
+        cinder.as_ref().map(|c| imgarc::volumes::VolumeArchiver { repo: &repo, glance: &glance, cinder: c, lease: lease.clone() });
     let opts = flags.resolve(&glance, ctx.global.os_cloud.clone(), Ctx::limiter(&ctx.global.limit_download)?)?;
     let quiet = ctx.out.quiet;
     let format = ctx.global.log_format;
@@ -50,7 +63,17 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
             logging::activity(format, level, &log_line(e), fields);
         }
     };
-    let report = imgarc::sync::sync(&repo, &mut index, &glance, &opts, &log)?;
+    let log_disk = |d: &DiskEntry| {
+        if !quiet || d.result == DiskResult::Failed {
+            let level = if d.result == DiskResult::Failed { tracing::Level::ERROR } else { tracing::Level::INFO };
+            let mut fields = serde_json::to_value(d).unwrap_or_default();
+            fields["outcome"] = format!("disk_{}", disk_result_name(d.result)).into();
+            logging::activity(format, level, &disk_line(d), fields);
+        }
+    };
+    let cinder_side = archiver.as_ref().map_err(|s| s.as_str());
+    let report = imgarc::sync::sync(&repo, &mut index, &glance, cinder_side, &opts, &log, &log_disk)?;
+    drop(archiver);
     if !quiet {
         let would = if report.dry_run { "would record " } else { "" };
         for d in &report.deleted_upstream {
@@ -101,8 +124,11 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
         s
     });
     let copy_failed = copied.as_ref().and_then(|(_, r)| r.as_ref()).filter(|r| !r.ok);
-    if !report.ok {
+    let disks_failed = report.volume_backed_failed.len() + report.volumes_failed();
+    if !report.failed.is_empty() {
         Err(SomeItemsFailed(format!("sync: {} of {} images failed", report.failed.len(), report.images)).into())
+    } else if disks_failed > 0 {
+        Err(SomeItemsFailed(format!("sync: {disks_failed} Cinder disk(s) failed")).into())
     } else if let Some(r) = copy_failed {
         Err(SomeItemsFailed(format!("sync --copy-to: {} of {} snapshots were not copied", r.snapshots_failed, r.snapshots.len())).into())
     } else {
@@ -152,6 +178,33 @@ fn log_line(e: &ImageEntry) -> String {
     s
 }
 
+fn disk_result_name(r: DiskResult) -> &'static str {
+    match r {
+        DiskResult::Archived => "archived",
+        DiskResult::Unchanged => "unchanged",
+        DiskResult::Failed => "failed",
+    }
+}
+
+/// `<result> <disk>[ snapshot <id>]: <details>` — one line per Cinder disk.
+fn disk_line(d: &DiskEntry) -> String {
+    let mut s = format!("{} {}", disk_result_name(d.result), d.describe());
+    if let Some(would) = &d.would {
+        return format!("would-{s}: {would}");
+    }
+    if let Some(snap) = &d.snapshot {
+        s.push_str(&format!(" snapshot {}", short(snap)));
+    }
+    if d.result == DiskResult::Archived {
+        let size = d.logical_bytes.map(human_bytes).unwrap_or_default();
+        s.push_str(&format!(": {size} disk, {} stored, {:.1} s", human_bytes(d.bytes_stored), d.seconds));
+    }
+    if let Some(why) = &d.reason {
+        s.push_str(&format!("{}{why}", if d.result == DiskResult::Archived { "; " } else { ": " }));
+    }
+    s
+}
+
 fn summary(r: &SyncReport) -> String {
     // A dry run says "would" for what a run changes; unchanged, skipped and volume-backed read the same.
     let (head, would) = if r.dry_run { ("sync --dry-run", "would be ") } else { ("sync", "") };
@@ -188,6 +241,24 @@ fn summary(r: &SyncReport) -> String {
     }
     for e in &r.failed {
         s.push_str(&format!("  FAILED {} ({}): {}\n", e.name, e.id, e.reason.as_deref().unwrap_or("")));
+    }
+    let disks = r.volume_backed_archived.len() + r.volume_backed_unchanged.len() + r.volume_backed_failed.len();
+    if disks > 0 {
+        s.push_str(&format!(
+            "  volume-backed disks: {} {would}archived, {} unchanged, {} failed\n",
+            r.volume_backed_archived.len(),
+            r.volume_backed_unchanged.len(),
+            r.volume_backed_failed.len()
+        ));
+    }
+    if !r.volumes.is_empty() {
+        s.push_str(&format!("  volumes: {} {would}archived, {} failed\n", r.volumes.len() - r.volumes_failed(), r.volumes_failed()));
+    }
+    for d in r.volume_backed_archived.iter().chain(&r.volumes).filter(|d| d.would.is_some()) {
+        s.push_str(&format!("  would archive {}\n", d.describe()));
+    }
+    for d in r.volume_backed_failed.iter().chain(r.volumes.iter().filter(|d| d.result == DiskResult::Failed)) {
+        s.push_str(&format!("  FAILED {}: {}\n", d.describe(), d.reason.as_deref().unwrap_or("")));
     }
     for d in &r.deleted_upstream {
         let would = if r.dry_run { "would record " } else { "" };

@@ -1,9 +1,12 @@
 //! Which images a sync run considers: the [`Scope`] (whose images) and the
 //! [`Filters`] (`--filter`/`--exclude` terms: name globs, tags, visibility,
-//! disk format), and the part of them Glance can apply server-side.
+//! disk format, `metadata.K=V`), and the part of them Glance can apply server-side.
+//! The same filters select the Cinder volumes of `sync --volumes` ([`Filters::matches_volume`]).
 
+use crate::openstack::cinder::Volume;
 use crate::openstack::glance::ImageRecord;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// Whose images a run lists.
@@ -36,6 +39,9 @@ pub enum FilterKey {
     Tag,
     Visibility,
     DiskFormat,
+    /// `metadata.K=V`: an image's Glance property K is V; a volume's Cinder metadata K is V
+    /// (the term's value holds `K=V`).
+    Metadata,
 }
 
 /// One `KEY=VALUE` term of `--filter` or `--exclude`.
@@ -53,7 +59,14 @@ pub fn parse_filter(s: &str) -> Result<FilterTerm, String> {
         "tag" => FilterKey::Tag,
         "visibility" => FilterKey::Visibility,
         "disk_format" => FilterKey::DiskFormat,
-        other => return Err(format!("unknown filter key {other:?} (name, tag, visibility, disk_format)")),
+        m if m.starts_with("metadata.") => {
+            let name = &m["metadata.".len()..];
+            if name.is_empty() {
+                return Err(format!("{s:?}: metadata.K=V needs a key K"));
+            }
+            return Ok(FilterTerm { key: FilterKey::Metadata, value: format!("{name}={v}") });
+        }
+        other => return Err(format!("unknown filter key {other:?} (name, tag, visibility, disk_format, metadata.K)")),
     };
     Ok(FilterTerm { key, value: v.to_string() })
 }
@@ -65,7 +78,33 @@ impl FilterTerm {
             FilterKey::Tag => rec.tags.contains(&self.value),
             FilterKey::Visibility => rec.visibility.as_deref() == Some(self.value.as_str()),
             FilterKey::DiskFormat => rec.disk_format.as_deref() == Some(self.value.as_str()),
+            FilterKey::Metadata => metadata_matches(&self.value, &rec.properties),
         }
+    }
+
+    /// For a Cinder volume: `name` and `metadata.K` test it; the image-only keys
+    /// (tag, visibility, disk_format) admit every volume.
+    fn matches_volume(&self, v: &Volume) -> bool {
+        match self.key {
+            FilterKey::Name => crate::select::name_matches(&self.value, v.name.as_deref().unwrap_or("")),
+            FilterKey::Metadata => metadata_matches(&self.value, &v.metadata),
+            FilterKey::Tag | FilterKey::Visibility | FilterKey::DiskFormat => true,
+        }
+    }
+
+    fn is_image_only(&self) -> bool {
+        matches!(self.key, FilterKey::Tag | FilterKey::Visibility | FilterKey::DiskFormat)
+    }
+}
+
+/// `K=V` against a string map (Glance properties, Cinder metadata): K is there and its text is V.
+fn metadata_matches(term: &str, map: &Map<String, Value>) -> bool {
+    let (k, want) = term.split_once('=').unwrap_or((term, ""));
+    match map.get(k) {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Bool(b)) => b.to_string() == want.to_ascii_lowercase(),
+        Some(Value::Number(n)) => n.to_string() == want,
+        _ => false,
     }
 }
 
@@ -89,6 +128,13 @@ impl Filters {
         self.include.values().all(|any| any.iter().any(|t| t.matches(rec))) && !self.exclude.iter().any(|t| t.matches(rec))
     }
 
+    /// Whether `sync --volumes` archives volume `v`: as [`Filters::matches`], by name and
+    /// `metadata.K`; an `--exclude` of an image-only key never removes a volume.
+    pub fn matches_volume(&self, v: &Volume) -> bool {
+        self.include.values().all(|any| any.iter().any(|t| t.matches_volume(v)))
+            && !self.exclude.iter().any(|t| !t.is_image_only() && t.matches_volume(v))
+    }
+
     /// Glance query parameters that narrow the listing to a superset of the
     /// matches: only keys with a single value (Glance ANDs repeated
     /// parameters), and names without glob characters.
@@ -102,6 +148,8 @@ impl Filters {
                 FilterKey::Tag => q.push(("tag", t.value.clone())),
                 FilterKey::Visibility => q.push(("visibility", t.value.clone())),
                 FilterKey::DiskFormat => q.push(("disk_format", t.value.clone())),
+                // (Glance lists by a property only for some keys: filtered here)
+                FilterKey::Metadata => {}
             }
         }
         q
@@ -142,7 +190,20 @@ mod tests {
         let ex = f(&["tag=nightly"], &["tag=keep"]);
         assert!(ex.matches(&web) && !ex.matches(&db));
         assert!(f(&[], &[]).matches(&web));
-        assert!(parse_filter("owner=x").is_err() && parse_filter("name").is_err());
+        assert!(parse_filter("owner=x").is_err() && parse_filter("name").is_err() && parse_filter("metadata.=x").is_err());
+        // metadata.K=V: Glance properties of an image (Cinder metadata of a volume).
+        let tagged = rec(json!({"name": "web-02", "backup": "yes"}));
+        let yes = f(&["metadata.backup=yes"], &[]);
+        assert!(yes.matches(&tagged) && !yes.matches(&web));
+        assert!(!f(&["metadata.backup=no"], &[]).matches(&tagged));
+        let vol = |name: &str, meta: Value| {
+            Volume::from_json(json!({"id": "v1", "name": name, "status": "available", "size": 1, "metadata": meta})).unwrap()
+        };
+        assert!(yes.matches_volume(&vol("data", json!({"backup": "yes"}))));
+        assert!(!yes.matches_volume(&vol("data", json!({"backup": "no"}))) && !yes.matches_volume(&vol("data", json!({}))));
+        assert!(f(&["name=da*", "tag=x"], &[]).matches_volume(&vol("data", json!({}))), "image-only keys admit volumes");
+        assert!(!f(&[], &["name=da*"]).matches_volume(&vol("data", json!({}))));
+        assert!(f(&[], &["tag=x"]).matches_volume(&vol("data", json!({}))));
         // Only single-valued keys and literal names go to Glance.
         assert_eq!(both.server_side(), vec![]);
         assert_eq!(f(&["name=db-01", "tag=a"], &[]).server_side(), vec![("name", "db-01".to_string()), ("tag", "a".to_string())]);

@@ -19,6 +19,7 @@ mod filter;
 mod plan;
 mod run;
 mod upstream;
+mod volumes;
 
 pub use filter::{glob_match, parse_filter, FilterKey, FilterTerm, Filters, Scope};
 pub use run::sync;
@@ -68,6 +69,9 @@ pub struct SyncFlags {
     /// With --copy-to: read the target's password from this file (also IMGARC_TO_PASSWORD_FILE, IMGARC_TO_PASSWORD; else the source's)
     #[cfg_attr(feature = "clap", arg(long, value_name = "FILE", requires = "copy_to"))]
     pub to_password_file: Option<std::path::PathBuf>,
+    /// Also archive the project's Cinder volumes (available and in-use) that --filter name=GLOB / metadata.K=V select
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub volumes: bool,
 }
 
 impl SyncFlags {
@@ -96,6 +100,8 @@ impl SyncFlags {
             cloud,
             limit,
             dry_run: self.dry_run,
+            volumes: self.volumes,
+            spill: self.spill,
         })
     }
 
@@ -136,6 +142,70 @@ pub struct SyncOptions {
     /// Decide and report only: no download, nothing written to the repository
     /// (no snapshot, no upstream record); each entry says what it `would` do.
     pub dry_run: bool,
+    /// `--volumes`: the project's Cinder volumes are archived too.
+    pub volumes: bool,
+    /// The spill flags (volume disks are archived as `archive cinder:` does, from these).
+    pub spill: crate::archive::SpillOptions,
+}
+
+/// What happened to one Cinder disk (a volume snapshot of a volume-backed instance
+/// snapshot, or a volume of `--volumes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskResult {
+    Archived,
+    /// Its Cinder volume snapshot is archived already (snapshots are immutable).
+    Unchanged,
+    Failed,
+}
+
+/// One Cinder disk's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskEntry {
+    pub result: DiskResult,
+    /// The instance snapshot image the disk belongs to (none for a `--volumes` volume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// The Cinder volume snapshot read (a disk of an instance snapshot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
+    /// From the block device mapping entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_index: Option<i64>,
+    /// The snapshot written (archived) or already holding it (unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why it failed (or an archived disk's warnings, e.g. a scratch resource not deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// In a dry run: what a real run would do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_bytes: Option<u64>,
+    pub bytes_stored: u64,
+    pub seconds: f64,
+}
+
+impl DiskEntry {
+    /// How a log line names it.
+    pub fn describe(&self) -> String {
+        match (&self.image_id, &self.volume_snapshot_id) {
+            (Some(img), Some(s)) => {
+                let dev = self.device_name.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+                format!("disk{dev} of {} ({img}): volume snapshot {s}", self.image_name.as_deref().unwrap_or(img))
+            }
+            _ => format!("volume {} ({})", self.volume_name.as_deref().unwrap_or("-"), self.volume_id.as_deref().unwrap_or("?")),
+        }
+    }
 }
 
 /// What happened to one image.
@@ -258,6 +328,14 @@ pub struct SyncReport {
     /// Instance snapshots of boot-from-volume VMs: not archivable as images (see [`ImageResult::VolumeBacked`]).
     pub volume_backed: Vec<ImageEntry>,
     pub failed: Vec<ImageEntry>,
+    /// Disks of followed volume-backed instance snapshots archived in this run (one snapshot each).
+    pub volume_backed_archived: Vec<DiskEntry>,
+    /// Disks whose Cinder volume snapshot was archived by an earlier run.
+    pub volume_backed_unchanged: Vec<DiskEntry>,
+    /// Disks that could not be archived (each with its reason; the other disks went on).
+    pub volume_backed_failed: Vec<DiskEntry>,
+    /// `--volumes`: the project's Cinder volumes, each archived or failed.
+    pub volumes: Vec<DiskEntry>,
     /// Found gone from Glance in this run (and recorded under `upstream/deleted/`, unless a dry run).
     pub deleted_upstream: Vec<DeletedEntry>,
     /// Recorded as deleted before, listed again now: their records were withdrawn.
@@ -281,6 +359,20 @@ impl SyncReport {
             ImageResult::VolumeBacked => self.volume_backed.push(e),
             ImageResult::Failed => self.failed.push(e),
         }
+    }
+
+    pub(super) fn add_disk(&mut self, e: DiskEntry) {
+        self.bytes_stored += e.bytes_stored;
+        match e.result {
+            DiskResult::Archived => self.volume_backed_archived.push(e),
+            DiskResult::Unchanged => self.volume_backed_unchanged.push(e),
+            DiskResult::Failed => self.volume_backed_failed.push(e),
+        }
+    }
+
+    /// `--volumes` volumes that failed.
+    pub fn volumes_failed(&self) -> usize {
+        self.volumes.iter().filter(|v| v.result == DiskResult::Failed).count()
     }
 
     /// The images of one outcome.

@@ -10,6 +10,7 @@ use crate::index::Index;
 use crate::openstack::glance::{GlanceClient, ImageRecord};
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;
+use crate::volumes::VolumeArchiver;
 use crate::warnings::Warnings;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -84,12 +85,18 @@ pub(super) fn download_one(
 /// nothing is written to the repository). Errors
 /// only when the run cannot start (listing, repository); each image's own
 /// failure is in the report, which says `ok: false` if any image failed.
+///
+/// `cinder` reads the disks of volume-backed instance snapshots (and `opts.volumes`);
+/// `Err(why)` (no Cinder endpoint) reports those images as `volume_backed`, with `why`.
+/// Each Cinder disk goes to `on_disk` when it is done.
 pub fn sync(
     repo: &Repository,
     index: &mut Index,
     glance: &GlanceClient,
+    cinder: std::result::Result<&VolumeArchiver<'_>, &str>,
     opts: &SyncOptions,
     on_image: &(dyn Fn(&ImageEntry) + Sync),
+    on_disk: &dyn Fn(&DiskEntry),
 ) -> Result<SyncReport> {
     let started = Instant::now();
     let mut report = SyncReport { scope: Some(opts.scope.clone()), dry_run: opts.dry_run, ..Default::default() };
@@ -137,6 +144,7 @@ pub fn sync(
     let hasher = repo.metadata_hasher();
     let reads_bodies = repo.key_kind() != Some(crate::crypto::KeyKind::WriteOnly);
     let per_project = repo.config().dedup_scope == crate::repository::config::DedupScope::Project;
+    let mut follow = Vec::new();
     for rec in images {
         let mut e = ImageEntry::new(ImageResult::Unchanged, &rec);
         match plan(&rec, held.get(&rec.id).unwrap_or(&no_snapshots), &hasher, reads_bodies, per_project) {
@@ -144,10 +152,20 @@ pub fn sync(
                 e.result = ImageResult::Skipped;
                 e.reason = Some(why);
             }
-            Plan::VolumeBacked(why) => {
-                e.result = ImageResult::VolumeBacked;
-                e.reason = Some(why);
-            }
+            Plan::VolumeBacked(why) => match (rec.volume_backed(), cinder) {
+                (Some(vb), Ok(_)) if !vb.unreadable && !vb.snapshot_ids.is_empty() => {
+                    follow.push((rec, vb));
+                    continue;
+                }
+                (_, Err(no_cinder)) => {
+                    e.result = ImageResult::VolumeBacked;
+                    e.reason = Some(format!("{why}; not followed: {no_cinder}"));
+                }
+                _ => {
+                    e.result = ImageResult::VolumeBacked;
+                    e.reason = Some(why);
+                }
+            },
             Plan::Unchanged(id) => e.snapshot = Some(id.to_hex()),
             Plan::NewMetadata(prev) if opts.dry_run => {
                 e.result = ImageResult::MetadataUpdated;
@@ -195,7 +213,23 @@ pub fn sync(
     for e in run_downloads(repo, index, glance, opts, downloads, on_image)? {
         report.add(e);
     }
-    report.ok = report.failed.is_empty();
+    if let Ok(archiver) = cinder {
+        let mut held_disks = volumes::held_volume_snapshots(index, opts.cloud.as_deref())?;
+        for (rec, vb) in follow {
+            for d in volumes::follow_image(archiver, index, &rec, &vb.snapshot_ids, &vb.mappings, &mut held_disks, opts) {
+                on_disk(&d);
+                report.add_disk(d);
+            }
+        }
+        if opts.volumes {
+            for d in volumes::archive_volumes(archiver, index, opts).context("cannot list the Cinder volumes")? {
+                on_disk(&d);
+                report.bytes_stored += d.bytes_stored;
+                report.volumes.push(d);
+            }
+        }
+    }
+    report.ok = report.failed.is_empty() && report.volume_backed_failed.is_empty() && report.volumes_failed() == 0;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -70,6 +70,8 @@ mod cinder_cleanup;
 #[cfg(feature = "openstack-tests")]
 mod cinder_restore;
 #[cfg(feature = "openstack-tests")]
+mod cinder_sync;
+#[cfg(feature = "openstack-tests")]
 mod drill_glance;
 #[cfg(feature = "openstack-tests")]
 mod format_glance;

@@ -145,19 +145,18 @@ impl ImageRecord {
             None => return None,
         };
         let Some(list) = readable else {
-            return Some(VolumeBacked { snapshot_ids: Vec::new(), unreadable: true });
+            return Some(VolumeBacked { snapshot_ids: Vec::new(), mappings: Vec::new(), unreadable: true });
         };
         if list.is_empty() && !bdm_v2 {
             return None;
         }
-        let snapshot_ids = list
+        let (snapshot_ids, mappings) = list
             .iter()
-            .filter_map(|m| m.get("snapshot_id").and_then(|v| v.as_str()))
-            .filter(|id| !id.is_empty())
+            .filter_map(|m| Some((m.get("snapshot_id").and_then(|v| v.as_str()).filter(|id| !id.is_empty())?, m.clone())))
             // Image properties are the image owner's text and end up in log lines: no control characters.
-            .map(|id| id.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
-            .collect();
-        Some(VolumeBacked { snapshot_ids, unreadable: false })
+            .map(|(id, m)| (id.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>(), m))
+            .unzip();
+        Some(VolumeBacked { snapshot_ids, mappings, unreadable: false })
     }
 
     /// Why this image cannot be archived, if it cannot (`None` = active with data).
@@ -177,6 +176,8 @@ impl ImageRecord {
 pub struct VolumeBacked {
     /// The `snapshot_id`s of its block device mappings (Cinder volume snapshots).
     pub snapshot_ids: Vec<String>,
+    /// The block device mapping entry of each of `snapshot_ids` (same order), as Nova wrote it.
+    pub mappings: Vec<Value>,
     /// `block_device_mapping` is there but is not a JSON list.
     pub unreadable: bool,
 }
