@@ -63,6 +63,8 @@ pub struct ScratchName {
     pub kind: ScratchKind,
     /// The scratch record's name in the repository.
     pub record: String,
+    /// When the record was written (its `created`).
+    pub reserved: String,
     slot: usize,
 }
 
@@ -143,13 +145,14 @@ impl<'a> ScratchSet<'a> {
             pid: std::process::id(),
             created: crate::util::now_rfc3339(),
         };
+        let reserved = record.created.clone();
         let key = self
             .repo
             .save_scratch_record(&record)
             .with_context(|| format!("cannot record the scratch {} {name} before creating it", kind.name()))?;
         // Unique within the set even after [`ScratchSet::keep`] removed an earlier one.
         let slot = self.made.last().map_or(0, |m| m.name.slot + 1);
-        let n = ScratchName { name, kind, record: key, slot };
+        let n = ScratchName { name, kind, record: key, reserved, slot };
         self.made.push(Made { name: n.clone(), id: None });
         Ok(n)
     }
@@ -187,7 +190,7 @@ impl<'a> ScratchSet<'a> {
         for m in self.made.drain(..).rev() {
             let deleted = match &m.id {
                 Some(id) => clients.delete_by_id(m.name.kind, id).map(|()| vec![id.clone()]),
-                None => clients.delete_by_name(m.name.kind, &m.name.name).map(|f| f.marked),
+                None => clients.delete_by_name(m.name.kind, &m.name.name, &m.name.reserved).map(|f| f.marked),
             };
             match deleted {
                 Ok(_) => {
@@ -267,7 +270,17 @@ impl Clients<'_> {
     /// metadata [`SCRATCH_METADATA_KEY`]) and those that are not: a resource without the mark is
     /// never deleted by name, whatever a record says (a forged record, or a user's own image
     /// that happens to carry a scratch-like name).
-    fn find(&self, kind: ScratchKind, name: &str) -> Result<Found> {
+    /// The resources named exactly `name`, split into ours and not ours. Ours: marked as
+    /// scratch (tag / metadata), or created no earlier than the record was written (`reserved`,
+    /// less [`CLOCK_SLACK`] for clocks that disagree). A resource Cinder creates itself (the
+    /// image of `os-volume_upload_image`) is marked only a moment after it exists, and a run
+    /// killed in between leaves it unmarked; it was still made after its record. One older
+    /// than its record, and unmarked, is someone else's: never deleted.
+    fn find(&self, kind: ScratchKind, name: &str, reserved: &str) -> Result<Found> {
+        let not_before = parse_cloud_time(reserved).map(|t| t - CLOCK_SLACK);
+        let ours = |marked: bool, created: Option<&str>| {
+            marked || matches!((not_before, created.and_then(parse_cloud_time)), (Some(nb), Some(c)) if c >= nb)
+        };
         let all: Vec<(String, bool)> = match kind {
             ScratchKind::Image => self
                 .glance
@@ -275,8 +288,8 @@ impl Clients<'_> {
                 .into_iter()
                 .filter(|r| r.name.as_deref() == Some(name))
                 .map(|r| {
-                    let marked = r.tags.iter().any(|t| t == SCRATCH_TAG);
-                    (r.id, marked)
+                    let mine = ours(r.tags.iter().any(|t| t == SCRATCH_TAG), r.created_at.as_deref());
+                    (r.id, mine)
                 })
                 .collect(),
             ScratchKind::Volume => self
@@ -285,8 +298,8 @@ impl Clients<'_> {
                 .into_iter()
                 .filter(|v| v.name.as_deref() == Some(name))
                 .map(|v| {
-                    let marked = v.metadata.contains_key(SCRATCH_METADATA_KEY);
-                    (v.id, marked)
+                    let mine = ours(v.metadata.contains_key(SCRATCH_METADATA_KEY), v.created_at.as_deref());
+                    (v.id, mine)
                 })
                 .collect(),
             ScratchKind::Snapshot => self
@@ -295,8 +308,8 @@ impl Clients<'_> {
                 .into_iter()
                 .filter(|s| s.name.as_deref() == Some(name))
                 .map(|s| {
-                    let marked = s.metadata.contains_key(SCRATCH_METADATA_KEY);
-                    (s.id, marked)
+                    let mine = ours(s.metadata.contains_key(SCRATCH_METADATA_KEY), s.created_at.as_deref());
+                    (s.id, mine)
                 })
                 .collect(),
         };
@@ -304,9 +317,10 @@ impl Clients<'_> {
         Ok(Found { marked: marked.into_iter().map(|(id, _)| id).collect(), unmarked: unmarked.into_iter().map(|(id, _)| id).collect() })
     }
 
-    /// Deletes every marked resource named `name`; returns their ids and those of the unmarked ones left alone.
-    fn delete_by_name(&self, kind: ScratchKind, name: &str) -> Result<Found> {
-        let found = self.find(kind, name)?;
+    /// Deletes every resource of ours named `name` ([`Clients::find`]); returns their ids and
+    /// those of the others, left alone.
+    fn delete_by_name(&self, kind: ScratchKind, name: &str, reserved: &str) -> Result<Found> {
+        let found = self.find(kind, name, reserved)?;
         for id in &found.marked {
             self.delete_by_id(kind, id)?;
         }
@@ -314,11 +328,22 @@ impl Clients<'_> {
     }
 }
 
+/// How far the cloud's clock may be behind the archiver's for a resource to count as made
+/// after its record.
+const CLOCK_SLACK: chrono::Duration = chrono::Duration::minutes(10);
+
+/// A time as Glance (RFC 3339, `Z`) or Cinder (`2026-12-02T14:27:01.000000`, no offset: UTC)
+/// writes it.
+fn parse_cloud_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    crate::util::parse_rfc3339(s)
+        .or_else(|| chrono::NaiveDateTime::parse_from_str(s.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S%.f").ok().map(|n| n.and_utc()))
+}
+
 /// What [`Clients::find`] found by a scratch name.
 struct Found {
-    /// Marked as scratch: deleted.
+    /// Ours (marked, or made after the record): deleted.
     marked: Vec<String>,
-    /// Not marked: never deleted.
+    /// Not ours (unmarked and older than the record): never deleted.
     unmarked: Vec<String>,
 }
 
@@ -438,9 +463,9 @@ pub fn cleanup(repo: &Repository, glance: &GlanceClient, cinder: Option<&CinderC
             continue;
         }
         let result = if opts.dry_run {
-            clients.find(rec.kind, &rec.name)
+            clients.find(rec.kind, &rec.name, &rec.created)
         } else {
-            clients.delete_by_name(rec.kind, &rec.name).and_then(|found| repo.delete_scratch_record(&key).map(|()| found))
+            clients.delete_by_name(rec.kind, &rec.name, &rec.created).and_then(|found| repo.delete_scratch_record(&key).map(|()| found))
         };
         match result {
             Ok(found) if !found.unmarked.is_empty() => {

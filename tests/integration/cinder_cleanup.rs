@@ -78,7 +78,14 @@ fn cleanup_deletes_dead_runs_leftovers_only() {
     let forged_name = format!("imgarc-scratch-{:016x}-user", rand::random::<u64>());
     let user_img = new_image(&c, &forged_name, false);
     let forged =
-        ScratchRecord { name: forged_name.clone(), endpoint: c.glance.endpoint().to_string(), purpose: "forged".into(), ..other.clone() };
+        // Written (it claims) an hour after the image was made: so the unmarked image is not its run's.
+        ScratchRecord {
+            name: forged_name.clone(),
+            endpoint: c.glance.endpoint().to_string(),
+            purpose: "forged".into(),
+            created: (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ..other.clone()
+        };
     repo.save_scratch_record(&forged).unwrap();
     // A forged record naming a user's image by a name imgarc never gives: unreadable, never acted on.
     let user_name = crate::support::openstack::unique("imgarc-test-user-image");
