@@ -43,6 +43,7 @@ pub mod retention;
 pub mod scratch;
 pub mod secret;
 pub mod select;
+pub mod shard;
 pub(crate) mod source;
 pub(crate) mod store;
 pub mod sync;

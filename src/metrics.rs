@@ -162,32 +162,42 @@ pub trait ReportSeries {
 }
 
 impl ReportSeries for SyncReport {
+    /// With `--shard K/N`, every series carries `shard="K/N"` (N shards' files on one host must
+    /// not collide), and `imgarc_sync_shard{index,count}` says which shard wrote the file.
     fn add_series(&self, t: &mut Textfile) {
+        let shard = self.shard.map(|s| s.to_string());
+        let labels = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+            shard.iter().map(|s| ("shard", s.as_str())).chain(extra.iter().copied()).collect()
+        };
+        if let Some(s) = self.shard {
+            let (index, count) = (s.index.to_string(), s.count.to_string());
+            t.gauge("imgarc_sync_shard", "The --shard K/N of the last sync (1; absent unsharded).", &[("index", index.as_str()), ("count", count.as_str())], 1.0);
+        }
         const HELP: &str = "Images of the last sync by outcome (deleted_upstream: archived images gone from Glance).";
         for (result, n) in self.outcome_counts() {
-            t.gauge("imgarc_sync_images", HELP, &[("outcome", result.name())], n as f64);
+            t.gauge("imgarc_sync_images", HELP, &labels(&[("outcome", result.name())]), n as f64);
         }
-        t.gauge("imgarc_sync_images", HELP, &[("outcome", "deleted_upstream")], self.deleted_upstream.len() as f64);
-        t.gauge("imgarc_sync_bytes_read", "Image bytes the last sync read from Glance.", &[], self.bytes_read as f64);
+        t.gauge("imgarc_sync_images", HELP, &labels(&[("outcome", "deleted_upstream")]), self.deleted_upstream.len() as f64);
+        t.gauge("imgarc_sync_bytes_read", "Image bytes the last sync read from Glance.", &labels(&[]), self.bytes_read as f64);
         t.gauge(
             "imgarc_sync_bytes_stored",
             "Bytes the last sync added to the repository (new chunks, compressed).",
-            &[],
+            &labels(&[]),
             self.bytes_stored as f64,
         );
-        t.gauge("imgarc_sync_warnings", "Warnings of the last sync.", &[], self.warnings.len() as f64);
+        t.gauge("imgarc_sync_warnings", "Warnings of the last sync.", &labels(&[]), self.warnings.len() as f64);
         const DISKS: &str = "Cinder disks of volume-backed instance snapshots the last sync followed, by outcome.";
         for (outcome, n) in [
             ("archived", self.volume_backed_archived.len()),
             ("unchanged", self.volume_backed_unchanged.len()),
             ("failed", self.volume_backed_failed.len()),
         ] {
-            t.gauge("imgarc_sync_volume_backed_disks", DISKS, &[("outcome", outcome)], n as f64);
+            t.gauge("imgarc_sync_volume_backed_disks", DISKS, &labels(&[("outcome", outcome)]), n as f64);
         }
         const VOLUMES: &str = "Cinder volumes of the last sync --volumes, by outcome.";
         let failed = self.volumes_failed();
-        t.gauge("imgarc_sync_volumes", VOLUMES, &[("outcome", "archived")], (self.volumes.len() - failed) as f64);
-        t.gauge("imgarc_sync_volumes", VOLUMES, &[("outcome", "failed")], failed as f64);
+        t.gauge("imgarc_sync_volumes", VOLUMES, &labels(&[("outcome", "archived")]), (self.volumes.len() - failed) as f64);
+        t.gauge("imgarc_sync_volumes", VOLUMES, &labels(&[("outcome", "failed")]), failed as f64);
     }
 }
 
@@ -324,5 +334,14 @@ mod tests {
         assert!(text.contains("imgarc_sync_images{outcome=\"deleted_upstream\"} 0\n"), "{text}");
         assert!(text.contains("imgarc_sync_bytes_read 7\n"), "{text}");
         assert_eq!(text.matches("# TYPE imgarc_sync_images gauge").count(), 1, "{text}");
+        assert!(!text.contains("shard"), "an unsharded sync's series are as before: {text}");
+
+        let sharded = SyncReport { shard: Some(crate::shard::Shard::new(2, 3).unwrap()), bytes_read: 7, ..Default::default() };
+        let mut t = Textfile::new();
+        sharded.add_series(&mut t);
+        let text = t.render();
+        assert!(text.contains("imgarc_sync_shard{index=\"2\",count=\"3\"} 1\n"), "{text}");
+        assert!(text.contains("imgarc_sync_images{shard=\"2/3\",outcome=\"archived\"} 0\n"), "{text}");
+        assert!(text.contains("imgarc_sync_bytes_read{shard=\"2/3\"} 7\n"), "{text}");
     }
 }

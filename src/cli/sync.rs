@@ -28,7 +28,8 @@ pub fn run(ctx: &Ctx, flags: SyncFlags) -> Result<()> {
     let _lock = match flags.dry_run {
         true => None,
         false => {
-            let lock = repo.acquire_singleton_lock("sync").context("sync cannot start")?;
+            // `--shard K/N`: one per shard; shards of one N run together (`imgarc::shard`).
+            let lock = repo.acquire_shard_lock("sync", flags.shard).context("sync cannot start")?;
             repo.hold_lock(&lock);
             Some(lock)
         }
@@ -208,8 +209,10 @@ fn disk_line(d: &DiskEntry) -> String {
 fn summary(r: &SyncReport) -> String {
     // A dry run says "would" for what a run changes; unchanged, skipped and volume-backed read the same.
     let (head, would) = if r.dry_run { ("sync --dry-run", "would be ") } else { ("sync", "") };
+    let shard = r.shard.map(|k| format!(" --shard {k}")).unwrap_or_default();
+    let others = if r.shard.is_some() { format!(" (and {} of other shards)", r.images_other_shards) } else { String::new() };
     let mut s = format!(
-        "{head}: {} images: {} {would}archived, {} unchanged, {} {would}metadata updated, {} skipped, {} volume-backed, {} failed; {} {would}deleted upstream\n  {} read, {} stored, {:.1} s\n",
+        "{head}{shard}: {} images{others}: {} {would}archived, {} unchanged, {} {would}metadata updated, {} skipped, {} volume-backed, {} failed; {} {would}deleted upstream\n  {} read, {} stored, {:.1} s\n",
         r.images,
         r.archived.len(),
         r.unchanged.len(),

@@ -28,6 +28,7 @@
 
 use super::file::{Naming, RepoFile};
 use super::Repository;
+use crate::shard::Shard;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -98,6 +99,12 @@ pub struct LockInfo {
     /// Only in a release record, which is no lock: every lock object of this lease is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub releases: Option<String>,
+    /// A singleton lock of one shard of its purpose's work (`sync --shard K/N`): it excludes
+    /// only the holders whose shard overlaps ([`Shard::overlaps`]). Absent: the whole work
+    /// (every lock of older writers). Older readers compare `purpose` alone, so to them a
+    /// shard's lock excludes every holder of the purpose: stricter, never laxer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 /// A process, told apart from every other: the kernel boot, the PID
@@ -171,6 +178,7 @@ impl LockInfo {
             process: ProcessIdentity::current().cloned(),
             lease: None,
             releases: Some(lease.to_string()),
+            shard: None,
         }
     }
 
@@ -279,6 +287,8 @@ struct Holding {
     key: String,
     lease: String,
     purpose: String,
+    /// The shard a singleton lock is of (written into each refresh too).
+    shard: Option<Shard>,
     /// Earlier lock objects of the lease may still be in the repository (a refresh could not
     /// delete its predecessor), so deleting the current one does not release the lease.
     leftovers: bool,
@@ -330,7 +340,7 @@ fn release(repo: &Repository, holding: &Holding) {
 fn write_lock(
     repo: &Repository,
     exclusive: bool,
-    purpose: &str,
+    (purpose, shard): (&str, Option<Shard>),
     since: &str,
     lease: &str,
     timing: LockTiming,
@@ -348,6 +358,7 @@ fn write_lock(
         process: ProcessIdentity::current().cloned(),
         lease: Some(lease.to_string()),
         releases: None,
+        shard,
     };
     let (key, _) = repo.save(&info)?;
     Ok((key, written + timing.ttl))
@@ -357,8 +368,9 @@ fn write_lock(
 /// acquired (the binary exits 11 on it, restic's code). Not a lock lost while held.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "repository is locked by {} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
+    "repository is locked by {}{} on {} (pid {}) since {}{}; if that process is gone, run `imgarc unlock` (lock {key})",
     holder.purpose,
+    holder.shard.map(|s| format!(" --shard {s}")).unwrap_or_default(),
     holder.hostname,
     holder.pid,
     holder.time,
@@ -387,7 +399,13 @@ impl Repository {
 
     /// A shared lock of which only one may exist per `purpose` (see [`Lock::acquire_singleton`]).
     pub fn acquire_singleton_lock(&self, purpose: &str) -> Result<Lock> {
-        Lock::acquire_singleton(self, purpose)
+        Lock::acquire_singleton(self, purpose, None)
+    }
+
+    /// [`Repository::acquire_singleton_lock`] for one shard of the purpose's work (`None`:
+    /// all of it): it excludes only the holders of overlapping shards ([`Shard::overlaps`]).
+    pub fn acquire_shard_lock(&self, purpose: &str, shard: Option<Shard>) -> Result<Lock> {
+        Lock::acquire_singleton(self, purpose, shard)
     }
 
     /// Every lock in the repository, by key. An oversized or unreadable lock is
@@ -474,7 +492,7 @@ impl Lock {
         }
         let since = crate::util::now_rfc3339();
         let lease = new_lease();
-        let (mine, expires) = write_lock(repo, exclusive, purpose, &since, &lease, timing)?;
+        let (mine, expires) = write_lock(repo, exclusive, (purpose, None), &since, &lease, timing)?;
         if exclusive {
             // Another holder may have written its lock between our listing and our
             // write; it would not see ours if it listed first. Listing again settles it.
@@ -489,7 +507,7 @@ impl Lock {
         }
         Self::hold(
             repo.clone(),
-            Holding { key: mine, lease, purpose: purpose.to_string(), leftovers: false },
+            Holding { key: mine, lease, purpose: purpose.to_string(), shard: None, leftovers: false },
             expires,
             exclusive,
             since,
@@ -498,20 +516,24 @@ impl Lock {
     }
 
     /// A shared lock of which only one may exist per `purpose` (one `sync`, one
-    /// `prune`). Two processes that start at the same moment both write their
-    /// lock, then list again: the older lock (by start time, then key) wins and the
-    /// other withdraws, so at most one proceeds.
-    fn acquire_singleton(repo: &Repository, purpose: &str) -> Result<Lock> {
+    /// `prune`), or with `shard`, per overlapping shard of it ([`Shard::overlaps`]:
+    /// `sync --shard 1/3` and `2/3` run together). Two processes that start at the same
+    /// moment both write their lock, then list again: the older lock (by start time,
+    /// then key) wins and the other withdraws, so at most one proceeds.
+    fn acquire_singleton(repo: &Repository, purpose: &str, shard: Option<Shard>) -> Result<Lock> {
         let timing = LockTiming::from_env()?;
         let rivals = |repo: &Repository| -> Result<Vec<(String, LockInfo)>> {
-            Ok(list(repo)?.into_iter().filter(|(_, i)| !i.is_stale() && (i.exclusive || i.purpose == purpose)).collect())
+            Ok(list(repo)?
+                .into_iter()
+                .filter(|(_, i)| !i.is_stale() && (i.exclusive || (i.purpose == purpose && Shard::overlaps(i.shard, shard))))
+                .collect())
         };
         if let Some((key, info)) = rivals(repo)?.into_iter().next() {
             return Err(conflict(&key, &info));
         }
         let since = crate::util::now_rfc3339();
         let lease = new_lease();
-        let (mine, expires) = write_lock(repo, false, purpose, &since, &lease, timing)?;
+        let (mine, expires) = write_lock(repo, false, (purpose, shard), &since, &lease, timing)?;
         let older = match rivals(repo) {
             Ok(r) => r
                 .into_iter()
@@ -525,7 +547,7 @@ impl Lock {
         }
         Self::hold(
             repo.clone(),
-            Holding { key: mine, lease, purpose: purpose.to_string(), leftovers: false },
+            Holding { key: mine, lease, purpose: purpose.to_string(), shard, leftovers: false },
             expires,
             false,
             since,
@@ -551,7 +573,7 @@ impl Lock {
     }
 
     fn hold(repo: Repository, holding: Holding, expires: Instant, exclusive: bool, since: String, timing: LockTiming) -> Result<Lock> {
-        let purpose = holding.purpose.clone();
+        let (purpose, shard) = (holding.purpose.clone(), holding.shard);
         tracing::debug!(lock = %holding.key, purpose, exclusive, "acquired the {purpose} lock");
         let (lease, holding) = (holding.lease.clone(), Arc::new(Mutex::new(holding)));
         if let Ok(mut held) = HELD.lock() {
@@ -571,7 +593,7 @@ impl Lock {
                 if s2.is_lost() {
                     return;
                 }
-                match write_lock(&r2, exclusive, &purpose, &since, &lease, timing) {
+                match write_lock(&r2, exclusive, (&purpose, shard), &since, &lease, timing) {
                     Ok((new_key, new_expires)) => {
                         *s2.expires.lock().expect("lock state mutex") = new_expires;
                         let old = std::mem::replace(&mut h2.lock().expect("lock holding mutex").key, new_key);
@@ -612,7 +634,7 @@ fn new_lease() -> String {
 /// Removes a lock we just wrote and will not hold: deleted, else released (a failure of both
 /// only leaves it to expire).
 fn withdraw(repo: &Repository, key: &str, lease: &str, purpose: &str) {
-    release(repo, &Holding { key: key.to_string(), lease: lease.to_string(), purpose: purpose.to_string(), leftovers: false });
+    release(repo, &Holding { key: key.to_string(), lease: lease.to_string(), purpose: purpose.to_string(), shard: None, leftovers: false });
 }
 
 impl Drop for Lock {
@@ -676,6 +698,7 @@ fn list_all(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
                     process: None,
                     lease: None,
                     releases: None,
+                    shard: None,
                 },
             )),
         }
@@ -756,7 +779,7 @@ mod tests {
         let (rival_repo, rival_key) = (repo.clone(), Arc::new(Mutex::new(None)));
         let slot = rival_key.clone();
         faulty.before_next_put("locks/", move |_| {
-            let (key, _) = write_lock(&rival_repo, false, "archive", &crate::util::now_rfc3339(), &new_lease(), FAST).unwrap();
+            let (key, _) = write_lock(&rival_repo, false, ("archive", None), &crate::util::now_rfc3339(), &new_lease(), FAST).unwrap();
             *slot.lock().unwrap() = Some(key);
         });
         let err = repo.acquire_lock_timed(true, "check", FAST).unwrap_err();
@@ -788,7 +811,7 @@ mod tests {
         assert!(list(&repo).unwrap().is_empty(), "a released lock is still counted");
         // The next run (another sync, a check) is not blocked by the lock it could not delete.
         drop(repo.acquire_lock_timed(true, "check", FAST).expect("an exclusive lock after a released one"));
-        drop(Lock::acquire_singleton(&repo, "sync").expect("a second sync after the first one's undeletable lock"));
+        drop(Lock::acquire_singleton(&repo, "sync", None).expect("a second sync after the first one's undeletable lock"));
         assert!(list(&repo).unwrap().is_empty());
 
         // An older imgarc, which knows no releases, takes the record for an expired lock.
@@ -811,6 +834,42 @@ mod tests {
         assert!(list_all(&repo).unwrap().is_empty(), "a lock that could be deleted was deleted");
     }
 
+    /// `sync --shard K/N`: shards of one count run together; the same shard twice, shards of
+    /// two counts, or a shard and an unsharded sync do not. A shard's lock keeps the purpose
+    /// an older reader compares (so to it, any shard is a running sync), and a lock without
+    /// `shard` (an older writer's) is the whole purpose.
+    #[test]
+    fn shard_locks_exclude_only_overlapping_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo_on(local(dir.path()));
+        let s = |k, n| Some(Shard::new(k, n).unwrap());
+        let one = repo.acquire_shard_lock("sync", s(1, 3)).unwrap();
+        let two = repo.acquire_shard_lock("sync", s(2, 3)).expect("another shard of the same count");
+        for (rival, what) in [(s(1, 3), "the same shard"), (s(1, 4), "another count"), (None, "an unsharded sync")] {
+            let err = repo.acquire_shard_lock("sync", rival).unwrap_err();
+            assert!(err.chain().any(|c| c.is::<LockConflict>()), "{what}: {err:#}");
+        }
+        let err = repo.acquire_singleton_lock("sync").unwrap_err();
+        assert!(format!("{err:#}").contains("locked by sync --shard 1/3"), "{err:#}");
+        drop(repo.acquire_singleton_lock("prune").expect("another purpose"));
+        let stored: Vec<serde_json::Value> =
+            list(&repo).unwrap().iter().map(|(_, i)| serde_json::from_slice(&i.encode().unwrap()).unwrap()).collect();
+        assert!(stored.iter().all(|j| j["purpose"] == "sync"), "{stored:?}");
+        assert!(stored.iter().any(|j| j["shard"] == serde_json::json!({"index": 2, "count": 3})), "{stored:?}");
+        drop((one, two));
+
+        let whole = repo.acquire_singleton_lock("sync").unwrap();
+        let err = repo.acquire_shard_lock("sync", s(3, 3)).unwrap_err();
+        assert!(err.chain().any(|c| c.is::<LockConflict>()), "a shard beside an unsharded sync: {err:#}");
+        drop(whole);
+        let mut old = serde_json::to_value(info(1, None)).unwrap();
+        old["purpose"] = "sync".into();
+        let old: LockInfo = serde_json::from_value(old).unwrap();
+        assert!(old.shard.is_none());
+        repo.save(&old).unwrap();
+        assert!(repo.acquire_shard_lock("sync", s(1, 2)).is_err(), "an older writer's sync lock is the whole sync");
+    }
+
     #[test]
     fn a_withdrawn_singleton_lock_that_may_not_be_deleted_is_released() {
         let dir = tempfile::tempdir().unwrap();
@@ -822,10 +881,10 @@ mod tests {
         let slot = rival_key.clone();
         faulty.before_next_put("locks/", move |_| {
             let since = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
-            let (key, _) = write_lock(&rival_repo, false, "sync", &since, &new_lease(), FAST).unwrap();
+            let (key, _) = write_lock(&rival_repo, false, ("sync", None), &since, &new_lease(), FAST).unwrap();
             *slot.lock().unwrap() = Some(key);
         });
-        let err = Lock::acquire_singleton(&repo, "sync").unwrap_err();
+        let err = Lock::acquire_singleton(&repo, "sync", None).unwrap_err();
         assert!(err.chain().any(|c| c.is::<LockConflict>()), "{err:#}");
         let counted: Vec<String> = list(&repo).unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(counted, vec![rival_key.lock().unwrap().clone().unwrap()], "the withdrawn lock is still counted");
@@ -865,6 +924,7 @@ mod tests {
             process,
             lease: None,
             releases: None,
+            shard: None,
         }
     }
 

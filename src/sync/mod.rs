@@ -72,6 +72,9 @@ pub struct SyncFlags {
     /// Also archive the project's Cinder volumes (available and in-use) that --filter name=GLOB / metadata.K=V select
     #[cfg_attr(feature = "clap", arg(long))]
     pub volumes: bool,
+    /// Only shard K of N (K from 1 to N): N hosts, each with its own --shard, archive a cloud into one repository at once. An image belongs to one shard by its id (BLAKE3 of the id, first 8 bytes little-endian, mod N, plus 1); a volume-backed image's disks go with the image, a --volumes volume by its volume id. Deleted-upstream detection covers the shard's own images only. Shards of one N run together; the same shard twice, two N, or a shard beside an unsharded sync are refused (locked, exit 11)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "K/N"))]
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl SyncFlags {
@@ -102,6 +105,7 @@ impl SyncFlags {
             dry_run: self.dry_run,
             volumes: self.volumes,
             spill: self.spill,
+            shard: self.shard,
         })
     }
 
@@ -146,6 +150,9 @@ pub struct SyncOptions {
     pub volumes: bool,
     /// The spill flags (volume disks are archived as `archive cinder:` does, from these).
     pub spill: crate::archive::SpillOptions,
+    /// `--shard K/N`: only the images (and `--volumes` volumes) of this shard are archived,
+    /// withdrawn or found deleted upstream (`crate::shard`); `None` is all of them.
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// What happened to one Cinder disk (a volume snapshot of a volume-backed instance
@@ -319,8 +326,13 @@ pub struct SyncReport {
     /// A `--dry-run`: nothing was downloaded or written; the lists say what a run would do.
     pub dry_run: bool,
     pub scope: Option<Scope>,
-    /// Images that matched the scope and filters.
+    /// `--shard K/N`: `{"index": K, "count": N}`; null for an unsharded sync.
+    pub shard: Option<crate::shard::Shard>,
+    /// Images that matched the scope and filters (with `--shard`, those of this shard).
     pub images: usize,
+    /// With `--shard`: images that matched the scope and filters but belong to other shards
+    /// (not archived, withdrawn or checked for deletion here); 0 unsharded.
+    pub images_other_shards: usize,
     pub archived: Vec<ImageEntry>,
     pub unchanged: Vec<ImageEntry>,
     pub metadata_updated: Vec<ImageEntry>,

@@ -10,6 +10,7 @@ use crate::index::Index;
 use crate::openstack::glance::{GlanceClient, ImageRecord};
 use crate::repository::upstream::DeletedUpstream;
 use crate::repository::Repository;
+use crate::shard::Shard;
 use crate::volumes::VolumeArchiver;
 use crate::warnings::Warnings;
 use anyhow::{Context, Result};
@@ -99,8 +100,11 @@ pub fn sync(
     on_disk: &dyn Fn(&DiskEntry),
 ) -> Result<SyncReport> {
     let started = Instant::now();
-    let mut report = SyncReport { scope: Some(opts.scope.clone()), dry_run: opts.dry_run, ..Default::default() };
-    let held = held_images(index, opts.cloud.as_deref())?;
+    let mut report = SyncReport { scope: Some(opts.scope.clone()), dry_run: opts.dry_run, shard: opts.shard, ..Default::default() };
+    // With `--shard`, another shard's images are not this run's: not archived, withdrawn or
+    // found deleted here (their shard does it, and only it writes their upstream records).
+    let held: HashMap<_, _> =
+        held_images(index, opts.cloud.as_deref())?.into_iter().filter(|(id, _)| Shard::admits(opts.shard, id)).collect();
 
     let mut query = opts.filters.server_side();
     if let Scope::Project(p) = &opts.scope {
@@ -112,9 +116,10 @@ pub fn sync(
     // (a page boundary that shifts while paging may repeat an image)
     let listed: Vec<ImageRecord> = listed.into_iter().filter(|r| listed_ids.insert(r.id.clone())).collect();
 
-    // Images recorded as deleted that are listed again, whether or not this run selects them.
+    // Images recorded as deleted that are listed again, whether or not this run selects them
+    // (of its shard).
     let recorded: HashMap<String, DeletedUpstream> = repo.deleted_upstream()?.into_iter().map(|d| (d.image_id.clone(), d)).collect();
-    for rec in &listed {
+    for rec in listed.iter().filter(|r| Shard::admits(opts.shard, &r.id)) {
         if let Some(d) = recorded.get(&rec.id) {
             let would = opts.dry_run.then(|| "withdraw its deleted-upstream record".to_string());
             if !opts.dry_run {
@@ -135,7 +140,11 @@ pub fn sync(
     report.deleted_upstream.extend(find_deleted(repo, glance, opts, &held, &listed_ids, &recorded, &warnings)?);
     report.warnings = warnings.take();
 
-    let mut images: Vec<ImageRecord> = listed.into_iter().filter(|r| opts.scope.admits(r) && opts.filters.matches(r)).collect();
+    let (mut images, others): (Vec<ImageRecord>, Vec<ImageRecord>) = listed
+        .into_iter()
+        .filter(|r| opts.scope.admits(r) && opts.filters.matches(r))
+        .partition(|r| Shard::admits(opts.shard, &r.id));
+    report.images_other_shards = others.len();
     images.sort_by(|a, b| (&a.name, &a.created_at, &a.id).cmp(&(&b.name, &b.created_at, &b.id)));
     report.images = images.len();
 

@@ -11,7 +11,8 @@ use crate::warnings::Warnings;
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 
-/// Held images missing from the listing (recorded unless `opts.dry_run`). Only those the run would have
+/// Held images missing from the listing (recorded unless `opts.dry_run`). Only those of the
+/// run's shard (`opts.shard`) the run would have
 /// selected (judged by their last archived record) are candidates, and each
 /// is confirmed with a GET (404 or status `deleted`): a listing alone — paged,
 /// filtered, hiding `os_hidden` images — never proves a deletion.
@@ -27,6 +28,9 @@ pub(super) fn find_deleted(
     let mut deleted = Vec::new();
     let mut missing: Vec<(&String, &(Id, SnapshotHead))> = held
         .iter()
+        // Another shard's image is never this run's to find deleted (the caller's `held` is of
+        // this shard already; checked again here, where the record is written).
+        .filter(|(id, _)| crate::shard::Shard::admits(opts.shard, id))
         .filter(|(id, _)| !listed.contains(*id) && !recorded.contains_key(*id))
         .filter_map(|(id, snaps)| snaps.last().map(|last| (id, last)))
         .collect();

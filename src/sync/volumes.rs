@@ -112,8 +112,13 @@ pub(super) fn follow_image(
 /// `sync --volumes`: each of the project's volumes (available or in-use) the filters select.
 pub(super) fn archive_volumes(archiver: &VolumeArchiver<'_>, index: &mut Index, opts: &SyncOptions) -> Result<Vec<DiskEntry>> {
     let mut volumes = archiver.cinder.list_volumes(&[])?;
-    // The scratch volumes of this or another run are never archived as the project's own.
-    volumes.retain(|v| !crate::scratch::is_scratch_name(v.name.as_deref().unwrap_or("")) && opts.filters.matches_volume(v));
+    // The scratch volumes of this or another run are never archived as the project's own;
+    // with `--shard`, a volume is its shard's by its own volume id.
+    volumes.retain(|v| {
+        !crate::scratch::is_scratch_name(v.name.as_deref().unwrap_or(""))
+            && opts.filters.matches_volume(v)
+            && crate::shard::Shard::admits(opts.shard, &v.id)
+    });
     volumes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     let mut out = Vec::new();
     for v in volumes {

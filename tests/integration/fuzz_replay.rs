@@ -101,6 +101,7 @@ fn write_fuzz_seeds() {
         }),
         lease: Some("5b1d4c7e9a8b2d6e4f1a3c5b0f3c9a2e".into()),
         releases: None,
+        shard: None,
     };
     save("objects", "lock", &serde_json::to_vec_pretty(&lock).unwrap());
     let mark = marks::PruneMark {

@@ -89,3 +89,5 @@ mod openstack_glance;
 mod openstack_keystone;
 #[cfg(feature = "openstack-tests")]
 mod sync_e2e;
+#[cfg(all(feature = "openstack-tests", feature = "remote-tests"))]
+mod sync_shard;
