@@ -248,7 +248,7 @@ pub fn unlock(repo: &Repository, opts: &UnlockOptions) -> Result<UnlockReport> {
                 LockRemoval::Released => report.released.push(key),
             }
         } else {
-            report.kept.push(format!("{key} ({} on {} pid {})", info.purpose, info.hostname, info.pid));
+            report.kept.push(format!("{key} ({} on {} pid {})", info.what(), info.hostname, info.pid));
         }
     }
     report.tidied = repo.tidy_locks()?;

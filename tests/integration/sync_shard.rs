@@ -4,7 +4,7 @@
 //! Run: `source /tmp/imgarc-servers.env` (or `. ci/openstack.sh` and `. ci/objectstore.sh`), then
 //! `cargo nextest run --features openstack-tests,remote-tests -E 'test(/sync_shard/)'`.
 use crate::support;
-use crate::support::backend_common::need;
+use crate::support::backend_common::{need, unique as prefix_of};
 use crate::support::openstack as os;
 use imgarc::shard::Shard;
 use serde_json::{json, Value};
@@ -21,7 +21,7 @@ struct Rgw {
 
 impl Rgw {
     fn new(tag: &str) -> Rgw {
-        let prefix = support::backend_common::unique(tag);
+        let prefix = prefix_of(tag);
         let rgw = Rgw {
             repo: format!("s3:{}/{}/{prefix}", need("IMGARC_RGW_ENDPOINT"), need("IMGARC_RGW_BUCKET")),
             work: tempfile::tempdir().unwrap(),
@@ -97,7 +97,7 @@ fn three_shards_at_once_archive_every_image_exactly_once() {
     let owners = |u: &BTreeMap<String, Vec<u8>>| u.keys().map(|id| Shard::of(id, 3)).collect::<BTreeSet<u32>>();
     let mut i = 0u64;
     while uploaded.len() < 6 || (owners(&uploaded).len() < 3 && uploaded.len() < 16) {
-        let data = bytes(6 << 20, 900 + i, false);
+        let data = bytes(8 << 20, 900 + i, false);
         let (rec, guard) = os::upload_image(&g, &format!("shard-vm-{i}"), &data, json!({"tags": [tag]}));
         uploaded.insert(rec.id, data);
         guards.push(guard);
