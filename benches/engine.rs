@@ -40,6 +40,34 @@ fn stages(c: &mut Criterion) {
     g.bench_function("blake3 of 64 KiB chunks (1 thread)", |b| {
         b.iter(|| data.chunks(65536).map(|c| blake3::hash(c).as_bytes()[0] as u64).sum::<u64>())
     });
+    // Whole-image digests (one thread each in an archive): imgarc's (aws-lc for SHA, md-5) next to
+    // RustCrypto's sha2, which src/digest.rs used before.
+    for algo in [imgarc::digest::Algo::Sha512, imgarc::digest::Algo::Sha256, imgarc::digest::Algo::Sha1, imgarc::digest::Algo::Md5] {
+        g.bench_function(format!("{} of 4 MiB reads (imgarc::digest)", algo.name()), |b| {
+            b.iter(|| {
+                let mut h = algo.hasher();
+                data.chunks(4 << 20).for_each(|c| h.update(c));
+                h.hex()
+            })
+        });
+    }
+    {
+        use sha2::Digest;
+        g.bench_function("sha512 of 4 MiB reads (RustCrypto sha2)", |b| {
+            b.iter(|| {
+                let mut h = sha2::Sha512::new();
+                data.chunks(4 << 20).for_each(|c| h.update(c));
+                h.finalize()[0]
+            })
+        });
+        g.bench_function("sha256 of 4 MiB reads (RustCrypto sha2)", |b| {
+            b.iter(|| {
+                let mut h = sha2::Sha256::new();
+                data.chunks(4 << 20).for_each(|c| h.update(c));
+                h.finalize()[0]
+            })
+        });
+    }
     let sample = &data[..16 << 20];
     g.throughput(Throughput::Bytes(sample.len() as u64));
     for level in [1, 3] {

@@ -118,19 +118,48 @@ enum Msg {
     End { logical_bytes: u64, hole_bytes: u64, detected: FormatKind, shape: Box<Shape> },
 }
 
-/// Reads the source once, feeding every byte to the digest threads and the progress bar.
+/// What the digest threads are sent at a time: a network read is often 16 KiB, and a
+/// piece per read would cost an allocation, a send and a wake-up of each thread each.
+const DIGEST_PIECE: usize = 1 << 20;
+
+/// Reads the source once, feeding every byte to the digest threads (in pieces of
+/// [`DIGEST_PIECE`]; [`TeeReader::into_digesters`] sends the rest) and the progress bar.
 struct TeeReader {
     inner: Box<dyn Read + Send>,
     digesters: Digesters,
+    pending: Vec<u8>,
     pos: u64,
     pb: SharedProgress,
+}
+
+impl TeeReader {
+    fn new(inner: Box<dyn Read + Send>, digesters: Digesters, pb: SharedProgress) -> TeeReader {
+        TeeReader { inner, digesters, pending: Vec::new(), pos: 0, pb }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let piece = std::mem::replace(&mut self.pending, Vec::with_capacity(DIGEST_PIECE));
+            let n = piece.len();
+            self.digesters.feed(Piece::Data(Arc::new(piece), 0..n));
+        }
+    }
+
+    /// The digest threads, every byte read sent to them.
+    fn into_digesters(mut self) -> Digesters {
+        self.flush();
+        self.digesters
+    }
 }
 
 impl Read for TeeReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n > 0 && !self.digesters.is_empty() {
-            self.digesters.feed(Piece::Data(Arc::new(buf[..n].to_vec()), 0..n));
+            self.pending.extend_from_slice(&buf[..n]);
+            if self.pending.len() >= DIGEST_PIECE {
+                self.flush();
+            }
         }
         self.pos += n as u64;
         self.pb.set_position(self.pos);
@@ -242,7 +271,7 @@ fn read_image(
     tx: crossbeam_channel::Sender<Result<Msg>>,
     pb: SharedProgress,
 ) -> (Result<()>, Digesters) {
-    let mut tee = TeeReader { inner: reader, digesters, pos: 0, pb };
+    let mut tee = TeeReader::new(reader, digesters, pb);
     let result = (|| -> Result<()> {
         let mut head = vec![0u8; HEAD_LEN];
         let n = read_full(&mut tee, &mut head).context("reading the image header")?;
@@ -288,7 +317,7 @@ fn read_image(
         let _ = tx.send(Ok(Msg::End { logical_bytes, hole_bytes, detected: kind, shape: Box::new(shape) }));
         Ok(())
     })();
-    (result, tee.digesters)
+    (result, tee.into_digesters())
 }
 
 pub fn archive(
@@ -641,10 +670,10 @@ pub fn archive_source(
     glance: &dyn Fn() -> Result<crate::openstack::glance::GlanceClient>,
     bar: &dyn Fn(Option<u64>) -> SharedProgress,
 ) -> Result<SourceArchiveReport> {
-    opts.digests()?;
+    let digests = opts.digests()?;
     let from_glance = opts.source.starts_with("glance:");
     let src = match opts.source.strip_prefix("glance:") {
-        Some(image) => crate::source::open_glance(&glance()?, image, opts.cloud.as_deref(), opts.limit_download.clone())?,
+        Some(image) => crate::source::open_glance(&glance()?, image, opts.cloud.as_deref(), opts.limit_download.clone(), &digests)?,
         None => crate::source::open(&opts.source)?,
     };
     archive_opened(repo, index, opts, src, from_glance, bar)

@@ -1,7 +1,8 @@
 //! The one digest engine: whole-stream digests (md5, sha1 and the SHA-2
 //! family — every `os_hash_algo` a Glance can be configured with except
 //! sha3/blake2), each computed on its own thread beside the pipeline so
-//! that no serial hash caps throughput.
+//! that no serial hash caps throughput. SHA-1 and SHA-2 are aws-lc-rs's
+//! (assembly, as OpenSSL's; the TLS stack links it anyway), md5 the `md-5` crate's.
 //!
 //! * [`Algo`] names the algorithms (`--digest` values and Glance's
 //!   `os_hash_algo` map onto it); [`SUPPORTED`] lists their names.
@@ -64,14 +65,22 @@ impl Algo {
 
     /// A running hasher of this algorithm.
     pub fn hasher(self) -> Box<dyn Hasher> {
+        use aws_lc_rs::digest as lc;
+        let sha = |a: &'static lc::Algorithm| -> Box<dyn Hasher> { Box::new(Sha(lc::Context::new(a))) };
         match self {
             Algo::Md5 => Box::new(md5::Md5::new()),
-            Algo::Sha1 => Box::new(sha1::Sha1::new()),
-            Algo::Sha224 => Box::new(sha2::Sha224::new()),
-            Algo::Sha256 => Box::new(sha2::Sha256::new()),
-            Algo::Sha384 => Box::new(sha2::Sha384::new()),
-            Algo::Sha512 => Box::new(sha2::Sha512::new()),
+            Algo::Sha1 => sha(&lc::SHA1_FOR_LEGACY_USE_ONLY),
+            Algo::Sha224 => sha(&lc::SHA224),
+            Algo::Sha256 => sha(&lc::SHA256),
+            Algo::Sha384 => sha(&lc::SHA384),
+            Algo::Sha512 => sha(&lc::SHA512),
         }
+    }
+
+    /// The strongest of `algos` (SHA-512 over SHA-384 … over SHA-1 over md5), if any.
+    pub fn strongest(algos: impl IntoIterator<Item = Algo>) -> Option<Algo> {
+        // The variants are declared weakest first.
+        algos.into_iter().max()
     }
 }
 
@@ -105,13 +114,32 @@ pub trait Hasher: Send {
     fn hex(self: Box<Self>) -> String;
 }
 
-impl<D: md5::Digest + Send> Hasher for D {
+impl Hasher for md5::Md5 {
     fn update(&mut self, data: &[u8]) {
         md5::Digest::update(self, data)
     }
     fn hex(self: Box<Self>) -> String {
         hex::encode(self.finalize())
     }
+}
+
+/// SHA-1 or SHA-2, by aws-lc.
+struct Sha(aws_lc_rs::digest::Context);
+
+impl Hasher for Sha {
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data)
+    }
+    fn hex(self: Box<Self>) -> String {
+        hex::encode(self.0.finish().as_ref())
+    }
+}
+
+/// One-shot lowercase hex digest of `data` (tests and small buffers; streams use [`Digesters`]).
+pub fn hex_of(algo: Algo, data: &[u8]) -> String {
+    let mut h = algo.hasher();
+    h.update(data);
+    h.hex()
 }
 
 /// A hasher for one of [`SUPPORTED`] (lowercase), or `None` for any other name.
@@ -410,6 +438,44 @@ mod tests {
             assert_eq!(out[name], hex, "{name}");
         }
         assert!(hasher_for("sha3_512").is_none());
+    }
+
+    /// aws-lc's streaming hashers agree with an independent implementation (RustCrypto's,
+    /// a dev-dependency) on data fed in uneven pieces across block boundaries.
+    #[test]
+    fn aws_lc_hashers_agree_with_rustcrypto_across_pieces() {
+        use sha2::Digest;
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let d = Digesters::start_algos(&Algo::ALL);
+        let shared = Arc::new(data.clone());
+        let mut at = 0;
+        for (i, len) in [1usize, 127, 128, 129, 4096, 65_537, 333_333].iter().cycle().enumerate() {
+            if at >= data.len() {
+                break;
+            }
+            let end = (at + len).min(data.len());
+            if i == 3 {
+                d.feed(Piece::Zeros(0));
+            }
+            d.feed(Piece::Data(shared.clone(), at..end));
+            at = end;
+        }
+        let out: BTreeMap<Algo, String> = d.finish_algos().unwrap().into_iter().collect();
+        assert_eq!(out[&Algo::Sha224], hex::encode(sha2::Sha224::digest(&data)));
+        assert_eq!(out[&Algo::Sha256], hex::encode(sha2::Sha256::digest(&data)));
+        assert_eq!(out[&Algo::Sha384], hex::encode(sha2::Sha384::digest(&data)));
+        assert_eq!(out[&Algo::Sha512], hex::encode(sha2::Sha512::digest(&data)));
+        assert_eq!(out[&Algo::Md5], hex::encode(md5::Md5::digest(&data)));
+        assert_eq!(hex_of(Algo::Sha512, &data), out[&Algo::Sha512]);
+        assert_eq!(hex_of(Algo::Sha1, b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn strongest_prefers_sha2_over_sha1_over_md5() {
+        assert_eq!(Algo::strongest([Algo::Md5, Algo::Sha512, Algo::Sha256]), Some(Algo::Sha512));
+        assert_eq!(Algo::strongest([Algo::Md5, Algo::Sha1]), Some(Algo::Sha1));
+        assert_eq!(Algo::strongest([Algo::Sha224, Algo::Sha384]), Some(Algo::Sha384));
+        assert_eq!(Algo::strongest([]), None);
     }
 
     #[test]

@@ -51,11 +51,13 @@ pub fn open(spec: &str) -> Result<OpenedSource> {
     Ok(plain(Box::new(file), meta.is_file().then_some(meta.len()), Source::File { path: abs.display().to_string() }, name))
 }
 
-/// The digests a Glance record vouches for that imgarc can check (its
-/// [`ImageRecord::expected`], in imgarc's algorithm names), and the name of an
-/// `os_hash_algo` it cannot compute (outside [`crate::digest::SUPPORTED`]).
-pub fn glance_digest_claims(rec: &ImageRecord) -> (BTreeMap<String, String>, Vec<String>) {
-    let checked = rec.expected().digests.into_iter().map(|(algo, value)| (algo.name().to_string(), value)).collect();
+/// The digests of a Glance record that are checked (its [`ImageRecord::expected`]:
+/// the strongest, and those of `requested` — the `--digest` names — it vouches for,
+/// in imgarc's algorithm names), and the name of an `os_hash_algo` imgarc cannot
+/// compute (outside [`crate::digest::SUPPORTED`]).
+pub fn glance_digest_claims(rec: &ImageRecord, requested: &[String]) -> (BTreeMap<String, String>, Vec<String>) {
+    let requested: Vec<crate::digest::Algo> = requested.iter().filter_map(|n| crate::digest::Algo::parse(n)).collect();
+    let checked = rec.expected(&requested).digests.into_iter().map(|(algo, value)| (algo.name().to_string(), value)).collect();
     let unverifiable = match (rec.os_hash_algo.as_deref(), rec.os_hash_value.as_deref()) {
         (Some(algo), Some(value)) if !value.is_empty() && crate::digest::Algo::parse(algo).is_none() => vec![algo.to_ascii_lowercase()],
         _ => Vec::new(),
@@ -63,10 +65,18 @@ pub fn glance_digest_claims(rec: &ImageRecord) -> (BTreeMap<String, String>, Vec
     (checked, unverifiable)
 }
 
-/// Opens `GET /v2/images/{id}/file` of an active image as a stream.
-pub fn open_glance(glance: &GlanceClient, image: &str, cloud: Option<&str>, limit: Option<RateLimiter>) -> Result<OpenedSource> {
+/// Opens `GET /v2/images/{id}/file` of an active image as a stream. `digests`: the
+/// `--digest` names, checked against the record too where it has them
+/// ([`glance_digest_claims`]).
+pub fn open_glance(
+    glance: &GlanceClient,
+    image: &str,
+    cloud: Option<&str>,
+    limit: Option<RateLimiter>,
+    digests: &[String],
+) -> Result<OpenedSource> {
     let rec = glance.image(image)?;
-    open_glance_record(glance, &rec, cloud, limit)
+    open_glance_record(glance, &rec, cloud, limit, digests)
 }
 
 /// [`open_glance`] for a record already fetched (a listing entry): no second lookup.
@@ -75,6 +85,7 @@ pub fn open_glance_record(
     rec: &ImageRecord,
     cloud: Option<&str>,
     limit: Option<RateLimiter>,
+    digests: &[String],
 ) -> Result<OpenedSource> {
     if let Some(why) = rec.not_downloadable_reason() {
         anyhow::bail!("Glance image {} ({}) cannot be archived: {why}", rec.id, rec.name.as_deref().unwrap_or("unnamed"));
@@ -90,7 +101,7 @@ pub fn open_glance_record(
     };
     // Store locations can carry store credentials: they never reach the repository.
     crate::openstack::glance::redact_store_locations(&mut metadata);
-    let (expected_digests, unverifiable_digests) = glance_digest_claims(rec);
+    let (expected_digests, unverifiable_digests) = glance_digest_claims(rec, digests);
     Ok(OpenedSource {
         reader,
         size: rec.size,

@@ -96,11 +96,14 @@ pub struct VolumeReadOptions {
     pub limit_download: Option<crate::net::ratelimit::RateLimiter>,
     /// How long each Cinder/Glance step (snapshot, volume, upload) may take.
     pub timeout: Duration,
+    /// The `--digest` names: checked against the scratch image's record too where it has
+    /// them (its strongest digest always is). [`VolumeArchiver::archive`] sets them from its `opts`.
+    pub digests: Vec<String>,
 }
 
 impl Default for VolumeReadOptions {
     fn default() -> Self {
-        VolumeReadOptions { cloud: None, limit_download: None, timeout: Duration::from_secs(3600) }
+        VolumeReadOptions { cloud: None, limit_download: None, timeout: Duration::from_secs(3600), digests: Vec::new() }
     }
 }
 
@@ -179,7 +182,7 @@ fn open_inner(
         .wait_volume(&upload_from.id, &["available"], opts.timeout)
         .with_context(|| format!("waiting for the upload of volume {} to the scratch image {}", upload_from.id, image.name))?;
     let rec = glance.wait_active(&image_id, opts.timeout).with_context(|| format!("the scratch image {} ({image_id})", image.name))?;
-    let mut src = crate::source::open_glance_record(glance, &rec, opts.cloud.as_deref(), opts.limit_download.clone())?;
+    let mut src = crate::source::open_glance_record(glance, &rec, opts.cloud.as_deref(), opts.limit_download.clone(), &opts.digests)?;
     let scratch_record = std::mem::take(&mut src.metadata);
     src.metadata = snapshot_metadata(target, volume_record.as_ref(), scratch_record);
     let (volume_id, snapshot_id) = match target {
@@ -322,6 +325,7 @@ impl VolumeArchiver<'_> {
         read: &VolumeReadOptions,
         bar: &dyn Fn(Option<u64>) -> SharedProgress,
     ) -> Result<VolumeArchiveReport> {
+        let read = &VolumeReadOptions { digests: opts.digests()?, ..read.clone() };
         let purpose = format!("archive {}", target.describe());
         let mut scratch = ScratchSet::new(self.repo, self.glance, Some(self.cinder), self.lease.clone(), read.cloud.as_deref(), &purpose);
         let mut used = Vec::new();

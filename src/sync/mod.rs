@@ -283,6 +283,10 @@ pub struct ImageEntry {
     pub new_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// An archived image: the digests of its Glance record that the bytes were checked
+    /// against and matched (the strongest, and those `--digest` names; empty: none to check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_digests: Option<Vec<String>>,
     pub seconds: f64,
 }
 
@@ -301,6 +305,7 @@ impl ImageEntry {
             logical_bytes: None,
             new_bytes: None,
             format: None,
+            verified_digests: None,
             seconds: 0.0,
         }
     }

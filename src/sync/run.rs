@@ -43,11 +43,13 @@ pub(super) fn download_one(
 ) -> ImageEntry {
     let started = Instant::now();
     let count = Arc::new(AtomicU64::new(0));
+    let mut verified = Vec::new();
     let result = (|| -> Result<crate::archive::ArchiveOutcome> {
         // A lost lock fails every remaining image at once, before its download.
         repo.ensure_locks_held()?;
-        let src = crate::source::open_glance_record(glance, rec, opts.cloud.as_deref(), opts.limit.clone())?;
+        let src = crate::source::open_glance_record(glance, rec, opts.cloud.as_deref(), opts.limit.clone(), &opts.digests)?;
         let reader = Box::new(CountingReader { inner: src.reader, count: count.clone() });
+        verified = src.expected_digests.keys().cloned().collect();
         let req = ArchiveRequest {
             name: src.default_name,
             tags: Vec::new(),
@@ -72,6 +74,7 @@ pub(super) fn download_one(
             e.logical_bytes = Some(o.logical_bytes);
             e.new_bytes = Some(o.new_bytes);
             e.format = Some(o.format);
+            e.verified_digests = Some(verified);
         }
         Err(err) => {
             e.result = ImageResult::Failed;

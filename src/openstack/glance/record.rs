@@ -92,24 +92,28 @@ impl ImageRecord {
         })
     }
 
-    /// What the image data must hash to: `checksum` (md5),
-    /// `os_hash_algo`/`os_hash_value` (an algorithm outside
-    /// [`crate::digest::Algo`] is skipped) and `size`, for
-    /// [`crate::digest::HashingReader::verifying`].
-    pub fn expected(&self) -> crate::digest::Expected {
+    /// What the image data must hash to, for [`crate::digest::HashingReader::verifying`]
+    /// and the archive: the record's strongest digest imgarc computes — the multihash
+    /// (`os_hash_algo`/`os_hash_value`), else `checksum` (md5) — plus each other digest
+    /// it vouches for that `requested` names (`--digest md5` checks `checksum` too), and
+    /// `size`. One strong digest proves the bytes; hashing md5 beside it would only cost a
+    /// core. A multihash in an algorithm outside [`crate::digest::Algo`] leaves md5.
+    pub fn expected(&self, requested: &[crate::digest::Algo]) -> crate::digest::Expected {
         use crate::digest::Algo;
-        let mut digests = Vec::new();
+        let mut vouched = Vec::new();
         if let Some(c) = self.checksum.as_deref().filter(|c| !c.is_empty()) {
-            digests.push((Algo::Md5, c.to_ascii_lowercase()));
+            vouched.push((Algo::Md5, c.to_ascii_lowercase()));
         }
         // An empty os_hash_value vouches for nothing (Glance leaves it empty while an image is queued).
         if let (Some(a), Some(v)) =
             (self.os_hash_algo.as_deref().and_then(Algo::parse), self.os_hash_value.as_deref().filter(|v| !v.is_empty()))
         {
-            if !digests.iter().any(|(x, _)| *x == a) {
-                digests.push((a, v.to_ascii_lowercase()));
+            if !vouched.iter().any(|(x, _)| *x == a) {
+                vouched.push((a, v.to_ascii_lowercase()));
             }
         }
+        let strongest = Algo::strongest(vouched.iter().map(|(a, _)| *a));
+        let digests = vouched.into_iter().filter(|(a, _)| Some(*a) == strongest || requested.contains(a)).collect();
         crate::digest::Expected {
             digests,
             size: self.size,

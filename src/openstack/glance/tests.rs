@@ -237,21 +237,25 @@ mod verify {
     fn verifies_and_detects_tampering() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         let r = record_of(&data);
-        let mut h = HashingReader::verifying(&data[..], r.expected());
+        let mut h = HashingReader::verifying(&data[..], r.expected(&[]));
         let d = h.handle();
         io::copy(&mut h, &mut io::sink()).unwrap();
         let d = d.get().unwrap();
         assert!(d.verified);
         assert_eq!(d.bytes, data.len() as u64);
         assert_eq!(d.get(Algo::Sha512), r.os_hash_value.as_deref());
+        assert_eq!(d.get(Algo::Md5), None, "md5 is not computed beside the multihash");
 
         let mut bad = data.clone();
         bad[1234] ^= 1;
-        let e = io::copy(&mut HashingReader::verifying(&bad[..], r.expected()), &mut io::sink()).unwrap_err();
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], r.expected(&[])), &mut io::sink()).unwrap_err();
+        let s = e.to_string();
+        assert!(!s.contains("md5: expected") && s.contains("sha512: expected"), "{s}");
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], r.expected(&[Algo::Md5])), &mut io::sink()).unwrap_err();
         let s = e.to_string();
         assert!(s.contains("md5: expected") && s.contains("sha512: expected"), "{s}");
 
-        let e = io::copy(&mut HashingReader::verifying(&data[..1000], r.expected()), &mut io::sink()).unwrap_err();
+        let e = io::copy(&mut HashingReader::verifying(&data[..1000], r.expected(&[])), &mut io::sink()).unwrap_err();
         assert!(e.to_string().contains("size: expected 300000 bytes, got 1000"), "{e}");
     }
 
@@ -263,25 +267,49 @@ mod verify {
             "os_hash_algo": "sha384", "os_hash_value": hex::encode(sha2::Sha384::digest(&data)),
         }))
         .unwrap();
-        let mut h = HashingReader::verifying(&data[..], good.expected());
+        let mut h = HashingReader::verifying(&data[..], good.expected(&[]));
         let d = h.handle();
         io::copy(&mut h, &mut io::sink()).unwrap();
         assert!(d.get().unwrap().verified);
         let mut bad = data.clone();
         bad[7] ^= 1;
-        let e = io::copy(&mut HashingReader::verifying(&bad[..], good.expected()), &mut io::sink()).unwrap_err();
+        let e = io::copy(&mut HashingReader::verifying(&bad[..], good.expected(&[])), &mut io::sink()).unwrap_err();
         assert!(e.to_string().contains("sha384: expected"), "{e}");
     }
 
     #[test]
     fn unverifiable_record_computes_only() {
         let r = ImageRecord::from_json(json!({"id": "old", "status": "active"})).unwrap();
-        let mut h = HashingReader::verifying(&b"abc"[..], r.expected());
+        let mut h = HashingReader::verifying(&b"abc"[..], r.expected(&[]));
         let d = h.handle();
         io::copy(&mut h, &mut io::sink()).unwrap();
         let d = d.get().unwrap();
         assert!(!d.verified);
         assert_eq!(d.get(Algo::Md5), Some("900150983cd24fb0d6963f7d28e17f72"));
         assert!(d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
+    }
+
+    /// The digests `expected` checks: the strongest the record vouches for, plus those asked for.
+    #[test]
+    fn only_the_strongest_digest_is_checked_unless_more_are_asked_for() {
+        let checked = |rec: serde_json::Value, requested: &[Algo]| -> Vec<(Algo, String)> {
+            let mut rec = rec;
+            rec["id"] = "i".into();
+            rec["status"] = "active".into();
+            ImageRecord::from_json(rec).unwrap().expected(requested).digests
+        };
+        let both = json!({"checksum": "AA", "os_hash_algo": "sha512", "os_hash_value": "BB"});
+        // Multihash and md5: the multihash only, md5 when asked for (and in any case lowercase).
+        assert_eq!(checked(both.clone(), &[]), [(Algo::Sha512, "bb".to_string())]);
+        assert_eq!(checked(both.clone(), &[Algo::Sha256]), [(Algo::Sha512, "bb".to_string())]);
+        assert_eq!(checked(both.clone(), &[Algo::Md5]), [(Algo::Md5, "aa".to_string()), (Algo::Sha512, "bb".to_string())]);
+        // Multihash only.
+        assert_eq!(checked(json!({"os_hash_algo": "sha256", "os_hash_value": "cc"}), &[Algo::Md5]), [(Algo::Sha256, "cc".to_string())]);
+        // md5 only, or a multihash imgarc cannot compute, or one Glance left empty: md5.
+        assert_eq!(checked(json!({"checksum": "aa"}), &[]), [(Algo::Md5, "aa".to_string())]);
+        assert_eq!(checked(json!({"checksum": "aa", "os_hash_algo": "sha3_512", "os_hash_value": "dd"}), &[]), [(Algo::Md5, "aa".to_string())]);
+        assert_eq!(checked(json!({"checksum": "aa", "os_hash_algo": "sha512", "os_hash_value": ""}), &[]), [(Algo::Md5, "aa".to_string())]);
+        // Nothing vouched for: nothing to check, whatever is asked.
+        assert!(checked(json!({"checksum": ""}), &[Algo::Md5]).is_empty());
     }
 }
