@@ -47,7 +47,7 @@ impl<'a> ChunkStore<'a> {
     /// `project`: the Glance project the archived image belongs to, which keys
     /// the blob ids when the repository's dedup scope is `project`.
     pub fn new(repo: &Repository, index: &'a Index, expected_chunks: usize, project: Option<&str>) -> Result<ChunkStore<'a>> {
-        let filter = index.build_filter(expected_chunks)?;
+        let filter = index.chunk_filter(expected_chunks)?;
         let (tx, rx) = bounded::<PackBuilder>(1);
         let repo2 = repo.clone();
         let index_path = index.path().to_path_buf();
@@ -192,6 +192,10 @@ impl<'a> ChunkStore<'a> {
     pub fn finish(mut self) -> Result<StoreStats> {
         self.flush_pack()?;
         self.join_uploader()?;
+        // A filter not saved costs the next archive a rebuild: never this archive's failure.
+        if let Err(e) = self.index.save_chunk_filter(&mut self.filter) {
+            tracing::warn!("cannot save the chunk filter: {e:#}");
+        }
         Ok(self.stats)
     }
 }

@@ -371,6 +371,72 @@ pub fn remove_paths_on_exit() {
     }
 }
 
+/// How many requests a catch-up or compaction keeps in flight: reading many small
+/// objects is round trips, not bandwidth (`IMGARC_FETCH_THREADS` overrides, 1 to 256).
+pub fn fetch_threads() -> usize {
+    std::env::var("IMGARC_FETCH_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(24, |n| n.clamp(1, 256))
+}
+
+/// Runs `fetch` on every item on up to `threads` threads, each with its own state
+/// from `state` (a cache connection, say), and hands every result to `ingest` on
+/// the calling thread as it arrives, in no particular order; at most
+/// `2 * threads` results wait, so memory stays bounded however many items there
+/// are. The first error of `state` or `ingest` stops the fetching and is returned.
+pub fn fetch_parallel<T, S, R>(
+    items: &[T],
+    threads: usize,
+    state: impl Fn() -> Result<S>,
+    fetch: impl Fn(&mut S, &T) -> R + Sync,
+    mut ingest: impl FnMut(&T, R) -> Result<()>,
+) -> Result<()>
+where
+    T: Sync,
+    S: Send,
+    R: Send,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    if items.is_empty() {
+        return Ok(());
+    }
+    let threads = threads.clamp(1, items.len());
+    if threads == 1 {
+        let mut s = state()?;
+        for item in items {
+            ingest(item, fetch(&mut s, item))?;
+        }
+        return Ok(());
+    }
+    let states = (0..threads).map(|_| state()).collect::<Result<Vec<S>>>()?;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, R)>(2 * threads);
+        for mut s in states {
+            let (tx, next, stop, fetch) = (tx.clone(), &next, &stop, &fetch);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    if tx.send((i, fetch(&mut s, item))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut outcome = Ok(());
+        for (i, r) in rx.iter() {
+            if outcome.is_ok() {
+                outcome = ingest(&items[i], r);
+                if outcome.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        outcome
+    })
+}
+
 /// Test hook: `IMGARC_TEST_CRASH_AT=<point>` aborts the process at that point,
 /// as a kill -9 would, so tests can prove every point is recoverable (prune's
 /// phases, a volume archive between its scratch resources). Built only with

@@ -23,11 +23,18 @@ pub struct PackUsage {
 
 impl Index {
     pub fn add_index_object(&mut self, key: &str, obj: &IndexObject) -> Result<()> {
+        self.add_index_objects([(key, obj)])
+    }
+
+    /// Takes in several index objects in one transaction (a catch-up's batch).
+    pub fn add_index_objects<'a>(&mut self, objs: impl IntoIterator<Item = (&'a str, &'a IndexObject)>) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for p in &obj.packs {
-            insert_pack(&tx, key, p)?;
+        for (key, obj) in objs {
+            for p in &obj.packs {
+                insert_pack(&tx, key, p)?;
+            }
+            tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [key])?;
         }
-        tx.execute("INSERT OR IGNORE INTO index_objects VALUES(?1)", [key])?;
         tx.commit()?;
         Ok(())
     }
@@ -71,18 +78,85 @@ impl Index {
         Ok(found)
     }
 
-    /// A Bloom filter of every blob id in the index outside marked packs.
-    pub fn build_filter(&self, extra_capacity: usize) -> Result<filter::ChunkFilter> {
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
-        let mut f = filter::ChunkFilter::with_capacity(n as usize + extra_capacity);
-        let mut st = self.conn.prepare("SELECT id FROM blobs WHERE pack NOT IN (SELECT pack FROM marked_packs)")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            if let Some(id) = Id::from_slice(r.get_ref(0)?.as_blob()?) {
-                f.insert(&id);
+    /// The Bloom filter of every blob id in the cache (marked packs included:
+    /// SQLite answers its positives): from its file when that is current,
+    /// taking in the blobs of packs added since, else rebuilt; saved when it
+    /// changed. Room for `extra_capacity` more ids (see `filter.rs`).
+    pub fn chunk_filter(&self, extra_capacity: usize) -> Result<filter::ChunkFilter> {
+        let generation = self.filter_generation()?;
+        let path = self.filter_path();
+        let mut changed = false;
+        let loaded = filter::ChunkFilter::load(&path, &generation).and_then(|mut f| {
+            let max_seq: i64 = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM packs", [], |r| r.get(0)).ok()?;
+            // Numbers above this cache's: the file is of an earlier life of it.
+            if f.watermark > max_seq {
+                return None;
             }
+            changed = self.catch_up_filter(&mut f).ok()? > 0;
+            (!f.outgrown_by(f.inserted() as usize + extra_capacity)).then_some(f)
+        });
+        let f = match loaded {
+            Some(f) => f,
+            None => {
+                let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+                let mut f = filter::ChunkFilter::with_capacity(n as usize + extra_capacity);
+                self.catch_up_filter(&mut f)?;
+                changed = true;
+                f
+            }
+        };
+        if changed {
+            self.write_filter(&f, &generation);
         }
         Ok(f)
+    }
+
+    /// Saves `f` (an archive's, with what it stored) after taking in the blobs
+    /// of packs added since it was loaded, so the next archive loads it current.
+    pub fn save_chunk_filter(&self, f: &mut filter::ChunkFilter) -> Result<()> {
+        let generation = self.filter_generation()?;
+        self.catch_up_filter(f)?;
+        self.write_filter(f, &generation);
+        Ok(())
+    }
+
+    /// A filter that cannot be saved costs the next archive a rebuild, nothing more.
+    fn write_filter(&self, f: &filter::ChunkFilter, generation: &Id) {
+        if let Err(e) = f.save(&self.filter_path(), generation) {
+            tracing::warn!("cannot save the chunk filter {}: {e}", self.filter_path().display());
+        }
+    }
+
+    fn filter_path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("{}{}", self.path.display(), filter::FILE_SUFFIX))
+    }
+
+    /// What a filter file must be stamped with to be this cache's: its random generation and repository id.
+    fn filter_generation(&self) -> Result<Id> {
+        let (generation, repo): (String, String) = self.conn.query_row(
+            "SELECT (SELECT value FROM meta WHERE key = 'generation'), (SELECT value FROM meta WHERE key = 'repo_id')",
+            [],
+            |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+        )?;
+        Ok(Id::of(format!("{generation}\n{repo}").as_bytes()))
+    }
+
+    /// Inserts the blobs of packs numbered above `f.watermark` and raises it;
+    /// returns how many. One statement: one consistent view of the cache
+    /// (a pack's row and its blobs are written in one transaction).
+    fn catch_up_filter(&self, f: &mut filter::ChunkFilter) -> Result<u64> {
+        let mut st = self.conn.prepare("SELECT p.seq, b.id FROM packs p JOIN blobs b ON b.pack = p.id WHERE p.seq > ?1")?;
+        let mut rows = st.query([f.watermark])?;
+        let (mut n, mut top) = (0, f.watermark);
+        while let Some(r) = rows.next()? {
+            top = top.max(r.get::<_, i64>(0)?);
+            if let Some(id) = Id::from_slice(r.get_ref(1)?.as_blob()?) {
+                f.insert(&id);
+                n += 1;
+            }
+        }
+        f.watermark = top;
+        Ok(n)
     }
 
     /// Forgets one stored copy of a blob (found damaged or missing by `check`).
@@ -200,7 +274,7 @@ impl Index {
 }
 
 fn insert_pack(tx: &rusqlite::Transaction, index_key: &str, p: &IndexedPack) -> Result<()> {
-    tx.execute("INSERT OR IGNORE INTO packs VALUES(?1, ?2)", params![&p.id.0[..], p.size as i64])?;
+    tx.execute("INSERT OR IGNORE INTO packs(id, size) VALUES(?1, ?2)", params![&p.id.0[..], p.size as i64])?;
     tx.execute("INSERT OR IGNORE INTO index_object_packs VALUES(?1, ?2)", params![index_key, &p.id.0[..]])?;
     let mut st = tx.prepare_cached("INSERT OR IGNORE INTO blobs VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
     for e in p.entries() {

@@ -11,7 +11,7 @@ use crate::crypto::KeyKind;
 use crate::ids::Id;
 use crate::repository::index_object::{IndexObject, IndexedPack};
 use crate::repository::marks::PruneMark;
-use crate::repository::snapshot::SnapshotHead;
+use crate::repository::snapshot::{Snapshot, SnapshotHead};
 use crate::repository::Repository;
 use crate::warnings::Warnings;
 use anyhow::{Context, Result};
@@ -46,44 +46,81 @@ impl Index {
         report.marks_unreadable = self.sync_marks(repo)?;
         let in_repo: HashSet<Id> = repo.list_snapshot_ids()?.into_iter().collect();
         let in_cache: HashSet<Id> = self.snapshot_rows()?.into_iter().map(|s| s.id).collect();
-        for id in in_repo.difference(&in_cache) {
-            // One snapshot that cannot be read (damaged tree, a listing ahead of
-            // the object) must not keep the cache from the others; it stays out
-            // of the cache, so `prune` refuses to run and `check` reports it.
-            // A write-only key reads the head only: a row without references.
-            let ingested = if repo.key_kind() == Some(KeyKind::WriteOnly) {
-                repo.load_snapshot_head(id).and_then(|head| self.add_snapshot_head(id, &head))
-            } else {
-                repo.load_snapshot(id).and_then(|snap| {
-                    let ids = IndexedRepository::new(repo, self).referenced_ids(&snap).context("cannot read its extent lists")?;
-                    self.add_snapshot(id, &SnapshotHead::of(&snap, &repo.metadata_hasher()), &snap, &ids)
-                })
-            };
-            match ingested {
-                Ok(()) => report.snapshots_added += 1,
+        let new: Vec<Id> = in_repo.difference(&in_cache).copied().collect();
+        // Fetched in parallel, each worker reading tree blobs through a cache
+        // connection of its own (the index objects are committed by now); rows
+        // are written here, on this thread.
+        let (path, repo_id) = (self.path.clone(), repo.config().id.clone());
+        let write_only = repo.key_kind() == Some(KeyKind::WriteOnly);
+        crate::util::fetch_parallel(
+            &new,
+            crate::util::fetch_threads(),
+            || if write_only { Ok(None) } else { Index::open_at(&path, &repo_id).map(Some) },
+            |reader: &mut Option<Index>, id| -> Result<(SnapshotHead, Option<(Snapshot, HashSet<Id>)>)> {
+                // A write-only key reads the head only: a row without references.
+                let Some(reader) = reader else { return Ok((repo.load_snapshot_head(id)?, None)) };
+                let snap = repo.load_snapshot(id)?;
+                let ids = IndexedRepository::new(repo, reader).referenced_ids(&snap).context("cannot read its extent lists")?;
+                Ok((SnapshotHead::of(&snap, &repo.metadata_hasher()), Some((snap, ids))))
+            },
+            |id, fetched| {
+                // One snapshot that cannot be read (damaged tree, a listing ahead of
+                // the object) must not keep the cache from the others; it stays out
+                // of the cache, so `prune` refuses to run and `check` reports it.
+                let ingested = fetched.and_then(|(head, body)| match body {
+                    Some((snap, ids)) => self.add_snapshot(id, &head, &snap, &ids),
+                    None => self.add_snapshot_head(id, &head),
+                });
+                match ingested {
+                    Ok(()) => report.snapshots_added += 1,
+                    Err(e) => {
+                        warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
+                        report.snapshots_unreadable.push(format!("{}: {e:#}", id.to_hex()));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let gone: Vec<Id> = in_cache.difference(&in_repo).copied().collect();
+        // A listing may lag on object stores: only a confirmed absence removes it.
+        confirm_absent(&gone, |id| repo.stat_snapshot(id), |id, absent| {
+            match absent {
+                Ok(true) => {
+                    self.remove_snapshot(id)?;
+                    report.snapshots_removed += 1;
+                }
+                Ok(false) => {}
                 Err(e) => {
-                    warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
-                    report.snapshots_unreadable.push(format!("{}: {e:#}", id.to_hex()));
+                    warnings.warn(format!("snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex()))
                 }
             }
-        }
-        for id in in_cache.difference(&in_repo) {
-            // A listing may lag on object stores: only a confirmed absence removes it.
-            match repo.stat_snapshot(id) {
-                Err(e) if e.is_not_found() => {}
-                Ok(_) => continue,
-                Err(e) => {
-                    warnings.warn(format!("snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex()));
-                    continue;
-                }
-            }
-            self.remove_snapshot(id)?;
-            report.snapshots_removed += 1;
-        }
+            Ok(())
+        })?;
         (report.drill_records_added, report.drill_records_removed) = self.sync_drill_records(repo, &warnings)?;
         report.warnings = warnings.take();
         Ok(report)
     }
+}
+
+/// Looks up, in parallel, each of `items` a listing no longer shows, and hands
+/// `then` whether it is confirmed gone (`Ok(true)`), still there (`Ok(false)`),
+/// or could not be looked up.
+fn confirm_absent<T: Sync>(
+    items: &[T],
+    stat: impl Fn(&T) -> crate::backend::BackendResult<u64> + Sync,
+    then: impl FnMut(&T, std::result::Result<bool, crate::backend::BackendError>) -> Result<()>,
+) -> Result<()> {
+    crate::util::fetch_parallel(
+        items,
+        crate::util::fetch_threads(),
+        || Ok(()),
+        |_, item| match stat(item) {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e),
+        },
+        then,
+    )
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -157,7 +194,7 @@ fn rebuild_at(repo: &Repository, path: &Path, max_blobs: usize) -> Result<(Index
 
 /// Splits `packs` into consecutive groups of at most `max_blobs` blobs each
 /// (a pack with more is a group of its own).
-fn batches_of_blobs(packs: Vec<IndexedPack>, max_blobs: usize) -> Vec<Vec<IndexedPack>> {
+pub(super) fn batches_of_blobs(packs: Vec<IndexedPack>, max_blobs: usize) -> Vec<Vec<IndexedPack>> {
     let mut batches: Vec<Vec<IndexedPack>> = Vec::new();
     let mut blobs_in_last = 0;
     for p in packs {
@@ -172,9 +209,6 @@ fn batches_of_blobs(packs: Vec<IndexedPack>, max_blobs: usize) -> Vec<Vec<Indexe
 }
 
 impl Index {
-    /// Ingests index objects not yet seen (returns how many) and drops those
-    /// a prune deleted, each confirmed gone (a listing may lag), with one
-    /// listing of `index/`.
     /// Keys of the index objects the cache has taken in.
     pub fn index_object_keys(&self) -> Result<HashSet<String>> {
         let mut st = self.conn.prepare("SELECT key FROM index_objects")?;
@@ -182,28 +216,51 @@ impl Index {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Ingests index objects not yet seen (returns how many), fetched in
+    /// parallel, and drops those a prune or compaction deleted, each confirmed
+    /// gone (a listing may lag), with one listing of `index/`.
     fn sync_index_objects(&mut self, repo: &Repository, warnings: &Warnings) -> Result<usize> {
+        /// Objects taken in per transaction: one commit per batch, not per object.
+        const BATCH: usize = 256;
         let known = self.index_object_keys()?;
         let listed: HashMap<String, u64> = repo.list_index_objects()?.into_iter().collect();
+        let new: Vec<(&String, &u64)> = listed.iter().filter(|(k, _)| !known.contains(*k)).collect();
         let mut n = 0;
-        for (key, size) in listed.iter().filter(|(k, _)| !known.contains(*k)) {
-            let obj = match repo.read_index_object(key, Some(*size)) {
-                Ok(o) => o,
-                Err(e) => {
-                    warnings.warn(format!("skipping {key}: {e:#}"));
-                    continue;
+        let mut batch: Vec<(String, IndexObject)> = Vec::with_capacity(BATCH);
+        let flush = |index: &mut Index, batch: &mut Vec<(String, IndexObject)>| -> Result<()> {
+            index.add_index_objects(batch.iter().map(|(k, o)| (k.as_str(), o)))?;
+            batch.clear();
+            Ok(())
+        };
+        crate::util::fetch_parallel(
+            &new,
+            crate::util::fetch_threads(),
+            || Ok(()),
+            |_, (key, size)| repo.read_index_object(key, Some(**size)),
+            |(key, _), obj| {
+                match obj {
+                    Ok(o) => {
+                        batch.push(((*key).clone(), o));
+                        n += 1;
+                    }
+                    Err(e) => warnings.warn(format!("skipping {key}: {e:#}")),
                 }
-            };
-            self.add_index_object(key, &obj)?;
-            n += 1;
-        }
-        // After the additions: a prune writes an index object's replacement before
-        // deleting it, so the packs that survive stay in the cache throughout.
-        for key in known.iter().filter(|k| !listed.contains_key(*k)) {
-            if repo.stat::<IndexObject>(key).is_err_and(|e| e.is_not_found()) {
+                if batch.len() >= BATCH {
+                    flush(self, &mut batch)?;
+                }
+                Ok(())
+            },
+        )?;
+        flush(self, &mut batch)?;
+        // After the additions: a prune or a compaction writes an index object's
+        // replacement before deleting it, so the packs that survive stay in the cache throughout.
+        let gone: Vec<&String> = known.iter().filter(|k| !listed.contains_key(*k)).collect();
+        confirm_absent(&gone, |key| repo.stat::<IndexObject>(key), |key, absent| {
+            if absent.is_ok_and(|a| a) {
                 self.remove_index_object(key)?;
             }
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 }
@@ -218,19 +275,23 @@ impl Index {
         let listed: HashSet<String> = repo.list_mark_keys()?.into_iter().collect();
         let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
         let mut unreadable = Vec::new();
-        for key in listed.difference(&known) {
-            match repo.read_mark(key) {
+        let new: Vec<&String> = listed.difference(&known).collect();
+        crate::util::fetch_parallel(&new, crate::util::fetch_threads(), || Ok(()), |_, key| repo.read_mark(key), |key, read| {
+            match read {
                 Ok(mark) => self.add_mark(key, &mark)?,
                 // Deleted between list and get: that prune finished.
                 Err(e) if crate::backend::is_not_found(&e) => {}
                 Err(e) => unreadable.push(format!("{key}: {e:#}")),
             }
-        }
-        for key in known.difference(&listed) {
-            if repo.stat::<PruneMark>(key).is_err_and(|e| e.is_not_found()) {
+            Ok(())
+        })?;
+        let gone: Vec<&String> = known.difference(&listed).collect();
+        confirm_absent(&gone, |key| repo.stat::<PruneMark>(key), |key, absent| {
+            if absent.is_ok_and(|a| a) {
                 self.remove_mark(key)?;
             }
-        }
+            Ok(())
+        })?;
         Ok(unreadable)
     }
 }
@@ -247,29 +308,35 @@ impl Index {
         let listed: HashMap<String, u64> = repo.list_drill_records()?.into_iter().collect();
         let known = self.drill_names()?;
         let mut added = 0;
-        for (name, size) in listed.iter().filter(|(n, _)| !known.contains(*n)) {
-            let loaded = repo.load_drill_record(name, Some(*size)).and_then(|record| {
-                self.add_drill_record(name, &record)?;
+        let new: Vec<(&String, &u64)> = listed.iter().filter(|(n, _)| !known.contains(*n)).collect();
+        crate::util::fetch_parallel(
+            &new,
+            crate::util::fetch_threads(),
+            || Ok(()),
+            |_, (name, size)| repo.load_drill_record(name, Some(**size)),
+            |(name, _), loaded| {
+                match loaded.and_then(|record| self.add_drill_record(name, &record)) {
+                    Ok(()) => added += 1,
+                    // Deleted between list and get: a prune dropped it.
+                    Err(e) if crate::backend::is_not_found(&e) => {}
+                    Err(e) => warnings.warn(format!("skipping drill record {name}: {e:#}")),
+                }
                 Ok(())
-            });
-            match loaded {
-                Ok(()) => added += 1,
-                // Deleted between list and get: a prune dropped it.
-                Err(e) if crate::backend::is_not_found(&e) => {}
-                Err(e) => warnings.warn(format!("skipping drill record {name}: {e:#}")),
-            }
-        }
+            },
+        )?;
         let mut removed = 0;
-        for name in known.iter().filter(|n| !listed.contains_key(*n)) {
-            match repo.stat_drill_record(name) {
-                Err(e) if e.is_not_found() => {
+        let gone: Vec<&String> = known.iter().filter(|n| !listed.contains_key(*n)).collect();
+        confirm_absent(&gone, |name| repo.stat_drill_record(name), |name, absent| {
+            match absent {
+                Ok(true) => {
                     self.remove_drill_record(name)?;
                     removed += 1;
                 }
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e) => warnings.warn(format!("drill record {name} is not listed and cannot be looked up ({e}); kept in the cache")),
             }
-        }
+            Ok(())
+        })?;
         Ok((added, removed))
     }
 }

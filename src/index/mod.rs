@@ -9,13 +9,15 @@
 //!
 //! This file holds the [`Index`] handle and how it is opened; the tables are
 //! in `schema`, and the queries by what they are about: `blobs` (packs and
-//! blob locations), `snapshots`, `marks` (prune marks). [`IndexedRepository`]
+//! blob locations), `snapshots`, `marks` (prune marks); `compact` merges
+//! small index objects in the repository. [`IndexedRepository`]
 //! is the read path over repository and cache together, and [`ChunkReader`]
 //! the one chunk reader with read-ahead.
 
 mod blobs;
 pub mod catalog;
 mod catchup;
+pub mod compact;
 mod drills;
 pub(crate) mod filter;
 mod indexed;

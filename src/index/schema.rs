@@ -8,11 +8,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-pub(super) const SCHEMA_VERSION: &str = "7";
+pub(super) const SCHEMA_VERSION: &str = "8";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS packs(id BLOB PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS packs(seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL UNIQUE, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs(
     id BLOB NOT NULL, pack BLOB NOT NULL, kind INTEGER NOT NULL, codec INTEGER NOT NULL,
     offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS drills(
 CREATE INDEX IF NOT EXISTS drills_by_started ON drills(started_micros, name);
 ";
 
+// `packs.seq` numbers packs in the order the cache took them in (never reused):
+// the persisted Bloom filter (`filter.rs`) records the highest it holds, and
+// takes in only the blobs of later packs when it is loaded. `meta.generation`
+// is random per cache file (made with the tables), so a filter of a cache that
+// was dropped and refilled, whose numbers start again, is never taken for current.
 // `drills` caches the repository's drill records (`drills/<name>`, format-spec/drills.md),
 // each whole (`record`, its JSON) beside the columns queries order or filter by:
 // `started_micros` is `started` in Unix microseconds (RFC 3339 strings with and
@@ -78,7 +83,7 @@ CREATE INDEX IF NOT EXISTS drills_by_started ON drills(started_micros, name);
 
 /// Removes a cache file and its WAL companions (missing ones are fine).
 pub(super) fn remove_cache_files(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", super::filter::FILE_SUFFIX] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
         match std::fs::remove_file(&p) {
             Ok(()) => {}
@@ -169,6 +174,7 @@ impl Index {
             if stored.is_none() && schema.is_none() {
                 tx.execute("INSERT INTO meta VALUES('repo_id', ?1)", [repo_id])?;
                 tx.execute("INSERT INTO meta VALUES('schema', ?1)", [SCHEMA_VERSION])?;
+                tx.execute("INSERT INTO meta VALUES('generation', ?1)", [hex::encode(rand::random::<[u8; 16]>())])?;
             }
             tx.commit()?;
             Ok((stored, schema))

@@ -34,6 +34,7 @@ mod fuzz_replay;
 mod guest_fat;
 mod guest_files;
 mod guest_xfs;
+mod index_compact;
 mod keys;
 mod multi_host;
 mod nbd;

@@ -130,7 +130,7 @@ pub fn bare_cmd() -> Command {
     c
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.path().is_dir() {
