@@ -523,31 +523,53 @@ impl qcow2::RebuildSource for TwoStreams<'_> {
     }
 }
 
-/// A writer that feeds every byte to the digest threads and the progress bar.
-struct DigestWriter<'a> {
-    inner: &'a mut dyn Write,
-    digesters: &'a Digesters,
+/// Bytes a sequential producer hands to the writer thread at a time.
+const WRITE_BLOCK: usize = 4 << 20;
+/// Blocks in flight between producer and writer (bounds memory: 2 × 4 MiB).
+const WRITE_BLOCKS_IN_FLIGHT: usize = 2;
+
+/// The producer's side of a sequential restore: bytes are gathered into blocks
+/// that the writer thread writes to the sink and hands to the digest threads
+/// (shared, not copied), so producing (rebuilding, converting) overlaps writing
+/// and hashing instead of waiting on them.
+struct BlockWriter {
+    block: Vec<u8>,
+    tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
     pos: u64,
-    pb: &'a SharedProgress,
+    pb: SharedProgress,
 }
 
-impl Write for DigestWriter<'_> {
+impl BlockWriter {
+    fn send_block(&mut self) -> std::io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.block, Vec::with_capacity(WRITE_BLOCK));
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(full).is_ok());
+        // A closed channel means the writer failed; its error is the one reported.
+        if sent { Ok(()) } else { Err(std::io::Error::other("the restore writer stopped")) }
+    }
+}
+
+impl Write for BlockWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        if !self.digesters.is_empty() {
-            self.digesters.feed(Piece::Data(Arc::new(buf[..n].to_vec()), 0..n));
+        let n = buf.len().min(WRITE_BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == WRITE_BLOCK {
+            self.send_block()?;
         }
         self.pos += n as u64;
         self.pb.set_position(self.pos);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        self.send_block()
     }
 }
 
 /// Runs a sequential producer into `target` (temporary name for a file), then
-/// checks the length and every expected digest.
+/// checks the length and every expected digest. The producer runs on this
+/// thread; a writer thread writes its blocks and feeds the digests.
 fn write_sequential(
     size: u64,
     expected: &BTreeMap<String, String>,
@@ -558,21 +580,39 @@ fn write_sequential(
     let started = Instant::now();
     let digesters = Digesters::start(&expected.keys().cloned().collect::<Vec<_>>());
     let mut sink = Sink::open(target, (size != u64::MAX).then_some(size))?;
-    let mut written = 0u64;
-    let result = (|| -> Result<()> {
-        let stream = sink.is_stream();
-        let mut buffered: Box<dyn Write + '_> =
-            if stream { Box::new(&mut sink) } else { Box::new(std::io::BufWriter::with_capacity(4 << 20, &mut sink)) };
-        let mut w = DigestWriter { inner: &mut *buffered, digesters: &digesters, pos: 0, pb: progress };
-        let n = produce(&mut w)?;
-        w.flush().context("writing the output")?;
-        written = w.pos;
+    let (tx, rx) = bounded::<Vec<u8>>(WRITE_BLOCKS_IN_FLIGHT);
+    let writer = std::thread::Builder::new().name("restore-write".into()).spawn(move || -> (Sink, Result<Digesters>) {
+        let written = (|| -> Result<Digesters> {
+            for block in rx {
+                sink.write_all(&block).context("writing the output")?;
+                if !digesters.is_empty() {
+                    let len = block.len();
+                    digesters.feed(Piece::Data(Arc::new(block), 0..len));
+                }
+            }
+            sink.flush().context("writing the output")?;
+            Ok(digesters)
+        })();
+        (sink, written)
+    })?;
+    let mut out = BlockWriter { block: Vec::with_capacity(WRITE_BLOCK), tx: Some(tx), pos: 0, pb: progress.clone() };
+    let produced = produce(&mut out).and_then(|n| {
+        out.flush().context("writing the output")?;
         if size != u64::MAX && n != size {
             bail!("rebuilt {n} bytes, the snapshot records {size}");
         }
         Ok(())
-    })();
-    let digests = finish_output(result.map(|()| digesters), expected, sink)?;
+    });
+    let written = out.pos;
+    drop(out.tx.take());
+    let (sink, digesters) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
+    // The writer's own error explains a producer that stopped because the writer did.
+    let result = match (produced, digesters) {
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(d)) => Ok(d),
+    };
+    let digests = finish_output(result, expected, sink)?;
     Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
 }
 

@@ -99,6 +99,9 @@ impl Backend for Faulty {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn request_parallelism(&self) -> usize {
+        self.inner.request_parallelism()
+    }
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         self.check(Op::Put, key)?;
         let hook = {

@@ -111,6 +111,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// A human-readable location, for messages (`/srv/repo`, `s3:https://…/bucket`).
     /// Never contains credentials.
     fn location(&self) -> String;
+    /// How many requests this store serves well at once: readers that fetch many
+    /// objects or ranges (restore, catch-up) issue up to this many in parallel
+    /// ([`with_request_pool`]). A local directory: the cores (reads are page-cache
+    /// copies); an object store: [`REMOTE_PARALLEL_REQUESTS`] (each request waits
+    /// on the network). Decorators forward it.
+    fn request_parallelism(&self) -> usize {
+        cores()
+    }
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()>;
     fn get(&self, key: &str) -> BackendResult<Vec<u8>>;
     /// `length` bytes from `offset`; a range past the end is an error.
@@ -302,3 +310,35 @@ pub fn open(location: &str, opts: &url::RemoteOptions) -> anyhow::Result<std::sy
     Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
 }
 pub(crate) use forward_object_lock;
+
+/// Requests an object-store backend keeps in flight at once: enough to hide a
+/// round trip's latency behind the others (Proxmox's parallel chunk loading and
+/// restic both use a fixed small pool; 16 saturates loopback RGW and Swift here).
+pub const REMOTE_PARALLEL_REQUESTS: usize = 16;
+
+/// The cores rayon's global pool runs on.
+fn cores() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Runs `f` where its parallel iterators issue up to `parallelism` blocking
+/// requests at once: the global (one thread per core) pool when that is enough,
+/// else one shared pool of [`REMOTE_PARALLEL_REQUESTS`] threads for I/O, so
+/// that waiting on the network never takes the cores the decoding needs.
+pub fn with_request_pool<R: Send>(parallelism: usize, f: impl FnOnce() -> R + Send) -> R {
+    static IO_POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    if parallelism <= cores() {
+        return f();
+    }
+    let pool = IO_POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(REMOTE_PARALLEL_REQUESTS)
+            .thread_name(|i| format!("imgarc-io-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}

@@ -30,6 +30,9 @@ impl Backend for RateLimitBackend {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn request_parallelism(&self) -> usize {
+        self.inner.request_parallelism()
+    }
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         if let Some(l) = &self.upload {
             l.consume(data.len() as u64);

@@ -148,6 +148,9 @@ impl Backend for RetryBackend {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn request_parallelism(&self) -> usize {
+        self.inner.request_parallelism()
+    }
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         self.run(|b| b.put(key, data))
     }

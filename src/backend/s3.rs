@@ -348,6 +348,9 @@ fn classify(e: &object_store::Error) -> (Option<u16>, bool) {
 }
 
 impl Backend for S3Backend {
+    fn request_parallelism(&self) -> usize {
+        super::REMOTE_PARALLEL_REQUESTS
+    }
     fn location(&self) -> String {
         self.location.clone()
     }

@@ -262,6 +262,9 @@ impl SwiftBackend {
 }
 
 impl Backend for SwiftBackend {
+    fn request_parallelism(&self) -> usize {
+        super::REMOTE_PARALLEL_REQUESTS
+    }
     fn location(&self) -> String {
         if self.cfg.prefix.is_empty() {
             format!("swift:{}", self.cfg.container)

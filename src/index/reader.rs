@@ -51,6 +51,9 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Fetched {
             None => return Err(DamagedChunk { id: e.id, offset: e.offset, cause: "not in the index".into() }),
         }
     }
+    // Enough reads per batch for every request slot the store offers (an object
+    // store: many ranged GETs of a few MiB at once), never longer than MAX_READ.
+    let max_read = (BATCH_BYTES / repo.request_parallelism() as u64).clamp(1 << 20, MAX_READ);
     let mut reads: Vec<(Id, Vec<usize>)> = Vec::new();
     for (pack, mut idxs) in by_pack {
         idxs.sort_by_key(|&i| extents[i].1[0].entry.offset);
@@ -61,7 +64,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Fetched {
                 let last = &extents[*group.last().expect("non-empty")].1[0].entry;
                 let this = &extents[i].1[0].entry;
                 let end = last.offset + last.stored_len as u64;
-                if this.offset > end + COALESCE_GAP || this.offset + this.stored_len as u64 - start > MAX_READ {
+                if this.offset > end + COALESCE_GAP || this.offset + this.stored_len as u64 - start > max_read {
                     reads.push((pack, std::mem::take(&mut group)));
                 }
             }
@@ -71,57 +74,67 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Fetched {
             reads.push((pack, group));
         }
     }
-    let fetched = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<Vec<(usize, OneChunk)>> = reads
+    // Two passes, each spread over every core: the ranged reads (one per
+    // coalesced group; I/O-bound on an object store, so they run on the
+    // backend's own pool, as many at once as it serves well), then every blob's
+    // open + decompress + verify on its own (CPU-bound: one task per blob, so
+    // a batch of few large reads still keeps every core busy).
+    let spans: Vec<Result<Vec<u8>, String>> = crate::backend::with_request_pool(repo.request_parallelism(), || {
+        reads
+            .par_iter()
+            .map(|(pack, group)| {
+                let first = &extents[group[0]].1[0].entry;
+                let last = &extents[*group.last().expect("non-empty")].1[0].entry;
+                let len = last.offset + last.stored_len as u64 - first.offset;
+                repo.read_pack_range(pack, first.offset, len).map_err(|err| format!("pack {}: {err}", pack.short()))
+            })
+            .collect()
+    });
+    let mut fetched: u64 = spans.iter().filter_map(|s| s.as_ref().ok()).map(|s| s.len() as u64).sum();
+    let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(extents.len());
+    for (r, (_, group)) in reads.iter().enumerate() {
+        jobs.extend(group.iter().map(|&i| (r, i)));
+    }
+    let decoded: Vec<Result<Vec<u8>, String>> = jobs
         .par_iter()
-        .map(|(pack, group)| {
-            let first = &extents[group[0]].1[0].entry;
-            let last = &extents[*group.last().expect("non-empty")].1[0].entry;
-            let start = first.offset;
-            let len = last.offset + last.stored_len as u64 - start;
-            let span = repo.read_pack_range(pack, start, len);
-            fetched.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            group
-                .iter()
-                .map(|&i| {
-                    let (e, locs) = &extents[i];
-                    let l = &locs[0];
-                    let primary = match &span {
-                        Ok(bytes) => {
-                            let s = (l.entry.offset - start) as usize;
-                            repo.decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize])
-                        }
-                        Err(err) => Err(anyhow!("pack {}: {err}", pack.short())),
-                    };
-                    let data = match primary {
-                        Ok(d) => Ok(d),
-                        Err(first_err) => {
-                            // Fall back to any other copy of the chunk.
-                            let mut cause = format!("{first_err:#}");
-                            let mut found = None;
-                            for alt in &locs[1..] {
-                                fetched.fetch_add(alt.entry.stored_len as u64, std::sync::atomic::Ordering::Relaxed);
-                                match repo.read_blob(&alt.pack, &alt.entry) {
-                                    Ok(d) => {
-                                        found = Some(d);
-                                        break;
-                                    }
-                                    Err(e2) => cause = format!("{cause}; {e2:#}"),
-                                }
-                            }
-                            found.ok_or(DamagedChunk { id: e.id, offset: e.offset, cause })
-                        }
-                    };
-                    (i, data.and_then(|d| check_len(e, d)))
-                })
-                .collect()
+        .map(|&(r, i)| {
+            let l = &extents[i].1[0];
+            let start = extents[reads[r].1[0]].1[0].entry.offset;
+            match &spans[r] {
+                Ok(bytes) => {
+                    let s = (l.entry.offset - start) as usize;
+                    repo.decode_blob(&l.entry, &bytes[s..s + l.entry.stored_len as usize]).map_err(|e| format!("{e:#}"))
+                }
+                Err(err) => Err(err.clone()),
+            }
         })
         .collect();
+    drop(spans);
     let mut out: Vec<Option<Vec<u8>>> = vec![None; extents.len()];
-    for (i, r) in results.into_iter().flatten() {
-        out[i] = Some(r?);
+    for (&(_, i), primary) in jobs.iter().zip(decoded) {
+        let (e, locs) = &extents[i];
+        let data = match primary {
+            Ok(d) => Ok(d),
+            Err(first_err) => {
+                // Fall back to any other copy of the chunk (rare: no need to parallelise).
+                let mut cause = first_err;
+                let mut found = None;
+                for alt in &locs[1..] {
+                    fetched += alt.entry.stored_len as u64;
+                    match repo.read_blob(&alt.pack, &alt.entry) {
+                        Ok(d) => {
+                            found = Some(d);
+                            break;
+                        }
+                        Err(e2) => cause = format!("{cause}; {e2:#}"),
+                    }
+                }
+                found.ok_or(DamagedChunk { id: e.id, offset: e.offset, cause })
+            }
+        };
+        out[i] = Some(data.and_then(|d| check_len(e, d))?);
     }
-    Ok((out.into_iter().map(|d| d.expect("every extent fetched")).collect(), fetched.into_inner()))
+    Ok((out.into_iter().map(|d| d.expect("every extent fetched")).collect(), fetched))
 }
 
 fn check_len(e: &Extent, d: Vec<u8>) -> Result<Vec<u8>, DamagedChunk> {

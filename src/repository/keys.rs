@@ -75,6 +75,9 @@ impl Backend for CheckedKeys {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn request_parallelism(&self) -> usize {
+        self.inner.request_parallelism()
+    }
     fn put(&self, key: &str, data: &[u8]) -> BackendResult<()> {
         self.check("put", key)?;
         self.inner.put(key, data)

@@ -405,6 +405,11 @@ impl Repository {
         self.storage.get(&pack_key(id))
     }
 
+    /// How many requests the store serves well at once ([`crate::backend::Backend::request_parallelism`]).
+    pub fn request_parallelism(&self) -> usize {
+        self.storage.backend().request_parallelism()
+    }
+
     /// `len` bytes of a pack from `offset`.
     pub fn read_pack_range(&self, id: &Id, offset: u64, len: u64) -> BackendResult<Vec<u8>> {
         self.storage.get_range(&pack_key(id), offset, len)
