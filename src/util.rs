@@ -371,8 +371,10 @@ pub fn remove_paths_on_exit() {
     }
 }
 
-/// How many requests a catch-up or compaction keeps in flight: reading many small
-/// objects is round trips, not bandwidth (`IMGARC_FETCH_THREADS` overrides, 1 to 256).
+/// How many requests a catch-up or compaction keeps in flight, and an object-store
+/// restore its ranged reads ([`crate::backend::Backend::request_parallelism`]):
+/// reading many objects is round trips, not bandwidth (`IMGARC_FETCH_THREADS`
+/// overrides, 1 to 256).
 pub fn fetch_threads() -> usize {
     std::env::var("IMGARC_FETCH_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(24, |n| n.clamp(1, 256))
 }

@@ -114,8 +114,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// How many requests this store serves well at once: readers that fetch many
     /// objects or ranges (restore, catch-up) issue up to this many in parallel
     /// ([`with_request_pool`]). A local directory: the cores (reads are page-cache
-    /// copies); an object store: [`REMOTE_PARALLEL_REQUESTS`] (each request waits
-    /// on the network). Decorators forward it.
+    /// copies); an object store: [`crate::util::fetch_threads`] (each request
+    /// waits on the network). Decorators forward it.
     fn request_parallelism(&self) -> usize {
         cores()
     }
@@ -311,11 +311,6 @@ pub fn open(location: &str, opts: &url::RemoteOptions) -> anyhow::Result<std::sy
 }
 pub(crate) use forward_object_lock;
 
-/// Requests an object-store backend keeps in flight at once: enough to hide a
-/// round trip's latency behind the others (Proxmox's parallel chunk loading and
-/// restic both use a fixed small pool; 16 saturates loopback RGW and Swift here).
-pub const REMOTE_PARALLEL_REQUESTS: usize = 16;
-
 /// The cores rayon's global pool runs on.
 fn cores() -> usize {
     rayon::current_num_threads().max(1)
@@ -323,7 +318,7 @@ fn cores() -> usize {
 
 /// Runs `f` where its parallel iterators issue up to `parallelism` blocking
 /// requests at once: the global (one thread per core) pool when that is enough,
-/// else one shared pool of [`REMOTE_PARALLEL_REQUESTS`] threads for I/O, so
+/// else one shared pool of [`crate::util::fetch_threads`] threads for I/O, so
 /// that waiting on the network never takes the cores the decoding needs.
 pub fn with_request_pool<R: Send>(parallelism: usize, f: impl FnOnce() -> R + Send) -> R {
     static IO_POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
@@ -332,7 +327,7 @@ pub fn with_request_pool<R: Send>(parallelism: usize, f: impl FnOnce() -> R + Se
     }
     let pool = IO_POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(REMOTE_PARALLEL_REQUESTS)
+            .num_threads(crate::util::fetch_threads())
             .thread_name(|i| format!("imgarc-io-{i}"))
             .build()
             .ok()

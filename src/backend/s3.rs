@@ -349,7 +349,7 @@ fn classify(e: &object_store::Error) -> (Option<u16>, bool) {
 
 impl Backend for S3Backend {
     fn request_parallelism(&self) -> usize {
-        super::REMOTE_PARALLEL_REQUESTS
+        crate::util::fetch_threads()
     }
     fn location(&self) -> String {
         self.location.clone()

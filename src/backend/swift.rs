@@ -263,7 +263,7 @@ impl SwiftBackend {
 
 impl Backend for SwiftBackend {
     fn request_parallelism(&self) -> usize {
-        super::REMOTE_PARALLEL_REQUESTS
+        crate::util::fetch_threads()
     }
     fn location(&self) -> String {
         if self.cfg.prefix.is_empty() {
