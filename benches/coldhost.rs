@@ -66,12 +66,15 @@ impl Target {
 /// Fills the repository: `n` archives of 4 KiB each, on 16 threads.
 fn fill(target: &Target, new_bin: &Path, n: usize, work: &Path) -> Vec<String> {
     target.run(new_bin, &work.join("fill-cache"), &["init", "--chunk-size", "64K"]);
-    // SAFETY: single-threaded here, before any thread is spawned.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", &target.access);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", &target.secret);
-    }
-    let backend = imgarc::backend::open(&target.url, &Default::default()).unwrap();
+    // The RGW user's keys, as the child processes get them, without touching this process's environment.
+    let (access, secret) = (target.access.clone(), target.secret.clone());
+    let env = move |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some(access.clone()),
+        "AWS_SECRET_ACCESS_KEY" => Some(secret.clone()),
+        _ => std::env::var(k).ok(),
+    };
+    let opts = imgarc::backend::url::RemoteOptions { env: Some(std::sync::Arc::new(env)), ..Default::default() };
+    let backend = imgarc::backend::open(&target.url, &opts).unwrap();
     let repo = imgarc::repository::Repository::open_with(backend, &Secret::new(PASSWORD)).unwrap();
     let cache = work.join("fill-index.sqlite");
     let repo_id = repo.config().id.clone();

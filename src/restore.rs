@@ -206,10 +206,6 @@ impl Sink {
         }
     }
 
-    fn is_stream(&self) -> bool {
-        matches!(self, Sink::Stream(_))
-    }
-
     /// Writes `data` at `offset`; a stream is written in order, so `offset` is where it stands.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         match self {

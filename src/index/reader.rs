@@ -18,8 +18,23 @@ use anyhow::{anyhow, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
-/// Bytes of chunks fetched together (one read-ahead window).
-const BATCH_BYTES: u64 = 32 << 20;
+/// Bytes of chunks fetched together (one read-ahead window) by default; the
+/// stream cache holds two windows. Peak restore memory is about four windows
+/// (the cache, the window being fetched ahead, its compressed reads).
+const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
+
+/// One read-ahead window: `IMGARC_RESTORE_WINDOW_MIB` (1 to 1024) or
+/// [`DEFAULT_WINDOW_BYTES`]; a smaller window trades restore memory for fewer
+/// requests in flight.
+fn window_bytes() -> u64 {
+    static WINDOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        std::env::var("IMGARC_RESTORE_WINDOW_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_WINDOW_BYTES, |m| m.clamp(1, 1024) << 20)
+    })
+}
 /// Chunks of one pack closer than this are fetched with one read.
 const COALESCE_GAP: u64 = 256 << 10;
 /// The longest one coalesced read may be.
@@ -33,9 +48,6 @@ pub struct DamagedChunk {
     pub offset: u64,
     pub cause: String,
 }
-
-/// One chunk's decoded bytes, or why none of its copies could be read.
-type OneChunk = Result<Vec<u8>, DamagedChunk>;
 
 /// An extent with every location its chunk is stored at.
 type Located = (Extent, Vec<Location>);
@@ -53,7 +65,7 @@ fn fetch_batch(repo: &Repository, extents: &[Located]) -> Fetched {
     }
     // Enough reads per batch for every request slot the store offers (an object
     // store: many ranged GETs of a few MiB at once), never longer than MAX_READ.
-    let max_read = (BATCH_BYTES / repo.request_parallelism() as u64).clamp(1 << 20, MAX_READ);
+    let max_read = (window_bytes() / repo.request_parallelism() as u64).clamp(1 << 20, MAX_READ);
     let mut reads: Vec<(Id, Vec<usize>)> = Vec::new();
     for (pack, mut idxs) in by_pack {
         idxs.sort_by_key(|&i| extents[i].1[0].entry.offset);
@@ -148,10 +160,12 @@ fn check_len(e: &Extent, d: Vec<u8>) -> Result<Vec<u8>, DamagedChunk> {
     Ok(d)
 }
 
-/// Decoded chunks a `ChunkReader` keeps. Layouts read a stream roughly in
-/// order (qemu-img writes clusters from several coroutines, so guest order
-/// jitters by a few MiB); a cache larger than one read-ahead window absorbs that.
-const STREAM_CACHE_BYTES: u64 = 64 << 20;
+/// Decoded chunks a `ChunkReader` keeps: two read-ahead windows. Layouts read a
+/// stream roughly in order (qemu-img writes clusters from several coroutines,
+/// so guest order jitters by a few MiB); a cache larger than one window absorbs that.
+fn stream_cache_bytes() -> u64 {
+    2 * window_bytes()
+}
 
 /// Random or sequential access to a stored stream, fetching chunks in read-ahead windows.
 pub struct ChunkReader<'a> {
@@ -216,7 +230,7 @@ impl<'a> ChunkReader<'a> {
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
         let mut i = first;
-        while i < self.extents.len() && (wanted.is_empty() || (bytes < BATCH_BYTES && until.is_none_or(|end| self.extents[i].offset < end)))
+        while i < self.extents.len() && (wanted.is_empty() || (bytes < window_bytes() && until.is_none_or(|end| self.extents[i].offset < end)))
         {
             if !self.cache.contains_key(&i) {
                 wanted.push(i);
@@ -254,7 +268,7 @@ impl<'a> ChunkReader<'a> {
             self.cache.insert(i, d);
         }
         // Evict whatever lies furthest from where reading is now.
-        while self.cache_bytes > STREAM_CACHE_BYTES && self.cache.len() > 1 {
+        while self.cache_bytes > stream_cache_bytes() && self.cache.len() > 1 {
             let lo = *self.cache.keys().next().expect("non-empty");
             let hi = *self.cache.keys().next_back().expect("non-empty");
             let victim = if first.abs_diff(lo) >= first.abs_diff(hi) { lo } else { hi };

@@ -201,7 +201,7 @@ fn tampered_store_file_is_detected() {
     let data = crate::support::bytes(1024 * 1024, 21, false);
     let (rec, _c) = upload_image(&g, &unique("tamper"), &data, json!({}));
     // intact: verified, digests equal Glance's
-    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected(&[]));
     let h = r.handle();
     std::io::copy(&mut r, &mut std::io::sink()).unwrap();
     let d = h.get().unwrap();
@@ -213,7 +213,7 @@ fn tampered_store_file_is_detected() {
     assert_eq!(stored, data);
     stored[4242] ^= 0xff;
     std::fs::write(&path, &stored).unwrap();
-    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected());
+    let mut r = HashingReader::verifying(g.download(&rec).unwrap(), rec.expected(&[]));
     let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
     let s = e.to_string();
     assert!(s.contains("does not match the image record") && s.contains("sha512: expected") && s.contains(&rec.id), "{s}");
