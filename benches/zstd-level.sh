@@ -6,7 +6,7 @@
 # Wall and CPU seconds from /usr/bin/time; one line per level.
 #
 #   benches/zstd-level.sh CORPUS_DIR [LEVELS] [VM:FORMAT]
-#   e.g. benches/zstd-level.sh /tmp/corpus 1,2,3,5 vm-a:qcow2
+#   e.g. benches/zstd-level.sh /tmp/corpus 1,3,6 vm-a:qcow2 (format-spec, "Choosing the zstd level")
 # Uses IMGARC_BIN (default target/release/imgarc). Needs ~2× one night of free space in TMPDIR.
 set -euo pipefail
 corpus=${1:?usage: zstd-level.sh CORPUS_DIR [LEVELS] [VM:FORMAT]}
@@ -37,7 +37,7 @@ for level in "${lv[@]}"; do
     last=$f
   done
   size=$(du -sb "$repo" | awk '{printf "%.1f", $1/1e6}')
-  snap=$("$bin" --repo "$repo" --json list | python3 -c 'import json,sys; s=json.load(sys.stdin); s=s.get("snapshots", s); print(s[-1]["id"])')
+  snap=$("$bin" --repo "$repo" --json list | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s[-1]["id"])')
   read -r rw rc _ < <(timed "$bin" --repo "$repo" --quiet restore "$snap" -o "$work/restored")
   rm -f "$work/restored"
   later="-"; [ "$n" -gt 0 ] && later="$(echo "scale=2; $later_wall / $n" | bc) / $(echo "scale=2; $later_cpu / $n" | bc)"
