@@ -7,7 +7,8 @@
 //!
 //! Run (servers up, `source /tmp/imgarc-servers.env`, release binaries built):
 //!   cargo bench --bench coldhost
-//! Knobs: COLDHOST_SNAPSHOTS (10000), COLDHOST_OLD_BIN (main's release binary),
+//! Knobs: COLDHOST_SNAPSHOTS (10000), COLDHOST_OLD_BIN (an older release binary to compare;
+//! before issue 17 its cold catch-up is sequential: more than 15 minutes per run at 10,000),
 //! COLDHOST_NEW_BIN (target/release/imgarc), COLDHOST_REPO_PREFIX (reuse a filled
 //! repository: skips the fill and the "before compact" runs if it is compacted),
 //! COLDHOST_FILTER_BLOBS (10000000; 0 skips the filter part).
@@ -87,18 +88,7 @@ fn fill(target: &Target, new_bin: &Path, n: usize, work: &Path) -> Vec<String> {
         || Index::open_at(&cache, &repo_id),
         |index, &i| {
             let data: Vec<u8> = (0..128u64).flat_map(|j| Id::of(&[i as u64, j].map(u64::to_le_bytes).concat()).0).collect();
-            let req = ArchiveRequest {
-                name: format!("vm-{:05}", i),
-                tags: vec![],
-                source: Source::File { path: format!("/bench/vm-{i}") },
-                digests: vec![],
-                expected_digests: Default::default(),
-                expected_size: None,
-                metadata: Default::default(),
-                declared_format: Some("raw".into()),
-                qcow2_policy: Default::default(),
-                project: None,
-            };
+            let req = ArchiveRequest::raw_unannounced(&format!("vm-{:05}", i), Source::File { path: format!("/bench/vm-{i}") });
             archive(&repo, index, Box::new(std::io::Cursor::new(data)), req, &imgarc::progress::none()).map(|o| o.snapshot)
         },
         |_, r| {
@@ -142,7 +132,10 @@ fn filter_bench(blobs: u64) {
                 raw_len: 200,
             })
             .collect();
-        batch.push((format!("index/{}", Id::of(&p.to_le_bytes()).to_hex()), IndexObject::new(vec![IndexedPack::new(Id::of(&[p as u8, 1]), 1 << 20, &entries)])));
+        batch.push((
+            format!("index/{}", Id::of(&p.to_le_bytes()).to_hex()),
+            IndexObject::new(vec![IndexedPack::new(Id::of(&[p as u8, 1]), 1 << 20, &entries)]),
+        ));
         if batch.len() == 100 {
             index.add_index_objects(batch.iter().map(|(k, o)| (k.as_str(), o))).unwrap();
             batch.clear();
@@ -166,11 +159,10 @@ fn main() {
     let work_dir = tempfile::tempdir().unwrap();
     let work = work_dir.path();
     let new_bin = PathBuf::from(std::env::var("COLDHOST_NEW_BIN").unwrap_or_else(|_| "target/release/imgarc".into()));
-    let old_bin = std::env::var("COLDHOST_OLD_BIN").map(PathBuf::from).ok().or_else(|| {
-        ["/work/main/target/release/imgarc", "/tmp/coldhost-main-src/target/release/imgarc"].into_iter().map(PathBuf::from).find(|p| p.exists())
-    });
+    let old_bin = std::env::var("COLDHOST_OLD_BIN").map(PathBuf::from).ok();
     if env_or("COLDHOST_FILTER_ONLY", 0) == 0 {
-        let prefix = std::env::var("COLDHOST_REPO_PREFIX").unwrap_or_else(|_| format!("coldhost-{}", hex::encode(Id::of(format!("{:?}", Instant::now()).as_bytes()).0)[..12].to_string()));
+        let prefix = std::env::var("COLDHOST_REPO_PREFIX")
+            .unwrap_or_else(|_| format!("coldhost-{}", &hex::encode(Id::of(format!("{:?}", Instant::now()).as_bytes()).0)[..12]));
         let target = Target {
             url: format!("s3:{}/{}/{prefix}", need("IMGARC_RGW_ENDPOINT"), need("IMGARC_RGW_BUCKET")),
             access: need("IMGARC_RGW_ACCESS_KEY"),

@@ -52,11 +52,10 @@ pub struct ArchiveRequest {
     pub project: Option<String>,
 }
 
-#[cfg(test)]
 impl ArchiveRequest {
     /// A raw image from `source` with nothing announced about it: the request
-    /// unit tests start from (and adjust the one field they are about).
-    pub(crate) fn raw_for_tests(name: &str, source: Source) -> ArchiveRequest {
+    /// unit tests and benches start from (and adjust the one field they are about).
+    pub fn raw_unannounced(name: &str, source: Source) -> ArchiveRequest {
         ArchiveRequest {
             name: name.into(),
             tags: vec![],
@@ -729,7 +728,7 @@ mod tests {
     use super::*;
 
     fn stdin_request(name: &str) -> ArchiveRequest {
-        ArchiveRequest::raw_for_tests(name, Source::Stdin)
+        ArchiveRequest::raw_unannounced(name, Source::Stdin)
     }
     use crate::backend::faults::{Faulty, Op};
 

@@ -519,7 +519,7 @@ mod tests {
         let (src, mut src_index) = repo(dir.path(), "src");
         let (dst, mut dst_index) = repo(dir.path(), "dst");
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let req = ArchiveRequest::raw_for_tests("vm", crate::repository::snapshot::Source::Stdin);
+        let req = ArchiveRequest::raw_unannounced("vm", crate::repository::snapshot::Source::Stdin);
         let out =
             crate::archive::archive(&src, &mut src_index, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap();
         let src_id = Id::from_hex(&out.snapshot).unwrap();
@@ -574,7 +574,7 @@ mod tests {
         let none = |_: &str, _: u64| crate::progress::none();
         let mut data = noise(4 << 20, 7);
         let mut archive_night = |data: &[u8]| {
-            let req = ArchiveRequest::raw_for_tests("vm", crate::repository::snapshot::Source::Stdin);
+            let req = ArchiveRequest::raw_unannounced("vm", crate::repository::snapshot::Source::Stdin);
             crate::archive::archive(&src, &mut src_index, Box::new(std::io::Cursor::new(data.to_vec())), req, &crate::progress::none())
                 .unwrap()
         };

@@ -171,7 +171,12 @@ impl ReportSeries for SyncReport {
         };
         if let Some(s) = self.shard {
             let (index, count) = (s.index.to_string(), s.count.to_string());
-            t.gauge("imgarc_sync_shard", "The --shard K/N of the last sync (1; absent unsharded).", &[("index", index.as_str()), ("count", count.as_str())], 1.0);
+            t.gauge(
+                "imgarc_sync_shard",
+                "The --shard K/N of the last sync (1; absent unsharded).",
+                &[("index", index.as_str()), ("count", count.as_str())],
+                1.0,
+            );
         }
         const HELP: &str = "Images of the last sync by outcome (deleted_upstream: archived images gone from Glance).";
         for (result, n) in self.outcome_counts() {

@@ -543,7 +543,11 @@ impl BlockWriter {
         let full = std::mem::replace(&mut self.block, Vec::with_capacity(WRITE_BLOCK));
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(full).is_ok());
         // A closed channel means the writer failed; its error is the one reported.
-        if sent { Ok(()) } else { Err(std::io::Error::other("the restore writer stopped")) }
+        if sent {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("the restore writer stopped"))
+        }
     }
 }
 

@@ -99,7 +99,7 @@ mod tests {
         let h = blake3::hash(id.as_bytes());
         let expected = (u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap()) % 3) as u32 + 1;
         assert_eq!(Shard::of(id, 3), expected);
-        assert_eq!(Shard::of(id, 3), Shard::of(&id.to_string(), 3), "a pure function of the bytes");
+        assert_eq!(Shard::of(id, 3), Shard::of(&String::from(id), 3), "a pure function of the bytes");
         assert_eq!(Shard::of(id, 1), 1);
         // Pinned values: the on-disk meaning of a shard (docs/nightly.md) must not drift.
         assert_eq!(Shard::of("", 7), (u64::from_le_bytes(*b"\xaf\x13\x49\xb9\xf5\xf9\xa1\xa6") % 7) as u32 + 1);

@@ -326,11 +326,7 @@ pub fn with_request_pool<R: Send>(parallelism: usize, f: impl FnOnce() -> R + Se
         return f();
     }
     let pool = IO_POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(crate::util::fetch_threads())
-            .thread_name(|i| format!("imgarc-io-{i}"))
-            .build()
-            .ok()
+        rayon::ThreadPoolBuilder::new().num_threads(crate::util::fetch_threads()).thread_name(|i| format!("imgarc-io-{i}")).build().ok()
     });
     match pool {
         Some(pool) => pool.install(f),

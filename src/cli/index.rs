@@ -3,9 +3,9 @@
 
 use super::Ctx;
 use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
 use imgarc::index::compact::{compact, CompactOptions};
 use imgarc::index::Index;
-use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {

@@ -56,7 +56,7 @@ impl Index {
             &new,
             crate::util::fetch_threads(),
             || if write_only { Ok(None) } else { Index::open_at(&path, &repo_id).map(Some) },
-            |reader: &mut Option<Index>, id| -> Result<(SnapshotHead, Option<(Snapshot, HashSet<Id>)>)> {
+            |reader: &mut Option<Index>, id| -> Result<FetchedSnapshot> {
                 // A write-only key reads the head only: a row without references.
                 let Some(reader) = reader else { return Ok((repo.load_snapshot_head(id)?, None)) };
                 let snap = repo.load_snapshot(id)?;
@@ -83,24 +83,32 @@ impl Index {
         )?;
         let gone: Vec<Id> = in_cache.difference(&in_repo).copied().collect();
         // A listing may lag on object stores: only a confirmed absence removes it.
-        confirm_absent(&gone, |id| repo.stat_snapshot(id), |id, absent| {
-            match absent {
-                Ok(true) => {
-                    self.remove_snapshot(id)?;
-                    report.snapshots_removed += 1;
+        confirm_absent(
+            &gone,
+            |id| repo.stat_snapshot(id),
+            |id, absent| {
+                match absent {
+                    Ok(true) => {
+                        self.remove_snapshot(id)?;
+                        report.snapshots_removed += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warnings.warn(format!("snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex()))
+                    }
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    warnings.warn(format!("snapshot {} is not listed and cannot be looked up ({e}); kept in the cache", id.to_hex()))
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         (report.drill_records_added, report.drill_records_removed) = self.sync_drill_records(repo, &warnings)?;
         report.warnings = warnings.take();
         Ok(report)
     }
 }
+
+/// A snapshot as a catch-up worker read it: its head, and (unless the key is
+/// write-only) the snapshot and the blob ids it references.
+type FetchedSnapshot = (SnapshotHead, Option<(Snapshot, HashSet<Id>)>);
 
 /// Looks up, in parallel, each of `items` a listing no longer shows, and hands
 /// `then` whether it is confirmed gone (`Ok(true)`), still there (`Ok(false)`),
@@ -255,12 +263,16 @@ impl Index {
         // After the additions: a prune or a compaction writes an index object's
         // replacement before deleting it, so the packs that survive stay in the cache throughout.
         let gone: Vec<&String> = known.iter().filter(|k| !listed.contains_key(*k)).collect();
-        confirm_absent(&gone, |key| repo.stat::<IndexObject>(key), |key, absent| {
-            if absent.is_ok_and(|a| a) {
-                self.remove_index_object(key)?;
-            }
-            Ok(())
-        })?;
+        confirm_absent(
+            &gone,
+            |key| repo.stat::<IndexObject>(key),
+            |key, absent| {
+                if absent.is_ok_and(|a| a) {
+                    self.remove_index_object(key)?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(n)
     }
 }
@@ -276,22 +288,32 @@ impl Index {
         let known: HashSet<String> = self.marks()?.into_iter().map(|m| m.key).collect();
         let mut unreadable = Vec::new();
         let new: Vec<&String> = listed.difference(&known).collect();
-        crate::util::fetch_parallel(&new, crate::util::fetch_threads(), || Ok(()), |_, key| repo.read_mark(key), |key, read| {
-            match read {
-                Ok(mark) => self.add_mark(key, &mark)?,
-                // Deleted between list and get: that prune finished.
-                Err(e) if crate::backend::is_not_found(&e) => {}
-                Err(e) => unreadable.push(format!("{key}: {e:#}")),
-            }
-            Ok(())
-        })?;
+        crate::util::fetch_parallel(
+            &new,
+            crate::util::fetch_threads(),
+            || Ok(()),
+            |_, key| repo.read_mark(key),
+            |key, read| {
+                match read {
+                    Ok(mark) => self.add_mark(key, &mark)?,
+                    // Deleted between list and get: that prune finished.
+                    Err(e) if crate::backend::is_not_found(&e) => {}
+                    Err(e) => unreadable.push(format!("{key}: {e:#}")),
+                }
+                Ok(())
+            },
+        )?;
         let gone: Vec<&String> = known.difference(&listed).collect();
-        confirm_absent(&gone, |key| repo.stat::<PruneMark>(key), |key, absent| {
-            if absent.is_ok_and(|a| a) {
-                self.remove_mark(key)?;
-            }
-            Ok(())
-        })?;
+        confirm_absent(
+            &gone,
+            |key| repo.stat::<PruneMark>(key),
+            |key, absent| {
+                if absent.is_ok_and(|a| a) {
+                    self.remove_mark(key)?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(unreadable)
     }
 }
@@ -326,17 +348,21 @@ impl Index {
         )?;
         let mut removed = 0;
         let gone: Vec<&String> = known.iter().filter(|n| !listed.contains_key(*n)).collect();
-        confirm_absent(&gone, |name| repo.stat_drill_record(name), |name, absent| {
-            match absent {
-                Ok(true) => {
-                    self.remove_drill_record(name)?;
-                    removed += 1;
+        confirm_absent(
+            &gone,
+            |name| repo.stat_drill_record(name),
+            |name, absent| {
+                match absent {
+                    Ok(true) => {
+                        self.remove_drill_record(name)?;
+                        removed += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warnings.warn(format!("drill record {name} is not listed and cannot be looked up ({e}); kept in the cache")),
                 }
-                Ok(false) => {}
-                Err(e) => warnings.warn(format!("drill record {name} is not listed and cannot be looked up ({e}); kept in the cache")),
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         Ok((added, removed))
     }
 }

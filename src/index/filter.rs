@@ -115,8 +115,7 @@ impl ChunkFilter {
         if !words.is_power_of_two() || (body.len() - HEADER_LEN) as u64 != words.checked_mul(8)? {
             return None;
         }
-        let bits: Vec<u64> =
-            body[HEADER_LEN..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let bits: Vec<u64> = body[HEADER_LEN..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         Some(ChunkFilter { mask: words * 64 - 1, bits, inserted: u64_at(24), watermark: u64_at(32) as i64 })
     }
 
@@ -133,12 +132,8 @@ impl ChunkFilter {
         // Unique per writer: two archives (or threads) may save at once; the last rename wins whole.
         let tmp = path.with_extension(format!("bloom.tmp-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(crate::util::PRIVATE_FILE_MODE)
-                .open(&tmp)?;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(crate::util::PRIVATE_FILE_MODE).open(&tmp)?;
             f.write_all(&self.encode(generation))?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)

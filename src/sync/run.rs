@@ -143,10 +143,8 @@ pub fn sync(
     report.deleted_upstream.extend(find_deleted(repo, glance, opts, &held, &listed_ids, &recorded, &warnings)?);
     report.warnings = warnings.take();
 
-    let (mut images, others): (Vec<ImageRecord>, Vec<ImageRecord>) = listed
-        .into_iter()
-        .filter(|r| opts.scope.admits(r) && opts.filters.matches(r))
-        .partition(|r| Shard::admits(opts.shard, &r.id));
+    let (mut images, others): (Vec<ImageRecord>, Vec<ImageRecord>) =
+        listed.into_iter().filter(|r| opts.scope.admits(r) && opts.filters.matches(r)).partition(|r| Shard::admits(opts.shard, &r.id));
     report.images_other_shards = others.len();
     images.sort_by(|a, b| (&a.name, &a.created_at, &a.id).cmp(&(&b.name, &b.created_at, &b.id)));
     report.images = images.len();
@@ -312,7 +310,7 @@ mod interrupted {
 
     fn request(expected_md5: Option<&str>) -> ArchiveRequest {
         let source = Source::Glance { image_id: "11111111-2222-3333-4444-555555555555".into(), cloud: None };
-        let mut req = ArchiveRequest::raw_for_tests("img", source);
+        let mut req = ArchiveRequest::raw_unannounced("img", source);
         req.expected_digests = expected_md5.map(|m| ("md5".to_string(), m.to_string())).into_iter().collect();
         req
     }

@@ -307,7 +307,10 @@ mod verify {
         assert_eq!(checked(json!({"os_hash_algo": "sha256", "os_hash_value": "cc"}), &[Algo::Md5]), [(Algo::Sha256, "cc".to_string())]);
         // md5 only, or a multihash imgarc cannot compute, or one Glance left empty: md5.
         assert_eq!(checked(json!({"checksum": "aa"}), &[]), [(Algo::Md5, "aa".to_string())]);
-        assert_eq!(checked(json!({"checksum": "aa", "os_hash_algo": "sha3_512", "os_hash_value": "dd"}), &[]), [(Algo::Md5, "aa".to_string())]);
+        assert_eq!(
+            checked(json!({"checksum": "aa", "os_hash_algo": "sha3_512", "os_hash_value": "dd"}), &[]),
+            [(Algo::Md5, "aa".to_string())]
+        );
         assert_eq!(checked(json!({"checksum": "aa", "os_hash_algo": "sha512", "os_hash_value": ""}), &[]), [(Algo::Md5, "aa".to_string())]);
         // Nothing vouched for: nothing to check, whatever is asked.
         assert!(checked(json!({"checksum": ""}), &[Algo::Md5]).is_empty());
