@@ -135,13 +135,6 @@ impl Hasher for Sha {
     }
 }
 
-/// One-shot lowercase hex digest of `data` (tests and small buffers; streams use [`Digesters`]).
-pub fn hex_of(algo: Algo, data: &[u8]) -> String {
-    let mut h = algo.hasher();
-    h.update(data);
-    h.hex()
-}
-
 /// A hasher for one of [`SUPPORTED`] (lowercase), or `None` for any other name.
 pub fn hasher_for(name: &str) -> Option<Box<dyn Hasher>> {
     Algo::parse(name).map(Algo::hasher)
@@ -466,6 +459,11 @@ mod tests {
         assert_eq!(out[&Algo::Sha384], hex::encode(sha2::Sha384::digest(&data)));
         assert_eq!(out[&Algo::Sha512], hex::encode(sha2::Sha512::digest(&data)));
         assert_eq!(out[&Algo::Md5], hex::encode(md5::Md5::digest(&data)));
+        let hex_of = |algo: Algo, data: &[u8]| {
+            let mut h = algo.hasher();
+            h.update(data);
+            h.hex()
+        };
         assert_eq!(hex_of(Algo::Sha512, &data), out[&Algo::Sha512]);
         assert_eq!(hex_of(Algo::Sha1, b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
     }
