@@ -288,6 +288,10 @@ pub struct RestoreOutcome {
     pub bytes: u64,
     pub seconds: f64,
     pub digests: BTreeMap<String, String>,
+    /// Chunks fetched from the repository to produce the output. A chunk
+    /// fetched again (evicted before its last use) counts again, so against
+    /// the snapshot's chunk count this is the restore's read amplification.
+    pub chunks_fetched: u64,
     /// What the restore noticed and the user must know (each also logged as it happened).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -345,7 +349,8 @@ fn restore_stream(
     drop(tx);
     let (sink, written) = writer.join().map_err(|_| anyhow!("restore writer panicked"))?;
     let digests = finish_output(fetch.and(written), expected, sink)?;
-    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
+    let chunks_fetched = reader.chunks_fetched();
+    Ok(RestoreOutcome { bytes: size, seconds: started.elapsed().as_secs_f64(), digests, chunks_fetched, warnings: Vec::new() })
 }
 
 /// Ends a restore: the digests must match what the snapshot recorded; then the
@@ -425,11 +430,13 @@ pub fn restore(
                 ));
             }
             let mut src = TwoStreams { guest: source.reader(&snap.guest)?, literal: source.reader(literals)? };
+            // Clusters may lie in any host order: fetch chunks in the order the rebuild reads them.
+            src.guest.follow(crate::format::rebuild::guest_reads(&recipe_bytes).map_err(|e| anyhow!("the snapshot's layout recipe: {e}"))?);
             write_sequential(snap.logical_bytes, &snap.digests, target, progress, |out| {
                 crate::format::rebuild::rebuild(&recipe_bytes, &mut src, out)
                     .map_err(|e| anyhow!("rebuilding the {} file: {e}", snap.format))
             })
-            .map(|o| RestoreOutcome { warnings: warnings.take(), ..o })
+            .map(|o| RestoreOutcome { warnings: warnings.take(), chunks_fetched: src.chunks_fetched(), ..o })
         }
         (Some("raw"), _) => {
             if opts.compress {
@@ -445,6 +452,7 @@ pub fn restore(
             write_sequential_unknown(target, progress, |out| {
                 qcow2::write_qcow2(virtual_size, &ranges, &mut src, opts.compress, out).map_err(|e| anyhow!("writing qcow2: {e}"))
             })
+            .map(|o| RestoreOutcome { chunks_fetched: src.chunks_fetched(), ..o })
         }
         (Some(name), _) => {
             let kind = crate::format::FormatKind::from_name(name)
@@ -458,6 +466,7 @@ pub fn restore(
             write_sequential_unknown(target, progress, |out| {
                 crate::format::write_image(kind, &write, virtual_size, &ranges, &mut src, out).map_err(|e| anyhow!("writing {name}: {e}"))
             })
+            .map(|o| RestoreOutcome { chunks_fetched: src.chunks_fetched(), ..o })
         }
     }
 }
@@ -508,6 +517,12 @@ fn merge_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
 struct TwoStreams<'a> {
     guest: ChunkReader<'a>,
     literal: ChunkReader<'a>,
+}
+
+impl TwoStreams<'_> {
+    fn chunks_fetched(&self) -> u64 {
+        self.guest.chunks_fetched() + self.literal.chunks_fetched()
+    }
 }
 
 impl qcow2::RebuildSource for TwoStreams<'_> {
@@ -613,7 +628,8 @@ fn write_sequential(
         (Ok(()), Ok(d)) => Ok(d),
     };
     let digests = finish_output(result, expected, sink)?;
-    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests, warnings: Vec::new() })
+    // The producer's readers count the chunks; the caller fills them in.
+    Ok(RestoreOutcome { bytes: written, seconds: started.elapsed().as_secs_f64(), digests, chunks_fetched: 0, warnings: Vec::new() })
 }
 
 /// A conversion: the output length is whatever the writer produces.

@@ -20,23 +20,69 @@ pub(crate) fn read_cluster(src: &mut dyn RebuildSource, g: u64, cs: usize, vsize
     Ok(v)
 }
 
+/// The rebuild's windows: ranges of segments holding up to 16 MiB of
+/// compressed clusters each, whose clusters are read (and recompressed in
+/// parallel) before the window is written.
+fn windows(r: &Recipe) -> Vec<std::ops::Range<usize>> {
+    let per_window = ((16usize << 20) >> r.cluster_bits).max(4);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < r.segments.len() {
+        let mut j = i;
+        let mut compressed = 0;
+        while j < r.segments.len() && compressed < per_window {
+            compressed += usize::from(matches!(r.segments[j], Segment::Compressed { .. }));
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
+}
+
+/// The guest ranges `(offset, length)` that [`rebuild`] of `recipe` reads, in
+/// the order it reads them (each window's compressed clusters, then its guest
+/// segments). A reader told this order ahead (`ChunkReader::follow`) fetches
+/// each chunk once even when the image's host order is far from guest order.
+pub fn guest_reads(recipe: &[u8]) -> Result<Vec<(u64, u64)>, ImageError> {
+    let r = Recipe::decode(recipe)?;
+    let cs = 1u64 << r.cluster_bits;
+    let mut reads = Vec::new();
+    for w in windows(&r) {
+        for s in &r.segments[w.clone()] {
+            if let Segment::Compressed { guest_off, .. } = *s {
+                // As `read_cluster`: the cluster, cut at the virtual size.
+                let n = cs.min(r.virtual_size.saturating_sub(guest_off));
+                if n > 0 {
+                    reads.push((guest_off, n));
+                }
+            }
+        }
+        for s in &r.segments[w] {
+            if let Segment::Guest { len, guest_off } = *s {
+                if len > 0 {
+                    reads.push((guest_off, len));
+                }
+            }
+        }
+    }
+    Ok(reads)
+}
+
 /// Rebuilds the original file byte-exactly as a sequential stream; returns bytes written.
+/// Reads the guest in the order [`guest_reads`] gives.
 pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) -> Result<u64, ImageError> {
     let r = Recipe::decode(recipe)?;
     let cs = 1usize << r.cluster_bits;
-    let window = ((16usize << 20) / cs).max(4);
     let mut buf = vec![0u8; BUF];
     let mut written = 0u64;
-    let mut i = 0;
-    while i < r.segments.len() {
-        // Window of segments containing up to `window` compressed clusters.
-        let mut j = i;
+    for w in windows(&r) {
+        let (i, j) = (w.start, w.end);
         let mut jobs = Vec::new();
-        while j < r.segments.len() && jobs.len() < window {
-            if let Segment::Compressed { guest_off, .. } = r.segments[j] {
+        for s in &r.segments[w] {
+            if let Segment::Compressed { guest_off, .. } = *s {
                 jobs.push(read_cluster(src, guest_off, cs, r.virtual_size)?);
             }
-            j += 1;
         }
         let codecs: Vec<u8> = r.segments[i..j]
             .iter()
@@ -81,7 +127,6 @@ pub fn rebuild(recipe: &[u8], src: &mut dyn RebuildSource, out: &mut dyn Write) 
             }
             written += s.len();
         }
-        i = j;
     }
     Ok(written)
 }

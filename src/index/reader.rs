@@ -185,6 +185,55 @@ pub struct ChunkReader<'a> {
     bytes_fetched: u64,
     /// Bytes of chunks fetched together ([`window_bytes`] of the store).
     window: u64,
+    /// The order the caller will read chunks in, when told ([`ChunkReader::follow`]).
+    plan: Option<ReadPlan>,
+    /// Chunks fetched and decoded so far (a chunk fetched twice counts twice).
+    chunks_fetched: u64,
+}
+
+/// How far [`ReadPlan::advance_to`] looks ahead for the chunk being read: a
+/// caller that strays further from its announced order is off the plan, and
+/// the reader falls back to reading ahead in stream order.
+const PLAN_SLACK: usize = 256;
+/// The longest walk along the plan for one window (bounds the work per miss
+/// when most chunks ahead are cached).
+const PLAN_WALK: usize = 1 << 16;
+
+/// The order a caller reads a stream's chunks in: extent indices, one per use.
+/// With it the reader fetches the next chunks *to be read* (not the next in
+/// stream order) and evicts the cached chunk needed furthest ahead, so a QCOW2
+/// whose clusters lie in any host order is still fetched about once per chunk.
+struct ReadPlan {
+    order: Vec<u32>,
+    /// `(extent, position in order)` for every use, sorted: the next use of a chunk.
+    uses: Vec<(u32, u32)>,
+    /// The position of the chunk being read now.
+    pos: usize,
+    /// Whether the last read was where the plan expected it.
+    on_plan: bool,
+}
+
+impl ReadPlan {
+    /// The position of the next use of extent `i` at or after the current one.
+    fn next_use(&self, i: usize) -> Option<usize> {
+        let i = i as u32;
+        let at = self.uses.partition_point(|&(e, p)| (e, p as usize) < (i, self.pos));
+        self.uses.get(at).filter(|&&(e, _)| e == i).map(|&(_, p)| p as usize)
+    }
+
+    /// Moves the plan to the use of extent `i` now being read, when it is
+    /// within [`PLAN_SLACK`] ahead; returns whether the read is on the plan.
+    fn advance_to(&mut self, i: usize) -> bool {
+        let ahead = self.order.len().min(self.pos + PLAN_SLACK);
+        match self.order[self.pos.min(ahead)..ahead].iter().position(|&e| e as usize == i) {
+            Some(k) => {
+                self.pos += k;
+                self.on_plan = true;
+            }
+            None => self.on_plan = false,
+        }
+        self.on_plan
+    }
 }
 
 /// A batch's decoded chunks and the stored bytes read for them.
@@ -218,7 +267,43 @@ impl<'a> ChunkReader<'a> {
             exact: false,
             bytes_fetched: 0,
             window,
+            plan: None,
+            chunks_fetched: 0,
         }
+    }
+
+    /// Tells the reader the guest ranges `(offset, length)` its caller will
+    /// read, in that order (a layout rebuild: `format::rebuild::guest_reads`),
+    /// so windows follow that order. Reads may still go anywhere: off the plan
+    /// the reader reads ahead in stream order. Ignored by an exact reader and
+    /// when the order is the stream's own.
+    pub fn follow(&mut self, reads: impl IntoIterator<Item = (u64, u64)>) {
+        if self.exact {
+            return;
+        }
+        let mut order: Vec<u32> = Vec::new();
+        for (offset, len) in reads {
+            let mut i = self.extents.partition_point(|e| e.end() <= offset);
+            while i < self.extents.len() && self.extents[i].offset < offset.saturating_add(len) {
+                let Ok(e) = u32::try_from(i) else { return };
+                if order.last() != Some(&e) {
+                    order.push(e);
+                }
+                i += 1;
+            }
+        }
+        if order.is_sorted() || u32::try_from(order.len()).is_err() {
+            return; // stream order: the default read-ahead is the plan
+        }
+        let mut uses: Vec<(u32, u32)> = order.iter().enumerate().map(|(p, &e)| (e, p as u32)).collect();
+        uses.sort_unstable();
+        self.plan = Some(ReadPlan { order, uses, pos: 0, on_plan: true });
+    }
+
+    /// Chunks this reader has fetched and decoded so far; a chunk fetched
+    /// again after eviction counts again.
+    pub fn chunks_fetched(&self) -> u64 {
+        self.chunks_fetched
     }
 
     /// Stored bytes this reader has fetched from the repository so far
@@ -245,40 +330,87 @@ impl<'a> ChunkReader<'a> {
             }
             i += 1;
         }
+        self.located(wanted)
+    }
+
+    /// The uncached extents the plan reads next from its current position,
+    /// one window's worth; empty when the plan is not at extent `first` (when
+    /// given) or has nothing left to fetch.
+    fn plan_window(&self, first: Option<usize>) -> Result<(Vec<usize>, Vec<Located>)> {
+        let Some(plan) = &self.plan else { return Ok(Default::default()) };
+        if !plan.on_plan || first.is_some_and(|f| plan.order.get(plan.pos).is_none_or(|&e| e as usize != f)) {
+            return Ok(Default::default());
+        }
+        let mut wanted = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0u64;
+        for &e in plan.order.iter().skip(plan.pos).take(PLAN_WALK) {
+            let i = e as usize;
+            if bytes >= self.window {
+                break;
+            }
+            if !self.cache.contains_key(&i) && seen.insert(i) {
+                wanted.push(i);
+                bytes += self.extents[i].len as u64;
+            }
+        }
+        self.located(wanted)
+    }
+
+    fn located(&self, wanted: Vec<usize>) -> Result<(Vec<usize>, Vec<Located>)> {
         let with_locs =
             wanted.iter().map(|&i| Ok((self.extents[i], self.source.index.locations(&self.extents[i].id)?))).collect::<Result<_>>()?;
         Ok((wanted, with_locs))
     }
 
-    /// Makes extent `first` available: from the background fetch if it has it,
-    /// else fetched now (an exact reader: the extents before `until`); then
-    /// starts fetching the window after it (never for an exact reader).
-    fn load_window(&mut self, first: usize, until: u64) -> Result<()> {
-        let (wanted, fetched) = match self.prefetch.take() {
-            Some(p) if p.wanted.contains(&first) => {
-                let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
-                (p.wanted, fetched)
-            }
-            other => {
-                if let Some(p) = other {
-                    let _ = p.handle.join(); // a jump elsewhere: that window is not needed now
-                }
-                let (wanted, with_locs) = self.window(first, self.exact.then_some(until))?;
-                (wanted, fetch_batch(self.source.repo, &with_locs))
-            }
-        };
-        let (datas, fetched_bytes) = fetched.map_err(|d| self.source.damaged_error(d))?;
+    /// Caches a fetched batch.
+    fn insert_fetched(&mut self, wanted: Vec<usize>, datas: Vec<Vec<u8>>, fetched_bytes: u64) {
         self.bytes_fetched += fetched_bytes;
-        let next = wanted.last().map_or(first, |&l| l + 1);
+        self.chunks_fetched += datas.len() as u64;
         for (i, d) in wanted.into_iter().zip(datas) {
             self.cache_bytes += d.len() as u64;
-            self.cache.insert(i, d);
+            if let Some(old) = self.cache.insert(i, d) {
+                self.cache_bytes -= old.len() as u64;
+            }
         }
-        // Evict whatever lies furthest from where reading is now.
-        while self.cache_bytes > stream_cache_bytes(self.window) && self.cache.len() > 1 {
+    }
+
+    fn start_prefetch(&mut self, (wanted, with_locs): (Vec<usize>, Vec<Located>)) -> Result<()> {
+        if !wanted.is_empty() {
+            let repo = self.source.repo.clone();
+            let handle = std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
+            self.prefetch = Some(Prefetch { wanted, handle });
+        }
+        Ok(())
+    }
+
+    /// Drops cached chunks until the cache fits, never extent `first` (being
+    /// read). With a plan: those needed furthest ahead, or never again.
+    /// Without: those behind `first` (reading moves forward), then those
+    /// furthest ahead.
+    fn evict(&mut self, first: usize) {
+        let limit = stream_cache_bytes(self.window);
+        if self.cache_bytes <= limit {
+            return;
+        }
+        if let Some(plan) = &self.plan {
+            let mut by_next_use: Vec<(usize, usize)> =
+                self.cache.keys().filter(|&&i| i != first).map(|&i| (plan.next_use(i).unwrap_or(usize::MAX), i)).collect();
+            by_next_use.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, i) in by_next_use {
+                if self.cache_bytes <= limit {
+                    break;
+                }
+                if let Some(d) = self.cache.remove(&i) {
+                    self.cache_bytes -= d.len() as u64;
+                }
+            }
+            return;
+        }
+        while self.cache_bytes > limit && self.cache.len() > 1 {
             let lo = *self.cache.keys().next().expect("non-empty");
             let hi = *self.cache.keys().next_back().expect("non-empty");
-            let victim = if first.abs_diff(lo) >= first.abs_diff(hi) { lo } else { hi };
+            let victim = if lo < first { lo } else { hi };
             if victim == first {
                 break;
             }
@@ -286,15 +418,51 @@ impl<'a> ChunkReader<'a> {
                 self.cache_bytes -= d.len() as u64;
             }
         }
-        if next < self.extents.len() && !self.exact {
-            let (wanted, with_locs) = self.window(next, None)?;
-            if !wanted.is_empty() {
-                let repo = self.source.repo.clone();
-                let handle = std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
-                self.prefetch = Some(Prefetch { wanted, handle });
+    }
+
+    /// Makes extent `first` available: the background fetch is joined and
+    /// kept (whether or not it holds `first`: a fetched window is never
+    /// thrown away); if `first` is still missing, its window is fetched now
+    /// (an exact reader: the extents before `until`; a reader on its plan: the
+    /// plan's next chunks). Then the cache is trimmed and the next window
+    /// starts fetching in the background (never for an exact reader).
+    fn load_window(&mut self, first: usize, until: u64) -> Result<()> {
+        if let Some(p) = self.prefetch.take() {
+            let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
+            match fetched {
+                Ok((datas, bytes)) => self.insert_fetched(p.wanted, datas, bytes),
+                // A chunk read ahead is reported when it is needed, from its own fetch.
+                Err(d) if p.wanted.contains(&first) => return Err(self.source.damaged_error(d)),
+                Err(_) => {}
             }
         }
-        Ok(())
+        if !self.cache.contains_key(&first) {
+            let (wanted, with_locs) = match self.plan_window(Some(first))? {
+                planned if !planned.0.is_empty() => planned,
+                _ => self.window(first, self.exact.then_some(until))?,
+            };
+            let (datas, bytes) = fetch_batch(self.source.repo, &with_locs).map_err(|d| self.source.damaged_error(d))?;
+            self.insert_fetched(wanted, datas, bytes);
+        }
+        self.evict(first);
+        if self.exact {
+            return Ok(());
+        }
+        let ahead = match self.plan_window(None)? {
+            planned if !planned.0.is_empty() => planned,
+            _ => {
+                // Stream order, from the end of the cached run `first` is in.
+                let mut next = first;
+                while self.cache.contains_key(&next) {
+                    next += 1;
+                }
+                if next >= self.extents.len() {
+                    return Ok(());
+                }
+                self.window(next, None)?
+            }
+        };
+        self.start_prefetch(ahead)
     }
 
     pub fn read_at(&mut self, mut pos: u64, mut buf: &mut [u8]) -> Result<()> {
@@ -303,6 +471,9 @@ impl<'a> ChunkReader<'a> {
             let n;
             match self.extents.get(i).copied() {
                 Some(e) if e.offset <= pos => {
+                    if let Some(plan) = &mut self.plan {
+                        plan.advance_to(i);
+                    }
                     if !self.cache.contains_key(&i) {
                         self.load_window(i, pos + buf.len() as u64)?;
                     }
@@ -342,6 +513,7 @@ impl<'a> ChunkReader<'a> {
             };
             let (datas, fetched_bytes) = fetched.map_err(|d| self.source.damaged_error(d))?;
             self.bytes_fetched += fetched_bytes;
+            self.chunks_fetched += datas.len() as u64;
             next = wanted.last().map_or(next + 1, |&l| l + 1);
             if next < self.extents.len() {
                 let (ahead, with_locs) = self.window(next, None)?;

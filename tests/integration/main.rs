@@ -46,6 +46,7 @@ mod qcow2_hostile;
 mod qcow2_perf;
 mod qcow2_roundtrip;
 mod report;
+mod restore_order;
 mod roundtrip;
 mod select;
 mod tls;
