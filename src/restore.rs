@@ -599,7 +599,7 @@ fn write_sequential(
     let writer = std::thread::Builder::new().name("restore-write".into()).spawn(move || -> (Sink, Result<Digesters>) {
         let written = (|| -> Result<Digesters> {
             for block in rx {
-                sink.write_all(&block).context("writing the output")?;
+                crate::util::write_all_in_pieces(&mut sink, &block).context("writing the output")?;
                 if !digesters.is_empty() {
                     let len = block.len();
                     digesters.feed(Piece::Data(Arc::new(block), 0..len));

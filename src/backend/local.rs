@@ -12,7 +12,7 @@
 
 use super::{Backend, BackendError, BackendResult, DeletePermission, ObjectInfo};
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -110,7 +110,7 @@ impl Backend for LocalBackend {
         let tmp = tmp_dir.join(format!("{}.{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>())));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).mode(OBJECT_MODE).open(&tmp)?;
-            f.write_all(data)?;
+            crate::util::write_all_in_pieces(&mut f, data)?;
             f.sync_all()?;
             drop(f);
             let parent = path.parent().expect("object keys always have a parent under root");
