@@ -216,6 +216,78 @@ impl StreamBatcher {
 /// see the same runs — and cut the same chunks — as for the raw disk.
 const REORDER_WINDOW: usize = 32 << 20;
 
+/// Guest pieces that come further out of order than [`REORDER_WINDOW`] (an
+/// image a hypervisor wrote itself keeps clusters in the order the guest first
+/// touched them): from the first such piece on, every piece is appended to an
+/// unnamed temporary file in the cache directory, and at the end the pieces are
+/// read back and chunked in guest order. Chunked as they came, each cluster was
+/// a run of its own, cut at its edges: such an image shared almost no chunks
+/// with its own raw disk (481 MiB new of 1.4 GB, measured; README, "Performance").
+/// Appending, not writing at guest offsets, keeps the file's writes sequential.
+struct Spill {
+    file: std::fs::File,
+    dir: std::path::PathBuf,
+    len: u64,
+    /// Guest offset → (offset in the file, length) of every spilled piece.
+    pieces: BTreeMap<u64, (u64, usize)>,
+}
+
+impl Spill {
+    /// An unnamed file in `dir` (`O_TMPFILE`: nothing to clean up after a
+    /// crash); where the filesystem has no `O_TMPFILE`, a random name unlinked at once.
+    fn create(dir: &std::path::Path) -> std::io::Result<Spill> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = match std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir) {
+            Ok(f) => f,
+            Err(_) => {
+                let path = dir.join(format!(".spill-{:016x}", rand::random::<u64>()));
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                std::fs::remove_file(&path)?;
+                f
+            }
+        };
+        Ok(Spill { file, dir: dir.to_path_buf(), len: 0, pieces: BTreeMap::new() })
+    }
+
+    fn put(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, self.len).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "writing guest data that came out of order to a temporary file in {} (it may need up to the image's size): {e}",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        self.pieces.insert(offset, (self.len, data.len()));
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Pushes every spilled piece, in guest order.
+    fn drain_into(self, guest: &mut StreamBatcher) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 1 << 20];
+        for (&offset, &(at, len)) in &self.pieces {
+            let mut done = 0usize;
+            while done < len {
+                let n = (len - done).min(buf.len());
+                self.file.read_exact_at(&mut buf[..n], at + done as u64)?;
+                guest.push(offset + done as u64, &buf[..n])?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A decomposer's two outputs (guest pieces, literal stream), each through its own chunker.
 struct DecomposerSink {
     guest: StreamBatcher,
@@ -223,27 +295,84 @@ struct DecomposerSink {
     literal_pos: u64,
     reorder: BTreeMap<u64, Vec<u8>>,
     reorder_bytes: usize,
+    /// The end of the guest data pushed so far (the highest).
+    pushed_end: u64,
+    /// Where a [`Spill`] is made (the cache directory); `None` once one could not be.
+    spill_dir: Option<std::path::PathBuf>,
+    spill: Option<Spill>,
 }
 
 impl DecomposerSink {
+    fn new(guest: StreamBatcher, literal: StreamBatcher, spill_dir: Option<std::path::PathBuf>) -> Self {
+        DecomposerSink {
+            guest,
+            literal,
+            literal_pos: 0,
+            reorder: Default::default(),
+            reorder_bytes: 0,
+            pushed_end: 0,
+            spill_dir,
+            spill: None,
+        }
+    }
+
+    fn push_guest(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.pushed_end = self.pushed_end.max(offset + data.len() as u64);
+        self.guest.push(offset, data)
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         while let Some((off, data)) = self.reorder.pop_first() {
-            self.guest.push(off, &data)?;
+            self.push_guest(off, &data)?;
         }
         self.reorder_bytes = 0;
+        if let Some(spill) = self.spill.take() {
+            spill.drain_into(&mut self.guest)?;
+        }
         self.literal.finish()?;
         Ok(())
+    }
+
+    /// Starts spilling with the piece at `offset` (behind what was pushed) and
+    /// everything still held; false when no spill file can be made (then this
+    /// image is chunked in the order it comes, as before spilling existed).
+    fn start_spill(&mut self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        let Some(dir) = self.spill_dir.clone() else { return Ok(false) };
+        let mut spill = match Spill::create(&dir) {
+            Ok(s) => s,
+            Err(e) => {
+                crate::util::warn_once(&format!(
+                    "cannot make a temporary file in {} for guest data out of order ({e}): images whose clusters are far from guest order are chunked in file order and deduplicate less",
+                    dir.display()
+                ));
+                self.spill_dir = None;
+                return Ok(false);
+            }
+        };
+        spill.put(offset, data)?;
+        while let Some((o, d)) = self.reorder.pop_first() {
+            spill.put(o, &d)?;
+        }
+        self.reorder_bytes = 0;
+        self.spill = Some(spill);
+        Ok(true)
     }
 }
 
 impl qcow2::DecomposeSink for DecomposerSink {
     fn guest(&mut self, guest_offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if let Some(spill) = &mut self.spill {
+            return spill.put(guest_offset, data);
+        }
         self.reorder.insert(guest_offset, data.to_vec());
         self.reorder_bytes += data.len();
         while self.reorder_bytes > REORDER_WINDOW {
             let (off, d) = self.reorder.pop_first().expect("non-empty while over the window");
             self.reorder_bytes -= d.len();
-            self.guest.push(off, &d)?;
+            if off < self.pushed_end && self.start_spill(off, &d)? {
+                return Ok(());
+            }
+            self.push_guest(off, &d)?;
         }
         Ok(())
     }
@@ -267,6 +396,7 @@ fn read_image(
     declared: Option<&str>,
     policy: &qcow2::Policy,
     size_hint: Option<u64>,
+    spill_dir: Option<std::path::PathBuf>,
     tx: crossbeam_channel::Sender<Result<Msg>>,
     pb: SharedProgress,
 ) -> (Result<()>, Digesters) {
@@ -281,14 +411,14 @@ fn read_image(
         let mut guest = StreamBatcher::new(StreamKind::Guest, config, gear, tx.clone());
         let shape = if kind == FormatKind::Qcow2 {
             let literal = StreamBatcher::new(StreamKind::Literal, config, gear, tx.clone());
-            let mut sink = DecomposerSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
+            let mut sink = DecomposerSink::new(guest, literal, spill_dir.clone());
             let d = qcow2::decompose(&mut input, size_hint, policy, &mut sink)?;
             sink.finish()?;
             guest = sink.guest;
             Shape::Qcow2(d)
         } else if crate::format::decomposes(kind) {
             let literal = StreamBatcher::new(StreamKind::Literal, config, gear, tx.clone());
-            let mut sink = DecomposerSink { guest, literal, literal_pos: 0, reorder: Default::default(), reorder_bytes: 0 };
+            let mut sink = DecomposerSink::new(guest, literal, spill_dir.clone());
             let d = crate::format::decompose(kind, &mut input, size_hint, policy, &mut sink)?;
             sink.finish()?;
             guest = sink.guest;
@@ -375,8 +505,10 @@ pub fn archive_as(
     let declared = req.declared_format.clone();
     let policy = req.qcow2_policy.clone();
     let size_hint = req.expected_size;
+    let spill_dir = index.path().parent().map(std::path::Path::to_path_buf);
     let reader_thread = std::thread::Builder::new().name("read".into()).spawn(move || {
-        let (result, digesters) = read_image(reader, digesters, &config, &gear, declared.as_deref(), &policy, size_hint, tx.clone(), pb);
+        let (result, digesters) =
+            read_image(reader, digesters, &config, &gear, declared.as_deref(), &policy, size_hint, spill_dir, tx.clone(), pb);
         if let Err(e) = result {
             let _ = tx.send(Err(e));
         }
