@@ -349,6 +349,11 @@ impl DecomposerSink {
                 return Ok(false);
             }
         };
+        tracing::debug!(
+            guest_offset = offset,
+            behind = self.pushed_end,
+            "guest data out of order beyond the reorder window: spilling to a temporary file"
+        );
         spill.put(offset, data)?;
         while let Some((o, d)) = self.reorder.pop_first() {
             spill.put(o, &d)?;
