@@ -222,7 +222,7 @@ const REORDER_WINDOW: usize = 32 << 20;
 /// unnamed temporary file in the cache directory, and at the end the pieces are
 /// read back and chunked in guest order. Chunked as they came, each cluster was
 /// a run of its own, cut at its edges: such an image shared almost no chunks
-/// with its own raw disk (481 MiB new of 1.4 GB, measured; README, "Performance").
+/// with its own raw disk (1.25 GB of 1.34 GB new, measured; README, "Performance").
 /// Appending, not writing at guest offsets, keeps the file's writes sequential.
 struct Spill {
     file: std::fs::File,
