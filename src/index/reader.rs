@@ -222,8 +222,8 @@ impl ReadPlan {
     }
 
     /// Moves the plan to the use of extent `i` now being read, when it is
-    /// within [`PLAN_SLACK`] ahead; returns whether the read is on the plan.
-    fn advance_to(&mut self, i: usize) -> bool {
+    /// within [`PLAN_SLACK`] ahead; else the reader is off the plan.
+    fn advance_to(&mut self, i: usize) {
         let ahead = self.order.len().min(self.pos + PLAN_SLACK);
         match self.order[self.pos.min(ahead)..ahead].iter().position(|&e| e as usize == i) {
             Some(k) => {
@@ -232,7 +232,6 @@ impl ReadPlan {
             }
             None => self.on_plan = false,
         }
-        self.on_plan
     }
 }
 
@@ -242,6 +241,14 @@ type Fetched = Result<(Vec<Vec<u8>>, u64), DamagedChunk>;
 struct Prefetch {
     wanted: Vec<usize>,
     handle: std::thread::JoinHandle<Fetched>,
+}
+
+impl Prefetch {
+    /// Waits for the background fetch: the extents it was for, and what it fetched.
+    fn join(self) -> Result<(Vec<usize>, Fetched)> {
+        let fetched = self.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
+        Ok((self.wanted, fetched))
+    }
 }
 
 impl<'a> ChunkReader<'a> {
@@ -333,14 +340,11 @@ impl<'a> ChunkReader<'a> {
         self.located(wanted)
     }
 
-    /// The uncached extents the plan reads next from its current position,
-    /// one window's worth; empty when the plan is not at extent `first` (when
-    /// given) or has nothing left to fetch.
-    fn plan_window(&self, first: Option<usize>) -> Result<(Vec<usize>, Vec<Located>)> {
-        let Some(plan) = &self.plan else { return Ok(Default::default()) };
-        if !plan.on_plan || first.is_some_and(|f| plan.order.get(plan.pos).is_none_or(|&e| e as usize != f)) {
-            return Ok(Default::default());
-        }
+    /// The uncached extents the plan reads next from its current position
+    /// (the extent `read_at` is at, when on the plan), one window's worth;
+    /// empty off the plan or when it has nothing left to fetch.
+    fn plan_window(&self) -> Result<(Vec<usize>, Vec<Located>)> {
+        let Some(plan) = self.plan.as_ref().filter(|p| p.on_plan) else { return Ok(Default::default()) };
         let mut wanted = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut bytes = 0u64;
@@ -428,16 +432,15 @@ impl<'a> ChunkReader<'a> {
     /// starts fetching in the background (never for an exact reader).
     fn load_window(&mut self, first: usize, until: u64) -> Result<()> {
         if let Some(p) = self.prefetch.take() {
-            let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
-            match fetched {
-                Ok((datas, bytes)) => self.insert_fetched(p.wanted, datas, bytes),
+            match p.join()? {
+                (wanted, Ok((datas, bytes))) => self.insert_fetched(wanted, datas, bytes),
                 // A chunk read ahead is reported when it is needed, from its own fetch.
-                Err(d) if p.wanted.contains(&first) => return Err(self.source.damaged_error(d)),
-                Err(_) => {}
+                (wanted, Err(d)) if wanted.contains(&first) => return Err(self.source.damaged_error(d)),
+                (_, Err(_)) => {}
             }
         }
         if !self.cache.contains_key(&first) {
-            let (wanted, with_locs) = match self.plan_window(Some(first))? {
+            let (wanted, with_locs) = match self.plan_window()? {
                 planned if !planned.0.is_empty() => planned,
                 _ => self.window(first, self.exact.then_some(until))?,
             };
@@ -448,7 +451,7 @@ impl<'a> ChunkReader<'a> {
         if self.exact {
             return Ok(());
         }
-        let ahead = match self.plan_window(None)? {
+        let ahead = match self.plan_window()? {
             planned if !planned.0.is_empty() => planned,
             _ => {
                 // Stream order, from the end of the cached run `first` is in.
@@ -502,10 +505,7 @@ impl<'a> ChunkReader<'a> {
         let mut next = 0;
         while next < self.extents.len() {
             let (wanted, fetched) = match self.prefetch.take() {
-                Some(p) => {
-                    let fetched = p.handle.join().map_err(|_| anyhow!("prefetch thread panicked"))?;
-                    (p.wanted, fetched)
-                }
+                Some(p) => p.join()?,
                 None => {
                     let (wanted, with_locs) = self.window(next, None)?;
                     (wanted, fetch_batch(self.source.repo, &with_locs))
@@ -516,13 +516,8 @@ impl<'a> ChunkReader<'a> {
             self.chunks_fetched += datas.len() as u64;
             next = wanted.last().map_or(next + 1, |&l| l + 1);
             if next < self.extents.len() {
-                let (ahead, with_locs) = self.window(next, None)?;
-                if !ahead.is_empty() {
-                    let repo = self.source.repo.clone();
-                    let handle =
-                        std::thread::Builder::new().name("restore-prefetch".into()).spawn(move || fetch_batch(&repo, &with_locs))?;
-                    self.prefetch = Some(Prefetch { wanted: ahead, handle });
-                }
+                let ahead = self.window(next, None)?;
+                self.start_prefetch(ahead)?;
             }
             for (i, d) in wanted.into_iter().zip(datas) {
                 if !each(self.extents[i], d)? {
