@@ -144,8 +144,14 @@ pub fn prune(repo: &Repository, index: &mut Index, opts: &PruneOptions) -> Resul
 }
 
 /// A snapshot the cache could not read would count as referencing nothing,
-/// and prune would delete its data: refuse instead.
+/// and prune would delete its data: refuse instead. So would a row whose
+/// references were never counted (`Depth::Snapshots`; `Index::open_writer`
+/// counts them all, so this is a guard against a caller that skipped it).
 fn refuse_unless_every_snapshot_is_known(repo: &Repository, index: &Index) -> Result<()> {
+    let uncounted = index.snapshots_without_references()?;
+    if uncounted > 0 {
+        bail!("prune refuses to run: the index cache has {uncounted} snapshot(s) whose references were not counted; open it with a full catch-up first");
+    }
     let known: HashSet<Id> = index.snapshot_rows()?.into_iter().map(|s| s.id).collect();
     let unknown: Vec<String> = repo.list_snapshot_ids()?.into_iter().filter(|id| !known.contains(id)).map(|id| id.to_hex()).collect();
     if !unknown.is_empty() {
@@ -394,5 +400,29 @@ mod tests {
         for bad in ["", "h", "5", "5w", "-1h"] {
             assert!(parse_grace(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    /// A cache whose rows were caught up without references (`Depth::Snapshots`)
+    /// counts nothing as used: prune given it refuses, and deletes nothing.
+    #[test]
+    fn prune_refuses_a_cache_with_uncounted_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap();
+        let repo = Repository::init(backend, crate::repository::config::Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut writer = Index::open_at(&dir.path().join("writer.sqlite"), &repo.config().id).unwrap();
+        let data: Vec<u8> = (0..4096u64).flat_map(|j| Id::of(&j.to_le_bytes()).0).collect();
+        let req = crate::archive::ArchiveRequest::raw_unannounced("vm", crate::repository::snapshot::Source::File { path: "/vm".into() });
+        crate::archive::archive(&repo, &mut writer, Box::new(std::io::Cursor::new(data)), req, &crate::progress::none()).unwrap();
+        let packs = repo.list_packs().unwrap().len();
+
+        let mut index = Index::open_at(&dir.path().join("lazy.sqlite"), &repo.config().id).unwrap();
+        index.sync_to(&repo, crate::index::Depth::Snapshots).unwrap();
+        let opts = PruneOptions { dry_run: false, max_repack_ratio: 0.0, grace: chrono::Duration::zero(), now: Utc::now() };
+        let err = prune(&repo, &mut index, &opts).unwrap_err();
+        assert!(format!("{err:#}").contains("whose references were not counted"), "{err:#}");
+        assert_eq!(repo.list_packs().unwrap().len(), packs, "a pack was deleted");
+        index.sync(&repo).unwrap();
+        let report = prune(&repo, &mut index, &opts).unwrap();
+        assert_eq!(report.packs_marked, 0, "every pack is in use: {report:?}");
     }
 }

@@ -16,7 +16,7 @@ pub struct CatArgs {
 }
 
 pub fn run(ctx: &Ctx, args: CatArgs) -> Result<()> {
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("cat")?;
     let (id, snap) = guest_snapshot(&index, &args.snapshot)?;
     let tree = GuestTree::open(&repo, &index, &snap).with_context(|| format!("snapshot {} ({})", id.short(), snap.name))?;

@@ -65,6 +65,15 @@ impl Ctx {
         Ok((repo, index))
     }
 
+    /// `open` for a command that needs no reference counts
+    /// ([`Index::open_without_references`]): a cold host's first `list` or
+    /// `restore` reads no snapshot's extent lists but the ones it restores.
+    pub fn open_without_references(&self) -> Result<(Repository, Index)> {
+        let repo = self.open_repo()?;
+        let index = Index::open_without_references(&repo).context("cannot bring the local index up to date")?;
+        Ok((repo, index))
+    }
+
     /// A Glance client for `cloud` (else `--os-cloud`/`OS_CLOUD`, else `--glance-url`, else `OS_*`),
     /// with `--os-region-name`, `--os-interface`, `--os-cacert`, `--insecure` (else their `OS_*`) over the cloud's files.
     pub fn glance(&self, cloud: Option<&str>) -> Result<GlanceClient> {

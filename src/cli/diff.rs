@@ -19,7 +19,7 @@ pub struct DiffArgs {
 }
 
 pub fn run(ctx: &Ctx, args: DiffArgs) -> Result<()> {
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("diff")?;
     let (id_a, snap_a) = guest_snapshot(&index, &args.snapshot_a)?;
     let (id_b, snap_b) = guest_snapshot(&index, &args.snapshot_b)?;

@@ -24,7 +24,7 @@ pub struct ExtractArgs {
 }
 
 pub fn run(ctx: &Ctx, args: ExtractArgs) -> Result<()> {
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("extract")?;
     let (id, snap) = guest_snapshot(&index, &args.snapshot)?;
     let tree = GuestTree::open(&repo, &index, &snap).with_context(|| format!("snapshot {} ({})", id.short(), snap.name))?;

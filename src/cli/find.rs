@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx, args: FindArgs) -> Result<()> {
                 .ok_or_else(|| UsageError(format!("--since {s:?}: not a time (RFC 3339 such as 2026-11-30T02:00:00Z, or a date)")))?,
         ),
     };
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     let r = find(&repo, &index, &FindOptions { pattern: args.pattern.clone(), name: args.name.clone(), since })?;
     print_warnings(ctx, &r.warnings);
     ctx.emit(&serde_json::to_value(&r)?, || {

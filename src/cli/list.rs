@@ -20,7 +20,7 @@ pub struct ListArgs {
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
     // Refused before the repository is opened (and a password asked).
     args.select.validate()?;
-    let (_repo, index) = ctx.open()?;
+    let (_repo, index) = ctx.open_without_references()?;
     let rows = args.select.select(&index, &args.snapshots)?;
     // Dated after now + the clock skew allowed: retention ignores these (see `retention`).
     let horizon = retention::horizon(chrono::Utc::now());

@@ -42,7 +42,7 @@ pub(super) fn print_warnings(ctx: &Ctx, warnings: &[String]) {
 }
 
 pub fn run(ctx: &Ctx, args: LsArgs) -> Result<()> {
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("ls")?;
     let (id, snap) = guest_snapshot(&index, &args.snapshot)?;
     let tree = GuestTree::open(&repo, &index, &snap).with_context(|| format!("snapshot {} ({})", id.short(), snap.name))?;

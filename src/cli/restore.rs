@@ -61,7 +61,7 @@ pub fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     } else if let (false, Some(flag)) = (args.to_glance, args.glance.given_flag()) {
         bail!("{flag} applies to --to-glance only");
     }
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("restore")?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;

@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx, opts: ServeNbdOptions) -> Result<()> {
     // postpones deleting them until we stop (as for an archive).
     let lock = repo.acquire_lock(false, "serve-nbd")?;
     repo.hold_lock(&lock);
-    let index = Index::open(&repo).context("cannot bring the local index up to date")?;
+    let index = Index::open_without_references(&repo).context("cannot bring the local index up to date")?;
     // SNAPSHOT as restore resolves it.
     let id = index.resolve_snapshot(&opts.snapshot)?;
     let snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;

@@ -11,7 +11,7 @@ pub struct ShowArgs {
 }
 
 pub fn run(ctx: &Ctx, args: ShowArgs) -> Result<()> {
-    let (repo, index) = ctx.open()?;
+    let (repo, index) = ctx.open_without_references()?;
     repo.require_full_key("show")?;
     let id = index.resolve_snapshot(&args.snapshot)?;
     let mut snap = index.snapshot(&id)?.context("snapshot vanished from the index")?;

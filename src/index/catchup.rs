@@ -3,7 +3,9 @@
 //! (each absence confirmed: listings may lag); `rebuild` regenerates the
 //! cache from nothing, adopting packs no index object lists. What cannot be
 //! read is a warning in the [`SyncReport`], never a stop for the rest. With a
-//! write-only key, snapshots are ingested from their heads (no references).
+//! write-only key, snapshots are ingested from their heads (no references);
+//! a catch-up to [`Depth::Snapshots`] (for `list`, `restore`, …) leaves their
+//! extent lists unread until a catch-up to [`Depth::References`] counts them.
 
 use super::schema::remove_cache_files;
 use super::{cache_dir_for, Index, IndexedRepository};
@@ -22,6 +24,8 @@ use std::path::Path;
 pub struct SyncReport {
     pub index_objects_added: usize,
     pub snapshots_added: usize,
+    /// Rows added earlier without their references (`Depth::Snapshots`) whose references were counted now.
+    pub references_completed: usize,
     pub snapshots_removed: usize,
     /// Snapshots listed in the repository that could not be read, with why (not in the cache).
     pub snapshots_unreadable: Vec<String>,
@@ -36,11 +40,29 @@ pub struct SyncReport {
     pub warnings: Vec<String>,
 }
 
+/// How much of each snapshot a catch-up reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The snapshot and its streams' extent lists, so that every row counts
+    /// its references: what prune, report, check and every writer need.
+    References,
+    /// The snapshot object only: enough to list, select and restore. A new
+    /// row stays `refs_known = 0` (its extent lists unread: at a cloud's scale
+    /// most of a cold host's catch-up) until a `References` catch-up.
+    Snapshots,
+}
+
 impl Index {
-    /// Catches up with the repository: ingests index objects and snapshots it
-    /// has not seen, and forgets snapshots that are gone. Reads no packs except
-    /// the tree blobs of new snapshots.
+    /// Catches up with the repository to [`Depth::References`]: ingests index
+    /// objects and snapshots it has not seen, counts the references of rows
+    /// added without them, and forgets snapshots that are gone. Reads no
+    /// packs except the tree blobs of those snapshots.
     pub fn sync(&mut self, repo: &Repository) -> Result<SyncReport> {
+        self.sync_to(repo, Depth::References)
+    }
+
+    /// [`Index::sync`], reading snapshots to `depth`.
+    pub fn sync_to(&mut self, repo: &Repository, depth: Depth) -> Result<SyncReport> {
         let warnings = Warnings::new();
         let mut report = SyncReport { index_objects_added: self.sync_index_objects(repo, &warnings)?, ..Default::default() };
         report.marks_unreadable = self.sync_marks(repo)?;
@@ -52,15 +74,24 @@ impl Index {
         // are written here, on this thread.
         let (path, repo_id) = (self.path.clone(), repo.config().id.clone());
         let write_only = repo.key_kind() == Some(KeyKind::WriteOnly);
+        let read_trees = depth == Depth::References && !write_only;
+        let tree_reader = || if read_trees { Index::open_at(&path, &repo_id).map(Some) } else { Ok(None) };
         crate::util::fetch_parallel(
             &new,
             crate::util::fetch_threads(),
-            || if write_only { Ok(None) } else { Index::open_at(&path, &repo_id).map(Some) },
+            tree_reader,
             |reader: &mut Option<Index>, id| -> Result<FetchedSnapshot> {
                 // A write-only key reads the head only: a row without references.
-                let Some(reader) = reader else { return Ok((repo.load_snapshot_head(id)?, None)) };
+                if write_only {
+                    return Ok((repo.load_snapshot_head(id)?, None));
+                }
                 let snap = repo.load_snapshot(id)?;
-                let ids = IndexedRepository::new(repo, reader).referenced_ids(&snap).context("cannot read its extent lists")?;
+                let ids = match reader {
+                    Some(reader) => {
+                        Some(IndexedRepository::new(repo, reader).referenced_ids(&snap).context("cannot read its extent lists")?)
+                    }
+                    None => None,
+                };
                 Ok((SnapshotHead::of(&snap, &repo.metadata_hasher()), Some((snap, ids))))
             },
             |id, fetched| {
@@ -68,7 +99,8 @@ impl Index {
                 // the object) must not keep the cache from the others; it stays out
                 // of the cache, so `prune` refuses to run and `check` reports it.
                 let ingested = fetched.and_then(|(head, body)| match body {
-                    Some((snap, ids)) => self.add_snapshot(id, &head, &snap, &ids),
+                    Some((snap, Some(ids))) => self.add_snapshot(id, &head, &snap, &ids),
+                    Some((snap, None)) => self.add_snapshot_unreferenced(id, &head, &snap),
                     None => self.add_snapshot_head(id, &head),
                 });
                 match ingested {
@@ -100,15 +132,50 @@ impl Index {
                 Ok(())
             },
         )?;
+        // After the removals: a snapshot forgotten meanwhile is not read for nothing.
+        if read_trees {
+            report.references_completed = self.complete_pending_references(repo, &warnings, &mut report.snapshots_unreadable)?;
+        }
         (report.drill_records_added, report.drill_records_removed) = self.sync_drill_records(repo, &warnings)?;
         report.warnings = warnings.take();
         Ok(report)
     }
 }
 
+impl Index {
+    /// Counts the references of every row added without them, reading their
+    /// extent lists in parallel; returns how many. A snapshot whose extent
+    /// lists cannot be read leaves the cache, as it would have at its first
+    /// full catch-up (so that `prune` refuses to run and `check` names it), and
+    /// is named in `unreadable`.
+    fn complete_pending_references(&mut self, repo: &Repository, warnings: &Warnings, unreadable: &mut Vec<String>) -> Result<usize> {
+        let pending = self.snapshots_to_complete()?;
+        let (path, repo_id) = (self.path.clone(), repo.config().id.clone());
+        let mut completed = 0;
+        crate::util::fetch_parallel(
+            &pending,
+            crate::util::fetch_threads(),
+            || Index::open_at(&path, &repo_id),
+            |reader, (_, snap)| IndexedRepository::new(repo, reader).referenced_ids(snap).context("cannot read its extent lists"),
+            |(id, _), ids| {
+                match ids {
+                    Ok(ids) => completed += usize::from(self.complete_references(id, &ids)?),
+                    Err(e) => {
+                        warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
+                        unreadable.push(format!("{}: {e:#}", id.to_hex()));
+                        self.remove_snapshot(id)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(completed)
+    }
+}
+
 /// A snapshot as a catch-up worker read it: its head, and (unless the key is
-/// write-only) the snapshot and the blob ids it references.
-type FetchedSnapshot = (SnapshotHead, Option<(Snapshot, HashSet<Id>)>);
+/// write-only) the snapshot and, at `Depth::References`, the blob ids it references.
+type FetchedSnapshot = (SnapshotHead, Option<(Snapshot, Option<HashSet<Id>>)>);
 
 /// Looks up, in parallel, each of `items` a listing no longer shows, and hands
 /// `then` whether it is confirmed gone (`Ok(true)`), still there (`Ok(false)`),
@@ -436,6 +503,94 @@ mod tests {
         assert_eq!(sync.index_objects_added, keys.len());
         assert_eq!(other.packs().unwrap().len(), PACKS);
         assert_eq!(other.counts().unwrap().1, (PACKS * BLOBS_PER_PACK) as u64);
+    }
+
+    /// Per snapshot id: (referenced, unique) bytes, and the totals; `seq`s differ between caches.
+    fn usage_by_id(
+        index: &Index,
+    ) -> (Vec<(Id, crate::index::usage::Bytes, crate::index::usage::Bytes)>, crate::index::usage::Bytes, crate::index::usage::Bytes) {
+        let blobs = index.blob_usage().unwrap();
+        let mut per: Vec<_> = index
+            .snapshot_usage()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.id, s.referenced, blobs.unique_by_owner.get(&s.seq).copied().unwrap_or_default()))
+            .collect();
+        per.sort_by_key(|(id, ..)| *id);
+        (per, blobs.referenced, blobs.unreferenced)
+    }
+
+    /// A catch-up to `Depth::Snapshots` reads snapshot objects only: with every
+    /// pack read failing it still takes in every snapshot, whole, counting no
+    /// reference. A full catch-up that cannot read their extent lists drops
+    /// them, named (prune then refuses: they are listed but not cached); one
+    /// that can counts them, to the same figures as a cache that read them at once.
+    #[test]
+    fn a_catch_up_without_references_reads_no_pack_and_a_full_one_counts_them() {
+        use crate::backend::faults::{Faulty, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(crate::backend::open(dir.path().join("repo").to_str().unwrap(), &Default::default()).unwrap());
+        let repo = Repository::init(faulty.clone(), Config::new(64 << 10, 3).unwrap()).unwrap();
+        let mut writer = Index::open_at(&dir.path().join("writer.sqlite"), &repo.config().id).unwrap();
+        let mut snaps = Vec::new();
+        let mut previous: Vec<u8> = Vec::new();
+        for night in 0..3u64 {
+            // Each night keeps the first half of the one before: shared and unique chunks.
+            let fresh: Vec<u8> = (0..2048u64).flat_map(|j| Id::of(&[night, j].map(u64::to_le_bytes).concat()).0).collect();
+            let data = [previous.get(..previous.len() / 2).unwrap_or_default(), &fresh[..]].concat();
+            let req =
+                crate::archive::ArchiveRequest::raw_unannounced("vm", crate::repository::snapshot::Source::File { path: "/vm".into() });
+            let out =
+                crate::archive::archive(&repo, &mut writer, Box::new(std::io::Cursor::new(data.clone())), req, &crate::progress::none())
+                    .unwrap();
+            snaps.push(out.snapshot);
+            previous = data;
+        }
+        let snaps: Vec<Id> = snaps.iter().map(|h| Id::from_hex(h).unwrap()).collect();
+
+        faulty.fail(Op::Get, "data/");
+        let mut cold = Index::open_at(&dir.path().join("cold.sqlite"), &repo.config().id).unwrap();
+        let r = cold.sync_to(&repo, Depth::Snapshots).unwrap();
+        assert_eq!((r.snapshots_added, r.snapshots_unreadable.len()), (3, 0), "{r:?}");
+        assert_eq!(cold.snapshots_without_references().unwrap(), 3);
+        for id in &snaps {
+            assert!(cold.snapshot(id).unwrap().is_some(), "the row holds the whole snapshot");
+        }
+        let (_, referenced, _) = usage_by_id(&cold);
+        assert_eq!(referenced.blobs, 0, "no reference is counted before the extent lists are read");
+
+        let r = cold.sync(&repo).unwrap();
+        assert_eq!(r.snapshots_unreadable.len(), 3, "{r:?}");
+        assert!(r.snapshots_unreadable.iter().all(|u| u.contains("extent lists")), "{r:?}");
+        assert!(cold.snapshot_rows().unwrap().is_empty(), "a snapshot whose references cannot be counted stays out of the cache");
+
+        faulty.heal();
+        assert_eq!(cold.sync_to(&repo, Depth::Snapshots).unwrap().snapshots_added, 3);
+        let r = cold.sync(&repo).unwrap();
+        assert_eq!((r.references_completed, r.snapshots_added), (3, 0), "{r:?}");
+        assert_eq!(cold.snapshots_without_references().unwrap(), 0);
+        assert_eq!(cold.sync(&repo).unwrap().references_completed, 0, "completed once");
+
+        let mut at_once = Index::open_at(&dir.path().join("at-once.sqlite"), &repo.config().id).unwrap();
+        at_once.sync(&repo).unwrap();
+        let (per, referenced, unreferenced) = usage_by_id(&cold);
+        assert!(referenced.blobs > 0 && per.iter().all(|(_, r, u)| r.blobs > 0 && u.blobs > 0), "{per:?}");
+        assert_eq!((per, referenced, unreferenced), usage_by_id(&at_once));
+        let used = |index: &Index| {
+            let mut u: Vec<_> = index.pack_usage().unwrap().into_iter().map(|p| (p.pack, p.used_blobs, p.used_bytes)).collect();
+            u.sort();
+            u
+        };
+        assert_eq!(used(&cold), used(&at_once));
+
+        // A snapshot forgotten while its row waits: the row goes and uncounts nothing.
+        let mut late = Index::open_at(&dir.path().join("late.sqlite"), &repo.config().id).unwrap();
+        late.sync_to(&repo, Depth::Snapshots).unwrap();
+        repo.delete_snapshot(&snaps[0]).unwrap();
+        cold.sync(&repo).unwrap();
+        let r = late.sync(&repo).unwrap();
+        assert_eq!((r.snapshots_removed, r.references_completed), (1, 2), "{r:?}");
+        assert_eq!(usage_by_id(&late), usage_by_id(&cold));
     }
 
     /// What the catch-up cannot read is a warning in its report (and a log

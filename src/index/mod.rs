@@ -28,7 +28,7 @@ mod snapshots;
 pub(crate) mod usage;
 
 pub use blobs::PackUsage;
-pub use catchup::{rebuild, RebuildReport, SyncReport, MAX_BLOBS_PER_INDEX_OBJECT};
+pub use catchup::{rebuild, Depth, RebuildReport, SyncReport, MAX_BLOBS_PER_INDEX_OBJECT};
 pub use drills::DrillRow;
 pub use indexed::IndexedRepository;
 pub use marks::{MarkRow, MarkedPackRow};
@@ -110,7 +110,20 @@ impl Index {
     /// Opens (creating if needed) the cache for `repo`, then catches up with
     /// it, for a command that only reads: a prune mark that cannot be read is a warning.
     pub fn open(repo: &Repository) -> Result<Index> {
-        let (index, report) = Index::open_synced(repo)?;
+        Index::open_to(repo, Depth::References)
+    }
+
+    /// `open` for a command that reads snapshots and their data but no
+    /// reference counts (`list`, `restore`, `cat`, …): new snapshots are
+    /// caught up to [`Depth::Snapshots`], their extent lists left unread, so
+    /// that a cold host's first command does not read every tree of the
+    /// repository. Their references are counted by the next `open` or `open_writer`.
+    pub fn open_without_references(repo: &Repository) -> Result<Index> {
+        Index::open_to(repo, Depth::Snapshots)
+    }
+
+    fn open_to(repo: &Repository, depth: Depth) -> Result<Index> {
+        let (index, report) = Index::open_synced(repo, depth)?;
         let warnings = crate::warnings::Warnings::new();
         for m in &report.marks_unreadable {
             warnings.warn(format!("skipping prune mark {m}"));
@@ -123,17 +136,17 @@ impl Index {
     /// is an error, since without it the writer would deduplicate against,
     /// or misjudge, packs that are about to be deleted.
     pub fn open_writer(repo: &Repository) -> Result<Index> {
-        let (index, report) = Index::open_synced(repo)?;
+        let (index, report) = Index::open_synced(repo, Depth::References)?;
         if let Some(m) = report.marks_unreadable.first() {
             bail!("cannot read prune mark {m}; {} mark(s) unreadable: repair or remove them first", report.marks_unreadable.len());
         }
         Ok(index)
     }
 
-    fn open_synced(repo: &Repository) -> Result<(Index, SyncReport)> {
+    fn open_synced(repo: &Repository, depth: Depth) -> Result<(Index, SyncReport)> {
         let dir = cache_dir_for(&repo.config().id)?;
         let mut index = Index::open_at(&dir.join(cache_file_name(repo)), &repo.config().id)?;
-        let report = index.sync(repo)?;
+        let report = index.sync_to(repo, depth)?;
         Ok((index, report))
     }
 

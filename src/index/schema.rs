@@ -7,8 +7,11 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
-/// Bumped whenever the tables change; a cache of another version is dropped and refilled (it is only a cache).
-pub(super) const SCHEMA_VERSION: &str = "8";
+/// Bumped whenever the tables or what their rows may hold change; a cache of
+/// another version is dropped and refilled (it is only a cache). 9: a full
+/// key's rows may wait with `refs_known = 0` (an imgarc reading version 8
+/// would count them as referencing nothing).
+pub(super) const SCHEMA_VERSION: &str = "9";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +81,9 @@ CREATE INDEX IF NOT EXISTS drills_by_started ON drills(started_micros, name);
 // whole snapshot, NULL when this cache's key cannot open its body (a
 // write-only key, for snapshots other hosts wrote). Such a row has
 // `refs_known = 0` and an empty reference list: its extent lists are sealed.
+// A full key's row has `refs_known = 0` (with `json`, an empty reference list)
+// while its extent lists are unread: taken in by `Depth::Snapshots` for a
+// command that counts no references, completed by the next full catch-up.
 // A write-only key's cache is a file of its own (`cache_file_name`), so a
 // full key never counts references from one.
 

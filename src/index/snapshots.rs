@@ -33,6 +33,13 @@ impl Index {
         self.insert_snapshot(id, head, None, None)
     }
 
+    /// Adds a snapshot whose extent lists were not read yet (a catch-up for
+    /// `list` or `restore`, `Depth::Snapshots`): a row with the whole snapshot
+    /// and `refs_known = 0`, until [`Index::complete_references`] counts them.
+    pub fn add_snapshot_unreferenced(&mut self, id: &Id, head: &SnapshotHead, snap: &Snapshot) -> Result<()> {
+        self.insert_snapshot(id, head, Some(snap), None)
+    }
+
     fn insert_snapshot(&mut self, id: &Id, head: &SnapshotHead, snap: Option<&Snapshot>, referenced: Option<&HashSet<Id>>) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
@@ -50,36 +57,39 @@ impl Index {
                 referenced.is_some()
             ],
         )?;
-        let empty = HashSet::new();
-        let referenced = referenced.unwrap_or(&empty);
         if inserted == 1 {
-            let seq = tx.last_insert_rowid();
-            let mut count_ref = tx.prepare(
-                "INSERT INTO refs VALUES(?1, 1, ?2) ON CONFLICT(id) DO UPDATE SET count = count + 1, owner = (owner | ?2) & ~(owner & ?2)",
-            )?;
-            let mut size_of = tx.prepare("SELECT raw_len, stored_len FROM blobs WHERE id = ?1 ORDER BY pack LIMIT 1")?;
-            let (mut blobs, mut raw, mut stored) = (0i64, 0i64, 0i64);
-            // In id order, both B-trees are walked page by page instead of at random.
-            let mut ordered: Vec<&Id> = referenced.iter().collect();
-            ordered.sort_unstable();
-            for r in &ordered {
-                count_ref.execute(params![&r.0[..], seq])?;
-                let size = size_of.query_row([&r.0[..]], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))).optional()?;
-                if let Some((raw_len, stored_len)) = size {
-                    blobs += 1;
-                    raw += raw_len;
-                    stored += stored_len;
-                }
-            }
-            drop((count_ref, size_of));
-            tx.execute("INSERT INTO snapshot_refs VALUES(?1, ?2)", params![seq, ordered.iter().flat_map(|r| r.0).collect::<Vec<u8>>()])?;
-            tx.execute(
-                "UPDATE snapshots SET referenced_blobs = ?2, referenced_raw_bytes = ?3, referenced_stored_bytes = ?4 WHERE seq = ?1",
-                params![seq, blobs, raw, stored],
-            )?;
+            count_references(&tx, tx.last_insert_rowid(), referenced.unwrap_or(&HashSet::new()))?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Counts the references of a row added without them
+    /// ([`Index::add_snapshot_unreferenced`]) and marks it `refs_known`;
+    /// returns false (and changes nothing) when there is no such row.
+    pub fn complete_references(&mut self, id: &Id, referenced: &HashSet<Id>) -> Result<bool> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq: Option<i64> = tx
+            .query_row("SELECT seq FROM snapshots WHERE id = ?1 AND refs_known = 0 AND json IS NOT NULL", [&id.0[..]], |r| r.get(0))
+            .optional()?;
+        let Some(seq) = seq else { return Ok(false) };
+        count_references(&tx, seq, referenced)?;
+        tx.execute("UPDATE snapshots SET refs_known = 1 WHERE seq = ?1", [seq])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Rows added without their references whose snapshot this cache holds
+    /// (what [`Index::complete_references`] can complete), with that snapshot.
+    pub fn snapshots_to_complete(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut st = self.conn.prepare("SELECT id, json FROM snapshots WHERE refs_known = 0 AND json IS NOT NULL ORDER BY seq")?;
+        let rows = st.query_map([], |r| Ok((id_of(r.get(0)?)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            out.push((id, serde_json::from_str(&json).with_context(|| format!("cached snapshot {} is malformed", id.short()))?));
+        }
+        Ok(out)
     }
 
     /// Removes a snapshot row and its references (one gone from the repository,
@@ -142,7 +152,8 @@ impl Index {
         json.map(|j| serde_json::from_str(&j).context("cached snapshot head is malformed")).transpose()
     }
 
-    /// Snapshots whose references this cache does not know (write-only key).
+    /// Snapshots whose references this cache does not know: rows of a
+    /// write-only key, and rows added without them (`Depth::Snapshots`) not completed yet.
     pub fn snapshots_without_references(&self) -> Result<u64> {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM snapshots WHERE refs_known = 0", [], |r| r.get::<_, i64>(0))? as u64)
     }
@@ -167,4 +178,32 @@ impl Index {
         let n: Option<i64> = self.conn.query_row("SELECT count FROM refs WHERE id = ?1", [&id.0[..]], |r| r.get(0)).optional()?;
         Ok(n.unwrap_or(0) as u64)
     }
+}
+
+/// Counts one reference from the row `seq` for each blob of `referenced`, and
+/// stores that set (`snapshot_refs`, replacing an empty one) and its sizes on the row.
+fn count_references(tx: &rusqlite::Transaction, seq: i64, referenced: &HashSet<Id>) -> Result<()> {
+    let mut count_ref = tx.prepare(
+        "INSERT INTO refs VALUES(?1, 1, ?2) ON CONFLICT(id) DO UPDATE SET count = count + 1, owner = (owner | ?2) & ~(owner & ?2)",
+    )?;
+    let mut size_of = tx.prepare("SELECT raw_len, stored_len FROM blobs WHERE id = ?1 ORDER BY pack LIMIT 1")?;
+    let (mut blobs, mut raw, mut stored) = (0i64, 0i64, 0i64);
+    // In id order, both B-trees are walked page by page instead of at random.
+    let mut ordered: Vec<&Id> = referenced.iter().collect();
+    ordered.sort_unstable();
+    for r in &ordered {
+        count_ref.execute(params![&r.0[..], seq])?;
+        let size = size_of.query_row([&r.0[..]], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))).optional()?;
+        if let Some((raw_len, stored_len)) = size {
+            blobs += 1;
+            raw += raw_len;
+            stored += stored_len;
+        }
+    }
+    tx.execute("INSERT OR REPLACE INTO snapshot_refs VALUES(?1, ?2)", params![seq, ordered.iter().flat_map(|r| r.0).collect::<Vec<u8>>()])?;
+    tx.execute(
+        "UPDATE snapshots SET referenced_blobs = ?2, referenced_raw_bytes = ?3, referenced_stored_bytes = ?4 WHERE seq = ?1",
+        params![seq, blobs, raw, stored],
+    )?;
+    Ok(())
 }

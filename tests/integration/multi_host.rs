@@ -165,8 +165,19 @@ fn unreadable_snapshots_are_named_and_never_block_the_others() {
         assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == good.as_str()), "host {host}: {listed}");
         site.assert_restores(host, 0);
     }
+    // `list` reads snapshot objects, not their extent lists: a new host lists the
+    // treeless snapshot (restoring it fails) and warns about the damaged one.
     let warned = site.run("fresh2", &["list"]);
     let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(stderr.contains(&damaged) && !stderr.contains(&treeless), "the warning must name the damaged snapshot: {stderr}");
+    let listed: Value = serde_json::from_slice(&warned.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == treeless.as_str()), "{listed}");
+    let out = site.env.path("treeless-restored");
+    let restore = site.run("fresh2", &["restore", &treeless, "-o", out.to_str().unwrap()]);
+    assert!(!restore.status.success(), "a snapshot without its extent tree restored");
+    // A command that counts references (report) reads them, and names the treeless one.
+    let counted = site.run("fresh2", &["report"]);
+    let stderr = String::from_utf8_lossy(&counted.stderr);
     assert!(stderr.contains(&treeless) && stderr.contains(&damaged), "the warning must name both snapshots: {stderr}");
 
     let check = site.run("fresh", &["check"]);
