@@ -86,12 +86,7 @@ impl Index {
                     return Ok((repo.load_snapshot_head(id)?, None));
                 }
                 let snap = repo.load_snapshot(id)?;
-                let ids = match reader {
-                    Some(reader) => {
-                        Some(IndexedRepository::new(repo, reader).referenced_ids(&snap).context("cannot read its extent lists")?)
-                    }
-                    None => None,
-                };
+                let ids = reader.as_ref().map(|reader| references_of(repo, reader, &snap)).transpose()?;
                 Ok((SnapshotHead::of(&snap, &repo.metadata_hasher()), Some((snap, ids))))
             },
             |id, fetched| {
@@ -105,10 +100,7 @@ impl Index {
                 });
                 match ingested {
                     Ok(()) => report.snapshots_added += 1,
-                    Err(e) => {
-                        warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
-                        report.snapshots_unreadable.push(format!("{}: {e:#}", id.to_hex()));
-                    }
+                    Err(e) => skip_snapshot(&warnings, &mut report.snapshots_unreadable, id, &e),
                 }
                 Ok(())
             },
@@ -156,13 +148,12 @@ impl Index {
             &pending,
             crate::util::fetch_threads(),
             || Index::open_at(&path, &repo_id),
-            |reader, (_, snap)| IndexedRepository::new(repo, reader).referenced_ids(snap).context("cannot read its extent lists"),
+            |reader, (_, snap)| references_of(repo, reader, snap),
             |(id, _), ids| {
                 match ids {
                     Ok(ids) => completed += usize::from(self.complete_references(id, &ids)?),
                     Err(e) => {
-                        warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
-                        unreadable.push(format!("{}: {e:#}", id.to_hex()));
+                        skip_snapshot(warnings, unreadable, id, &e);
                         self.remove_snapshot(id)?;
                     }
                 }
@@ -171,6 +162,19 @@ impl Index {
         )?;
         Ok(completed)
     }
+}
+
+/// The blob ids `snap` references, its extent lists read through `reader`
+/// (a catch-up worker's own cache connection).
+fn references_of(repo: &Repository, reader: &Index, snap: &Snapshot) -> Result<HashSet<Id>> {
+    IndexedRepository::new(repo, reader).referenced_ids(snap).context("cannot read its extent lists")
+}
+
+/// A snapshot the catch-up leaves out of the cache: a warning, and named in
+/// `unreadable` with why.
+fn skip_snapshot(warnings: &Warnings, unreadable: &mut Vec<String>, id: &Id, e: &anyhow::Error) {
+    warnings.warn(format!("skipping snapshot {}: {e:#}", id.to_hex()));
+    unreadable.push(format!("{}: {e:#}", id.to_hex()));
 }
 
 /// A snapshot as a catch-up worker read it: its head, and (unless the key is
